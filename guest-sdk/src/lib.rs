@@ -1,0 +1,226 @@
+//! Write [reel](https://github.com/reel-rs/reel) projections in Rust.
+//!
+//! A projection folds events into a read model. With this crate it is a type
+//! implementing [`Projection`]: typed events decoded with serde, an `init` that
+//! creates tables, a `handle` per event, and optional custom `query` reads. The
+//! [`export!`] macro turns it into a WebAssembly component for reel's
+//! `reel:projection` world; the same type also runs natively through
+//! [`native`] (reel's benchmarks compare the two with identical logic).
+//!
+//! Projections keep no state of their own: everything lives in the key-value
+//! store and SQL tables reached through [`Context`], which commit atomically with
+//! reel's checkpoint. An instance may be discarded and recreated at any batch.
+//!
+//! # Example
+//!
+//! ```
+//! use reel_guest_sdk::{Context, Envelope, Manifest, Projection, Result};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Deserialize)]
+//! #[serde(tag = "type", content = "data")]
+//! enum Event {
+//!     #[serde(rename = "counter.added")]
+//!     Added { amount: i64 },
+//! }
+//!
+//! #[derive(Default, Serialize, Deserialize)]
+//! struct Total {
+//!     sum: i64,
+//! }
+//!
+//! struct Counter;
+//!
+//! impl Projection for Counter {
+//!     type Event = Event;
+//!
+//!     fn manifest() -> Manifest {
+//!         Manifest::new("counter", "1").event_types(["counter.added"])
+//!     }
+//!
+//!     fn handle(ctx: &mut Context<'_>, event: Envelope<'_, Event>) -> Result<()> {
+//!         let Event::Added { amount } = event.data;
+//!         let key = format!("total/{}", event.stream_id);
+//!         let mut total: Total = ctx.kv().get_json(&key)?.unwrap_or_default();
+//!         total.sum += amount;
+//!         ctx.kv().set_json(&key, &total)
+//!     }
+//! }
+//!
+//! // In the projection's crate (built with `--target wasm32-wasip2`):
+//! // reel_guest_sdk::export!(Counter);
+//!
+//! // The same logic runs natively against any `Host`, here an in-memory one:
+//! let mut host = reel_guest_sdk::native::MemoryHost::default();
+//! let events = vec![reel_guest_sdk::RawEvent {
+//!     position: 1,
+//!     stream_id: "c-1".into(),
+//!     version: 1,
+//!     event_type: "counter.added".into(),
+//!     data: r#"{"amount": 5}"#.into(),
+//!     metadata: "{}".into(),
+//!     occurred_at: "2026-11-27T10:00:00.000000Z".into(),
+//! }];
+//! reel_guest_sdk::native::handle::<Counter, _>(&mut host, &events).unwrap();
+//! assert_eq!(host.kv.get("total/c-1").unwrap(), br#"{"sum":5}"#);
+//! ```
+#![deny(missing_docs)]
+
+// Lets generated bindings name this crate the same way inside it and in users.
+#[cfg(target_arch = "wasm32")]
+extern crate self as reel_guest_sdk;
+
+mod context;
+mod error;
+mod event;
+pub mod native;
+mod value;
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+pub mod wasm;
+
+pub use context::{Context, Host, Kv, Level, Sql};
+pub use error::{Error, HandleError, Result, SqlError};
+pub use event::{Envelope, EventFields, RawEvent};
+pub use value::{FromValue, Row, Rows, Value};
+
+/// Re-exported so projections need not depend on serde_json themselves.
+pub use serde_json;
+
+/// Policy for an event that keeps failing after retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnError {
+    /// Halt the projection at the event (the default).
+    #[default]
+    Stop,
+    /// Put the event in the dead-letter table and continue.
+    Skip,
+}
+
+/// What a projection declares about itself: see [`Projection::manifest`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// Unique name: `a-z`, `0-9`, `-`, `_`, starting with a letter, at most 48.
+    pub name: String,
+    /// Version of the logic; changing it rebuilds the read model from scratch.
+    pub version: String,
+    /// Event types to receive (exact, or a prefix ending in `*`); empty = all.
+    pub event_types: Vec<String>,
+    /// Stream id prefixes to receive; empty = all.
+    pub stream_prefixes: Vec<String>,
+    /// What to do with an event that keeps failing.
+    pub on_error: OnError,
+}
+
+impl Manifest {
+    /// A manifest receiving every event, stopping on failures.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            version: version.into(),
+            event_types: Vec::new(),
+            stream_prefixes: Vec::new(),
+            on_error: OnError::Stop,
+        }
+    }
+
+    /// Receive only these event types (exact names or `prefix*`).
+    pub fn event_types<I, S>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Receive only events of streams starting with one of these prefixes.
+    pub fn stream_prefixes<I, S>(mut self, prefixes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.stream_prefixes = prefixes.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Set the policy for events that keep failing.
+    pub fn on_error(mut self, policy: OnError) -> Self {
+        self.on_error = policy;
+        self
+    }
+}
+
+/// A projection: folds events into a read model kept in kv and sql.
+///
+/// All methods are associated functions: a projection has no in-memory state
+/// that would be lost when reel discards an instance.
+pub trait Projection {
+    /// The events this projection understands, decoded with serde from the
+    /// event type and its JSON payload as if they were the adjacently tagged
+    /// object `{"type": <event type>, "data": <payload>}`. Use an enum with
+    /// `#[serde(tag = "type", content = "data")]` and a `rename` per event
+    /// type, or `serde_json::Value` for untyped access.
+    type Event: serde::de::DeserializeOwned;
+
+    /// Name, version and subscriptions.
+    fn manifest() -> Manifest;
+
+    /// Create tables and indexes; runs once per version, before the first event.
+    fn init(ctx: &mut Context<'_>) -> Result<()> {
+        let _ = ctx;
+        Ok(())
+    }
+
+    /// Apply one event. Returning an error fails the whole batch.
+    fn handle(ctx: &mut Context<'_>, event: Envelope<'_, Self::Event>) -> Result<()>;
+
+    /// A custom read: `name` from the URL, `args` parsed from the `args` query
+    /// parameter (`null` when absent). Runs on a read-only view.
+    fn query(ctx: &mut Context<'_>, name: &str, args: serde_json::Value) -> Result<serde_json::Value> {
+        let _ = (ctx, args);
+        Err(Error::Failed(format!("unknown query `{name}`")))
+    }
+}
+
+/// Export a [`Projection`] as the component's `reel:projection` world.
+///
+/// Use it once, at the top level of a crate built with
+/// `cargo build --target wasm32-wasip2` and `crate-type = ["cdylib"]`.
+/// Outside wasm it expands to nothing, so the crate also builds natively.
+#[macro_export]
+macro_rules! export {
+    ($projection:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct ReelExport;
+            impl $crate::wasm::Guest for ReelExport {
+                fn describe() -> $crate::wasm::WitManifest {
+                    $crate::wasm::describe::<$projection>()
+                }
+                fn init() -> ::core::result::Result<(), $crate::wasm::WitError> {
+                    $crate::wasm::init::<$projection>()
+                }
+                fn handle(
+                    events: ::std::vec::Vec<$crate::wasm::WitEvent>,
+                ) -> ::core::result::Result<(), $crate::wasm::WitHandleError> {
+                    $crate::wasm::handle::<$projection>(events)
+                }
+                fn query(
+                    name: ::std::string::String,
+                    args: ::std::string::String,
+                ) -> ::core::result::Result<::std::string::String, $crate::wasm::WitError> {
+                    $crate::wasm::query::<$projection>(&name, &args)
+                }
+            }
+    $crate::wasm::bindings::__export_projection!(ReelExport with_types_in $crate::wasm::bindings);
+        };
+    };
+}
+
+/// Build a parameter list (a `Vec<Value>`): `params![order_id, 3, 9.5, None::<i64>]`.
+#[macro_export]
+macro_rules! params {
+    () => { ::std::vec::Vec::<$crate::Value>::new() };
+    ($($value:expr),+ $(,)?) => { ::std::vec![$($crate::Value::from($value)),+] };
+}

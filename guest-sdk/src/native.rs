@@ -1,0 +1,90 @@
+//! Run a [`Projection`] without WebAssembly, against any [`Host`].
+//!
+//! These are the functions the component export calls, so a projection
+//! compiled natively runs exactly the logic its component runs.
+
+use std::collections::BTreeMap;
+
+use crate::{
+    Context, Error, EventFields, HandleError, Host, Level, Manifest, Projection, Result, Rows, SqlError, Value,
+};
+
+/// `describe`: the projection's manifest.
+pub fn describe<P: Projection>() -> Manifest {
+    P::manifest()
+}
+
+/// `init`: create the read model's tables.
+pub fn init<P: Projection>(host: &mut dyn Host) -> Result<()> {
+    P::init(&mut Context::new(host))
+}
+
+/// `handle`: decode and apply each event in order; stop at the first failure.
+pub fn handle<P: Projection, E: EventFields>(host: &mut dyn Host, events: &[E]) -> Result<(), HandleError> {
+    let mut ctx = Context::new(host);
+    for raw in events {
+        let event = raw.decode::<P::Event>().map_err(|e| HandleError {
+            position: raw.position(),
+            error: Error::InvalidEvent(format!("`{}` event: {e}", raw.event_type())),
+        })?;
+        P::handle(&mut ctx, event).map_err(|error| HandleError { position: raw.position(), error })?;
+    }
+    Ok(())
+}
+
+/// `query`: run a custom read; `args` is JSON text (empty means `null`).
+pub fn query<P: Projection>(host: &mut dyn Host, name: &str, args: &str) -> Result<String> {
+    let args = if args.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(args).map_err(|e| Error::Failed(format!("query arguments are not JSON: {e}")))?
+    };
+    let result = P::query(&mut Context::new(host), name, args)?;
+    Ok(result.to_string())
+}
+
+/// An in-memory [`Host`] for unit tests of projection logic: a sorted map for
+/// kv, a list for log lines, and no SQL.
+#[derive(Debug, Default)]
+pub struct MemoryHost {
+    /// The key-value store.
+    pub kv: BTreeMap<String, Vec<u8>>,
+    /// Lines logged by the projection.
+    pub logs: Vec<(Level, String)>,
+}
+
+impl Host for MemoryHost {
+    fn kv_get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.kv.get(key).cloned()
+    }
+
+    fn kv_set(&mut self, key: &str, value: Vec<u8>) {
+        self.kv.insert(key.to_owned(), value);
+    }
+
+    fn kv_delete(&mut self, key: &str) {
+        self.kv.remove(key);
+    }
+
+    fn kv_scan(&mut self, prefix: &str, after: Option<&str>, limit: u32) -> Vec<(String, Vec<u8>)> {
+        self.kv
+            .range(after.unwrap_or(prefix).to_owned()..)
+            .filter(|(k, _)| Some(k.as_str()) != after)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit as usize)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    fn sql_execute(&mut self, _statement: &str, _params: Vec<Value>) {
+        self.logs.push((Level::Error, "MemoryHost has no SQL".into()));
+    }
+
+    fn sql_query(&mut self, _statement: &str, _params: Vec<Value>) -> Result<Rows, SqlError> {
+        Err(SqlError { code: "unsupported".into(), message: "MemoryHost has no SQL".into() })
+    }
+
+    fn log(&mut self, level: Level, message: &str) {
+        self.logs.push((level, message.to_owned()));
+    }
+}

@@ -1,0 +1,121 @@
+//! One error type for every endpoint. Database text never reaches a client:
+//! it goes to the log, the client gets a status and a plain message.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::host::GuestFailure;
+use crate::runtime::ReadError;
+use crate::source::SourceError;
+use crate::store::StoreError;
+
+/// An HTTP error response.
+#[derive(Debug)]
+pub struct ApiError {
+    /// Status code.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// What a user should read.
+    pub message: String,
+}
+
+impl ApiError {
+    /// Any status.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    /// 400.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    fn unavailable(detail: &dyn std::fmt::Display) -> Self {
+        tracing::error!("database error: {detail}");
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the database is unavailable; see the server log")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "status": self.status.as_u16(), "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<SourceError> for ApiError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::VersionConflict { .. } => Self::new(StatusCode::CONFLICT, "version_conflict", e.to_string()),
+            SourceError::Invalid(m) => Self::bad_request(m),
+            other => Self::unavailable(&other),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(m) => Self::not_found(m),
+            StoreError::Invalid(m) => Self::bad_request(m),
+            StoreError::Limit(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "limit", m),
+            other => Self::unavailable(&other),
+        }
+    }
+}
+
+impl From<ReadError> for ApiError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::NotFound(m) => Self::not_found(m),
+            ReadError::BadRequest(m) => Self::bad_request(m),
+            ReadError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            ReadError::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
+            ReadError::Store(e) => e.into(),
+            ReadError::Source(e) => e.into(),
+            ReadError::Guest(GuestFailure::Rejected { message, .. }) => {
+                Self::new(StatusCode::BAD_REQUEST, "query_rejected", message)
+            }
+            ReadError::Guest(GuestFailure::Store(e)) => e.into(),
+            ReadError::Guest(GuestFailure::Timeout(limit)) => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "query_timeout",
+                format!("the query ran past its {limit:?} limit"),
+            ),
+            ReadError::Guest(other) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", other.to_string()),
+            ReadError::Internal(m) => {
+                tracing::error!("internal error: {m}");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        let status = e.status();
+        let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "invalid_json" };
+        Self::new(status, code, e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        Self::bad_request(e.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        Self::bad_request(e.body_text())
+    }
+}

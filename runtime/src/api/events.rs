@@ -1,0 +1,20 @@
+//! `POST /events`: append to a stream with an expected version.
+
+use axum::Json;
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::StatusCode;
+
+use super::ApiError;
+use crate::runtime::Runtime;
+use crate::source::{AppendRequest, Appended};
+
+/// Append events; 409 when the stream is not at `expected_version`.
+pub async fn append(
+    State(runtime): State<Runtime>,
+    body: Result<Json<AppendRequest>, JsonRejection>,
+) -> Result<(StatusCode, Json<Appended>), ApiError> {
+    let Json(request) = body?;
+    let appended = runtime.source().append(request).await?;
+    Ok((StatusCode::CREATED, Json(appended)))
+}

@@ -1,0 +1,51 @@
+//! The HTTP API: append events, inspect and control projections, read their
+//! read models. JSON everywhere; errors are `{"error": {"status", "code",
+//! "message"}}`.
+//!
+//! - [`events`]: `POST /events`.
+//! - [`projections`]: status, control, dead letters, modules, health, metrics.
+//! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
+
+mod error;
+mod events;
+mod projections;
+mod reads;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+
+use crate::runtime::Runtime;
+
+/// Largest request body (an append of many events).
+const BODY_LIMIT: usize = 16 << 20;
+
+/// The OpenAPI description of this API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// The router, over a running [`Runtime`].
+pub fn app(runtime: Runtime) -> Router {
+    Router::new()
+        .route("/events", post(events::append))
+        .route("/projections", get(projections::list))
+        .route("/projections/{name}", get(projections::show).delete(projections::delete))
+        .route("/projections/{name}/pause", post(projections::pause))
+        .route("/projections/{name}/resume", post(projections::resume))
+        .route("/projections/{name}/rebuild", post(projections::rebuild))
+        .route("/projections/{name}/dead-letters", get(projections::dead_letters))
+        .route("/projections/{name}/dead-letters/{position}/retry", post(projections::retry_dead_letter))
+        .route("/projections/{name}/kv", get(reads::kv_scan))
+        .route("/projections/{name}/kv/{*key}", get(reads::kv_get))
+        .route("/projections/{name}/tables", get(reads::tables))
+        .route("/projections/{name}/tables/{table}", get(reads::table))
+        .route("/projections/{name}/query/{query}", get(reads::query))
+        .route("/modules", get(projections::modules))
+        .route("/healthz", get(projections::healthz))
+        .route("/metrics", get(projections::metrics))
+        .route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /openapi.json") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(runtime)
+}

@@ -1,0 +1,146 @@
+//! Status and control of projections, dead letters, modules, health, metrics.
+
+use std::fmt::Write as _;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::ApiError;
+use crate::runtime::{FileStatus, ProjectionInfo, Runtime};
+use crate::store::DeadLetter;
+use crate::worker::Control;
+
+/// `GET /projections`.
+pub async fn list(State(runtime): State<Runtime>) -> Result<Json<Vec<ProjectionInfo>>, ApiError> {
+    Ok(Json(runtime.list().await?))
+}
+
+/// `GET /projections/{name}`.
+pub async fn show(
+    State(runtime): State<Runtime>,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Json<ProjectionInfo>, ApiError> {
+    let Path(name) = name?;
+    Ok(Json(runtime.info(&name).await?))
+}
+
+/// `POST /projections/{name}/pause`.
+pub async fn pause(State(runtime): State<Runtime>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    runtime.control(&name, Control::Pause)?;
+    Ok(Json(json!({ "projection": name, "requested": "pause" })))
+}
+
+/// `POST /projections/{name}/resume` (also retries a projection stopped at a
+/// poison event).
+pub async fn resume(State(runtime): State<Runtime>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    runtime.control(&name, Control::Resume)?;
+    Ok(Json(json!({ "projection": name, "requested": "resume" })))
+}
+
+/// `POST /projections/{name}/rebuild`: rebuild into a fresh namespace; reads
+/// switch when it has caught up.
+pub async fn rebuild(
+    State(runtime): State<Runtime>,
+    Path(name): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let ns = runtime.rebuild(&name).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "projection": name, "rebuilding": ns.slug() }))))
+}
+
+/// `DELETE /projections/{name}`: drop its read model (its module must be
+/// removed first).
+pub async fn delete(State(runtime): State<Runtime>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    runtime.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Paging of dead letters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: usize,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// `GET /projections/{name}/dead-letters?after=&limit=`.
+pub async fn dead_letters(
+    State(runtime): State<Runtime>,
+    Path(name): Path<String>,
+    page: Result<Query<Page>, QueryRejection>,
+) -> Result<Json<Vec<DeadLetter>>, ApiError> {
+    let Query(page) = page?;
+    Ok(Json(runtime.dead_letters(&name, page.after, page.limit).await?))
+}
+
+/// `POST /projections/{name}/dead-letters/{position}/retry`: apply the event
+/// again with the current code; on success it leaves the dead-letter table.
+pub async fn retry_dead_letter(
+    State(runtime): State<Runtime>,
+    path: Result<Path<(String, i64)>, PathRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path((name, position)) = path?;
+    runtime.retry_dead_letter(&name, position).await?;
+    Ok(Json(json!({ "projection": name, "applied": position })))
+}
+
+/// `GET /modules`: each module file and what became of it.
+pub async fn modules(State(runtime): State<Runtime>) -> Json<Vec<FileStatus>> {
+    Json(runtime.files())
+}
+
+/// `GET /healthz`: the event log answers.
+pub async fn healthz(State(runtime): State<Runtime>) -> Result<Json<Value>, ApiError> {
+    let head = runtime.source().head().await?;
+    Ok(Json(json!({ "status": "ok", "head": head })))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(runtime): State<Runtime>) -> Result<impl IntoResponse, ApiError> {
+    let projections = runtime.list().await?;
+    let mut out = String::new();
+    let head = runtime.source().head().await?;
+    let _ = writeln!(out, "# HELP reel_head_position Position of the last committed event.");
+    let _ = writeln!(out, "# TYPE reel_head_position gauge\nreel_head_position {head}");
+    let gauges: [(&str, &str, fn(&ProjectionInfo) -> f64); 5] = [
+        ("reel_projection_position", "Last position applied.", |p| p.position as f64),
+        ("reel_projection_lag_events", "Committed events not applied yet.", |p| p.lag as f64),
+        ("reel_projection_lag_seconds", "Age of the oldest event not applied yet.", |p| p.lag_seconds),
+        ("reel_projection_events_per_second", "Recent throughput.", |p| p.events_per_second),
+        ("reel_projection_dead_letters", "Events in the dead-letter table.", |p| p.dead_letters as f64),
+    ];
+    for (metric, help, value) in gauges {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+        for p in &projections {
+            let _ =
+                writeln!(out, "{metric}{{projection=\"{}\",version=\"{}\"}} {}", p.name, escape(&p.version), value(p));
+        }
+    }
+    let _ = writeln!(out, "# HELP reel_projection_events_applied_total Events applied since start.");
+    let _ = writeln!(out, "# TYPE reel_projection_events_applied_total counter");
+    for p in &projections {
+        let _ = writeln!(out, "reel_projection_events_applied_total{{projection=\"{}\"}} {}", p.name, p.events_applied);
+    }
+    let _ = writeln!(out, "# HELP reel_projection_up 1 when the projection is running without errors.");
+    let _ = writeln!(out, "# TYPE reel_projection_up gauge");
+    for p in &projections {
+        let up = p.last_error.is_none() && matches!(p.state, crate::worker::State::Running);
+        let _ =
+            writeln!(out, "reel_projection_up{{projection=\"{}\",state=\"{:?}\"}} {}", p.name, p.state, u8::from(up));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+fn escape(label: &str) -> String {
+    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}

@@ -1,0 +1,173 @@
+//! Reads of a projection's read model: KV, tables, custom queries. Each
+//! accepts `min_position=N` to wait until the projection has applied event N.
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::ApiError;
+use crate::runtime::Runtime;
+use crate::store::TableRead;
+
+/// Largest `limit` for KV scans and table reads.
+const MAX_LIMIT: usize = 10_000;
+/// `limit` when none is given.
+const DEFAULT_LIMIT: usize = 100;
+
+/// A KV value as JSON: the value itself if it is JSON, else a string (UTF-8)
+/// or an array of bytes.
+fn value_json(bytes: &[u8]) -> Value {
+    if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
+        return json;
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Value::String(text.to_owned()),
+        Err(_) => bytes.iter().map(|b| Value::from(*b)).collect(),
+    }
+}
+
+fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
+    match limit.unwrap_or(DEFAULT_LIMIT) {
+        0 => Err(ApiError::bad_request("limit must be at least 1")),
+        n if n > MAX_LIMIT => Err(ApiError::bad_request(format!("limit must be at most {MAX_LIMIT}"))),
+        n => Ok(n),
+    }
+}
+
+/// Parameters of a single-key read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyParams {
+    min_position: Option<i64>,
+}
+
+/// `GET /projections/{name}/kv/{key}`: the value, or 404.
+pub async fn kv_get(
+    State(runtime): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<KeyParams>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path((name, key)) = path?;
+    let Query(params) = params?;
+    let wanted = key.clone();
+    let value = runtime.read(&name, params.min_position, move |ns| ns.kv_get(&wanted)).await?;
+    match value {
+        Some(bytes) => Ok(Json(value_json(&bytes))),
+        None => Err(ApiError::not_found(format!("projection `{name}` has no key `{key}`"))),
+    }
+}
+
+/// Parameters of a KV scan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScanParams {
+    #[serde(default)]
+    prefix: String,
+    after: Option<String>,
+    limit: Option<usize>,
+    min_position: Option<i64>,
+}
+
+/// `GET /projections/{name}/kv?prefix=&after=&limit=`: entries in key order,
+/// and `next` to pass as `after` for the following page.
+pub async fn kv_scan(
+    State(runtime): State<Runtime>,
+    path: Result<Path<String>, PathRejection>,
+    params: Result<Query<ScanParams>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Path(name) = path?;
+    let Query(params) = params?;
+    let limit = limit(params.limit)?;
+    let ScanParams { prefix, after, .. } = params;
+    let entries =
+        runtime.read(&name, params.min_position, move |ns| ns.kv_scan(&prefix, after.as_deref(), limit)).await?;
+    let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
+    let entries: Vec<Value> =
+        entries.iter().map(|(k, v)| serde_json::json!({ "key": k, "value": value_json(v) })).collect();
+    Ok(Json(serde_json::json!({ "entries": entries, "next": next })))
+}
+
+/// `GET /projections/{name}/tables`: the projection's tables.
+pub async fn tables(
+    State(runtime): State<Runtime>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<Vec<String>>, ApiError> {
+    let Path(name) = path?;
+    Ok(Json(runtime.read(&name, None, |ns| ns.tables()).await?))
+}
+
+/// `GET /projections/{name}/tables/{table}?col=value&order=col[.desc]&limit=`:
+/// rows as JSON objects.
+pub async fn table(
+    State(runtime): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<Vec<Value>>, ApiError> {
+    let Path((name, table)) = path?;
+    let Query(params) = params?;
+    let mut read = TableRead { table, limit: DEFAULT_LIMIT, ..TableRead::default() };
+    let mut min_position = None;
+    for (key, value) in params {
+        match key.as_str() {
+            "limit" => {
+                let n = value.parse().map_err(|_| ApiError::bad_request(format!("limit `{value}` is not a number")))?;
+                read.limit = limit(Some(n))?;
+            }
+            "order" => {
+                let (column, desc) = match value.rsplit_once('.') {
+                    Some((c, "desc")) => (c, true),
+                    Some((c, "asc")) => (c, false),
+                    _ => (value.as_str(), false),
+                };
+                read.order = Some((column.to_owned(), desc));
+            }
+            "min_position" => {
+                min_position = Some(
+                    value
+                        .parse()
+                        .map_err(|_| ApiError::bad_request(format!("min_position `{value}` is not a number")))?,
+                );
+            }
+            _ => read.filters.push((key, value)),
+        }
+    }
+    let rows = runtime.read(&name, min_position, move |ns| ns.read_table(&read)).await?;
+    let json = rows
+        .iter()
+        .map(|row| {
+            let object: Map<String, Value> =
+                rows.columns.iter().cloned().zip(row.values().iter().map(|v| v.to_json())).collect();
+            Value::Object(object)
+        })
+        .collect();
+    Ok(Json(json))
+}
+
+/// Parameters of a custom query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryParams {
+    args: Option<String>,
+    min_position: Option<i64>,
+}
+
+/// `GET /projections/{name}/query/{query}?args=<json>`: the projection's own read.
+pub async fn query(
+    State(runtime): State<Runtime>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    params: Result<Query<QueryParams>, QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let Path((name, query)) = path?;
+    let Query(params) = params?;
+    let args = params.args.unwrap_or_default();
+    if !args.trim().is_empty() {
+        serde_json::from_str::<Value>(&args)
+            .map_err(|e| ApiError::bad_request(format!("args is not valid JSON: {e}")))?;
+    }
+    let json = runtime.query(&name, query, args, params.min_position).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json))
+}

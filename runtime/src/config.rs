@@ -1,0 +1,93 @@
+//! Runtime configuration: where data lives, what to serve, and the limits
+//! every projection runs under.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything [`run`](crate::run) needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Embedded mode: `events.db`, one file per projection, the compile cache.
+    /// With PostgreSQL only the compile cache lives here.
+    pub data_dir: PathBuf,
+    /// `postgres://...` to use PostgreSQL; `None` for embedded SQLite.
+    pub database_url: Option<String>,
+    /// Folder of `.wasm` projection modules, watched for changes.
+    pub modules_dir: PathBuf,
+    /// HTTP listen address (port 0 picks a free port).
+    pub listen: SocketAddr,
+    /// Resource limits of each projection.
+    pub limits: Limits,
+    /// Batching of events per transaction.
+    pub batch: BatchConfig,
+    /// How often workers look for new events when no wake-up arrives
+    /// (appends by other processes, lost notifications).
+    pub poll_interval: Duration,
+    /// Quiet time after the last change to a module file before it is loaded.
+    pub watch_debounce: Duration,
+    /// How long a read with `min_position` waits before answering 504.
+    pub read_wait: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("reel-data"),
+            database_url: None,
+            modules_dir: PathBuf::from("projections-dir"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            limits: Limits::default(),
+            batch: BatchConfig::default(),
+            poll_interval: Duration::from_millis(250),
+            watch_debounce: Duration::from_millis(300),
+            read_wait: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Limits that contain a misbehaving projection. Hitting one fails the batch
+/// (rolled back, retried with backoff), nothing more.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// CPU time a guest call may take (enforced by epoch interruption), and
+    /// the time a batch's database work may take.
+    pub batch_timeout: Duration,
+    /// Linear memory a guest instance may grow to.
+    pub memory_bytes: usize,
+    /// Largest KV value.
+    pub kv_value_bytes: usize,
+    /// Largest KV key.
+    pub kv_key_bytes: usize,
+    /// Most rows one `sql.query` (or a table read over HTTP) returns.
+    pub query_rows: usize,
+    /// Time a guest `query` export may take when serving HTTP.
+    pub query_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            batch_timeout: Duration::from_secs(10),
+            memory_bytes: 256 << 20,
+            kv_value_bytes: 1 << 20,
+            kv_key_bytes: 1024,
+            query_rows: 100_000,
+            query_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How many events go into one transaction.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Most events per batch. Catching up uses full batches; live traffic
+    /// makes small ones.
+    pub max_events: usize,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self { max_events: 2000 }
+    }
+}

@@ -1,0 +1,289 @@
+//! What a projection instance can reach: its own namespace through the
+//! batch's transaction, within its limits.
+
+use crate::config::Limits;
+use crate::source::Cursor;
+use crate::store::kv_cache::KvCache;
+use crate::store::{Namespace, Rows, StoreError, Value};
+
+/// Most log lines a projection may write per call; the rest are counted.
+const LOG_LINES_PER_CALL: u32 = 1000;
+/// Longest log line kept.
+const LOG_LINE_BYTES: usize = 4096;
+/// Bytes of committed KV values a worker caches.
+const KV_CACHE_BYTES: usize = 256 << 20;
+
+/// Whether the instance builds the read model or serves reads of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The worker's instance: reads and writes inside the batch transaction.
+    Write,
+    /// A query instance: reads committed data; writes are refused.
+    Read,
+}
+
+/// Why a call cannot go on: the instance traps (component) or the call's
+/// result is discarded (native), and the worker fails the batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Fault {
+    /// The read-model database failed.
+    #[error("{0}")]
+    Store(StoreError),
+    /// The projection broke a limit or a rule.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Per-instance state behind the `kv`, `sql` and `log` imports.
+pub struct Capabilities {
+    projection: String,
+    ns: Box<dyn Namespace>,
+    kv: KvCache,
+    limits: Limits,
+    mode: Mode,
+    /// The fault that ended the current call, if any (reported to the worker).
+    fault: Option<Fault>,
+    /// A refused `execute` of this batch: it fails the batch at the end.
+    sql_failed: Option<StoreError>,
+    log_lines: u32,
+}
+
+impl Capabilities {
+    /// Capabilities over `ns`. A writer whose KV table is empty starts with a
+    /// complete KV cache (a rebuild never reads KV from the database).
+    pub fn new(projection: &str, mut ns: Box<dyn Namespace>, limits: Limits, mode: Mode) -> Result<Self, StoreError> {
+        let complete = mode == Mode::Write && ns.kv_is_empty()?;
+        let budget = if mode == Mode::Write { KV_CACHE_BYTES } else { 0 };
+        Ok(Self {
+            projection: projection.to_owned(),
+            ns,
+            kv: KvCache::new(budget, complete),
+            limits,
+            mode,
+            fault: None,
+            sql_failed: None,
+            log_lines: 0,
+        })
+    }
+
+    /// The namespace (for the worker's checkpoint reads).
+    pub fn namespace(&mut self) -> &mut dyn Namespace {
+        &mut *self.ns
+    }
+
+    /// Open the batch transaction.
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.fault = None;
+        self.sql_failed = None;
+        self.log_lines = 0;
+        self.ns.begin()
+    }
+
+    /// Send buffered writes and surface deferred SQL errors.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if let Some(e) = self.sql_failed.clone() {
+            return Err(e);
+        }
+        self.kv.flush(&mut *self.ns)?;
+        self.ns.flush()
+    }
+
+    /// Flush, move the checkpoint `from` -> `to` and commit.
+    pub fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
+        self.flush()?;
+        self.ns.commit(from, to)?;
+        self.kv.committed();
+        Ok(())
+    }
+
+    /// Abandon the batch.
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        self.kv.rolled_back();
+        self.sql_failed = None;
+        self.ns.rollback()
+    }
+
+    /// Forget cached KV values (after a fencing conflict: someone else wrote).
+    pub fn invalidate_cache(&mut self) {
+        self.kv.invalidate();
+    }
+
+    /// The fault that ended the last call, if any.
+    pub fn take_fault(&mut self) -> Option<Fault> {
+        self.fault.take()
+    }
+
+    fn fail<T>(&mut self, fault: Fault) -> Result<T, Fault> {
+        self.fault.get_or_insert(fault.clone());
+        Err(fault)
+    }
+
+    fn store<T>(&mut self, result: Result<T, StoreError>) -> Result<T, Fault> {
+        result.or_else(|e| self.fail(Fault::Store(e)))
+    }
+
+    fn writable(&mut self, what: &str) -> Result<(), Fault> {
+        match self.mode {
+            Mode::Write => Ok(()),
+            Mode::Read => self.fail(Fault::Refused(format!("{what} is not allowed in a query: reads are read-only"))),
+        }
+    }
+
+    fn check_key(&mut self, key: &str) -> Result<(), Fault> {
+        if key.len() > self.limits.kv_key_bytes {
+            let limit = self.limits.kv_key_bytes;
+            return self.fail(Fault::Refused(format!("kv key of {} bytes is over the {limit}-byte limit", key.len())));
+        }
+        Ok(())
+    }
+
+    /// `kv.get`.
+    pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Fault> {
+        let result = match self.mode {
+            Mode::Write => self.kv.get(key, &mut *self.ns),
+            Mode::Read => self.ns.kv_get(key),
+        };
+        self.store(result)
+    }
+
+    /// `kv.set`.
+    pub fn kv_set(&mut self, key: String, value: Vec<u8>) -> Result<(), Fault> {
+        self.writable("kv.set")?;
+        self.check_key(&key)?;
+        if value.len() > self.limits.kv_value_bytes {
+            let limit = self.limits.kv_value_bytes;
+            return self.fail(Fault::Refused(format!(
+                "kv value of {} bytes for key `{}` is over the {limit}-byte limit",
+                value.len(),
+                truncate(&key, 100)
+            )));
+        }
+        self.kv.set(key, value);
+        Ok(())
+    }
+
+    /// `kv.delete`.
+    pub fn kv_delete(&mut self, key: String) -> Result<(), Fault> {
+        self.writable("kv.delete")?;
+        self.check_key(&key)?;
+        self.kv.delete(key);
+        Ok(())
+    }
+
+    /// `kv.scan` (at most the row limit per call).
+    pub fn kv_scan(&mut self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<(String, Vec<u8>)>, Fault> {
+        let limit = (limit as usize).min(self.limits.query_rows);
+        if self.mode == Mode::Write {
+            let flushed = self.kv.flush(&mut *self.ns);
+            self.store(flushed)?;
+        }
+        let result = self.ns.kv_scan(prefix, after, limit);
+        self.store(result)
+    }
+
+    /// `sql.execute`: errors are kept for the end of the batch.
+    pub fn sql_execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), Fault> {
+        self.writable("sql.execute")?;
+        match self.ns.execute(statement, params) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_projection_fault() => {
+                self.sql_failed.get_or_insert(e);
+                Ok(())
+            }
+            Err(e) => self.fail(Fault::Store(e)),
+        }
+    }
+
+    /// `sql.query`: the database's error goes back to the projection (and
+    /// fails the batch); an unavailable database is a fault.
+    pub fn sql_query(
+        &mut self,
+        statement: &str,
+        params: Vec<Value>,
+    ) -> Result<Result<Rows, guest_sdk::SqlError>, Fault> {
+        if let Some(e) = &self.sql_failed {
+            return Ok(Err(e.to_sql_error()));
+        }
+        if self.mode == Mode::Write {
+            let flushed = self.kv.flush(&mut *self.ns);
+            self.store(flushed)?;
+        }
+        match self.ns.query(statement, params, self.limits.query_rows) {
+            Ok(rows) => Ok(Ok(rows)),
+            Err(e) if e.is_projection_fault() => {
+                let error = e.to_sql_error();
+                self.sql_failed.get_or_insert(e);
+                Ok(Err(error))
+            }
+            Err(e) => self.fail(Fault::Store(e)),
+        }
+    }
+
+    /// `log.log`: to the host's log, tagged with the projection.
+    pub fn log(&mut self, level: guest_sdk::Level, message: &str) {
+        self.log_lines += 1;
+        if self.log_lines > LOG_LINES_PER_CALL {
+            if self.log_lines == LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(projection = %self.projection, "more than {LOG_LINES_PER_CALL} log lines in one call; dropping the rest");
+            }
+            return;
+        }
+        let message = truncate(message, LOG_LINE_BYTES);
+        let projection = &self.projection;
+        match level {
+            guest_sdk::Level::Trace => tracing::trace!(target: "reel::guest", projection, "{message}"),
+            guest_sdk::Level::Debug => tracing::debug!(target: "reel::guest", projection, "{message}"),
+            guest_sdk::Level::Info => tracing::info!(target: "reel::guest", projection, "{message}"),
+            guest_sdk::Level::Warn => tracing::warn!(target: "reel::guest", projection, "{message}"),
+            guest_sdk::Level::Error => tracing::error!(target: "reel::guest", projection, "{message}"),
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Capabilities as the Rust SDK's [`guest_sdk::Host`], for projections
+/// compiled natively: a fault is recorded (the worker fails the batch) and
+/// the call returns an empty result.
+impl guest_sdk::Host for Capabilities {
+    fn kv_get(&mut self, key: &str) -> Option<Vec<u8>> {
+        Capabilities::kv_get(self, key).unwrap_or_default()
+    }
+
+    fn kv_set(&mut self, key: &str, value: Vec<u8>) {
+        let _ = Capabilities::kv_set(self, key.to_owned(), value);
+    }
+
+    fn kv_delete(&mut self, key: &str) {
+        let _ = Capabilities::kv_delete(self, key.to_owned());
+    }
+
+    fn kv_scan(&mut self, prefix: &str, after: Option<&str>, limit: u32) -> Vec<(String, Vec<u8>)> {
+        Capabilities::kv_scan(self, prefix, after, limit).unwrap_or_default()
+    }
+
+    fn sql_execute(&mut self, statement: &str, params: Vec<Value>) {
+        let _ = Capabilities::sql_execute(self, statement, params);
+    }
+
+    fn sql_query(&mut self, statement: &str, params: Vec<Value>) -> Result<Rows, guest_sdk::SqlError> {
+        match Capabilities::sql_query(self, statement, params) {
+            Ok(result) => result,
+            Err(fault) => Err(guest_sdk::SqlError { code: "reel:fault".into(), message: fault.to_string() }),
+        }
+    }
+
+    fn log(&mut self, level: guest_sdk::Level, message: &str) {
+        Capabilities::log(self, level, message);
+    }
+}

@@ -1,0 +1,325 @@
+//! Running a projection: the [`Guest`] interface the worker calls, and its
+//! component implementation with CPU deadlines and memory limits.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, ProjectionPre};
+use super::caps::{Capabilities, Fault};
+use super::engine::ticks;
+use super::{Event, wasi};
+use crate::config::Limits;
+use crate::store::StoreError;
+
+/// Policy for an event that keeps failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Halt at the event.
+    #[default]
+    Stop,
+    /// Dead-letter the event and continue.
+    Skip,
+}
+
+/// What a projection declares (`describe`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Manifest {
+    /// Unique name.
+    pub name: String,
+    /// Version of its logic.
+    pub version: String,
+    /// Subscribed event types (exact or `prefix*`); empty: all.
+    pub event_types: Vec<String>,
+    /// Subscribed stream prefixes; empty: all.
+    pub stream_prefixes: Vec<String>,
+    /// Failure policy.
+    pub on_error: OnError,
+}
+
+impl Manifest {
+    /// Check the name and version are usable as identifiers.
+    pub fn validate(&self) -> Result<(), String> {
+        let name = &self.name;
+        let ok = !name.is_empty()
+            && name.len() <= 48
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        if !ok {
+            return Err(format!(
+                "projection name `{name}` is invalid: use 1 to 48 characters of a-z, 0-9, `-` and `_`, starting with a letter"
+            ));
+        }
+        if self.version.is_empty() || self.version.len() > 64 {
+            return Err(format!(
+                "projection `{name}` has an invalid version `{}`: use 1 to 64 characters",
+                self.version
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl From<bindings::reel::projection::types::Manifest> for Manifest {
+    fn from(m: bindings::reel::projection::types::Manifest) -> Self {
+        Self {
+            name: m.name,
+            version: m.version,
+            event_types: m.event_types,
+            stream_prefixes: m.stream_prefixes,
+            on_error: match m.on_error {
+                bindings::reel::projection::types::OnError::Stop => OnError::Stop,
+                bindings::reel::projection::types::OnError::Skip => OnError::Skip,
+            },
+        }
+    }
+}
+
+/// Why a call into a projection failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GuestFailure {
+    /// The projection returned an error (for the event at `position`, when
+    /// handling a batch).
+    #[error("{}{message}", position.map(|p| format!("event {p}: ")).unwrap_or_default())]
+    Rejected {
+        /// The event it failed on.
+        position: Option<i64>,
+        /// Its message.
+        message: String,
+    },
+    /// The projection trapped (panic, unreachable, stack overflow, ...).
+    #[error("trapped: {0}")]
+    Trapped(String),
+    /// The call ran past its CPU deadline.
+    #[error("timed out: still running after {0:?} (the batch deadline)")]
+    Timeout(Duration),
+    /// The instance grew past its memory limit.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+    /// The projection broke one of reel's limits or rules.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The read-model database failed; not the projection's fault.
+    #[error("{0}")]
+    Store(StoreError),
+}
+
+impl GuestFailure {
+    /// True when the projection itself is to blame (retrying the same events
+    /// will fail the same way); false for database trouble.
+    pub fn is_projection_fault(&self) -> bool {
+        match self {
+            GuestFailure::Store(e) => e.is_projection_fault(),
+            _ => true,
+        }
+    }
+
+    /// True when the instance must be discarded (its state is unknown).
+    pub fn poisons_instance(&self) -> bool {
+        !matches!(self, GuestFailure::Rejected { .. } | GuestFailure::Store(_))
+    }
+}
+
+impl From<StoreError> for GuestFailure {
+    fn from(e: StoreError) -> Self {
+        GuestFailure::Store(e)
+    }
+}
+
+/// A projection the worker can call: a component instance or native code.
+pub trait Guest: Send {
+    /// The manifest it declared.
+    fn manifest(&self) -> &Manifest;
+    /// Create tables (inside the open transaction).
+    fn init(&mut self) -> Result<(), GuestFailure>;
+    /// Apply a batch (inside the open transaction).
+    fn handle(&mut self, events: &[Event]) -> Result<(), GuestFailure>;
+    /// Run a custom read.
+    fn query(&mut self, name: &str, args: &str) -> Result<String, GuestFailure>;
+    /// Its capabilities (for the worker's begin/commit/rollback).
+    fn caps(&mut self) -> &mut Capabilities;
+    /// Give the capabilities back (to build a fresh instance on them).
+    fn into_caps(self: Box<Self>) -> Capabilities;
+}
+
+/// A compiled component ready to instantiate.
+#[derive(Clone)]
+pub struct Code {
+    pre: ProjectionPre<InstanceState>,
+}
+
+impl Code {
+    /// Link `component` against reel's imports; fails when it needs
+    /// something reel does not provide (a component for another world).
+    pub fn link(engine: &super::Engine, component: &wasmtime::component::Component) -> wasmtime::Result<Self> {
+        let pre = engine.linker().instantiate_pre(component)?;
+        Ok(Self { pre: ProjectionPre::new(pre)? })
+    }
+}
+
+/// Recent lines a guest wrote to stderr (panic messages end up here).
+type RecentStderr = Arc<Mutex<VecDeque<String>>>;
+
+/// The data of a component instance's store.
+pub struct InstanceState {
+    /// `None` while only `describe` may run.
+    caps: Option<Capabilities>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    stderr: RecentStderr,
+}
+
+impl InstanceState {
+    pub(super) fn caps(&mut self) -> Result<&mut Capabilities, Fault> {
+        self.caps.as_mut().ok_or_else(|| Fault::Refused("`describe` must not use kv or sql".into()))
+    }
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A component instance.
+pub struct WasmGuest {
+    store: Store<InstanceState>,
+    bindings: bindings::Projection,
+    manifest: Manifest,
+    timeout: Duration,
+}
+
+impl WasmGuest {
+    /// Instantiate `code` and ask it for its manifest (no capabilities yet).
+    pub fn describe(code: &Code, name_hint: &str, limits: &Limits) -> Result<Manifest, GuestFailure> {
+        let mut store = new_store(code, name_hint, None, limits);
+        let bindings = instantiate(code, &mut store, limits.batch_timeout)?;
+        bindings
+            .call_describe(&mut store)
+            .map(Manifest::from)
+            .map_err(|e| classify(e, &mut store, limits.batch_timeout))
+    }
+
+    /// Instantiate `code` over `caps`.
+    pub fn new(
+        code: &Code,
+        manifest: Manifest,
+        caps: Capabilities,
+        limits: &Limits,
+    ) -> Result<Self, (GuestFailure, Capabilities)> {
+        let mut store = new_store(code, &manifest.name, Some(caps), limits);
+        match instantiate(code, &mut store, limits.batch_timeout) {
+            Ok(bindings) => Ok(Self { store, bindings, manifest, timeout: limits.batch_timeout }),
+            Err(e) => Err((e, store.into_data().caps.expect("set above"))),
+        }
+    }
+
+    fn call<T>(
+        &mut self,
+        f: impl FnOnce(&bindings::Projection, &mut Store<InstanceState>) -> wasmtime::Result<T>,
+    ) -> Result<T, GuestFailure> {
+        self.store.set_epoch_deadline(ticks(self.timeout));
+        let result = f(&self.bindings, &mut self.store);
+        let fault = self.store.data_mut().caps.as_mut().and_then(Capabilities::take_fault);
+        match (result, fault) {
+            (_, Some(fault)) => Err(fault_failure(fault)),
+            (Ok(value), None) => Ok(value),
+            (Err(e), None) => Err(classify(e, &mut self.store, self.timeout)),
+        }
+    }
+}
+
+fn new_store(code: &Code, projection: &str, caps: Option<Capabilities>, limits: &Limits) -> Store<InstanceState> {
+    let stderr = RecentStderr::default();
+    let state = InstanceState {
+        caps,
+        wasi: wasi::inert_ctx(projection, Arc::clone(&stderr)),
+        table: ResourceTable::new(),
+        limits: StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build(),
+        stderr,
+    };
+    let mut store = Store::new(code.pre.engine(), state);
+    store.limiter(|s| &mut s.limits);
+    store.epoch_deadline_trap();
+    store
+}
+
+fn instantiate(
+    code: &Code,
+    store: &mut Store<InstanceState>,
+    timeout: Duration,
+) -> Result<bindings::Projection, GuestFailure> {
+    store.set_epoch_deadline(ticks(timeout));
+    code.pre.instantiate(&mut *store).map_err(|e| classify(e, store, timeout))
+}
+
+fn fault_failure(fault: Fault) -> GuestFailure {
+    match fault {
+        Fault::Store(e) => GuestFailure::Store(e),
+        Fault::Refused(m) => GuestFailure::Refused(m),
+    }
+}
+
+/// Turn a wasmtime error into what happened, with the guest's last words.
+fn classify(error: wasmtime::Error, store: &mut Store<InstanceState>, timeout: Duration) -> GuestFailure {
+    if let Some(fault) = store.data_mut().caps.as_mut().and_then(Capabilities::take_fault) {
+        return fault_failure(fault);
+    }
+    if let Some(Trap::Interrupt) = error.downcast_ref::<Trap>() {
+        return GuestFailure::Timeout(timeout);
+    }
+    let text = format!("{error:#}");
+    let stderr: Vec<String> = store.data().stderr.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
+    let said = if stderr.is_empty() { String::new() } else { format!(" (stderr: {})", stderr.join(" | ")) };
+    if text.contains("growing memory") || stderr.iter().any(|l| l.contains("memory allocation of")) {
+        return GuestFailure::OutOfMemory(format!("{text}{said}"));
+    }
+    GuestFailure::Trapped(format!("{text}{said}"))
+}
+
+fn rejected(position: Option<i64>, error: bindings::reel::projection::types::Error) -> GuestFailure {
+    use bindings::reel::projection::types::Error;
+    let message = match error {
+        Error::InvalidEvent(m) => format!("invalid event: {m}"),
+        Error::Failed(m) => m,
+    };
+    GuestFailure::Rejected { position, message }
+}
+
+impl Guest for WasmGuest {
+    fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    fn init(&mut self) -> Result<(), GuestFailure> {
+        self.call(|b, s| b.call_init(s))?.map_err(|e| rejected(None, e))
+    }
+
+    fn handle(&mut self, events: &[Event]) -> Result<(), GuestFailure> {
+        self.call(|b, s| b.call_handle(s, events))?.map_err(|e| rejected(Some(e.position), e.error))
+    }
+
+    fn query(&mut self, name: &str, args: &str) -> Result<String, GuestFailure> {
+        self.call(|b, s| b.call_query(s, name, args))?.map_err(|e| rejected(None, e))
+    }
+
+    fn caps(&mut self) -> &mut Capabilities {
+        self.store.data_mut().caps.as_mut().expect("a worker instance has capabilities")
+    }
+
+    fn into_caps(self: Box<Self>) -> Capabilities {
+        self.store.into_data().caps.expect("a worker instance has capabilities")
+    }
+}

@@ -1,0 +1,65 @@
+//! What a worker runs: a component module, or a Rust projection compiled
+//! into the host.
+
+use std::sync::Arc;
+
+use guest_sdk::Projection;
+
+use super::caps::Capabilities;
+use super::instance::{Guest, GuestFailure, Manifest, WasmGuest};
+use super::native::{self, NativeGuest};
+use crate::config::Limits;
+use crate::modules::Module;
+
+/// The code of a projection.
+#[derive(Clone)]
+pub enum Program {
+    /// A component loaded from the modules folder.
+    Wasm(Arc<Module>),
+    /// A Rust projection compiled into this binary.
+    Native {
+        /// Its manifest.
+        manifest: Manifest,
+        /// Builds an instance over capabilities.
+        make: fn(Capabilities) -> Box<dyn Guest>,
+    },
+}
+
+impl Program {
+    /// A Rust projection run natively.
+    pub fn native<P: Projection + 'static>() -> Self {
+        fn make<P: Projection + 'static>(caps: Capabilities) -> Box<dyn Guest> {
+            Box::new(NativeGuest::<P>::new(caps))
+        }
+        Program::Native { manifest: native::manifest::<P>(), make: make::<P> }
+    }
+
+    /// What it declared.
+    pub fn manifest(&self) -> &Manifest {
+        match self {
+            Program::Wasm(module) => &module.manifest,
+            Program::Native { manifest, .. } => manifest,
+        }
+    }
+
+    /// The module behind it, if it is a component.
+    pub fn module(&self) -> Option<&Arc<Module>> {
+        match self {
+            Program::Wasm(module) => Some(module),
+            Program::Native { .. } => None,
+        }
+    }
+
+    /// A fresh instance over `caps` (given back on failure).
+    pub fn instantiate(
+        &self,
+        caps: Capabilities,
+        limits: &Limits,
+    ) -> Result<Box<dyn Guest>, (GuestFailure, Capabilities)> {
+        match self {
+            Program::Wasm(module) => WasmGuest::new(&module.code, module.manifest.clone(), caps, limits)
+                .map(|g| Box::new(g) as Box<dyn Guest>),
+            Program::Native { make, .. } => Ok(make(caps)),
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! `reel:projection/sql` for component instances.
+
+use super::bindings::reel::projection::sql::{Host, Rows, SqlError, Value};
+use super::instance::InstanceState;
+use crate::store;
+
+fn from_wit(value: Value) -> store::Value {
+    match value {
+        Value::Null => store::Value::Null,
+        Value::Integer(i) => store::Value::Integer(i),
+        Value::Real(f) => store::Value::Real(f),
+        Value::Text(s) => store::Value::Text(s),
+        Value::Blob(b) => store::Value::Blob(b),
+    }
+}
+
+fn to_wit(value: store::Value) -> Value {
+    match value {
+        store::Value::Null => Value::Null,
+        store::Value::Integer(i) => Value::Integer(i),
+        store::Value::Real(f) => Value::Real(f),
+        store::Value::Text(s) => Value::Text(s),
+        store::Value::Blob(b) => Value::Blob(b),
+    }
+}
+
+impl Host for InstanceState {
+    fn execute(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<()> {
+        Ok(self.caps()?.sql_execute(&statement, params.into_iter().map(from_wit).collect())?)
+    }
+
+    fn query(&mut self, statement: String, params: Vec<Value>) -> wasmtime::Result<Result<Rows, SqlError>> {
+        let result = self.caps()?.sql_query(&statement, params.into_iter().map(from_wit).collect())?;
+        Ok(match result {
+            Ok(rows) => Ok(Rows {
+                columns: rows.columns,
+                rows: rows.rows.into_iter().map(|row| row.into_iter().map(to_wit).collect()).collect(),
+            }),
+            Err(e) => Err(SqlError { code: e.code, message: e.message }),
+        })
+    }
+}

@@ -1,0 +1,37 @@
+//! reel: a projection runtime for event-sourced systems.
+//!
+//! reel tails an append-only `events` table, feeds each event to projection
+//! modules compiled to WebAssembly components, and those modules build read
+//! models through a key-value and an SQL API the host provides. The read
+//! models are served over HTTP.
+//!
+//! # Layout
+//!
+//! The folders follow the data flow, `source -> worker -> host -> store -> api`:
+//!
+//! - [`source`]: reads committed events after a cursor from the events table
+//!   (SQLite or PostgreSQL), appends events, and wakes workers up.
+//! - [`modules`]: loads `.wasm` files from the modules folder, compiles them
+//!   (with an on-disk cache), validates them against the world, and watches
+//!   the folder for changes.
+//! - [`worker`]: one thread per projection: batch -> guest -> commit (writes
+//!   and checkpoint in one transaction), with retries, bisection and status.
+//! - [`host`]: the wasmtime engine and the capabilities a guest imports
+//!   (`kv`, `sql`, `log`, and an inert WASI), bound to the worker's
+//!   transaction; also runs projections compiled natively.
+//! - [`store`]: read-model storage per backend: a namespace per projection
+//!   version, its KV table, its checkpoint.
+//! - [`api`]: the HTTP API (axum): append, status, reads, control.
+//! - [`runtime`]: wires it together: [`run`] starts everything for a [`Config`].
+
+pub mod api;
+pub mod config;
+pub mod host;
+pub mod modules;
+pub mod runtime;
+pub mod source;
+pub mod store;
+pub mod worker;
+
+pub use config::Config;
+pub use runtime::{Runtime, run};

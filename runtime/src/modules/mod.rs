@@ -1,0 +1,140 @@
+//! Projection modules: `.wasm` files in the modules folder, compiled (with an
+//! on-disk cache), checked against the `reel:projection` world and asked for
+//! their manifest before anything runs them.
+
+mod cache;
+pub mod watch;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Limits;
+use crate::host::instance::{Code, WasmGuest};
+use crate::host::{Engine, Manifest};
+
+/// A loaded, validated module.
+pub struct Module {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub hash: String,
+    /// What it declared.
+    pub manifest: Manifest,
+    /// Linked code, ready to instantiate.
+    pub code: Code,
+    /// File size in bytes.
+    pub size: u64,
+    /// Time to compile (or load from the cache).
+    pub compile_time: Duration,
+    /// Whether the compiled code came from the cache.
+    pub cached: bool,
+}
+
+/// Why a module file cannot be used. Nothing running is replaced by it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModuleError {
+    /// Reading the file failed.
+    #[error("cannot read {path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The file is not a component.
+    #[error("{path} is not a WebAssembly component: {message}")]
+    NotAComponent {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// The component does not fit the world.
+    #[error("{path} does not match the reel:projection@0.1.0 world: {message}")]
+    WrongWorld {
+        /// The file.
+        path: String,
+        /// What does not match.
+        message: String,
+    },
+    /// `describe` failed or declared something unusable.
+    #[error("{path}: describe() failed: {message}")]
+    Describe {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Compiles and validates modules.
+#[derive(Clone)]
+pub struct Loader {
+    engine: Engine,
+    cache: cache::CompileCache,
+    limits: Limits,
+}
+
+/// Magic and version of a core module (`\0asm`, version 1).
+const CORE_MODULE: [u8; 8] = [0, b'a', b's', b'm', 1, 0, 0, 0];
+
+impl Loader {
+    /// A loader caching compiled code in `cache_dir`.
+    pub fn new(engine: Engine, cache_dir: &Path, limits: Limits) -> Self {
+        Self { cache: cache::CompileCache::new(cache_dir, &engine), engine, limits }
+    }
+
+    /// The engine modules are compiled for.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Read, compile, link and describe the module at `path`. Blocking (and
+    /// seconds long for big components): call it off the async threads.
+    pub fn load(&self, path: &Path) -> Result<Arc<Module>, ModuleError> {
+        let shown = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ModuleError::Io { path: shown.clone(), message: e.to_string() })?;
+        self.load_bytes(path, &bytes)
+    }
+
+    /// Like [`load`](Self::load), from bytes already read.
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Module>, ModuleError> {
+        let shown = path.display().to_string();
+        let not_component = |message: String| ModuleError::NotAComponent { path: shown.clone(), message };
+        if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+            return Err(not_component(format!("no WebAssembly header ({} bytes)", bytes.len())));
+        }
+        if bytes[..8] == CORE_MODULE {
+            return Err(not_component(
+                "it is a core module; build for wasm32-wasip2 or wrap it with `wasm-tools component new`".into(),
+            ));
+        }
+        let hash = hex(&Sha256::digest(bytes));
+        let started = Instant::now();
+        let (component, cached) =
+            self.cache.get_or_compile(&self.engine, &hash, bytes).map_err(|e| not_component(format!("{e:#}")))?;
+        let compile_time = started.elapsed();
+        let code = Code::link(&self.engine, &component)
+            .map_err(|e| ModuleError::WrongWorld { path: shown.clone(), message: format!("{e:#}") })?;
+        let name_hint = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let manifest = WasmGuest::describe(&code, &name_hint, &self.limits)
+            .map_err(|e| ModuleError::Describe { path: shown.clone(), message: e.to_string() })?;
+        manifest.validate().map_err(|message| ModuleError::Describe { path: shown.clone(), message })?;
+        Ok(Arc::new(Module {
+            path: path.to_owned(),
+            hash,
+            manifest,
+            code,
+            size: bytes.len() as u64,
+            compile_time,
+            cached,
+        }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,216 @@
+//! The event log: reading committed events after a cursor, appending with an
+//! expected version, and waking workers when new events may exist.
+//!
+//! Two backends implement it: embedded SQLite ([`sqlite`]) and PostgreSQL
+//! ([`postgres`]). Both deliver each committed event exactly once, in an order
+//! that keeps every stream's versions ascending.
+
+mod filter;
+pub mod sqlite;
+pub mod time;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+pub use crate::host::Event;
+pub use filter::Filter;
+
+/// How far a projection has read the log. Events are delivered in `(tx, id)`
+/// order; everything at or before the cursor has been seen.
+///
+/// On SQLite `tx` is always 0 and `id` is the last event id. On PostgreSQL
+/// `tx` is the appending transaction's id (`xid8`), because ids commit out of
+/// order under concurrent writers but transaction ids below the snapshot's
+/// `xmin` are settled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Transaction id of the last event seen (0 on SQLite).
+    pub tx: i64,
+    /// Event id (position) of the last event seen.
+    pub id: i64,
+}
+
+impl Cursor {
+    /// The start of the log.
+    pub const START: Cursor = Cursor { tx: 0, id: 0 };
+}
+
+/// Events read after a cursor.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Matching events, in delivery order.
+    pub events: Vec<Event>,
+    /// The cursor just after each event of `events` (same length).
+    pub cursors: Vec<Cursor>,
+    /// Where the next read starts: past `events` and past any non-matching
+    /// events the read covered.
+    pub next: Cursor,
+}
+
+/// One event to append.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewEvent {
+    /// Type name, e.g. `order.placed`.
+    pub event_type: String,
+    /// The payload.
+    pub data: serde_json::Value,
+    /// Metadata (defaults to `{}`).
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// Append events to one stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendRequest {
+    /// The stream to append to.
+    pub stream_id: String,
+    /// The stream's current version the caller expects: 0 for a new stream,
+    /// omitted to append whatever the version.
+    #[serde(default)]
+    pub expected_version: Option<i64>,
+    /// Events to append, in order (1 to 10,000).
+    pub events: Vec<NewEvent>,
+}
+
+/// What an append stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Appended {
+    /// Position of each appended event.
+    pub positions: Vec<i64>,
+    /// The stream's version after the append.
+    pub version: i64,
+}
+
+/// Largest number of events in one append.
+pub const MAX_APPEND_EVENTS: usize = 10_000;
+/// Longest stream id or event type.
+pub const MAX_NAME_BYTES: usize = 512;
+
+impl AppendRequest {
+    /// Check the request before touching the database.
+    pub fn validate(&self) -> Result<(), SourceError> {
+        let invalid = |m: String| Err(SourceError::Invalid(m));
+        if self.stream_id.is_empty() || self.stream_id.len() > MAX_NAME_BYTES {
+            return invalid(format!("stream_id must be 1 to {MAX_NAME_BYTES} bytes"));
+        }
+        if self.events.is_empty() || self.events.len() > MAX_APPEND_EVENTS {
+            return invalid(format!("events must hold 1 to {MAX_APPEND_EVENTS} events"));
+        }
+        if let Some(v) = self.expected_version
+            && v < 0
+        {
+            return invalid(format!("expected_version must be 0 (new stream) or more, not {v}"));
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            if e.event_type.is_empty() || e.event_type.len() > MAX_NAME_BYTES {
+                return invalid(format!("events[{i}].event_type must be 1 to {MAX_NAME_BYTES} bytes"));
+            }
+            if let Some(m) = &e.metadata
+                && !m.is_object()
+            {
+                return invalid(format!("events[{i}].metadata must be a JSON object"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Errors of the event log.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The stream is not at the version the caller expected.
+    #[error("stream `{stream}` is at version {actual}, expected {expected}")]
+    VersionConflict {
+        /// The stream.
+        stream: String,
+        /// What the caller expected.
+        expected: i64,
+        /// What it is.
+        actual: i64,
+    },
+    /// The request is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// SQLite failed.
+    #[error("events database (SQLite): {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Migrations failed.
+    #[error("migrating the events database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// sqlx failed (only used at start-up).
+    #[error("events database: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    /// A blocking task died.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Reads batches for one worker (owns its own connection).
+pub trait EventReader: Send {
+    /// Up to `limit` events matching `filter` after `after`.
+    fn read_batch(&mut self, after: Cursor, filter: &Filter, limit: usize) -> Result<Batch, SourceError>;
+}
+
+/// The event log of the configured backend.
+#[derive(Clone)]
+pub enum Source {
+    /// Embedded SQLite.
+    Sqlite(Arc<sqlite::SqliteSource>),
+}
+
+impl Source {
+    /// A reader with its own connection, for one worker.
+    pub fn reader(&self) -> Result<Box<dyn EventReader>, SourceError> {
+        match self {
+            Source::Sqlite(s) => Ok(Box::new(s.reader()?)),
+        }
+    }
+
+    /// Append to a stream, checking the expected version.
+    pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
+        request.validate()?;
+        match self {
+            Source::Sqlite(s) => s.append(request).await,
+        }
+    }
+
+    /// Position of the last committed event (0 when empty).
+    pub async fn head(&self) -> Result<i64, SourceError> {
+        match self {
+            Source::Sqlite(s) => s.head().await,
+        }
+    }
+
+    /// The cursor a projection must have passed to have seen event `position`
+    /// (`None` when no such event is committed).
+    pub async fn cursor_of(&self, position: i64) -> Result<Option<Cursor>, SourceError> {
+        match self {
+            Source::Sqlite(_) => Ok(Some(Cursor { tx: 0, id: position })),
+        }
+    }
+
+    /// Number of committed events after `cursor`.
+    pub async fn count_after(&self, cursor: Cursor) -> Result<i64, SourceError> {
+        match self {
+            Source::Sqlite(s) => Ok((s.head().await? - cursor.id).max(0)),
+        }
+    }
+
+    /// `occurred_at` of the first committed event after `cursor`.
+    pub async fn oldest_after(&self, cursor: Cursor) -> Result<Option<String>, SourceError> {
+        match self {
+            Source::Sqlite(s) => s.oldest_after(cursor).await,
+        }
+    }
+
+    /// Changes whenever new events may have been committed.
+    pub fn wakeups(&self) -> watch::Receiver<u64> {
+        match self {
+            Source::Sqlite(s) => s.wakeups(),
+        }
+    }
+}

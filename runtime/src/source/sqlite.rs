@@ -1,0 +1,215 @@
+//! The embedded event log: `events.db`, SQLite in WAL mode.
+//!
+//! SQLite has one writer at a time and `AUTOINCREMENT` ids, so ids commit in
+//! order and `id > cursor` never skips an event. Writers (reel's own append
+//! and any other process) must use `BEGIN IMMEDIATE` transactions.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params_from_iter};
+use sqlx::ConnectOptions;
+use tokio::sync::watch;
+
+use super::time::{format_micros, now_micros};
+use super::{AppendRequest, Appended, Batch, Cursor, Event, EventReader, Filter, SourceError};
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// How long a connection waits for another writer before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The events database of embedded mode.
+pub struct SqliteSource {
+    path: PathBuf,
+    /// reel's own appends go through this one connection, one at a time.
+    writer: Arc<Mutex<Connection>>,
+    wake: watch::Sender<u64>,
+}
+
+impl SqliteSource {
+    /// Open (creating and migrating if needed) the events database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, SourceError> {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(BUSY_TIMEOUT);
+        let mut conn = options.connect().await?;
+        MIGRATIONS.run(&mut conn).await?;
+        sqlx::Connection::close(conn).await?;
+
+        let writer = open_connection(path, false)?;
+        let (wake, _) = watch::channel(0);
+        Ok(Self { path: path.to_owned(), writer: Arc::new(Mutex::new(writer)), wake })
+    }
+
+    /// A reader with its own connection.
+    pub fn reader(&self) -> Result<SqliteReader, SourceError> {
+        Ok(SqliteReader { conn: open_connection(&self.path, true)?, sql: None })
+    }
+
+    /// Changes after every append through reel.
+    pub fn wakeups(&self) -> watch::Receiver<u64> {
+        self.wake.subscribe()
+    }
+
+    /// Append with an optimistic concurrency check.
+    pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
+        let writer = Arc::clone(&self.writer);
+        let appended = tokio::task::spawn_blocking(move || {
+            let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            append_blocking(&mut conn, &request)
+        })
+        .await
+        .map_err(|e| SourceError::Internal(e.to_string()))??;
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(appended)
+    }
+
+    /// Largest event id.
+    pub async fn head(&self) -> Result<i64, SourceError> {
+        self.with_reader(|conn| Ok(conn.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?)).await
+    }
+
+    /// `occurred_at` of the first event after `cursor`.
+    pub async fn oldest_after(&self, cursor: Cursor) -> Result<Option<String>, SourceError> {
+        self.with_reader(move |conn| {
+            Ok(conn
+                .query_row("SELECT occurred_at FROM events WHERE id > ?1 ORDER BY id LIMIT 1", [cursor.id], |r| {
+                    r.get(0)
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn with_reader<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, SourceError> + Send + 'static,
+    ) -> Result<T, SourceError> {
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || f(&open_connection(&path, true)?))
+            .await
+            .map_err(|e| SourceError::Internal(e.to_string()))?
+    }
+}
+
+fn open_connection(path: &Path, read_only: bool) -> Result<Connection, SourceError> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if !read_only {
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+    }
+    Ok(conn)
+}
+
+fn append_blocking(conn: &mut Connection, request: &AppendRequest) -> Result<Appended, SourceError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 =
+        tx.query_row("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?1", [&request.stream_id], |r| {
+            r.get(0)
+        })?;
+    if let Some(expected) = request.expected_version
+        && expected != current
+    {
+        return Err(SourceError::VersionConflict { stream: request.stream_id.clone(), expected, actual: current });
+    }
+    let occurred_at = format_micros(now_micros());
+    let mut positions = Vec::with_capacity(request.events.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (stream_id, version, event_type, data, metadata, occurred_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )?;
+        for (i, event) in request.events.iter().enumerate() {
+            let metadata = event.metadata.as_ref().map_or_else(|| "{}".to_owned(), |m| m.to_string());
+            let id: i64 = insert.query_row(
+                rusqlite::params![
+                    request.stream_id,
+                    current + 1 + i as i64,
+                    event.event_type,
+                    event.data.to_string(),
+                    metadata,
+                    occurred_at,
+                ],
+                |r| r.get(0),
+            )?;
+            positions.push(id);
+        }
+    }
+    tx.commit()?;
+    Ok(Appended { version: current + request.events.len() as i64, positions })
+}
+
+/// One worker's reader.
+pub struct SqliteReader {
+    conn: Connection,
+    /// The batch query of the last filter used, and that filter.
+    sql: Option<(Filter, String, Vec<String>)>,
+}
+
+impl EventReader for SqliteReader {
+    fn read_batch(&mut self, after: Cursor, filter: &Filter, limit: usize) -> Result<Batch, SourceError> {
+        if self.sql.as_ref().is_none_or(|(f, _, _)| f != filter) {
+            let condition = filter.condition(2, |n| format!("?{n}"));
+            let sql = format!(
+                "SELECT id, stream_id, version, event_type, data, metadata, occurred_at FROM events \
+                 WHERE id > ?1{} ORDER BY id LIMIT ?{}",
+                condition.sql,
+                2 + condition.params.len(),
+            );
+            self.sql = Some((filter.clone(), sql, condition.params));
+        }
+        let (_, sql, filter_params) = self.sql.as_ref().expect("set above");
+        let tx = self.conn.transaction()?;
+        let mut batch = Batch::default();
+        {
+            let mut stmt = tx.prepare_cached(sql)?;
+            let params = std::iter::once(rusqlite::types::Value::Integer(after.id))
+                .chain(filter_params.iter().map(|p| rusqlite::types::Value::Text(p.clone())))
+                .chain(std::iter::once(rusqlite::types::Value::Integer(limit as i64)));
+            let mut rows = stmt.query(params_from_iter(params))?;
+            while let Some(row) = rows.next()? {
+                let id: i64 = row.get(0)?;
+                batch.events.push(Event {
+                    position: id,
+                    stream_id: text(row.get_ref(1)?),
+                    version: row.get(2)?,
+                    event_type: text(row.get_ref(3)?),
+                    data: text(row.get_ref(4)?),
+                    metadata: text(row.get_ref(5)?),
+                    occurred_at: text(row.get_ref(6)?),
+                });
+                batch.cursors.push(Cursor { tx: 0, id });
+            }
+        }
+        batch.next = match batch.cursors.last() {
+            Some(last) if batch.events.len() == limit => *last,
+            last => {
+                // The read covered everything up to the head of this snapshot.
+                let head: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM events", [], |r| r.get(0))?;
+                Cursor { tx: 0, id: head.max(last.map_or(after.id, |c| c.id)).max(after.id) }
+            }
+        };
+        tx.commit()?;
+        Ok(batch)
+    }
+}
+
+/// Column text as written, whatever its storage class (bad UTF-8 replaced).
+fn text(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+    }
+}

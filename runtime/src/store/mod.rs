@@ -1,0 +1,331 @@
+//! Read-model storage: one namespace per projection version.
+//!
+//! A namespace holds the projection's SQL tables, its key-value table and its
+//! checkpoint. On SQLite it is a file of its own; on PostgreSQL a schema owned
+//! by a role of its own. The worker writes through a [`Namespace`] inside one
+//! transaction per batch and commits the checkpoint with a compare-and-set in
+//! that same transaction. Reads (HTTP) use separate read-only connections.
+
+pub mod kv_cache;
+pub mod sql_text;
+pub mod sqlite;
+
+use std::fmt;
+
+pub use guest_sdk::{Rows, Value};
+
+use crate::source::{Cursor, Event};
+
+/// A projection version's storage.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NamespaceId {
+    /// Projection name (manifest `name`).
+    pub name: String,
+    /// Projection version (manifest `version`).
+    pub version: String,
+    /// Rebuilds of the same version get a new generation (0 first).
+    pub generation: u32,
+}
+
+impl NamespaceId {
+    /// The first namespace of `name` at `version`.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
+        Self { name: name.into(), version: version.into(), generation: 0 }
+    }
+
+    /// The namespace a rebuild of the same version writes into.
+    pub fn next_generation(&self) -> Self {
+        Self { generation: self.generation + 1, ..self.clone() }
+    }
+
+    /// A file-name safe rendering: `name@version` (plus `+gN` for a later
+    /// generation), with unusual version characters hex-escaped.
+    pub fn slug(&self) -> String {
+        let mut version = String::new();
+        for c in self.version.chars() {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+                version.push(c);
+            } else {
+                for b in c.to_string().bytes() {
+                    version.push_str(&format!("~{b:02x}"));
+                }
+            }
+        }
+        match self.generation {
+            0 => format!("{}@{}", self.name, version),
+            n => format!("{}@{}+g{n}", self.name, version),
+        }
+    }
+
+    /// Parse a [`slug`](Self::slug).
+    pub fn from_slug(slug: &str) -> Option<Self> {
+        let (name, rest) = slug.split_once('@')?;
+        let (version, generation) = match rest.rsplit_once("+g") {
+            Some((version, n)) => (version, n.parse().ok()?),
+            None => (rest, 0),
+        };
+        let mut bytes = Vec::new();
+        let mut chars = version.bytes();
+        while let Some(b) = chars.next() {
+            if b == b'~' {
+                let hex = [chars.next()?, chars.next()?];
+                bytes.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+            } else {
+                bytes.push(b);
+            }
+        }
+        Some(Self { name: name.to_owned(), version: String::from_utf8(bytes).ok()?, generation })
+    }
+}
+
+impl fmt::Display for NamespaceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.version)?;
+        if self.generation > 0 {
+            write!(f, " (generation {})", self.generation)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the checkpoint row says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Everything at or before this cursor has been applied.
+    pub cursor: Cursor,
+    /// `init` ran (and committed) in this namespace.
+    pub initialized: bool,
+}
+
+/// Errors of read-model storage.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused a projection's statement.
+    #[error("SQL error {code}: {message}")]
+    Sql {
+        /// SQLSTATE or SQLite result code name.
+        code: String,
+        /// The database's message.
+        message: String,
+    },
+    /// reel refused a projection's statement before running it.
+    #[error("{0}")]
+    Refused(String),
+    /// A result or value is over a configured limit.
+    #[error("{0}")]
+    Limit(String),
+    /// Another process advanced the checkpoint first: this worker no longer
+    /// owns the projection.
+    #[error(
+        "checkpoint moved underneath us (expected {expected:?}, found {found:?}): another runtime owns this projection"
+    )]
+    Fenced {
+        /// What this worker last committed.
+        expected: Cursor,
+        /// What the database holds.
+        found: Option<Cursor>,
+    },
+    /// No such table (reads over HTTP).
+    #[error("{0}")]
+    NotFound(String),
+    /// A malformed read: unknown column, bad order (reads over HTTP).
+    #[error("{0}")]
+    Invalid(String),
+    /// The database failed (connection, disk, ...): not the projection's fault.
+    #[error("read-model database: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    /// Errors caused by the projection's own statements, as opposed to the
+    /// database being unavailable.
+    pub fn is_projection_fault(&self) -> bool {
+        matches!(self, StoreError::Sql { .. } | StoreError::Refused(_) | StoreError::Limit(_))
+    }
+
+    /// The error as the guest sees it (`sql-error`).
+    pub fn to_sql_error(&self) -> guest_sdk::SqlError {
+        match self {
+            StoreError::Sql { code, message } => guest_sdk::SqlError { code: code.clone(), message: message.clone() },
+            StoreError::Refused(m) => guest_sdk::SqlError { code: "reel:refused".into(), message: m.clone() },
+            StoreError::Limit(m) => guest_sdk::SqlError { code: "reel:limit".into(), message: m.clone() },
+            other => guest_sdk::SqlError { code: "reel:unavailable".into(), message: other.to_string() },
+        }
+    }
+}
+
+/// A read over HTTP of a projection's table.
+#[derive(Debug, Clone, Default)]
+pub struct TableRead {
+    /// Table name (checked against the namespace's tables).
+    pub table: String,
+    /// `column = value` filters (columns checked).
+    pub filters: Vec<(String, String)>,
+    /// Sort column and whether descending.
+    pub order: Option<(String, bool)>,
+    /// Most rows to return.
+    pub limit: usize,
+}
+
+/// One namespace, through one connection: the worker's writer, or a
+/// read-only view for HTTP reads and guest queries.
+///
+/// Writers call [`begin`](Namespace::begin), then any reads and writes, then
+/// [`commit`](Namespace::commit) or [`rollback`](Namespace::rollback). SQL
+/// writes may be deferred until [`flush`](Namespace::flush), a query or the
+/// commit; an error there fails the batch.
+pub trait Namespace: Send {
+    /// The committed checkpoint.
+    fn checkpoint(&mut self) -> Result<Checkpoint, StoreError>;
+    /// Start a transaction (a write transaction for writers, a snapshot for
+    /// readers).
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commit the transaction, moving the checkpoint from `from` to `to`
+    /// (compare-and-set: fails with [`StoreError::Fenced`] if it is not at
+    /// `from`).
+    fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError>;
+    /// Abandon the transaction.
+    fn rollback(&mut self) -> Result<(), StoreError>;
+
+    /// A KV value.
+    fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// KV entries with `prefix`, after `after`, in key order.
+    fn kv_scan(
+        &mut self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
+    /// Apply KV writes (`None` deletes), in one go.
+    fn kv_write(&mut self, writes: &mut dyn Iterator<Item = (String, Option<Vec<u8>>)>) -> Result<(), StoreError>;
+    /// Whether the KV table is empty.
+    fn kv_is_empty(&mut self) -> Result<bool, StoreError>;
+
+    /// Run (or queue) a statement whose rows are not needed.
+    fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError>;
+    /// Run a statement and return at most `max_rows` rows.
+    fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError>;
+    /// Run queued statements.
+    fn flush(&mut self) -> Result<(), StoreError>;
+
+    /// Read a table for HTTP, validating names.
+    fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError>;
+    /// The tables a projection created (for status and errors).
+    fn tables(&mut self) -> Result<Vec<String>, StoreError>;
+
+    /// Record a poison event (inside the open transaction).
+    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError>;
+    /// Dead letters after position `after`, oldest first.
+    fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+    /// Remove a dead letter (inside the open transaction); false if absent.
+    fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError>;
+}
+
+/// An event a projection could not apply, set aside under the `skip` policy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct DeadLetter {
+    /// The event's position.
+    pub position: i64,
+    /// Its stream.
+    pub stream_id: String,
+    /// Its version in the stream.
+    pub version: i64,
+    /// Its type.
+    pub event_type: String,
+    /// Its payload (JSON text).
+    pub data: String,
+    /// Its metadata (JSON text).
+    pub metadata: String,
+    /// When it occurred.
+    pub occurred_at: String,
+    /// Why it failed.
+    pub error: String,
+    /// When it was set aside.
+    pub failed_at: String,
+}
+
+impl DeadLetter {
+    /// The event, to apply it again.
+    pub fn event(&self) -> Event {
+        Event {
+            position: self.position,
+            stream_id: self.stream_id.clone(),
+            version: self.version,
+            event_type: self.event_type.clone(),
+            data: self.data.clone(),
+            metadata: self.metadata.clone(),
+            occurred_at: self.occurred_at.clone(),
+        }
+    }
+}
+
+/// The read-model storage of the configured backend.
+#[derive(Clone)]
+pub enum Store {
+    /// One SQLite file per namespace.
+    Sqlite(sqlite::SqliteStore),
+}
+
+impl Store {
+    /// Open `ns` for writing, creating it (empty, checkpoint at the start) if
+    /// it does not exist.
+    pub fn open_writer(&self, ns: &NamespaceId) -> Result<Box<dyn Namespace>, StoreError> {
+        match self {
+            Store::Sqlite(s) => Ok(Box::new(s.open(ns, false)?)),
+        }
+    }
+
+    /// Open `ns` read-only; `None` if it does not exist.
+    pub fn open_reader(&self, ns: &NamespaceId) -> Result<Option<Box<dyn Namespace>>, StoreError> {
+        match self {
+            Store::Sqlite(s) => {
+                if !s.exists(ns) {
+                    return Ok(None);
+                }
+                Ok(Some(Box::new(s.open(ns, true)?)))
+            }
+        }
+    }
+
+    /// Whether `ns` exists.
+    pub fn exists(&self, ns: &NamespaceId) -> bool {
+        match self {
+            Store::Sqlite(s) => s.exists(ns),
+        }
+    }
+
+    /// Delete `ns` and everything in it.
+    pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.drop_namespace(ns),
+        }
+    }
+
+    /// The namespaces that exist.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.namespaces(),
+        }
+    }
+
+    /// The namespace serving reads of each projection.
+    pub fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+        match self {
+            Store::Sqlite(s) => s.active_namespaces(),
+        }
+    }
+
+    /// Record `ns` as the one serving reads of its projection.
+    pub fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.set_active(ns),
+        }
+    }
+
+    /// Forget a projection (after its namespaces are dropped).
+    pub fn forget(&self, name: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Sqlite(s) => s.forget(name),
+        }
+    }
+}

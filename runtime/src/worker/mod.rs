@@ -1,0 +1,526 @@
+//! One worker thread per projection version: read a batch after the cursor,
+//! hand it to the guest, commit its writes and the new checkpoint in one
+//! transaction. Failures roll back; persistent ones are narrowed down to the
+//! poison event, which the projection's policy stops at or skips.
+
+pub mod status;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+pub use status::{State, Status};
+
+use crate::config::{BatchConfig, Limits};
+use crate::host::{Capabilities, Guest, GuestFailure, Mode, OnError, Program};
+use crate::runtime::ReadError;
+use crate::source::{Cursor, Event, EventReader, Filter, Source};
+use crate::store::{NamespaceId, Store, StoreError};
+
+/// Attempts at a failing batch before narrowing it down.
+const ATTEMPTS: u32 = 3;
+/// First retry delay; doubles per attempt.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a cursor moved only past unsubscribed events is persisted.
+const PERSIST_SKIPS_EVERY: Duration = Duration::from_secs(1);
+
+/// What a worker can be told between batches.
+pub enum Control {
+    /// Run new code of the same name and version from the checkpoint.
+    Swap(Program),
+    /// Stop taking batches.
+    Pause,
+    /// Take batches again (also retries a stopped projection).
+    Resume,
+    /// Apply a dead-lettered event again; it leaves the table on success.
+    RetryDeadLetter {
+        /// The event's position.
+        position: i64,
+        /// The outcome.
+        reply: tokio::sync::oneshot::Sender<Result<(), ReadError>>,
+    },
+    /// Finish the current batch and exit.
+    Exit,
+}
+
+/// Everything a worker needs from the runtime.
+#[derive(Clone)]
+pub struct WorkerContext {
+    /// The event log.
+    pub source: Source,
+    /// Read-model storage.
+    pub store: Store,
+    /// Limits of the projection.
+    pub limits: Limits,
+    /// Batch sizes.
+    pub batch: BatchConfig,
+    /// Polling when no wake-up arrives.
+    pub poll_interval: Duration,
+    /// Overrides the manifest's `on-error` policy.
+    pub on_error: Option<OnError>,
+}
+
+/// The runtime's handle on a worker thread.
+pub struct WorkerHandle {
+    control: mpsc::UnboundedSender<Control>,
+    /// Its status.
+    pub status: Arc<Status>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Send a control message (ignored if the worker has exited).
+    pub fn send(&self, control: Control) {
+        let _ = self.control.send(control);
+    }
+
+    /// Tell the worker to exit and wait for it (blocking).
+    pub fn stop(mut self) {
+        self.send(Control::Exit);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Start a worker for `program` in namespace `ns`.
+pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHandle {
+    let (control, control_rx) = mpsc::unbounded_channel();
+    let status = Arc::new(Status::new(Cursor::START));
+    let worker = Worker {
+        filter: filter_of(&program),
+        wake: ctx.source.wakeups(),
+        ctx,
+        ns,
+        program,
+        status: Arc::clone(&status),
+        control: control_rx,
+        guest: None,
+        spare: None,
+        reader: None,
+        cursor: Cursor::START,
+        persisted: Cursor::START,
+        last_persist: Instant::now(),
+        paused: false,
+        halted: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("reel-{}", worker.ns))
+        .spawn(move || worker.run())
+        .expect("spawning a worker thread");
+    WorkerHandle { control, status, thread: Some(thread) }
+}
+
+fn filter_of(program: &Program) -> Filter {
+    let m = program.manifest();
+    Filter::new(&m.event_types, &m.stream_prefixes)
+}
+
+/// Why processing stopped short.
+enum Halt {
+    /// Told to exit.
+    Exit,
+    /// Stopped at a poison event, or fenced.
+    Stopped,
+}
+
+struct Worker {
+    ctx: WorkerContext,
+    ns: NamespaceId,
+    program: Program,
+    filter: Filter,
+    status: Arc<Status>,
+    control: mpsc::UnboundedReceiver<Control>,
+    wake: watch::Receiver<u64>,
+    /// The instance, when one is alive.
+    guest: Option<Box<dyn Guest>>,
+    /// Capabilities waiting for a new instance.
+    spare: Option<Capabilities>,
+    reader: Option<Box<dyn EventReader>>,
+    /// Everything at or before it is applied (in memory).
+    cursor: Cursor,
+    /// The committed checkpoint (`cursor` may be ahead of it by events the
+    /// projection does not subscribe to).
+    persisted: Cursor,
+    last_persist: Instant,
+    paused: bool,
+    halted: bool,
+}
+
+fn backoff(attempt: u32) -> Duration {
+    BACKOFF_START.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX)
+}
+
+impl Worker {
+    fn run(mut self) {
+        tracing::info!(projection = %self.ns, "worker starting");
+        let mut attempt = 0;
+        loop {
+            match self.open() {
+                Ok(()) => break,
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(projection = %self.ns, "cannot start: {e}");
+                    let state = if e.is_projection_fault() { State::Stopped } else { State::Retrying };
+                    self.status.failed(state, format!("starting: {e}"), None, attempt);
+                    if self.wait(backoff(attempt)).is_err() {
+                        return self.exit();
+                    }
+                }
+            }
+        }
+        self.status.set_state(State::Running);
+        loop {
+            if self.drain_control().is_err() {
+                break;
+            }
+            if self.paused || self.halted {
+                if self.wait(Duration::from_secs(3600)).is_err() {
+                    break;
+                }
+                continue;
+            }
+            match self.step() {
+                Ok(true) => {}
+                Ok(false) => {
+                    if self.wait(self.ctx.poll_interval).is_err() {
+                        break;
+                    }
+                }
+                Err(Halt::Exit) => break,
+                Err(Halt::Stopped) => self.halted = true,
+            }
+        }
+        self.exit();
+    }
+
+    fn exit(mut self) {
+        if self.cursor > self.persisted {
+            let _ = self.persist();
+        }
+        tracing::info!(projection = %self.ns, "worker stopped");
+    }
+
+    /// Open the namespace, instantiate, run `init` once.
+    fn open(&mut self) -> Result<(), GuestFailure> {
+        let writer = self.ctx.store.open_writer(&self.ns)?;
+        let mut caps = Capabilities::new(&self.ns.name, writer, self.ctx.limits.clone(), Mode::Write)?;
+        let checkpoint = caps.namespace().checkpoint()?;
+        self.spare = Some(caps);
+        if !checkpoint.initialized {
+            let guest = self.guest()?;
+            guest.caps().begin()?;
+            let result = guest.init().and_then(|()| Ok(guest.caps().commit(Cursor::START, Cursor::START)?));
+            if let Err(e) = result {
+                self.discard(&e);
+                return Err(e);
+            }
+        }
+        self.cursor = checkpoint.cursor;
+        self.persisted = checkpoint.cursor;
+        self.status.advanced(self.cursor);
+        self.reader = Some(self.ctx.source.reader().map_err(|e| StoreError::Database(e.to_string()))?);
+        Ok(())
+    }
+
+    /// The live instance, creating one if needed.
+    fn guest(&mut self) -> Result<&mut Box<dyn Guest>, GuestFailure> {
+        if self.guest.is_none() {
+            let caps = self.spare.take().expect("capabilities are either spare or in the instance");
+            match self.program.instantiate(caps, &self.ctx.limits) {
+                Ok(guest) => self.guest = Some(guest),
+                Err((e, caps)) => {
+                    self.spare = Some(caps);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.guest.as_mut().expect("set above"))
+    }
+
+    /// Roll back, and drop the instance if the failure left it unusable.
+    fn discard(&mut self, failure: &GuestFailure) {
+        let Some(mut guest) = self.guest.take() else { return };
+        if let Err(e) = guest.caps().rollback() {
+            tracing::warn!(projection = %self.ns, "rollback failed: {e}");
+        }
+        if failure.poisons_instance() {
+            self.spare = Some(guest.into_caps());
+        } else {
+            self.guest = Some(guest);
+        }
+    }
+
+    /// One read and, if it found events, one batch. `Ok(false)`: nothing new.
+    fn step(&mut self) -> Result<bool, Halt> {
+        let limit = self.ctx.batch.max_events;
+        let reader = self.reader.as_mut().expect("opened");
+        let batch = match reader.read_batch(self.cursor, &self.filter, limit) {
+            Ok(batch) => batch,
+            Err(e) => {
+                tracing::warn!(projection = %self.ns, "reading events: {e}");
+                self.status.failed(State::Retrying, format!("reading events: {e}"), None, 1);
+                self.wait(backoff(4))?;
+                return Ok(true);
+            }
+        };
+        self.status.set_at_head(batch.events.len() < limit);
+        if batch.events.is_empty() {
+            if batch.next > self.cursor {
+                self.cursor = batch.next;
+                self.status.advanced(self.cursor);
+                if self.last_persist.elapsed() >= PERSIST_SKIPS_EVERY && self.persist().is_err() {
+                    return Ok(false);
+                }
+            }
+            return Ok(false);
+        }
+        self.process(&batch.events, &batch.cursors, batch.next, ATTEMPTS)?;
+        Ok(true)
+    }
+
+    /// Commit a cursor that only moved past unsubscribed events.
+    fn persist(&mut self) -> Result<(), GuestFailure> {
+        let to = self.cursor;
+        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps(),
+            (None, Some(caps)) => caps,
+            (None, None) => return Ok(()),
+        };
+        caps.begin()?;
+        match caps.commit(self.persisted, to) {
+            Ok(()) => {
+                self.persisted = to;
+                self.last_persist = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = caps.rollback();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Apply `events` as one transaction ending at `end`.
+    fn apply(&mut self, events: &[Event], end: Cursor) -> Result<(), GuestFailure> {
+        let from = self.persisted;
+        let guest = self.guest()?;
+        guest.caps().begin()?;
+        let result = guest.handle(events).and_then(|()| Ok(guest.caps().commit(from, end)?));
+        match result {
+            Ok(()) => {
+                self.cursor = end;
+                self.persisted = end;
+                self.last_persist = Instant::now();
+                self.status.committed(events.len(), end);
+                Ok(())
+            }
+            Err(e) => {
+                self.discard(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),
+    /// retrying, narrowing down and applying the poison policy.
+    fn process(&mut self, events: &[Event], cursors: &[Cursor], end: Cursor, attempts: u32) -> Result<(), Halt> {
+        let mut failures = 0;
+        let mut outages = 0;
+        loop {
+            let failure = match self.apply(events, end) {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            if let GuestFailure::Store(StoreError::Fenced { .. }) = failure {
+                tracing::warn!(projection = %self.ns, "{failure}");
+                self.status.failed(State::Fenced, failure.to_string(), None, 1);
+                if let Some(guest) = self.guest.as_mut() {
+                    guest.caps().invalidate_cache();
+                }
+                return Err(Halt::Stopped);
+            }
+            if !failure.is_projection_fault() {
+                outages += 1;
+                tracing::warn!(projection = %self.ns, "batch failed (database): {failure}");
+                self.status.failed(State::Retrying, failure.to_string(), None, outages);
+                self.wait(backoff(outages))?;
+                continue;
+            }
+            failures += 1;
+            let position = match &failure {
+                GuestFailure::Rejected { position, .. } => *position,
+                _ => None,
+            };
+            tracing::warn!(projection = %self.ns, events = events.len(), "batch failed: {failure}");
+            self.status.failed(State::Retrying, failure.to_string(), position, failures);
+            if failures < attempts {
+                self.wait(backoff(failures))?;
+                continue;
+            }
+            if events.len() == 1 {
+                return self.poison(&events[0], end, &failure);
+            }
+            // Narrow down: commit what precedes the failing event (known from
+            // the projection's error, else by halves), then go on from it.
+            let split = position
+                .and_then(|p| events.iter().position(|e| e.position == p))
+                .map_or(events.len() / 2, |i| i.max(1));
+            self.process(&events[..split], &cursors[..split], cursors[split - 1], 1)?;
+            return self.process(&events[split..], &cursors[split..], end, 1);
+        }
+    }
+
+    /// `event` keeps failing: stop at it, or set it aside and move on.
+    fn poison(&mut self, event: &Event, end: Cursor, failure: &GuestFailure) -> Result<(), Halt> {
+        let policy = self.ctx.on_error.unwrap_or(self.program.manifest().on_error);
+        let message = failure.to_string();
+        if policy == OnError::Stop {
+            tracing::error!(projection = %self.ns, position = event.position, "stopped at a poison event: {message}");
+            self.status.failed(State::Stopped, message, Some(event.position), ATTEMPTS);
+            return Err(Halt::Stopped);
+        }
+        tracing::warn!(projection = %self.ns, position = event.position, "dead-lettering: {message}");
+        let from = self.persisted;
+        let caps = match self.guest() {
+            Ok(guest) => guest.caps(),
+            Err(_) => self.spare.as_mut().expect("capabilities are spare when no instance exists"),
+        };
+        let result = caps
+            .begin()
+            .and_then(|()| caps.namespace().dead_letter(event, &message))
+            .and_then(|()| caps.commit(from, end));
+        match result {
+            Ok(()) => {
+                self.cursor = end;
+                self.persisted = end;
+                self.status.dead_lettered();
+                self.status.committed(0, end);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = caps.rollback();
+                self.status.failed(
+                    State::Retrying,
+                    format!("dead-lettering event {}: {e}", event.position),
+                    Some(event.position),
+                    1,
+                );
+                self.wait(backoff(3))?;
+                Err(Halt::Stopped)
+            }
+        }
+    }
+
+    /// Apply dead letter `position` with the current code, removing it from
+    /// the table in the same transaction. The checkpoint does not move.
+    fn retry_dead_letter(&mut self, position: i64) -> Result<(), ReadError> {
+        if self.reader.is_none() {
+            return Err(ReadError::Conflict("the projection has not started yet".into()));
+        }
+        let at = self.persisted;
+        let guest = self.guest().map_err(ReadError::Guest)?;
+        guest.caps().begin()?;
+        let result = (|| {
+            let letter = guest.caps().namespace().dead_letters(position - 1, 1)?;
+            let Some(letter) = letter.into_iter().find(|l| l.position == position) else {
+                return Err(ReadError::NotFound(format!("no dead letter at position {position}")));
+            };
+            guest.handle(&[letter.event()]).map_err(ReadError::Guest)?;
+            guest.caps().namespace().remove_dead_letter(position)?;
+            guest.caps().commit(at, at)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                tracing::info!(projection = %self.ns, position, "dead letter applied");
+                Ok(())
+            }
+            Err(e) => {
+                let failure = match &e {
+                    ReadError::Guest(f) => f.clone(),
+                    other => GuestFailure::Refused(other.to_string()),
+                };
+                self.discard(&failure);
+                Err(e)
+            }
+        }
+    }
+
+    /// Handle queued control messages.
+    fn drain_control(&mut self) -> Result<(), Halt> {
+        while let Ok(control) = self.control.try_recv() {
+            self.on_control(control)?;
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, control: Control) -> Result<(), Halt> {
+        match control {
+            Control::Exit => return Err(Halt::Exit),
+            Control::Pause => {
+                self.paused = true;
+                self.status.set_state(State::Paused);
+            }
+            Control::Resume => {
+                self.paused = false;
+                self.halted = false;
+                self.status.set_state(State::Running);
+            }
+            Control::RetryDeadLetter { position, reply } => {
+                let _ = reply.send(self.retry_dead_letter(position));
+            }
+            Control::Swap(program) => {
+                tracing::info!(projection = %self.ns, "new code, same version: continuing from the checkpoint");
+                if let Some(guest) = self.guest.take() {
+                    self.spare = Some(guest.into_caps());
+                }
+                self.filter = filter_of(&program);
+                self.program = program;
+                self.halted = false;
+                if !self.paused {
+                    self.status.set_state(State::Running);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleep up to `timeout`, waking early for new events or control
+    /// messages. `Err` when told to exit.
+    fn wait(&mut self, timeout: Duration) -> Result<(), Halt> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let message = block_on(async {
+            tokio::select! {
+                message = self.control.recv() => Some(message),
+                changed = self.wake.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep_until(deadline).await;
+                    }
+                    None
+                }
+                () = tokio::time::sleep_until(deadline) => None,
+            }
+        });
+        match message {
+            Some(Some(control)) => self.on_control(control),
+            Some(None) => Err(Halt::Exit),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Run a future to completion on this (non-async) worker thread.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("building a worker's timer runtime");
+    }
+    RUNTIME.with(|rt| rt.block_on(future))
+}
