@@ -13,6 +13,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `postgres://...` to use PostgreSQL; `None` for embedded SQLite.
     pub database_url: Option<String>,
+    /// Compiled-code cache; `None` means `{data_dir}/compiled`.
+    pub cache_dir: Option<PathBuf>,
     /// Folder of `.wasm` projection modules, watched for changes.
     pub modules_dir: PathBuf,
     /// HTTP listen address (port 0 picks a free port).
@@ -35,6 +37,7 @@ impl Default for Config {
         Self {
             data_dir: PathBuf::from("reel-data"),
             database_url: None,
+            cache_dir: None,
             modules_dir: PathBuf::from("projections-dir"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             limits: Limits::default(),

@@ -23,6 +23,8 @@
 //!   version, its KV table, its checkpoint.
 //! - [`api`]: the HTTP API (axum): append, status, reads, control.
 //! - [`runtime`]: wires it together: [`run`] starts everything for a [`Config`].
+//! - [`workload`]: a deterministic order workload and the read models it must
+//!   produce (tests, benchmarks).
 
 pub mod api;
 pub mod config;
@@ -32,6 +34,7 @@ pub mod runtime;
 pub mod source;
 pub mod store;
 pub mod worker;
+pub mod workload;
 
 pub use config::Config;
-pub use runtime::{Runtime, run};
+pub use runtime::{Runtime, run, serve};

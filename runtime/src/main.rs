@@ -18,6 +18,51 @@ struct Cli {
 enum Command {
     /// Tail the events table and run the projections in the modules folder.
     Serve(ServeArgs),
+    /// Generate a deterministic order workload (placed, shipped, cancelled)
+    /// and append it through a server or insert it into an events table.
+    Generate(GenerateArgs),
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    /// Number of orders (about 1.8 events each).
+    #[arg(long, default_value_t = 1000)]
+    orders: usize,
+    /// Seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Number of customers (default: orders / 20).
+    #[arg(long)]
+    customers: Option<usize>,
+    /// Append through this server's POST /events (http://host:port).
+    #[arg(long, conflicts_with = "data_dir")]
+    server: Option<String>,
+    /// Insert straight into this embedded data folder's events.db.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
+    use reel::workload::{OrderWorkload, generate, load};
+    let mut workload = OrderWorkload::new(args.orders, args.seed);
+    if let Some(customers) = args.customers {
+        workload.customers = customers.max(1);
+    }
+    let events = generate(&workload);
+    let last = match (args.server, args.data_dir) {
+        (Some(url), _) => {
+            tokio::task::spawn_blocking(move || load::append_http(&url, &events)).await?.map_err(anyhow::Error::msg)?
+        }
+        (None, Some(dir)) => {
+            std::fs::create_dir_all(&dir)?;
+            let db = dir.join("events.db");
+            reel::source::sqlite::SqliteSource::open(&db).await?;
+            tokio::task::spawn_blocking(move || load::insert_sqlite(&db, &events)).await??
+        }
+        (None, None) => anyhow::bail!("say where the events go: --server URL or --data-dir DIR"),
+    };
+    println!("appended {} orders; last position {last}", args.orders);
+    Ok(())
 }
 
 #[derive(Args)]
@@ -90,5 +135,6 @@ async fn main() -> anyhow::Result<()> {
             };
             reel::run(args.config()?, shutdown).await
         }
+        Command::Generate(args) => generate(args).await,
     }
 }

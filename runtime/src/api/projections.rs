@@ -105,6 +105,9 @@ pub async fn healthz(State(runtime): State<Runtime>) -> Result<Json<Value>, ApiE
     Ok(Json(json!({ "status": "ok", "head": head })))
 }
 
+/// A gauge: name, help text, value of a projection.
+type Gauge = (&'static str, &'static str, fn(&ProjectionInfo) -> f64);
+
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(runtime): State<Runtime>) -> Result<impl IntoResponse, ApiError> {
     let projections = runtime.list().await?;
@@ -112,7 +115,7 @@ pub async fn metrics(State(runtime): State<Runtime>) -> Result<impl IntoResponse
     let head = runtime.source().head().await?;
     let _ = writeln!(out, "# HELP reel_head_position Position of the last committed event.");
     let _ = writeln!(out, "# TYPE reel_head_position gauge\nreel_head_position {head}");
-    let gauges: [(&str, &str, fn(&ProjectionInfo) -> f64); 5] = [
+    let gauges: [Gauge; 5] = [
         ("reel_projection_position", "Last position applied.", |p| p.position as f64),
         ("reel_projection_lag_events", "Committed events not applied yet.", |p| p.lag as f64),
         ("reel_projection_lag_seconds", "Age of the oldest event not applied yet.", |p| p.lag_seconds),

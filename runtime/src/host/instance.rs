@@ -147,6 +147,9 @@ pub trait Guest: Send {
     fn into_caps(self: Box<Self>) -> Capabilities;
 }
 
+/// An instance that failed to start, and the capabilities it was given.
+pub type Unstarted = Box<(GuestFailure, Capabilities)>;
+
 /// A compiled component ready to instantiate.
 #[derive(Clone)]
 pub struct Code {
@@ -203,20 +206,15 @@ impl WasmGuest {
         bindings
             .call_describe(&mut store)
             .map(Manifest::from)
-            .map_err(|e| classify(e, &mut store, limits.batch_timeout))
+            .map_err(|e| classify(&e, &mut store, limits.batch_timeout))
     }
 
     /// Instantiate `code` over `caps`.
-    pub fn new(
-        code: &Code,
-        manifest: Manifest,
-        caps: Capabilities,
-        limits: &Limits,
-    ) -> Result<Self, (GuestFailure, Capabilities)> {
+    pub fn new(code: &Code, manifest: Manifest, caps: Capabilities, limits: &Limits) -> Result<Self, Unstarted> {
         let mut store = new_store(code, &manifest.name, Some(caps), limits);
         match instantiate(code, &mut store, limits.batch_timeout) {
             Ok(bindings) => Ok(Self { store, bindings, manifest, timeout: limits.batch_timeout }),
-            Err(e) => Err((e, store.into_data().caps.expect("set above"))),
+            Err(e) => Err(Box::new((e, store.into_data().caps.expect("set above")))),
         }
     }
 
@@ -230,7 +228,7 @@ impl WasmGuest {
         match (result, fault) {
             (_, Some(fault)) => Err(fault_failure(fault)),
             (Ok(value), None) => Ok(value),
-            (Err(e), None) => Err(classify(e, &mut self.store, self.timeout)),
+            (Err(e), None) => Err(classify(&e, &mut self.store, self.timeout)),
         }
     }
 }
@@ -262,7 +260,7 @@ fn instantiate(
     timeout: Duration,
 ) -> Result<bindings::Projection, GuestFailure> {
     store.set_epoch_deadline(ticks(timeout));
-    code.pre.instantiate(&mut *store).map_err(|e| classify(e, store, timeout))
+    code.pre.instantiate(&mut *store).map_err(|e| classify(&e, store, timeout))
 }
 
 fn fault_failure(fault: Fault) -> GuestFailure {
@@ -273,7 +271,7 @@ fn fault_failure(fault: Fault) -> GuestFailure {
 }
 
 /// Turn a wasmtime error into what happened, with the guest's last words.
-fn classify(error: wasmtime::Error, store: &mut Store<InstanceState>, timeout: Duration) -> GuestFailure {
+fn classify(error: &wasmtime::Error, store: &mut Store<InstanceState>, timeout: Duration) -> GuestFailure {
     if let Some(fault) = store.data_mut().caps.as_mut().and_then(Capabilities::take_fault) {
         return fault_failure(fault);
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use guest_sdk::Projection;
 
 use super::caps::Capabilities;
-use super::instance::{Guest, GuestFailure, Manifest, WasmGuest};
+use super::instance::{Guest, Manifest, Unstarted, WasmGuest};
 use super::native::{self, NativeGuest};
 use crate::config::Limits;
 use crate::modules::Module;
@@ -51,11 +51,7 @@ impl Program {
     }
 
     /// A fresh instance over `caps` (given back on failure).
-    pub fn instantiate(
-        &self,
-        caps: Capabilities,
-        limits: &Limits,
-    ) -> Result<Box<dyn Guest>, (GuestFailure, Capabilities)> {
+    pub fn instantiate(&self, caps: Capabilities, limits: &Limits) -> Result<Box<dyn Guest>, Unstarted> {
         match self {
             Program::Wasm(module) => WasmGuest::new(&module.code, module.manifest.clone(), caps, limits)
                 .map(|g| Box::new(g) as Box<dyn Guest>),

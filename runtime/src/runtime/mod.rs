@@ -36,11 +36,21 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let runtime = Runtime::start(config).await?;
+    serve(runtime, listener, shutdown).await
+}
+
+/// Serve the HTTP API of `runtime` on `listener` until `shutdown` resolves,
+/// then stop the runtime.
+pub async fn serve(
+    runtime: Runtime,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     tracing::info!("reel is serving http://{}", listener.local_addr()?);
     let app = crate::api::app(runtime.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     runtime.shutdown().await;
-    Ok(())
+    Ok(served?)
 }
 
 /// A running reel: shared by the HTTP API, the folder watcher and tests.
@@ -118,7 +128,8 @@ impl Runtime {
         };
         let engine = Engine::new().map_err(|e| anyhow::anyhow!("{e:#}")).context("cannot set up wasmtime")?;
         let ticker = engine.start_ticker();
-        let loader = Loader::new(engine, &config.data_dir.join("compiled"), config.limits.clone());
+        let cache_dir = config.cache_dir.clone().unwrap_or_else(|| config.data_dir.join("compiled"));
+        let loader = Loader::new(engine, &cache_dir, config.limits.clone());
         let workers = WorkerContext {
             source: source.clone(),
             store: store.clone(),
@@ -329,7 +340,7 @@ impl Runtime {
             let ns = NamespaceId::new(&manifest.name, &manifest.version);
             self.inner.store.set_active(&ns).map_err(|e| e.to_string())?;
             let deployment = Deployment::start(&self.inner.workers, ns, program, file);
-            registry.projections.insert(manifest.name.clone(), Projection { active: deployment, next: None });
+            registry.projections.insert(manifest.name, Projection { active: deployment, next: None });
             return Ok(cleanup);
         };
         for d in std::iter::once(&projection.active).chain(projection.next.as_ref()) {

@@ -226,7 +226,7 @@ impl Runtime {
                         .open_reader(&view.ns)?
                         .ok_or_else(|| ReadError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?;
                     let caps = Capabilities::new(&view.ns.name, reader, limits.clone(), Mode::Read)?;
-                    program.instantiate(caps, &limits).map_err(|(e, _)| ReadError::Guest(e))?
+                    program.instantiate(caps, &limits).map_err(|unstarted| ReadError::Guest(unstarted.0))?
                 }
             };
             guest.caps().begin()?;

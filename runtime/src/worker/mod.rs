@@ -233,7 +233,8 @@ impl Worker {
             let caps = self.spare.take().expect("capabilities are either spare or in the instance");
             match self.program.instantiate(caps, &self.ctx.limits) {
                 Ok(guest) => self.guest = Some(guest),
-                Err((e, caps)) => {
+                Err(unstarted) => {
+                    let (e, caps) = *unstarted;
                     self.spare = Some(caps);
                     return Err(e);
                 }

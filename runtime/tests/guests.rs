@@ -1,0 +1,359 @@
+//! Tier 2: real components built from `projections/`, run by a real runtime
+//! on embedded SQLite, driven and read through the HTTP router.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{Harness, expected_customers, expected_rows};
+use reel::workload::{OrderWorkload, fold, generate};
+use serde_json::{Value, json};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Raw bytes of every `customer/` KV value, straight from the namespace file.
+fn customer_bytes(h: &Harness) -> std::collections::BTreeMap<String, String> {
+    let path = h.config.data_dir.join("projections/customer-stats@1.db");
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let mut stmt = conn.prepare("SELECT key, value FROM _reel_kv WHERE key LIKE 'customer/%' ORDER BY key").unwrap();
+    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, String::from_utf8(r.get::<_, Vec<u8>>(1)?).unwrap())))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_models_equal_the_fold_over_randomized_events() {
+    let h = Harness::start(&["order_summaries", "customer_stats"]).await;
+    let workload = OrderWorkload { orders: 1500, customers: 40, follow_up_window: 300, seed: 42 };
+    let events = generate(&workload);
+    assert!(events.len() > 2000, "a few thousand events: {}", events.len());
+    let last = h.append_workload(&events).await;
+
+    // Read-your-writes: both projections have applied the last append.
+    h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
+    h.get(&format!("/projections/customer-stats/kv?limit=1&min_position={last}")).await;
+
+    let expected = fold(&h.stored_events());
+    assert_eq!(expected.orders.len(), 1500);
+    assert_eq!(h.order_rows().await, expected_rows(&expected), "order_summaries differs from the fold");
+    assert_eq!(h.customer_values().await, expected_customers(&expected), "customer-stats differs from the fold");
+    assert_eq!(customer_bytes(&h), expected.customers, "stored customer-stats bytes differ from the fold");
+
+    // The custom query answers from the same data, newest first, at most 50.
+    let customer = expected.orders.values().next().unwrap().customer_id.clone();
+    let args = common::urlencode(&json!({ "customerId": customer }).to_string());
+    let answer = h.get(&format!("/projections/order-summaries/query/customer-orders?args={args}")).await;
+    let mut mine: Vec<_> = expected.orders.values().filter(|o| o.customer_id == customer).collect();
+    mine.sort_by(|a, b| (&b.placed_at, &b.order_id).cmp(&(&a.placed_at, &a.order_id)));
+    let want: Vec<&str> = mine.iter().take(50).map(|o| o.order_id.as_str()).collect();
+    let got: Vec<&str> = answer.as_array().unwrap().iter().map(|r| r["order_id"].as_str().unwrap()).collect();
+    assert_eq!(got, want);
+
+    let status = h.status("order-summaries").await;
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["position"], last);
+    assert_eq!(status["lag"], 0);
+    assert!(status["last_error"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_continues_from_the_checkpoint_without_doubling() {
+    let mut h = Harness::start(&["order_summaries", "customer_stats", "fixture_echo_a"]).await;
+    let events = generate(&OrderWorkload { orders: 400, customers: 15, follow_up_window: 100, seed: 9 });
+    let (first, second) = events.split_at(events.len() / 2);
+    let mid = h.append_workload(first).await;
+    h.get(&format!("/projections/echo/kv/seen/{mid:020}?min_position={mid}")).await;
+    h = h.restart().await;
+    let last = h.append_workload(second).await;
+    h.get(&format!("/projections/customer-stats/kv?limit=1&min_position={last}")).await;
+    h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
+    h.get(&format!("/projections/echo/kv?limit=1&min_position={last}")).await;
+
+    let expected = fold(&h.stored_events());
+    assert_eq!(h.order_rows().await, expected_rows(&expected));
+    assert_eq!(customer_bytes(&h), expected.customers);
+    // echo records every position it handled: each exactly once.
+    let seen = h.get("/projections/echo/kv?prefix=seen/&limit=10000").await;
+    let positions: Vec<i64> = seen["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap()["seen/".len()..].parse().unwrap())
+        .collect();
+    assert_eq!(positions, (1..=last).collect::<Vec<_>>());
+    assert_eq!(h.get("/projections/echo/query/seen").await, json!(last));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_and_looping_projections_do_not_stop_the_others() {
+    let h = Harness::start(&["order_summaries", "fixture_faulty", "fixture_faulty_twin"]).await;
+    let events = generate(&OrderWorkload { orders: 200, customers: 10, follow_up_window: 50, seed: 3 });
+    let (before, after) = events.split_at(150);
+    h.append_workload(before).await;
+    let trap = h
+        .append("faults", None, json!([{ "event_type": "fault", "data": { "target": "faulty", "action": "trap" } }]))
+        .await;
+    let trap_at = trap["positions"][0].as_i64().unwrap();
+    let spin = h
+        .append(
+            "faults",
+            None,
+            json!([{ "event_type": "fault", "data": { "target": "faulty-twin", "action": "loop" } }]),
+        )
+        .await;
+    let spin_at = spin["positions"][0].as_i64().unwrap();
+    let last = h.append_workload(after).await;
+
+    // The healthy projection catches up with everything.
+    h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
+    let expected = fold(&h.stored_events());
+    assert_eq!(h.order_rows().await, expected_rows(&expected));
+
+    // The trapping one stops exactly at its poison event, and says why.
+    let faulty = h.wait_status("faulty", PATIENCE, |s| s["state"] == "stopped").await;
+    assert_eq!(faulty["stopped_at"], trap_at, "{faulty:#}");
+    let error = faulty["last_error"]["message"].as_str().unwrap();
+    assert!(error.contains("trapped"), "{error}");
+    assert!(error.contains(&format!("fault event {trap_at} asked faulty to trap")), "{error}");
+    assert_eq!(faulty["position"], trap_at - 1, "everything before the poison event is applied");
+
+    // The looping one is cut off by its CPU deadline and stops at its event.
+    let twin = h.wait_status("faulty-twin", PATIENCE, |s| s["state"] == "stopped").await;
+    assert_eq!(twin["stopped_at"], spin_at, "{twin:#}");
+    assert!(twin["last_error"]["message"].as_str().unwrap().contains("timed out"), "{twin:#}");
+
+    // Both applied each event before their poison event exactly once.
+    for (name, stop) in [("faulty", trap_at), ("faulty-twin", spin_at)] {
+        let seen = h.get(&format!("/projections/{name}/kv?prefix=seen/&limit=10000")).await;
+        let positions: Vec<i64> = seen["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["key"].as_str().unwrap()["seen/".len()..].parse().unwrap())
+            .collect();
+        assert_eq!(positions, (1..stop).collect::<Vec<_>>(), "{name}");
+    }
+    // The server still answers.
+    assert_eq!(h.get("/healthz").await["status"], "ok");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_module_handles_later_events_without_a_restart() {
+    let h = Harness::start(&[]).await;
+    h.install("fixture_echo_a", "echo.wasm");
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
+    let first =
+        h.append("s-1", Some(0), json!([{ "event_type": "tick", "data": {} }])).await["positions"][0].as_i64().unwrap();
+    assert_eq!(h.get(&format!("/projections/echo/kv/seen/{first:020}?min_position={first}")).await, json!("a"));
+
+    let before = h.status("echo").await["module"]["hash"].clone();
+    h.install("fixture_echo_b", "echo.wasm");
+    h.wait_status("echo", PATIENCE, |s| s["module"]["hash"] != before).await;
+    let second =
+        h.append("s-1", Some(1), json!([{ "event_type": "tick", "data": {} }])).await["positions"][0].as_i64().unwrap();
+    assert_eq!(h.get(&format!("/projections/echo/kv/seen/{second:020}?min_position={second}")).await, json!("b"));
+    // Same version: it continued from the checkpoint, nothing was replayed.
+    assert_eq!(h.get(&format!("/projections/echo/kv/seen/{first:020}")).await, json!("a"));
+    assert_eq!(h.get("/projections/echo/query/variant").await, json!("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_module_files_never_replace_a_working_one() {
+    let h = Harness::start(&[]).await;
+    h.install("fixture_echo_a", "echo.wasm");
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
+    let file = h.config.modules_dir.join("echo.wasm");
+    let good = std::fs::read(common::guest("fixture_echo_b")).unwrap();
+    let wrong_world = std::fs::read(common::guest("fixture_not_a_projection")).unwrap();
+
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("garbage", b"this is not wasm at all".to_vec(), "not a WebAssembly component: no WebAssembly header"),
+        ("core module", b"\0asm\x01\0\0\0".to_vec(), "it is a core module"),
+        ("truncated component", good[..good.len() / 2].to_vec(), "is not a WebAssembly component"),
+        ("wrong world", wrong_world, "does not match the reel:projection@0.1.0 world"),
+    ];
+    let mut version = 0;
+    for (what, bytes, message) in cases {
+        std::fs::write(&file, bytes).unwrap();
+        let status =
+            h.wait_status("echo", PATIENCE, |s| s["module_error"].as_str().is_some_and(|e| e.contains(message))).await;
+        assert_eq!(status["state"], "running", "{what}: {status:#}");
+        let modules = h.get("/modules").await;
+        let entry =
+            modules.as_array().unwrap().iter().find(|m| m["path"].as_str().unwrap().ends_with("echo.wasm")).unwrap();
+        assert!(entry["error"].as_str().unwrap().contains(message), "{what}: {entry:#}");
+        // The old code keeps running and serving.
+        let at = h.append("s-2", Some(version), json!([{ "event_type": "tick", "data": {} }])).await["positions"][0]
+            .as_i64()
+            .unwrap();
+        version += 1;
+        assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}?min_position={at}")).await, json!("a"), "{what}");
+    }
+
+    // Fixing the file recovers.
+    h.install("fixture_echo_b", "echo.wasm");
+    h.wait_status("echo", PATIENCE, |s| s["module_error"].is_null()).await;
+    let at = h.append("s-2", Some(version), json!([{ "event_type": "tick", "data": {} }])).await["positions"][0]
+        .as_i64()
+        .unwrap();
+    assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}?min_position={at}")).await, json!("b"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_lose_nothing() {
+    let h = Harness::start(&["order_summaries", "customer_stats"]).await;
+    let events = generate(&OrderWorkload { orders: 100, customers: 5, follow_up_window: 20, seed: 5 });
+    let last = h.append_workload(&events).await;
+
+    let cases: Vec<(&str, &str, Option<&str>, StatusCode, &str)> = vec![
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "x", "events": [{"event_type": "a", "data": {}"#),
+            StatusCode::BAD_REQUEST,
+            "Failed to parse the request body as JSON",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "x", "events": []}"#),
+            StatusCode::BAD_REQUEST,
+            "events must hold 1 to 10000 events",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "", "events": [{"event_type": "a", "data": {}}]}"#),
+            StatusCode::BAD_REQUEST,
+            "stream_id must be 1 to 512 bytes",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "x", "evnts": []}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown field `evnts`",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "x", "events": [{"event_type": "a", "data": {}, "metadata": 3}]}"#),
+            StatusCode::BAD_REQUEST,
+            "metadata must be a JSON object",
+        ),
+        ("GET", "/projections/nope", None, StatusCode::NOT_FOUND, "no projection named `nope`"),
+        ("GET", "/projections/nope/kv/a", None, StatusCode::NOT_FOUND, "no projection named `nope`"),
+        (
+            "GET",
+            "/projections/order-summaries/tables/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "no table `nope` in this projection",
+        ),
+        ("GET", "/projections/order-summaries/tables/_reel_kv", None, StatusCode::NOT_FOUND, "no table `_reel_kv`"),
+        (
+            "GET",
+            "/projections/order-summaries/tables/order_summaries?bogus=1",
+            None,
+            StatusCode::BAD_REQUEST,
+            "table `order_summaries` has no column `bogus`",
+        ),
+        (
+            "GET",
+            "/projections/order-summaries/tables/order_summaries?order=x%22%3B%20DROP",
+            None,
+            StatusCode::BAD_REQUEST,
+            "has no column",
+        ),
+        (
+            "GET",
+            "/projections/order-summaries/tables/order_summaries?limit=0",
+            None,
+            StatusCode::BAD_REQUEST,
+            "limit must be at least 1",
+        ),
+        (
+            "GET",
+            "/projections/order-summaries/tables/order_summaries?min_position=abc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "min_position `abc` is not a number",
+        ),
+        (
+            "GET",
+            "/projections/customer-stats/kv?prefix=customer/&limit=99999",
+            None,
+            StatusCode::BAD_REQUEST,
+            "limit must be at most 10000",
+        ),
+        ("GET", "/projections/customer-stats/kv?colour=red", None, StatusCode::BAD_REQUEST, "unknown field `colour`"),
+        (
+            "GET",
+            "/projections/customer-stats/kv/customer/nobody",
+            None,
+            StatusCode::NOT_FOUND,
+            "has no key `customer/nobody`",
+        ),
+        (
+            "GET",
+            "/projections/order-summaries/query/customer-orders?args=%7Bnot-json",
+            None,
+            StatusCode::BAD_REQUEST,
+            "args is not valid JSON",
+        ),
+        ("GET", "/projections/order-summaries/query/nope", None, StatusCode::BAD_REQUEST, "unknown query `nope`"),
+        (
+            "GET",
+            "/projections/order-summaries/query/customer-orders?args=%7B%7D",
+            None,
+            StatusCode::BAD_REQUEST,
+            "customer-orders needs",
+        ),
+        ("GET", "/no/such/route", None, StatusCode::NOT_FOUND, "no such endpoint"),
+    ];
+    for (method, uri, body, want, message) in cases {
+        let (status, response) = h.call(method, uri, body).await;
+        assert_eq!(status, want, "{method} {uri}: {response}");
+        let text = response["error"]["message"].as_str().unwrap_or_default();
+        assert!(text.contains(message), "{method} {uri}: {text:?} should say {message:?}");
+    }
+    // Missing content type.
+    let (status, response) = {
+        let request = axum::http::Request::post("/events").body(axum::body::Body::from("{}")).unwrap();
+        let response = tower::ServiceExt::oneshot(h.app.clone(), request).await.unwrap();
+        (response.status(), response)
+    };
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{response:?}");
+
+    // Version conflicts are 409 with both versions named, and store nothing.
+    let stream = &events[0].stream_id;
+    let body =
+        json!({ "stream_id": stream, "expected_version": 0, "events": [{ "event_type": "order.placed", "data": {} }] });
+    let (status, response) = h.call("POST", "/events", Some(&body.to_string())).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let expected_message = format!("stream `{stream}` is at version");
+    assert!(response["error"]["message"].as_str().unwrap().contains(&expected_message), "{response}");
+
+    // Nothing was lost or added by any of it.
+    assert_eq!(h.get("/healthz").await["head"], last);
+    h.get(&format!("/projections/customer-stats/kv?limit=1&min_position={last}")).await;
+    h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
+    let expected = fold(&h.stored_events());
+    assert_eq!(h.order_rows().await, expected_rows(&expected));
+    assert_eq!(h.customer_values().await, expected_customers(&expected));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_wait_for_min_position_and_time_out_with_504() {
+    let h = Harness::start_with(&["fixture_echo_a"], |c| c.read_wait = Duration::from_millis(300)).await;
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
+    let at = h.append("s", None, json!([{ "event_type": "tick", "data": {} }])).await["positions"][0].as_i64().unwrap();
+    // Immediately after the append, a read with min_position sees it.
+    assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}?min_position={at}")).await, json!("a"));
+    let (status, body) = h.call("GET", "/projections/echo/kv/seen?min_position=1000000", None).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("1000000"), "{body}");
+    let _: Value = body;
+}

@@ -1,0 +1,219 @@
+//! Tier 3: the whole server. One test over a real socket in-process; one
+//! that runs the `reel` binary and kills it with SIGKILL mid-batch.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reel::workload::{OrderWorkload, fold, generate};
+use serde_json::{Value, json};
+
+/// One HTTP/1.1 request over a fresh connection: (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&Value>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: reel\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    raw_response(&mut stream)
+}
+
+fn raw_response(stream: &mut TcpStream) -> (u16, String) {
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Chunked bodies: keep the JSON between the chunk sizes.
+    let body = if body.contains("\r\n") {
+        body.split("\r\n").filter(|line| !line.chars().all(|c| c.is_ascii_hexdigit()) || line.is_empty()).collect()
+    } else {
+        body
+    };
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_a_real_socket_and_refuses_malformed_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = common::test_config(dir.path());
+    std::fs::create_dir_all(&config.modules_dir).unwrap();
+    std::fs::copy(common::guest("customer_stats"), config.modules_dir.join("customer_stats.wasm")).unwrap();
+    let runtime = reel::Runtime::start(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(reel::serve(runtime, listener, async {
+        let _ = stopped.await;
+    }));
+
+    let result = tokio::task::spawn_blocking(move || {
+        let append = json!({ "stream_id": "order-1", "expected_version": 0, "events": [
+            { "event_type": "order.placed", "data": { "orderId": "1", "customerId": "c", "items": [], "total": 2.5 } }
+        ]});
+        let (status, body) = http(addr, "POST", "/events", Some(&append));
+        assert_eq!(status, 201, "{body}");
+        let position = serde_json::from_str::<Value>(&body).unwrap()["positions"][0].as_i64().unwrap();
+        let (status, body) =
+            http(addr, "GET", &format!("/projections/customer-stats/kv/customer/c?min_position={position}"), None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            json!({ "orders": 1, "cancelled": 0, "total_spent": 2.5 })
+        );
+
+        // Malformed HTTP gets a 400 from the server, and the server lives on.
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+        let (status, _) = raw_response(&mut stream);
+        assert_eq!(status, 400);
+        let (status, body) = http(addr, "GET", "/healthz", None);
+        assert_eq!((status, body.contains("\"ok\"")), (200, true), "{body}");
+        let (status, body) = http(addr, "GET", "/metrics", None);
+        assert_eq!(status, 200);
+        assert!(body.contains("reel_projection_position{projection=\"customer-stats\",version=\"1\"} 1"), "{body}");
+    })
+    .await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    result.unwrap();
+}
+
+/// A `reel serve` process.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(dir: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_reel"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--batch-size", "25", "--poll-ms", "20"])
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--projections")
+            .arg(dir.join("modules"))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            let line = lines.next().expect("reel exited before serving").unwrap();
+            if let Some(url) = line.split("reel is serving http://").nth(1) {
+                break url.trim().parse().unwrap();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Self { child, addr }
+    }
+
+    fn position(&self, name: &str) -> i64 {
+        let (status, body) = http(self.addr, "GET", &format!("/projections/{name}"), None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<Value>(&body).unwrap()["position"].as_i64().unwrap()
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+        self.child.wait().unwrap();
+    }
+}
+
+#[test]
+fn a_killed_process_resumes_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+    for module in ["order_summaries", "customer_stats", "fixture_echo_a"] {
+        std::fs::copy(common::guest(module), dir.path().join(format!("modules/{module}.wasm"))).unwrap();
+    }
+    // Start once to create the events table, then load a backlog into it
+    // directly, the way another service would write it.
+    let server = Server::start(dir.path());
+    let events = generate(&OrderWorkload { orders: 2500, customers: 60, follow_up_window: 400, seed: 11 });
+    server.kill();
+    {
+        let mut conn = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+        for (i, e) in events.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO events (stream_id, version, event_type, data, occurred_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    e.stream_id,
+                    e.version,
+                    e.event_type,
+                    e.data.to_string(),
+                    format!("2026-01-01T00:00:{:02}.{:06}Z", i / 100_000, i % 100_000)
+                ],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+    }
+    let head = events.len() as i64;
+
+    // Kill it twice while the projections are part-way through the backlog.
+    for round in 0..2 {
+        let server = Server::start(dir.path());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let position = server.position("order-summaries");
+            if position > head / 4 * (round + 1) && position < head {
+                break;
+            }
+            assert!(position < head, "caught up before the kill; make the backlog bigger");
+            assert!(Instant::now() < deadline, "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        server.kill();
+    }
+
+    let server = Server::start(dir.path());
+    let (status, body) = http(server.addr, "GET", &format!("/projections/echo/query/seen?min_position={head}"), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, head.to_string(), "echo saw every event exactly once");
+    for name in ["order-summaries", "customer-stats"] {
+        let (status, body) =
+            http(server.addr, "GET", &format!("/projections/{name}/kv?limit=1&min_position={head}"), None);
+        assert_eq!(status, 200, "{body}");
+    }
+    let conn = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
+    let stored: Vec<reel::workload::StoredEvent> = conn
+        .prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(reel::workload::StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? })
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let expected = fold(&stored);
+    let (_, body) = http(
+        server.addr,
+        "GET",
+        "/projections/order-summaries/tables/order_summaries?limit=10000&order=order_id",
+        None,
+    );
+    let rows: Vec<Value> = serde_json::from_str(&body).unwrap();
+    let got: std::collections::BTreeMap<String, Value> =
+        rows.into_iter().map(|r| (r["order_id"].as_str().unwrap().to_owned(), r)).collect();
+    assert_eq!(got, common::expected_rows(&expected));
+    let ns = rusqlite::Connection::open(dir.path().join("data/projections/customer-stats@1.db")).unwrap();
+    let values: std::collections::BTreeMap<String, String> = ns
+        .prepare("SELECT key, CAST(value AS TEXT) FROM _reel_kv WHERE key LIKE 'customer/%'")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(values, expected.customers);
+    server.kill();
+}

@@ -1,0 +1,159 @@
+//! Developer commands, so a fresh machine needs only rustup and cargo:
+//!
+//! - `cargo xtask demo`: install the wasm target, build reel and the example
+//!   projections, start `reel serve` on embedded SQLite with them deployed,
+//!   append sample events, print the URL and example requests.
+//! - `cargo xtask test`: everything CI runs: toolchains, formatting, lints,
+//!   the test suite on both backends, the benchmark smoke run.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+type Result<T = ()> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("demo") => demo(&args[1..]),
+        Some("test") => test(),
+        Some("guests") => build_guests(),
+        _ => Err("usage: cargo xtask demo [--listen ADDR] | cargo xtask test | cargo xtask guests".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Run a command in the workspace root, echoing it; fail if it fails.
+fn run(program: &str, args: &[&str]) -> Result {
+    run_in(&root(), program, args)
+}
+
+fn run_in(dir: &Path, program: &str, args: &[&str]) -> Result {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status =
+        Command::new(program).args(args).current_dir(dir).status().map_err(|e| format!("cannot run {program}: {e}"))?;
+    if status.success() { Ok(()) } else { Err(format!("`{program} {}` failed ({status})", args.join(" "))) }
+}
+
+/// Make sure the wasm32-wasip2 target is installed (needs rustup).
+fn wasm_target() -> Result {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("rustup is needed to install the wasm32-wasip2 target: {e}"))?;
+    if !String::from_utf8_lossy(&installed.stdout).lines().any(|l| l.trim() == "wasm32-wasip2") {
+        run("rustup", &["target", "add", "wasm32-wasip2"])?;
+    }
+    Ok(())
+}
+
+/// Build the Rust projections (examples and test fixtures) for wasm32-wasip2.
+fn build_guests() -> Result {
+    wasm_target()?;
+    let manifest = root().join("projections/Cargo.toml");
+    run(
+        &cargo(),
+        &[
+            "build",
+            "--locked",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+            &manifest.to_string_lossy(),
+        ],
+    )
+}
+
+fn test() -> Result {
+    let started = Instant::now();
+    build_guests()?;
+    let projections = root().join("projections");
+    run(&cargo(), &["fmt", "--all", "--check"])?;
+    run_in(&projections, &cargo(), &["fmt", "--all", "--check"])?;
+    run(&cargo(), &["clippy", "--locked", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    run_in(
+        &projections,
+        &cargo(),
+        &["clippy", "--locked", "--release", "--target", "wasm32-wasip2", "--", "-D", "warnings"],
+    )?;
+    run_in(&projections, &cargo(), &["test", "--locked", "--workspace"])?;
+    run(&cargo(), &["test", "--locked", "--workspace"])?;
+    eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn demo(args: &[String]) -> Result {
+    let listen = match args {
+        [] => "127.0.0.1:8080".to_owned(),
+        [flag, addr] if flag == "--listen" => addr.clone(),
+        _ => return Err("usage: cargo xtask demo [--listen ADDR]".into()),
+    };
+    build_guests()?;
+    run(&cargo(), &["build", "--locked", "--release", "--package", "reel"])?;
+    let root = root();
+    let modules = root.join("projections-dir");
+    std::fs::create_dir_all(&modules).map_err(|e| format!("creating {}: {e}", modules.display()))?;
+    for name in ["order_summaries", "customer_stats"] {
+        let from = root.join(format!("projections/target/wasm32-wasip2/release/{name}.wasm"));
+        std::fs::copy(&from, modules.join(format!("{name}.wasm")))
+            .map_err(|e| format!("copying {}: {e}", from.display()))?;
+    }
+    let reel = root.join("target/release/reel");
+    eprintln!("$ {} serve --listen {listen}", reel.display());
+    let mut server = Command::new(&reel)
+        .args(["serve", "--listen", &listen, "--data-dir", "reel-data", "--projections", "projections-dir"])
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start reel: {e}"))?;
+    let url = format!("http://{listen}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&listen, "/healthz").is_err() {
+        if Instant::now() > deadline || server.try_wait().ok().flatten().is_some() {
+            let _ = server.kill();
+            return Err(format!("reel did not come up on {listen} (is the port free? try --listen 127.0.0.1:8090)"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run_in(&root, &reel.to_string_lossy(), &["generate", "--orders", "200", "--seed", "1", "--server", &url])?;
+    println!(
+        "\nreel is running at {url} with order-summaries and customer-stats deployed from projections-dir/.\n\
+         Try:\n\
+         \x20 curl {url}/projections\n\
+         \x20 curl '{url}/projections/order-summaries/tables/order_summaries?status=shipped&order=placed_at.desc&limit=5'\n\
+         \x20 curl '{url}/projections/customer-stats/kv?prefix=customer/&limit=5'\n\
+         \x20 curl '{url}/projections/order-summaries/query/customer-orders?args=%7B%22customerId%22%3A%22c-000001%22%7D'\n\
+         \x20 curl -X POST {url}/events -H 'content-type: application/json' \\\n\
+         \x20   -d '{{\"stream_id\":\"order-demo\",\"expected_version\":0,\"events\":[{{\"event_type\":\"order.placed\",\"data\":{{\"orderId\":\"demo\",\"customerId\":\"c-000001\",\"items\":[{{\"productId\":\"p-1\",\"quantity\":2,\"price\":4.5}}],\"total\":9.0}}}}]}}'\n\
+         Press Ctrl-C to stop.\n"
+    );
+    let status = server.wait().map_err(|e| e.to_string())?;
+    if status.success() { Ok(()) } else { Err(format!("reel exited: {status}")) }
+}
+
+/// A GET over plain HTTP/1.1; the body on 2xx.
+fn get(addr: &str, path: &str) -> Result<String> {
+    let mut stream = TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).map_err(|e| e.to_string())?;
+    if response.starts_with("HTTP/1.1 2") { Ok(response) } else { Err(response) }
+}
