@@ -30,6 +30,7 @@ pub mod api;
 pub mod config;
 pub mod host;
 pub mod modules;
+mod pg;
 pub mod runtime;
 pub mod source;
 pub mod store;

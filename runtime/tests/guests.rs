@@ -6,26 +6,24 @@ mod common;
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Harness, expected_customers, expected_rows};
+use common::{Backend, Harness, expected_customers, expected_rows};
 use reel::workload::{OrderWorkload, fold, generate};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Raw bytes of every `customer/` KV value, straight from the namespace file.
-fn customer_bytes(h: &Harness) -> std::collections::BTreeMap<String, String> {
-    let path = h.config.data_dir.join("projections/customer-stats@1.db");
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let mut stmt = conn.prepare("SELECT key, value FROM _reel_kv WHERE key LIKE 'customer/%' ORDER BY key").unwrap();
-    stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, String::from_utf8(r.get::<_, Vec<u8>>(1)?).unwrap())))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
+both_backends!(
+    read_models_equal_the_fold_over_randomized_events,
+    restart_continues_from_the_checkpoint_without_doubling,
+    trapping_and_looping_projections_do_not_stop_the_others,
+    a_replaced_module_handles_later_events_without_a_restart,
+    broken_module_files_never_replace_a_working_one,
+    bad_requests_get_clear_errors_and_lose_nothing,
+    reads_wait_for_min_position_and_time_out_with_504,
+);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn read_models_equal_the_fold_over_randomized_events() {
-    let h = Harness::start(&["order_summaries", "customer_stats"]).await;
+async fn read_models_equal_the_fold_over_randomized_events(backend: Backend) {
+    let h = Harness::start(backend, &["order_summaries", "customer_stats"]).await;
     let workload = OrderWorkload { orders: 1500, customers: 40, follow_up_window: 300, seed: 42 };
     let events = generate(&workload);
     assert!(events.len() > 2000, "a few thousand events: {}", events.len());
@@ -35,11 +33,15 @@ async fn read_models_equal_the_fold_over_randomized_events() {
     h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
     h.get(&format!("/projections/customer-stats/kv?limit=1&min_position={last}")).await;
 
-    let expected = fold(&h.stored_events());
+    let expected = fold(&h.stored_events().await);
     assert_eq!(expected.orders.len(), 1500);
     assert_eq!(h.order_rows().await, expected_rows(&expected), "order_summaries differs from the fold");
     assert_eq!(h.customer_values().await, expected_customers(&expected), "customer-stats differs from the fold");
-    assert_eq!(customer_bytes(&h), expected.customers, "stored customer-stats bytes differ from the fold");
+    assert_eq!(
+        h.kv_bytes("customer-stats", "customer/").await,
+        expected.customers,
+        "stored customer-stats bytes differ from the fold"
+    );
 
     // The custom query answers from the same data, newest first, at most 50.
     let customer = expected.orders.values().next().unwrap().customer_id.clone();
@@ -56,11 +58,11 @@ async fn read_models_equal_the_fold_over_randomized_events() {
     assert_eq!(status["position"], last);
     assert_eq!(status["lag"], 0);
     assert!(status["last_error"].is_null());
+    h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restart_continues_from_the_checkpoint_without_doubling() {
-    let mut h = Harness::start(&["order_summaries", "customer_stats", "fixture_echo_a"]).await;
+async fn restart_continues_from_the_checkpoint_without_doubling(backend: Backend) {
+    let mut h = Harness::start(backend, &["order_summaries", "customer_stats", "fixture_echo_a"]).await;
     let events = generate(&OrderWorkload { orders: 400, customers: 15, follow_up_window: 100, seed: 9 });
     let (first, second) = events.split_at(events.len() / 2);
     let mid = h.append_workload(first).await;
@@ -71,9 +73,9 @@ async fn restart_continues_from_the_checkpoint_without_doubling() {
     h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
     h.get(&format!("/projections/echo/kv?limit=1&min_position={last}")).await;
 
-    let expected = fold(&h.stored_events());
+    let expected = fold(&h.stored_events().await);
     assert_eq!(h.order_rows().await, expected_rows(&expected));
-    assert_eq!(customer_bytes(&h), expected.customers);
+    assert_eq!(h.kv_bytes("customer-stats", "customer/").await, expected.customers);
     // echo records every position it handled: each exactly once.
     let seen = h.get("/projections/echo/kv?prefix=seen/&limit=10000").await;
     let positions: Vec<i64> = seen["entries"]
@@ -84,11 +86,11 @@ async fn restart_continues_from_the_checkpoint_without_doubling() {
         .collect();
     assert_eq!(positions, (1..=last).collect::<Vec<_>>());
     assert_eq!(h.get("/projections/echo/query/seen").await, json!(last));
+    h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trapping_and_looping_projections_do_not_stop_the_others() {
-    let h = Harness::start(&["order_summaries", "fixture_faulty", "fixture_faulty_twin"]).await;
+async fn trapping_and_looping_projections_do_not_stop_the_others(backend: Backend) {
+    let h = Harness::start(backend, &["order_summaries", "fixture_faulty", "fixture_faulty_twin"]).await;
     let events = generate(&OrderWorkload { orders: 200, customers: 10, follow_up_window: 50, seed: 3 });
     let (before, after) = events.split_at(150);
     h.append_workload(before).await;
@@ -108,7 +110,7 @@ async fn trapping_and_looping_projections_do_not_stop_the_others() {
 
     // The healthy projection catches up with everything.
     h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
-    let expected = fold(&h.stored_events());
+    let expected = fold(&h.stored_events().await);
     assert_eq!(h.order_rows().await, expected_rows(&expected));
 
     // The trapping one stops exactly at its poison event, and says why.
@@ -137,11 +139,11 @@ async fn trapping_and_looping_projections_do_not_stop_the_others() {
     }
     // The server still answers.
     assert_eq!(h.get("/healthz").await["status"], "ok");
+    h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_module_handles_later_events_without_a_restart() {
-    let h = Harness::start(&[]).await;
+async fn a_replaced_module_handles_later_events_without_a_restart(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
     h.install("fixture_echo_a", "echo.wasm");
     h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
     let first =
@@ -157,11 +159,11 @@ async fn a_replaced_module_handles_later_events_without_a_restart() {
     // Same version: it continued from the checkpoint, nothing was replayed.
     assert_eq!(h.get(&format!("/projections/echo/kv/seen/{first:020}")).await, json!("a"));
     assert_eq!(h.get("/projections/echo/query/variant").await, json!("b"));
+    h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broken_module_files_never_replace_a_working_one() {
-    let h = Harness::start(&[]).await;
+async fn broken_module_files_never_replace_a_working_one(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
     h.install("fixture_echo_a", "echo.wasm");
     h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
     let file = h.config.modules_dir.join("echo.wasm");
@@ -199,11 +201,11 @@ async fn broken_module_files_never_replace_a_working_one() {
         .as_i64()
         .unwrap();
     assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}?min_position={at}")).await, json!("b"));
+    h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_requests_get_clear_errors_and_lose_nothing() {
-    let h = Harness::start(&["order_summaries", "customer_stats"]).await;
+async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
+    let h = Harness::start(backend, &["order_summaries", "customer_stats"]).await;
     let events = generate(&OrderWorkload { orders: 100, customers: 5, follow_up_window: 20, seed: 5 });
     let last = h.append_workload(&events).await;
 
@@ -340,14 +342,14 @@ async fn bad_requests_get_clear_errors_and_lose_nothing() {
     assert_eq!(h.get("/healthz").await["head"], last);
     h.get(&format!("/projections/customer-stats/kv?limit=1&min_position={last}")).await;
     h.get(&format!("/projections/order-summaries/tables/order_summaries?limit=1&min_position={last}")).await;
-    let expected = fold(&h.stored_events());
+    let expected = fold(&h.stored_events().await);
     assert_eq!(h.order_rows().await, expected_rows(&expected));
     assert_eq!(h.customer_values().await, expected_customers(&expected));
+    h.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_wait_for_min_position_and_time_out_with_504() {
-    let h = Harness::start_with(&["fixture_echo_a"], |c| c.read_wait = Duration::from_millis(300)).await;
+async fn reads_wait_for_min_position_and_time_out_with_504(backend: Backend) {
+    let h = Harness::start_with(backend, &["fixture_echo_a"], |c| c.read_wait = Duration::from_millis(300)).await;
     h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
     let at = h.append("s", None, json!([{ "event_type": "tick", "data": {} }])).await["positions"][0].as_i64().unwrap();
     // Immediately after the append, a read with min_position sees it.
@@ -355,5 +357,6 @@ async fn reads_wait_for_min_position_and_time_out_with_504() {
     let (status, body) = h.call("GET", "/projections/echo/kv/seen?min_position=1000000", None).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("1000000"), "{body}");
-    let _: Value = body;
+
+    h.finish().await;
 }

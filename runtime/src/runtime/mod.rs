@@ -20,8 +20,8 @@ pub use reads::{ModuleInfo, ProjectionInfo, ReadError, RebuildInfo};
 use crate::config::Config;
 use crate::host::{Engine, EpochTicker, Program};
 use crate::modules::{Loader, ModuleError, watch::is_module};
-use crate::source::{Source, sqlite::SqliteSource};
-use crate::store::{NamespaceId, Store, sqlite::SqliteStore};
+use crate::source::{Source, postgres::PgSource, sqlite::SqliteSource};
+use crate::store::{NamespaceId, Store, postgres::PgStore, sqlite::SqliteStore};
 use crate::worker::{Control, State, WorkerContext, WorkerHandle};
 
 /// How often rebuilding versions are checked for cutover.
@@ -124,7 +124,17 @@ impl Runtime {
                 let store = SqliteStore::new(&config.data_dir.join("projections"))?;
                 (Source::Sqlite(Arc::new(source)), Store::Sqlite(store))
             }
-            Some(_) => anyhow::bail!("PostgreSQL support is not built yet: run without --database"),
+            Some(url) => {
+                let source = PgSource::open(url).await.context("cannot use the PostgreSQL database")?;
+                let limits = &config.limits;
+                let store = PgStore::new(
+                    source.config().clone(),
+                    source.pool().clone(),
+                    tokio::runtime::Handle::current(),
+                    (limits.batch_timeout, limits.query_timeout),
+                );
+                (Source::Postgres(Arc::new(source)), Store::Postgres(store))
+            }
         };
         let engine = Engine::new().map_err(|e| anyhow::anyhow!("{e:#}")).context("cannot set up wasmtime")?;
         let ticker = engine.start_ticker();
@@ -137,6 +147,7 @@ impl Runtime {
             batch: config.batch.clone(),
             poll_interval: config.poll_interval,
             on_error: None,
+            handle: tokio::runtime::Handle::current(),
         };
         let runtime = Runtime {
             inner: Arc::new(Inner {

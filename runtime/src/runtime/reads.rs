@@ -78,6 +78,9 @@ pub struct ProjectionInfo {
     pub lag: i64,
     /// Age of the oldest event not applied yet, in seconds (0 when caught up).
     pub lag_seconds: f64,
+    /// When committed events are held back by a transaction still open
+    /// elsewhere in the cluster (PostgreSQL): that transaction.
+    pub blocked_by: Option<crate::source::postgres::LagCause>,
     /// Throughput over the last seconds.
     pub events_per_second: f64,
     /// Events applied since the worker started.
@@ -302,6 +305,7 @@ impl Runtime {
             head,
             lag,
             lag_seconds,
+            blocked_by,
             events_per_second: status.events_per_second,
             events_applied: status.events_applied,
             last_error: status.last_error,

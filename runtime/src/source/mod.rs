@@ -6,6 +6,7 @@
 //! that keeps every stream's versions ascending.
 
 mod filter;
+pub mod postgres;
 pub mod sqlite;
 pub mod time;
 
@@ -144,6 +145,9 @@ pub enum SourceError {
     /// sqlx failed (only used at start-up).
     #[error("events database: {0}")]
     Sqlx(#[from] sqlx::Error),
+    /// The database is unreachable or failed.
+    #[error("events database: {0}")]
+    Unavailable(String),
     /// A blocking task died.
     #[error("internal: {0}")]
     Internal(String),
@@ -160,6 +164,8 @@ pub trait EventReader: Send {
 pub enum Source {
     /// Embedded SQLite.
     Sqlite(Arc<sqlite::SqliteSource>),
+    /// PostgreSQL.
+    Postgres(Arc<postgres::PgSource>),
 }
 
 impl Source {
@@ -167,6 +173,7 @@ impl Source {
     pub fn reader(&self) -> Result<Box<dyn EventReader>, SourceError> {
         match self {
             Source::Sqlite(s) => Ok(Box::new(s.reader()?)),
+            Source::Postgres(s) => Ok(Box::new(s.reader()?)),
         }
     }
 
@@ -175,6 +182,7 @@ impl Source {
         request.validate()?;
         match self {
             Source::Sqlite(s) => s.append(request).await,
+            Source::Postgres(s) => s.append(request).await,
         }
     }
 
@@ -182,6 +190,7 @@ impl Source {
     pub async fn head(&self) -> Result<i64, SourceError> {
         match self {
             Source::Sqlite(s) => s.head().await,
+            Source::Postgres(s) => s.head().await,
         }
     }
 
@@ -190,6 +199,7 @@ impl Source {
     pub async fn cursor_of(&self, position: i64) -> Result<Option<Cursor>, SourceError> {
         match self {
             Source::Sqlite(_) => Ok(Some(Cursor { tx: 0, id: position })),
+            Source::Postgres(s) => s.cursor_of(position).await,
         }
     }
 
@@ -197,6 +207,7 @@ impl Source {
     pub async fn count_after(&self, cursor: Cursor) -> Result<i64, SourceError> {
         match self {
             Source::Sqlite(s) => Ok((s.head().await? - cursor.id).max(0)),
+            Source::Postgres(s) => s.count_after(cursor).await,
         }
     }
 
@@ -204,6 +215,7 @@ impl Source {
     pub async fn oldest_after(&self, cursor: Cursor) -> Result<Option<String>, SourceError> {
         match self {
             Source::Sqlite(s) => s.oldest_after(cursor).await,
+            Source::Postgres(s) => s.oldest_after(cursor).await,
         }
     }
 
@@ -211,6 +223,16 @@ impl Source {
     pub fn wakeups(&self) -> watch::Receiver<u64> {
         match self {
             Source::Sqlite(s) => s.wakeups(),
+            Source::Postgres(s) => s.wakeups(),
+        }
+    }
+
+    /// Why events after `cursor` are held back, if an open transaction holds
+    /// them (PostgreSQL only; SQLite has a single writer).
+    pub async fn lag_cause(&self, cursor: Cursor) -> Result<Option<postgres::LagCause>, SourceError> {
+        match self {
+            Source::Sqlite(_) => Ok(None),
+            Source::Postgres(s) => s.lag_cause(cursor).await,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! that same transaction. Reads (HTTP) use separate read-only connections.
 
 pub mod kv_cache;
+pub mod postgres;
 pub mod sql_text;
 pub mod sqlite;
 
@@ -264,6 +265,8 @@ impl DeadLetter {
 pub enum Store {
     /// One SQLite file per namespace.
     Sqlite(sqlite::SqliteStore),
+    /// One PostgreSQL schema (and role) per namespace.
+    Postgres(postgres::PgStore),
 }
 
 impl Store {
@@ -272,6 +275,7 @@ impl Store {
     pub fn open_writer(&self, ns: &NamespaceId) -> Result<Box<dyn Namespace>, StoreError> {
         match self {
             Store::Sqlite(s) => Ok(Box::new(s.open(ns, false)?)),
+            Store::Postgres(s) => Ok(Box::new(s.open(ns, false)?.expect("created when opening for writing"))),
         }
     }
 
@@ -284,6 +288,7 @@ impl Store {
                 }
                 Ok(Some(Box::new(s.open(ns, true)?)))
             }
+            Store::Postgres(s) => Ok(s.open(ns, true)?.map(|n| Box::new(n) as Box<dyn Namespace>)),
         }
     }
 
@@ -291,6 +296,7 @@ impl Store {
     pub fn exists(&self, ns: &NamespaceId) -> bool {
         match self {
             Store::Sqlite(s) => s.exists(ns),
+            Store::Postgres(s) => s.exists(ns),
         }
     }
 
@@ -298,6 +304,7 @@ impl Store {
     pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.drop_namespace(ns),
+            Store::Postgres(s) => s.drop_namespace(ns),
         }
     }
 
@@ -305,6 +312,7 @@ impl Store {
     pub fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
         match self {
             Store::Sqlite(s) => s.namespaces(),
+            Store::Postgres(s) => s.namespaces(),
         }
     }
 
@@ -312,6 +320,7 @@ impl Store {
     pub fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
         match self {
             Store::Sqlite(s) => s.active_namespaces(),
+            Store::Postgres(s) => s.active_namespaces(),
         }
     }
 
@@ -319,6 +328,7 @@ impl Store {
     pub fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.set_active(ns),
+            Store::Postgres(s) => s.set_active(ns),
         }
     }
 
@@ -326,6 +336,7 @@ impl Store {
     pub fn forget(&self, name: &str) -> Result<(), StoreError> {
         match self {
             Store::Sqlite(s) => s.forget(name),
+            Store::Postgres(s) => s.forget(name),
         }
     }
 }

@@ -62,6 +62,61 @@ fn first_keyword(statement: &str) -> &str {
     }
 }
 
+/// A name in the statement that belongs to reel: an identifier starting with
+/// `_reel_`, or the schema `reel` (as `reel.` or `"reel".`), outside string
+/// literals and comments. PostgreSQL's privileges stop a projection anyway;
+/// this gives the same clear refusal as SQLite's authorizer.
+pub fn reserved_name(statement: &str) -> Option<String> {
+    let bytes = statement.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        let (word, end) = match c {
+            b'\'' => (None, closing(bytes, i + 1, b'\'')),
+            b'-' if bytes.get(i + 1) == Some(&b'-') => {
+                (None, statement[i..].find('\n').map_or(bytes.len(), |n| i + n + 1))
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                (None, statement[i + 2..].find("*/").map_or(bytes.len(), |n| i + n + 4))
+            }
+            b'$' => {
+                // A dollar-quoted string: $tag$ ... $tag$.
+                let tag_end = statement[i + 1..].find('$').map(|n| i + 1 + n);
+                match tag_end {
+                    Some(t)
+                        if statement[i + 1..t].chars().all(|c| c.is_alphanumeric() || c == '_')
+                            && !statement[i + 1..t].starts_with(|c: char| c.is_ascii_digit()) =>
+                    {
+                        let tag = &statement[i..=t];
+                        (None, statement[t + 1..].find(tag).map_or(bytes.len(), |n| t + 1 + n + tag.len()))
+                    }
+                    _ => (None, i + 1),
+                }
+            }
+            b'"' => {
+                let end = closing(bytes, i + 1, b'"');
+                (Some(statement[i + 1..end.saturating_sub(1).max(i + 1)].replace("\"\"", "\"")), end)
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let end = statement[i..]
+                    .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+                    .map_or(bytes.len(), |n| i + n);
+                (Some(statement[i..end].to_owned()), end)
+            }
+            _ => (None, i + 1),
+        };
+        if let Some(word) = word {
+            let lower = word.to_ascii_lowercase();
+            let qualifier = statement[end..].trim_start().starts_with('.');
+            if lower.starts_with("_reel_") || (lower == "reel" && qualifier) {
+                return Some(word);
+            }
+        }
+        i = end.max(i + 1);
+    }
+    None
+}
+
 /// Rewrite `$1`, `$2`, ... to SQLite's `?1`, `?2`, ... outside string
 /// literals, quoted identifiers and comments.
 pub fn sqlite_placeholders(statement: &str) -> std::borrow::Cow<'_, str> {
@@ -132,6 +187,16 @@ mod tests {
             assert_eq!(refusal(s), None, "{s}");
         }
         assert!(refusal("  -- only a comment").is_some());
+    }
+
+    #[test]
+    fn reels_own_names_are_spotted_outside_literals() {
+        assert_eq!(reserved_name("SELECT * FROM _reel_kv"), Some("_reel_kv".into()));
+        assert_eq!(reserved_name("select * from \"_REEL_KV\""), Some("_REEL_KV".into()));
+        assert_eq!(reserved_name("SELECT * FROM reel.checkpoints"), Some("reel".into()));
+        assert_eq!(reserved_name("SELECT * FROM \"reel\" . checkpoints"), Some("reel".into()));
+        assert_eq!(reserved_name("SELECT '_reel_kv', $$ reel.x $$, $t$ _reel_ $t$ -- _reel_kv"), None);
+        assert_eq!(reserved_name("SELECT reel FROM reels WHERE my_reel_count > $1"), None);
     }
 
     #[test]

@@ -281,7 +281,7 @@ fn to_value(value: ValueRef<'_>) -> Value {
 
 /// The smallest string greater than every string starting with `prefix`
 /// (`None` if there is none, i.e. the prefix is empty).
-fn prefix_upper_bound(prefix: &str) -> Option<String> {
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let mut chars: Vec<char> = prefix.chars().collect();
     while let Some(last) = chars.pop() {
         let next = (u32::from(last) + 1..=0x10FFFF).find_map(char::from_u32);

@@ -62,6 +62,8 @@ pub struct WorkerContext {
     pub poll_interval: Duration,
     /// Overrides the manifest's `on-error` policy.
     pub on_error: Option<OnError>,
+    /// The runtime that drives connections and timers (a multi-threaded one).
+    pub handle: tokio::runtime::Handle,
 }
 
 /// The runtime's handle on a worker thread.
@@ -495,7 +497,8 @@ impl Worker {
     /// messages. `Err` when told to exit.
     fn wait(&mut self, timeout: Duration) -> Result<(), Halt> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let message = block_on(async {
+        let handle = self.ctx.handle.clone();
+        let message = handle.block_on(async {
             tokio::select! {
                 message = self.control.recv() => Some(message),
                 changed = self.wake.changed() => {
@@ -513,15 +516,4 @@ impl Worker {
             None => Ok(()),
         }
     }
-}
-
-/// Run a future to completion on this (non-async) worker thread.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    thread_local! {
-        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("building a worker's timer runtime");
-    }
-    RUNTIME.with(|rt| rt.block_on(future))
 }

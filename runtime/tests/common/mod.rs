@@ -52,12 +52,86 @@ fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("reel-compile-cache")
 }
 
-/// A runtime on a fresh folder, with short timings for tests.
+/// Which event log and read-model store a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite files.
+    Sqlite,
+    /// A fresh PostgreSQL database on 127.0.0.1:5432.
+    Postgres,
+}
+
+/// Run a test body on both backends: `both_backends!(name, ...)` turns each
+/// `async fn name(backend: Backend)` into tests `name::sqlite` and
+/// `name::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::common::Backend::Postgres).await
+            }
+        }
+    )*};
+}
+
+/// The server tests create their databases on (`REEL_TEST_DATABASE_URL`
+/// overrides it): a superuser connection to an existing database.
+pub fn postgres_admin_url() -> String {
+    std::env::var("REEL_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// A database of its own for one test, dropped by [`drop_database`].
+pub async fn create_database() -> String {
+    let admin_url = postgres_admin_url();
+    let (client, connection) = tokio_postgres::connect(&admin_url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL is needed for this test at {admin_url}: {e}"));
+    tokio::spawn(connection);
+    let mut bytes = [0u8; 6];
+    getrandom::fill(&mut bytes).unwrap();
+    let name = format!("reel_t_{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    client.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+    let mut config: tokio_postgres::Config = admin_url.parse().unwrap();
+    config.dbname(&name);
+    let host = "127.0.0.1";
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("postgres");
+    format!("postgres://{user}@{host}:{port}/{name}")
+}
+
+/// Drop a test database and the roles reel created in it.
+pub async fn drop_database(url: &str) {
+    let name = url.rsplit('/').next().unwrap().to_owned();
+    if let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await {
+        tokio::spawn(connection);
+        let roles: Vec<String> = client
+            .query("SELECT role_name FROM reel.namespaces", &[])
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        drop(client);
+        let (admin, connection) = tokio_postgres::connect(&postgres_admin_url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await;
+        for role in roles {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS \"{role}\"")).await;
+        }
+    }
+}
+
+/// A runtime on a fresh folder (and database), with short timings for tests.
 pub struct Harness {
     pub runtime: Runtime,
     pub app: Router,
     pub dir: TempDir,
     pub config: Config,
+    pub backend: Backend,
 }
 
 /// Test configuration: fast polling and debounce, a short CPU deadline.
@@ -79,14 +153,17 @@ pub fn test_config(dir: &Path) -> Config {
 
 impl Harness {
     /// Start with these components (crate names) in the modules folder.
-    pub async fn start(modules: &[&str]) -> Self {
-        Self::start_with(modules, |_| {}).await
+    pub async fn start(backend: Backend, modules: &[&str]) -> Self {
+        Self::start_with(backend, modules, |_| {}).await
     }
 
     /// Start with a configuration tweak.
-    pub async fn start_with(modules: &[&str], tweak: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_with(backend: Backend, modules: &[&str], tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
+        if backend == Backend::Postgres {
+            config.database_url = Some(create_database().await);
+        }
         tweak(&mut config);
         std::fs::create_dir_all(&config.modules_dir).unwrap();
         for module in modules {
@@ -94,7 +171,7 @@ impl Harness {
         }
         let runtime = Runtime::start(config.clone()).await.expect("runtime starts");
         let app = api::app(runtime.clone());
-        Self { runtime, app, dir, config }
+        Self { runtime, app, dir, config, backend }
     }
 
     /// Stop this runtime and start a new one on the same folders.
@@ -102,7 +179,15 @@ impl Harness {
         self.runtime.shutdown().await;
         let runtime = Runtime::start(self.config.clone()).await.expect("runtime restarts");
         let app = api::app(runtime.clone());
-        Self { runtime, app, dir: self.dir, config: self.config }
+        Self { runtime, app, ..self }
+    }
+
+    /// Stop the runtime and drop the test's database.
+    pub async fn finish(self) {
+        self.runtime.shutdown().await;
+        if let Some(url) = &self.config.database_url {
+            drop_database(url).await;
+        }
     }
 
     /// Put a component into the modules folder as `file` (atomically).
@@ -173,14 +258,84 @@ impl Harness {
         }
     }
 
-    /// Every stored event, read straight from the events table.
-    pub fn stored_events(&self) -> Vec<StoredEvent> {
-        let conn = rusqlite::Connection::open(self.config.data_dir.join("events.db")).unwrap();
-        let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
-        stmt.query_map([], |r| Ok(StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? }))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+    /// A plain connection to the test's PostgreSQL database (as the superuser).
+    pub async fn postgres(&self) -> tokio_postgres::Client {
+        let url = self.config.database_url.as_ref().expect("a PostgreSQL test");
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+
+    /// Every stored event in delivery order, read straight from the events table.
+    pub async fn stored_events(&self) -> Vec<StoredEvent> {
+        match self.backend {
+            Backend::Sqlite => {
+                let conn = rusqlite::Connection::open(self.config.data_dir.join("events.db")).unwrap();
+                let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
+                stmt.query_map([], |r| {
+                    Ok(StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? })
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+            }
+            Backend::Postgres => {
+                let client = self.postgres().await;
+                let rows = client
+                    .query(
+                        "SELECT event_type, data::text, (extract(epoch FROM occurred_at) * 1000000)::bigint \
+                         FROM events ORDER BY transaction_id, id",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                rows.iter()
+                    .map(|r| StoredEvent {
+                        event_type: r.get(0),
+                        data: r.get(1),
+                        occurred_at: reel::source::time::format_micros(r.get(2)),
+                    })
+                    .collect()
+            }
+        }
+    }
+
+    /// Raw KV entries of a projection's serving namespace under `prefix`,
+    /// read straight from the database.
+    pub async fn kv_bytes(&self, projection: &str, prefix: &str) -> std::collections::BTreeMap<String, String> {
+        match self.backend {
+            Backend::Sqlite => {
+                let file = self.config.data_dir.join(format!("projections/{projection}@1.db"));
+                let conn = rusqlite::Connection::open(file).unwrap();
+                let mut stmt =
+                    conn.prepare("SELECT key, value FROM _reel_kv WHERE substr(key, 1, length(?1)) = ?1").unwrap();
+                stmt.query_map([prefix], |r| {
+                    Ok((r.get::<_, String>(0)?, String::from_utf8(r.get::<_, Vec<u8>>(1)?).unwrap()))
+                })
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+            }
+            Backend::Postgres => {
+                let client = self.postgres().await;
+                let schema: String = client
+                    .query_one(
+                        "SELECT n.schema_name FROM reel.active a JOIN reel.namespaces n USING (namespace) WHERE a.name = $1",
+                        &[&projection],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                let rows = client
+                    .query(
+                        &format!("SELECT key, value FROM \"{schema}\"._reel_kv WHERE starts_with(key, $1)"),
+                        &[&prefix],
+                    )
+                    .await
+                    .unwrap();
+                rows.iter().map(|r| (r.get(0), String::from_utf8(r.get(1)).unwrap())).collect()
+            }
+        }
     }
 
     /// Every row of `order_summaries`, by order id, over HTTP.

@@ -1,0 +1,706 @@
+//! Read models on PostgreSQL: one schema per namespace, owned by a login role
+//! of its own.
+//!
+//! A projection's transaction runs on a connection logged in as its role, so
+//! its SQL cannot read `events`, reel's tables or another projection's schema,
+//! and cannot escape with `SET ROLE` (it is nobody else). The checkpoint and
+//! dead letters live in `reel.*`, reached only through `SECURITY DEFINER`
+//! functions that act on the caller's own namespace. KV is `_reel_kv` in the
+//! projection's schema (byte-ordered keys).
+//!
+//! Statements are pipelined: writes are queued and sent together with the
+//! next query or the commit, so a batch of writes costs one round trip.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use tokio::runtime::Handle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, Statement};
+
+use super::sql_text::{quote_ident, refusal, reserved_name};
+use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
+use crate::pg::value::{Param, column};
+use crate::pg::{block_on, block_on_with_deadline, connect_blocking, database_error, statement_error};
+use crate::source::{Cursor, Event};
+
+/// Queued statements past which a batch's writes are sent early.
+const MAX_PENDING: usize = 4096;
+/// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
+const FENCED: &str = "RL409";
+
+/// How a namespace is reached.
+#[derive(Debug, Clone)]
+struct NamespaceInfo {
+    slug: String,
+    schema: String,
+    role: String,
+    password: String,
+}
+
+/// Namespaces as schemas of one database.
+#[derive(Clone)]
+pub struct PgStore {
+    config: Config,
+    pool: Pool,
+    handle: Handle,
+    /// Deadline of a writer's batch (and of a reader's transaction).
+    deadlines: (Duration, Duration),
+}
+
+impl PgStore {
+    /// Namespaces in the database of `config`, managed through `pool`
+    /// (whose user needs CREATEROLE). `deadlines` are the batch and query
+    /// timeouts.
+    pub fn new(config: Config, pool: Pool, handle: Handle, deadlines: (Duration, Duration)) -> Self {
+        Self { config, pool, handle, deadlines }
+    }
+
+    fn admin<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut deadpool_postgres::Object) -> Result<T, tokio_postgres::Error>,
+    ) -> Result<T, StoreError> {
+        block_on(&self.handle, async {
+            let mut client = self.pool.get().await.map_err(|e| StoreError::Database(e.to_string()))?;
+            f(&mut client).await.map_err(|e| database_error(&e))
+        })
+    }
+
+    fn info(&self, ns: &NamespaceId) -> Result<Option<NamespaceInfo>, StoreError> {
+        let slug = ns.slug();
+        self.admin(async |c| {
+            let row = c
+                .query_opt(
+                    "SELECT schema_name, role_name, role_password FROM reel.namespaces WHERE namespace = $1",
+                    &[&slug],
+                )
+                .await?;
+            Ok(row.map(|r| NamespaceInfo { slug: slug.clone(), schema: r.get(0), role: r.get(1), password: r.get(2) }))
+        })
+    }
+
+    /// Create the schema, role, KV table and checkpoint of `ns`.
+    fn create(&self, ns: &NamespaceId) -> Result<NamespaceInfo, StoreError> {
+        let slug = ns.slug();
+        let suffix = random_hex(8);
+        let info = NamespaceInfo {
+            schema: format!("rp_{}_{suffix}", ns.name.replace('-', "_")),
+            role: format!("reel_{}_{}", ns.name.replace('-', "_"), random_hex(6)),
+            password: random_hex(24),
+            slug: slug.clone(),
+        };
+        let (schema, role) = (quote_ident(&info.schema), quote_ident(&info.role));
+        let ddl = format!(
+            "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION; \
+             CREATE SCHEMA {schema} AUTHORIZATION {role}; \
+             ALTER ROLE {role} SET search_path = {schema}; \
+             GRANT USAGE ON SCHEMA reel TO {role}; \
+             GRANT EXECUTE ON FUNCTION reel.owns(text), reel.read_checkpoint(text), \
+                 reel.advance(text, bigint, bigint, bigint, bigint), \
+                 reel.add_dead_letter(text, bigint, text, bigint, text, text, text, text, text), \
+                 reel.list_dead_letters(text, bigint, integer), reel.remove_dead_letter(text, bigint) TO {role}; \
+             CREATE TABLE {schema}._reel_kv (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL); \
+             ALTER TABLE {schema}._reel_kv OWNER TO {role};",
+            password = info.password,
+        );
+        let created = info.clone();
+        let (name, version, generation) = (ns.name.clone(), ns.version.clone(), ns.generation as i32);
+        self.admin(async |c| {
+            let tx = c.transaction().await?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO reel.namespaces (namespace, name, version, generation, schema_name, role_name, role_password) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (namespace) DO NOTHING",
+                    &[&slug, &name, &version, &generation, &created.schema, &created.role, &created.password],
+                )
+                .await?;
+            if inserted == 1 {
+                tx.batch_execute(&ddl).await?;
+                tx.execute("INSERT INTO reel.checkpoints (namespace) VALUES ($1)", &[&slug]).await?;
+            }
+            tx.commit().await
+        })?;
+        // Someone else may have created it first: use what is recorded.
+        self.info(ns)?.ok_or_else(|| StoreError::Database(format!("namespace {ns} vanished while being created")))
+    }
+
+    /// Open `ns` (created when opening for writing).
+    pub fn open(&self, ns: &NamespaceId, read_only: bool) -> Result<Option<PgNamespace>, StoreError> {
+        let info = match (self.info(ns)?, read_only) {
+            (Some(info), _) => info,
+            (None, true) => return Ok(None),
+            (None, false) => self.create(ns)?,
+        };
+        let mut config = self.config.clone();
+        config.user(&info.role).password(info.password.as_bytes()).application_name(&format!("reel {}", info.slug));
+        let client = connect_blocking(&config, &self.handle)?;
+        let deadline = if read_only { self.deadlines.1 } else { self.deadlines.0 };
+        Ok(Some(PgNamespace {
+            client,
+            handle: self.handle.clone(),
+            info,
+            read_only,
+            statements: HashMap::new(),
+            pending: Vec::new(),
+            in_tx: false,
+            failed: None,
+            deadline,
+            started: Instant::now(),
+        }))
+    }
+
+    /// Whether `ns` exists.
+    pub fn exists(&self, ns: &NamespaceId) -> bool {
+        matches!(self.info(ns), Ok(Some(_)))
+    }
+
+    /// Drop the schema and role of `ns` and its rows in `reel.*`.
+    pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+        let Some(info) = self.info(ns)? else { return Ok(()) };
+        let (schema, role) = (quote_ident(&info.schema), quote_ident(&info.role));
+        let slug = info.slug.clone();
+        self.admin(async |c| {
+            c.batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; \
+                 REVOKE ALL ON SCHEMA reel FROM {role}; \
+                 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA reel FROM {role}"
+            ))
+            .await?;
+            c.execute("DELETE FROM reel.namespaces WHERE namespace = $1", &[&slug]).await?;
+            c.execute("DELETE FROM reel.active WHERE namespace = $1", &[&slug]).await?;
+            Ok(())
+        })?;
+        // Its connections may still be closing; a role with sessions cannot go yet.
+        for attempt in 0..20 {
+            let role = role.clone();
+            match self.admin(async |c| c.batch_execute(&format!("DROP ROLE IF EXISTS {role}")).await) {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt == 19 => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Namespaces recorded in `reel.namespaces`.
+    pub fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+        self.admin(async |c| {
+            let rows = c.query("SELECT namespace FROM reel.namespaces ORDER BY namespace", &[]).await?;
+            Ok(rows.iter().filter_map(|r| NamespaceId::from_slug(r.get(0))).collect())
+        })
+    }
+
+    /// The namespace serving reads of each projection.
+    pub fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+        self.admin(async |c| {
+            let rows = c.query("SELECT namespace FROM reel.active ORDER BY name", &[]).await?;
+            Ok(rows.iter().filter_map(|r| NamespaceId::from_slug(r.get(0))).collect())
+        })
+    }
+
+    /// Record `ns` as serving reads.
+    pub fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+        let (name, slug) = (ns.name.clone(), ns.slug());
+        self.admin(async |c| {
+            c.execute(
+                "INSERT INTO reel.active (name, namespace) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET namespace = excluded.namespace",
+                &[&name, &slug],
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    /// Forget a projection.
+    pub fn forget(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.admin(async |c| c.execute("DELETE FROM reel.active WHERE name = $1", &[&name]).await.map(drop))
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).expect("the OS random source");
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Work queued for the next round trip.
+enum Pending {
+    Begin,
+    Statement { sql: String, params: Vec<Value> },
+    KvUpsert { keys: Vec<String>, values: Vec<Vec<u8>> },
+    KvDelete { keys: Vec<String> },
+    Advance { from: Cursor, to: Cursor },
+    DeadLetter { event: Box<Event>, error: String },
+    Commit,
+}
+
+/// One namespace through a connection logged in as its role.
+pub struct PgNamespace {
+    client: Client,
+    handle: Handle,
+    info: NamespaceInfo,
+    read_only: bool,
+    /// Prepared statements of this connection, by text.
+    statements: HashMap<String, Statement>,
+    pending: Vec<Pending>,
+    in_tx: bool,
+    /// The first failure of this transaction: it is aborted, and so is the batch.
+    failed: Option<StoreError>,
+    deadline: Duration,
+    started: Instant,
+}
+
+const BEGIN_WRITE: &str = "BEGIN";
+const BEGIN_READ: &str = "BEGIN READ ONLY";
+const COMMIT: &str = "COMMIT";
+const KV_UPSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
+const ADVANCE: &str = "SELECT reel.advance($1, $2, $3, $4, $5)";
+const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+
+impl PgNamespace {
+    fn remaining(&self) -> Option<Duration> {
+        Some(self.deadline.saturating_sub(self.started.elapsed()).max(Duration::from_millis(1)))
+    }
+
+    /// Prepare the statements of `texts` not prepared yet, pipelined.
+    fn prepare_all(&mut self, texts: Vec<String>, guest: bool) -> Result<(), StoreError> {
+        let missing: Vec<String> = {
+            let mut seen = std::collections::HashSet::new();
+            texts.into_iter().filter(|t| !self.statements.contains_key(t) && seen.insert(t.clone())).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let client = &self.client;
+        let prepared = block_on_with_deadline(&self.handle, client, self.remaining(), async {
+            let futures = missing.iter().map(|t| client.prepare(t));
+            Ok(futures_util::future::join_all(futures).await)
+        })?;
+        for (text, result) in missing.into_iter().zip(prepared) {
+            match result {
+                Ok(statement) => {
+                    self.statements.insert(text, statement);
+                }
+                Err(e) => return Err(if guest { statement_error(&e) } else { database_error(&e) }),
+            }
+        }
+        Ok(())
+    }
+
+    fn statement(&self, text: &str) -> &Statement {
+        &self.statements[text]
+    }
+
+    /// Send everything queued, in order, in one pipelined round trip.
+    fn send(&mut self) -> Result<(), StoreError> {
+        if let Some(failed) = &self.failed {
+            self.pending.clear();
+            return Err(failed.clone());
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let mut texts: Vec<String> =
+            vec![(if self.read_only { BEGIN_READ } else { BEGIN_WRITE }).to_owned(), COMMIT.into()];
+        let mut guest_texts = Vec::new();
+        for op in &self.pending {
+            match op {
+                Pending::Statement { sql, .. } => guest_texts.push(sql.clone()),
+                Pending::KvUpsert { .. } => texts.push(KV_UPSERT.into()),
+                Pending::KvDelete { .. } => texts.push(KV_DELETE.into()),
+                Pending::Advance { .. } => texts.push(ADVANCE.into()),
+                Pending::DeadLetter { .. } => texts.push(DEAD_LETTER.into()),
+                Pending::Begin | Pending::Commit => {}
+            }
+        }
+        self.prepare_all(texts, false)?;
+        if let Err(e) = self.prepare_all(guest_texts, true) {
+            self.pending.clear();
+            self.failed = Some(e.clone());
+            // The transaction is already open on the server if BEGIN went before.
+            return Err(e);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let client = &self.client;
+        let this = &*self;
+        let begin = this.statement(if this.read_only { BEGIN_READ } else { BEGIN_WRITE });
+        let results = block_on_with_deadline(&this.handle, client, this.remaining(), async {
+            let mut futures = Vec::with_capacity(pending.len());
+            for op in &pending {
+                futures.push(run(client, this, begin, op));
+            }
+            Ok(futures_util::future::join_all(futures).await)
+        });
+        let results = results?;
+        for (op, result) in pending.iter().zip(results) {
+            if let Err(e) = result {
+                let error = match (op, e.code().map(|c| c.code())) {
+                    (Pending::Advance { from, .. }, Some(FENCED)) => {
+                        StoreError::Fenced { expected: *from, found: None }
+                    }
+                    (Pending::Statement { .. }, _) => statement_error(&e),
+                    _ => database_error(&e),
+                };
+                self.failed = Some(error.clone());
+                return Err(error);
+            }
+        }
+        Ok(())
+    }
+
+    fn queue(&mut self, op: Pending) -> Result<(), StoreError> {
+        self.pending.push(op);
+        if self.pending.len() >= MAX_PENDING { self.send() } else { Ok(()) }
+    }
+
+    fn check(&self, statement: &str) -> Result<(), StoreError> {
+        if let Some(why) = refusal(statement) {
+            return Err(StoreError::Refused(why));
+        }
+        if let Some(name) = reserved_name(statement) {
+            return Err(StoreError::Refused(format!("`{name}` belongs to reel; projections cannot use it")));
+        }
+        if !self.in_tx {
+            return Err(StoreError::Database("statement outside a transaction".into()));
+        }
+        Ok(())
+    }
+
+    /// Run a query now (after everything queued) and return its rows.
+    fn fetch(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        guest: bool,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.fetch_at_most(sql, params, guest, usize::MAX).map(|(rows, _)| rows)
+    }
+
+    /// Run a query now, reading at most `max_rows + 1` rows from the server
+    /// (so a huge result never sits in memory); also returns the column names.
+    fn fetch_at_most(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        guest: bool,
+        max_rows: usize,
+    ) -> Result<(Vec<tokio_postgres::Row>, Vec<String>), StoreError> {
+        use futures_util::StreamExt;
+        self.send()?;
+        self.prepare_all(vec![sql.to_owned()], guest)?;
+        let statement = self.statement(sql).clone();
+        let columns = statement.columns().iter().map(|c| c.name().to_owned()).collect();
+        let client = &self.client;
+        let classify = |e: &tokio_postgres::Error| if guest { statement_error(e) } else { database_error(e) };
+        let rows = block_on_with_deadline(&self.handle, client, self.remaining(), async {
+            let stream = client.query_raw(&statement, params.iter().copied()).await.map_err(|e| classify(&e))?;
+            tokio::pin!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.next().await {
+                rows.push(row.map_err(|e| classify(&e))?);
+                if rows.len() > max_rows {
+                    break;
+                }
+            }
+            Ok(rows)
+        })?;
+        Ok((rows, columns))
+    }
+}
+
+/// Send one queued operation.
+async fn run(client: &Client, ns: &PgNamespace, begin: &Statement, op: &Pending) -> Result<u64, tokio_postgres::Error> {
+    match op {
+        Pending::Begin => client.execute(begin, &[]).await,
+        Pending::Commit => client.execute(ns.statement(COMMIT), &[]).await,
+        Pending::Statement { sql, params } => {
+            let params: Vec<Param<'_>> = params.iter().map(Param).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+            client.execute(ns.statement(sql), &refs).await
+        }
+        Pending::KvUpsert { keys, values } => client.execute(ns.statement(KV_UPSERT), &[keys, values]).await,
+        Pending::KvDelete { keys } => client.execute(ns.statement(KV_DELETE), &[keys]).await,
+        Pending::Advance { from, to } => {
+            client.execute(ns.statement(ADVANCE), &[&ns.info.slug, &from.tx, &from.id, &to.tx, &to.id]).await
+        }
+        Pending::DeadLetter { event, error } => {
+            let e = &**event;
+            client
+                .execute(
+                    ns.statement(DEAD_LETTER),
+                    &[
+                        &ns.info.slug,
+                        &e.position,
+                        &e.stream_id,
+                        &e.version,
+                        &e.event_type,
+                        &e.data,
+                        &e.metadata,
+                        &e.occurred_at,
+                        error,
+                    ],
+                )
+                .await
+        }
+    }
+}
+
+impl Namespace for PgNamespace {
+    fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
+        let slug = self.info.slug.clone();
+        let was_in_tx = self.in_tx;
+        let rows = if was_in_tx {
+            self.fetch("SELECT tx, position, initialized FROM reel.read_checkpoint($1)", &[&slug], false)?
+        } else {
+            let client = &self.client;
+            block_on(
+                &self.handle,
+                client.query("SELECT tx, position, initialized FROM reel.read_checkpoint($1)", &[&slug]),
+            )
+            .map_err(|e| database_error(&e))?
+        };
+        let row = rows.first().ok_or_else(|| StoreError::Database(format!("no checkpoint for {slug}")))?;
+        Ok(Checkpoint { cursor: Cursor { tx: row.get(0), id: row.get(1) }, initialized: row.get(2) })
+    }
+
+    fn begin(&mut self) -> Result<(), StoreError> {
+        self.pending.clear();
+        self.failed = None;
+        self.in_tx = true;
+        self.started = Instant::now();
+        self.pending.push(Pending::Begin);
+        Ok(())
+    }
+
+    fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
+        if !self.read_only {
+            self.pending.push(Pending::Advance { from, to });
+        }
+        self.pending.push(Pending::Commit);
+        let result = self.send();
+        if result.is_err() {
+            let _ = self.rollback();
+        } else {
+            self.in_tx = false;
+        }
+        result
+    }
+
+    fn rollback(&mut self) -> Result<(), StoreError> {
+        self.pending.clear();
+        self.failed = None;
+        if self.in_tx {
+            self.in_tx = false;
+            let client = &self.client;
+            block_on(&self.handle, client.batch_execute("ROLLBACK")).map_err(|e| database_error(&e))?;
+        }
+        Ok(())
+    }
+
+    fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_owned();
+        let rows = self.fetch("SELECT value FROM _reel_kv WHERE key = $1", &[&key], false)?;
+        Ok(rows.first().map(|r| r.get(0)))
+    }
+
+    fn kv_scan(
+        &mut self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let lower = after.filter(|a| *a >= prefix).unwrap_or(prefix).to_owned();
+        let strict = after.is_some_and(|a| a >= prefix);
+        let upper = super::sqlite::prefix_upper_bound(prefix);
+        let sql = match (strict, upper.is_some()) {
+            (false, false) => {
+                "SELECT key, value FROM _reel_kv WHERE key >= $1 AND $2::text IS NULL ORDER BY key LIMIT $3"
+            }
+            (true, false) => {
+                "SELECT key, value FROM _reel_kv WHERE key > $1 AND $2::text IS NULL ORDER BY key LIMIT $3"
+            }
+            (false, true) => "SELECT key, value FROM _reel_kv WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3",
+            (true, true) => "SELECT key, value FROM _reel_kv WHERE key > $1 AND key < $2 ORDER BY key LIMIT $3",
+        };
+        let limit = limit as i64;
+        let rows = self.fetch(sql, &[&lower, &upper, &limit], false)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    fn kv_write(&mut self, writes: &mut dyn Iterator<Item = (String, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+        let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in writes {
+            match value {
+                Some(value) => {
+                    keys.push(key);
+                    values.push(value);
+                }
+                None => deleted.push(key),
+            }
+        }
+        if !keys.is_empty() {
+            self.queue(Pending::KvUpsert { keys, values })?;
+        }
+        if !deleted.is_empty() {
+            self.queue(Pending::KvDelete { keys: deleted })?;
+        }
+        Ok(())
+    }
+
+    fn kv_is_empty(&mut self) -> Result<bool, StoreError> {
+        let client = &self.client;
+        let row = block_on(&self.handle, client.query_one("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", &[]))
+            .map_err(|e| database_error(&e))?;
+        Ok(row.get(0))
+    }
+
+    fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
+        }
+        self.check(statement)?;
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        self.queue(Pending::Statement { sql: statement.to_owned(), params })
+    }
+
+    fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError> {
+        self.check(statement)?;
+        let values: Vec<Param<'_>> = params.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let result = self
+            .fetch_at_most(statement, &refs, true, max_rows)
+            .and_then(|(rows, columns)| to_rows(&rows, columns, max_rows));
+        if let Err(e) = &result {
+            self.failed.get_or_insert(e.clone());
+        }
+        result
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.send()
+    }
+
+    fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError> {
+        let client = &self.client;
+        let table = read.table.clone();
+        let columns: Vec<String> = block_on(
+            &self.handle,
+            client.query(
+                "SELECT column_name::text FROM information_schema.columns \
+                 WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+                &[&table],
+            ),
+        )
+        .map_err(|e| database_error(&e))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+        if columns.is_empty() || reserved_name(&quote_ident(&read.table)).is_some() {
+            return Err(StoreError::NotFound(format!("no table `{}` in this projection", read.table)));
+        }
+        let known = |c: &str| {
+            if columns.iter().any(|k| k == c) {
+                Ok(quote_ident(c))
+            } else {
+                Err(StoreError::Invalid(format!(
+                    "table `{}` has no column `{c}`; columns: {}",
+                    read.table,
+                    columns.join(", ")
+                )))
+            }
+        };
+        let mut sql = format!("SELECT * FROM {}", quote_ident(&read.table));
+        let mut values = Vec::new();
+        for (i, (column, value)) in read.filters.iter().enumerate() {
+            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+            sql.push_str(&format!("{} = ${}", known(column)?, i + 1));
+            values.push(Value::Text(value.clone()));
+        }
+        if let Some((column, desc)) = &read.order {
+            sql.push_str(&format!(" ORDER BY {}{}", known(column)?, if *desc { " DESC" } else { "" }));
+        }
+        sql.push_str(&format!(" LIMIT {}", read.limit));
+        let params: Vec<Param<'_>> = values.iter().map(Param).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+        let rows = block_on(&self.handle, client.query(&sql, &refs)).map_err(|e| match e.code() {
+            Some(code) if code.code().starts_with("22") => {
+                StoreError::Invalid("a filter value does not fit its column's type".into())
+            }
+            _ => database_error(&e),
+        })?;
+        let columns =
+            rows.first().map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect()).unwrap_or_default();
+        to_rows(&rows, columns, read.limit)
+    }
+
+    fn tables(&mut self) -> Result<Vec<String>, StoreError> {
+        let client = &self.client;
+        let rows = block_on(
+            &self.handle,
+            client.query(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() AND table_name NOT LIKE '\\_reel\\_%' ORDER BY table_name",
+                &[],
+            ),
+        )
+        .map_err(|e| database_error(&e))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
+        self.queue(Pending::DeadLetter { event: Box::new(event.clone()), error: error.to_owned() })
+    }
+
+    fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        let slug = self.info.slug.clone();
+        let limit = limit as i32;
+        let sql = "SELECT position, stream_id, version, event_type, data, metadata, occurred_at, error, \
+                   failed_at::text FROM reel.list_dead_letters($1, $2, $3)";
+        let client = &self.client;
+        let rows = if self.in_tx {
+            self.fetch(sql, &[&slug, &after, &limit], false)?
+        } else {
+            block_on(&self.handle, client.query(sql, &[&slug, &after, &limit])).map_err(|e| database_error(&e))?
+        };
+        Ok(rows
+            .iter()
+            .map(|r| DeadLetter {
+                position: r.get(0),
+                stream_id: r.get(1),
+                version: r.get(2),
+                event_type: r.get(3),
+                data: r.get(4),
+                metadata: r.get(5),
+                occurred_at: r.get(6),
+                error: r.get(7),
+                failed_at: r.get(8),
+            })
+            .collect())
+    }
+
+    fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError> {
+        let slug = self.info.slug.clone();
+        let rows = self.fetch("SELECT reel.remove_dead_letter($1, $2)", &[&slug, &position], false)?;
+        Ok(rows.first().is_some_and(|r| r.get(0)))
+    }
+}
+
+/// Rows as values, at most `max_rows` (more is a limit error).
+fn to_rows(rows: &[tokio_postgres::Row], columns: Vec<String>, max_rows: usize) -> Result<Rows, StoreError> {
+    if rows.len() > max_rows {
+        return Err(StoreError::Limit(format!("query returned more than {max_rows} rows (the row limit)")));
+    }
+    let rows = rows
+        .iter()
+        .map(|row| (0..row.len()).map(|i| column(row, i)).collect::<Result<Vec<_>, _>>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| StoreError::Sql { code: "reel:type".into(), message: m })?;
+    Ok(Rows { columns, rows })
+}
