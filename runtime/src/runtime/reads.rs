@@ -276,6 +276,7 @@ impl Runtime {
             }
             _ => 0.0,
         };
+        let blocked_by = if lag > 0 { self.source().lag_cause(status.cursor).await? } else { None };
         let dead_letters =
             self.read(name, None, |ns| ns.dead_letters(0, MAX_DEAD_LETTERS)).await.map_or(0, |d| d.len());
         let rebuild = match next {
