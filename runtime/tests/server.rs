@@ -92,9 +92,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(dir: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_reel"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--batch-size", "25", "--poll-ms", "20"])
+    fn start(dir: &std::path::Path, database: Option<&str>) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_reel"));
+        command.args(["serve", "--listen", "127.0.0.1:0", "--batch-size", "25", "--poll-ms", "20"]);
+        if let Some(url) = database {
+            command.args(["--database", url]);
+        }
+        let mut child = command
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--projections")
@@ -129,7 +133,22 @@ impl Server {
 }
 
 #[test]
-fn a_killed_process_resumes_exactly_once() {
+fn a_killed_process_resumes_exactly_once_sqlite() {
+    killed_process_resumes_exactly_once(common::Backend::Sqlite);
+}
+
+#[test]
+fn a_killed_process_resumes_exactly_once_postgres() {
+    killed_process_resumes_exactly_once(common::Backend::Postgres);
+}
+
+fn killed_process_resumes_exactly_once(backend: common::Backend) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let database = match backend {
+        common::Backend::Sqlite => None,
+        common::Backend::Postgres => Some(rt.block_on(common::create_database())),
+    };
+    let db = database.as_deref();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("modules")).unwrap();
     for module in ["order_summaries", "customer_stats", "fixture_echo_a"] {
@@ -137,32 +156,49 @@ fn a_killed_process_resumes_exactly_once() {
     }
     // Start once to create the events table, then load a backlog into it
     // directly, the way another service would write it.
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), db);
     let events = generate(&OrderWorkload { orders: 2500, customers: 60, follow_up_window: 400, seed: 11 });
     server.kill();
-    {
-        let mut conn = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
-        for (i, e) in events.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO events (stream_id, version, event_type, data, occurred_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-                rusqlite::params![
-                    e.stream_id,
-                    e.version,
-                    e.event_type,
-                    e.data.to_string(),
-                    format!("2026-01-01T00:00:{:02}.{:06}Z", i / 100_000, i % 100_000)
-                ],
-            )
-            .unwrap();
+    let stamp = |i: usize| format!("2026-01-01T00:00:{:02}.{:06}Z", i / 100_000, i % 100_000);
+    match db {
+        None => {
+            let mut conn = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).unwrap();
+            for (i, e) in events.iter().enumerate() {
+                tx.execute(
+                    "INSERT INTO events (stream_id, version, event_type, data, occurred_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    rusqlite::params![e.stream_id, e.version, e.event_type, e.data.to_string(), stamp(i)],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
         }
-        tx.commit().unwrap();
+        Some(url) => rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            for chunk in events.chunks(500).enumerate() {
+                let (n, chunk) = chunk;
+                let streams: Vec<&str> = chunk.iter().map(|e| e.stream_id.as_str()).collect();
+                let versions: Vec<i32> = chunk.iter().map(|e| e.version as i32).collect();
+                let types: Vec<&str> = chunk.iter().map(|e| e.event_type).collect();
+                let data: Vec<String> = chunk.iter().map(|e| e.data.to_string()).collect();
+                let stamps: Vec<String> = (0..chunk.len()).map(|i| stamp(n * 500 + i)).collect();
+                client
+                    .execute(
+                        "INSERT INTO events (stream_id, version, event_type, data, occurred_at) \
+                         SELECT s, v, t, d::jsonb, o::timestamptz FROM unnest($1::text[], $2::int4[], $3::text[], $4::text[], $5::text[]) AS u(s, v, t, d, o)",
+                        &[&streams, &versions, &types, &data, &stamps],
+                    )
+                    .await
+                    .unwrap();
+            }
+        }),
     }
     let head = events.len() as i64;
 
     // Kill it twice while the projections are part-way through the backlog.
     for round in 0..2 {
-        let server = Server::start(dir.path());
+        let server = Server::start(dir.path(), db);
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let position = server.position("order-summaries");
@@ -176,25 +212,45 @@ fn a_killed_process_resumes_exactly_once() {
         server.kill();
     }
 
-    let server = Server::start(dir.path());
+    let server = Server::start(dir.path(), db);
     let (status, body) = http(server.addr, "GET", &format!("/projections/echo/query/seen?min_position={head}"), None);
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, head.to_string(), "echo saw every event exactly once");
+    assert_eq!(body, head.to_string(), "echo saw every event");
+    let (status, body) = http(server.addr, "GET", "/projections/echo/kv?prefix=duplicate/", None);
+    assert_eq!((status, body.contains("\"entries\":[]")), (200, true), "no event applied twice: {body}");
     for name in ["order-summaries", "customer-stats"] {
         let (status, body) =
             http(server.addr, "GET", &format!("/projections/{name}/kv?limit=1&min_position={head}"), None);
         assert_eq!(status, 200, "{body}");
     }
-    let conn = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
-    let stored: Vec<reel::workload::StoredEvent> = conn
-        .prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id")
-        .unwrap()
-        .query_map([], |r| {
-            Ok(reel::workload::StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? })
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let stored: Vec<reel::workload::StoredEvent> = match db {
+        None => {
+            let conn = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
+            let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
+            stmt.query_map([], |r| Ok(reel::workload::StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? }))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        }
+        Some(url) => rt.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let rows = client
+                .query(
+                    "SELECT event_type, data::text, (extract(epoch FROM occurred_at) * 1000000)::bigint FROM events ORDER BY transaction_id, id",
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| reel::workload::StoredEvent {
+                    event_type: r.get(0),
+                    data: r.get(1),
+                    occurred_at: reel::source::time::format_micros(r.get(2)),
+                })
+                .collect()
+        }),
+    };
     let expected = fold(&stored);
     let (_, body) = http(
         server.addr,
@@ -206,14 +262,14 @@ fn a_killed_process_resumes_exactly_once() {
     let got: std::collections::BTreeMap<String, Value> =
         rows.into_iter().map(|r| (r["order_id"].as_str().unwrap().to_owned(), r)).collect();
     assert_eq!(got, common::expected_rows(&expected));
-    let ns = rusqlite::Connection::open(dir.path().join("data/projections/customer-stats@1.db")).unwrap();
-    let values: std::collections::BTreeMap<String, String> = ns
-        .prepare("SELECT key, CAST(value AS TEXT) FROM _reel_kv WHERE key LIKE 'customer/%'")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    assert_eq!(values, expected.customers);
+    let mut customers = std::collections::BTreeMap::new();
+    let (_, body) = http(server.addr, "GET", "/projections/customer-stats/kv?prefix=customer/&limit=10000", None);
+    for entry in serde_json::from_str::<Value>(&body).unwrap()["entries"].as_array().unwrap() {
+        customers.insert(entry["key"].as_str().unwrap().to_owned(), entry["value"].clone());
+    }
+    assert_eq!(customers, common::expected_customers(&expected));
     server.kill();
+    if let Some(url) = db {
+        rt.block_on(common::drop_database(url));
+    }
 }

@@ -81,8 +81,33 @@ fn build_guests() -> Result {
     )
 }
 
+/// The test suite needs PostgreSQL on 127.0.0.1:5432 (or
+/// `REEL_TEST_DATABASE_URL`); start the local cluster if it is down.
+fn ensure_postgres() -> Result {
+    if std::env::var_os("REEL_TEST_DATABASE_URL").is_some() || TcpStream::connect("127.0.0.1:5432").is_ok() {
+        return Ok(());
+    }
+    eprintln!("xtask: PostgreSQL is not answering on 127.0.0.1:5432; starting the local cluster");
+    let versions = std::fs::read_dir("/etc/postgresql").map_err(|e| {
+        format!("PostgreSQL is needed on 127.0.0.1:5432 and none is installed here (/etc/postgresql: {e})")
+    })?;
+    for version in versions.flatten() {
+        let version = version.file_name().to_string_lossy().into_owned();
+        let _ = run("pg_ctlcluster", &["--skip-systemctl-redirect", &version, "main", "start"]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect("127.0.0.1:5432").is_err() {
+        if Instant::now() > deadline {
+            return Err("PostgreSQL did not come up on 127.0.0.1:5432".into());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 fn test() -> Result {
     let started = Instant::now();
+    ensure_postgres()?;
     build_guests()?;
     let projections = root().join("projections");
     run(&cargo(), &["fmt", "--all", "--check"])?;

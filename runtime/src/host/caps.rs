@@ -103,11 +103,6 @@ impl Capabilities {
         self.ns.rollback()
     }
 
-    /// Forget cached KV values (after a fencing conflict: someone else wrote).
-    pub fn invalidate_cache(&mut self) {
-        self.kv.invalidate();
-    }
-
     /// The fault that ended the last call, if any.
     pub fn take_fault(&mut self) -> Option<Fault> {
         self.fault.take()

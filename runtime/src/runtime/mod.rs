@@ -133,7 +133,7 @@ impl Runtime {
                     tokio::runtime::Handle::current(),
                     (limits.batch_timeout, limits.query_timeout),
                 );
-                (Source::Postgres(Arc::new(source)), Store::Postgres(store))
+                (Source::Postgres(Arc::new(source)), Store::Postgres(Box::new(store)))
             }
         };
         let engine = Engine::new().map_err(|e| anyhow::anyhow!("{e:#}")).context("cannot set up wasmtime")?;

@@ -89,14 +89,6 @@ impl KvCache {
         self.sent.clear();
     }
 
-    /// Forget everything cached (the database may have changed behind us).
-    pub fn invalidate(&mut self) {
-        self.rolled_back();
-        self.committed.clear();
-        self.bytes = 0;
-        self.complete = false;
-    }
-
     fn remember(&mut self, key: String, value: Option<Vec<u8>>) {
         let value_len = value.as_ref().map_or(0, Vec::len);
         let key_len = key.len();

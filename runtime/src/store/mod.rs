@@ -178,6 +178,11 @@ pub struct TableRead {
 pub trait Namespace: Send {
     /// The committed checkpoint.
     fn checkpoint(&mut self) -> Result<Checkpoint, StoreError>;
+    /// Try to become the one writer of this namespace among all runtimes
+    /// (held until the connection closes). False: another runtime holds it.
+    fn try_claim(&mut self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
     /// Start a transaction (a write transaction for writers, a snapshot for
     /// readers).
     fn begin(&mut self) -> Result<(), StoreError>;
@@ -266,7 +271,7 @@ pub enum Store {
     /// One SQLite file per namespace.
     Sqlite(sqlite::SqliteStore),
     /// One PostgreSQL schema (and role) per namespace.
-    Postgres(postgres::PgStore),
+    Postgres(Box<postgres::PgStore>),
 }
 
 impl Store {

@@ -104,7 +104,6 @@ impl PgStore {
              ALTER TABLE {schema}._reel_kv OWNER TO {role};",
             password = info.password,
         );
-        let created = info.clone();
         let (name, version, generation) = (ns.name.clone(), ns.version.clone(), ns.generation as i32);
         self.admin(async |c| {
             let tx = c.transaction().await?;
@@ -112,7 +111,7 @@ impl PgStore {
                 .execute(
                     "INSERT INTO reel.namespaces (namespace, name, version, generation, schema_name, role_name, role_password) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (namespace) DO NOTHING",
-                    &[&slug, &name, &version, &generation, &created.schema, &created.role, &created.password],
+                    &[&slug, &name, &version, &generation, &info.schema, &info.role, &info.password],
                 )
                 .await?;
             if inserted == 1 {
@@ -133,7 +132,7 @@ impl PgStore {
             (None, false) => self.create(ns)?,
         };
         let mut config = self.config.clone();
-        config.user(&info.role).password(info.password.as_bytes()).application_name(&format!("reel {}", info.slug));
+        config.user(&info.role).password(info.password.as_bytes()).application_name(format!("reel {}", info.slug));
         let client = connect_blocking(&config, &self.handle)?;
         let deadline = if read_only { self.deadlines.1 } else { self.deadlines.0 };
         Ok(Some(PgNamespace {
@@ -159,7 +158,7 @@ impl PgStore {
     pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
         let Some(info) = self.info(ns)? else { return Ok(()) };
         let (schema, role) = (quote_ident(&info.schema), quote_ident(&info.role));
-        let slug = info.slug.clone();
+        let slug = info.slug;
         self.admin(async |c| {
             c.batch_execute(&format!(
                 "DROP SCHEMA IF EXISTS {schema} CASCADE; \
@@ -296,19 +295,33 @@ impl PgNamespace {
         &self.statements[text]
     }
 
-    /// Send everything queued, in order, in one pipelined round trip.
+    /// Send everything queued, in order, pipelined. A statement can only be
+    /// prepared once the tables it names exist, so the queue goes out in
+    /// segments ending at each DDL statement (rare: `init`, migrations).
     fn send(&mut self) -> Result<(), StoreError> {
         if let Some(failed) = &self.failed {
             self.pending.clear();
             return Err(failed.clone());
         }
-        if self.pending.is_empty() {
-            return Ok(());
+        let mut pending = std::mem::take(&mut self.pending);
+        while !pending.is_empty() {
+            let end = pending.iter().position(is_ddl).map_or(pending.len(), |i| i + 1);
+            let rest = pending.split_off(end);
+            if let Err(e) = self.send_segment(pending) {
+                self.failed = Some(e.clone());
+                return Err(e);
+            }
+            pending = rest;
         }
+        Ok(())
+    }
+
+    /// Prepare what a segment needs, then send it in one round trip.
+    fn send_segment(&mut self, pending: Vec<Pending>) -> Result<(), StoreError> {
         let mut texts: Vec<String> =
             vec![(if self.read_only { BEGIN_READ } else { BEGIN_WRITE }).to_owned(), COMMIT.into()];
         let mut guest_texts = Vec::new();
-        for op in &self.pending {
+        for op in &pending {
             match op {
                 Pending::Statement { sql, .. } => guest_texts.push(sql.clone()),
                 Pending::KvUpsert { .. } => texts.push(KV_UPSERT.into()),
@@ -319,35 +332,23 @@ impl PgNamespace {
             }
         }
         self.prepare_all(texts, false)?;
-        if let Err(e) = self.prepare_all(guest_texts, true) {
-            self.pending.clear();
-            self.failed = Some(e.clone());
-            // The transaction is already open on the server if BEGIN went before.
-            return Err(e);
-        }
-        let pending = std::mem::take(&mut self.pending);
+        self.prepare_all(guest_texts, true)?;
         let client = &self.client;
         let this = &*self;
         let begin = this.statement(if this.read_only { BEGIN_READ } else { BEGIN_WRITE });
         let results = block_on_with_deadline(&this.handle, client, this.remaining(), async {
-            let mut futures = Vec::with_capacity(pending.len());
-            for op in &pending {
-                futures.push(run(client, this, begin, op));
-            }
+            let futures = pending.iter().map(|op| run(client, this, begin, op));
             Ok(futures_util::future::join_all(futures).await)
-        });
-        let results = results?;
+        })?;
         for (op, result) in pending.iter().zip(results) {
             if let Err(e) = result {
-                let error = match (op, e.code().map(|c| c.code())) {
+                return Err(match (op, e.code().map(|c| c.code())) {
                     (Pending::Advance { from, .. }, Some(FENCED)) => {
                         StoreError::Fenced { expected: *from, found: None }
                     }
                     (Pending::Statement { .. }, _) => statement_error(&e),
                     _ => database_error(&e),
-                };
-                self.failed = Some(error.clone());
-                return Err(error);
+                });
             }
         }
         Ok(())
@@ -413,6 +414,14 @@ impl PgNamespace {
     }
 }
 
+/// Whether a queued operation changes the schema (later statements may
+/// name what it creates).
+fn is_ddl(op: &Pending) -> bool {
+    let Pending::Statement { sql, .. } = op else { return false };
+    let keyword = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
+    ["CREATE", "ALTER", "DROP", "COMMENT", "TRUNCATE"].iter().any(|k| k.eq_ignore_ascii_case(keyword))
+}
+
 /// Send one queued operation.
 async fn run(client: &Client, ns: &PgNamespace, begin: &Statement, op: &Pending) -> Result<u64, tokio_postgres::Error> {
     match op {
@@ -466,6 +475,15 @@ impl Namespace for PgNamespace {
         };
         let row = rows.first().ok_or_else(|| StoreError::Database(format!("no checkpoint for {slug}")))?;
         Ok(Checkpoint { cursor: Cursor { tx: row.get(0), id: row.get(1) }, initialized: row.get(2) })
+    }
+
+    fn try_claim(&mut self) -> Result<bool, StoreError> {
+        let client = &self.client;
+        let slug = self.info.slug.clone();
+        let row =
+            block_on(&self.handle, client.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&slug]))
+                .map_err(|e| database_error(&e))?;
+        Ok(row.get(0))
     }
 
     fn begin(&mut self) -> Result<(), StoreError> {

@@ -27,6 +27,10 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often a cursor moved only past unsubscribed events is persisted.
 const PERSIST_SKIPS_EVERY: Duration = Duration::from_secs(1);
+/// How often a standby checks whether the owner of its projection is gone.
+const STANDBY_CHECK: Duration = Duration::from_secs(2);
+/// How long a fenced worker waits before trying to own the projection again.
+const FENCED_PAUSE: Duration = Duration::from_secs(5);
 
 /// What a worker can be told between batches.
 pub enum Control {
@@ -126,8 +130,10 @@ fn filter_of(program: &Program) -> Filter {
 enum Halt {
     /// Told to exit.
     Exit,
-    /// Stopped at a poison event, or fenced.
+    /// Stopped at a poison event.
     Stopped,
+    /// Another runtime moved the checkpoint.
+    Fenced,
 }
 
 struct Worker {
@@ -160,22 +166,9 @@ fn backoff(attempt: u32) -> Duration {
 impl Worker {
     fn run(mut self) {
         tracing::info!(projection = %self.ns, "worker starting");
-        let mut attempt = 0;
-        loop {
-            match self.open() {
-                Ok(()) => break,
-                Err(e) => {
-                    attempt += 1;
-                    tracing::warn!(projection = %self.ns, "cannot start: {e}");
-                    let state = if e.is_projection_fault() { State::Stopped } else { State::Retrying };
-                    self.status.failed(state, format!("starting: {e}"), None, attempt);
-                    if self.wait(backoff(attempt)).is_err() {
-                        return self.exit();
-                    }
-                }
-            }
+        if !self.start() {
+            return self.exit();
         }
-        self.status.set_state(State::Running);
         loop {
             if self.drain_control().is_err() {
                 break;
@@ -195,9 +188,46 @@ impl Worker {
                 }
                 Err(Halt::Exit) => break,
                 Err(Halt::Stopped) => self.halted = true,
+                Err(Halt::Fenced) => {
+                    // Someone else committed: step back, then start over from
+                    // the database's checkpoint (or stand by).
+                    self.guest = None;
+                    self.spare = None;
+                    self.reader = None;
+                    if self.wait(FENCED_PAUSE).is_err() || !self.start() {
+                        break;
+                    }
+                }
             }
         }
         self.exit();
+    }
+
+    /// Open the namespace until it works (or the worker is told to exit).
+    fn start(&mut self) -> bool {
+        let mut attempt = 0;
+        loop {
+            match self.open() {
+                Ok(true) => break,
+                Ok(false) => {
+                    self.status.set_state(State::Standby);
+                    if self.wait(STANDBY_CHECK).is_err() {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    attempt += 1;
+                    tracing::warn!(projection = %self.ns, "cannot start: {e}");
+                    let state = if e.is_projection_fault() { State::Stopped } else { State::Retrying };
+                    self.status.failed(state, format!("starting: {e}"), None, attempt);
+                    if self.wait(backoff(attempt)).is_err() {
+                        return false;
+                    }
+                }
+            }
+        }
+        self.status.set_state(State::Running);
+        true
     }
 
     fn exit(mut self) {
@@ -207,9 +237,13 @@ impl Worker {
         tracing::info!(projection = %self.ns, "worker stopped");
     }
 
-    /// Open the namespace, instantiate, run `init` once.
-    fn open(&mut self) -> Result<(), GuestFailure> {
-        let writer = self.ctx.store.open_writer(&self.ns)?;
+    /// Claim and open the namespace, instantiate, run `init` once.
+    /// `Ok(false)`: another runtime owns the projection.
+    fn open(&mut self) -> Result<bool, GuestFailure> {
+        let mut writer = self.ctx.store.open_writer(&self.ns)?;
+        if !writer.try_claim()? {
+            return Ok(false);
+        }
         let mut caps = Capabilities::new(&self.ns.name, writer, self.ctx.limits.clone(), Mode::Write)?;
         let checkpoint = caps.namespace().checkpoint()?;
         self.spare = Some(caps);
@@ -226,7 +260,7 @@ impl Worker {
         self.persisted = checkpoint.cursor;
         self.status.advanced(self.cursor);
         self.reader = Some(self.ctx.source.reader().map_err(|e| StoreError::Database(e.to_string()))?);
-        Ok(())
+        Ok(true)
     }
 
     /// The live instance, creating one if needed.
@@ -340,12 +374,9 @@ impl Worker {
                 Err(failure) => failure,
             };
             if let GuestFailure::Store(StoreError::Fenced { .. }) = failure {
-                tracing::warn!(projection = %self.ns, "{failure}");
+                tracing::warn!(projection = %self.ns, "fenced: {failure}; stepping back");
                 self.status.failed(State::Fenced, failure.to_string(), None, 1);
-                if let Some(guest) = self.guest.as_mut() {
-                    guest.caps().invalidate_cache();
-                }
-                return Err(Halt::Stopped);
+                return Err(Halt::Fenced);
             }
             if !failure.is_projection_fault() {
                 outages += 1;

@@ -28,6 +28,8 @@ pub enum State {
     Paused,
     /// Another runtime moved the checkpoint: this one stepped back.
     Fenced,
+    /// Another runtime runs this projection; this one takes over if it goes.
+    Standby,
     /// Its module file was removed: the read model stays readable.
     Unloaded,
 }

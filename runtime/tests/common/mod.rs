@@ -161,10 +161,10 @@ impl Harness {
     pub async fn start_with(backend: Backend, modules: &[&str], tweak: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
-        if backend == Backend::Postgres {
+        tweak(&mut config);
+        if backend == Backend::Postgres && config.database_url.is_none() {
             config.database_url = Some(create_database().await);
         }
-        tweak(&mut config);
         std::fs::create_dir_all(&config.modules_dir).unwrap();
         for module in modules {
             std::fs::copy(guest(module), config.modules_dir.join(format!("{module}.wasm"))).unwrap();

@@ -1,0 +1,508 @@
+//! PostgreSQL only: tailing under concurrent writers (deterministic
+//! interleavings on explicit connections, and a randomized stress run),
+//! isolation of a projection's role, the transaction-id guard, fencing.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Backend, Harness, create_database, drop_database};
+use reel::config::Limits;
+use reel::host::{Capabilities, Mode};
+use reel::source::postgres::PgSource;
+use reel::source::{Cursor, EventReader, Filter, Source};
+use reel::store::postgres::PgStore;
+use reel::store::{NamespaceId, Store, StoreError};
+use serde_json::json;
+use tokio_postgres::{Client, NoTls};
+
+async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// A migrated database, its event source and one reader.
+async fn source() -> (String, Source, Box<dyn EventReader>) {
+    let url = create_database().await;
+    let source = Source::Postgres(Arc::new(PgSource::open(&url).await.unwrap()));
+    let reader = source.reader().unwrap();
+    (url, source, reader)
+}
+
+/// Insert one event on `client` (in whatever transaction it has open);
+/// returns its id.
+async fn insert(client: &Client, stream: &str, version: i32) -> i64 {
+    client
+        .query_one(
+            "INSERT INTO events (stream_id, version, event_type, data) VALUES ($1, $2, 'tick', '{}') RETURNING id",
+            &[&stream, &version],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Read everything deliverable now, from `cursor` on; returns the ids in
+/// delivery order and the new cursor.
+fn drain(reader: &mut Box<dyn EventReader>, mut cursor: Cursor) -> (Vec<i64>, Cursor) {
+    let mut ids = Vec::new();
+    loop {
+        let batch = reader.read_batch(cursor, &Filter::default(), 3).unwrap();
+        ids.extend(batch.events.iter().map(|e| e.position));
+        let done = batch.events.len() < 3;
+        cursor = batch.next;
+        if done {
+            return (ids, cursor);
+        }
+    }
+}
+
+/// Read until `want` events arrived (transactions of other tests anywhere in
+/// the cluster can hold delivery back for a moment), then once more to show
+/// nothing else comes.
+fn drain_expecting(reader: &mut Box<dyn EventReader>, mut cursor: Cursor, want: usize) -> (Vec<i64>, Cursor) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ids = Vec::new();
+    while ids.len() < want && Instant::now() < deadline {
+        let (more, next) = drain(reader, cursor);
+        ids.extend(more);
+        cursor = next;
+        if ids.len() < want {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let (more, next) = drain(reader, cursor);
+    ids.extend(more);
+    (ids, next)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_later_id_committing_first_does_not_skip_the_earlier_one() {
+    let (url, _source, mut reader) = source().await;
+    let (t1, t2) = (connect(&url).await, connect(&url).await);
+    t1.batch_execute("BEGIN").await.unwrap();
+    let id1 = insert(&t1, "a", 1).await;
+    t2.batch_execute("BEGIN").await.unwrap();
+    let id2 = insert(&t2, "b", 1).await;
+    assert!(id1 < id2);
+    t2.batch_execute("COMMIT").await.unwrap();
+    let (ids, cursor) = drain(&mut reader, Cursor::START);
+    assert_eq!(ids, Vec::<i64>::new(), "id {id2} waits while the transaction of id {id1} is open");
+    t1.batch_execute("COMMIT").await.unwrap();
+    let (ids, cursor) = drain_expecting(&mut reader, cursor, 2);
+    assert_eq!(ids, vec![id1, id2]);
+    assert_eq!(drain(&mut reader, cursor).0, Vec::<i64>::new(), "nothing twice");
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_drawn_before_the_transaction_id_is_still_delivered() {
+    let (url, _source, mut reader) = source().await;
+    let (t1, t2) = (connect(&url).await, connect(&url).await);
+    // T1 draws its id first (an application allocating ids up front)...
+    let early: i64 = t1.query_one("SELECT nextval('events_id_seq')", &[]).await.unwrap().get(0);
+    // ...T2 appends with a later id and commits...
+    let late = insert(&t2, "b", 1).await;
+    let (ids, cursor) = drain_expecting(&mut reader, Cursor::START, 1);
+    assert_eq!(ids, vec![late]);
+    t1.execute(
+        "INSERT INTO events (id, stream_id, version, event_type, data) VALUES ($1, 'a', 1, 'tick', '{}')",
+        &[&early],
+    )
+    .await
+    .unwrap();
+    t1.batch_execute("COMMIT").await.unwrap();
+    assert!(early < late, "a plain `id > {late}` reader would skip {early}");
+    let (ids, cursor) = drain_expecting(&mut reader, cursor, 1);
+    assert_eq!(ids, vec![early]);
+    assert_eq!(drain(&mut reader, cursor).0, Vec::<i64>::new());
+    drop_database(&url).await;
+}
+
+/// T1 writes stream B first, then (after T2 appended A v1) appends A v2.
+/// Returns the order in which A's versions are delivered.
+async fn second_stream_written_first(isolation: &str) -> (Vec<i64>, Result<(), String>) {
+    let (url, _source, mut reader) = source().await;
+    let (t1, t2) = (connect(&url).await, connect(&url).await);
+    t1.batch_execute(&format!("BEGIN ISOLATION LEVEL {isolation}")).await.unwrap();
+    insert(&t1, "b", 1).await; // T1's transaction id is taken here
+    insert(&t2, "a", 1).await; // T2 commits A v1 with a later transaction id
+    // T1 appends to A the documented way: version check, then insert.
+    let message = |e: tokio_postgres::Error| e.as_db_error().map_or_else(|| e.to_string(), |d| d.message().to_owned());
+    let append = async {
+        let current: i32 = t1
+            .query_one("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = 'a'", &[])
+            .await
+            .map_err(message)?
+            .get(0);
+        t1.execute(
+            "INSERT INTO events (stream_id, version, event_type, data) VALUES ('a', $1, 'tick', '{}')",
+            &[&(current + 1)],
+        )
+        .await
+        .map_err(message)?;
+        t1.batch_execute("COMMIT").await.map_err(message)
+    };
+    let outcome = append.await;
+    if outcome.is_err() {
+        let _ = t1.batch_execute("ROLLBACK").await;
+        // The writer retries in a new transaction, as reel's append does on a conflict.
+        t1.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.unwrap();
+        let current: i32 = t1
+            .query_one("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = 'a'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        insert(&t1, "b", 2).await;
+        insert(&t1, "a", current + 1).await;
+        t1.batch_execute("COMMIT").await.unwrap();
+    }
+    let total: i64 = t2.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    let (ids, _) = drain_expecting(&mut reader, Cursor::START, total as usize);
+    let rows = t2.query("SELECT id, version FROM events WHERE stream_id = 'a'", &[]).await.unwrap();
+    let version_of: BTreeMap<i64, i64> = rows.iter().map(|r| (r.get(0), i64::from(r.get::<_, i32>(1)))).collect();
+    let versions: Vec<i64> = ids.iter().filter_map(|id| version_of.get(id).copied()).collect();
+    drop_database(&url).await;
+    (versions, outcome)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_append_discipline_a_streams_versions_arrive_in_order() {
+    // REPEATABLE READ: T1's check does not see A v1, its insert conflicts,
+    // and the retry (a new, later transaction) appends v2 after v1.
+    let (versions, first_try) = second_stream_written_first("REPEATABLE READ").await;
+    let error = first_try.unwrap_err();
+    assert!(error.contains("duplicate key"), "{error}");
+    assert_eq!(versions, vec![1, 2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_discipline_versions_can_arrive_out_of_order() {
+    // READ COMMITTED with another write first: the documented hazard. A v2
+    // carries T1's earlier transaction id and is delivered before A v1.
+    let (versions, first_try) = second_stream_written_first("READ COMMITTED").await;
+    first_try.unwrap();
+    assert_eq!(versions, vec![2, 1]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_insert_leaves_a_gap_but_no_stall() {
+    let (url, _source, mut reader) = source().await;
+    let t1 = connect(&url).await;
+    t1.batch_execute("BEGIN").await.unwrap();
+    let lost = insert(&t1, "a", 1).await;
+    t1.batch_execute("ROLLBACK").await.unwrap();
+    let kept = insert(&t1, "a", 1).await;
+    assert!(kept > lost);
+    let (ids, cursor) = drain_expecting(&mut reader, Cursor::START, 1);
+    assert_eq!(ids, vec![kept]);
+    let next = insert(&t1, "a", 2).await;
+    assert_eq!(drain_expecting(&mut reader, cursor, 1).0, vec![next]);
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_writing_transaction_delays_delivery_and_status_names_it() {
+    let h = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
+    h.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "running").await;
+    let blocker = h.postgres().await;
+    blocker.batch_execute("BEGIN").await.unwrap();
+    let pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let xid: String = blocker.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
+    let mut positions = Vec::new();
+    for i in 0..5 {
+        let body = h.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await;
+        positions.push(body["positions"][0].as_i64().unwrap());
+    }
+    // The oldest open transaction in the cluster is named: ours, once
+    // the short transactions of concurrent tests have come and gone.
+    let status = h.wait_status("echo", Duration::from_secs(10), |s| s["blocked_by"]["pid"] == pid).await;
+    assert_eq!(status["position"], 0, "nothing delivered while the transaction is open: {status:#}");
+    assert_eq!(status["lag"], 5);
+    assert_eq!(status["blocked_by"]["pid"], pid, "{status:#}");
+    assert_eq!(status["blocked_by"]["xid"], xid);
+    assert_eq!(status["blocked_by"]["state"], "idle in transaction");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let last = *positions.last().unwrap();
+    let seen = h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={last}")).await;
+    let got: Vec<i64> = seen["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap()["seen/".len()..].parse().unwrap())
+        .collect();
+    assert_eq!(got, positions);
+    let status = h.status("echo").await;
+    assert!(status["blocked_by"].is_null());
+    h.finish().await;
+}
+
+/// Events and positions committed so far, in delivery order.
+async fn committed(client: &Client) -> Vec<(i64, String, i32)> {
+    client
+        .query("SELECT id, stream_id, version FROM events ORDER BY transaction_id, id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_concurrent_writers_lose_and_double_nothing() {
+    // REEL_STRESS_EVENTS / REEL_STRESS_SEED run it longer or differently.
+    let target: usize = std::env::var("REEL_STRESS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let seed: u64 = std::env::var("REEL_STRESS_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let writers = 8;
+    let h = Harness::start_with(Backend::Postgres, &["fixture_echo_a"], |c| c.batch.max_events = 500).await;
+    let url = h.config.database_url.clone().unwrap();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = connect(&url).await;
+            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(w as u64 + 1);
+            let mut next = move || {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                rng
+            };
+            let (mut written, mut rolled_back) = (0usize, 0usize);
+            while written < target / writers {
+                let stream = format!("stress-{}", next() % 64);
+                let batch = 1 + (next() % 4) as i32;
+                // The documented discipline: REPEATABLE READ, version check first.
+                client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.unwrap();
+                let current: i32 = client
+                    .query_one("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", &[&stream])
+                    .await
+                    .unwrap()
+                    .get(0);
+                let mut ok = true;
+                for v in 1..=batch {
+                    if next() % 8 == 0 {
+                        tokio::time::sleep(Duration::from_micros(next() % 3000)).await;
+                    }
+                    let inserted = client
+                        .execute(
+                            "INSERT INTO events (stream_id, version, event_type, data) VALUES ($1, $2, 'tick', '{}')",
+                            &[&stream, &(current + v)],
+                        )
+                        .await;
+                    if inserted.is_err() {
+                        ok = false; // a concurrent writer took the version: retry later
+                        break;
+                    }
+                }
+                if ok && next() % 10 != 0 {
+                    if client.batch_execute("COMMIT").await.is_ok() {
+                        written += batch as usize;
+                    }
+                } else {
+                    client.batch_execute("ROLLBACK").await.unwrap();
+                    rolled_back += 1;
+                }
+            }
+            (written, rolled_back)
+        }));
+    }
+    let mut rollbacks = 0;
+    for task in tasks {
+        rollbacks += task.await.unwrap().1;
+    }
+    let client = h.postgres().await;
+    let events = committed(&client).await;
+    assert!(events.len() >= target, "{} events", events.len());
+    assert!(rollbacks > writers * 10, "rollbacks happen: {rollbacks}");
+    // Wait for the projection to have seen every committed event.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let seen = loop {
+        let seen = h.kv_bytes("echo", "seen/").await;
+        if seen.len() >= events.len() || Instant::now() > deadline {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seen: BTreeSet<i64> = seen.keys().map(|k| k["seen/".len()..].parse().unwrap()).collect();
+    let ids: BTreeSet<i64> = events.iter().map(|e| e.0).collect();
+    let lost: Vec<_> = ids.difference(&seen).take(10).collect();
+    let extra: Vec<_> = seen.difference(&ids).take(10).collect();
+    assert!(lost.is_empty(), "lost events: {lost:?}");
+    assert!(extra.is_empty(), "events that never committed: {extra:?}");
+    assert_eq!(h.kv_bytes("echo", "duplicate/").await, BTreeMap::new(), "events applied twice");
+    assert_eq!(h.kv_bytes("echo", "violation/").await, BTreeMap::new(), "stream versions out of order");
+    eprintln!(
+        "stress: {} events by {writers} writers ({rollbacks} rollbacks) delivered exactly once in {:?}",
+        events.len(),
+        started.elapsed()
+    );
+    h.finish().await;
+}
+
+/// Writer capabilities on namespace `name` of a fresh database.
+fn writer(store: &Store, name: &str) -> Capabilities {
+    let ns = NamespaceId::new(name, "1");
+    Capabilities::new(name, store.open_writer(&ns).unwrap(), Limits::default(), Mode::Write).unwrap()
+}
+
+async fn store() -> (String, Store, Source) {
+    let url = create_database().await;
+    let source = PgSource::open(&url).await.unwrap();
+    let store = PgStore::new(
+        source.config().clone(),
+        source.pool().clone(),
+        tokio::runtime::Handle::current(),
+        (Duration::from_secs(5), Duration::from_secs(5)),
+    );
+    (url, Store::Postgres(Box::new(store)), Source::Postgres(Arc::new(source)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projection_reaches_nothing_but_its_own_schema() {
+    let (url, store, _source) = store().await;
+    let admin = connect(&url).await;
+    admin
+        .batch_execute("INSERT INTO events (stream_id, version, event_type, data) VALUES ('s', 1, 't', '{}')")
+        .await
+        .unwrap();
+    let mut neighbour = writer(&store, "neighbour");
+    neighbour.begin().unwrap();
+    neighbour.sql_execute("CREATE TABLE secrets (v TEXT)", vec![]).unwrap();
+    neighbour.sql_execute("INSERT INTO secrets VALUES ('hush')", vec![]).unwrap();
+    neighbour.commit(Cursor::START, Cursor::START).unwrap();
+    let neighbour_schema: String =
+        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'neighbour'", &[]).await.unwrap().get(0);
+
+    let mut p = writer(&store, "nosy");
+    let attempts = [
+        ("SELECT * FROM public.events".to_owned(), "42501"),
+        ("DELETE FROM public.events".to_owned(), "42501"),
+        ("SELECT * FROM events".to_owned(), "42P01"),
+        (format!("SELECT * FROM \"{neighbour_schema}\".secrets"), "42501"),
+        ("SELECT * FROM reel.checkpoints".to_owned(), "reel:refused"),
+        ("UPDATE reel.checkpoints SET position = 99".to_owned(), "reel:refused"),
+        ("SET ROLE postgres".to_owned(), "reel:refused"),
+        ("RESET ROLE".to_owned(), "reel:refused"),
+        ("COMMIT".to_owned(), "reel:refused"),
+        ("SELECT set_config('role', 'postgres', false)".to_owned(), "42501"),
+        ("SELECT set_config('session_authorization', 'postgres', false)".to_owned(), "42501"),
+        // Past the text checks (inside function bodies), privileges still stop it.
+        ("CREATE FUNCTION peek1() RETURNS SETOF bigint LANGUAGE sql AS $$ SELECT position FROM reel.checkpoints $$".to_owned(), "ok"),
+        ("SELECT * FROM peek1()".to_owned(), "42501"),
+        ("CREATE FUNCTION peek2() RETURNS SETOF text LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'SELECT namespace FROM re' || 'el.checkpoints'; END $$".to_owned(), "ok"),
+        ("SELECT * FROM peek2()".to_owned(), "42501"),
+        ("CREATE FUNCTION peek3() RETURNS SETOF bigint LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY EXECUTE 'SELECT id FROM public.events'; END $$".to_owned(), "ok"),
+        ("SELECT * FROM peek3()".to_owned(), "42501"),
+    ];
+    for (statement, code) in &attempts {
+        p.begin().unwrap();
+        let result = p.sql_query(statement, vec![]).unwrap();
+        match (result, *code) {
+            (Ok(_), "ok") => p.commit(Cursor::START, Cursor::START).unwrap(),
+            (Ok(rows), _) => panic!("{statement} succeeded: {rows:?}"),
+            (Err(e), expected) => {
+                assert_eq!(e.code, expected, "{statement}: {e:?}");
+                p.rollback().unwrap();
+            }
+        }
+    }
+    // Nothing changed.
+    let events: i64 = admin.query_one("SELECT count(*) FROM events", &[]).await.unwrap().get(0);
+    assert_eq!(events, 1);
+    let checkpoints: Vec<(String, i64)> = admin
+        .query("SELECT namespace, position FROM reel.checkpoints", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(checkpoints.iter().all(|(_, p)| *p == 0), "{checkpoints:?}");
+    let secret: String =
+        admin.query_one(&format!("SELECT v FROM \"{neighbour_schema}\".secrets"), &[]).await.unwrap().get(0);
+    assert_eq!(secret, "hush");
+    drop(p);
+    drop(neighbour);
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_never_both_commit_a_batch() {
+    let (url, store, _source) = store().await;
+    let mut first = writer(&store, "shared");
+    let mut second = writer(&store, "shared");
+    first.begin().unwrap();
+    second.begin().unwrap();
+    first.kv_set("k".into(), b"first".to_vec()).unwrap();
+    second.kv_set("k".into(), b"second".to_vec()).unwrap();
+    first.commit(Cursor::START, Cursor { tx: 1, id: 5 }).unwrap();
+    let fenced = second.commit(Cursor::START, Cursor { tx: 1, id: 5 }).unwrap_err();
+    assert!(matches!(fenced, StoreError::Fenced { .. }), "{fenced:?}");
+    second.rollback().unwrap();
+    let ns = NamespaceId::new("shared", "1");
+    let mut reader =
+        Capabilities::new("shared", store.open_reader(&ns).unwrap().unwrap(), Limits::default(), Mode::Read).unwrap();
+    reader.begin().unwrap();
+    assert_eq!(reader.kv_get("k").unwrap(), Some(b"first".to_vec()), "the fenced batch wrote nothing");
+    assert_eq!(reader.namespace().checkpoint().unwrap().cursor, Cursor { tx: 1, id: 5 });
+    reader.rollback().unwrap();
+    drop((first, second, reader));
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_runtime_stands_by_and_takes_over_without_doubling() {
+    let a = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
+    let url = a.config.database_url.clone().unwrap();
+    let b = Harness::start_with(Backend::Postgres, &["fixture_echo_b"], |c| {
+        c.database_url = Some(url.clone());
+    })
+    .await;
+    a.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "running").await;
+    b.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "standby").await;
+    let mut last = 0;
+    for i in 0..20 {
+        last = a.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await["positions"][0]
+            .as_i64()
+            .unwrap();
+    }
+    a.get(&format!("/projections/echo/kv?limit=1&min_position={last}")).await;
+    a.runtime.shutdown().await; // the owner goes away
+    b.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "running").await;
+    for i in 20..40 {
+        last = b.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await["positions"][0]
+            .as_i64()
+            .unwrap();
+    }
+    b.get(&format!("/projections/echo/kv?limit=1&min_position={last}")).await;
+    let seen = b.kv_bytes("echo", "seen/").await;
+    assert_eq!(seen.len(), 40);
+    let variants: Vec<&str> = seen.values().map(String::as_str).collect();
+    assert_eq!(variants, [vec!["a"; 20], vec!["b"; 20]].concat(), "each event applied once, by one runtime");
+    assert_eq!(b.kv_bytes("echo", "duplicate/").await, BTreeMap::new());
+    b.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_refuses_when_transaction_ids_went_backwards() {
+    let url = create_database().await;
+    drop(PgSource::open(&url).await.unwrap());
+    let admin = connect(&url).await;
+    // What a dump restored into a new cluster looks like: stored ids beyond the server's.
+    admin
+        .batch_execute(
+            "INSERT INTO events (stream_id, version, event_type, data, transaction_id) \
+             VALUES ('s', 1, 't', '{}', (pg_snapshot_xmax(pg_current_snapshot())::text::bigint + 1000000)::text::xid8)",
+        )
+        .await
+        .unwrap();
+    let error = PgSource::open(&url).await.err().expect("start-up refuses").to_string();
+    assert!(error.contains("transaction ids went backwards"), "{error}");
+    assert!(error.contains("restored into a new cluster"), "{error}");
+    assert!(error.contains("UPDATE public.events SET transaction_id = '3'"), "{error}");
+    drop_database(&url).await;
+}
