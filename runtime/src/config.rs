@@ -91,6 +91,6 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_events: 2000 }
+        Self { max_events: 20_000 }
     }
 }

@@ -80,7 +80,7 @@ struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080", env = "REEL_LISTEN")]
     listen: SocketAddr,
     /// Most events per batch (one transaction).
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 20_000)]
     batch_size: usize,
     /// CPU deadline of one call into a projection, in seconds.
     #[arg(long, default_value_t = 10.0)]

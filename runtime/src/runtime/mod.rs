@@ -205,11 +205,16 @@ impl Runtime {
     /// Projections known from a previous run: readable, not running until
     /// their module is loaded.
     fn restore(&self) -> anyhow::Result<()> {
-        let active = self.inner.store.active_namespaces()?;
+        let deployments: Vec<Deployment> = self
+            .inner
+            .store
+            .active_namespaces()?
+            .into_iter()
+            .map(|ns| Deployment::unloaded(&self.inner.store, ns))
+            .collect();
         let mut registry = self.registry();
-        for ns in active {
-            let deployment = Deployment::unloaded(&self.inner.store, ns.clone());
-            registry.projections.insert(ns.name.clone(), Projection { active: deployment, next: None });
+        for deployment in deployments {
+            registry.projections.insert(deployment.ns.name.clone(), Projection { active: deployment, next: None });
         }
         Ok(())
     }
@@ -343,13 +348,20 @@ impl Runtime {
 
     /// Run `program` (from `file`, if any): a new projection, new code for a
     /// running version, or a new version rebuilt beside the serving one.
+    ///
+    /// The registry lock is never held across database calls (they block,
+    /// and a runtime thread waiting on the lock could be the one that would
+    /// drive the connection).
     fn deploy(&self, program: Program, file: Option<PathBuf>) -> Result<Cleanup, String> {
         let manifest = program.manifest().clone();
+        if !self.registry().projections.contains_key(&manifest.name) {
+            let ns = NamespaceId::new(&manifest.name, &manifest.version);
+            self.inner.store.set_active(&ns).map_err(|e| e.to_string())?;
+        }
         let mut registry = self.registry();
         let mut cleanup = Cleanup::default();
         let Some(projection) = registry.projections.get_mut(&manifest.name) else {
             let ns = NamespaceId::new(&manifest.name, &manifest.version);
-            self.inner.store.set_active(&ns).map_err(|e| e.to_string())?;
             let deployment = Deployment::start(&self.inner.workers, ns, program, file);
             registry.projections.insert(manifest.name, Projection { active: deployment, next: None });
             return Ok(cleanup);
@@ -417,20 +429,29 @@ impl Runtime {
 
     /// Switch reads to rebuilt versions that caught up.
     fn cut_over_caught_up(&self) -> Cleanup {
-        let mut registry = self.registry();
+        let caught_up: Vec<NamespaceId> = self
+            .registry()
+            .projections
+            .values()
+            .filter_map(|projection| {
+                let next = projection.next.as_ref()?;
+                let snapshot = next.status.snapshot();
+                let caught_up = snapshot.state == State::Running
+                    && snapshot.at_head
+                    && snapshot.cursor >= projection.active.status.cursor();
+                caught_up.then(|| next.ns.clone())
+            })
+            .collect();
         let mut cleanup = Cleanup::default();
-        for projection in registry.projections.values_mut() {
-            let Some(next) = &projection.next else { continue };
-            let snapshot = next.status.snapshot();
-            let caught_up = snapshot.state == State::Running
-                && snapshot.at_head
-                && snapshot.cursor >= projection.active.status.cursor();
-            if !caught_up {
+        for ns in caught_up {
+            if let Err(e) = self.inner.store.set_active(&ns) {
+                tracing::warn!("cannot record the cutover to {ns}: {e}");
                 continue;
             }
-            if let Err(e) = self.inner.store.set_active(&next.ns) {
-                tracing::warn!("cannot record the cutover to {}: {e}", next.ns);
-                continue;
+            let mut registry = self.registry();
+            let Some(projection) = registry.projections.get_mut(&ns.name) else { continue };
+            if projection.next.as_ref().is_none_or(|next| next.ns != ns) {
+                continue; // replaced meanwhile
             }
             let next = projection.next.take().expect("checked");
             tracing::info!("{} caught up: reads switch to it from {}", next.ns, projection.active.ns);
@@ -487,19 +508,23 @@ impl Runtime {
     /// Rebuild the serving version from position 0 into a fresh namespace;
     /// reads stay on the current one until the rebuild catches up.
     pub async fn rebuild(&self, name: &str) -> Result<NamespaceId, ReadError> {
+        let active = self.deployments(name).ok_or_else(|| ReadError::unknown(name))?.0.ns;
+        let mut ns = active.next_generation();
+        while self.inner.store.exists(&ns) {
+            ns = ns.next_generation();
+        }
         let (ns, cleanup) = {
             let mut registry = self.registry();
             let projection = registry.projections.get_mut(name).ok_or_else(|| ReadError::unknown(name))?;
             let Some(program) = projection.active.program.clone() else {
                 return Err(ReadError::Conflict(format!("projection `{name}` has no module loaded to rebuild with")));
             };
+            if projection.active.ns != active {
+                return Err(ReadError::Conflict(format!("projection `{name}` changed version meanwhile; try again")));
+            }
             let mut cleanup = Cleanup::default();
             if let Some(next) = projection.next.take() {
                 cleanup.retire(next);
-            }
-            let mut ns = projection.active.ns.next_generation();
-            while self.inner.store.exists(&ns) {
-                ns = ns.next_generation();
             }
             let file = projection.active.file.clone();
             projection.next = Some(Deployment::start(&self.inner.workers, ns.clone(), program, file));
@@ -528,14 +553,15 @@ impl Runtime {
             if let Some(next) = projection.next {
                 cleanup.retire(next);
             }
-            for ns in self.inner.store.namespaces().map_err(ReadError::Store)? {
-                if ns.name == name && !cleanup.drop.contains(&ns) {
-                    cleanup.drop.push(ns);
-                }
-            }
-            self.inner.store.forget(name).map_err(ReadError::Store)?;
             cleanup
         };
+        let mut cleanup = cleanup;
+        for ns in self.inner.store.namespaces().map_err(ReadError::Store)? {
+            if ns.name == name && !cleanup.drop.contains(&ns) {
+                cleanup.drop.push(ns);
+            }
+        }
+        self.inner.store.forget(name).map_err(ReadError::Store)?;
         self.clean_up(cleanup).await;
         Ok(())
     }

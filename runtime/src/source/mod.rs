@@ -7,6 +7,7 @@
 
 mod filter;
 pub mod postgres;
+mod prefetch;
 pub mod sqlite;
 pub mod time;
 
@@ -17,6 +18,7 @@ use tokio::sync::watch;
 
 pub use crate::host::Event;
 pub use filter::Filter;
+pub use prefetch::Prefetcher;
 
 /// How far a projection has read the log. Events are delivered in `(tx, id)`
 /// order; everything at or before the cursor has been seen.
@@ -175,6 +177,11 @@ impl Source {
             Source::Sqlite(s) => Ok(Box::new(s.reader()?)),
             Source::Postgres(s) => Ok(Box::new(s.reader()?)),
         }
+    }
+
+    /// A reader that reads the next batch while the current one is applied.
+    pub fn prefetching_reader(&self) -> Result<Box<dyn EventReader>, SourceError> {
+        Ok(Box::new(Prefetcher::new(self.reader()?)))
     }
 
     /// Append to a stream, checking the expected version.

@@ -8,10 +8,12 @@
 //! functions that act on the caller's own namespace. KV is `_reel_kv` in the
 //! projection's schema (byte-ordered keys).
 //!
-//! Statements are pipelined: writes are queued and sent together with the
-//! next query or the commit, so a batch of writes costs one round trip.
+//! Statements are pipelined: each write is sent as soon as the projection
+//! issues it and the server works while the guest goes on; the worker waits
+//! only at the next query or the commit, where the first error surfaces.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
@@ -25,8 +27,6 @@ use crate::pg::value::{Param, column};
 use crate::pg::{block_on, block_on_with_deadline, connect_blocking, database_error, statement_error};
 use crate::source::{Cursor, Event};
 
-/// Queued statements past which a batch's writes are sent early.
-const MAX_PENDING: usize = 4096;
 /// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
 const FENCED: &str = "RL409";
 
@@ -135,18 +135,7 @@ impl PgStore {
         config.user(&info.role).password(info.password.as_bytes()).application_name(format!("reel {}", info.slug));
         let client = connect_blocking(&config, &self.handle)?;
         let deadline = if read_only { self.deadlines.1 } else { self.deadlines.0 };
-        Ok(Some(PgNamespace {
-            client,
-            handle: self.handle.clone(),
-            info,
-            read_only,
-            statements: HashMap::new(),
-            pending: Vec::new(),
-            in_tx: false,
-            failed: None,
-            deadline,
-            started: Instant::now(),
-        }))
+        Ok(Some(PgNamespace::new(client, self.handle.clone(), info, read_only, deadline)?))
     }
 
     /// Whether `ns` exists.
@@ -225,8 +214,8 @@ fn random_hex(bytes: usize) -> String {
     buf.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Work queued for the next round trip.
-enum Pending {
+/// An operation of a batch, sent to the server as soon as it is queued.
+enum Op {
     Begin,
     Statement { sql: String, params: Vec<Value> },
     KvUpsert { keys: Vec<String>, values: Vec<Vec<u8>> },
@@ -236,21 +225,86 @@ enum Pending {
     Commit,
 }
 
+/// How to read an operation's failure.
+#[derive(Debug, Clone, Copy)]
+enum Blame {
+    /// The projection's own statement: its fault.
+    Guest,
+    /// The checkpoint compare-and-set (fenced when it fails with `RL409`).
+    Advance(Cursor),
+    /// reel's own statements: the database's fault.
+    Host,
+}
+
+type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
+/// Messages to the pipeline task.
+enum Message {
+    Send(Blame, Flight),
+    /// Report the first failure since the last sync, once everything sent so
+    /// far has been answered.
+    Sync(tokio::sync::oneshot::Sender<Option<(Blame, tokio_postgres::Error)>>),
+}
+
+/// Keeps a connection's requests flowing: operations are polled (and so
+/// sent) in the order they were queued, while the worker goes on with the
+/// guest; the worker waits only at a sync (a query, the commit).
+async fn pipeline(mut messages: tokio::sync::mpsc::UnboundedReceiver<Message>) {
+    use futures_util::StreamExt;
+    let mut flying = futures_util::stream::FuturesOrdered::new();
+    let mut failure = None;
+    let mut waiting: Option<tokio::sync::oneshot::Sender<_>> = None;
+    loop {
+        if flying.is_empty()
+            && let Some(reply) = waiting.take()
+        {
+            let _ = reply.send(failure.take());
+        }
+        tokio::select! {
+            biased;
+            message = messages.recv(), if waiting.is_none() => match message {
+                Some(Message::Send(blame, flight)) => flying.push_back(async move { (blame, flight.await) }),
+                Some(Message::Sync(reply)) => waiting = Some(reply),
+                None => {
+                    while flying.next().await.is_some() {}
+                    return;
+                }
+            },
+            Some((blame, result)) = flying.next(), if !flying.is_empty() => {
+                if let Err(e) = result {
+                    failure.get_or_insert((blame, e));
+                }
+            }
+        }
+    }
+}
+
+/// Operations queued since the last sync past which the worker waits for
+/// the server (bounds the memory held by requests in flight).
+const MAX_IN_FLIGHT: usize = 8192;
+
 /// One namespace through a connection logged in as its role.
 pub struct PgNamespace {
-    client: Client,
+    client: Arc<Client>,
     handle: Handle,
     info: NamespaceInfo,
     read_only: bool,
     /// Prepared statements of this connection, by text.
     statements: HashMap<String, Statement>,
-    pending: Vec<Pending>,
+    pipeline: tokio::sync::mpsc::UnboundedSender<Message>,
+    /// Operations sent since the last sync.
+    in_flight: usize,
     in_tx: bool,
     /// The first failure of this transaction: it is aborted, and so is the batch.
     failed: Option<StoreError>,
     deadline: Duration,
     started: Instant,
+    /// Projection statements that passed the checks.
+    checked: std::collections::HashSet<String>,
 }
+
+/// Distinct statement texts remembered as checked.
+const CHECKED_STATEMENTS: usize = 1024;
 
 const BEGIN_WRITE: &str = "BEGIN";
 const BEGIN_READ: &str = "BEGIN READ ONLY";
@@ -260,8 +314,37 @@ const KV_UPSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest(
 const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
 const ADVANCE: &str = "SELECT reel.advance($1, $2, $3, $4, $5)";
 const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// reel's own statements, prepared when the connection opens.
+const OWN_STATEMENTS: [&str; 7] = [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_DELETE, ADVANCE, DEAD_LETTER];
 
 impl PgNamespace {
+    fn new(
+        client: Client,
+        handle: Handle,
+        info: NamespaceInfo,
+        read_only: bool,
+        deadline: Duration,
+    ) -> Result<Self, StoreError> {
+        let (pipeline, messages) = tokio::sync::mpsc::unbounded_channel();
+        handle.spawn(self::pipeline(messages));
+        let mut ns = Self {
+            client: Arc::new(client),
+            handle,
+            info,
+            read_only,
+            statements: HashMap::new(),
+            pipeline,
+            in_flight: 0,
+            in_tx: false,
+            failed: None,
+            deadline,
+            started: Instant::now(),
+            checked: std::collections::HashSet::new(),
+        };
+        ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
+        Ok(ns)
+    }
+
     fn remaining(&self) -> Option<Duration> {
         Some(self.deadline.saturating_sub(self.started.elapsed()).max(Duration::from_millis(1)))
     }
@@ -291,84 +374,137 @@ impl PgNamespace {
         Ok(())
     }
 
-    fn statement(&self, text: &str) -> &Statement {
-        &self.statements[text]
+    /// Send an operation now, without waiting for its answer.
+    fn dispatch(&mut self, op: Op) -> Result<(), StoreError> {
+        if self.failed.is_some() {
+            return Ok(()); // the transaction is aborted; the error surfaces at the next sync
+        }
+        if let Op::Statement { sql, .. } = &op
+            && !self.statements.contains_key(sql)
+        {
+            // A new statement may name what earlier ones (DDL) create: let
+            // them run first, then prepare it.
+            self.sync()?;
+            let sql = sql.clone();
+            if let Err(e) = self.prepare_all(vec![sql], true) {
+                self.failed = Some(e);
+                return Ok(());
+            }
+        }
+        let client = Arc::clone(&self.client);
+        let statement = |text: &str| self.statements[text].clone();
+        let (blame, flight): (Blame, Flight) = match op {
+            Op::Begin => {
+                let s = statement(if self.read_only { BEGIN_READ } else { BEGIN_WRITE });
+                (Blame::Host, Box::pin(async move { client.execute(&s, &[]).await }))
+            }
+            Op::Commit => {
+                let s = statement(COMMIT);
+                (Blame::Host, Box::pin(async move { client.execute(&s, &[]).await }))
+            }
+            Op::Statement { sql, params } => {
+                let s = statement(&sql);
+                let flight = async move {
+                    let values: Vec<Param<'_>> = params.iter().map(Param).collect();
+                    let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                    client.execute(&s, &refs).await
+                };
+                (Blame::Guest, Box::pin(flight))
+            }
+            Op::KvUpsert { keys, values } => {
+                let s = statement(KV_UPSERT);
+                (Blame::Host, Box::pin(async move { client.execute(&s, &[&keys, &values]).await }))
+            }
+            Op::KvDelete { keys } => {
+                let s = statement(KV_DELETE);
+                (Blame::Host, Box::pin(async move { client.execute(&s, &[&keys]).await }))
+            }
+            Op::Advance { from, to } => {
+                let s = statement(ADVANCE);
+                let slug = self.info.slug.clone();
+                let flight = async move { client.execute(&s, &[&slug, &from.tx, &from.id, &to.tx, &to.id]).await };
+                (Blame::Advance(from), Box::pin(flight))
+            }
+            Op::DeadLetter { event, error } => {
+                let s = statement(DEAD_LETTER);
+                let slug = self.info.slug.clone();
+                let flight = async move {
+                    let e = &*event;
+                    client
+                        .execute(
+                            &s,
+                            &[
+                                &slug,
+                                &e.position,
+                                &e.stream_id,
+                                &e.version,
+                                &e.event_type,
+                                &e.data,
+                                &e.metadata,
+                                &e.occurred_at,
+                                &error,
+                            ],
+                        )
+                        .await
+                };
+                (Blame::Host, Box::pin(flight))
+            }
+        };
+        self.pipeline
+            .send(Message::Send(blame, flight))
+            .map_err(|_| StoreError::Database("the connection's pipeline stopped".into()))?;
+        self.in_flight += 1;
+        if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
     }
 
-    /// Send everything queued, in order, pipelined. A statement can only be
-    /// prepared once the tables it names exist, so the queue goes out in
-    /// segments ending at each DDL statement (rare: `init`, migrations).
-    fn send(&mut self) -> Result<(), StoreError> {
+    /// Wait until everything sent has been answered; the first failure since
+    /// the last sync fails the transaction.
+    fn sync(&mut self) -> Result<(), StoreError> {
         if let Some(failed) = &self.failed {
-            self.pending.clear();
             return Err(failed.clone());
         }
-        let mut pending = std::mem::take(&mut self.pending);
-        while !pending.is_empty() {
-            let end = pending.iter().position(is_ddl).map_or(pending.len(), |i| i + 1);
-            let rest = pending.split_off(end);
-            if let Err(e) = self.send_segment(pending) {
-                self.failed = Some(e.clone());
-                return Err(e);
-            }
-            pending = rest;
+        if self.in_flight == 0 {
+            return Ok(());
         }
-        Ok(())
-    }
-
-    /// Prepare what a segment needs, then send it in one round trip.
-    fn send_segment(&mut self, pending: Vec<Pending>) -> Result<(), StoreError> {
-        let mut texts: Vec<String> =
-            vec![(if self.read_only { BEGIN_READ } else { BEGIN_WRITE }).to_owned(), COMMIT.into()];
-        let mut guest_texts = Vec::new();
-        for op in &pending {
-            match op {
-                Pending::Statement { sql, .. } => guest_texts.push(sql.clone()),
-                Pending::KvUpsert { .. } => texts.push(KV_UPSERT.into()),
-                Pending::KvDelete { .. } => texts.push(KV_DELETE.into()),
-                Pending::Advance { .. } => texts.push(ADVANCE.into()),
-                Pending::DeadLetter { .. } => texts.push(DEAD_LETTER.into()),
-                Pending::Begin | Pending::Commit => {}
-            }
-        }
-        self.prepare_all(texts, false)?;
-        self.prepare_all(guest_texts, true)?;
-        let client = &self.client;
-        let this = &*self;
-        let begin = this.statement(if this.read_only { BEGIN_READ } else { BEGIN_WRITE });
-        let results = block_on_with_deadline(&this.handle, client, this.remaining(), async {
-            let futures = pending.iter().map(|op| run(client, this, begin, op));
-            Ok(futures_util::future::join_all(futures).await)
+        self.in_flight = 0;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pipeline
+            .send(Message::Sync(reply))
+            .map_err(|_| StoreError::Database("the connection's pipeline stopped".into()))?;
+        let failure = block_on_with_deadline(&self.handle, &self.client, self.remaining(), async {
+            answer.await.map_err(|_| StoreError::Database("the connection's pipeline stopped".into()))
         })?;
-        for (op, result) in pending.iter().zip(results) {
-            if let Err(e) = result {
-                return Err(match (op, e.code().map(|c| c.code())) {
-                    (Pending::Advance { from, .. }, Some(FENCED)) => {
-                        StoreError::Fenced { expected: *from, found: None }
-                    }
-                    (Pending::Statement { .. }, _) => statement_error(&e),
+        match failure {
+            None => Ok(()),
+            Some((blame, e)) => {
+                let error = match (blame, e.code().map(|c| c.code())) {
+                    (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
+                    (Blame::Guest, _) => statement_error(&e),
                     _ => database_error(&e),
-                });
+                };
+                self.failed = Some(error.clone());
+                Err(error)
             }
         }
-        Ok(())
     }
 
-    fn queue(&mut self, op: Pending) -> Result<(), StoreError> {
-        self.pending.push(op);
-        if self.pending.len() >= MAX_PENDING { self.send() } else { Ok(()) }
-    }
-
-    fn check(&self, statement: &str) -> Result<(), StoreError> {
+    fn check(&mut self, statement: &str) -> Result<(), StoreError> {
+        if !self.in_tx {
+            return Err(StoreError::Database("statement outside a transaction".into()));
+        }
+        if self.checked.contains(statement) {
+            return Ok(());
+        }
         if let Some(why) = refusal(statement) {
             return Err(StoreError::Refused(why));
         }
         if let Some(name) = reserved_name(statement) {
             return Err(StoreError::Refused(format!("`{name}` belongs to reel; projections cannot use it")));
         }
-        if !self.in_tx {
-            return Err(StoreError::Database("statement outside a transaction".into()));
+        if self.checked.len() >= CHECKED_STATEMENTS {
+            self.checked.clear();
         }
+        self.checked.insert(statement.to_owned());
         Ok(())
     }
 
@@ -392,9 +528,9 @@ impl PgNamespace {
         max_rows: usize,
     ) -> Result<(Vec<tokio_postgres::Row>, Vec<String>), StoreError> {
         use futures_util::StreamExt;
-        self.send()?;
+        self.sync()?;
         self.prepare_all(vec![sql.to_owned()], guest)?;
-        let statement = self.statement(sql).clone();
+        let statement = self.statements[sql].clone();
         let columns = statement.columns().iter().map(|c| c.name().to_owned()).collect();
         let client = &self.client;
         let classify = |e: &tokio_postgres::Error| if guest { statement_error(e) } else { database_error(e) };
@@ -411,51 +547,6 @@ impl PgNamespace {
             Ok(rows)
         })?;
         Ok((rows, columns))
-    }
-}
-
-/// Whether a queued operation changes the schema (later statements may
-/// name what it creates).
-fn is_ddl(op: &Pending) -> bool {
-    let Pending::Statement { sql, .. } = op else { return false };
-    let keyword = sql.trim_start().split(|c: char| !c.is_ascii_alphabetic()).next().unwrap_or("");
-    ["CREATE", "ALTER", "DROP", "COMMENT", "TRUNCATE"].iter().any(|k| k.eq_ignore_ascii_case(keyword))
-}
-
-/// Send one queued operation.
-async fn run(client: &Client, ns: &PgNamespace, begin: &Statement, op: &Pending) -> Result<u64, tokio_postgres::Error> {
-    match op {
-        Pending::Begin => client.execute(begin, &[]).await,
-        Pending::Commit => client.execute(ns.statement(COMMIT), &[]).await,
-        Pending::Statement { sql, params } => {
-            let params: Vec<Param<'_>> = params.iter().map(Param).collect();
-            let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-            client.execute(ns.statement(sql), &refs).await
-        }
-        Pending::KvUpsert { keys, values } => client.execute(ns.statement(KV_UPSERT), &[keys, values]).await,
-        Pending::KvDelete { keys } => client.execute(ns.statement(KV_DELETE), &[keys]).await,
-        Pending::Advance { from, to } => {
-            client.execute(ns.statement(ADVANCE), &[&ns.info.slug, &from.tx, &from.id, &to.tx, &to.id]).await
-        }
-        Pending::DeadLetter { event, error } => {
-            let e = &**event;
-            client
-                .execute(
-                    ns.statement(DEAD_LETTER),
-                    &[
-                        &ns.info.slug,
-                        &e.position,
-                        &e.stream_id,
-                        &e.version,
-                        &e.event_type,
-                        &e.data,
-                        &e.metadata,
-                        &e.occurred_at,
-                        error,
-                    ],
-                )
-                .await
-        }
     }
 }
 
@@ -487,20 +578,18 @@ impl Namespace for PgNamespace {
     }
 
     fn begin(&mut self) -> Result<(), StoreError> {
-        self.pending.clear();
         self.failed = None;
         self.in_tx = true;
         self.started = Instant::now();
-        self.pending.push(Pending::Begin);
-        Ok(())
+        self.dispatch(Op::Begin)
     }
 
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         if !self.read_only {
-            self.pending.push(Pending::Advance { from, to });
+            self.dispatch(Op::Advance { from, to })?;
         }
-        self.pending.push(Pending::Commit);
-        let result = self.send();
+        self.dispatch(Op::Commit)?;
+        let result = self.sync();
         if result.is_err() {
             let _ = self.rollback();
         } else {
@@ -510,7 +599,7 @@ impl Namespace for PgNamespace {
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
-        self.pending.clear();
+        let _ = self.sync();
         self.failed = None;
         if self.in_tx {
             self.in_tx = false;
@@ -562,10 +651,10 @@ impl Namespace for PgNamespace {
             }
         }
         if !keys.is_empty() {
-            self.queue(Pending::KvUpsert { keys, values })?;
+            self.dispatch(Op::KvUpsert { keys, values })?;
         }
         if !deleted.is_empty() {
-            self.queue(Pending::KvDelete { keys: deleted })?;
+            self.dispatch(Op::KvDelete { keys: deleted })?;
         }
         Ok(())
     }
@@ -582,10 +671,7 @@ impl Namespace for PgNamespace {
             return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
         }
         self.check(statement)?;
-        if self.failed.is_some() {
-            return Ok(());
-        }
-        self.queue(Pending::Statement { sql: statement.to_owned(), params })
+        self.dispatch(Op::Statement { sql: statement.to_owned(), params })
     }
 
     fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError> {
@@ -602,7 +688,7 @@ impl Namespace for PgNamespace {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
-        self.send()
+        self.sync()
     }
 
     fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError> {
@@ -673,7 +759,7 @@ impl Namespace for PgNamespace {
     }
 
     fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
-        self.queue(Pending::DeadLetter { event: Box::new(event.clone()), error: error.to_owned() })
+        self.dispatch(Op::DeadLetter { event: Box::new(event.clone()), error: error.to_owned() })
     }
 
     fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {

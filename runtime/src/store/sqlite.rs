@@ -6,6 +6,7 @@
 //! control the transaction. The file holds nothing of other projections or of
 //! the events, so a projection sees only its own data.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,12 +79,25 @@ impl SqliteStore {
         };
         let conn = Connection::open_with_flags(&path, flags).map_err(db)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        if !read_only {
+        if read_only {
+            conn.pragma_update(None, "cache_size", -16_384).map_err(db)?; // 16 MiB
+        } else {
+            if let Some(size) = std::env::var("REEL_SQLITE_PAGE_SIZE").ok().and_then(|v| v.parse::<i64>().ok()) {
+                conn.pragma_update(None, "page_size", size).map_err(db)?;
+            }
             conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+            // A rebuild dirties pages all over the B-trees: keep them in memory
+            // between batches, and checkpoint the WAL less often, so a page
+            // rewritten by many batches reaches the file once.
+            let cache_kib: i64 =
+                std::env::var("REEL_SQLITE_CACHE_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(262_144);
+            let checkpoint: i64 =
+                std::env::var("REEL_SQLITE_CHECKPOINT").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+            conn.pragma_update(None, "cache_size", -cache_kib).map_err(db)?;
+            conn.pragma_update(None, "wal_autocheckpoint", checkpoint).map_err(db)?;
             conn.execute_batch(SCHEMA).map_err(db)?;
         }
-        conn.pragma_update(None, "cache_size", -65_536).map_err(db)?; // 64 MiB
         conn.set_prepared_statement_cache_capacity(256);
         let guest = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&guest);
@@ -93,7 +107,7 @@ impl SqliteStore {
             },
         ))
         .map_err(db)?;
-        Ok(SqliteNamespace { conn, guest, read_only, in_tx: false, failed: None })
+        Ok(SqliteNamespace { conn, guest, read_only, in_tx: false, failed: None, checked: HashMap::new() })
     }
 
     /// Delete a namespace's files.
@@ -213,7 +227,12 @@ pub struct SqliteNamespace {
     /// The first failed `execute` of this transaction; later statements are
     /// not run (as on PostgreSQL, where the transaction is aborted).
     failed: Option<StoreError>,
+    /// Projection statements already checked, with SQLite placeholders.
+    checked: HashMap<String, String>,
 }
+
+/// Distinct statement texts remembered as checked.
+const CHECKED_STATEMENTS: usize = 1024;
 
 fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
@@ -302,14 +321,24 @@ impl SqliteNamespace {
         result.map_err(sql_error)
     }
 
-    fn check(&self, statement: &str) -> Result<(), StoreError> {
-        if let Some(why) = refusal(statement) {
-            return Err(StoreError::Refused(why));
-        }
+    /// Check a projection statement (once per distinct text) and return it
+    /// with SQLite placeholders.
+    fn check(&mut self, statement: &str) -> Result<String, StoreError> {
         if !self.in_tx {
             return Err(StoreError::Database("statement outside a transaction".into()));
         }
-        Ok(())
+        if let Some(rewritten) = self.checked.get(statement) {
+            return Ok(rewritten.clone());
+        }
+        if let Some(why) = refusal(statement) {
+            return Err(StoreError::Refused(why));
+        }
+        let rewritten = sqlite_placeholders(statement).into_owned();
+        if self.checked.len() >= CHECKED_STATEMENTS {
+            self.checked.clear();
+        }
+        self.checked.insert(statement.to_owned(), rewritten.clone());
+        Ok(rewritten)
     }
 }
 
@@ -420,11 +449,10 @@ impl Namespace for SqliteNamespace {
         if self.read_only {
             return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
         }
-        self.check(statement)?;
+        let statement = self.check(statement)?;
         if self.failed.is_some() {
             return Ok(()); // the batch already failed; its error surfaces at the next query or the commit
         }
-        let statement = sqlite_placeholders(statement);
         let result = self.as_guest(|conn| {
             let mut stmt = conn.prepare_cached(&statement)?;
             stmt.execute(rusqlite::params_from_iter(params.iter().map(Param)))
@@ -436,11 +464,10 @@ impl Namespace for SqliteNamespace {
     }
 
     fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError> {
-        self.check(statement)?;
+        let statement = self.check(statement)?;
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
-        let statement = sqlite_placeholders(statement);
         let read_only = self.read_only;
         let result = self.as_guest(|conn| {
             let mut stmt = conn.prepare_cached(&statement)?;

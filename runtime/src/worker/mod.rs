@@ -259,7 +259,7 @@ impl Worker {
         self.cursor = checkpoint.cursor;
         self.persisted = checkpoint.cursor;
         self.status.advanced(self.cursor);
-        self.reader = Some(self.ctx.source.reader().map_err(|e| StoreError::Database(e.to_string()))?);
+        self.reader = Some(self.ctx.source.prefetching_reader().map_err(|e| StoreError::Database(e.to_string()))?);
         Ok(true)
     }
 
@@ -296,6 +296,7 @@ impl Worker {
     fn step(&mut self) -> Result<bool, Halt> {
         let limit = self.ctx.batch.max_events;
         let reader = self.reader.as_mut().expect("opened");
+        let started = Instant::now();
         let batch = match reader.read_batch(self.cursor, &self.filter, limit) {
             Ok(batch) => batch,
             Err(e) => {
@@ -316,7 +317,15 @@ impl Worker {
             }
             return Ok(false);
         }
+        let read = started.elapsed();
         self.process(&batch.events, &batch.cursors, batch.next, ATTEMPTS)?;
+        tracing::debug!(
+            projection = %self.ns,
+            events = batch.events.len(),
+            read_ms = read.as_secs_f64() * 1e3,
+            apply_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+            "batch"
+        );
         Ok(true)
     }
 
@@ -347,7 +356,17 @@ impl Worker {
         let from = self.persisted;
         let guest = self.guest()?;
         guest.caps().begin()?;
-        let result = guest.handle(events).and_then(|()| Ok(guest.caps().commit(from, end)?));
+        let started = Instant::now();
+        let result = guest.handle(events).and_then(|()| {
+            let handled = started.elapsed();
+            guest.caps().commit(from, end)?;
+            tracing::trace!(
+                handle_ms = handled.as_secs_f64() * 1e3,
+                commit_ms = (started.elapsed() - handled).as_secs_f64() * 1e3,
+                "applied"
+            );
+            Ok(())
+        });
         match result {
             Ok(()) => {
                 self.cursor = end;

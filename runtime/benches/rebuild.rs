@@ -1,0 +1,584 @@
+//! Rebuild throughput: replay a generated order workload from position 0 and
+//! time each projection until it has caught up with the head.
+//!
+//! ```sh
+//! cargo bench -p reel --bench rebuild                      # 1,000,000 events, both backends
+//! cargo bench -p reel --bench rebuild -- --events 200000 --backend postgres
+//! cargo test  -p reel --bench rebuild -- --smoke           # 10,000 events, what CI runs
+//! ```
+//!
+//! Variants: the two example projections as components (WASM), the same two
+//! compiled natively against the same store code (the limit), and a
+//! hand-written loop the way tutorials write a projector (one transaction and
+//! one statement per event), on the first `--handwritten` events. Every
+//! projection run is checked against the fold of the events.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::Backend;
+use reel::runtime::Runtime;
+use reel::source::Cursor;
+use reel::store::TableRead;
+use reel::workload::{Expected, OrderEvent, OrderWorkload, StoredEvent, fold, generate};
+use serde_json::Value;
+
+struct Args {
+    events: usize,
+    /// Run only the variants whose label contains this.
+    only: Option<String>,
+    backends: Vec<Backend>,
+    handwritten: usize,
+    batch: usize,
+}
+
+fn args() -> Args {
+    let mut args = Args {
+        only: None,
+        events: 1_000_000,
+        backends: vec![Backend::Sqlite, Backend::Postgres],
+        handwritten: 20_000,
+        batch: reel::config::BatchConfig::default().max_events,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--events" => args.events = value().parse().expect("--events N"),
+            "--handwritten" => args.handwritten = value().parse().expect("--handwritten N"),
+            "--batch" => args.batch = value().parse().expect("--batch N"),
+            "--only" => args.only = Some(value()),
+            "--backend" => {
+                args.backends = match value().as_str() {
+                    "sqlite" => vec![Backend::Sqlite],
+                    "postgres" => vec![Backend::Postgres],
+                    "both" => vec![Backend::Sqlite, Backend::Postgres],
+                    other => panic!("unknown backend {other}"),
+                }
+            }
+            "--smoke" => {
+                args.events = 10_000;
+                args.handwritten = 2_000;
+            }
+            "--bench" | "--nocapture" => {}
+            other => panic!("unknown argument {other}"),
+        }
+    }
+    args
+}
+
+fn main() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .try_init();
+    let args = args();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    println!(
+        "rebuild benchmark: {} events, batches of {}, {} cores, reel {}",
+        args.events,
+        args.batch,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        env!("CARGO_PKG_VERSION")
+    );
+    for backend in &args.backends {
+        rt.block_on(bench_backend(*backend, &args));
+    }
+}
+
+/// Orders for about `events` events (1.8 events per order on average).
+fn workload(events: usize) -> Vec<OrderEvent> {
+    let mut events_out = generate(&OrderWorkload::new(events * 5 / 9 + 1, 2026));
+    events_out.truncate(events);
+    events_out
+}
+
+async fn bench_backend(backend: Backend, args: &Args) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.batch.max_events = args.batch;
+    config.limits.batch_timeout = Duration::from_secs(60);
+    config.poll_interval = Duration::from_millis(20);
+    if backend == Backend::Postgres {
+        config.database_url = Some(common::create_database().await);
+    }
+    std::fs::create_dir_all(&config.modules_dir).unwrap();
+    let runtime = Runtime::start(config.clone()).await.unwrap();
+
+    let events = workload(args.events);
+    let started = Instant::now();
+    load(&config, &events).await;
+    let load_time = started.elapsed();
+    let stored = stored_events(&config).await;
+    let expected = fold(&stored);
+    let head = runtime.source().head().await.unwrap();
+    let head_cursor = runtime.source().cursor_of(head).await.unwrap().unwrap();
+    println!(
+        "\n== {backend:?}: {} events loaded in {:.1?} ({:.0} events/s); {} orders, {} customers",
+        stored.len(),
+        load_time,
+        stored.len() as f64 / load_time.as_secs_f64(),
+        expected.orders.len(),
+        expected.customers.len()
+    );
+
+    let mut results = BTreeMap::new();
+    for (label, variant) in [
+        ("order-summaries (wasm)", Variant::Wasm("order_summaries")),
+        ("order-summaries (native)", Variant::NativeOrders),
+        ("customer-stats (wasm)", Variant::Wasm("customer_stats")),
+        ("customer-stats (native)", Variant::NativeCustomers),
+    ] {
+        if args.only.as_ref().is_some_and(|only| !label.contains(only.as_str())) {
+            continue;
+        }
+        let rate = rebuild(&runtime, &config, variant, stored.len(), head_cursor, &expected).await;
+        println!("{label:<28} {rate:>10.0} events/s");
+        results.insert(label, rate);
+    }
+    let ceiling = ceiling(&config, &stored, args.batch).await;
+    println!(
+        "{:<28} {ceiling:>10.0} events/s (order-summaries' writes from a native client, no reel; events pre-read)",
+        "ceiling: direct writes"
+    );
+    println!(
+        "order-summaries: wasm/ceiling {:.2}",
+        results.get("order-summaries (wasm)").copied().unwrap_or_default() / ceiling
+    );
+    let kv_ceiling = kv_ceiling(&config, &stored, args.batch).await;
+    println!(
+        "{:<28} {kv_ceiling:>10.0} events/s (customer-stats' KV writes from a native client, values computed beforehand)",
+        "ceiling: direct KV writes"
+    );
+    println!(
+        "customer-stats: wasm/ceiling {:.2}",
+        results.get("customer-stats (wasm)").copied().unwrap_or_default() / kv_ceiling
+    );
+    if args.only.is_some() {
+        runtime.shutdown().await;
+        if let Some(url) = &config.database_url {
+            common::drop_database(url).await;
+        }
+        return;
+    }
+    let handwritten = handwritten_loop(&config, &stored[..args.handwritten.min(stored.len())]).await;
+    println!(
+        "{:<28} {handwritten:>10.0} events/s (one transaction per event, first {} events)",
+        "hand-written loop",
+        args.handwritten.min(stored.len())
+    );
+    let ratio = |a: &str, b: &str| results[a] / results[b];
+    println!(
+        "order-summaries: wasm/native {:.2}, wasm/hand-written {:.1}x",
+        ratio("order-summaries (wasm)", "order-summaries (native)"),
+        results["order-summaries (wasm)"] / handwritten
+    );
+    println!(
+        "customer-stats:  wasm/native {:.2}, wasm/hand-written {:.1}x",
+        ratio("customer-stats (wasm)", "customer-stats (native)"),
+        results["customer-stats (wasm)"] / handwritten
+    );
+    runtime.shutdown().await;
+    if let Some(url) = &config.database_url {
+        common::drop_database(url).await;
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Variant {
+    Wasm(&'static str),
+    NativeOrders,
+    NativeCustomers,
+}
+
+/// Deploy `variant` on a fresh namespace; events/s until it reached the head.
+async fn rebuild(
+    runtime: &Runtime,
+    config: &reel::Config,
+    variant: Variant,
+    events: usize,
+    head: Cursor,
+    expected: &Expected,
+) -> f64 {
+    let name = match variant {
+        Variant::Wasm("order_summaries") | Variant::NativeOrders => "order-summaries",
+        _ => "customer-stats",
+    };
+    let file = config.modules_dir.join(format!("{name}.wasm"));
+    let started = Instant::now();
+    match variant {
+        Variant::Wasm(crate_name) => {
+            std::fs::copy(common::guest(crate_name), &file).unwrap();
+            runtime.reload(file.clone()).await;
+        }
+        Variant::NativeOrders => runtime.deploy_native::<order_summaries::OrderSummaries>().await.unwrap(),
+        Variant::NativeCustomers => runtime.deploy_native::<customer_stats::CustomerStatsProjection>().await.unwrap(),
+    }
+    loop {
+        let (active, _) = runtime.deployments(name).expect("deployed");
+        let status = active.status.snapshot();
+        if status.cursor >= head {
+            break;
+        }
+        assert!(status.last_error.is_none() || status.state != reel::worker::State::Stopped, "{status:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    verify(runtime, name, expected).await;
+    if matches!(variant, Variant::Wasm(_)) {
+        std::fs::remove_file(&file).unwrap();
+        runtime.reload(file).await;
+    }
+    runtime.delete(name).await.unwrap();
+    rate
+}
+
+/// The read model equals the fold, or the run does not count.
+async fn verify(runtime: &Runtime, name: &str, expected: &Expected) {
+    if name == "order-summaries" {
+        let read = TableRead { table: "order_summaries".into(), limit: 10_000_000, ..TableRead::default() };
+        let rows = runtime.read(name, None, move |ns| ns.read_table(&read)).await.unwrap();
+        let got: BTreeMap<String, Value> = rows
+            .iter()
+            .map(|row| {
+                let object: serde_json::Map<String, Value> =
+                    rows.columns.iter().cloned().zip(row.values().iter().map(|v| v.to_json())).collect();
+                (object["order_id"].as_str().unwrap().to_owned(), Value::Object(object))
+            })
+            .collect();
+        assert!(got == common::expected_rows(expected), "order-summaries differs from the fold");
+    } else {
+        let entries = runtime.read(name, None, |ns| ns.kv_scan("customer/", None, 10_000_000)).await.unwrap();
+        let got: BTreeMap<String, String> =
+            entries.into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect();
+        assert!(got == expected.customers, "customer-stats differs from the fold");
+    }
+}
+
+/// Bulk-load the events (SQLite: one transaction; PostgreSQL: COPY).
+async fn load(config: &reel::Config, events: &[OrderEvent]) {
+    match &config.database_url {
+        None => {
+            let db = config.data_dir.join("events.db");
+            let events = events.to_vec();
+            tokio::task::spawn_blocking(move || reel::workload::load::insert_sqlite(&db, &events).unwrap())
+                .await
+                .unwrap();
+        }
+        Some(url) => {
+            use futures_util::SinkExt;
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let sink = client
+                .copy_in("COPY events (stream_id, version, event_type, data, occurred_at) FROM STDIN")
+                .await
+                .unwrap();
+            futures_util::pin_mut!(sink);
+            let start = reel::source::time::now_micros() - events.len() as i64 * 1000;
+            let mut buf = String::new();
+            for (i, e) in events.iter().enumerate() {
+                let at = reel::source::time::format_micros(start + i as i64 * 1000);
+                let data = e.data.to_string().replace('\\', "\\\\");
+                buf.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", e.stream_id, e.version, e.event_type, data, at));
+                if buf.len() > 1 << 20 {
+                    sink.send(bytes::Bytes::from(std::mem::take(&mut buf))).await.unwrap();
+                }
+            }
+            sink.send(bytes::Bytes::from(buf)).await.unwrap();
+            sink.finish().await.unwrap();
+        }
+    }
+}
+
+async fn stored_events(config: &reel::Config) -> Vec<StoredEvent> {
+    match &config.database_url {
+        None => {
+            let conn = rusqlite::Connection::open(config.data_dir.join("events.db")).unwrap();
+            let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
+            stmt.query_map([], |r| Ok(StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? }))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        }
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let rows = client
+                .query(
+                    "SELECT event_type, data::text, (extract(epoch FROM occurred_at) * 1000000)::bigint \
+                     FROM events ORDER BY transaction_id, id",
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| StoredEvent {
+                    event_type: r.get(0),
+                    data: r.get(1),
+                    occurred_at: reel::source::time::format_micros(r.get(2)),
+                })
+                .collect()
+        }
+    }
+}
+
+/// The statements `order-summaries` issues for an event.
+fn order_statement(e: &StoredEvent) -> (&'static str, Vec<String>) {
+    let d: Value = serde_json::from_str(&e.data).unwrap();
+    let id = d["orderId"].as_str().unwrap().to_owned();
+    match e.event_type.as_str() {
+        "order.placed" => {
+            let count: i64 = d["items"].as_array().unwrap().iter().map(|i| i["quantity"].as_i64().unwrap()).sum();
+            (
+                "INSERT INTO hw_orders (order_id, customer_id, item_count, total, status, placed_at) \
+                 VALUES ($1, $2, $3::text::bigint, $4::text::float8, 'placed', $5) \
+                 ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, \
+                 item_count = excluded.item_count, total = excluded.total, status = 'placed', placed_at = excluded.placed_at",
+                vec![
+                    id,
+                    d["customerId"].as_str().unwrap().to_owned(),
+                    count.to_string(),
+                    d["total"].to_string(),
+                    e.occurred_at.clone(),
+                ],
+            )
+        }
+        "order.shipped" => (
+            "UPDATE hw_orders SET status = 'shipped', tracking_number = $2, shipped_at = $3 WHERE order_id = $1",
+            vec![id, d["trackingNumber"].as_str().unwrap().to_owned(), e.occurred_at.clone()],
+        ),
+        _ => ("UPDATE hw_orders SET status = 'cancelled' WHERE order_id = $1", vec![id]),
+    }
+}
+
+const HW_DDL: &str = "CREATE TABLE hw_orders (order_id TEXT PRIMARY KEY, customer_id TEXT, item_count BIGINT, \
+           total DOUBLE PRECISION, status TEXT, placed_at TEXT, tracking_number TEXT, shipped_at TEXT); \
+           CREATE INDEX hw_orders_by_customer ON hw_orders (customer_id, placed_at); \
+           CREATE TABLE hw_checkpoint (id INTEGER PRIMARY KEY, position BIGINT); \
+           INSERT INTO hw_checkpoint VALUES (1, 0);";
+
+/// The limit for order-summaries: the same writes from a native client with
+/// no reel in between (statements prepared, batches of `batch` events per
+/// transaction, pipelined on PostgreSQL), events already in memory.
+async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) -> f64 {
+    let statements: Vec<(&'static str, Vec<String>)> = events.iter().map(order_statement).collect();
+    match &config.database_url {
+        None => {
+            let path = config.data_dir.join("ceiling.db");
+            tokio::task::spawn_blocking(move || {
+                let mut conn = rusqlite::Connection::open(path).unwrap();
+                conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+                conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                conn.execute_batch(HW_DDL).unwrap();
+                let started = Instant::now();
+                for (n, chunk) in statements.chunks(batch).enumerate() {
+                    let tx = conn.transaction().unwrap();
+                    for (sql, params) in chunk {
+                        let sql = sql.replace("::text::bigint", "").replace("::text::float8", "").replace('$', "?");
+                        tx.prepare_cached(&sql).unwrap().execute(rusqlite::params_from_iter(params.iter())).unwrap();
+                    }
+                    tx.execute("UPDATE hw_checkpoint SET position = ?1 WHERE id = 1", [n as i64]).unwrap();
+                    tx.commit().unwrap();
+                }
+                statements.len() as f64 / started.elapsed().as_secs_f64()
+            })
+            .await
+            .unwrap()
+        }
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&HW_DDL.replace("hw_", "hw_c_")).await.unwrap();
+            let mut prepared = std::collections::HashMap::new();
+            for (sql, _) in &statements {
+                if !prepared.contains_key(sql) {
+                    prepared.insert(*sql, client.prepare(&sql.replace("hw_", "hw_c_")).await.unwrap());
+                }
+            }
+            let begin = client.prepare("BEGIN").await.unwrap();
+            let commit = client.prepare("COMMIT").await.unwrap();
+            let advance = client.prepare("UPDATE hw_c_checkpoint SET position = $1 WHERE id = 1").await.unwrap();
+            let client = &client;
+            let started = Instant::now();
+            for (n, chunk) in statements.chunks(batch).enumerate() {
+                let n = n as i64;
+                let mut futures = Vec::with_capacity(chunk.len() + 3);
+                futures
+                    .push(Box::pin(client.execute(&begin, &[]))
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
+                for (sql, params) in chunk {
+                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                    let statement = &prepared[sql];
+                    futures.push(Box::pin(async move { client.execute(statement, &refs).await }));
+                }
+                futures.push(Box::pin(async { client.execute(&advance, &[&n]).await }));
+                futures.push(Box::pin(client.execute(&commit, &[])));
+                for result in futures_util::future::join_all(futures).await {
+                    result.unwrap();
+                }
+            }
+            statements.len() as f64 / started.elapsed().as_secs_f64()
+        }
+    }
+}
+
+/// A host that keeps KV in memory and records each batch's writes.
+#[derive(Default)]
+struct RecordingHost {
+    kv: std::collections::HashMap<String, Vec<u8>>,
+    written: BTreeMap<String, Vec<u8>>,
+}
+
+impl guest_sdk::Host for RecordingHost {
+    fn kv_get(&mut self, key: &str) -> Option<Vec<u8>> {
+        self.kv.get(key).cloned()
+    }
+    fn kv_set(&mut self, key: &str, value: Vec<u8>) {
+        self.kv.insert(key.to_owned(), value.clone());
+        self.written.insert(key.to_owned(), value);
+    }
+    fn kv_delete(&mut self, key: &str) {
+        self.kv.remove(key);
+    }
+    fn kv_scan(&mut self, _: &str, _: Option<&str>, _: u32) -> Vec<(String, Vec<u8>)> {
+        Vec::new()
+    }
+    fn sql_execute(&mut self, _: &str, _: Vec<guest_sdk::Value>) {}
+    fn sql_query(&mut self, _: &str, _: Vec<guest_sdk::Value>) -> Result<guest_sdk::Rows, guest_sdk::SqlError> {
+        Ok(guest_sdk::Rows::default())
+    }
+    fn log(&mut self, _: guest_sdk::Level, _: &str) {}
+}
+
+/// The limit for customer-stats: the KV writes it makes per batch (computed
+/// beforehand, in memory), written by a native client as one multi-row upsert
+/// per batch with the checkpoint.
+async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) -> f64 {
+    let subscribed: Vec<guest_sdk::RawEvent> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.event_type != "order.shipped")
+        .map(|(i, e)| guest_sdk::RawEvent {
+            position: i as i64 + 1,
+            stream_id: String::new(),
+            version: 1,
+            event_type: e.event_type.clone(),
+            data: e.data.clone(),
+            metadata: "{}".into(),
+            occurred_at: e.occurred_at.clone(),
+        })
+        .collect();
+    let mut host = RecordingHost::default();
+    let mut writes: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
+    for chunk in subscribed.chunks(batch) {
+        guest_sdk::native::handle::<customer_stats::CustomerStatsProjection, _>(&mut host, chunk).unwrap();
+        writes.push(std::mem::take(&mut host.written).into_iter().collect());
+    }
+    let total = events.len() as f64;
+    match &config.database_url {
+        None => {
+            let path = config.data_dir.join("kv-ceiling.db");
+            tokio::task::spawn_blocking(move || {
+                let mut conn = rusqlite::Connection::open(path).unwrap();
+                conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+                conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                conn.execute_batch(
+                    "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID; \
+                     CREATE TABLE checkpoint (id INTEGER PRIMARY KEY, position BIGINT); INSERT INTO checkpoint VALUES (1, 0);",
+                )
+                .unwrap();
+                let started = Instant::now();
+                for (n, batch) in writes.iter().enumerate() {
+                    let tx = conn.transaction().unwrap();
+                    for (key, value) in batch {
+                        tx.prepare_cached("INSERT INTO kv VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+                            .unwrap()
+                            .execute(rusqlite::params![key, value])
+                            .unwrap();
+                    }
+                    tx.execute("UPDATE checkpoint SET position = ?1 WHERE id = 1", [n as i64]).unwrap();
+                    tx.commit().unwrap();
+                }
+                total / started.elapsed().as_secs_f64()
+            })
+            .await
+            .unwrap()
+        }
+        Some(url) => {
+            let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client
+                .batch_execute(
+                    "CREATE TABLE kv_c (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL); \
+                     CREATE TABLE kv_c_checkpoint (id INTEGER PRIMARY KEY, position BIGINT); INSERT INTO kv_c_checkpoint VALUES (1, 0);",
+                )
+                .await
+                .unwrap();
+            let started = Instant::now();
+            for (n, batch) in writes.iter().enumerate() {
+                let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
+                let values: Vec<&[u8]> = batch.iter().map(|(_, v)| v.as_slice()).collect();
+                let tx = client.transaction().await.unwrap();
+                tx.execute(
+                    "INSERT INTO kv_c SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    &[&keys, &values],
+                )
+                .await
+                .unwrap();
+                tx.execute("UPDATE kv_c_checkpoint SET position = $1 WHERE id = 1", &[&(n as i64)]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            total / started.elapsed().as_secs_f64()
+        }
+    }
+}
+
+/// What users write instead: for each event, BEGIN; one statement; move the
+/// checkpoint; COMMIT. `order_summaries`' statements, on `events`.
+async fn handwritten_loop(config: &reel::Config, events: &[StoredEvent]) -> f64 {
+    let statements = order_statement;
+    let ddl = HW_DDL;
+    match &config.database_url {
+        None => {
+            let path = config.data_dir.join("handwritten.db");
+            let events = events.to_vec();
+            tokio::task::spawn_blocking(move || {
+                let mut conn = rusqlite::Connection::open(path).unwrap();
+                conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+                conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                conn.execute_batch(ddl).unwrap();
+                let started = Instant::now();
+                for (i, e) in events.iter().enumerate() {
+                    let (sql, params) = statements(e);
+                    let sql = sql.replace("::text::bigint", "").replace("::text::float8", "").replace('$', "?");
+                    let tx = conn.transaction().unwrap();
+                    tx.execute(&sql, rusqlite::params_from_iter(params.iter())).unwrap();
+                    tx.execute("UPDATE hw_checkpoint SET position = ?1 WHERE id = 1", [i as i64 + 1]).unwrap();
+                    tx.commit().unwrap();
+                }
+                events.len() as f64 / started.elapsed().as_secs_f64()
+            })
+            .await
+            .unwrap()
+        }
+        Some(url) => {
+            let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(ddl).await.unwrap();
+            let started = Instant::now();
+            for (i, e) in events.iter().enumerate() {
+                let (sql, params) = statements(e);
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+                    params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+                let tx = client.transaction().await.unwrap();
+                tx.execute(sql, &refs).await.unwrap();
+                tx.execute("UPDATE hw_checkpoint SET position = $1 WHERE id = 1", &[&(i as i64 + 1)]).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+            events.len() as f64 / started.elapsed().as_secs_f64()
+        }
+    }
+}
