@@ -506,3 +506,18 @@ async fn start_up_refuses_when_transaction_ids_went_backwards() {
     assert!(error.contains("UPDATE public.events SET transaction_id = '3'"), "{error}");
     drop_database(&url).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_by_another_writer_wakes_the_workers() {
+    let (url, source, _reader) = source().await;
+    let mut wakeups = source.wakeups();
+    // The listener wakes everyone once when it (re)connects; take that first.
+    tokio::time::timeout(Duration::from_secs(10), wakeups.changed()).await.unwrap().unwrap();
+    let writer = connect(&url).await;
+    insert(&writer, "a", 1).await;
+    tokio::time::timeout(Duration::from_secs(10), wakeups.changed())
+        .await
+        .expect("a NOTIFY reaches the workers (polling alone would not change the channel)")
+        .unwrap();
+    drop_database(&url).await;
+}

@@ -14,6 +14,7 @@
 //! transaction ids go backwards, which [`PgSource::open`] detects and refuses.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -22,7 +23,7 @@ use sqlx::ConnectOptions;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
 use super::{AppendRequest, Appended, Batch, Cursor, Event, EventReader, Filter, SourceError};
 use crate::pg;
@@ -34,14 +35,41 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postg
 /// The channel the events table's trigger notifies.
 const CHANNEL: &str = "reel_events";
 /// Connections reel's API may hold for appends and status reads.
-const POOL_SIZE: usize = 16;
+const POOL_SIZE: usize = 32;
 
 /// The events table on PostgreSQL.
 pub struct PgSource {
     config: Config,
     pool: Pool,
     handle: Handle,
-    wake: watch::Sender<u64>,
+    /// Bumped on every notification; the listener holds it weakly and stops
+    /// when the source is dropped.
+    wake: Arc<watch::Sender<u64>>,
+    /// Transaction ids of recent appends through reel, by position, so a
+    /// read with `min_position` right after an append needs no query.
+    recent: std::sync::Mutex<RecentAppends>,
+}
+
+/// A bounded map of position to transaction id.
+#[derive(Default)]
+struct RecentAppends {
+    order: std::collections::VecDeque<i64>,
+    tx: HashMap<i64, i64>,
+}
+
+/// Appended positions remembered for `cursor_of`.
+const RECENT_APPENDS: usize = 65_536;
+
+impl RecentAppends {
+    fn remember(&mut self, position: i64, tx: i64) {
+        if self.order.len() == RECENT_APPENDS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.tx.remove(&old);
+        }
+        self.order.push_back(position);
+        self.tx.insert(position, tx);
+    }
 }
 
 /// Why a projection is behind although events are committed: a transaction
@@ -88,9 +116,9 @@ impl PgSource {
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| SourceError::Internal(format!("building the connection pool: {e}")))?;
-        let (wake, _) = watch::channel(0);
-        tokio::spawn(listen(config.clone(), wake.clone()));
-        Ok(Self { config, pool, handle, wake })
+        let wake = Arc::new(watch::channel(0).0);
+        tokio::spawn(listen(config.clone(), Arc::downgrade(&wake)));
+        Ok(Self { config, pool, handle, wake, recent: Default::default() })
     }
 
     /// The connection settings (the store connects its roles to the same server).
@@ -119,16 +147,17 @@ impl PgSource {
         self.pool.get().await.map_err(|e| SourceError::Unavailable(e.to_string()))
     }
 
-    /// Append at REPEATABLE READ, with the version check as the first
-    /// statement and the insert as the first write: per-stream order holds.
-    /// Without an expected version, a concurrent append is retried.
+    /// Append in one statement: the version check and the insert share a
+    /// snapshot, and the insert is the transaction's first write, so
+    /// per-stream order holds (docs/postgres.md). Without an expected
+    /// version, a concurrent append to the same stream is retried.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         let mut attempts = 0;
-        loop {
+        let (appended, tx) = loop {
             attempts += 1;
-            match append(&mut client, &request).await {
-                Ok(Ok(appended)) => return Ok(appended),
+            match append(&client, &request).await {
+                Ok(Ok(appended)) => break appended,
                 Ok(Err(actual)) => return Err(conflict(&request, actual)),
                 Err(e) if is_conflict(&e) && request.expected_version.is_none() && attempts < 10 => continue,
                 Err(e) if is_conflict(&e) => {
@@ -144,7 +173,13 @@ impl PgSource {
                 }
                 Err(e) => return Err(pg_error(&e)),
             }
+        };
+        self.wake.send_modify(|n| *n = n.wrapping_add(1));
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        for position in &appended.positions {
+            recent.remember(*position, tx);
         }
+        Ok(appended)
     }
 
     /// Largest event id.
@@ -157,6 +192,10 @@ impl PgSource {
 
     /// The cursor of the committed event at `position`.
     pub async fn cursor_of(&self, position: i64) -> Result<Option<Cursor>, SourceError> {
+        let known = self.recent.lock().unwrap_or_else(|p| p.into_inner()).tx.get(&position).copied();
+        if let Some(tx) = known {
+            return Ok(Some(Cursor { tx, id: position }));
+        }
         let client = self.client().await?;
         let row = client
             .query_opt("SELECT transaction_id::text FROM public.events WHERE id = $1", &[&position])
@@ -247,45 +286,43 @@ fn conflict(request: &AppendRequest, actual: i64) -> SourceError {
     }
 }
 
-/// One append transaction. `Ok(Err(actual))`: the stream is at `actual`, not
-/// the expected version; a concurrent append shows as a unique violation.
+/// One append statement, and the transaction id it got. `Ok(Err(actual))`:
+/// the stream is at `actual`, not the expected version; a concurrent append
+/// shows as a unique violation.
 async fn append(
-    client: &mut deadpool_postgres::Object,
+    client: &Client,
     request: &AppendRequest,
-) -> Result<Result<Appended, i64>, tokio_postgres::Error> {
-    let tx = client.build_transaction().isolation_level(IsolationLevel::RepeatableRead).start().await?;
-    let current: i64 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0)::bigint FROM public.events WHERE stream_id = $1",
-            &[&request.stream_id],
-        )
-        .await?
-        .get(0);
-    if let Some(expected) = request.expected_version
-        && expected != current
-    {
-        return Ok(Err(current));
-    }
-    let versions: Vec<i32> = (1..=request.events.len() as i64).map(|i| (current + i) as i32).collect();
+) -> Result<Result<(Appended, i64), i64>, tokio_postgres::Error> {
     let types: Vec<&str> = request.events.iter().map(|e| e.event_type.as_str()).collect();
     let data: Vec<String> = request.events.iter().map(|e| e.data.to_string()).collect();
     let metadata: Vec<String> =
         request.events.iter().map(|e| e.metadata.as_ref().map_or_else(|| "{}".to_owned(), |m| m.to_string())).collect();
-    let rows = tx
+    let rows = client
         .query(
-            "INSERT INTO public.events (stream_id, version, event_type, data, metadata) \
-             SELECT $1, v, t, d::jsonb, m::jsonb FROM unnest($2::int4[], $3::text[], $4::text[], $5::text[]) AS u(v, t, d, m) \
-             RETURNING id, version",
-            &[&request.stream_id, &versions, &types, &data, &metadata],
+            "WITH current AS (SELECT coalesce(max(version), 0) AS version FROM public.events WHERE stream_id = $1) \
+             INSERT INTO public.events (stream_id, version, event_type, data, metadata) \
+             SELECT $1, current.version + u.n, u.t, u.d::jsonb, u.m::jsonb \
+               FROM current, unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(t, d, m, n) \
+              WHERE $2::bigint IS NULL OR current.version = $2 \
+             RETURNING id, version::bigint, transaction_id::text",
+            &[&request.stream_id, &request.expected_version, &types, &data, &metadata],
         )
         .await?;
-    tx.commit().await?;
-    let mut ids: Vec<(i32, i64)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
+    if rows.is_empty() {
+        let actual: i64 = client
+            .query_one(
+                "SELECT coalesce(max(version), 0)::bigint FROM public.events WHERE stream_id = $1",
+                &[&request.stream_id],
+            )
+            .await?
+            .get(0);
+        return Ok(Err(actual));
+    }
+    let tx = parse_xid(rows[0].get(2));
+    let mut ids: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(1), r.get(0))).collect();
     ids.sort_unstable();
-    Ok(Ok(Appended {
-        positions: ids.into_iter().map(|(_, id)| id).collect(),
-        version: current + request.events.len() as i64,
-    }))
+    let version = ids.last().map_or(0, |(v, _)| *v);
+    Ok(Ok((Appended { positions: ids.into_iter().map(|(_, id)| id).collect(), version }, tx)))
 }
 
 fn pg_error(e: &tokio_postgres::Error) -> SourceError {
@@ -330,10 +367,17 @@ async fn check_transaction_ids(client: &Client) -> Result<(), SourceError> {
 
 /// Keep a LISTEN connection; every notification (and every reconnect,
 /// since notifications are lost while disconnected) wakes the workers.
-async fn listen(config: Config, wake: watch::Sender<u64>) {
+async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>) {
     use futures_util::StreamExt;
+    let bump = |wake: &std::sync::Weak<watch::Sender<u64>>| match wake.upgrade() {
+        Some(wake) => {
+            wake.send_modify(|n| *n = n.wrapping_add(1));
+            true
+        }
+        None => false,
+    };
     loop {
-        if wake.is_closed() {
+        if wake.strong_count() == 0 {
             return;
         }
         match config.connect(NoTls).await {
@@ -344,11 +388,15 @@ async fn listen(config: Config, wake: watch::Sender<u64>) {
                     std::future::pending::<Result<(), tokio_postgres::Error>>().await
                 };
                 tokio::pin!(listening);
-                wake.send_modify(|n| *n = n.wrapping_add(1));
+                let mut alive = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     tokio::select! {
                         message = messages.next() => match message {
-                            Some(Ok(AsyncMessage::Notification(_))) => wake.send_modify(|n| *n = n.wrapping_add(1)),
+                            Some(Ok(AsyncMessage::Notification(_))) => {
+                                if !bump(&wake) {
+                                    return;
+                                }
+                            }
                             Some(Ok(_)) => {}
                             Some(Err(e)) => {
                                 tracing::warn!("LISTEN connection lost: {e}; polling until it is back");
@@ -362,7 +410,13 @@ async fn listen(config: Config, wake: watch::Sender<u64>) {
                             }
                             break;
                         }
-                        () = wake.closed() => return,
+                        _ = alive.tick() => {
+                            // Wakes everyone once right after (re)connecting:
+                            // notifications sent while disconnected are lost.
+                            if !bump(&wake) {
+                                return;
+                            }
+                        }
                     }
                 }
             }

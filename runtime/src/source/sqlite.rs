@@ -2,7 +2,8 @@
 //!
 //! SQLite has one writer at a time and `AUTOINCREMENT` ids, so ids commit in
 //! order and `id > cursor` never skips an event. Writers (reel's own append
-//! and any other process) must use `BEGIN IMMEDIATE` transactions.
+//! and any other process) must use `BEGIN IMMEDIATE` transactions. Commits by
+//! other processes are noticed within milliseconds (`PRAGMA data_version`).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -21,12 +22,49 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlit
 /// How long a connection waits for another writer before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often another process's commits to `events.db` are looked for.
+const WATCH_EVERY: Duration = Duration::from_millis(5);
+
 /// The events database of embedded mode.
 pub struct SqliteSource {
     path: PathBuf,
     /// reel's own appends go through this one connection, one at a time.
     writer: Arc<Mutex<Connection>>,
     wake: watch::Sender<u64>,
+    /// Stops the thread that watches for commits by other processes.
+    watching: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for SqliteSource {
+    fn drop(&mut self) {
+        self.watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Wake workers when another connection commits to `events.db`:
+/// `PRAGMA data_version` changes then, and reading it costs no table access.
+fn watch_commits(
+    path: &Path,
+    wake: watch::Sender<u64>,
+    watching: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<(), SourceError> {
+    let conn = open_connection(path, true)?;
+    std::thread::Builder::new()
+        .name("reel-events-watch".into())
+        .spawn(move || {
+            let mut last: Option<i64> = None;
+            while watching.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(version) = conn.query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0)) {
+                    if last.is_some_and(|l| l != version) {
+                        wake.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                    last = Some(version);
+                }
+                std::thread::sleep(WATCH_EVERY);
+            }
+        })
+        .map_err(|e| SourceError::Internal(format!("spawning the events watcher: {e}")))?;
+    Ok(())
 }
 
 impl SqliteSource {
@@ -43,7 +81,9 @@ impl SqliteSource {
 
         let writer = open_connection(path, false)?;
         let (wake, _) = watch::channel(0);
-        Ok(Self { path: path.to_owned(), writer: Arc::new(Mutex::new(writer)), wake })
+        let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        watch_commits(path, wake.clone(), Arc::clone(&watching))?;
+        Ok(Self { path: path.to_owned(), writer: Arc::new(Mutex::new(writer)), wake, watching })
     }
 
     /// A reader with its own connection.

@@ -345,7 +345,12 @@ impl PgNamespace {
         Ok(ns)
     }
 
+    /// Time left: of the transaction's deadline inside one, a whole
+    /// deadline for a single read outside.
     fn remaining(&self) -> Option<Duration> {
+        if !self.in_tx {
+            return Some(self.deadline);
+        }
         Some(self.deadline.saturating_sub(self.started.elapsed()).max(Duration::from_millis(1)))
     }
 
