@@ -163,10 +163,23 @@ async fn bench_backend(backend: Backend, args: &Args) {
         }
         return;
     }
-    let handwritten = handwritten_loop(&config, &stored[..args.handwritten.min(stored.len())]).await;
+    let sample = &stored[..args.handwritten.min(stored.len())];
+    if backend == Backend::Sqlite {
+        let defaults = handwritten_loop(&config, sample, true).await;
+        println!(
+            "{:<28} {defaults:>10.0} events/s (one transaction per event, SQLite defaults: rollback journal, synchronous=FULL)",
+            "hand-written loop"
+        );
+        println!(
+            "order-summaries: wasm/hand-written(defaults) {:.0}x",
+            results.get("order-summaries (wasm)").copied().unwrap_or_default() / defaults
+        );
+    }
+    let handwritten = handwritten_loop(&config, sample, false).await;
     println!(
-        "{:<28} {handwritten:>10.0} events/s (one transaction per event, first {} events)",
+        "{:<28} {handwritten:>10.0} events/s (one transaction per event{}, first {} events)",
         "hand-written loop",
+        if backend == Backend::Sqlite { ", WAL and synchronous=NORMAL" } else { "" },
         args.handwritten.min(stored.len())
     );
     let ratio = |a: &str, b: &str| results[a] / results[b];
@@ -359,6 +372,16 @@ const HW_DDL: &str = "CREATE TABLE hw_orders (order_id TEXT PRIMARY KEY, custome
            CREATE TABLE hw_checkpoint (id INTEGER PRIMARY KEY, position BIGINT); \
            INSERT INTO hw_checkpoint VALUES (1, 0);";
 
+/// The settings reel uses for a namespace file, so a ceiling is measured on
+/// the same storage.
+fn tuned(conn: &rusqlite::Connection) {
+    conn.pragma_update(None, "page_size", 16_384).unwrap();
+    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+    conn.pragma_update(None, "cache_size", -262_144).unwrap();
+    conn.pragma_update(None, "wal_autocheckpoint", 4000).unwrap();
+}
+
 /// The limit for order-summaries: the same writes from a native client with
 /// no reel in between (statements prepared, batches of `batch` events per
 /// transaction, pipelined on PostgreSQL), events already in memory.
@@ -369,8 +392,7 @@ async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) ->
             let path = config.data_dir.join("ceiling.db");
             tokio::task::spawn_blocking(move || {
                 let mut conn = rusqlite::Connection::open(path).unwrap();
-                conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-                conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                tuned(&conn);
                 conn.execute_batch(HW_DDL).unwrap();
                 let started = Instant::now();
                 for (n, chunk) in statements.chunks(batch).enumerate() {
@@ -483,8 +505,7 @@ async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize)
             let path = config.data_dir.join("kv-ceiling.db");
             tokio::task::spawn_blocking(move || {
                 let mut conn = rusqlite::Connection::open(path).unwrap();
-                conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-                conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                tuned(&conn);
                 conn.execute_batch(
                     "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID; \
                      CREATE TABLE checkpoint (id INTEGER PRIMARY KEY, position BIGINT); INSERT INTO checkpoint VALUES (1, 0);",
@@ -538,17 +559,19 @@ async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize)
 
 /// What users write instead: for each event, BEGIN; one statement; move the
 /// checkpoint; COMMIT. `order_summaries`' statements, on `events`.
-async fn handwritten_loop(config: &reel::Config, events: &[StoredEvent]) -> f64 {
+async fn handwritten_loop(config: &reel::Config, events: &[StoredEvent], sqlite_defaults: bool) -> f64 {
     let statements = order_statement;
     let ddl = HW_DDL;
     match &config.database_url {
         None => {
-            let path = config.data_dir.join("handwritten.db");
+            let path = config.data_dir.join(if sqlite_defaults { "handwritten-default.db" } else { "handwritten.db" });
             let events = events.to_vec();
             tokio::task::spawn_blocking(move || {
                 let mut conn = rusqlite::Connection::open(path).unwrap();
-                conn.pragma_update(None, "journal_mode", "WAL").unwrap();
-                conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                if !sqlite_defaults {
+                    conn.pragma_update(None, "journal_mode", "WAL").unwrap();
+                    conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
+                }
                 conn.execute_batch(ddl).unwrap();
                 let started = Instant::now();
                 for (i, e) in events.iter().enumerate() {

@@ -4,7 +4,7 @@
 //!   projections, start `reel serve` on embedded SQLite with them deployed,
 //!   append sample events, print the URL and example requests.
 //! - `cargo xtask test`: everything CI runs: toolchains, formatting, lints,
-//!   the test suite on both backends, the benchmark smoke run.
+//!   the test suite on both backends, a smoke run of each benchmark.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -120,6 +120,11 @@ fn test() -> Result {
     )?;
     run_in(&projections, &cargo(), &["test", "--locked", "--workspace"])?;
     run(&cargo(), &["test", "--locked", "--workspace"])?;
+    // The benchmarks, small, so they cannot rot: each verifies its read
+    // models (or answers) and fails loudly.
+    for bench in ["rebuild", "boundary", "latency"] {
+        run(&cargo(), &["test", "--locked", "-p", "reel", "--bench", bench, "--", "--smoke"])?;
+    }
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

@@ -171,6 +171,7 @@ impl Runtime {
     /// Stop the workers and background tasks.
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
+        self.inner.source.close();
         let handles: Vec<WorkerHandle> = {
             let mut registry = self.registry();
             registry

@@ -226,6 +226,14 @@ impl Source {
         }
     }
 
+    /// Stop background work (the LISTEN connection, the commit watcher).
+    pub fn close(&self) {
+        match self {
+            Source::Sqlite(s) => s.close(),
+            Source::Postgres(s) => s.close(),
+        }
+    }
+
     /// Changes whenever new events may have been committed.
     pub fn wakeups(&self) -> watch::Receiver<u64> {
         match self {

@@ -48,6 +48,8 @@ pub struct PgSource {
     /// Transaction ids of recent appends through reel, by position, so a
     /// read with `min_position` right after an append needs no query.
     recent: std::sync::Mutex<RecentAppends>,
+    /// Set by [`PgSource::close`]: the listener stops.
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A bounded map of position to transaction id.
@@ -117,8 +119,14 @@ impl PgSource {
             .build()
             .map_err(|e| SourceError::Internal(format!("building the connection pool: {e}")))?;
         let wake = Arc::new(watch::channel(0).0);
-        tokio::spawn(listen(config.clone(), Arc::downgrade(&wake)));
-        Ok(Self { config, pool, handle, wake, recent: Default::default() })
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tokio::spawn(listen(config.clone(), Arc::downgrade(&wake), Arc::clone(&closed)));
+        Ok(Self { config, pool, handle, wake, recent: Default::default(), closed })
+    }
+
+    /// Stop listening for notifications.
+    pub fn close(&self) {
+        self.closed.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The connection settings (the store connects its roles to the same server).
@@ -367,9 +375,10 @@ async fn check_transaction_ids(client: &Client) -> Result<(), SourceError> {
 
 /// Keep a LISTEN connection; every notification (and every reconnect,
 /// since notifications are lost while disconnected) wakes the workers.
-async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>) {
+async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>, closed: Arc<std::sync::atomic::AtomicBool>) {
     use futures_util::StreamExt;
     let bump = |wake: &std::sync::Weak<watch::Sender<u64>>| match wake.upgrade() {
+        Some(_) if closed.load(std::sync::atomic::Ordering::Relaxed) => false,
         Some(wake) => {
             wake.send_modify(|n| *n = n.wrapping_add(1));
             true
@@ -377,7 +386,7 @@ async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>) {
         None => false,
     };
     loop {
-        if wake.strong_count() == 0 {
+        if wake.strong_count() == 0 || closed.load(std::sync::atomic::Ordering::Relaxed) {
             return;
         }
         match config.connect(NoTls).await {

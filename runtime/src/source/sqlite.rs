@@ -35,9 +35,16 @@ pub struct SqliteSource {
     watching: Arc<std::sync::atomic::AtomicBool>,
 }
 
+impl SqliteSource {
+    /// Stop watching for other writers' commits.
+    pub fn close(&self) {
+        self.watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl Drop for SqliteSource {
     fn drop(&mut self) {
-        self.watching.store(false, std::sync::atomic::Ordering::Relaxed);
+        self.close();
     }
 }
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Builds a Python projection into a WebAssembly component of the world
+# `projection` (../../wit): componentize.sh <project folder>. The component lands
+# in <project folder>/dist/<folder name>.wasm.
+#
+# The toolchain (componentize-py, pinned in the project's requirements.txt) is
+# installed into <project folder>/.venv on first use, and again whenever
+# requirements.txt changes. Python path of the component: the project folder
+# (its `app` module) and lib-py (the shared `reel_guest` package), nothing else.
+set -euo pipefail
+
+project=$(cd "${1:?usage: componentize.sh <project folder>}" && pwd)
+lib=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+wit=$(cd "$lib/../../wit" && pwd)
+name=$(basename "$project")
+venv="$project/.venv"
+python=${PYTHON:-python3}
+
+stamp="$venv/.requirements.sha256"
+want=$(sha256sum "$project/requirements.txt" | cut -d' ' -f1)
+if [[ ! -x "$venv/bin/componentize-py" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$project/requirements.txt"
+    echo "$want" >"$stamp"
+fi
+
+mkdir -p "$project/dist"
+out="$project/dist/$name.wasm"
+# A throwaway folder as the "site-packages" componentize-py adds on its own
+# (VIRTUAL_ENV's), so the venv's own packages stay out of the component.
+empty=$(mktemp -d)
+trap 'rm -rf "$empty"' EXIT
+mkdir -p "$empty/lib/python3/site-packages"
+cd "$project"
+VIRTUAL_ENV="$empty" "$venv/bin/componentize-py" --quiet -d "$wit" -w projection \
+    componentize app -p "$project" -p "$lib" -o "$out"
+echo "$out ($(stat -c %s "$out") bytes)"
