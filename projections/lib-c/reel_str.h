@@ -15,6 +15,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* A borrowed string: pointer and length, not NUL-terminated. */
+typedef struct {
+    const char *ptr;
+    size_t len;
+} reel_str;
+
+#define REEL_STR(literal) ((reel_str){(literal), sizeof(literal) - 1})
+
+static inline int reel_str_eq(reel_str s, const char *lit) {
+    size_t i = 0;
+    for (; lit[i]; i++)
+        if (i >= s.len || s.ptr[i] != lit[i]) return 0;
+    return i == s.len;
+}
+
 typedef struct {
     char *ptr;
     size_t len;

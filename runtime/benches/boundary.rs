@@ -46,7 +46,13 @@ fn guest(engine: &Engine, crate_name: &str, store: &Store) -> WasmGuest {
     let limits = Limits { batch_timeout: Duration::from_secs(60), ..Limits::default() };
     let manifest = WasmGuest::describe(&code, crate_name, &limits).unwrap();
     let ns = NamespaceId::new(&manifest.name, &manifest.version);
-    let caps = Capabilities::new(&manifest.name, store.open_writer(&ns).unwrap(), limits.clone(), Mode::Write).unwrap();
+    let caps = Capabilities::new(
+        &manifest.name,
+        store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap(),
+        limits.clone(),
+        Mode::Write,
+    )
+    .unwrap();
     let mut guest = WasmGuest::new(&code, manifest, caps, &limits).map_err(|e| e.0).unwrap();
     guest.caps().begin().unwrap();
     guest.init().unwrap();

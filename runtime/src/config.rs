@@ -1,9 +1,12 @@
 //! Runtime configuration: where data lives, what to serve, and the limits
 //! every projection runs under.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use crate::host::OnError;
 
 /// Everything [`run`](crate::run) needs.
 #[derive(Debug, Clone)]
@@ -30,6 +33,72 @@ pub struct Config {
     pub watch_debounce: Duration,
     /// How long a read with `min_position` waits before answering 504.
     pub read_wait: Duration,
+    /// Keep the previous version's namespace after a rebuilt version takes
+    /// over reads (instead of dropping it).
+    pub keep_old: bool,
+    /// Settings of single projections, by name, over the defaults.
+    pub projections: BTreeMap<String, ProjectionSettings>,
+}
+
+/// What one projection may override.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProjectionSettings {
+    /// Policy for poison events, over the module's `on-error`.
+    pub on_error: Option<OnError>,
+    /// CPU deadline of a call.
+    pub batch_timeout: Option<Duration>,
+    /// Memory cap of an instance.
+    pub memory_bytes: Option<usize>,
+    /// Largest KV value.
+    pub kv_value_bytes: Option<usize>,
+    /// Most rows of one query.
+    pub query_rows: Option<usize>,
+}
+
+impl ProjectionSettings {
+    /// Apply `key=value` (`on-error`, `batch-timeout` in seconds,
+    /// `memory-mib`, `kv-value-kib`, `query-rows`).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let number = |v: &str| v.parse::<f64>().map_err(|_| format!("`{key}` needs a number, not `{v}`"));
+        match key {
+            "on-error" => {
+                self.on_error = Some(match value {
+                    "stop" => OnError::Stop,
+                    "skip" => OnError::Skip,
+                    other => return Err(format!("on-error is `stop` or `skip`, not `{other}`")),
+                })
+            }
+            "batch-timeout" => self.batch_timeout = Some(Duration::from_secs_f64(number(value)?.max(0.001))),
+            "memory-mib" => self.memory_bytes = Some((number(value)? as usize) << 20),
+            "kv-value-kib" => self.kv_value_bytes = Some((number(value)? as usize) << 10),
+            "query-rows" => self.query_rows = Some(number(value)? as usize),
+            other => {
+                return Err(format!(
+                    "unknown setting `{other}`; use on-error, batch-timeout, memory-mib, kv-value-kib or query-rows"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// The limits of projection `name`.
+    pub fn limits_for(&self, name: &str) -> Limits {
+        let mut limits = self.limits.clone();
+        if let Some(s) = self.projections.get(name) {
+            limits.batch_timeout = s.batch_timeout.unwrap_or(limits.batch_timeout);
+            limits.memory_bytes = s.memory_bytes.unwrap_or(limits.memory_bytes);
+            limits.kv_value_bytes = s.kv_value_bytes.unwrap_or(limits.kv_value_bytes);
+            limits.query_rows = s.query_rows.unwrap_or(limits.query_rows);
+        }
+        limits
+    }
+
+    /// The failure policy configured for projection `name`, if any.
+    pub fn on_error_for(&self, name: &str) -> Option<OnError> {
+        self.projections.get(name).and_then(|s| s.on_error)
+    }
 }
 
 impl Default for Config {
@@ -45,6 +114,8 @@ impl Default for Config {
             poll_interval: Duration::from_millis(250),
             watch_debounce: Duration::from_millis(300),
             read_wait: Duration::from_secs(5),
+            keep_old: false,
+            projections: BTreeMap::new(),
         }
     }
 }

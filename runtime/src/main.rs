@@ -97,6 +97,14 @@ struct ServeArgs {
     /// How often to look for new events without a wake-up, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
+    /// Keep a projection's previous version after a rebuilt one takes over.
+    #[arg(long)]
+    keep_old: bool,
+    /// Override a setting of one projection: NAME.KEY=VALUE, with KEY one of
+    /// on-error (stop|skip), batch-timeout (seconds), memory-mib,
+    /// kv-value-kib, query-rows. Repeatable.
+    #[arg(long = "set", value_name = "NAME.KEY=VALUE")]
+    settings: Vec<String>,
 }
 
 impl ServeArgs {
@@ -116,6 +124,22 @@ impl ServeArgs {
         config.limits.memory_bytes = self.memory_mib << 20;
         config.limits.kv_value_bytes = self.kv_value_kib << 10;
         config.limits.query_rows = self.query_rows;
+        config.keep_old = self.keep_old;
+        for setting in &self.settings {
+            let parsed = setting.split_once('=').and_then(|(target, value)| {
+                let (name, key) = target.split_once('.')?;
+                Some((name, key, value))
+            });
+            let Some((name, key, value)) = parsed else {
+                anyhow::bail!("--set {setting}: use NAME.KEY=VALUE, e.g. --set order-summaries.on-error=skip");
+            };
+            config
+                .projections
+                .entry(name.to_owned())
+                .or_default()
+                .set(key, value)
+                .map_err(|e| anyhow::anyhow!("--set {setting}: {e}"))?;
+        }
         Ok(config)
     }
 }

@@ -16,12 +16,19 @@ fn store() -> (Store, TempDir) {
 
 fn writer(store: &Store, limits: Limits) -> Capabilities {
     let ns = NamespaceId::new("p", "1");
-    Capabilities::new("p", store.open_writer(&ns).unwrap(), limits, Mode::Write).unwrap()
+    Capabilities::new("p", store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap(), limits, Mode::Write)
+        .unwrap()
 }
 
 fn reader(store: &Store) -> Capabilities {
     let ns = NamespaceId::new("p", "1");
-    Capabilities::new("p", store.open_reader(&ns).unwrap().unwrap(), Limits::default(), Mode::Read).unwrap()
+    Capabilities::new(
+        "p",
+        store.open_reader(&ns, std::time::Duration::from_secs(10)).unwrap().unwrap(),
+        Limits::default(),
+        Mode::Read,
+    )
+    .unwrap()
 }
 
 fn at(id: i64) -> Cursor {

@@ -347,18 +347,19 @@ async fn randomized_concurrent_writers_lose_and_double_nothing() {
 /// Writer capabilities on namespace `name` of a fresh database.
 fn writer(store: &Store, name: &str) -> Capabilities {
     let ns = NamespaceId::new(name, "1");
-    Capabilities::new(name, store.open_writer(&ns).unwrap(), Limits::default(), Mode::Write).unwrap()
+    Capabilities::new(
+        name,
+        store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap(),
+        Limits::default(),
+        Mode::Write,
+    )
+    .unwrap()
 }
 
 async fn store() -> (String, Store, Source) {
     let url = create_database().await;
     let source = PgSource::open(&url).await.unwrap();
-    let store = PgStore::new(
-        source.config().clone(),
-        source.pool().clone(),
-        tokio::runtime::Handle::current(),
-        (Duration::from_secs(5), Duration::from_secs(5)),
-    );
+    let store = PgStore::new(source.config().clone(), source.pool().clone(), tokio::runtime::Handle::current());
     (url, Store::Postgres(Box::new(store)), Source::Postgres(Arc::new(source)))
 }
 
@@ -444,8 +445,13 @@ async fn two_writers_never_both_commit_a_batch() {
     assert!(matches!(fenced, StoreError::Fenced { .. }), "{fenced:?}");
     second.rollback().unwrap();
     let ns = NamespaceId::new("shared", "1");
-    let mut reader =
-        Capabilities::new("shared", store.open_reader(&ns).unwrap().unwrap(), Limits::default(), Mode::Read).unwrap();
+    let mut reader = Capabilities::new(
+        "shared",
+        store.open_reader(&ns, std::time::Duration::from_secs(10)).unwrap().unwrap(),
+        Limits::default(),
+        Mode::Read,
+    )
+    .unwrap();
     reader.begin().unwrap();
     assert_eq!(reader.kv_get("k").unwrap(), Some(b"first".to_vec()), "the fenced batch wrote nothing");
     assert_eq!(reader.namespace().checkpoint().unwrap().cursor, Cursor { tx: 1, id: 5 });

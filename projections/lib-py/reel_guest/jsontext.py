@@ -9,7 +9,12 @@ guests) where Python's `json` differs:
   object keys sorted when `sort_keys` (a `serde_json::Value` object is sorted by
   key; a Rust struct keeps its field order, which a Python dict's insertion order
   mirrors).
-- `loads` refuses `NaN` and `Infinity`.
+- `loads` refuses `NaN` and `Infinity`, and turns number literals into floats
+  the way serde_json does without its `float_roundtrip` feature: the digits
+  into a u64 (digits past its range dropped), then one multiplication or
+  division by a power of ten. That is exact for everyday literals (up to 15
+  digits, no exponent) and can be an ulp off Python's `float()` beyond them;
+  `-0` is the float `-0.0`.
 - `Fields` reads typed fields out of a decoded object with serde's rules (an
   `i64` refuses `2.0`, an `f64` accepts `2`, a missing field is an error unless
   optional) and serde's error wording.
@@ -18,7 +23,7 @@ guests) where Python's `json` differs:
 import json as _json
 import math
 
-__all__ = ["JsonError", "Fields", "loads", "dumps", "format_f64", "wrap_i64"]
+__all__ = ["JsonError", "Fields", "loads", "dumps", "format_f64", "serde_f64", "wrap_i64"]
 
 I64_MIN = -(1 << 63)
 I64_MAX = (1 << 63) - 1
@@ -31,11 +36,104 @@ class JsonError(ValueError):
     """Text that is not JSON, or JSON that is not the expected shape."""
 
 
+_I32_MAX = (1 << 31) - 1
+_I32_MIN = -(1 << 31)
+_U64_CUT, _U64_CUT_DIGIT = divmod(_U64_MAX, 10)
+_I32_CUT, _I32_CUT_DIGIT = divmod(_I32_MAX, 10)
+_POW10 = [float(f"1e{k}") for k in range(309)]  # serde_json's POW10 table
+_DIGITS = frozenset("0123456789")
+
+
+def serde_f64(text):
+    """The f64 serde_json (without `float_roundtrip`) reads from the JSON number
+    literal `text`; infinite where serde_json says "number out of range"."""
+    n = len(text)
+    positive = text[0] != "-"
+    i = 0 if positive else 1
+    significand = 0
+    exponent = 0
+    # Integer digits; past u64, the rest only scale (parse_long_integer).
+    while i < n and text[i] in _DIGITS:
+        digit = ord(text[i]) - 48
+        if significand >= _U64_CUT and (significand > _U64_CUT or digit > _U64_CUT_DIGIT):
+            while i < n and text[i] in _DIGITS:
+                exponent += 1
+                i += 1
+            break
+        significand = significand * 10 + digit
+        i += 1
+    if i < n and text[i] == ".":  # parse_decimal; digits past u64 are dropped
+        i += 1
+        while i < n and text[i] in _DIGITS:
+            digit = ord(text[i]) - 48
+            if significand >= _U64_CUT and (significand > _U64_CUT or digit > _U64_CUT_DIGIT):
+                while i < n and text[i] in _DIGITS:
+                    i += 1
+                break
+            significand = significand * 10 + digit
+            exponent -= 1
+            i += 1
+    if i < n and text[i] in "eE":  # parse_exponent
+        i += 1
+        positive_exp = True
+        if text[i] in "+-":
+            positive_exp = text[i] == "+"
+            i += 1
+        exp = 0
+        while i < n:
+            digit = ord(text[i]) - 48
+            if exp >= _I32_CUT and (exp > _I32_CUT or digit > _I32_CUT_DIGIT):
+                if significand != 0 and positive_exp:
+                    return math.inf if positive else -math.inf
+                return 0.0 if positive else -0.0
+            exp = exp * 10 + digit
+            i += 1
+        exponent = exponent + exp if positive_exp else exponent - exp
+        exponent = max(_I32_MIN, min(_I32_MAX, exponent))
+    # f64_from_parts
+    f = float(significand)
+    while True:
+        if abs(exponent) < len(_POW10):
+            if exponent >= 0:
+                f *= _POW10[exponent]
+            else:
+                f /= _POW10[-exponent]
+            break
+        if f == 0.0:
+            break
+        if exponent >= 0:
+            f = math.inf
+            break
+        f /= 1e308
+        exponent += 308
+    return f if positive else -f
+
+
+def _parse_float(text):
+    if len(text) <= 16 and "e" not in text and "E" not in text:
+        return float(text)  # at most 15 digits and 10**-15: serde_json is exact too
+    return serde_f64(text)
+
+
+def _parse_int(text):
+    return -0.0 if text == "-0" else int(text)
+
+
+def _serde_number(value):
+    """An int from the parser as serde_json holds it: u64 or i64, else f64."""
+    if I64_MIN <= value <= _U64_MAX:
+        return value
+    return serde_f64(str(value))
+
+
 def _refuse_constant(name):
     raise JsonError(f"expected value: `{name}` is not JSON")
 
 
-_decoder = _json.JSONDecoder(parse_constant=_refuse_constant)
+_decoder = _json.JSONDecoder(parse_constant=_refuse_constant, parse_float=_parse_float)
+_decoder_minus_zero = _json.JSONDecoder(
+    parse_constant=_refuse_constant, parse_float=_parse_float, parse_int=_parse_int
+)
 
 
 def loads(text):
@@ -46,6 +144,8 @@ def loads(text):
         except UnicodeDecodeError as e:
             raise JsonError(f"invalid unicode code point: {e}") from None
     try:
+        if "-0" in text:  # rare: only then pay for a per-integer hook
+            return _decoder_minus_zero.decode(text)
         return _decoder.decode(text)
     except JsonError:
         raise
@@ -97,7 +197,7 @@ def _float_text(value):
 def _int_text(value):
     if I64_MIN <= value <= _U64_MAX:
         return str(value)
-    return _float_text(float(value))  # serde_json keeps such a number as an f64
+    return _float_text(_serde_number(value))  # serde_json keeps such a number as an f64
 
 
 def dumps(value, sort_keys=False):
@@ -163,7 +263,10 @@ def unexpected(value):
     if t is bool:
         return f"boolean `{'true' if value else 'false'}`"
     if t is int:
-        return f"integer `{value}`"
+        value = _serde_number(value)
+        if type(value) is int:
+            return f"integer `{value}`"
+        t = float
     if t is float:
         return f"floating point `{_float_text(value)}`"
     if value is None:
@@ -196,7 +299,6 @@ def as_i64(value):
             return value
         if 0 <= value <= _U64_MAX:
             raise JsonError(f"invalid value: integer `{value}`, expected i64")
-        value = float(value)  # serde_json reads it as a float
     raise JsonError(f"invalid type: {unexpected(value)}, expected i64")
 
 
@@ -207,11 +309,10 @@ def as_f64(value):
             return value
         raise JsonError("number out of range")
     if t is int:
-        try:
-            result = float(value)
-        except OverflowError:
-            raise JsonError("number out of range") from None
-        return result
+        result = float(_serde_number(value))  # u64/i64 `as f64`: round to nearest even
+        if math.isfinite(result):
+            return result
+        raise JsonError("number out of range")
     raise JsonError(f"invalid type: {unexpected(value)}, expected f64")
 
 

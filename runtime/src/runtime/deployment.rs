@@ -94,7 +94,7 @@ impl Deployment {
     /// A namespace with no code loaded: readable, not running.
     pub(super) fn unloaded(store: &Store, ns: NamespaceId) -> Self {
         let cursor = store
-            .open_reader(&ns)
+            .open_reader(&ns, std::time::Duration::from_secs(10))
             .ok()
             .flatten()
             .and_then(|mut reader| reader.checkpoint().ok())

@@ -126,13 +126,8 @@ impl Runtime {
             }
             Some(url) => {
                 let source = PgSource::open(url).await.context("cannot use the PostgreSQL database")?;
-                let limits = &config.limits;
-                let store = PgStore::new(
-                    source.config().clone(),
-                    source.pool().clone(),
-                    tokio::runtime::Handle::current(),
-                    (limits.batch_timeout, limits.query_timeout),
-                );
+                let store =
+                    PgStore::new(source.config().clone(), source.pool().clone(), tokio::runtime::Handle::current());
                 (Source::Postgres(Arc::new(source)), Store::Postgres(Box::new(store)))
             }
         };
@@ -197,6 +192,14 @@ impl Runtime {
     /// The read-model storage.
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The worker context of projection `name`: its limits and policy.
+    fn workers_for(&self, name: &str) -> WorkerContext {
+        let mut ctx = self.inner.workers.clone();
+        ctx.limits = self.inner.config.limits_for(name);
+        ctx.on_error = self.inner.config.on_error_for(name);
+        ctx
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -359,11 +362,12 @@ impl Runtime {
             let ns = NamespaceId::new(&manifest.name, &manifest.version);
             self.inner.store.set_active(&ns).map_err(|e| e.to_string())?;
         }
+        let workers = self.workers_for(&manifest.name);
         let mut registry = self.registry();
         let mut cleanup = Cleanup::default();
         let Some(projection) = registry.projections.get_mut(&manifest.name) else {
             let ns = NamespaceId::new(&manifest.name, &manifest.version);
-            let deployment = Deployment::start(&self.inner.workers, ns, program, file);
+            let deployment = Deployment::start(&workers, ns, program, file);
             registry.projections.insert(manifest.name, Projection { active: deployment, next: None });
             return Ok(cleanup);
         };
@@ -385,9 +389,9 @@ impl Runtime {
                 tracing::info!("abandoning the rebuild of {}: its version was replaced", next.ns);
                 cleanup.retire(next);
             }
-            projection.active.swap(&self.inner.workers, program, file);
+            projection.active.swap(&workers, program, file);
         } else if let Some(next) = projection.next.as_mut().filter(|n| n.ns.version == manifest.version) {
-            next.swap(&self.inner.workers, program, file);
+            next.swap(&workers, program, file);
         } else {
             if let Some(next) = projection.next.take() {
                 tracing::info!("abandoning the rebuild of {}: a newer version arrived", next.ns);
@@ -395,7 +399,7 @@ impl Runtime {
             }
             let ns = NamespaceId::new(&manifest.name, &manifest.version);
             tracing::info!("rebuilding {} from the start while {} serves reads", ns, projection.active.ns);
-            projection.next = Some(Deployment::start(&self.inner.workers, ns, program, file));
+            projection.next = Some(Deployment::start(&workers, ns, program, file));
         }
         Ok(cleanup)
     }
@@ -456,8 +460,13 @@ impl Runtime {
             }
             let next = projection.next.take().expect("checked");
             tracing::info!("{} caught up: reads switch to it from {}", next.ns, projection.active.ns);
-            let old = std::mem::replace(&mut projection.active, next);
-            cleanup.retire(old);
+            let mut old = std::mem::replace(&mut projection.active, next);
+            if self.inner.config.keep_old {
+                tracing::info!("keeping {} (--keep-old)", old.ns);
+                cleanup.stop.extend(old.worker.take());
+            } else {
+                cleanup.retire(old);
+            }
         }
         cleanup
     }
@@ -528,7 +537,7 @@ impl Runtime {
                 cleanup.retire(next);
             }
             let file = projection.active.file.clone();
-            projection.next = Some(Deployment::start(&self.inner.workers, ns.clone(), program, file));
+            projection.next = Some(Deployment::start(&self.workers_for(name), ns.clone(), program, file));
             (ns, cleanup)
         };
         self.clean_up(cleanup).await;

@@ -187,11 +187,12 @@ impl Runtime {
         }
         let view = self.view(name)?;
         let store = self.store().clone();
+        let deadline = self.config().limits_for(name).query_timeout;
         run_blocking(move || {
             let mut reader = match view.readers.take() {
                 Some(reader) => reader,
                 None => store
-                    .open_reader(&view.ns)?
+                    .open_reader(&view.ns, deadline)?
                     .ok_or_else(|| StoreError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?,
             };
             let result = f(&mut *reader);
@@ -219,14 +220,14 @@ impl Runtime {
             return Err(ReadError::Conflict(format!("projection `{name}` has no module loaded to run queries")));
         };
         let store = self.store().clone();
-        let mut limits = self.config().limits.clone();
+        let mut limits = self.config().limits_for(name);
         limits.batch_timeout = limits.query_timeout;
         run_blocking(move || {
             let mut guest = match view.queries.take() {
                 Some(guest) => guest,
                 None => {
                     let reader = store
-                        .open_reader(&view.ns)?
+                        .open_reader(&view.ns, limits.query_timeout)?
                         .ok_or_else(|| ReadError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?;
                     let caps = Capabilities::new(&view.ns.name, reader, limits.clone(), Mode::Read)?;
                     program.instantiate(caps, &limits).map_err(|unstarted| ReadError::Guest(unstarted.0))?

@@ -12,6 +12,7 @@ pub mod sql_text;
 pub mod sqlite;
 
 use std::fmt;
+use std::time::Duration;
 
 pub use guest_sdk::{Rows, Value};
 
@@ -276,24 +277,24 @@ pub enum Store {
 
 impl Store {
     /// Open `ns` for writing, creating it (empty, checkpoint at the start) if
-    /// it does not exist.
-    pub fn open_writer(&self, ns: &NamespaceId) -> Result<Box<dyn Namespace>, StoreError> {
+    /// it does not exist. Statements of a transaction stop at `deadline`.
+    pub fn open_writer(&self, ns: &NamespaceId, deadline: Duration) -> Result<Box<dyn Namespace>, StoreError> {
         match self {
-            Store::Sqlite(s) => Ok(Box::new(s.open(ns, false)?)),
-            Store::Postgres(s) => Ok(Box::new(s.open(ns, false)?.expect("created when opening for writing"))),
+            Store::Sqlite(s) => Ok(Box::new(s.open(ns, false, deadline)?)),
+            Store::Postgres(s) => Ok(Box::new(s.open(ns, false, deadline)?.expect("created when opening for writing"))),
         }
     }
 
     /// Open `ns` read-only; `None` if it does not exist.
-    pub fn open_reader(&self, ns: &NamespaceId) -> Result<Option<Box<dyn Namespace>>, StoreError> {
+    pub fn open_reader(&self, ns: &NamespaceId, deadline: Duration) -> Result<Option<Box<dyn Namespace>>, StoreError> {
         match self {
             Store::Sqlite(s) => {
                 if !s.exists(ns) {
                     return Ok(None);
                 }
-                Ok(Some(Box::new(s.open(ns, true)?)))
+                Ok(Some(Box::new(s.open(ns, true, deadline)?)))
             }
-            Store::Postgres(s) => Ok(s.open(ns, true)?.map(|n| Box::new(n) as Box<dyn Namespace>)),
+            Store::Postgres(s) => Ok(s.open(ns, true, deadline)?.map(|n| Box::new(n) as Box<dyn Namespace>)),
         }
     }
 

@@ -45,16 +45,13 @@ pub struct PgStore {
     config: Config,
     pool: Pool,
     handle: Handle,
-    /// Deadline of a writer's batch (and of a reader's transaction).
-    deadlines: (Duration, Duration),
 }
 
 impl PgStore {
     /// Namespaces in the database of `config`, managed through `pool`
-    /// (whose user needs CREATEROLE). `deadlines` are the batch and query
-    /// timeouts.
-    pub fn new(config: Config, pool: Pool, handle: Handle, deadlines: (Duration, Duration)) -> Self {
-        Self { config, pool, handle, deadlines }
+    /// (whose user needs CREATEROLE).
+    pub fn new(config: Config, pool: Pool, handle: Handle) -> Self {
+        Self { config, pool, handle }
     }
 
     fn admin<T>(
@@ -124,8 +121,14 @@ impl PgStore {
         self.info(ns)?.ok_or_else(|| StoreError::Database(format!("namespace {ns} vanished while being created")))
     }
 
-    /// Open `ns` (created when opening for writing).
-    pub fn open(&self, ns: &NamespaceId, read_only: bool) -> Result<Option<PgNamespace>, StoreError> {
+    /// Open `ns` (created when opening for writing); a transaction's
+    /// statements are cancelled past `deadline`.
+    pub fn open(
+        &self,
+        ns: &NamespaceId,
+        read_only: bool,
+        deadline: Duration,
+    ) -> Result<Option<PgNamespace>, StoreError> {
         let info = match (self.info(ns)?, read_only) {
             (Some(info), _) => info,
             (None, true) => return Ok(None),
@@ -134,7 +137,6 @@ impl PgStore {
         let mut config = self.config.clone();
         config.user(&info.role).password(info.password.as_bytes()).application_name(format!("reel {}", info.slug));
         let client = connect_blocking(&config, &self.handle)?;
-        let deadline = if read_only { self.deadlines.1 } else { self.deadlines.0 };
         Ok(Some(PgNamespace::new(client, self.handle.clone(), info, read_only, deadline)?))
     }
 

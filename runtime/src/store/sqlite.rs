@@ -8,9 +8,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{ToSqlOutput, ValueRef};
@@ -69,8 +69,9 @@ impl SqliteStore {
         self.path(ns).exists()
     }
 
-    /// Open a namespace (created when opening for writing).
-    pub fn open(&self, ns: &NamespaceId, read_only: bool) -> Result<SqliteNamespace, StoreError> {
+    /// Open a namespace (created when opening for writing); statements of
+    /// a transaction are interrupted past `deadline`.
+    pub fn open(&self, ns: &NamespaceId, read_only: bool, deadline: Duration) -> Result<SqliteNamespace, StoreError> {
         let path = self.path(ns);
         let flags = if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -82,20 +83,17 @@ impl SqliteStore {
         if read_only {
             conn.pragma_update(None, "cache_size", -16_384).map_err(db)?; // 16 MiB
         } else {
-            if let Some(size) = std::env::var("REEL_SQLITE_PAGE_SIZE").ok().and_then(|v| v.parse::<i64>().ok()) {
-                conn.pragma_update(None, "page_size", size).map_err(db)?;
-            }
+            // A rebuild dirties pages all over the B-trees (random keys), and
+            // each commit writes every dirty page to the WAL: bigger pages
+            // hold more of a batch's rows per page written, a big cache keeps
+            // them between batches, and rarer checkpoints write a page that
+            // many batches touched to the file once (docs/benchmarks.md).
+            // The page size only applies to a new file.
+            conn.pragma_update(None, "page_size", 16_384).map_err(db)?;
             conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-            // A rebuild dirties pages all over the B-trees: keep them in memory
-            // between batches, and checkpoint the WAL less often, so a page
-            // rewritten by many batches reaches the file once.
-            let cache_kib: i64 =
-                std::env::var("REEL_SQLITE_CACHE_KIB").ok().and_then(|v| v.parse().ok()).unwrap_or(262_144);
-            let checkpoint: i64 =
-                std::env::var("REEL_SQLITE_CHECKPOINT").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
-            conn.pragma_update(None, "cache_size", -cache_kib).map_err(db)?;
-            conn.pragma_update(None, "wal_autocheckpoint", checkpoint).map_err(db)?;
+            conn.pragma_update(None, "cache_size", -262_144).map_err(db)?; // 256 MiB
+            conn.pragma_update(None, "wal_autocheckpoint", 4000).map_err(db)?; // pages: 64 MiB
             conn.execute_batch(SCHEMA).map_err(db)?;
         }
         conn.set_prepared_statement_cache_capacity(256);
@@ -107,7 +105,25 @@ impl SqliteStore {
             },
         ))
         .map_err(db)?;
-        Ok(SqliteNamespace { conn, guest, read_only, in_tx: false, failed: None, checked: HashMap::new() })
+        // The CPU deadline of the guest does not reach into SQLite: a
+        // progress handler interrupts a statement past the batch's deadline.
+        let interrupt_at = Arc::new(Mutex::new(None::<Instant>));
+        let at = Arc::clone(&interrupt_at);
+        conn.progress_handler(
+            10_000,
+            Some(move || at.lock().is_ok_and(|at| at.is_some_and(|at| Instant::now() >= at))),
+        )
+        .map_err(db)?;
+        Ok(SqliteNamespace {
+            conn,
+            guest,
+            read_only,
+            in_tx: false,
+            failed: None,
+            checked: HashMap::new(),
+            deadline,
+            interrupt_at,
+        })
     }
 
     /// Delete a namespace's files.
@@ -229,6 +245,10 @@ pub struct SqliteNamespace {
     failed: Option<StoreError>,
     /// Projection statements already checked, with SQLite placeholders.
     checked: HashMap<String, String>,
+    /// How long a transaction's statements may run.
+    deadline: Duration,
+    /// When the progress handler interrupts (set during a transaction).
+    interrupt_at: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Distinct statement texts remembered as checked.
@@ -241,6 +261,9 @@ fn db(e: rusqlite::Error) -> StoreError {
 /// A projection statement's error: the database's code and message.
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
+        rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
+            StoreError::Limit("the statement ran past the batch deadline and was interrupted".into())
+        }
         rusqlite::Error::SqliteFailure(err, message) => StoreError::Sql {
             code: result_code_name(err.extended_code),
             message: message.unwrap_or_else(|| err.to_string()),
@@ -313,6 +336,13 @@ pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
 }
 
 impl SqliteNamespace {
+    /// Arm (or disarm) the statement deadline.
+    fn interrupt(&self, at: Option<Instant>) {
+        if let Ok(mut slot) = self.interrupt_at.lock() {
+            *slot = at;
+        }
+    }
+
     /// Run `f` with the authorizer on, as a projection statement.
     fn as_guest<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         self.guest.store(true, Ordering::Relaxed);
@@ -356,6 +386,7 @@ impl Namespace for SqliteNamespace {
         self.conn.execute_batch(sql).map_err(db)?;
         self.in_tx = true;
         self.failed = None;
+        self.interrupt(Some(Instant::now() + self.deadline));
         Ok(())
     }
 
@@ -379,11 +410,13 @@ impl Namespace for SqliteNamespace {
         }
         self.conn.execute_batch("COMMIT").map_err(db)?;
         self.in_tx = false;
+        self.interrupt(None);
         Ok(())
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
         self.failed = None;
+        self.interrupt(None);
         if self.in_tx {
             self.in_tx = false;
             if !self.conn.is_autocommit() {

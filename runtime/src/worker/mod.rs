@@ -240,7 +240,7 @@ impl Worker {
     /// Claim and open the namespace, instantiate, run `init` once.
     /// `Ok(false)`: another runtime owns the projection.
     fn open(&mut self) -> Result<bool, GuestFailure> {
-        let mut writer = self.ctx.store.open_writer(&self.ns)?;
+        let mut writer = self.ctx.store.open_writer(&self.ns, self.ctx.limits.batch_timeout)?;
         if !writer.try_claim()? {
             return Ok(false);
         }

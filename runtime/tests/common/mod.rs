@@ -305,7 +305,8 @@ impl Harness {
     pub async fn kv_bytes(&self, projection: &str, prefix: &str) -> std::collections::BTreeMap<String, String> {
         match self.backend {
             Backend::Sqlite => {
-                let file = self.config.data_dir.join(format!("projections/{projection}@1.db"));
+                let (active, _) = self.runtime.deployments(projection).expect("a known projection");
+                let file = self.config.data_dir.join(format!("projections/{}.db", active.ns.slug()));
                 let conn = rusqlite::Connection::open(file).unwrap();
                 let mut stmt =
                     conn.prepare("SELECT key, value FROM _reel_kv WHERE substr(key, 1, length(?1)) = ?1").unwrap();
@@ -363,6 +364,21 @@ impl Harness {
             }
         }
     }
+}
+
+/// A request through `app`: (status, JSON body or the text as a string).
+pub async fn oneshot(app: &Router, method: &str, uri: &str, body: Option<&str>) -> (StatusCode, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        request = request.header("content-type", "application/json");
+    }
+    let request = request.body(body.map_or_else(Body::empty, |b| Body::from(b.to_owned()))).unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, value)
 }
 
 /// Percent-encode a query parameter value.

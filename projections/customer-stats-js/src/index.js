@@ -1,0 +1,135 @@
+// `customer-stats-js`: per customer, `{"orders", "cancelled", "total_spent"}`
+// as JSON under the key `customer/{customerId}`. The JavaScript twin of
+// ../../customer-stats (Rust): the stored bytes are the same.
+//
+// - `orders` counts placed orders, `cancelled` the cancelled ones;
+// - `total_spent` sums the totals of orders not cancelled, in exact cents,
+//   written with two decimals (`{"orders":2,"cancelled":0,"total_spent":31.50}`).
+//
+// A cancellation names only the order, so each placed order is remembered
+// under `order/{orderId}` as `{"customer":"...","cents":N,"cancelled":false}`.
+
+import { defineProjection, failed, fields, invalidEvent, json, kv, utf8Decode } from "../../lib-js/reel.js";
+
+/// Amounts are decimals with two places; cents make the sums exact.
+function toCents(amount) {
+  return Math.floor(amount * 100 + 0.5);
+}
+
+/// The stored JSON, written by hand so every language's version of this
+/// projection produces the same bytes.
+function statsJson(stats) {
+  const cents = stats.totalSpentCents;
+  const sign = cents < 0 ? "-" : "";
+  const abs = Math.abs(cents);
+  const fraction = String(abs % 100).padStart(2, "0");
+  return `{"orders":${stats.orders},"cancelled":${stats.cancelled},"total_spent":${sign}${Math.floor(abs / 100)}.${fraction}}`;
+}
+
+/// The stats under `key`, or zeros.
+function load(key) {
+  const text = kv.getString(key);
+  if (text === null) return { orders: 0, cancelled: 0, totalSpentCents: 0 };
+  let stored;
+  try {
+    stored = JSON.parse(text);
+    fields.object(stored, "Stored");
+    return {
+      orders: fields.integer(stored, "orders"),
+      cancelled: fields.integer(stored, "cancelled"),
+      totalSpentCents: toCents(fields.number(stored, "total_spent")),
+    };
+  } catch (e) {
+    throw failed(`JSON: ${e.message}`);
+  }
+}
+
+/// What is remembered of a placed order, under `order/{id}`, or null.
+function loadOrder(key) {
+  const order = kv.getJson(key);
+  if (order === null) return null;
+  try {
+    fields.object(order, "OrderRef");
+    return {
+      customer: fields.string(order, "customer"),
+      cents: fields.integer(order, "cents"),
+      cancelled: fields.boolean(order, "cancelled"),
+    };
+  } catch (e) {
+    throw failed(`kv value of \`${key}\` is not the expected JSON: ${e.message}`);
+  }
+}
+
+function saveOrder(key, order) {
+  // Field order as serde_json writes the Rust struct: customer, cents, cancelled.
+  kv.setJson(key, { customer: order.customer, cents: order.cents, cancelled: order.cancelled });
+}
+
+export const { describe, init, handle, query } = defineProjection({
+  manifest: {
+    name: "customer-stats-js",
+    version: "1",
+    eventTypes: ["order.placed", "order.cancelled"],
+  },
+
+  events: {
+    "order.placed": (data) => {
+      fields.object(data, "OrderPlaced");
+      return {
+        orderId: fields.string(data, "orderId"),
+        customerId: fields.string(data, "customerId"),
+        total: fields.number(data, "total"),
+      };
+    },
+    "order.cancelled": (data) => {
+      fields.object(data, "OrderCancelled");
+      return { orderId: fields.string(data, "orderId") };
+    },
+  },
+
+  handle(event) {
+    const data = event.data;
+    if (event.eventType === "order.placed") {
+      const cents = toCents(data.total);
+      const key = `customer/${data.customerId}`;
+      const stats = load(key);
+      stats.orders += 1;
+      stats.totalSpentCents += cents;
+      kv.set(key, statsJson(stats));
+      saveOrder(`order/${data.orderId}`, { customer: data.customerId, cents, cancelled: false });
+    } else {
+      const orderKey = `order/${data.orderId}`;
+      const order = loadOrder(orderKey);
+      if (order === null) throw invalidEvent(`order ${data.orderId} was never placed`);
+      if (order.cancelled) return;
+      const key = `customer/${order.customer}`;
+      const stats = load(key);
+      stats.cancelled += 1;
+      stats.totalSpentCents -= order.cents;
+      kv.set(key, statsJson(stats));
+      order.cancelled = true;
+      saveOrder(orderKey, order);
+    }
+  },
+
+  query(name, args) {
+    switch (name) {
+      case "customer": {
+        const id = args !== null && typeof args === "object" && !Array.isArray(args) ? args.customerId : undefined;
+        if (typeof id !== "string") throw failed('customer needs {"customerId": "..."}');
+        const bytes = kv.get(`customer/${id}`);
+        if (bytes === null) return "null";
+        // Parsed and printed again as serde_json does (keys sorted, f64).
+        let stored;
+        try {
+          stored = json.parse(utf8Decode(bytes));
+        } catch (e) {
+          throw failed(`JSON: ${e.message}`);
+        }
+        return json.stringify(stored, { sortKeys: true });
+      }
+      default:
+        throw failed(`unknown query \`${name}\`; this projection has \`customer\``);
+    }
+  },
+});
