@@ -67,7 +67,7 @@ impl EventReader for Prefetcher {
         let batch = match batch {
             Some(batch) => batch,
             None => {
-                self.ask(wanted.clone())?;
+                self.ask(wanted)?;
                 self.answer()?.1
             }
         };
