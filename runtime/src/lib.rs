@@ -23,10 +23,14 @@
 //!   version, its KV table, its checkpoint.
 //! - [`api`]: the HTTP API (axum): append, status, reads, control.
 //! - [`runtime`]: wires it together: [`run`] starts everything for a [`Config`].
+//! - [`cli`] and [`client`]: the control subcommands of the `reel` command,
+//!   over a small HTTP client.
 //! - [`workload`]: a deterministic order workload and the read models it must
 //!   produce (tests, benchmarks).
 
 pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod host;
 pub mod modules;

@@ -21,6 +21,28 @@ enum Command {
     /// Generate a deterministic order workload (placed, shipped, cancelled)
     /// and append it through a server or insert it into an events table.
     Generate(GenerateArgs),
+    /// Show the projections of a running server (or one of them).
+    Status {
+        /// One projection (all when absent).
+        name: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop a projection taking batches.
+    Pause(NameArgs),
+    /// Let a projection take batches again (also retries a stopped one).
+    Resume(NameArgs),
+    /// Rebuild a projection from position 0 beside the serving version,
+    /// showing progress until reads switch to it.
+    Rebuild {
+        #[command(flatten)]
+        projection: NameArgs,
+        /// Return once the rebuild has started.
+        #[arg(long)]
+        no_wait: bool,
+    },
+    /// Delete a projection's read model (remove its module file first).
+    Delete(NameArgs),
 }
 
 #[derive(Args)]
@@ -42,27 +64,19 @@ struct GenerateArgs {
     data_dir: Option<PathBuf>,
 }
 
-async fn generate(args: GenerateArgs) -> anyhow::Result<()> {
-    use reel::workload::{OrderWorkload, generate, load};
-    let mut workload = OrderWorkload::new(args.orders, args.seed);
-    if let Some(customers) = args.customers {
-        workload.customers = customers.max(1);
-    }
-    let events = generate(&workload);
-    let last = match (args.server, args.data_dir) {
-        (Some(url), _) => {
-            tokio::task::spawn_blocking(move || load::append_http(&url, &events)).await?.map_err(anyhow::Error::msg)?
-        }
-        (None, Some(dir)) => {
-            std::fs::create_dir_all(&dir)?;
-            let db = dir.join("events.db");
-            reel::source::sqlite::SqliteSource::open(&db).await?;
-            tokio::task::spawn_blocking(move || load::insert_sqlite(&db, &events)).await??
-        }
-        (None, None) => anyhow::bail!("say where the events go: --server URL or --data-dir DIR"),
-    };
-    println!("appended {} orders; last position {last}", args.orders);
-    Ok(())
+#[derive(Args)]
+struct Target {
+    /// The reel server to talk to.
+    #[arg(long, default_value = "http://127.0.0.1:8080", env = "REEL_SERVER")]
+    server: String,
+}
+
+#[derive(Args)]
+struct NameArgs {
+    /// The projection.
+    name: String,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Args)]
@@ -159,6 +173,24 @@ async fn main() -> anyhow::Result<()> {
             };
             reel::run(args.config()?, shutdown).await
         }
-        Command::Generate(args) => generate(args).await,
+        Command::Generate(args) => {
+            let target = match (args.server, args.data_dir) {
+                (Some(url), _) => reel::cli::Target::Server(url),
+                (None, Some(dir)) => reel::cli::Target::DataDir(dir),
+                (None, None) => anyhow::bail!("say where the events go: --server URL or --data-dir DIR"),
+            };
+            let last = reel::cli::generate(args.orders, args.seed, args.customers, target).await?;
+            println!("appended {} orders; last position {last}", args.orders);
+            Ok(())
+        }
+        Command::Status { name, target } => {
+            Ok(reel::cli::status(&target.server, name.as_deref()).map_err(anyhow::Error::msg)?)
+        }
+        Command::Pause(p) => Ok(reel::cli::control(&p.target.server, &p.name, "pause").map_err(anyhow::Error::msg)?),
+        Command::Resume(p) => Ok(reel::cli::control(&p.target.server, &p.name, "resume").map_err(anyhow::Error::msg)?),
+        Command::Delete(p) => Ok(reel::cli::control(&p.target.server, &p.name, "delete").map_err(anyhow::Error::msg)?),
+        Command::Rebuild { projection, no_wait } => {
+            Ok(reel::cli::rebuild(&projection.target.server, &projection.name, !no_wait).map_err(anyhow::Error::msg)?)
+        }
     }
 }

@@ -307,8 +307,6 @@ mod tests {
 
 /// Loading a workload into an event log.
 pub mod load {
-    use std::io::{BufRead, BufReader, Write};
-    use std::net::TcpStream;
     use std::path::Path;
 
     use super::OrderEvent;
@@ -341,11 +339,7 @@ pub mod load {
     /// per event, with its expected version), over one keep-alive connection.
     /// Returns the last position.
     pub fn append_http(base_url: &str, events: &[OrderEvent]) -> Result<i64, String> {
-        let addr = base_url.strip_prefix("http://").ok_or("the server URL must start with http://")?;
-        let addr = addr.trim_end_matches('/');
-        let stream = TcpStream::connect(addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
-        let mut writer = stream;
+        let mut client = crate::client::Client::connect(base_url)?;
         let mut last = 0;
         for e in events {
             let body = serde_json::json!({
@@ -354,42 +348,17 @@ pub mod load {
                 "events": [{ "event_type": e.event_type, "data": e.data }],
             })
             .to_string();
-            write!(
-                writer,
-                "POST /events HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .map_err(|e| e.to_string())?;
-            let (status, response) = read_response(&mut reader)?;
-            if status != 201 {
-                return Err(format!("append of {} failed: HTTP {status}: {response}", e.stream_id));
+            let response = client.post("/events", Some(&body))?;
+            if response.status != 201 {
+                return Err(format!(
+                    "append of {} failed: HTTP {}: {}",
+                    e.stream_id,
+                    response.status,
+                    response.message()
+                ));
             }
-            let value: serde_json::Value = serde_json::from_str(&response).map_err(|e| e.to_string())?;
-            last = value["positions"][0].as_i64().unwrap_or(last);
+            last = response.json()?["positions"][0].as_i64().unwrap_or(last);
         }
         Ok(last)
-    }
-
-    fn read_response(reader: &mut impl BufRead) -> Result<(u16, String), String> {
-        let mut line = String::new();
-        reader.read_line(&mut line).map_err(|e| e.to_string())?;
-        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("bad status line {line:?}"))?;
-        let mut length = 0;
-        loop {
-            line.clear();
-            reader.read_line(&mut line).map_err(|e| e.to_string())?;
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().map_err(|_| "bad content-length".to_owned())?;
-            }
-        }
-        let mut body = vec![0; length];
-        reader.read_exact(&mut body).map_err(|e| e.to_string())?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }

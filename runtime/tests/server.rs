@@ -273,3 +273,51 @@ fn killed_process_resumes_exactly_once(backend: common::Backend) {
         rt.block_on(common::drop_database(url));
     }
 }
+
+/// Run `reel ARGS` against `server`; (success, stdout + stderr).
+fn reel_cli(server: &Server, args: &[&str]) -> (bool, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(args)
+        .args(["--server", &format!("http://{}", server.addr)])
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+#[test]
+fn the_cli_controls_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+    std::fs::copy(common::guest("fixture_echo_a"), dir.path().join("modules/echo.wasm")).unwrap();
+    let server = Server::start(dir.path(), None);
+    for i in 0..50 {
+        let body = json!({ "stream_id": format!("s-{i}"), "events": [{ "event_type": "tick", "data": {} }] });
+        assert_eq!(http(server.addr, "POST", "/events", Some(&body)).0, 201);
+    }
+    let (ok, out) = reel_cli(&server, &["status"]);
+    assert!(ok, "{out}");
+    assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains("running")), "{out}");
+
+    let (ok, out) = reel_cli(&server, &["pause", "echo"]);
+    assert!(ok && out.contains("echo: pause done"), "{out}");
+    let (ok, out) = reel_cli(&server, &["status", "echo"]);
+    assert!(ok && out.contains("\"state\": \"paused\""), "{out}");
+    let (ok, out) = reel_cli(&server, &["resume", "echo"]);
+    assert!(ok && out.contains("echo: resume done"), "{out}");
+
+    let (ok, out) = reel_cli(&server, &["rebuild", "echo"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("rebuilding into echo@1+g1"), "{out}");
+    assert!(out.contains("100%"), "the progress bar reached the end: {out}");
+    assert!(out.contains("reads now come from echo@1+g1"), "{out}");
+    let (_, body) = http(server.addr, "GET", "/projections/echo/query/seen?min_position=50", None);
+    assert_eq!(body, "50");
+
+    let (ok, out) = reel_cli(&server, &["delete", "echo"]);
+    assert!(!ok, "a deployed projection cannot be deleted");
+    assert!(out.contains("remove the file first"), "{out}");
+    let (ok, out) = reel_cli(&server, &["pause", "nope"]);
+    assert!(!ok && out.contains("no projection named `nope`"), "{out}");
+    server.kill();
+}

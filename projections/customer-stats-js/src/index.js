@@ -11,9 +11,41 @@
 
 import { defineProjection, failed, fields, invalidEvent, json, kv, utf8Decode } from "../../lib-js/reel.js";
 
+// Cents are i64 in the Rust version. They stay plain numbers while they are
+// safe integers (always, for real amounts: up to 2^53 cents); beyond that they
+// become BigInts with Rust's semantics (`as i64` saturates, `+`/`-` wrap as in
+// a release build), so even absurd amounts store the same bytes.
+const I64_MIN = -(2n ** 63n);
+const I64_MAX = 2n ** 63n - 1n;
+const SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+function narrow(n) {
+  return n >= -SAFE && n <= SAFE ? Number(n) : n;
+}
+
 /// Amounts are decimals with two places; cents make the sums exact.
+/// `(amount * 100.0 + 0.5).floor() as i64`
 function toCents(amount) {
-  return Math.floor(amount * 100 + 0.5);
+  const cents = Math.floor(amount * 100 + 0.5);
+  if (Number.isSafeInteger(cents)) return cents;
+  if (Number.isNaN(cents)) return 0;
+  if (cents >= 2 ** 63) return I64_MAX;
+  if (cents <= -(2 ** 63)) return I64_MIN;
+  return BigInt(cents);
+}
+
+/// i64 `a + b`, wrapping.
+function add(a, b) {
+  if (typeof a === "number" && typeof b === "number") {
+    const sum = a + b;
+    if (Number.isSafeInteger(sum)) return sum;
+  }
+  return narrow(BigInt.asIntN(64, BigInt(a) + BigInt(b)));
+}
+
+/// i64 `a - b`, wrapping.
+function sub(a, b) {
+  return add(a, typeof b === "bigint" ? BigInt.asIntN(64, -b) : -b);
 }
 
 /// The stored JSON, written by hand so every language's version of this
@@ -21,9 +53,19 @@ function toCents(amount) {
 function statsJson(stats) {
   const cents = stats.totalSpentCents;
   const sign = cents < 0 ? "-" : "";
-  const abs = Math.abs(cents);
-  const fraction = String(abs % 100).padStart(2, "0");
-  return `{"orders":${stats.orders},"cancelled":${stats.cancelled},"total_spent":${sign}${Math.floor(abs / 100)}.${fraction}}`;
+  let units;
+  let fraction;
+  if (typeof cents === "number") {
+    const abs = Math.abs(cents);
+    units = Math.floor(abs / 100);
+    fraction = String(abs % 100).padStart(2, "0");
+  } else {
+    const abs = BigInt.asIntN(64, cents < 0n ? -cents : cents); // i64::MIN.abs() wraps
+    units = abs / 100n;
+    const rest = abs % 100n;
+    fraction = rest < 0n ? String(rest) : String(rest).padStart(2, "0");
+  }
+  return `{"orders":${stats.orders},"cancelled":${stats.cancelled},"total_spent":${sign}${units}.${fraction}}`;
 }
 
 /// The stats under `key`, or zeros.
@@ -46,10 +88,18 @@ function load(key) {
 
 /// What is remembered of a placed order, under `order/{id}`, or null.
 function loadOrder(key) {
-  const order = kv.getJson(key);
+  let order = kv.getJson(key);
   if (order === null) return null;
   try {
     fields.object(order, "OrderRef");
+    if (typeof order.cents === "number" && !Number.isSafeInteger(order.cents)) {
+      // Beyond 2^53: read the exact i64 (json.parse keeps big integers as BigInt).
+      order = json.parse(kv.getString(key));
+      if (typeof order.cents !== "bigint" || order.cents < I64_MIN || order.cents > I64_MAX) {
+        throw new TypeError(`invalid type: floating point \`${order.cents.value ?? order.cents}\`, expected i64`);
+      }
+      return { customer: fields.string(order, "customer"), cents: order.cents, cancelled: fields.boolean(order, "cancelled") };
+    }
     return {
       customer: fields.string(order, "customer"),
       cents: fields.integer(order, "cents"),
@@ -62,7 +112,9 @@ function loadOrder(key) {
 
 function saveOrder(key, order) {
   // Field order as serde_json writes the Rust struct: customer, cents, cancelled.
-  kv.setJson(key, { customer: order.customer, cents: order.cents, cancelled: order.cancelled });
+  const ref = { customer: order.customer, cents: order.cents, cancelled: order.cancelled };
+  if (typeof ref.cents === "bigint") kv.set(key, json.stringify(ref));
+  else kv.setJson(key, ref);
 }
 
 export const { describe, init, handle, query } = defineProjection({
@@ -94,7 +146,7 @@ export const { describe, init, handle, query } = defineProjection({
       const key = `customer/${data.customerId}`;
       const stats = load(key);
       stats.orders += 1;
-      stats.totalSpentCents += cents;
+      stats.totalSpentCents = add(stats.totalSpentCents, cents);
       kv.set(key, statsJson(stats));
       saveOrder(`order/${data.orderId}`, { customer: data.customerId, cents, cancelled: false });
     } else {
@@ -105,7 +157,7 @@ export const { describe, init, handle, query } = defineProjection({
       const key = `customer/${order.customer}`;
       const stats = load(key);
       stats.cancelled += 1;
-      stats.totalSpentCents -= order.cents;
+      stats.totalSpentCents = sub(stats.totalSpentCents, order.cents);
       kv.set(key, statsJson(stats));
       order.cancelled = true;
       saveOrder(orderKey, order);

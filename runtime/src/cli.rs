@@ -1,0 +1,161 @@
+//! What the `reel` subcommands other than `serve` do: control a running
+//! server over its API (`status`, `pause`, `resume`, `rebuild`, `delete`),
+//! and generate a workload.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::client::Client;
+
+/// `reel status [NAME]`: a table of projections, or one projection's status.
+pub fn status(server: &str, name: Option<&str>) -> Result<(), String> {
+    let mut client = Client::connect(server)?;
+    let path = name.map_or_else(|| "/projections".to_owned(), |n| format!("/projections/{n}"));
+    let response = client.get(&path)?;
+    if response.status != 200 {
+        return Err(response.message());
+    }
+    let body = response.json()?;
+    if name.is_some() {
+        println!("{}", serde_json::to_string_pretty(&body).map_err(|e| e.to_string())?);
+        return Ok(());
+    }
+    println!(
+        "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12}  error",
+        "projection", "version", "state", "position", "head", "lag", "events/s"
+    );
+    for p in body.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12.0}  {}",
+            p["name"].as_str().unwrap_or(""),
+            p["version"].as_str().unwrap_or(""),
+            p["state"].as_str().unwrap_or(""),
+            p["position"],
+            p["head"],
+            p["lag"],
+            p["events_per_second"].as_f64().unwrap_or(0.0),
+            p["last_error"]["message"].as_str().or(p["module_error"].as_str()).unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// `reel pause|resume|delete NAME`.
+pub fn control(server: &str, name: &str, action: &str) -> Result<(), String> {
+    let mut client = Client::connect(server)?;
+    let response = match action {
+        "delete" => client.delete(&format!("/projections/{name}"))?,
+        other => client.post(&format!("/projections/{name}/{other}"), None)?,
+    };
+    if !(200..300).contains(&response.status) {
+        return Err(response.message());
+    }
+    println!("{name}: {action} done");
+    Ok(())
+}
+
+/// `reel rebuild NAME`: start a rebuild, then show its progress until reads
+/// have switched to it (unless `wait` is false).
+pub fn rebuild(server: &str, name: &str, wait: bool) -> Result<(), String> {
+    let mut client = Client::connect(server)?;
+    let response = client.post(&format!("/projections/{name}/rebuild"), None)?;
+    if response.status != 202 {
+        return Err(response.message());
+    }
+    let target = response.json()?["rebuilding"].as_str().unwrap_or_default().to_owned();
+    println!("{name}: rebuilding into {target}; reads stay on the current version until it has caught up");
+    if !wait {
+        return Ok(());
+    }
+    let mut stderr = std::io::stderr();
+    loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let status = client.get(&format!("/projections/{name}"))?;
+        if status.status != 200 {
+            return Err(status.message());
+        }
+        let status = status.json()?;
+        if status["namespace"] == target.as_str() {
+            let _ = writeln!(
+                stderr,
+                "\r{}",
+                progress_line(status["head"].as_i64().unwrap_or(0), status["head"].as_i64().unwrap_or(0), 0.0, None)
+            );
+            println!("{name}: reads now come from {target}");
+            return Ok(());
+        }
+        let rebuild = &status["rebuild"];
+        if rebuild.is_null() {
+            return Err(format!("{name}: the rebuild into {target} was abandoned (a new module version arrived?)"));
+        }
+        if let Some(error) = rebuild["last_error"]["message"].as_str() {
+            let _ = writeln!(stderr);
+            eprintln!("{name}: the rebuild is failing: {error}");
+        }
+        let line = progress_line(
+            rebuild["position"].as_i64().unwrap_or(0),
+            status["head"].as_i64().unwrap_or(0),
+            rebuild["events_per_second"].as_f64().unwrap_or(0.0),
+            rebuild["eta_seconds"].as_f64(),
+        );
+        let _ = write!(stderr, "\r{line}");
+        let _ = stderr.flush();
+    }
+}
+
+/// `[########------------]  40%  400000/1000000  210000 events/s  ETA 3s`
+fn progress_line(position: i64, head: i64, rate: f64, eta: Option<f64>) -> String {
+    let fraction = if head > 0 { (position as f64 / head as f64).clamp(0.0, 1.0) } else { 1.0 };
+    let filled = (fraction * 30.0).round() as usize;
+    let eta = eta.map_or_else(String::new, |s| format!("  ETA {}s", s.ceil()));
+    format!(
+        "[{}{}] {:>3.0}%  {position}/{head}  {rate:.0} events/s{eta}   ",
+        "#".repeat(filled),
+        "-".repeat(30 - filled),
+        fraction * 100.0
+    )
+}
+
+/// `reel generate`: where the workload goes.
+pub enum Target {
+    /// A server's `POST /events`.
+    Server(String),
+    /// An embedded data folder's `events.db`.
+    DataDir(PathBuf),
+}
+
+/// Generate `orders` orders with `seed` (and `customers`, if given) into `target`.
+pub async fn generate(orders: usize, seed: u64, customers: Option<usize>, target: Target) -> anyhow::Result<i64> {
+    use crate::workload::{OrderWorkload, generate, load};
+    let mut workload = OrderWorkload::new(orders, seed);
+    if let Some(customers) = customers {
+        workload.customers = customers.max(1);
+    }
+    let events = generate(&workload);
+    Ok(match target {
+        Target::Server(url) => {
+            tokio::task::spawn_blocking(move || load::append_http(&url, &events)).await?.map_err(anyhow::Error::msg)?
+        }
+        Target::DataDir(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            let db = dir.join("events.db");
+            crate::source::sqlite::SqliteSource::open(&db).await?;
+            tokio::task::spawn_blocking(move || load::insert_sqlite(&db, &events)).await??
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_show_fraction_rate_and_eta() {
+        assert_eq!(
+            progress_line(25, 100, 1234.4, Some(2.1)),
+            "[########----------------------]  25%  25/100  1234 events/s  ETA 3s   "
+        );
+        assert!(progress_line(0, 0, 0.0, None).starts_with("[##############################] 100%"));
+    }
+}
