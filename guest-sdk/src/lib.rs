@@ -198,7 +198,7 @@ macro_rules! export {
                 fn describe() -> $crate::wasm::WitManifest {
                     $crate::wasm::describe::<$projection>()
                 }
-                fn init() -> ::core::result::Result<(), $crate::wasm::WitError> {
+                fn setup() -> ::core::result::Result<(), $crate::wasm::WitError> {
                     $crate::wasm::init::<$projection>()
                 }
                 fn handle(

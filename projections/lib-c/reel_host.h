@@ -10,11 +10,13 @@
  *                             reel_buf *out, reel_buf *err);
  *
  * Each returns REEL_OK, or REEL_INVALID_EVENT / REEL_FAILED /
- * REEL_DECODE_ERROR with the message in `err`. The glue mirrors the Rust SDK (guest-sdk/src/native.rs):
+ * REEL_DECODE_ERROR with the message in `err`. The glue mirrors the Rust
+ * SDK (guest-sdk/src/native.rs):
  *   - handle: the event type must be one of the manifest's event types (the
- *     Rust enum's variants), else "unknown variant"; the payload is parsed as
- *     JSON; either failure is `invalid-event("`<type>` event: <why>")`. The
- *     first failing event fails the batch with its position.
+ *     Rust enum's variants), else "unknown variant"; the callback decodes
+ *     the payload with reel_de_event; either failure is
+ *     `invalid-event("`<type>` event: <why>")`. The first failing event
+ *     fails the batch with its position.
  *   - query: `args` is parsed as JSON (empty means null); a parse failure is
  *     `failed("query arguments are not JSON: <why>")`. The callback writes
  *     the JSON result text to `out`.
@@ -56,15 +58,23 @@ typedef struct {
     reel_str stream_id;
     int64_t version;
     reel_str event_type;
-    const reel_json *data; /* the parsed payload */
+    reel_str data;         /* the payload, JSON text: decode with reel_de_event */
     reel_str metadata;     /* JSON text */
     reel_str occurred_at;
 } reel_event;
 
 extern const reel_manifest reel_projection_manifest;
+
 int reel_projection_init(reel_buf *err);
 int reel_projection_handle(const reel_event *event, reel_buf *err);
 int reel_projection_query(reel_str name, const reel_json *args, reel_buf *out, reel_buf *err);
+
+/* Decode the event's payload as struct `name` (see reel_de_from_text in
+ * reel_json.h), as the Rust SDK's serde decode does. REEL_OK, or
+ * REEL_DECODE_ERROR with serde_json's message in `err`: return that. The
+ * strings point into the event or into an arena kept until the next event. */
+int reel_de_event(const reel_event *event, const char *name, const reel_de_field *fields, size_t count,
+                  reel_buf *err);
 
 /* ---- kv ------------------------------------------------------------------ */
 

@@ -54,77 +54,103 @@ void reel_json_doc_free(reel_json_doc *doc) {
     doc->chunks = doc->current = 0;
 }
 
-/* ---- parser ------------------------------------------------------------- */
+/* ---- the reader -----------------------------------------------------------
+ *
+ * One reader serves both the typed decoder and the tree parser. Its pieces
+ * follow serde_json's `Deserializer<SliceRead>` function by function, so the
+ * same input fails at the same place with the same message:
+ *   - error():      position after what was consumed;
+ *   - peek_error(): one byte further (the byte looked at);
+ *   - messages made by serde itself (missing field, invalid type, ...) get
+ *     their position where serde_json's `fix_position` gives it one: when
+ *     the innermost deserialize_* call returns. */
 
-typedef struct {
+struct reel_de {
     reel_json_doc *doc;
     const unsigned char *s;
     size_t len;
     size_t pos;
-    int depth;
+    int remaining_depth;
     reel_buf *err;
-    int failed;
-} parser;
+    int positioned; /* the error in `err` has its " at line L column C" */
+    int silent;     /* > 0: errors are computed but not written (end_map after a failure) */
+};
 
-static int fail_at(parser *p, size_t at, const char *msg) {
-    if (p->failed) return -1;
-    p->failed = 1;
-    size_t line = 1, col = 0;
-    for (size_t i = 0; i < at && i < p->len; i++) {
-        if (p->s[i] == '\n') {
-            line++;
-            col = 0;
-        } else {
-            col++;
+typedef reel_de reader;
+
+static void position_of_index(const unsigned char *s, size_t i, size_t *line, size_t *col) {
+    size_t start = 0, l = 1;
+    for (size_t k = 0; k < i; k++) {
+        if (s[k] == '\n') {
+            l++;
+            start = k + 1;
         }
     }
-    if (at < p->len) col++;
-    reel_buf_puts(p->err, msg);
-    reel_buf_puts(p->err, " at line ");
-    reel_buf_put_u64(p->err, line);
-    reel_buf_puts(p->err, " column ");
-    reel_buf_put_u64(p->err, col);
+    *line = l;
+    *col = i - start;
+}
+
+static void put_position(reel_buf *err, size_t line, size_t col) {
+    reel_buf_puts(err, " at line ");
+    reel_buf_put_u64(err, line);
+    reel_buf_puts(err, " column ");
+    reel_buf_put_u64(err, col);
+}
+
+static int fail_idx(reader *r, size_t i, const char *msg) {
+    if (r->silent) return -1;
+    size_t line, col;
+    position_of_index(r->s, i, &line, &col);
+    reel_buf_puts(r->err, msg);
+    put_position(r->err, line, col);
+    r->positioned = 1;
     return -1;
 }
 
-static int fail(parser *p, const char *msg) { return fail_at(p, p->pos, msg); }
+static int error_here(reader *r, const char *msg) { return fail_idx(r, r->pos, msg); }
 
-static void skip_ws(parser *p) {
-    while (p->pos < p->len) {
-        unsigned char c = p->s[p->pos];
-        if (c == ' ' || c == '\n' || c == '\t' || c == '\r') p->pos++;
-        else break;
-    }
+static int peek_error(reader *r, const char *msg) {
+    return fail_idx(r, r->pos + 1 < r->len ? r->pos + 1 : r->len, msg);
 }
 
-static int peek(parser *p) { return p->pos < p->len ? p->s[p->pos] : -1; }
-
-static reel_json *new_node(parser *p, reel_json_kind kind) {
-    reel_json *n = arena_alloc(p->doc, sizeof *n);
-    memset(n, 0, sizeof *n);
-    n->kind = kind;
-    return n;
+/* A message without position yet (serde's custom errors). */
+static reel_buf *custom(reader *r) {
+    r->positioned = 0;
+    return r->err;
 }
 
-static int parse_value(parser *p, reel_json **out);
+static void fix_position(reader *r) {
+    if (r->silent || r->positioned) return;
+    size_t line, col;
+    position_of_index(r->s, r->pos, &line, &col);
+    put_position(r->err, line, col);
+    r->positioned = 1;
+}
 
-static int hex4(parser *p, unsigned *out) {
-    if (p->len - p->pos < 4) {
-        p->pos = p->len;
-        return fail(p, "EOF while parsing a string");
+/* parse_whitespace: skip it, then peek (-1 at the end). */
+static int ws(reader *r) {
+    while (r->pos < r->len) {
+        unsigned char c = r->s[r->pos];
+        if (c == ' ' || c == '\n' || c == '\t' || c == '\r') r->pos++;
+        else return c;
     }
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        int c = p->s[p->pos++];
-        v <<= 4;
-        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
-        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
-        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
-        else return fail(p, "invalid escape");
+    return -1;
+}
+
+static int peek(reader *r) { return r->pos < r->len ? r->s[r->pos] : -1; }
+
+static int is_digit(int c) { return c >= '0' && c <= '9'; }
+
+/* parse_ident: the rest of null/true/false, after its first letter. */
+static int parse_ident(reader *r, const char *rest) {
+    for (const char *c = rest; *c; c++) {
+        if (r->pos >= r->len) return error_here(r, "EOF while parsing a value");
+        if (r->s[r->pos++] != (unsigned char)*c) return error_here(r, "expected ident");
     }
-    *out = v;
     return 0;
 }
+
+/* ---- strings -------------------------------------------------------------- */
 
 static size_t put_utf8(char *d, unsigned cp) {
     if (cp < 0x80) {
@@ -149,79 +175,107 @@ static size_t put_utf8(char *d, unsigned cp) {
     return 4;
 }
 
-/* Length of the valid UTF-8 sequence at s[0..n), or 0. */
-static size_t utf8_len(const unsigned char *s, size_t n) {
-    unsigned char c = s[0];
-    size_t need;
-    unsigned cp;
-    if (c < 0x80) return 1;
-    if (c >= 0xC2 && c <= 0xDF) { need = 2; cp = c & 0x1F; }
-    else if (c >= 0xE0 && c <= 0xEF) { need = 3; cp = c & 0x0F; }
-    else if (c >= 0xF0 && c <= 0xF4) { need = 4; cp = c & 0x07; }
-    else return 0;
-    if (n < need) return 0;
-    for (size_t i = 1; i < need; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        cp = (cp << 6) | (s[i] & 0x3F);
-    }
-    if (need == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) return 0;
-    if (need == 4 && (cp < 0x10000 || cp > 0x10FFFF)) return 0;
-    return need;
-}
-
-/* At the opening quote. Decoded bytes: a slice of the input when there is
- * no escape, else a copy in the arena. */
-static int parse_string(parser *p, const char **out, size_t *out_len) {
-    p->pos++; /* the quote */
-    size_t start = p->pos;
-    /* Fast path: find the closing quote; fall back on the first escape. */
-    for (;;) {
-        if (p->pos >= p->len) return fail(p, "EOF while parsing a string");
-        unsigned char c = p->s[p->pos];
-        if (c == '"') {
-            *out = (const char *)p->s + start;
-            *out_len = p->pos - start;
-            p->pos++;
-            return 0;
-        }
-        if (c == '\\') break;
-        if (c < 0x20) return fail(p, "control character (\\u0000-\\u001F) found while parsing a string");
+/* Rust's `Utf8Error::valid_up_to`. */
+static size_t utf8_valid_up_to(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
         if (c < 0x80) {
-            p->pos++;
-        } else {
-            size_t n = utf8_len(p->s + p->pos, p->len - p->pos);
-            if (!n) return fail(p, "invalid unicode code point");
-            p->pos += n;
-        }
-    }
-    /* Slow path: decoded text is never longer than the source. */
-    size_t end = p->pos;
-    while (end < p->len && p->s[end] != '"') end += p->s[end] == '\\' ? 2 : 1;
-    size_t cap = (end < p->len ? end : p->len) - start + 4;
-    char *d = arena_alloc(p->doc, cap);
-    size_t n = p->pos - start;
-    memcpy(d, p->s + start, n);
-    for (;;) {
-        if (p->pos >= p->len) return fail(p, "EOF while parsing a string");
-        unsigned char c = p->s[p->pos];
-        if (c == '"') {
-            p->pos++;
-            *out = d;
-            *out_len = n;
-            return 0;
-        }
-        if (c < 0x20) return fail(p, "control character (\\u0000-\\u001F) found while parsing a string");
-        if (c != '\\') {
-            size_t k = c < 0x80 ? 1 : utf8_len(p->s + p->pos, p->len - p->pos);
-            if (!k) return fail(p, "invalid unicode code point");
-            memcpy(d + n, p->s + p->pos, k);
-            n += k;
-            p->pos += k;
+            i++;
             continue;
         }
-        p->pos++;
-        if (p->pos >= p->len) return fail(p, "EOF while parsing a string");
-        c = p->s[p->pos++];
+        size_t need;
+        unsigned cp;
+        if (c >= 0xC2 && c <= 0xDF) { need = 2; cp = c & 0x1F; }
+        else if (c >= 0xE0 && c <= 0xEF) { need = 3; cp = c & 0x0F; }
+        else if (c >= 0xF0 && c <= 0xF4) { need = 4; cp = c & 0x07; }
+        else return i;
+        if (n - i < need) return i;
+        for (size_t k = 1; k < need; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return i;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (need == 3 && (cp < 0x800 || (cp >= 0xD800 && cp <= 0xDFFF))) return i;
+        if (need == 4 && (cp < 0x10000 || cp > 0x10FFFF)) return i;
+        i += need;
+    }
+    return n;
+}
+
+/* decode_hex_escape: four hex digits, consumed before they are checked. */
+static int hex4(reader *r, unsigned *out) {
+    if (r->len - r->pos < 4) {
+        r->pos = r->len;
+        return error_here(r, "EOF while parsing a string");
+    }
+    unsigned v = 0;
+    int ok = 1;
+    for (int i = 0; i < 4; i++) {
+        int c = r->s[r->pos + (size_t)i];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (unsigned)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (unsigned)(c - 'A' + 10);
+        else ok = 0;
+    }
+    r->pos += 4;
+    if (!ok) return error_here(r, "invalid escape");
+    *out = v;
+    return 0;
+}
+
+/* parse_str, after the opening quote: the decoded bytes are a slice of the
+ * input when there is no escape, else a copy in the arena (an escape always
+ * decodes to fewer bytes than it takes, so the copy fits the source). */
+static int parse_str(reader *r, reel_str *out) {
+    size_t start = r->pos;
+    char *d = 0;
+    size_t n = 0;
+    for (;;) {
+        size_t run = r->pos;
+        while (r->pos < r->len) {
+            unsigned char c = r->s[r->pos];
+            if (c == '"' || c == '\\' || c < 0x20) break;
+            r->pos++;
+        }
+        if (d) {
+            memcpy(d + n, r->s + run, r->pos - run);
+            n += r->pos - run;
+        }
+        if (r->pos >= r->len) return error_here(r, "EOF while parsing a string");
+        unsigned char c = r->s[r->pos];
+        if (c == '"') {
+            r->pos++;
+            const char *text = d ? d : (const char *)r->s + start;
+            size_t len = d ? n : r->pos - 1 - start;
+            size_t valid = utf8_valid_up_to((const unsigned char *)text, len);
+            if (valid != len) { /* from_slice's check, at the closing quote */
+                if (r->silent) return -1;
+                size_t line, col, back = len - valid;
+                position_of_index(r->s, r->pos, &line, &col);
+                reel_buf_puts(r->err, "invalid unicode code point");
+                put_position(r->err, line, col > back ? col - back : 0);
+                r->positioned = 1;
+                return -1;
+            }
+            out->ptr = text;
+            out->len = len;
+            return 0;
+        }
+        if (c < 0x20) {
+            r->pos++;
+            return error_here(r, "control character (\\u0000-\\u001F) found while parsing a string");
+        }
+        if (!d) { /* the first escape: decode into a copy from here on */
+            size_t end = r->pos;
+            while (end < r->len && r->s[end] != '"') end += r->s[end] == '\\' ? 2 : 1;
+            d = arena_alloc(r->doc, (end < r->len ? end : r->len) - start + 8);
+            n = r->pos - start;
+            memcpy(d, r->s + start, n);
+        }
+        r->pos++;
+        if (r->pos >= r->len) return error_here(r, "EOF while parsing a string");
+        c = r->s[r->pos++];
         switch (c) {
         case '"': d[n++] = '"'; break;
         case '\\': d[n++] = '\\'; break;
@@ -233,25 +287,54 @@ static int parse_string(parser *p, const char **out, size_t *out_len) {
         case 't': d[n++] = '\t'; break;
         case 'u': {
             unsigned cp;
-            if (hex4(p, &cp)) return -1;
-            if (cp >= 0xDC00 && cp <= 0xDFFF) return fail(p, "lone leading surrogate in hex escape");
+            if (hex4(r, &cp)) return -1;
+            if (cp >= 0xDC00 && cp <= 0xDFFF) return error_here(r, "lone leading surrogate in hex escape");
             if (cp >= 0xD800 && cp <= 0xDBFF) {
-                if (p->len - p->pos < 2 || p->s[p->pos] != '\\' || p->s[p->pos + 1] != 'u')
-                    return fail(p, "unexpected end of hex escape");
-                p->pos += 2;
+                for (const char *want = "\\u"; *want; want++) {
+                    if (r->pos >= r->len) return error_here(r, "EOF while parsing a string");
+                    if (r->s[r->pos++] != (unsigned char)*want)
+                        return error_here(r, "unexpected end of hex escape");
+                }
                 unsigned lo;
-                if (hex4(p, &lo)) return -1;
-                if (lo < 0xDC00 || lo > 0xDFFF) return fail(p, "lone leading surrogate in hex escape");
+                if (hex4(r, &lo)) return -1;
+                if (lo < 0xDC00 || lo > 0xDFFF) return error_here(r, "lone leading surrogate in hex escape");
                 cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
             }
-            /* \uXXXX (6 source bytes) decodes to at most 3 bytes, a pair
-             * (12 bytes) to 4: the copy never outgrows the source. */
             n += put_utf8(d + n, cp);
             break;
         }
-        default:
-            p->pos--;
-            return fail(p, "invalid escape");
+        default: return error_here(r, "invalid escape");
+        }
+    }
+}
+
+/* ignore_str, after the opening quote: escapes are only checked for their
+ * shape (a lone surrogate passes), control characters still fail. */
+static int ignore_str(reader *r) {
+    for (;;) {
+        while (r->pos < r->len) {
+            unsigned char c = r->s[r->pos];
+            if (c == '"' || c == '\\' || c < 0x20) break;
+            r->pos++;
+        }
+        if (r->pos >= r->len) return error_here(r, "EOF while parsing a string");
+        unsigned char c = r->s[r->pos];
+        if (c == '"') {
+            r->pos++;
+            return 0;
+        }
+        if (c != '\\') return error_here(r, "control character (\\u0000-\\u001F) found while parsing a string");
+        r->pos++;
+        if (r->pos >= r->len) return error_here(r, "EOF while parsing a string");
+        c = r->s[r->pos++];
+        switch (c) {
+        case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't': break;
+        case 'u': {
+            unsigned cp;
+            if (hex4(r, &cp)) return -1;
+            break;
+        }
+        default: return error_here(r, "invalid escape");
         }
     }
 }
@@ -285,24 +368,33 @@ static const double POW10[309] = {
 #define U64_MAX 18446744073709551615ull
 #define OVERFLOW_U64(a, b) ((a) >= U64_MAX / 10 && ((a) > U64_MAX / 10 || (uint64_t)(b) > U64_MAX % 10))
 
-static int is_digit(int c) { return c >= '0' && c <= '9'; }
+typedef struct {
+    reel_num_kind kind;
+    union {
+        uint64_t u;
+        int64_t i;
+        double f;
+    } v;
+} pnum;
 
-/* f64_from_parts; returns 0, or 1 for "number out of range". */
-static int f64_from_parts(int positive, uint64_t significand, int32_t exponent, double *out) {
+static int number_out_of_range(reader *r) { return error_here(r, "number out of range"); }
+
+/* f64_from_parts */
+static int f64_from_parts(reader *r, int positive, uint64_t significand, int32_t exponent, double *out) {
     double f = (double)significand;
     for (;;) {
         uint32_t a = exponent < 0 ? (uint32_t)0 - (uint32_t)exponent : (uint32_t)exponent;
         if (a < 309) {
             if (exponent >= 0) {
                 f *= POW10[a];
-                if (f - f != 0) return 1; /* infinite */
+                if (f - f != 0) return number_out_of_range(r); /* infinite */
             } else {
                 f /= POW10[a];
             }
             break;
         }
         if (f == 0.0) break;
-        if (exponent >= 0) return 1;
+        if (exponent >= 0) return number_out_of_range(r);
         f /= 1e308;
         exponent += 308;
     }
@@ -310,285 +402,779 @@ static int f64_from_parts(int positive, uint64_t significand, int32_t exponent, 
     return 0;
 }
 
-typedef struct {
-    parser *p;
-    int positive;
-    int out_of_range;
-    double f;
-} numctx;
-
-static int32_t sat_add(int32_t a, int32_t b) {
-    int64_t r = (int64_t)a + b;
-    if (r > INT32_MAX) return INT32_MAX;
-    if (r < INT32_MIN) return INT32_MIN;
-    return (int32_t)r;
+static int32_t sat_add(int32_t a, int64_t b) {
+    int64_t x = (int64_t)a + b;
+    if (x > INT32_MAX) return INT32_MAX;
+    if (x < INT32_MIN) return INT32_MIN;
+    return (int32_t)x;
 }
 
-static int parse_exponent(numctx *n, uint64_t significand, int32_t starting_exp) {
-    parser *p = n->p;
-    p->pos++; /* e or E */
+/* parse_exponent, at the 'e' */
+static int parse_exponent(reader *r, int positive, uint64_t significand, int32_t starting_exp, double *out) {
+    r->pos++;
     int positive_exp = 1;
-    if (peek(p) == '+') p->pos++;
-    else if (peek(p) == '-') {
-        p->pos++;
+    if (peek(r) == '+') r->pos++;
+    else if (peek(r) == '-') {
+        r->pos++;
         positive_exp = 0;
     }
-    if (p->pos >= p->len) return fail(p, "EOF while parsing a value");
-    int c = p->s[p->pos++];
-    if (!is_digit(c)) return fail_at(p, p->pos - 1, "invalid number");
+    if (r->pos >= r->len) return error_here(r, "EOF while parsing a value");
+    int c = r->s[r->pos++];
+    if (!is_digit(c)) return error_here(r, "invalid number");
     int32_t exp = c - '0';
-    while (is_digit(peek(p))) {
-        int digit = p->s[p->pos++] - '0';
+    while (is_digit(peek(r))) {
+        r->pos++;
+        int digit = r->s[r->pos - 1] - '0';
         if (exp >= INT32_MAX / 10 && (exp > INT32_MAX / 10 || digit > INT32_MAX % 10)) {
-            /* parse_exponent_overflow */
-            if (significand != 0 && positive_exp) {
-                n->out_of_range = 1;
-            } else {
-                n->f = n->positive ? 0.0 : -0.0;
-            }
-            while (is_digit(peek(p))) p->pos++;
+            /* parse_exponent_overflow: an error instead of infinity */
+            if (significand != 0 && positive_exp) return number_out_of_range(r);
+            while (is_digit(peek(r))) r->pos++;
+            *out = positive ? 0.0 : -0.0;
             return 0;
         }
         exp = exp * 10 + digit;
     }
-    int32_t final_exp = positive_exp ? sat_add(starting_exp, exp) : sat_add(starting_exp, -exp);
-    n->out_of_range = f64_from_parts(n->positive, significand, final_exp, &n->f);
-    return 0;
+    int32_t final_exp = sat_add(starting_exp, positive_exp ? exp : -(int64_t)exp);
+    return f64_from_parts(r, positive, significand, final_exp, out);
 }
 
-static int parse_decimal(numctx *n, uint64_t significand, int32_t exp_before) {
-    parser *p = n->p;
-    p->pos++; /* the point */
+/* parse_decimal, at the '.' */
+static int parse_decimal(reader *r, int positive, uint64_t significand, int32_t exp_before, double *out) {
+    r->pos++;
     int32_t exp_after = 0;
-    while (is_digit(peek(p))) {
-        int digit = p->s[p->pos] - '0';
+    while (is_digit(peek(r))) {
+        int digit = r->s[r->pos] - '0';
         if (OVERFLOW_U64(significand, digit)) {
-            /* parse_decimal_overflow: ignore further digits */
-            while (is_digit(peek(p))) p->pos++;
+            /* parse_decimal_overflow: further digits are ignored */
+            while (is_digit(peek(r))) r->pos++;
             int32_t exponent = exp_before + exp_after;
-            if (peek(p) == 'e' || peek(p) == 'E') return parse_exponent(n, significand, exponent);
-            n->out_of_range = f64_from_parts(n->positive, significand, exponent, &n->f);
-            return 0;
+            if (peek(r) == 'e' || peek(r) == 'E') return parse_exponent(r, positive, significand, exponent, out);
+            return f64_from_parts(r, positive, significand, exponent, out);
         }
-        p->pos++;
+        r->pos++;
         significand = significand * 10 + (uint64_t)digit;
         exp_after--;
     }
     if (exp_after == 0) {
-        if (p->pos < p->len) return fail(p, "invalid number");
-        return fail(p, "EOF while parsing a value");
+        if (r->pos < r->len) return peek_error(r, "invalid number");
+        return peek_error(r, "EOF while parsing a value");
     }
     int32_t exponent = exp_before + exp_after;
-    if (peek(p) == 'e' || peek(p) == 'E') return parse_exponent(n, significand, exponent);
-    n->out_of_range = f64_from_parts(n->positive, significand, exponent, &n->f);
-    return 0;
+    if (peek(r) == 'e' || peek(r) == 'E') return parse_exponent(r, positive, significand, exponent, out);
+    return f64_from_parts(r, positive, significand, exponent, out);
 }
 
-static int parse_number(parser *p, reel_json *node) {
-    size_t start = p->pos;
-    numctx n = {p, 1, 0, 0.0};
-    if (peek(p) == '-') {
-        p->pos++;
-        n.positive = 0;
-    }
-    if (p->pos >= p->len) return fail(p, "EOF while parsing a value");
-    int c = p->s[p->pos++];
+/* parse_integer: after the '-' of a negative number, at the first digit. */
+static int parse_integer(reader *r, int positive, pnum *out) {
+    if (r->pos >= r->len) return error_here(r, "EOF while parsing a value");
+    int c = r->s[r->pos++];
     uint64_t significand;
-    int is_float = 0;
     if (c == '0') {
-        if (is_digit(peek(p))) return fail(p, "invalid number");
+        if (is_digit(peek(r))) return peek_error(r, "invalid number");
         significand = 0;
     } else if (c >= '1' && c <= '9') {
         significand = (uint64_t)(c - '0');
         for (;;) {
-            int d = peek(p);
+            int d = peek(r);
             if (!is_digit(d)) break;
             if (OVERFLOW_U64(significand, d - '0')) {
-                /* parse_long_integer: count the remaining digits as exponent */
+                /* parse_long_integer: the remaining digits only scale */
                 int32_t exponent = 0;
-                while (is_digit(peek(p))) {
-                    p->pos++;
+                while (is_digit(peek(r))) {
+                    r->pos++;
                     exponent++;
                 }
-                is_float = 1;
-                if (peek(p) == '.') {
-                    if (parse_decimal(&n, significand, exponent)) return -1;
-                } else if (peek(p) == 'e' || peek(p) == 'E') {
-                    if (parse_exponent(&n, significand, exponent)) return -1;
-                } else {
-                    n.out_of_range = f64_from_parts(n.positive, significand, exponent, &n.f);
-                }
-                goto done;
+                out->kind = REEL_NUM_F64;
+                if (peek(r) == '.') return parse_decimal(r, positive, significand, exponent, &out->v.f);
+                if (peek(r) == 'e' || peek(r) == 'E')
+                    return parse_exponent(r, positive, significand, exponent, &out->v.f);
+                return f64_from_parts(r, positive, significand, exponent, &out->v.f);
             }
-            p->pos++;
+            r->pos++;
             significand = significand * 10 + (uint64_t)(d - '0');
         }
     } else {
-        return fail_at(p, p->pos - 1, "invalid number");
+        return error_here(r, "invalid number");
     }
-    if (peek(p) == '.') {
-        is_float = 1;
-        if (parse_decimal(&n, significand, 0)) return -1;
-    } else if (peek(p) == 'e' || peek(p) == 'E') {
-        is_float = 1;
-        if (parse_exponent(&n, significand, 0)) return -1;
-    } else if (n.positive) {
-        node->num = REEL_NUM_U64;
-        node->v.u = significand;
+    /* parse_number */
+    if (peek(r) == '.') {
+        out->kind = REEL_NUM_F64;
+        return parse_decimal(r, positive, significand, 0, &out->v.f);
+    }
+    if (peek(r) == 'e' || peek(r) == 'E') {
+        out->kind = REEL_NUM_F64;
+        return parse_exponent(r, positive, significand, 0, &out->v.f);
+    }
+    if (positive) {
+        out->kind = REEL_NUM_U64;
+        out->v.u = significand;
+        return 0;
+    }
+    int64_t neg = (int64_t)((uint64_t)0 - significand);
+    if (neg >= 0) { /* -0, or below i64::MIN: a float */
+        out->kind = REEL_NUM_F64;
+        out->v.f = -(double)significand;
     } else {
-        int64_t neg = (int64_t)((uint64_t)0 - significand);
-        if (neg >= 0) { /* -0, or below i64::MIN */
-            node->num = REEL_NUM_F64;
-            node->v.f = -(double)significand;
+        out->kind = REEL_NUM_I64;
+        out->v.i = neg;
+    }
+    return 0;
+}
+
+/* ---- ignore_value: a value nobody reads, checked only for its syntax ----- */
+
+static int ignore_exponent(reader *r) {
+    r->pos++;
+    if (peek(r) == '+' || peek(r) == '-') r->pos++;
+    int c = r->pos < r->len ? r->s[r->pos++] : 0; /* next_char_or_null */
+    if (!is_digit(c)) return error_here(r, "invalid number");
+    while (is_digit(peek(r))) r->pos++;
+    return 0;
+}
+
+static int ignore_decimal(reader *r) {
+    r->pos++;
+    int digits = 0;
+    while (is_digit(peek(r))) {
+        r->pos++;
+        digits = 1;
+    }
+    if (!digits) return peek_error(r, "invalid number");
+    if (peek(r) == 'e' || peek(r) == 'E') return ignore_exponent(r);
+    return 0;
+}
+
+static int ignore_integer(reader *r) {
+    int c = r->pos < r->len ? r->s[r->pos++] : 0; /* next_char_or_null */
+    if (c == '0') {
+        if (is_digit(peek(r))) return peek_error(r, "invalid number");
+    } else if (c >= '1' && c <= '9') {
+        while (is_digit(peek(r))) r->pos++;
+    } else {
+        return error_here(r, "invalid number");
+    }
+    if (peek(r) == '.') return ignore_decimal(r);
+    if (peek(r) == 'e' || peek(r) == 'E') return ignore_exponent(r);
+    return 0;
+}
+
+/* serde_json's ignore_value: iterative, so no recursion limit, and a
+ * little more lenient than a real parse (lone surrogates pass). */
+static int ignore_value(reader *r) {
+    /* open containers; '[' or '{' each. Grows as needed. */
+    char small[64];
+    char *stack = small;
+    size_t depth = 0, cap = sizeof small;
+    int enclosing = 0;
+    int rc = 0;
+    for (;;) {
+        int c = ws(r);
+        if (c < 0) {
+            rc = peek_error(r, "EOF while parsing a value");
+            break;
+        }
+        int frame = 0;
+        switch (c) {
+        case 'n': r->pos++; rc = parse_ident(r, "ull"); break;
+        case 't': r->pos++; rc = parse_ident(r, "rue"); break;
+        case 'f': r->pos++; rc = parse_ident(r, "alse"); break;
+        case '-': r->pos++; rc = ignore_integer(r); break;
+        case '"': r->pos++; rc = ignore_str(r); break;
+        case '[':
+        case '{':
+            if (enclosing) {
+                if (depth == cap) {
+                    char *bigger = malloc(cap * 2);
+                    if (!bigger) __builtin_trap();
+                    memcpy(bigger, stack, depth);
+                    if (stack != small) free(stack);
+                    stack = bigger;
+                    cap *= 2;
+                }
+                stack[depth++] = (char)enclosing;
+                enclosing = 0;
+            }
+            r->pos++;
+            frame = c;
+            break;
+        default:
+            if (is_digit(c)) rc = ignore_integer(r);
+            else rc = peek_error(r, "expected value");
+        }
+        if (rc) break;
+        int accept_comma;
+        if (frame) {
+            accept_comma = 0;
+        } else if (enclosing) {
+            frame = enclosing;
+            enclosing = 0;
+            accept_comma = 1;
+        } else if (depth) {
+            frame = stack[--depth];
+            accept_comma = 1;
         } else {
-            node->num = REEL_NUM_I64;
-            node->v.i = neg;
+            break; /* a scalar at the top: done */
+        }
+        int done = 0;
+        for (;;) {
+            c = ws(r);
+            if (c == ',' && accept_comma) {
+                r->pos++;
+                break;
+            }
+            if ((c == ']' && frame == '[') || (c == '}' && frame == '{')) {
+                r->pos++;
+                if (!depth) {
+                    done = 1;
+                    break;
+                }
+                frame = stack[--depth];
+                accept_comma = 1;
+                continue;
+            }
+            if (c >= 0) {
+                if (accept_comma) {
+                    rc = peek_error(r, frame == '[' ? "expected `,` or `]`" : "expected `,` or `}`");
+                    done = 1;
+                }
+                break;
+            }
+            rc = peek_error(r, frame == '[' ? "EOF while parsing a list" : "EOF while parsing an object");
+            done = 1;
+            break;
+        }
+        if (done) break;
+        if (frame == '{') {
+            c = ws(r);
+            if (c == '"') {
+                r->pos++;
+            } else {
+                rc = peek_error(r, c < 0 ? "EOF while parsing an object" : "key must be a string");
+                break;
+            }
+            if ((rc = ignore_str(r))) break;
+            c = ws(r);
+            if (c == ':') {
+                r->pos++;
+            } else {
+                rc = peek_error(r, c < 0 ? "EOF while parsing an object" : "expected `:`");
+                break;
+            }
+        }
+        enclosing = frame;
+    }
+    if (stack != small) free(stack);
+    return rc;
+}
+
+/* ---- sequences and maps (SeqAccess, MapAccess) --------------------------- */
+
+/* has_next_element: 1 at an element, 0 at the ']', -1 on an error. */
+static int has_next_element(reader *r, int *first) {
+    int c = ws(r);
+    if (c == ']') return 0;
+    if (c == ',' && !*first) {
+        r->pos++;
+        c = ws(r);
+    } else if (c < 0) {
+        return peek_error(r, "EOF while parsing a list");
+    } else if (*first) {
+        *first = 0;
+    } else {
+        return peek_error(r, "expected `,` or `]`");
+    }
+    if (c == ']') return peek_error(r, "trailing comma");
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
+    return 1;
+}
+
+/* has_next_key: 1 at a key's quote, 0 at the '}', -1 on an error. */
+static int has_next_key(reader *r, int *first) {
+    int c = ws(r);
+    if (c == '}') return 0;
+    if (c == ',' && !*first) {
+        r->pos++;
+        c = ws(r);
+    } else if (c < 0) {
+        return peek_error(r, "EOF while parsing an object");
+    } else if (*first) {
+        *first = 0;
+    } else {
+        return peek_error(r, "expected `,` or `}`");
+    }
+    if (c == '"') return 1;
+    if (c == '}') return peek_error(r, "trailing comma");
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
+    return peek_error(r, "key must be a string");
+}
+
+static int parse_object_colon(reader *r) {
+    int c = ws(r);
+    if (c == ':') {
+        r->pos++;
+        return 0;
+    }
+    return peek_error(r, c < 0 ? "EOF while parsing an object" : "expected `:`");
+}
+
+static int end_seq(reader *r) {
+    int c = ws(r);
+    if (c == ']') {
+        r->pos++;
+        return 0;
+    }
+    if (c == ',') {
+        r->pos++;
+        c = ws(r);
+        return peek_error(r, c == ']' ? "trailing comma" : "trailing characters");
+    }
+    return peek_error(r, c < 0 ? "EOF while parsing a list" : "trailing characters");
+}
+
+static int end_map(reader *r) {
+    int c = ws(r);
+    if (c == '}') {
+        r->pos++;
+        return 0;
+    }
+    if (c == ',') return peek_error(r, "trailing comma");
+    return peek_error(r, c < 0 ? "EOF while parsing an object" : "trailing characters");
+}
+
+/* `match (ret, self.end_xxx())`: the end is read even after a failure,
+ * which moves the position a failure's message gets. */
+static int finish(reader *r, int ret, int (*end)(reader *)) {
+    if (ret) {
+        r->silent++;
+        end(r);
+        r->silent--;
+        return ret;
+    }
+    return end(r);
+}
+
+/* ---- typed decoding (serde derive over serde_json) ----------------------- */
+
+/* serde_json's JsonUnexpected for a number: Unsigned, Signed, or Float in
+ * serde_json's float format. */
+static void unexpected_number(reel_buf *b, const pnum *n) {
+    switch (n->kind) {
+    case REEL_NUM_U64: reel_buf_puts(b, "integer `"); reel_buf_put_u64(b, n->v.u); break;
+    case REEL_NUM_I64: reel_buf_puts(b, "integer `"); reel_buf_put_i64(b, n->v.i); break;
+    default: reel_buf_puts(b, "floating point `"); reel_buf_put_json_f64(b, n->v.f); break;
+    }
+    reel_buf_putc(b, '`');
+}
+
+/* Rust's `{:?}` of a str, as serde's `Unexpected::Str` shows it. */
+static void put_debug_str(reel_buf *b, reel_str s) {
+    static const char hex[] = "0123456789abcdef";
+    reel_buf_putc(b, '"');
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.ptr[i];
+        switch (c) {
+        case '"': reel_buf_puts(b, "\\\""); break;
+        case '\\': reel_buf_puts(b, "\\\\"); break;
+        case '\n': reel_buf_puts(b, "\\n"); break;
+        case '\r': reel_buf_puts(b, "\\r"); break;
+        case '\t': reel_buf_puts(b, "\\t"); break;
+        case 0: reel_buf_puts(b, "\\0"); break;
+        default:
+            if (c < 0x20 || c == 0x7f) {
+                reel_buf_puts(b, "\\u{");
+                if (c >> 4) reel_buf_putc(b, hex[c >> 4]);
+                reel_buf_putc(b, hex[c & 15]);
+                reel_buf_putc(b, '}');
+            } else {
+                reel_buf_putc(b, (char)c); /* other characters as they are */
+            }
         }
     }
-done:
-    if (is_float) {
-        node->num = n.out_of_range ? REEL_NUM_OUT_OF_RANGE : REEL_NUM_F64;
-        node->v.f = n.f;
+    reel_buf_putc(b, '"');
+}
+
+static int invalid_type_msg(reader *r, const char *unexp_text, const pnum *unexp_num, const reel_str *unexp_str,
+                            const char *expected, const char *expected2) {
+    if (r->silent) return -1;
+    reel_buf *e = custom(r);
+    reel_buf_puts(e, "invalid type: ");
+    if (unexp_num) unexpected_number(e, unexp_num);
+    else if (unexp_str) {
+        reel_buf_puts(e, "string ");
+        put_debug_str(e, *unexp_str);
+    } else reel_buf_puts(e, unexp_text);
+    reel_buf_puts(e, ", expected ");
+    reel_buf_puts(e, expected);
+    if (expected2) reel_buf_puts(e, expected2);
+    return -1;
+}
+
+/* peek_invalid_type: read the scalar that is there, to name it. */
+static int peek_invalid_type(reader *r, const char *expected, const char *expected2) {
+    int c = peek(r);
+    int rc;
+    pnum n;
+    reel_str s;
+    switch (c) {
+    case 'n':
+        r->pos++;
+        if (parse_ident(r, "ull")) return -1;
+        rc = invalid_type_msg(r, "null", 0, 0, expected, expected2);
+        break;
+    case 't':
+        r->pos++;
+        if (parse_ident(r, "rue")) return -1;
+        rc = invalid_type_msg(r, "boolean `true`", 0, 0, expected, expected2);
+        break;
+    case 'f':
+        r->pos++;
+        if (parse_ident(r, "alse")) return -1;
+        rc = invalid_type_msg(r, "boolean `false`", 0, 0, expected, expected2);
+        break;
+    case '-':
+        r->pos++;
+        if (parse_integer(r, 0, &n)) return -1;
+        rc = invalid_type_msg(r, 0, &n, 0, expected, expected2);
+        break;
+    case '"':
+        r->pos++;
+        if (parse_str(r, &s)) return -1;
+        rc = invalid_type_msg(r, 0, 0, &s, expected, expected2);
+        break;
+    case '[': rc = invalid_type_msg(r, "sequence", 0, 0, expected, expected2); break;
+    case '{': rc = invalid_type_msg(r, "map", 0, 0, expected, expected2); break;
+    default:
+        if (is_digit(c)) {
+            if (parse_integer(r, 1, &n)) return -1;
+            rc = invalid_type_msg(r, 0, &n, 0, expected, expected2);
+            break;
+        }
+        return peek_error(r, "expected value");
     }
-    node->str = (const char *)p->s + start;
-    node->len = p->pos - start;
+    fix_position(r);
+    return rc;
+}
+
+/* deserialize_str / deserialize_string */
+static int de_string(reader *r, reel_str *out) {
+    int c = ws(r);
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
+    if (c == '"') {
+        r->pos++;
+        return parse_str(r, out);
+    }
+    int rc = peek_invalid_type(r, "a string", 0);
+    fix_position(r);
+    return rc;
+}
+
+/* deserialize_option, then String */
+static int de_option_string(reader *r, reel_str *out) {
+    if (ws(r) == 'n') {
+        r->pos++;
+        out->ptr = 0;
+        out->len = 0;
+        return parse_ident(r, "ull");
+    }
+    return de_string(r, out);
+}
+
+/* deserialize_number for i64 (want_i64) or f64 */
+static int de_number(reader *r, int want_i64, void *out) {
+    int c = ws(r);
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
+    pnum n;
+    int rc = 0;
+    if (c == '-') {
+        r->pos++;
+        if (parse_integer(r, 0, &n)) return -1;
+    } else if (is_digit(c)) {
+        if (parse_integer(r, 1, &n)) return -1;
+    } else {
+        rc = peek_invalid_type(r, want_i64 ? "i64" : "f64", 0);
+        fix_position(r);
+        return rc;
+    }
+    if (!want_i64) {
+        *(double *)out = n.kind == REEL_NUM_U64 ? (double)n.v.u : n.kind == REEL_NUM_I64 ? (double)n.v.i : n.v.f;
+        return 0;
+    }
+    if (n.kind == REEL_NUM_I64) {
+        *(int64_t *)out = n.v.i;
+        return 0;
+    }
+    if (n.kind == REEL_NUM_U64 && n.v.u <= (uint64_t)INT64_MAX) {
+        *(int64_t *)out = (int64_t)n.v.u;
+        return 0;
+    }
+    if (n.kind == REEL_NUM_U64) {
+        if (!r->silent) {
+            reel_buf *e = custom(r);
+            reel_buf_puts(e, "invalid value: ");
+            unexpected_number(e, &n);
+            reel_buf_puts(e, ", expected i64");
+        }
+        rc = -1;
+    } else {
+        rc = invalid_type_msg(r, 0, &n, 0, "i64", 0);
+    }
+    fix_position(r);
+    return rc;
+}
+
+/* deserialize_bool */
+static int de_bool(reader *r, int *out) {
+    int c = ws(r);
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
+    if (c == 't' || c == 'f') {
+        r->pos++;
+        *out = c == 't';
+        return parse_ident(r, c == 't' ? "rue" : "alse");
+    }
+    int rc = peek_invalid_type(r, "a boolean", 0);
+    fix_position(r);
+    return rc;
+}
+
+/* deserialize_seq for Vec<T> */
+static int de_seq(reader *r, int (*each)(reel_de *, void *), void *ctx) {
+    int c = ws(r);
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
+    int rc;
+    if (c == '[') {
+        if (--r->remaining_depth == 0) return peek_error(r, "recursion limit exceeded");
+        r->pos++;
+        int first = 1, ret = 0;
+        for (;;) {
+            int has = has_next_element(r, &first);
+            if (has <= 0) {
+                ret = has;
+                break;
+            }
+            if ((ret = each(r, ctx))) break;
+        }
+        r->remaining_depth++;
+        rc = finish(r, ret, end_seq);
+    } else {
+        rc = peek_invalid_type(r, "a sequence", 0);
+    }
+    if (rc) fix_position(r);
+    return rc;
+}
+
+static int decode_field(reader *r, const reel_de_field *f) {
+    switch (f->kind) {
+    case REEL_DE_STR: return de_string(r, f->out);
+    case REEL_DE_OPT_STR: return de_option_string(r, f->out);
+    case REEL_DE_I64: return de_number(r, 1, f->out);
+    case REEL_DE_F64: return de_number(r, 0, f->out);
+    case REEL_DE_BOOL: return de_bool(r, f->out);
+    case REEL_DE_SEQ: return de_seq(r, f->each, f->ctx);
+    }
     return 0;
 }
 
-static int parse_ident(parser *p, const char *rest) {
-    p->pos++;
-    for (const char *r = rest; *r; r++) {
-        if (p->pos >= p->len) return fail(p, "EOF while parsing a value");
-        if (p->s[p->pos] != (unsigned char)*r) return fail(p, "expected ident");
-        p->pos++;
+#define MAX_FIELDS 32
+
+/* The derived visit_map: members in document order, then missing fields. */
+static int visit_map(reader *r, const reel_de_field *fields, size_t count) {
+    unsigned char seen[MAX_FIELDS] = {0};
+    int first = 1;
+    for (;;) {
+        int has = has_next_key(r, &first);
+        if (has < 0) return -1;
+        if (has == 0) break;
+        r->pos++;
+        reel_str key;
+        if (parse_str(r, &key)) return -1;
+        size_t i = 0;
+        while (i < count && !(strlen(fields[i].name) == key.len && memcmp(fields[i].name, key.ptr, key.len) == 0))
+            i++;
+        if (i < count && seen[i]) {
+            if (!r->silent) {
+                reel_buf *e = custom(r);
+                reel_buf_puts(e, "duplicate field `");
+                reel_buf_puts(e, fields[i].name);
+                reel_buf_putc(e, '`');
+            }
+            return -1;
+        }
+        if (parse_object_colon(r)) return -1;
+        if (i == count) {
+            if (ignore_value(r)) return -1;
+            continue;
+        }
+        seen[i] = 1;
+        if (decode_field(r, &fields[i])) return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        if (seen[i] || fields[i].kind == REEL_DE_OPT_STR) continue; /* Option: None */
+        if (!r->silent) {
+            reel_buf *e = custom(r);
+            reel_buf_puts(e, "missing field `");
+            reel_buf_puts(e, fields[i].name);
+            reel_buf_putc(e, '`');
+        }
+        return -1;
     }
     return 0;
 }
 
-static int parse_array(parser *p, reel_json *node) {
-    p->pos++;
-    reel_json **tail = &node->first;
-    skip_ws(p);
-    if (peek(p) == ']') {
-        p->pos++;
-        return 0;
-    }
-    for (;;) {
-        reel_json *child;
-        if (parse_value(p, &child)) return -1;
-        *tail = child;
-        tail = &child->next;
-        node->count++;
-        skip_ws(p);
-        int c = peek(p);
-        if (c == ',') {
-            p->pos++;
-            skip_ws(p);
-            if (peek(p) == ']') return fail(p, "trailing comma");
-            continue;
+/* The derived visit_seq: fields in declaration order. */
+static int visit_seq(reader *r, const char *name, const reel_de_field *fields, size_t count) {
+    int first = 1;
+    for (size_t i = 0; i < count; i++) {
+        int has = has_next_element(r, &first);
+        if (has < 0) return -1;
+        if (has == 0) {
+            if (fields[i].kind == REEL_DE_OPT_STR) { /* #[serde(default)] */
+                ((reel_str *)fields[i].out)->ptr = 0;
+                ((reel_str *)fields[i].out)->len = 0;
+                continue;
+            }
+            if (!r->silent) {
+                reel_buf *e = custom(r);
+                reel_buf_puts(e, "invalid length ");
+                reel_buf_put_u64(e, i);
+                reel_buf_puts(e, ", expected struct ");
+                reel_buf_puts(e, name);
+                reel_buf_puts(e, " with ");
+                reel_buf_put_u64(e, count);
+                reel_buf_puts(e, count == 1 ? " element" : " elements");
+            }
+            return -1;
         }
-        if (c == ']') {
-            p->pos++;
-            return 0;
-        }
-        if (c < 0) return fail(p, "EOF while parsing a list");
-        return fail(p, "expected `,` or `]`");
+        if (decode_field(r, &fields[i])) return -1;
     }
+    return 0;
 }
 
-static int parse_object(parser *p, reel_json *node) {
-    p->pos++;
-    reel_json **tail = &node->first;
-    skip_ws(p);
-    if (peek(p) == '}') {
-        p->pos++;
-        return 0;
-    }
-    for (;;) {
-        int c = peek(p);
-        if (c < 0) return fail(p, "EOF while parsing an object");
-        if (c != '"') return fail(p, "key must be a string");
-        const char *key;
-        size_t key_len;
-        if (parse_string(p, &key, &key_len)) return -1;
-        skip_ws(p);
-        c = peek(p);
-        if (c < 0) return fail(p, "EOF while parsing an object");
-        if (c != ':') return fail(p, "expected `:`");
-        p->pos++;
-        reel_json *child;
-        if (parse_value(p, &child)) return -1;
-        child->key = key;
-        child->key_len = key_len;
-        *tail = child;
-        tail = &child->next;
-        node->count++;
-        skip_ws(p);
-        c = peek(p);
-        if (c == ',') {
-            p->pos++;
-            skip_ws(p);
-            if (peek(p) == '}') return fail(p, "trailing comma");
-            continue;
+int reel_de_struct(reel_de *r, const char *name, const reel_de_field *fields, size_t count) {
+    if (count > MAX_FIELDS) __builtin_trap();
+    for (size_t i = 0; i < count; i++) {
+        if (fields[i].kind == REEL_DE_OPT_STR) {
+            ((reel_str *)fields[i].out)->ptr = 0;
+            ((reel_str *)fields[i].out)->len = 0;
         }
-        if (c == '}') {
-            p->pos++;
-            return 0;
-        }
-        if (c < 0) return fail(p, "EOF while parsing an object");
-        return fail(p, "expected `,` or `}`");
     }
+    int c = ws(r);
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
+    int rc;
+    if (c == '[' || c == '{') {
+        if (--r->remaining_depth == 0) return peek_error(r, "recursion limit exceeded");
+        r->pos++;
+        int ret = c == '[' ? visit_seq(r, name, fields, count) : visit_map(r, fields, count);
+        r->remaining_depth++;
+        rc = finish(r, ret, c == '[' ? end_seq : end_map);
+    } else {
+        rc = peek_invalid_type(r, "struct ", name);
+    }
+    if (rc) fix_position(r);
+    return rc;
 }
 
-static int parse_value(parser *p, reel_json **out) {
-    skip_ws(p);
-    int c = peek(p);
-    if (c < 0) return fail(p, "EOF while parsing a value");
+int reel_de_from_text(reel_json_doc *doc, const char *text, size_t len, const char *name,
+                      const reel_de_field *fields, size_t count, reel_buf *err) {
+    reader r = {doc, (const unsigned char *)text, len, 0, 128, err, 1, 0};
+    if (reel_de_struct(&r, name, fields, count)) return -1;
+    if (ws(&r) >= 0) return peek_error(&r, "trailing characters"); /* Deserializer::end */
+    return 0;
+}
+
+/* ---- the tree (deserialize_any into serde_json::Value) ------------------- */
+
+static reel_json *new_node(reader *r, reel_json_kind kind) {
+    reel_json *n = arena_alloc(r->doc, sizeof *n);
+    memset(n, 0, sizeof *n);
+    n->kind = kind;
+    return n;
+}
+
+static int parse_any(reader *r, reel_json **out) {
+    int c = ws(r);
+    if (c < 0) return peek_error(r, "EOF while parsing a value");
     reel_json *node;
     switch (c) {
     case 'n':
-        node = new_node(p, REEL_JSON_NULL);
-        if (parse_ident(p, "ull")) return -1;
+        r->pos++;
+        if (parse_ident(r, "ull")) return -1;
+        node = new_node(r, REEL_JSON_NULL);
         break;
     case 't':
-        node = new_node(p, REEL_JSON_BOOL);
-        node->v.b = 1;
-        if (parse_ident(p, "rue")) return -1;
-        break;
     case 'f':
-        node = new_node(p, REEL_JSON_BOOL);
-        if (parse_ident(p, "alse")) return -1;
+        r->pos++;
+        if (parse_ident(r, c == 't' ? "rue" : "alse")) return -1;
+        node = new_node(r, REEL_JSON_BOOL);
+        node->v.b = c == 't';
         break;
-    case '"':
-        node = new_node(p, REEL_JSON_STRING);
-        if (parse_string(p, &node->str, &node->len)) return -1;
+    case '"': {
+        reel_str s;
+        r->pos++;
+        if (parse_str(r, &s)) return -1;
+        node = new_node(r, REEL_JSON_STRING);
+        node->str = s.ptr;
+        node->len = s.len;
         break;
+    }
     case '[':
-    case '{':
-        if (++p->depth > 128) return fail(p, "recursion limit exceeded");
-        node = new_node(p, c == '[' ? REEL_JSON_ARRAY : REEL_JSON_OBJECT);
-        if ((c == '[' ? parse_array : parse_object)(p, node)) return -1;
-        p->depth--;
-        break;
-    default:
-        if (c == '-' || is_digit(c)) {
-            node = new_node(p, REEL_JSON_NUMBER);
-            if (parse_number(p, node)) return -1;
-            break;
+    case '{': {
+        if (--r->remaining_depth == 0) return peek_error(r, "recursion limit exceeded");
+        r->pos++;
+        node = new_node(r, c == '[' ? REEL_JSON_ARRAY : REEL_JSON_OBJECT);
+        reel_json **tail = &node->first;
+        int first = 1, ret = 0;
+        for (;;) {
+            int has = c == '[' ? has_next_element(r, &first) : has_next_key(r, &first);
+            if (has <= 0) {
+                ret = has;
+                break;
+            }
+            reel_str key = {0, 0};
+            if (c == '{') {
+                r->pos++;
+                if ((ret = parse_str(r, &key))) break;
+                if ((ret = parse_object_colon(r))) break;
+            }
+            reel_json *child;
+            if ((ret = parse_any(r, &child))) break;
+            child->key = key.ptr;
+            child->key_len = key.len;
+            *tail = child;
+            tail = &child->next;
+            node->count++;
         }
-        return fail(p, "expected value");
+        r->remaining_depth++;
+        if (finish(r, ret, c == '[' ? end_seq : end_map)) return -1;
+        break;
+    }
+    default: {
+        pnum n;
+        if (c == '-') {
+            r->pos++;
+            if (parse_integer(r, 0, &n)) return -1;
+        } else if (is_digit(c)) {
+            if (parse_integer(r, 1, &n)) return -1;
+        } else {
+            return peek_error(r, "expected value");
+        }
+        node = new_node(r, REEL_JSON_NUMBER);
+        node->num = n.kind;
+        if (n.kind == REEL_NUM_U64) node->v.u = n.v.u;
+        else if (n.kind == REEL_NUM_I64) node->v.i = n.v.i;
+        else node->v.f = n.v.f;
+        break;
+    }
     }
     *out = node;
     return 0;
 }
 
 reel_json *reel_json_parse(reel_json_doc *doc, const char *text, size_t len, reel_buf *err) {
-    parser p = {doc, (const unsigned char *)text, len, 0, 0, err, 0};
+    reader r = {doc, (const unsigned char *)text, len, 0, 128, err, 1, 0};
     reel_json *root;
-    if (parse_value(&p, &root)) return 0;
-    skip_ws(&p);
-    if (p.pos < p.len) {
-        fail(&p, "trailing characters");
+    if (parse_any(&r, &root)) return 0;
+    if (ws(&r) >= 0) {
+        peek_error(&r, "trailing characters");
         return 0;
     }
     return root;
@@ -607,13 +1193,6 @@ const reel_json *reel_json_get(const reel_json *obj, const char *key) {
     for (const reel_json *m = obj->first; m; m = m->next)
         if (key_is(m, key, n)) found = m;
     return found;
-}
-
-int reel_json_has_out_of_range(const reel_json *v) {
-    if (v->kind == REEL_JSON_NUMBER) return v->num == REEL_NUM_OUT_OF_RANGE;
-    for (const reel_json *c = v->first; c; c = c->next)
-        if (reel_json_has_out_of_range(c)) return 1;
-    return 0;
 }
 
 /* ---- writer ------------------------------------------------------------- */
@@ -681,152 +1260,3 @@ void reel_json_write(reel_buf *out, const reel_json *v) {
     }
 }
 
-/* ---- serde-style decoding ----------------------------------------------- */
-
-/* serde's `Unexpected` display of a value. */
-static void unexpected(reel_buf *err, const reel_json *v) {
-    switch (v->kind) {
-    case REEL_JSON_NULL: reel_buf_puts(err, "null"); return;
-    case REEL_JSON_BOOL: reel_buf_puts(err, v->v.b ? "boolean `true`" : "boolean `false`"); return;
-    case REEL_JSON_STRING:
-        reel_buf_puts(err, "string ");
-        reel_buf_put_json_string(err, v->str, v->len);
-        return;
-    case REEL_JSON_ARRAY: reel_buf_puts(err, "sequence"); return;
-    case REEL_JSON_OBJECT: reel_buf_puts(err, "map"); return;
-    case REEL_JSON_NUMBER:
-        switch (v->num) {
-        case REEL_NUM_U64: reel_buf_puts(err, "integer `"); reel_buf_put_u64(err, v->v.u); break;
-        case REEL_NUM_I64: reel_buf_puts(err, "integer `"); reel_buf_put_i64(err, v->v.i); break;
-        default: reel_buf_puts(err, "floating point `"); reel_buf_put(err, v->str, v->len); break;
-        }
-        reel_buf_putc(err, '`');
-        return;
-    }
-}
-
-static int invalid_type(reel_buf *err, const reel_json *v, const char *expected) {
-    if (v->kind == REEL_JSON_NUMBER && v->num == REEL_NUM_OUT_OF_RANGE) {
-        reel_buf_puts(err, "number out of range");
-        return -1;
-    }
-    reel_buf_puts(err, "invalid type: ");
-    unexpected(err, v);
-    reel_buf_puts(err, ", expected ");
-    reel_buf_puts(err, expected);
-    return -1;
-}
-
-int reel_de_struct(const reel_json *v, const char *name, reel_buf *err) {
-    if (v->kind == REEL_JSON_OBJECT) return 0;
-    reel_buf b = REEL_BUF_INIT;
-    reel_buf_puts(&b, "struct ");
-    reel_buf_puts(&b, name);
-    reel_buf_putc(&b, 0);
-    invalid_type(err, v, b.ptr);
-    reel_buf_free(&b);
-    return -1;
-}
-
-int reel_de_field(const reel_json *obj, const char *key, const reel_json **out, reel_buf *err) {
-    size_t n = strlen(key);
-    *out = 0;
-    for (const reel_json *m = obj->first; m; m = m->next) {
-        if (!key_is(m, key, n)) continue;
-        if (*out) {
-            reel_buf_puts(err, "duplicate field `");
-            reel_buf_puts(err, key);
-            reel_buf_putc(err, '`');
-            return -1;
-        }
-        *out = m;
-    }
-    return 0;
-}
-
-static int required(const reel_json *obj, const char *key, const reel_json **out, reel_buf *err) {
-    if (reel_de_field(obj, key, out, err)) return -1;
-    if (*out) return 0;
-    reel_buf_puts(err, "missing field `");
-    reel_buf_puts(err, key);
-    reel_buf_putc(err, '`');
-    return -1;
-}
-
-int reel_as_str(const reel_json *v, const char **s, size_t *n, reel_buf *err) {
-    if (v->kind != REEL_JSON_STRING) return invalid_type(err, v, "a string");
-    *s = v->str;
-    *n = v->len;
-    return 0;
-}
-
-int reel_as_i64(const reel_json *v, int64_t *out, reel_buf *err) {
-    if (v->kind == REEL_JSON_NUMBER && v->num == REEL_NUM_I64) {
-        *out = v->v.i;
-        return 0;
-    }
-    if (v->kind == REEL_JSON_NUMBER && v->num == REEL_NUM_U64) {
-        if (v->v.u <= (uint64_t)INT64_MAX) {
-            *out = (int64_t)v->v.u;
-            return 0;
-        }
-        reel_buf_puts(err, "invalid value: integer `");
-        reel_buf_put_u64(err, v->v.u);
-        reel_buf_puts(err, "`, expected i64");
-        return -1;
-    }
-    return invalid_type(err, v, "i64");
-}
-
-int reel_as_f64(const reel_json *v, double *out, reel_buf *err) {
-    if (v->kind == REEL_JSON_NUMBER) {
-        switch (v->num) {
-        case REEL_NUM_U64: *out = (double)v->v.u; return 0;
-        case REEL_NUM_I64: *out = (double)v->v.i; return 0;
-        case REEL_NUM_F64: *out = v->v.f; return 0;
-        default: break;
-        }
-    }
-    return invalid_type(err, v, "f64");
-}
-
-int reel_as_bool(const reel_json *v, int *out, reel_buf *err) {
-    if (v->kind != REEL_JSON_BOOL) return invalid_type(err, v, "a boolean");
-    *out = v->v.b;
-    return 0;
-}
-
-int reel_de_str(const reel_json *obj, const char *key, const char **s, size_t *n, reel_buf *err) {
-    const reel_json *v;
-    return required(obj, key, &v, err) ? -1 : reel_as_str(v, s, n, err);
-}
-
-int reel_de_i64(const reel_json *obj, const char *key, int64_t *out, reel_buf *err) {
-    const reel_json *v;
-    return required(obj, key, &v, err) ? -1 : reel_as_i64(v, out, err);
-}
-
-int reel_de_f64(const reel_json *obj, const char *key, double *out, reel_buf *err) {
-    const reel_json *v;
-    return required(obj, key, &v, err) ? -1 : reel_as_f64(v, out, err);
-}
-
-int reel_de_bool(const reel_json *obj, const char *key, int *out, reel_buf *err) {
-    const reel_json *v;
-    return required(obj, key, &v, err) ? -1 : reel_as_bool(v, out, err);
-}
-
-int reel_de_opt_str(const reel_json *obj, const char *key, const char **s, size_t *n, reel_buf *err) {
-    const reel_json *v;
-    *s = 0;
-    *n = 0;
-    if (reel_de_field(obj, key, &v, err)) return -1;
-    if (!v || v->kind == REEL_JSON_NULL) return 0;
-    return reel_as_str(v, s, n, err);
-}
-
-int reel_de_array(const reel_json *obj, const char *key, const reel_json **out, reel_buf *err) {
-    if (required(obj, key, out, err)) return -1;
-    if ((*out)->kind != REEL_JSON_ARRAY) return invalid_type(err, *out, "a sequence");
-    return 0;
-}

@@ -1,21 +1,32 @@
-/* reel_json: a small JSON reader (and canonical writer) for event payloads,
- * KV values and query arguments.
+/* reel_json: a small JSON reader for event payloads, KV values and query
+ * arguments, and a writer, made to behave like serde_json (what the Rust
+ * projections use) so that both read the same input the same way.
  *
- * Parsing follows serde_json (the Rust projections' parser) so both read the
- * same input the same way:
- *   - numbers become an unsigned integer, a negative integer or a double
- *     exactly as serde_json's `ParserNumber` does, and doubles are computed
- *     with serde_json's own algorithm (significand as u64, times or divided by
- *     a power of ten; serde_json is built without `float_roundtrip`), so the
- *     C and Rust projections pass the same IEEE value to SQL. For up to 15
- *     significant digits and |exponent| <= 22, every decimal amount in
- *     practice, that is also what strtod returns;
- *   - strings are UTF-8 with the JSON escapes, surrogate pairs joined, lone
- *     surrogates and raw control characters refused;
- *   - nesting is limited to 128 levels, as in serde_json.
+ * Two ways to read:
  *
- * A parse makes a tree of `reel_json` nodes in an arena (`reel_json_doc`);
- * reset the arena between events to reuse its memory. */
+ *   - reel_de_from_text decodes a document straight into C variables the
+ *     way serde's derived `Deserialize` does through serde_json, in one pass:
+ *     members in document order, unknown members skipped, duplicate and
+ *     missing fields, the `[a, b, c]` sequence form of a struct, and the
+ *     same error messages with the same positions
+ *     ("missing field `orderId` at line 1 column 57");
+ *
+ *   - reel_json_parse builds a tree, as `serde_json::from_str::<Value>`
+ *     does, for untyped access (query arguments) and for writing back with
+ *     reel_json_write (sorted keys, serde_json's number formats).
+ *
+ * Numbers follow serde_json's `ParserNumber`: an unsigned integer, a
+ * negative integer or a double, the double computed with serde_json's own
+ * algorithm (significand as u64, times or divided by a power of ten; serde_json
+ * is built without `float_roundtrip`), so C and Rust pass the same IEEE value
+ * to SQL. Up to 15 significant digits and |exponent| <= 22 (every decimal
+ * amount in practice) that is also what strtod returns; beyond, serde_json
+ * can be 1 ulp off the correctly rounded value, and so is this reader.
+ *
+ * Strings are UTF-8 with the JSON escapes; surrogate pairs are joined, lone
+ * surrogates and raw control characters refused; nesting is limited to 127
+ * levels, as in serde_json. Decoded strings point into the input, or into the
+ * arena (`reel_json_doc`) when they had escapes. */
 #ifndef REEL_JSON_H
 #define REEL_JSON_H
 
@@ -23,6 +34,55 @@
 #include <stdint.h>
 
 #include "reel_str.h"
+
+/* ---- the arena ---------------------------------------------------------- */
+
+typedef struct reel_json_chunk reel_json_chunk;
+
+/* Zero-initialize (REEL_JSON_DOC_INIT); reset between documents to reuse
+ * its memory; free when done. */
+typedef struct {
+    reel_json_chunk *chunks;
+    reel_json_chunk *current;
+} reel_json_doc;
+
+#define REEL_JSON_DOC_INIT {0, 0}
+
+void reel_json_doc_reset(reel_json_doc *doc);
+void reel_json_doc_free(reel_json_doc *doc);
+
+/* ---- typed decoding ------------------------------------------------------ */
+
+typedef struct reel_de reel_de;
+
+typedef enum {
+    REEL_DE_STR,     /* String:                                  out = reel_str* */
+    REEL_DE_OPT_STR, /* #[serde(default)] Option<String>:        out = reel_str*, ptr NULL for None */
+    REEL_DE_I64,     /* i64:                                     out = int64_t* */
+    REEL_DE_F64,     /* f64:                                     out = double* */
+    REEL_DE_BOOL,    /* bool:                                    out = int* */
+    REEL_DE_SEQ,     /* Vec<T>: `each` decodes one element (with reel_de_struct) */
+} reel_de_kind;
+
+typedef struct {
+    const char *name;
+    reel_de_kind kind;
+    void *out;
+    int (*each)(reel_de *de, void *ctx); /* REEL_DE_SEQ: 0 or -1, as reel_de_struct */
+    void *ctx;
+} reel_de_field;
+
+/* Decode `text` as a struct named `name` (for messages: "expected struct
+ * OrderPlaced") with these fields, then require the end of the text, as
+ * `serde_json::from_str::<T>` does. 0, or -1 with the message in `err`.
+ * Decoded strings live until `doc` is reset (or point into `text`). */
+int reel_de_from_text(reel_json_doc *doc, const char *text, size_t len, const char *name,
+                      const reel_de_field *fields, size_t count, reel_buf *err);
+
+/* Decode the next value as a struct: for REEL_DE_SEQ callbacks. */
+int reel_de_struct(reel_de *de, const char *name, const reel_de_field *fields, size_t count);
+
+/* ---- the tree ------------------------------------------------------------ */
 
 typedef enum {
     REEL_JSON_NULL,
@@ -33,13 +93,11 @@ typedef enum {
     REEL_JSON_OBJECT,
 } reel_json_kind;
 
-/* serde_json's ParserNumber, plus the out-of-range case that serde_json only
- * reports when the number is actually decoded. */
+/* serde_json's ParserNumber. */
 typedef enum {
     REEL_NUM_U64,
     REEL_NUM_I64,
     REEL_NUM_F64,
-    REEL_NUM_OUT_OF_RANGE,
 } reel_num_kind;
 
 typedef struct reel_json reel_json;
@@ -52,7 +110,7 @@ struct reel_json {
         double f;   /* REEL_NUM_F64 */
         int b;      /* BOOL */
     } v;
-    const char *str; /* STRING: the decoded bytes (not NUL-terminated); NUMBER: its text */
+    const char *str; /* STRING: the decoded bytes (not NUL-terminated) */
     size_t len;
     const char *key; /* member of an OBJECT: its decoded key */
     size_t key_len;
@@ -61,61 +119,17 @@ struct reel_json {
     size_t count;
 };
 
-typedef struct reel_json_chunk reel_json_chunk;
-
-/* The arena a parse allocates from. Zero-initialize (REEL_JSON_DOC_INIT). */
-typedef struct {
-    reel_json_chunk *chunks;
-    reel_json_chunk *current;
-} reel_json_doc;
-
-#define REEL_JSON_DOC_INIT {0, 0}
-
-/* Parse `len` bytes of JSON text (a whole document: only whitespace may
- * follow the value). Returns the root, or NULL with a serde_json-style
- * message ("expected value at line 1 column 1") in `err`. The tree lives
- * until the next reset of `doc`. */
+/* Parse a whole document (only whitespace may follow the value) as
+ * `serde_json::from_str::<Value>` does. The root, or NULL with serde_json's
+ * message ("expected value at line 1 column 1") in `err`. */
 reel_json *reel_json_parse(reel_json_doc *doc, const char *text, size_t len, reel_buf *err);
-/* Forget every tree parsed into `doc`, keep its memory for the next parse. */
-void reel_json_doc_reset(reel_json_doc *doc);
-void reel_json_doc_free(reel_json_doc *doc);
 
-/* serde_json::Value semantics: the member `key` of an object (the last one if
+/* `serde_json::Value::get`: the member `key` of an object (the last one if
  * the key repeats), or NULL. */
 const reel_json *reel_json_get(const reel_json *obj, const char *key);
 
-/* Write `v` the way serde_json writes a `serde_json::Value`: compact, object
- * keys sorted (later duplicates win), floats via reel_buf_put_json_f64. */
+/* Write `v` as serde_json writes a `serde_json::Value`: compact, object keys
+ * sorted (a repeated key keeps its last value), floats in serde_json's form. */
 void reel_json_write(reel_buf *out, const reel_json *v);
-
-/* 1 when a number anywhere in `v` is out of range (serde_json's "number out
- * of range", which `serde_json::Value` parsing reports). */
-int reel_json_has_out_of_range(const reel_json *v);
-
-/* ---- serde-derive style decoding ------------------------------------------
- * Each returns 0 on success, or -1 with a serde-style message in `err`
- * ("missing field `orderId`", "invalid type: integer `5`, expected a string"). */
-
-/* `v` must be an object (a struct named `name`, for the message). */
-int reel_de_struct(const reel_json *v, const char *name, reel_buf *err);
-/* A struct field: *out = the member or NULL when absent; duplicate keys are
- * an error, as in serde's derived Deserialize. */
-int reel_de_field(const reel_json *obj, const char *key, const reel_json **out, reel_buf *err);
-/* Required fields of the given type. Strings are (pointer, length). */
-int reel_de_str(const reel_json *obj, const char *key, const char **s, size_t *n, reel_buf *err);
-int reel_de_i64(const reel_json *obj, const char *key, int64_t *out, reel_buf *err);
-int reel_de_f64(const reel_json *obj, const char *key, double *out, reel_buf *err);
-int reel_de_bool(const reel_json *obj, const char *key, int *out, reel_buf *err);
-/* `Option<String>` with `#[serde(default)]`: absent or null leaves *s NULL. */
-int reel_de_opt_str(const reel_json *obj, const char *key, const char **s, size_t *n, reel_buf *err);
-/* A required `Vec<_>` field: *out = the array node. */
-int reel_de_array(const reel_json *obj, const char *key, const reel_json **out, reel_buf *err);
-
-/* Value conversions, with the same messages (`what` names the expected type
- * for the message: "a string", "i64", "f64", "a boolean"). */
-int reel_as_str(const reel_json *v, const char **s, size_t *n, reel_buf *err);
-int reel_as_i64(const reel_json *v, int64_t *out, reel_buf *err);
-int reel_as_f64(const reel_json *v, double *out, reel_buf *err);
-int reel_as_bool(const reel_json *v, int *out, reel_buf *err);
 
 #endif

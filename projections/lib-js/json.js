@@ -27,6 +27,111 @@ export function float(x) {
 }
 
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+const U64_MAX = (1n << 64n) - 1n;
+const I32_MAX = 2147483647;
+
+/// The f64 serde_json 1.0.154 (without its `float_roundtrip` feature) reads
+/// from the number token `token`: the decimal significand (at most 64 bits;
+/// digits beyond are dropped) as an f64, then multiplied or divided by a power
+/// of ten. That is not always the correctly rounded value JSON.parse gives:
+/// the two differ by an ulp for some significands above 2^53. Throws a
+/// RangeError where serde_json reports "number out of range".
+export function serdeF64(token) {
+  let i = 0;
+  let positive = true;
+  if (token[i] === "-") {
+    positive = false;
+    i++;
+  }
+  const isDigit = () => i < token.length && token.charCodeAt(i) >= 48 && token.charCodeAt(i) <= 57;
+  const digit = () => token.charCodeAt(i) - 48;
+  let significand = 0n;
+  let exponent = 0;
+  let isFloat = false;
+  if (token[i] === "0") {
+    i++;
+  } else {
+    significand = BigInt(digit());
+    i++;
+    while (isDigit()) {
+      const d = BigInt(digit());
+      if (significand * 10n + d > U64_MAX) {
+        // parse_long_integer: the remaining integer digits only scale.
+        isFloat = true;
+        while (isDigit()) {
+          i++;
+          exponent++;
+        }
+        break;
+      }
+      significand = significand * 10n + d;
+      i++;
+    }
+  }
+  if (token[i] === ".") {
+    isFloat = true;
+    i++;
+    while (isDigit()) {
+      const d = BigInt(digit());
+      if (significand * 10n + d > U64_MAX) {
+        // parse_decimal_overflow: the remaining fraction digits are dropped.
+        while (isDigit()) i++;
+        break;
+      }
+      significand = significand * 10n + d;
+      i++;
+      exponent--;
+    }
+  }
+  if (token[i] === "e" || token[i] === "E") {
+    isFloat = true;
+    i++;
+    let positiveExp = true;
+    if (token[i] === "+") i++;
+    else if (token[i] === "-") {
+      positiveExp = false;
+      i++;
+    }
+    let exp = digit();
+    i++;
+    while (isDigit()) {
+      if (exp > (I32_MAX - digit()) / 10) {
+        // parse_exponent_overflow
+        if (significand !== 0n && positiveExp) throw new RangeError("number out of range");
+        return positive ? 0 : -0;
+      }
+      exp = exp * 10 + digit();
+      i++;
+    }
+    // i32 saturating add/sub
+    exponent = Math.max(-2147483648, Math.min(I32_MAX, positiveExp ? exponent + exp : exponent - exp));
+  }
+  if (!isFloat) {
+    // An integer token: u64, or i64 when negative, else an f64 (`-0` too).
+    const f = Number(significand);
+    return positive ? f : -f;
+  }
+  // f64_from_parts
+  let f = Number(significand); // rounds to nearest, as `u64 as f64`
+  for (;;) {
+    const index = Math.abs(exponent);
+    if (index <= 308) {
+      const pow = Number(`1e${index}`);
+      if (exponent >= 0) {
+        f *= pow;
+        if (!Number.isFinite(f)) throw new RangeError("number out of range");
+      } else {
+        f /= pow;
+      }
+      break;
+    }
+    if (f === 0) break;
+    if (exponent >= 0) throw new RangeError("number out of range");
+    f /= 1e308;
+    exponent += 308;
+  }
+  return positive ? f : -f;
+}
 
 /// An f64 as serde_json 1.0.154 writes it (via zmij): shortest round-trip
 /// digits; plain notation for decimal exponents -5 to 15 (always with a
@@ -138,7 +243,7 @@ function write(value, parts, sortKeys) {
 }
 
 /// Parse JSON text into values `stringify` writes back as serde_json would:
-/// floats as `Float`, integers as numbers (BigInt beyond 2^53), objects
+/// floats as `Float` (with serde_json's f64 value, see `serdeF64`), integers as numbers (BigInt beyond 2^53), objects
 /// without a prototype (so any key is safe; a repeated key keeps its last
 /// value). Throws a SyntaxError that names the line and column.
 export function parse(text) {
@@ -191,13 +296,21 @@ export function parse(text) {
       while (text[pos] >= "0" && text[pos] <= "9") pos++;
     }
     const token = text.slice(start, pos);
-    if (isFloat) return new Float(Number(token));
+    const toFloat = () => {
+      try {
+        return new Float(serdeF64(token));
+      } catch (e) {
+        pos = start;
+        fail(e.message);
+      }
+    };
+    if (isFloat) return toFloat();
     const big = BigInt(token);
     if (big === 0n && token[0] === "-") return new Float(-0); // serde_json: `-0` is an f64
     if (big >= -MAX_SAFE && big <= MAX_SAFE) return Number(big);
     // serde_json: u64 or i64 if it fits, else an f64.
     if (big >= -(1n << 63n) && big < 1n << 64n) return big;
-    return new Float(Number(token));
+    return toFloat();
   };
   const string = () => {
     pos++; // opening quote
@@ -307,4 +420,17 @@ export function parse(text) {
   ws();
   if (pos < text.length) fail("trailing characters");
   return result;
+}
+
+/// Why `text` is not JSON, in serde_json's words and position ("invalid number
+/// at line 1 column 42"), or null if it is JSON. For error messages that
+/// should read like the Rust projections'; parse with JSON.parse first, which
+/// is much faster.
+export function syntaxError(text) {
+  try {
+    parse(text);
+    return null;
+  } catch (e) {
+    return e.message;
+  }
 }

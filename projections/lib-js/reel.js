@@ -104,7 +104,7 @@ export const kv = {
     try {
       return JSON.parse(text);
     } catch (e) {
-      throw failed(`kv value of \`${key}\` is not the expected JSON: ${e.message}`);
+      throw failed(`kv value of \`${key}\` is not the expected JSON: ${json.syntaxError(text) ?? e.message}`);
     }
   },
   /// Store bytes, or a string as UTF-8.
@@ -214,7 +214,10 @@ export class Rows {
   }
   /// The first row as an object, or null.
   first() {
-    return this.rows.length === 0 ? null : new Rows({ columns: this.columns, rows: [this.rows[0]] }).objects()[0];
+    if (this.rows.length === 0) return null;
+    const object = {};
+    this.columns.forEach((column, i) => (object[column] = fromValue(this.rows[0][i])));
+    return object;
   }
   /// The rows as JSON text exactly as the Rust SDK's `rows.to_json()` prints:
   /// objects with keys in code point order, reals as f64 (`12.0`;
@@ -354,7 +357,7 @@ export function defineProjection(spec) {
     try {
       data = JSON.parse(raw.data);
     } catch (e) {
-      throw invalidEvent(`\`${raw.eventType}\` event: ${e.message}`);
+      throw invalidEvent(`\`${raw.eventType}\` event: ${json.syntaxError(raw.data) ?? e.message}`);
     }
     if (decoders) {
       const decoder = Object.prototype.hasOwnProperty.call(decoders, raw.eventType) ? decoders[raw.eventType] : null;
@@ -380,7 +383,7 @@ export function defineProjection(spec) {
     describe() {
       return manifest;
     },
-    init() {
+    setup() {
       if (!spec.init) return;
       try {
         spec.init();
@@ -405,7 +408,7 @@ export function defineProjection(spec) {
           try {
             parsed = JSON.parse(args);
           } catch (e) {
-            throw failed(`query arguments are not JSON: ${e.message}`);
+            throw failed(`query arguments are not JSON: ${json.syntaxError(args) ?? e.message}`);
           }
         }
         if (!spec.query) throw failed(`unknown query \`${name}\``);

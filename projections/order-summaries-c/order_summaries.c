@@ -60,28 +60,33 @@ int reel_projection_init(reel_buf *err) {
     return REEL_OK;
 }
 
+/* One element of `items`: a LineItem { productId, quantity, price }; adds
+ * its quantity to the running sum (wrapping like Rust's release build). */
+static int line_item(reel_de *de, void *ctx) {
+    reel_str product_id;
+    int64_t quantity;
+    double price;
+    const reel_de_field fields[] = {
+        {"productId", REEL_DE_STR, &product_id},
+        {"quantity", REEL_DE_I64, &quantity},
+        {"price", REEL_DE_F64, &price},
+    };
+    int rc = reel_de_struct(de, "LineItem", fields, 3);
+    if (rc == 0) *(uint64_t *)ctx += (uint64_t)quantity;
+    return rc;
+}
+
 static int placed(const reel_event *ev, reel_buf *err) {
-    const reel_json *d = ev->data;
     reel_str order_id, customer_id;
-    const reel_json *items;
-    double total;
-    if (reel_de_struct(d, "OrderPlaced", err) ||
-        reel_de_str(d, "orderId", &order_id.ptr, &order_id.len, err) ||
-        reel_de_str(d, "customerId", &customer_id.ptr, &customer_id.len, err) ||
-        reel_de_array(d, "items", &items, err) || reel_de_f64(d, "total", &total, err))
-        return REEL_DECODE_ERROR;
-    /* Sum of the quantities; wraps on overflow like Rust's release build. */
     uint64_t item_count = 0;
-    for (const reel_json *item = items->first; item; item = item->next) {
-        reel_str product_id;
-        int64_t quantity;
-        double price;
-        if (reel_de_struct(item, "LineItem", err) ||
-            reel_de_str(item, "productId", &product_id.ptr, &product_id.len, err) ||
-            reel_de_i64(item, "quantity", &quantity, err) || reel_de_f64(item, "price", &price, err))
-            return REEL_DECODE_ERROR;
-        item_count += (uint64_t)quantity;
-    }
+    double total;
+    const reel_de_field fields[] = {
+        {"orderId", REEL_DE_STR, &order_id},
+        {"customerId", REEL_DE_STR, &customer_id},
+        {"items", REEL_DE_SEQ, 0, line_item, &item_count},
+        {"total", REEL_DE_F64, &total},
+    };
+    if (reel_de_event(ev, "OrderPlaced", fields, 4, err)) return REEL_DECODE_ERROR;
     reel_params p = {.len = 0};
     reel_param_text(&p, order_id);
     reel_param_text(&p, customer_id);
@@ -93,12 +98,12 @@ static int placed(const reel_event *ev, reel_buf *err) {
 }
 
 static int shipped(const reel_event *ev, reel_buf *err) {
-    const reel_json *d = ev->data;
     reel_str order_id, tracking_number;
-    if (reel_de_struct(d, "OrderShipped", err) ||
-        reel_de_str(d, "orderId", &order_id.ptr, &order_id.len, err) ||
-        reel_de_str(d, "trackingNumber", &tracking_number.ptr, &tracking_number.len, err))
-        return REEL_DECODE_ERROR;
+    const reel_de_field fields[] = {
+        {"orderId", REEL_DE_STR, &order_id},
+        {"trackingNumber", REEL_DE_STR, &tracking_number},
+    };
+    if (reel_de_event(ev, "OrderShipped", fields, 2, err)) return REEL_DECODE_ERROR;
     reel_params p = {.len = 0};
     reel_param_text(&p, order_id);
     reel_param_text(&p, tracking_number);
@@ -108,12 +113,12 @@ static int shipped(const reel_event *ev, reel_buf *err) {
 }
 
 static int cancelled(const reel_event *ev, reel_buf *err) {
-    const reel_json *d = ev->data;
     reel_str order_id, reason;
-    if (reel_de_struct(d, "OrderCancelled", err) ||
-        reel_de_str(d, "orderId", &order_id.ptr, &order_id.len, err) ||
-        reel_de_opt_str(d, "reason", &reason.ptr, &reason.len, err))
-        return REEL_DECODE_ERROR;
+    const reel_de_field fields[] = {
+        {"orderId", REEL_DE_STR, &order_id},
+        {"reason", REEL_DE_OPT_STR, &reason},
+    };
+    if (reel_de_event(ev, "OrderCancelled", fields, 2, err)) return REEL_DECODE_ERROR;
     reel_params p = {.len = 0};
     reel_param_text(&p, order_id);
     reel_sql_execute(MARK_CANCELLED, &p);

@@ -25,7 +25,7 @@ class LineItem:
 
     @staticmethod
     def decode(value):
-        f = Fields(value, "struct LineItem")
+        f = Fields(value, "struct LineItem", ("productId", "quantity", "price"))
         return LineItem(f.str("productId"), f.i64("quantity"), f.f64("price"))
 
 
@@ -38,7 +38,7 @@ class OrderPlaced:
 
     @staticmethod
     def decode(value):
-        f = Fields(value, "struct OrderPlaced")
+        f = Fields(value, "struct OrderPlaced", ("orderId", "customerId", "items", "total"))
         return OrderPlaced(f.str("orderId"), f.str("customerId"), f.list("items", LineItem.decode), f.f64("total"))
 
 
@@ -49,7 +49,7 @@ class OrderShipped:
 
     @staticmethod
     def decode(value):
-        f = Fields(value, "struct OrderShipped")
+        f = Fields(value, "struct OrderShipped", ("orderId", "trackingNumber"))
         return OrderShipped(f.str("orderId"), f.str("trackingNumber"))
 
 
@@ -60,7 +60,7 @@ class OrderCancelled:
 
     @staticmethod
     def decode(value):
-        f = Fields(value, "struct OrderCancelled")
+        f = Fields(value, "struct OrderCancelled", ("orderId", "reason?"))
         return OrderCancelled(f.str("orderId"), f.opt_str("reason"))
 
 

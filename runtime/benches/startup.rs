@@ -52,7 +52,12 @@ fn main() {
         bytes += std::fs::metadata(file).unwrap().len();
         std::fs::copy(file, config.modules_dir.join(format!("{name}.wasm"))).unwrap();
     }
-    println!("start-up with {} modules ({} MB): {}", modules.len(), bytes >> 20, modules.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", "));
+    println!(
+        "start-up with {} modules ({} MB): {}",
+        modules.len(),
+        bytes >> 20,
+        modules.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", ")
+    );
     for run in ["cold (empty compile cache)", "cached", "cached again"] {
         let started = Instant::now();
         let runtime = rt.block_on(reel::Runtime::start(config.clone())).unwrap();
@@ -61,7 +66,10 @@ fn main() {
         let failed: Vec<_> = files.iter().filter(|f| f.error.is_some()).collect();
         assert!(failed.is_empty(), "{failed:?}");
         let compile: f64 = files.iter().filter_map(|f| f.compile_ms).sum();
-        println!("{run:<28} {:>8.0} ms to serve; compile or cache load {compile:>8.0} ms in total", elapsed.as_secs_f64() * 1000.0);
+        println!(
+            "{run:<28} {:>8.0} ms to serve; compile or cache load {compile:>8.0} ms in total",
+            elapsed.as_secs_f64() * 1000.0
+        );
         rt.block_on(runtime.shutdown());
         std::thread::sleep(Duration::from_millis(200));
     }

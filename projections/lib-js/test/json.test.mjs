@@ -57,3 +57,20 @@ test("parse keeps integers and floats apart", () => {
   assert.throws(() => parse("{\"a\":1,}"), /line 1 column 8/);
   assert.throws(() => parse("[1] x"), /trailing characters/);
 });
+
+test("serdeF64 follows serde_json's f64 parsing", async () => {
+  const { serdeF64 } = await import("../json.js");
+  // Below 2^53 the significand is exact and one division rounds correctly.
+  for (const t of ["31.50", "0.1", "12345678.90", "-5066.27", "1e5", "2.5E-3", "0.000001", "90071992547409.91"]) {
+    assert.equal(serdeF64(t), Number(t), t);
+  }
+  // Above 2^53: significand rounded to f64 first, then divided by 100.
+  assert.equal(serdeF64("-92233720368547658.09"), -(Number(9223372036854765809n) / 100));
+  assert.notEqual(serdeF64("-92233720368547658.09"), Number("-92233720368547658.09"));
+  // Digits beyond 64 bits are dropped (integer part scales the exponent).
+  assert.equal(serdeF64("123456789012345678901234"), Number(12345678901234567890n) * 1e4);
+  assert.equal(serdeF64("-0"), -0);
+  assert.equal(serdeF64("1e-400"), 0);
+  assert.throws(() => serdeF64("1e400"), RangeError);
+  assert.equal(serdeF64("0e99999999999"), 0);
+});

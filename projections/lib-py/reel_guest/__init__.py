@@ -117,7 +117,7 @@ def export(manifest, events, handle, init=None, query=None):
         def describe(self):
             return manifest.to_wit()
 
-        def init(self):
+        def setup(self):
             if init is None:
                 return
             try:

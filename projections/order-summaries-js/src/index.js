@@ -53,7 +53,7 @@ function lineItem(item) {
   };
 }
 
-export const { describe, init, handle, query } = defineProjection({
+export const { describe, setup, handle, query } = defineProjection({
   manifest: {
     name: "order-summaries-js",
     version: "1",

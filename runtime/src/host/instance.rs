@@ -302,7 +302,7 @@ impl Guest for WasmGuest {
     }
 
     fn init(&mut self) -> Result<(), GuestFailure> {
-        self.call(|b, s| b.call_init(s))?.map_err(|e| rejected(None, e))
+        self.call(|b, s| b.call_setup(s))?.map_err(|e| rejected(None, e))
     }
 
     fn handle(&mut self, events: &[Event]) -> Result<(), GuestFailure> {

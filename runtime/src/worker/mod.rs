@@ -240,11 +240,19 @@ impl Worker {
     /// Claim and open the namespace, instantiate, run `init` once.
     /// `Ok(false)`: another runtime owns the projection.
     fn open(&mut self) -> Result<bool, GuestFailure> {
-        let mut writer = self.ctx.store.open_writer(&self.ns, self.ctx.limits.batch_timeout)?;
-        if !writer.try_claim()? {
-            return Ok(false);
-        }
-        let mut caps = Capabilities::new(&self.ns.name, writer, self.ctx.limits.clone(), Mode::Write)?;
+        // After a failed start, keep the claimed connection: opening another
+        // would find our own claim in the way.
+        let mut caps = match (self.guest.take(), self.spare.take()) {
+            (Some(guest), _) => guest.into_caps(),
+            (None, Some(caps)) => caps,
+            (None, None) => {
+                let mut writer = self.ctx.store.open_writer(&self.ns, self.ctx.limits.batch_timeout)?;
+                if !writer.try_claim()? {
+                    return Ok(false);
+                }
+                Capabilities::new(&self.ns.name, writer, self.ctx.limits.clone(), Mode::Write)?
+            }
+        };
         let checkpoint = caps.namespace().checkpoint()?;
         self.spare = Some(caps);
         if !checkpoint.initialized {

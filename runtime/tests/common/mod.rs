@@ -47,6 +47,21 @@ pub fn guest(crate_name: &str) -> PathBuf {
     path
 }
 
+/// The component of a projection in another language
+/// (`projections/<name>/dist/<name>.wasm`, e.g. `order-summaries-js`). Their
+/// toolchains are not cargo's: `cargo xtask guests` builds them, and a test
+/// that needs one fails loudly when it is missing.
+pub fn language_guest(name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../projections/{name}/dist/{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the JavaScript, Python and C projections with `cargo xtask guests` \
+         (it installs their toolchains: npm packages, componentize-py, clang + wasi-libc, wit-bindgen, wasm-tools)",
+        path.display()
+    );
+    path
+}
+
 /// A compile cache shared by every test (safe for concurrent use).
 fn shared_cache() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("reel-compile-cache")
