@@ -25,7 +25,7 @@ dir=$(cd "$1" && pwd)
 shift
 name=$(basename "$dir")
 lib=$(cd "$(dirname "$0")" && pwd)
-wit=$(cd "$lib/../../wit" && pwd)
+wit=$(cd "${REEL_WIT:-$lib/../../wit}" && pwd)
 
 CC=${CC:-clang}
 WIT_BINDGEN=${WIT_BINDGEN:-wit-bindgen}

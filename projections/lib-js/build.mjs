@@ -15,8 +15,12 @@ import { basename, dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const libDir = dirname(fileURLToPath(import.meta.url));
-const projectionsDir = resolve(libDir, "..");
-const witFile = resolve(projectionsDir, "../wit/projection.wit");
+// In this repository the helper sits in projections/lib-js and the WIT in
+// wit/; a scaffold from `reel new` says where its copies are.
+const projectionsDir = process.env.REEL_MODULE_ROOT ? resolve(process.env.REEL_MODULE_ROOT) : resolve(libDir, "..");
+const witFile = process.env.REEL_WIT
+  ? resolve(process.env.REEL_WIT, "projection.wit")
+  : resolve(libDir, "../../wit/projection.wit");
 const projectDir = process.cwd();
 const name = basename(projectDir);
 const entry = join(projectDir, "src", "index.js");

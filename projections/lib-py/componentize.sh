@@ -11,7 +11,7 @@ set -euo pipefail
 
 project=$(cd "${1:?usage: componentize.sh <project folder>}" && pwd)
 lib=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-wit=$(cd "$lib/../../wit" && pwd)
+wit=$(cd "${REEL_WIT:-$lib/../../wit}" && pwd)
 name=$(basename "$project")
 venv="$project/.venv"
 python=${PYTHON:-python3}

@@ -25,6 +25,7 @@
 //! - [`runtime`]: wires it together: [`run`] starts everything for a [`Config`].
 //! - [`cli`] and [`client`]: the control subcommands of the `reel` command,
 //!   over a small HTTP client.
+//! - [`scaffold`]: `reel new`, a projection folder in Rust, JavaScript, Python or C.
 //! - [`workload`]: a deterministic order workload and the read models it must
 //!   produce (tests, benchmarks).
 
@@ -36,6 +37,7 @@ pub mod host;
 pub mod modules;
 mod pg;
 pub mod runtime;
+pub mod scaffold;
 pub mod source;
 pub mod store;
 pub mod worker;

@@ -43,6 +43,17 @@ enum Command {
     },
     /// Delete a projection's read model (remove its module file first).
     Delete(NameArgs),
+    /// Create a projection folder that builds and deploys as it is.
+    New {
+        /// The projection's name (a-z, 0-9, `-`, `_`).
+        name: String,
+        /// Its language.
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: reel::scaffold::Lang,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Args)]
@@ -189,6 +200,17 @@ async fn main() -> anyhow::Result<()> {
         Command::Pause(p) => Ok(reel::cli::control(&p.target.server, &p.name, "pause").map_err(anyhow::Error::msg)?),
         Command::Resume(p) => Ok(reel::cli::control(&p.target.server, &p.name, "resume").map_err(anyhow::Error::msg)?),
         Command::Delete(p) => Ok(reel::cli::control(&p.target.server, &p.name, "delete").map_err(anyhow::Error::msg)?),
+        Command::New { name, lang, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let files = reel::scaffold::scaffold(&name, lang, &dir).map_err(anyhow::Error::msg)?;
+            println!(
+                "created {} ({} files); see {}/README.md to build and deploy it",
+                dir.display(),
+                files.len(),
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Rebuild { projection, no_wait } => {
             Ok(reel::cli::rebuild(&projection.target.server, &projection.name, !no_wait).map_err(anyhow::Error::msg)?)
         }

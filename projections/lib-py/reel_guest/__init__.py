@@ -91,7 +91,8 @@ def export(manifest, events, handle, init=None, query=None):
     """The `WitWorld` class componentize-py exports, built from plain functions.
 
     - `events`: event type -> decoder of the parsed JSON payload (raise
-      `JsonError` for a payload of the wrong shape; see `Fields`);
+      `JsonError` for a payload of the wrong shape; see `Fields`), or None to
+      take any event type with its payload parsed as JSON;
     - `handle(ctx, envelope)`: apply one event;
     - `init(ctx)`: create tables (optional);
     - `query(ctx, name, args)`: return a JSON value (optional).
@@ -100,10 +101,15 @@ def export(manifest, events, handle, init=None, query=None):
     query); any other exception does too, as `Failed`, with its traceback logged.
     """
     ctx = Context()
-    decoders = dict(events)
-    expected = _one_of(list(decoders))
+    decoders = None if events is None else dict(events)
+    expected = _one_of(list(decoders or ()))
 
     def decode(raw):
+        if decoders is None:
+            try:
+                return Envelope(raw, loads(raw.data))
+            except JsonError as e:
+                raise InvalidEvent(f"`{raw.event_type}` event: {e}") from None
         decoder = decoders.get(raw.event_type)
         if decoder is None:
             raise InvalidEvent(f"`{raw.event_type}` event: unknown variant `{raw.event_type}`, {expected}")

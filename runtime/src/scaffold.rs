@@ -1,0 +1,184 @@
+//! `reel new`: a projection folder that builds and deploys as it is, in Rust,
+//! JavaScript, Python or C. Everything it needs is copied in: the contract
+//! (`wit/projection.wit`) and the language's helper (the Rust SDK, or
+//! `lib-js`, `lib-py`, `lib-c`), the same files this repository builds its
+//! examples with.
+
+use std::path::{Path, PathBuf};
+
+/// The languages `reel new` scaffolds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    /// Rust, with the `reel-guest-sdk` crate.
+    Rust,
+    /// JavaScript, built with componentize-qjs.
+    Js,
+    /// Python, built with componentize-py.
+    Python,
+    /// C, built with clang, wit-bindgen and wasm-tools.
+    C,
+}
+
+/// A file of a scaffold: where it goes, what it holds, whether it has
+/// `{{name}}` / `{{ident}}` placeholders, whether it is executable.
+struct File {
+    path: &'static str,
+    text: &'static str,
+    template: bool,
+    executable: bool,
+}
+
+const fn file(path: &'static str, text: &'static str) -> File {
+    File { path, text, template: false, executable: false }
+}
+
+const fn template(path: &'static str, text: &'static str) -> File {
+    File { path, text, template: true, executable: false }
+}
+
+const fn script(path: &'static str, text: &'static str, template: bool) -> File {
+    File { path, text, template, executable: true }
+}
+
+const WIT: File = file("wit/projection.wit", include_str!("../../wit/projection.wit"));
+
+const RUST: &[File] = &[
+    template("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
+    template("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
+    template("README.md", include_str!("../templates/rust/README.md")),
+    file(".gitignore", "target/\n"),
+    file("reel-guest-sdk/Cargo.toml", include_str!("../templates/rust/reel-guest-sdk.toml")),
+    file("reel-guest-sdk/src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
+    file("reel-guest-sdk/src/context.rs", include_str!("../../guest-sdk/src/context.rs")),
+    file("reel-guest-sdk/src/error.rs", include_str!("../../guest-sdk/src/error.rs")),
+    file("reel-guest-sdk/src/event.rs", include_str!("../../guest-sdk/src/event.rs")),
+    file("reel-guest-sdk/src/native.rs", include_str!("../../guest-sdk/src/native.rs")),
+    file("reel-guest-sdk/src/value.rs", include_str!("../../guest-sdk/src/value.rs")),
+    file("reel-guest-sdk/src/wasm.rs", include_str!("../../guest-sdk/src/wasm.rs")),
+];
+
+const JS: &[File] = &[
+    template("package.json", include_str!("../templates/js/package.json")),
+    template("src/index.js", include_str!("../templates/js/src/index.js")),
+    template("README.md", include_str!("../templates/js/README.md")),
+    file(".gitignore", "node_modules/\ndist/\n"),
+    file("lib-js/reel.js", include_str!("../../projections/lib-js/reel.js")),
+    file("lib-js/json.js", include_str!("../../projections/lib-js/json.js")),
+    file("lib-js/utf8.js", include_str!("../../projections/lib-js/utf8.js")),
+    file("lib-js/build.mjs", include_str!("../../projections/lib-js/build.mjs")),
+];
+
+/// The lock file of the examples' JavaScript toolchain, for the scaffold's.
+const JS_LOCK: &str = include_str!("../../projections/order-summaries-js/package-lock.json");
+
+const PYTHON: &[File] = &[
+    template("app.py", include_str!("../templates/python/app.py")),
+    file("requirements.txt", include_str!("../templates/python/requirements.txt")),
+    script("build.sh", include_str!("../templates/python/build.sh"), true),
+    template("README.md", include_str!("../templates/python/README.md")),
+    file(".gitignore", ".venv/\ndist/\n__pycache__/\n"),
+    script("lib-py/componentize.sh", include_str!("../../projections/lib-py/componentize.sh"), false),
+    file("lib-py/reel_guest/__init__.py", include_str!("../../projections/lib-py/reel_guest/__init__.py")),
+    file("lib-py/reel_guest/errors.py", include_str!("../../projections/lib-py/reel_guest/errors.py")),
+    file("lib-py/reel_guest/jsontext.py", include_str!("../../projections/lib-py/reel_guest/jsontext.py")),
+    file("lib-py/reel_guest/store.py", include_str!("../../projections/lib-py/reel_guest/store.py")),
+];
+
+const C: &[File] = &[
+    template("app.c", include_str!("../templates/c/app.c")),
+    script("build.sh", include_str!("../templates/c/build.sh"), true),
+    template("README.md", include_str!("../templates/c/README.md")),
+    file(".gitignore", "gen/\nbuild/\ndist/\n"),
+    script("lib-c/build-component.sh", include_str!("../../projections/lib-c/build-component.sh"), false),
+    file("lib-c/reel_host.c", include_str!("../../projections/lib-c/reel_host.c")),
+    file("lib-c/reel_host.h", include_str!("../../projections/lib-c/reel_host.h")),
+    file("lib-c/reel_json.c", include_str!("../../projections/lib-c/reel_json.c")),
+    file("lib-c/reel_json.h", include_str!("../../projections/lib-c/reel_json.h")),
+    file("lib-c/reel_str.c", include_str!("../../projections/lib-c/reel_str.c")),
+    file("lib-c/reel_str.h", include_str!("../../projections/lib-c/reel_str.h")),
+    file("lib-c/README.md", include_str!("../../projections/lib-c/README.md")),
+];
+
+/// Check a projection name the way the runtime checks a manifest's.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a projection name: use 1 to 48 characters of a-z, 0-9, `-` and `_`, starting with a letter"
+        ))
+    }
+}
+
+/// Write a new projection `name` in `lang` into `dir` (which must not exist
+/// or be empty). Returns the files written.
+pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    check_name(name)?;
+    if dir.exists() && std::fs::read_dir(dir).map_err(|e| e.to_string())?.next().is_some() {
+        return Err(format!("{} exists and is not empty", dir.display()));
+    }
+    let ident = name.replace('-', "_");
+    let fill = |text: &str| text.replace("{{name}}", name).replace("{{ident}}", &ident);
+    let files: &[File] = match lang {
+        Lang::Rust => RUST,
+        Lang::Js => JS,
+        Lang::Python => PYTHON,
+        Lang::C => C,
+    };
+    let mut written = Vec::new();
+    let mut write = |path: &str, text: String, executable: bool| -> Result<(), String> {
+        let target = dir.join(path);
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&target, text).map_err(|e| format!("writing {}: {e}", target.display()))?;
+        if executable {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).map_err(|e| e.to_string())?;
+        }
+        written.push(target);
+        Ok(())
+    };
+    for f in files.iter().chain(std::iter::once(&WIT)) {
+        let text = if f.template { fill(f.text) } else { f.text.to_owned() };
+        write(f.path, text, f.executable)?;
+    }
+    if lang == Lang::Js {
+        write("package-lock.json", JS_LOCK.replace("\"order-summaries-js\"", &format!("\"{name}\"")), false)?;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_targets_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(scaffold("Bad Name", Lang::Rust, &dir.path().join("x")).unwrap_err().contains("not a projection name"));
+        std::fs::write(dir.path().join("taken"), "").unwrap();
+        assert!(scaffold("ok", Lang::Rust, dir.path()).unwrap_err().contains("is not empty"));
+    }
+
+    #[test]
+    fn every_language_gets_its_contract_and_helper() {
+        for (lang, must) in [
+            (Lang::Rust, "reel-guest-sdk/src/wasm.rs"),
+            (Lang::Js, "lib-js/reel.js"),
+            (Lang::Python, "lib-py/reel_guest/store.py"),
+            (Lang::C, "lib-c/reel_host.c"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = scaffold("my-counter", lang, dir.path()).unwrap();
+            assert!(files.iter().any(|f| f.ends_with(must)), "{lang:?}");
+            assert!(dir.path().join("wit/projection.wit").exists());
+            let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
+            assert!(readme.contains("my-counter") && !readme.contains("{{"), "{lang:?}: {readme}");
+        }
+    }
+}

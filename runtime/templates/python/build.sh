@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Builds dist/{{name}}.wasm (installs componentize-py into .venv the first time).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+REEL_WIT="$here/wit" exec bash "$here/lib-py/componentize.sh" "$here"
