@@ -5,13 +5,16 @@
 //! cargo bench -p reel --bench rebuild                      # 1,000,000 events, both backends
 //! cargo bench -p reel --bench rebuild -- --events 200000 --backend postgres
 //! cargo test  -p reel --bench rebuild -- --smoke           # 10,000 events, what CI runs
+//! cargo bench -p reel --bench rebuild -- --events 100000 --backend sqlite --languages
 //! ```
 //!
 //! Variants: the two example projections as components (WASM), the same two
 //! compiled natively against the same store code (the limit), and a
 //! hand-written loop the way tutorials write a projector (one transaction and
-//! one statement per event), on the first `--handwritten` events. Every
-//! projection run is checked against the fold of the events.
+//! one statement per event), on the first `--handwritten` events. With
+//! `--languages`, also the JavaScript, Python and C versions of both (built by
+//! `cargo xtask guests`). Every projection run is checked against the fold of
+//! the events.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -33,6 +36,8 @@ struct Args {
     backends: Vec<Backend>,
     handwritten: usize,
     batch: usize,
+    /// Also the JavaScript, Python and C components.
+    languages: bool,
 }
 
 fn args() -> Args {
@@ -42,6 +47,7 @@ fn args() -> Args {
         backends: vec![Backend::Sqlite, Backend::Postgres],
         handwritten: 20_000,
         batch: reel::config::BatchConfig::default().max_events,
+        languages: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -51,6 +57,7 @@ fn args() -> Args {
             "--handwritten" => args.handwritten = value().parse().expect("--handwritten N"),
             "--batch" => args.batch = value().parse().expect("--batch N"),
             "--only" => args.only = Some(value()),
+            "--languages" => args.languages = true,
             "--backend" => {
                 args.backends = match value().as_str() {
                     "sqlite" => vec![Backend::Sqlite],
@@ -125,17 +132,23 @@ async fn bench_backend(backend: Backend, args: &Args) {
     );
 
     let mut results = BTreeMap::new();
-    for (label, variant) in [
-        ("order-summaries (wasm)", Variant::Wasm("order_summaries")),
-        ("order-summaries (native)", Variant::NativeOrders),
-        ("customer-stats (wasm)", Variant::Wasm("customer_stats")),
-        ("customer-stats (native)", Variant::NativeCustomers),
-    ] {
+    let mut variants = vec![
+        ("order-summaries (wasm)".to_owned(), Variant::Wasm("order_summaries")),
+        ("order-summaries (native)".to_owned(), Variant::NativeOrders),
+        ("customer-stats (wasm)".to_owned(), Variant::Wasm("customer_stats")),
+        ("customer-stats (native)".to_owned(), Variant::NativeCustomers),
+    ];
+    if args.languages {
+        for name in LANGUAGE_MODULES {
+            variants.push((format!("{name} (wasm)"), Variant::Language(name)));
+        }
+    }
+    for (label, variant) in variants {
         if args.only.as_ref().is_some_and(|only| !label.contains(only.as_str())) {
             continue;
         }
-        let rate = rebuild(&runtime, &config, variant, stored.len(), head_cursor, &expected).await;
-        println!("{label:<28} {rate:>10.0} events/s");
+        let (rate, compile) = rebuild(&runtime, &config, variant, stored.len(), head_cursor, &expected).await;
+        println!("{label:<28} {rate:>10.0} events/s  ({compile}, included)");
         results.insert(label, rate);
     }
     let ceiling = ceiling(&config, &stored, args.batch).await;
@@ -199,14 +212,27 @@ async fn bench_backend(backend: Backend, args: &Args) {
     }
 }
 
+/// The example projections in the other languages (`projections/<name>/dist/<name>.wasm`).
+const LANGUAGE_MODULES: [&str; 6] = [
+    "order-summaries-js",
+    "customer-stats-js",
+    "order-summaries-py",
+    "customer-stats-py",
+    "order-summaries-c",
+    "customer-stats-c",
+];
+
 #[derive(Clone, Copy)]
 enum Variant {
     Wasm(&'static str),
     NativeOrders,
     NativeCustomers,
+    /// One of [`LANGUAGE_MODULES`].
+    Language(&'static str),
 }
 
-/// Deploy `variant` on a fresh namespace; events/s until it reached the head.
+/// Deploy `variant` on a fresh namespace; events/s until it reached the head
+/// (the module's compile included), and how long that compile took.
 async fn rebuild(
     runtime: &Runtime,
     config: &reel::Config,
@@ -214,9 +240,10 @@ async fn rebuild(
     events: usize,
     head: Cursor,
     expected: &Expected,
-) -> f64 {
+) -> (f64, String) {
     let name = match variant {
         Variant::Wasm("order_summaries") | Variant::NativeOrders => "order-summaries",
+        Variant::Language(name) => name,
         _ => "customer-stats",
     };
     let file = config.modules_dir.join(format!("{name}.wasm"));
@@ -224,6 +251,10 @@ async fn rebuild(
     match variant {
         Variant::Wasm(crate_name) => {
             std::fs::copy(common::guest(crate_name), &file).unwrap();
+            runtime.reload(file.clone()).await;
+        }
+        Variant::Language(name) => {
+            std::fs::copy(common::language_guest(name), &file).unwrap();
             runtime.reload(file.clone()).await;
         }
         Variant::NativeOrders => runtime.deploy_native::<order_summaries::OrderSummaries>().await.unwrap(),
@@ -239,18 +270,26 @@ async fn rebuild(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
+    let compile = match runtime.files().into_iter().find(|f| f.path == file) {
+        Some(f) => format!(
+            "{} {:.0} ms",
+            if f.cached == Some(true) { "cache load" } else { "compile" },
+            f.compile_ms.unwrap_or_default()
+        ),
+        None => "native, no compile".to_owned(),
+    };
     verify(runtime, name, expected).await;
-    if matches!(variant, Variant::Wasm(_)) {
+    if matches!(variant, Variant::Wasm(_) | Variant::Language(_)) {
         std::fs::remove_file(&file).unwrap();
         runtime.reload(file).await;
     }
     runtime.delete(name).await.unwrap();
-    rate
+    (rate, compile)
 }
 
 /// The read model equals the fold, or the run does not count.
 async fn verify(runtime: &Runtime, name: &str, expected: &Expected) {
-    if name == "order-summaries" {
+    if name.starts_with("order-summaries") {
         let read = TableRead { table: "order_summaries".into(), limit: 10_000_000, ..TableRead::default() };
         let rows = runtime.read(name, None, move |ns| ns.read_table(&read)).await.unwrap();
         let got: BTreeMap<String, Value> = rows
@@ -261,12 +300,12 @@ async fn verify(runtime: &Runtime, name: &str, expected: &Expected) {
                 (object["order_id"].as_str().unwrap().to_owned(), Value::Object(object))
             })
             .collect();
-        assert!(got == common::expected_rows(expected), "order-summaries differs from the fold");
+        assert!(got == common::expected_rows(expected), "{name} differs from the fold");
     } else {
         let entries = runtime.read(name, None, |ns| ns.kv_scan("customer/", None, 10_000_000)).await.unwrap();
         let got: BTreeMap<String, String> =
             entries.into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect();
-        assert!(got == expected.customers, "customer-stats differs from the fold");
+        assert!(got == expected.customers, "{name} differs from the fold");
     }
 }
 

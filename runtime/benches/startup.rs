@@ -58,6 +58,7 @@ fn main() {
         bytes >> 20,
         modules.iter().map(|m| m.0.as_str()).collect::<Vec<_>>().join(", ")
     );
+    let mut per_module = Vec::new();
     for run in ["cold (empty compile cache)", "cached", "cached again"] {
         let started = Instant::now();
         let runtime = rt.block_on(reel::Runtime::start(config.clone())).unwrap();
@@ -70,7 +71,17 @@ fn main() {
             "{run:<28} {:>8.0} ms to serve; compile or cache load {compile:>8.0} ms in total",
             elapsed.as_secs_f64() * 1000.0
         );
+        per_module.push(files);
         rt.block_on(runtime.shutdown());
         std::thread::sleep(Duration::from_millis(200));
+    }
+    println!("\n{:<24} {:>10} {:>12} {:>12}", "module", "size (KB)", "cold (ms)", "cached (ms)");
+    for (name, file) in &modules {
+        let target = config.modules_dir.join(format!("{name}.wasm"));
+        let ms = |run: usize| {
+            per_module[run].iter().find(|f| f.path == target).and_then(|f| f.compile_ms).unwrap_or_default()
+        };
+        let size = std::fs::metadata(file).unwrap().len();
+        println!("{name:<24} {:>10} {:>12.0} {:>12.1}", size / 1000, ms(0), ms(1));
     }
 }
