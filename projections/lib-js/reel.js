@@ -71,6 +71,31 @@ export const log = {
   error: logAt("error"),
 };
 
+// The engine has no `console`; give it one that writes to reel's log, so
+// `console.log` in projection code (or a library) works instead of throwing.
+if (typeof globalThis.console === "undefined") {
+  const line = (args) =>
+    args
+      .map((a) => {
+        if (typeof a === "string") return a;
+        try {
+          return JSON.stringify(a) ?? String(a);
+        } catch {
+          return String(a);
+        }
+      })
+      .join(" ");
+  const at = (write) => (...args) => write(line(args));
+  globalThis.console = {
+    log: at(log.info),
+    info: at(log.info),
+    debug: at(log.debug),
+    trace: at(log.trace),
+    warn: at(log.warn),
+    error: at(log.error),
+  };
+}
+
 // ---------------------------------------------------------------------------
 // Key-value store
 

@@ -26,8 +26,8 @@ const RECENT_LINES: usize = 5;
 pub fn inert_ctx(projection: &str, recent_stderr: Arc<Mutex<VecDeque<String>>>) -> WasiCtx {
     let name: Arc<str> = Arc::from(projection);
     WasiCtx::builder()
-        .stdout(GuestOutput { projection: Arc::clone(&name), stream: "stdout", recent: None })
-        .stderr(GuestOutput { projection: name, stream: "stderr", recent: Some(recent_stderr) })
+        .stdout(GuestOutput::new(Arc::clone(&name), "stdout", None))
+        .stderr(GuestOutput::new(name, "stderr", Some(recent_stderr)))
         .wall_clock(FixedWallClock)
         .monotonic_clock(SteppingClock::default())
         .secure_random(wasmtime_wasi::Deterministic::new(fixed_bytes(0x5eed)))
@@ -80,12 +80,64 @@ impl HostMonotonicClock for SteppingClock {
     }
 }
 
-/// Guest stdout/stderr, written to reel's log.
+/// Guest stdout/stderr, written to reel's log a line at a time. The line
+/// being written is shared by every stream handle of the instance (a guest
+/// may open one per write, and flush after each piece of a line), and what is
+/// left without a newline is logged when the instance goes away.
 #[derive(Clone)]
-struct GuestOutput {
+struct GuestOutput(Arc<Sink>);
+
+struct Sink {
     projection: Arc<str>,
     stream: &'static str,
     recent: Option<Arc<Mutex<VecDeque<String>>>>,
+    line: Mutex<Vec<u8>>,
+}
+
+impl GuestOutput {
+    fn new(projection: Arc<str>, stream: &'static str, recent: Option<Arc<Mutex<VecDeque<String>>>>) -> Self {
+        Self(Arc::new(Sink { projection, stream, recent, line: Mutex::new(Vec::new()) }))
+    }
+}
+
+impl Sink {
+    fn write(&self, buf: &[u8]) {
+        let Ok(mut line) = self.line.lock() else { return };
+        for chunk in buf.split_inclusive(|b| *b == b'\n') {
+            if line.len() < LINE_BYTES {
+                line.extend_from_slice(chunk);
+            }
+            if chunk.ends_with(b"\n") {
+                self.emit(&line);
+                line.clear();
+            }
+        }
+    }
+
+    fn emit(&self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = super::caps::truncate(text.trim_end(), LINE_BYTES);
+        tracing::info!(target: "reel::guest", projection = %self.projection, stream = self.stream, "{text}");
+        if let Some(recent) = &self.recent
+            && let Ok(mut recent) = recent.lock()
+        {
+            if recent.len() == RECENT_LINES {
+                recent.pop_front();
+            }
+            recent.push_back(text.to_owned());
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Ok(line) = self.line.get_mut()
+            && !line.is_empty()
+        {
+            let line = std::mem::take(line);
+            self.emit(&line);
+        }
+    }
 }
 
 impl IsTerminal for GuestOutput {
@@ -96,7 +148,7 @@ impl IsTerminal for GuestOutput {
 
 impl StdoutStream for GuestOutput {
     fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(LineWriter { output: self.clone(), line: Vec::new() })
+        Box::new(LineWriter(self.clone()))
     }
 
     fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
@@ -104,46 +156,16 @@ impl StdoutStream for GuestOutput {
     }
 }
 
-struct LineWriter {
-    output: GuestOutput,
-    line: Vec<u8>,
-}
-
-impl LineWriter {
-    fn emit(&mut self) {
-        let text = String::from_utf8_lossy(&self.line);
-        let text = super::caps::truncate(text.trim_end(), LINE_BYTES);
-        tracing::info!(target: "reel::guest", projection = %self.output.projection, stream = self.output.stream, "{text}");
-        if let Some(recent) = &self.output.recent
-            && let Ok(mut recent) = recent.lock()
-        {
-            if recent.len() == RECENT_LINES {
-                recent.pop_front();
-            }
-            recent.push_back(text.to_owned());
-        }
-        self.line.clear();
-    }
-}
+struct LineWriter(GuestOutput);
 
 #[wasmtime_wasi::async_trait]
 impl OutputStream for LineWriter {
     fn write(&mut self, buf: Bytes) -> Result<(), StreamError> {
-        for chunk in buf.split_inclusive(|b| *b == b'\n') {
-            if self.line.len() < LINE_BYTES {
-                self.line.extend_from_slice(chunk);
-            }
-            if chunk.ends_with(b"\n") {
-                self.emit();
-            }
-        }
+        self.0.0.write(&buf);
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), StreamError> {
-        if !self.line.is_empty() {
-            self.emit();
-        }
         Ok(())
     }
 
