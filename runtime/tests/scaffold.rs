@@ -103,9 +103,8 @@ async fn every_scaffold_builds_deploys_and_answers_its_query() {
         { "count": 1, "event_type": "something.else" },
     ]);
     for (name, _) in &components {
-        let status = h
-            .wait_status(name, Duration::from_secs(120), |s| s["position"] == last || s["state"] == "stopped")
-            .await;
+        let status =
+            h.wait_status(name, Duration::from_secs(120), |s| s["position"] == last || s["state"] == "stopped").await;
         assert_eq!(status["position"], last, "{name}: {status:#}");
         let counts = h.get(&format!("/projections/{name}/query/counts?min_position={last}")).await;
         assert_eq!(counts, expected, "{name}");

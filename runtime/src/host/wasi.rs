@@ -178,3 +178,42 @@ impl OutputStream for LineWriter {
 impl Pollable for LineWriter {
     async fn ready(&mut self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(recent: &Arc<Mutex<VecDeque<String>>>) -> Vec<String> {
+        recent.lock().unwrap().iter().cloned().collect()
+    }
+
+    #[test]
+    fn a_line_written_in_pieces_through_several_handles_is_one_line() {
+        let recent = Arc::new(Mutex::new(VecDeque::new()));
+        let output = GuestOutput::new(Arc::from("p"), "stderr", Some(Arc::clone(&recent)));
+        // CPython's print: each piece through a fresh handle, flushed.
+        for piece in ["placed", " ", "o-1", "\n", "two\nlines\npart"] {
+            let mut handle = output.p2_stream();
+            handle.write(Bytes::copy_from_slice(piece.as_bytes())).unwrap();
+            handle.flush().unwrap();
+        }
+        assert_eq!(lines(&recent), ["placed o-1", "two", "lines"]);
+        drop(output);
+        assert_eq!(lines(&recent), ["placed o-1", "two", "lines", "part"], "the rest is logged when the instance goes");
+    }
+
+    #[test]
+    fn only_the_last_lines_are_kept_and_long_lines_are_cut() {
+        let recent = Arc::new(Mutex::new(VecDeque::new()));
+        let output = GuestOutput::new(Arc::from("p"), "stderr", Some(Arc::clone(&recent)));
+        let mut handle = output.p2_stream();
+        for i in 0..8 {
+            handle.write(Bytes::from(format!("line {i}\n"))).unwrap();
+        }
+        handle.write(Bytes::from(format!("{}\n", "x".repeat(3 * LINE_BYTES)))).unwrap();
+        let kept = lines(&recent);
+        assert_eq!(kept.len(), RECENT_LINES);
+        assert_eq!(kept[..4], ["line 4", "line 5", "line 6", "line 7"]);
+        assert!(kept[4].len() <= LINE_BYTES + 4 && kept[4].starts_with("xxx"), "{}", kept[4].len());
+    }
+}
