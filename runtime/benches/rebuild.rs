@@ -411,14 +411,22 @@ const HW_DDL: &str = "CREATE TABLE hw_orders (order_id TEXT PRIMARY KEY, custome
            CREATE TABLE hw_checkpoint (id INTEGER PRIMARY KEY, position BIGINT); \
            INSERT INTO hw_checkpoint VALUES (1, 0);";
 
-/// The settings reel uses for a namespace file, so a ceiling is measured on
-/// the same storage.
-fn tuned(conn: &rusqlite::Connection) {
+/// The settings reel uses for a namespace file (`store/sqlite.rs`), so a
+/// ceiling is measured on the same storage. Returns what reel does after each
+/// commit: a checkpoint on another thread once the WAL is big.
+fn tuned(conn: &rusqlite::Connection, path: &std::path::Path) -> impl FnMut() + use<> {
+    use reel::store::wal;
     conn.pragma_update(None, "page_size", 16_384).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
     conn.pragma_update(None, "cache_size", -262_144).unwrap();
-    conn.pragma_update(None, "wal_autocheckpoint", 4000).unwrap();
+    conn.wal_hook(Some(wal::note_wal_pages));
+    let checkpointer = wal::Checkpointer::start(path).unwrap();
+    move || {
+        if wal::take_wal_pages() >= wal::BACKGROUND_PAGES {
+            checkpointer.request();
+        }
+    }
 }
 
 /// The limit for order-summaries: the same writes from a native client with
@@ -430,8 +438,8 @@ async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) ->
         None => {
             let path = config.data_dir.join("ceiling.db");
             tokio::task::spawn_blocking(move || {
-                let mut conn = rusqlite::Connection::open(path).unwrap();
-                tuned(&conn);
+                let mut conn = rusqlite::Connection::open(&path).unwrap();
+                let mut after_commit = tuned(&conn, &path);
                 conn.execute_batch(HW_DDL).unwrap();
                 let started = Instant::now();
                 for (n, chunk) in statements.chunks(batch).enumerate() {
@@ -442,6 +450,7 @@ async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) ->
                     }
                     tx.execute("UPDATE hw_checkpoint SET position = ?1 WHERE id = 1", [n as i64]).unwrap();
                     tx.commit().unwrap();
+                    after_commit();
                 }
                 statements.len() as f64 / started.elapsed().as_secs_f64()
             })
@@ -543,8 +552,8 @@ async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize)
         None => {
             let path = config.data_dir.join("kv-ceiling.db");
             tokio::task::spawn_blocking(move || {
-                let mut conn = rusqlite::Connection::open(path).unwrap();
-                tuned(&conn);
+                let mut conn = rusqlite::Connection::open(&path).unwrap();
+                let mut after_commit = tuned(&conn, &path);
                 conn.execute_batch(
                     "CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID; \
                      CREATE TABLE checkpoint (id INTEGER PRIMARY KEY, position BIGINT); INSERT INTO checkpoint VALUES (1, 0);",
@@ -561,6 +570,7 @@ async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize)
                     }
                     tx.execute("UPDATE checkpoint SET position = ?1 WHERE id = 1", [n as i64]).unwrap();
                     tx.commit().unwrap();
+                    after_commit();
                 }
                 total / started.elapsed().as_secs_f64()
             })

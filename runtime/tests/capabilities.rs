@@ -222,3 +222,40 @@ fn limits_and_read_only_mode_are_enforced() {
     let error = r.sql_query("CREATE TABLE x (a)", vec![]).unwrap().unwrap_err();
     assert!(error.message.contains("read-only"), "{error:?}");
 }
+
+#[test]
+fn the_write_ahead_log_stays_bounded_without_checkpoints_in_the_commit() {
+    let (store, dir) = store();
+    let wal = dir.path().join(format!("{}.db-wal", NamespaceId::new("p", "1").slug()));
+    let mut w = writer(&store, Limits::default());
+    // 96 MiB of distinct values, 1 MiB per commit: without checkpoints the
+    // WAL would hold all of it. A background checkpoint starts past 16 MiB
+    // and the WAL restarts from its beginning once one has completed.
+    let value = vec![7u8; 64 << 10];
+    let mut largest = 0;
+    for batch in 0..96i64 {
+        w.begin().unwrap();
+        for i in 0..16 {
+            w.kv_set(format!("k/{batch}/{i}"), value.clone()).unwrap();
+        }
+        w.commit(at(batch), at(batch + 1)).unwrap();
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        // Give the checkpoint thread a chance on a busy machine.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(largest < 64 << 20, "the WAL grew to {} MiB", largest >> 20);
+    drop(w);
+    let mut r = reader(&store);
+    r.begin().unwrap();
+    assert_eq!(r.kv_get("k/95/15").unwrap(), Some(value));
+    assert_eq!(r.kv_scan("k/", None, 10_000).unwrap().len(), 96 * 16);
+    assert_eq!(r.namespace().checkpoint().unwrap().cursor, at(96));
+    drop(r);
+    // The namespace can be dropped and made again at once: the checkpoint
+    // thread's connection is closed with the writer's.
+    let ns = NamespaceId::new("p", "1");
+    store.drop_namespace(&ns).unwrap();
+    let mut w = writer(&store, Limits::default());
+    w.begin().unwrap();
+    assert_eq!(w.kv_get("k/0/0").unwrap(), None);
+}

@@ -407,6 +407,7 @@ async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>, close
                                 }
                             }
                             Some(Ok(_)) => {}
+                            Some(Err(_)) if closed.load(std::sync::atomic::Ordering::Relaxed) => return,
                             Some(Err(e)) => {
                                 tracing::warn!("LISTEN connection lost: {e}; polling until it is back");
                                 break;

@@ -10,6 +10,7 @@ pub mod kv_cache;
 pub mod postgres;
 pub mod sql_text;
 pub mod sqlite;
+pub mod wal;
 
 use std::fmt;
 use std::time::Duration;

@@ -17,6 +17,7 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 
 use super::sql_text::{quote_ident, refusal, sqlite_placeholders};
+use super::wal;
 use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
 use crate::source::time::{format_micros, now_micros};
 use crate::source::{Cursor, Event};
@@ -85,16 +86,17 @@ impl SqliteStore {
         } else {
             // A rebuild dirties pages all over the B-trees (random keys), and
             // each commit writes every dirty page to the WAL: bigger pages
-            // hold more of a batch's rows per page written, a big cache keeps
-            // them between batches, and rarer checkpoints write a page that
-            // many batches touched to the file once (docs/benchmarks.md).
-            // The page size only applies to a new file.
+            // hold more of a batch's rows per page written, and a big cache
+            // keeps them between batches (docs/benchmarks.md). The page size
+            // only applies to a new file. Checkpoints copy the WAL into the
+            // file on another thread, not inside a commit (store/wal.rs).
             conn.pragma_update(None, "page_size", 16_384).map_err(db)?;
             conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
             conn.pragma_update(None, "cache_size", -262_144).map_err(db)?; // 256 MiB
-            conn.pragma_update(None, "wal_autocheckpoint", 4000).map_err(db)?; // pages: 64 MiB
             conn.execute_batch(SCHEMA).map_err(db)?;
+            // Checkpoints run on a thread of their own (store/wal.rs).
+            conn.wal_hook(Some(wal::note_wal_pages));
         }
         conn.set_prepared_statement_cache_capacity(256);
         let guest = Arc::new(AtomicBool::new(false));
@@ -115,6 +117,8 @@ impl SqliteStore {
         )
         .map_err(db)?;
         Ok(SqliteNamespace {
+            checkpointer: None,
+            path,
             conn,
             guest,
             read_only,
@@ -234,6 +238,10 @@ fn authorize_guest(ctx: &AuthContext<'_>) -> Authorization {
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {
+    /// Started at the first checkpoint; declared before `conn` so that it
+    /// is closed first.
+    checkpointer: Option<wal::Checkpointer>,
+    path: PathBuf,
     conn: Connection,
     /// True while a projection's statement is prepared or stepped: the
     /// authorizer applies only then.
@@ -244,7 +252,7 @@ pub struct SqliteNamespace {
     /// not run (as on PostgreSQL, where the transaction is aborted).
     failed: Option<StoreError>,
     /// Projection statements already checked, with SQLite placeholders.
-    checked: HashMap<String, String>,
+    checked: HashMap<String, Arc<str>>,
     /// How long a transaction's statements may run.
     deadline: Duration,
     /// When the progress handler interrupts (set during a transaction).
@@ -351,23 +359,44 @@ impl SqliteNamespace {
         result.map_err(sql_error)
     }
 
+    /// Keep the WAL bounded: past a threshold, a checkpoint on the
+    /// checkpointer's thread; far past it, one here.
+    fn after_commit(&mut self) {
+        let pages = wal::take_wal_pages();
+        if pages >= wal::FOREGROUND_PAGES {
+            if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                tracing::warn!("checkpoint of {} failed: {e}", self.path.display());
+            }
+        } else if pages >= wal::BACKGROUND_PAGES {
+            if self.checkpointer.is_none() {
+                match wal::Checkpointer::start(&self.path) {
+                    Ok(checkpointer) => self.checkpointer = Some(checkpointer),
+                    Err(e) => tracing::warn!("no background checkpoints for {}: {e}", self.path.display()),
+                }
+            }
+            if let Some(checkpointer) = &self.checkpointer {
+                checkpointer.request();
+            }
+        }
+    }
+
     /// Check a projection statement (once per distinct text) and return it
     /// with SQLite placeholders.
-    fn check(&mut self, statement: &str) -> Result<String, StoreError> {
+    fn check(&mut self, statement: &str) -> Result<Arc<str>, StoreError> {
         if !self.in_tx {
             return Err(StoreError::Database("statement outside a transaction".into()));
         }
         if let Some(rewritten) = self.checked.get(statement) {
-            return Ok(rewritten.clone());
+            return Ok(Arc::clone(rewritten));
         }
         if let Some(why) = refusal(statement) {
             return Err(StoreError::Refused(why));
         }
-        let rewritten = sqlite_placeholders(statement).into_owned();
+        let rewritten: Arc<str> = Arc::from(sqlite_placeholders(statement));
         if self.checked.len() >= CHECKED_STATEMENTS {
             self.checked.clear();
         }
-        self.checked.insert(statement.to_owned(), rewritten.clone());
+        self.checked.insert(statement.to_owned(), Arc::clone(&rewritten));
         Ok(rewritten)
     }
 }
@@ -411,6 +440,9 @@ impl Namespace for SqliteNamespace {
         self.conn.execute_batch("COMMIT").map_err(db)?;
         self.in_tx = false;
         self.interrupt(None);
+        if !self.read_only {
+            self.after_commit();
+        }
         Ok(())
     }
 
