@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod sql_text;
 pub mod sqlite;
 pub mod wal;
+pub mod writer;
 
 use std::fmt;
 use std::time::Duration;

@@ -18,6 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 
 use super::sql_text::{quote_ident, refusal, sqlite_placeholders};
 use super::wal;
+use super::writer::{self, Statement, Writer};
 use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
 use crate::source::time::{format_micros, now_micros};
 use crate::source::{Cursor, Event};
@@ -119,7 +120,9 @@ impl SqliteStore {
         Ok(SqliteNamespace {
             checkpointer: None,
             path,
-            conn,
+            home: Some(conn),
+            writer: None,
+            pending: Vec::new(),
             guest,
             read_only,
             in_tx: false,
@@ -242,7 +245,12 @@ pub struct SqliteNamespace {
     /// is closed first.
     checkpointer: Option<wal::Checkpointer>,
     path: PathBuf,
-    conn: Connection,
+    /// The connection, unless it is on the writer's thread.
+    home: Option<Connection>,
+    /// Runs a big batch's statements alongside the guest (store/writer.rs).
+    writer: Option<Writer>,
+    /// Statements of this transaction not yet run.
+    pending: Vec<Statement>,
     /// True while a projection's statement is prepared or stepped: the
     /// authorizer applies only then.
     guest: Arc<AtomicBool>,
@@ -267,7 +275,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 }
 
 /// A projection statement's error: the database's code and message.
-fn sql_error(e: rusqlite::Error) -> StoreError {
+pub(super) fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
             StoreError::Limit("the statement ran past the batch deadline and was interrupted".into())
@@ -305,7 +313,7 @@ fn result_code_name(code: i32) -> String {
 }
 
 /// A [`Value`] as a SQLite parameter.
-struct Param<'a>(&'a Value);
+pub(super) struct Param<'a>(pub(super) &'a Value);
 
 impl ToSql for Param<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -353,10 +361,55 @@ impl SqliteNamespace {
 
     /// Run `f` with the authorizer on, as a projection statement.
     fn as_guest<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
+        self.settle()?;
+        let conn = self.home.as_ref().ok_or_else(writer::lost)?;
         self.guest.store(true, Ordering::Relaxed);
-        let result = f(&self.conn);
+        let result = f(conn);
         self.guest.store(false, Ordering::Relaxed);
         result.map_err(sql_error)
+    }
+
+    /// The connection, once the statements queued so far have run (their
+    /// first error is kept for the next query or the commit).
+    fn conn(&mut self) -> Result<&Connection, StoreError> {
+        self.settle()?;
+        self.home.as_ref().ok_or_else(writer::lost)
+    }
+
+    /// Run the queued statements: wait for the writer thread if the
+    /// connection is there, else run them here.
+    fn settle(&mut self) -> Result<(), StoreError> {
+        let pending = std::mem::take(&mut self.pending);
+        match self.writer.as_mut().filter(|w| w.is_away()) {
+            Some(writer) => {
+                if !pending.is_empty() {
+                    writer.run(None, pending)?;
+                }
+                let (conn, failed) = writer.give_back()?;
+                self.home = Some(conn);
+                if self.failed.is_none() {
+                    self.failed = failed;
+                }
+            }
+            None if !pending.is_empty() && self.failed.is_none() => {
+                let conn = self.home.as_ref().ok_or_else(writer::lost)?;
+                self.failed = writer::run(conn, &self.guest, &pending).err();
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Hand the queued statements to the writer thread, with the connection
+    /// if it is here.
+    fn ship(&mut self) -> Result<(), StoreError> {
+        if self.writer.is_none() {
+            self.writer = Some(Writer::start(Arc::clone(&self.guest))?);
+        }
+        let statements = std::mem::replace(&mut self.pending, Vec::with_capacity(writer::CHUNK));
+        let writer = self.writer.as_mut().expect("started above");
+        let conn = if writer.is_away() { None } else { Some(self.home.take().ok_or_else(writer::lost)?) };
+        writer.run(conn, statements)
     }
 
     /// Keep the WAL bounded: past a threshold, a checkpoint on the
@@ -364,7 +417,8 @@ impl SqliteNamespace {
     fn after_commit(&mut self) {
         let pages = wal::take_wal_pages();
         if pages >= wal::FOREGROUND_PAGES {
-            if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            let done = self.home.as_ref().map(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
+            if let Some(Err(e)) = done {
                 tracing::warn!("checkpoint of {} failed: {e}", self.path.display());
             }
         } else if pages >= wal::BACKGROUND_PAGES {
@@ -403,7 +457,7 @@ impl SqliteNamespace {
 
 impl Namespace for SqliteNamespace {
     fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
-        self.conn
+        self.conn()?
             .query_row("SELECT tx, position, initialized FROM _reel_checkpoint WHERE id = 1", [], |r| {
                 Ok(Checkpoint { cursor: Cursor { tx: r.get(0)?, id: r.get(1)? }, initialized: r.get(2)? })
             })
@@ -412,7 +466,7 @@ impl Namespace for SqliteNamespace {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         let sql = if self.read_only { "BEGIN DEFERRED" } else { "BEGIN IMMEDIATE" };
-        self.conn.execute_batch(sql).map_err(db)?;
+        self.conn()?.execute_batch(sql).map_err(db)?;
         self.in_tx = true;
         self.failed = None;
         self.interrupt(Some(Instant::now() + self.deadline));
@@ -420,12 +474,13 @@ impl Namespace for SqliteNamespace {
     }
 
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
+        self.settle()?;
         if let Some(failed) = self.failed.take() {
             return Err(failed);
         }
         if !self.read_only {
             let moved = self
-                .conn
+                .conn()?
                 .prepare_cached(
                     "UPDATE _reel_checkpoint SET tx = ?1, position = ?2, initialized = 1, updated_at = ?3 \
                      WHERE id = 1 AND tx = ?4 AND position = ?5",
@@ -437,7 +492,7 @@ impl Namespace for SqliteNamespace {
                 return Err(StoreError::Fenced { expected: from, found });
             }
         }
-        self.conn.execute_batch("COMMIT").map_err(db)?;
+        self.conn()?.execute_batch("COMMIT").map_err(db)?;
         self.in_tx = false;
         self.interrupt(None);
         if !self.read_only {
@@ -447,19 +502,21 @@ impl Namespace for SqliteNamespace {
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
+        self.pending.clear();
+        self.settle()?;
         self.failed = None;
         self.interrupt(None);
         if self.in_tx {
             self.in_tx = false;
-            if !self.conn.is_autocommit() {
-                self.conn.execute_batch("ROLLBACK").map_err(db)?;
+            if !self.conn()?.is_autocommit() {
+                self.conn()?.execute_batch("ROLLBACK").map_err(db)?;
             }
         }
         Ok(())
     }
 
     fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        self.conn
+        self.conn()?
             .prepare_cached("SELECT value FROM _reel_kv WHERE key = ?1")
             .and_then(|mut s| s.query_row([key], |r| r.get(0)).optional())
             .map_err(db)
@@ -480,7 +537,7 @@ impl Namespace for SqliteNamespace {
             (false, true) => "SELECT key, value FROM _reel_kv WHERE key >= ?1 AND key < ?2 ORDER BY key LIMIT ?3",
             (true, true) => "SELECT key, value FROM _reel_kv WHERE key > ?1 AND key < ?2 ORDER BY key LIMIT ?3",
         };
-        let mut stmt = self.conn.prepare_cached(sql).map_err(db)?;
+        let mut stmt = self.conn()?.prepare_cached(sql).map_err(db)?;
         let upper = upper.unwrap_or_default();
         let rows = stmt
             .query_map(params![lower, upper, limit as i64], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?)))
@@ -489,13 +546,13 @@ impl Namespace for SqliteNamespace {
     }
 
     fn kv_write(&mut self, writes: &mut dyn Iterator<Item = (String, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        let mut upsert = self
-            .conn
+        let conn = self.conn()?;
+        let mut upsert = conn
             .prepare_cached(
                 "INSERT INTO _reel_kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             )
             .map_err(db)?;
-        let mut delete = self.conn.prepare_cached("DELETE FROM _reel_kv WHERE key = ?1").map_err(db)?;
+        let mut delete = conn.prepare_cached("DELETE FROM _reel_kv WHERE key = ?1").map_err(db)?;
         for (key, value) in writes {
             match value {
                 Some(value) => upsert.execute(params![key, value]),
@@ -507,7 +564,7 @@ impl Namespace for SqliteNamespace {
     }
 
     fn kv_is_empty(&mut self) -> Result<bool, StoreError> {
-        self.conn.query_row("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", [], |r| r.get(0)).map_err(db)
+        self.conn()?.query_row("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", [], |r| r.get(0)).map_err(db)
     }
 
     fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError> {
@@ -518,18 +575,16 @@ impl Namespace for SqliteNamespace {
         if self.failed.is_some() {
             return Ok(()); // the batch already failed; its error surfaces at the next query or the commit
         }
-        let result = self.as_guest(|conn| {
-            let mut stmt = conn.prepare_cached(&statement)?;
-            stmt.execute(rusqlite::params_from_iter(params.iter().map(Param)))
-        });
-        if let Err(e) = result {
-            self.failed = Some(e);
+        self.pending.push((statement, params));
+        if self.pending.len() >= writer::CHUNK {
+            self.ship()?;
         }
         Ok(())
     }
 
     fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError> {
         let statement = self.check(statement)?;
+        self.settle()?;
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
@@ -569,6 +624,7 @@ impl Namespace for SqliteNamespace {
     }
 
     fn flush(&mut self) -> Result<(), StoreError> {
+        self.settle()?;
         match &self.failed {
             Some(e) => Err(e.clone()),
             None => Ok(()),
@@ -576,7 +632,7 @@ impl Namespace for SqliteNamespace {
     }
 
     fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError> {
-        let columns = table_columns(&self.conn, &read.table)?;
+        let columns = table_columns(self.conn()?, &read.table)?;
         let known = |c: &str| {
             if columns.iter().any(|k| k == c) {
                 Ok(quote_ident(c))
@@ -599,7 +655,7 @@ impl Namespace for SqliteNamespace {
             sql.push_str(&format!(" ORDER BY {}{}", known(column)?, if *desc { " DESC" } else { "" }));
         }
         sql.push_str(&format!(" LIMIT {}", read.limit));
-        let mut stmt = self.conn.prepare(&sql).map_err(db)?;
+        let mut stmt = self.conn()?.prepare(&sql).map_err(db)?;
         let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
         let width = names.len();
         let rows = stmt
@@ -614,7 +670,7 @@ impl Namespace for SqliteNamespace {
 
     fn tables(&mut self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()?
             .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'view') AND name NOT LIKE '\\_reel\\_%' ESCAPE '\\' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name")
             .map_err(db)?;
         let names = stmt.query_map([], |r| r.get(0)).map_err(db)?;
@@ -622,7 +678,7 @@ impl Namespace for SqliteNamespace {
     }
 
     fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
-        self.conn
+        self.conn()?
             .prepare_cached(
                 "INSERT OR REPLACE INTO _reel_dead_letters \
                  (position, stream_id, version, event_type, data, metadata, occurred_at, error, failed_at) \
@@ -647,7 +703,7 @@ impl Namespace for SqliteNamespace {
 
     fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let mut stmt = self
-            .conn
+            .conn()?
             .prepare_cached(
                 "SELECT position, stream_id, version, event_type, data, metadata, occurred_at, error, failed_at \
                  FROM _reel_dead_letters WHERE position > ?1 ORDER BY position LIMIT ?2",
@@ -673,7 +729,7 @@ impl Namespace for SqliteNamespace {
 
     fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError> {
         let removed = self
-            .conn
+            .conn()?
             .prepare_cached("DELETE FROM _reel_dead_letters WHERE position = ?1")
             .and_then(|mut s| s.execute([position]))
             .map_err(db)?;

@@ -10,8 +10,8 @@
 //! [`BACKGROUND_PAGES`] asks a [`Checkpointer`] thread with a connection of
 //! its own to run a `PASSIVE` checkpoint, which proceeds alongside the writer.
 //! If the WAL still grows past [`FOREGROUND_PAGES`] (the checkpointer cannot
-//! finish because readers hold old snapshots), the writer checkpoints itself
-//! so the file stays bounded.
+//! finish because the writer never pauses or readers hold old snapshots),
+//! the writer checkpoints itself so the file stays bounded.
 
 use std::cell::Cell;
 use std::ffi::c_int;
@@ -27,7 +27,12 @@ use rusqlite::{Connection, OpenFlags};
 pub const BACKGROUND_PAGES: i32 = 1_000;
 
 /// WAL size, in pages, from which the writer checkpoints in its own commit
-/// (256 MiB).
+/// (256 MiB). The background checkpoint copies frames up to the commit it
+/// started after; the WAL starts over from its beginning only once every
+/// frame is copied when a write begins, which a writer committing back to
+/// back may not leave time for. The checkpoint here then finishes what the
+/// thread has mostly done. (At 64 MiB, these stalls cost a 1M-event
+/// rebuild 40% of its speed: docs/benchmarks.md.)
 pub const FOREGROUND_PAGES: i32 = 16_000;
 
 thread_local! {
