@@ -320,26 +320,7 @@ async fn load(config: &reel::Config, events: &[OrderEvent]) {
                 .unwrap();
         }
         Some(url) => {
-            use futures_util::SinkExt;
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(connection);
-            let sink = client
-                .copy_in("COPY events (stream_id, version, event_type, data, occurred_at) FROM STDIN")
-                .await
-                .unwrap();
-            futures_util::pin_mut!(sink);
-            let start = reel::source::time::now_micros() - events.len() as i64 * 1000;
-            let mut buf = String::new();
-            for (i, e) in events.iter().enumerate() {
-                let at = reel::source::time::format_micros(start + i as i64 * 1000);
-                let data = e.data.to_string().replace('\\', "\\\\");
-                buf.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", e.stream_id, e.version, e.event_type, data, at));
-                if buf.len() > 1 << 20 {
-                    sink.send(bytes::Bytes::from(std::mem::take(&mut buf))).await.unwrap();
-                }
-            }
-            sink.send(bytes::Bytes::from(buf)).await.unwrap();
-            sink.finish().await.unwrap();
+            reel::workload::load::copy_postgres(url, events).await.unwrap();
         }
     }
 }

@@ -123,6 +123,8 @@ pub enum Target {
     Server(String),
     /// An embedded data folder's `events.db`.
     DataDir(PathBuf),
+    /// A PostgreSQL database's events table (created if absent).
+    Database(String),
 }
 
 /// Generate `orders` orders with `seed` (and `customers`, if given) into `target`.
@@ -142,6 +144,10 @@ pub async fn generate(orders: usize, seed: u64, customers: Option<usize>, target
             let db = dir.join("events.db");
             crate::source::sqlite::SqliteSource::open(&db).await?;
             tokio::task::spawn_blocking(move || load::insert_sqlite(&db, &events)).await??
+        }
+        Target::Database(url) => {
+            crate::source::postgres::PgSource::open(&url).await?;
+            load::copy_postgres(&url, &events).await.map_err(anyhow::Error::msg)?
         }
     })
 }

@@ -153,15 +153,25 @@ impl Default for Limits {
 }
 
 /// How many events go into one transaction.
+///
+/// A projection catching up gets full batches, sized so that one takes
+/// about `target` (never more than `max_events`); live traffic makes small
+/// ones. Within a batch, the guest is called with at most `call_events`
+/// events at a time, which bounds the memory one call needs.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
-    /// Most events per batch. Catching up uses full batches; live traffic
-    /// makes small ones.
+    /// Most events per batch (one transaction).
     pub max_events: usize,
+    /// How long a full batch should take: longer batches write each B-tree
+    /// page fewer times, shorter ones hold a transaction open for less time
+    /// (on PostgreSQL an open writing transaction delays every tailer).
+    pub target: Duration,
+    /// Most events per `handle` call.
+    pub call_events: usize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_events: 20_000 }
+        Self { max_events: 100_000, target: Duration::from_secs(1), call_events: 20_000 }
     }
 }

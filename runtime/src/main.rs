@@ -71,8 +71,11 @@ struct GenerateArgs {
     #[arg(long, conflicts_with = "data_dir")]
     server: Option<String>,
     /// Insert straight into this embedded data folder's events.db.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "database")]
     data_dir: Option<PathBuf>,
+    /// COPY straight into this PostgreSQL database's events table.
+    #[arg(long, conflicts_with = "server")]
+    database: Option<String>,
 }
 
 #[derive(Args)]
@@ -104,8 +107,9 @@ struct ServeArgs {
     /// HTTP listen address.
     #[arg(long, default_value = "127.0.0.1:8080", env = "REEL_LISTEN")]
     listen: SocketAddr,
-    /// Most events per batch (one transaction).
-    #[arg(long, default_value_t = 20_000)]
+    /// Most events per batch (one transaction); catching up, batches are
+    /// sized to take about a second, up to this.
+    #[arg(long, default_value_t = 100_000)]
     batch_size: usize,
     /// CPU deadline of one call into a projection, in seconds.
     #[arg(long, default_value_t = 10.0)]
@@ -185,10 +189,13 @@ async fn main() -> anyhow::Result<()> {
             reel::run(args.config()?, shutdown).await
         }
         Command::Generate(args) => {
-            let target = match (args.server, args.data_dir) {
-                (Some(url), _) => reel::cli::Target::Server(url),
-                (None, Some(dir)) => reel::cli::Target::DataDir(dir),
-                (None, None) => anyhow::bail!("say where the events go: --server URL or --data-dir DIR"),
+            let target = match (args.server, args.data_dir, args.database) {
+                (Some(url), _, _) => reel::cli::Target::Server(url),
+                (None, Some(dir), _) => reel::cli::Target::DataDir(dir),
+                (None, None, Some(url)) => reel::cli::Target::Database(url),
+                (None, None, None) => {
+                    anyhow::bail!("say where the events go: --server URL, --data-dir DIR or --database postgres://...")
+                }
             };
             let last = reel::cli::generate(args.orders, args.seed, args.customers, target).await?;
             println!("appended {} orders; last position {last}", args.orders);

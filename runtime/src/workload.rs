@@ -335,6 +335,40 @@ pub mod load {
         Ok(last)
     }
 
+    /// Load `events` into the PostgreSQL events table at `url` with one
+    /// `COPY` (the table must exist), stamped one millisecond apart ending
+    /// now. Returns the last position.
+    pub async fn copy_postgres(url: &str, events: &[OrderEvent]) -> Result<i64, String> {
+        use futures_util::SinkExt;
+        let (client, connection) =
+            tokio_postgres::connect(url, tokio_postgres::NoTls).await.map_err(|e| format!("connecting: {e}"))?;
+        let connection = tokio::spawn(connection);
+        let copy = async {
+            let sink =
+                client.copy_in("COPY events (stream_id, version, event_type, data, occurred_at) FROM STDIN").await?;
+            futures_util::pin_mut!(sink);
+            let start = now_micros() - events.len() as i64 * 1000;
+            let mut buf = String::new();
+            for (i, e) in events.iter().enumerate() {
+                // Text format: a backslash starts an escape. JSON has no raw
+                // tabs or newlines; its backslashes are doubled.
+                let data = e.data.to_string().replace('\\', "\\\\");
+                let at = format_micros(start + i as i64 * 1000);
+                buf.push_str(&format!("{}\t{}\t{}\t{}\t{}\n", e.stream_id, e.version, e.event_type, data, at));
+                if buf.len() > 1 << 20 {
+                    sink.send(bytes::Bytes::from(std::mem::take(&mut buf))).await?;
+                }
+            }
+            sink.send(bytes::Bytes::from(buf)).await?;
+            sink.finish().await?;
+            client.query_one("SELECT coalesce(max(id), 0) FROM events", &[]).await.map(|row| row.get::<_, i64>(0))
+        };
+        let last = copy.await.map_err(|e| format!("copying events: {e}"));
+        drop(client);
+        let _ = connection.await;
+        last
+    }
+
     /// Append `events` through a reel server's `POST /events` (one request
     /// per event, with its expected version), over one keep-alive connection.
     /// Returns the last position.

@@ -97,6 +97,7 @@ impl WorkerHandle {
 pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHandle {
     let (control, control_rx) = mpsc::unbounded_channel();
     let status = Arc::new(Status::new(Cursor::START));
+    let batch_limit = first_batch(&ctx.batch);
     let worker = Worker {
         filter: filter_of(&program),
         wake: ctx.source.wakeups(),
@@ -111,6 +112,7 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         cursor: Cursor::START,
         persisted: Cursor::START,
         last_persist: Instant::now(),
+        batch_limit,
         paused: false,
         halted: false,
     };
@@ -155,9 +157,19 @@ struct Worker {
     /// projection does not subscribe to).
     persisted: Cursor,
     last_persist: Instant,
+    /// Events to read for the next batch (see [`BatchConfig`]).
+    batch_limit: usize,
     paused: bool,
     halted: bool,
 }
+
+/// The first batch's size: one guest call's worth.
+fn first_batch(batch: &BatchConfig) -> usize {
+    batch.call_events.min(batch.max_events).max(1)
+}
+
+/// Smallest batch a projection is tuned down to.
+const MIN_BATCH: usize = 100;
 
 fn backoff(attempt: u32) -> Duration {
     BACKOFF_START.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(BACKOFF_MAX)
@@ -302,7 +314,7 @@ impl Worker {
 
     /// One read and, if it found events, one batch. `Ok(false)`: nothing new.
     fn step(&mut self) -> Result<bool, Halt> {
-        let limit = self.ctx.batch.max_events;
+        let limit = self.batch_limit;
         let reader = self.reader.as_mut().expect("opened");
         let started = Instant::now();
         let batch = match reader.read_batch(self.cursor, &self.filter, limit) {
@@ -362,10 +374,11 @@ impl Worker {
     /// Apply `events` as one transaction ending at `end`.
     fn apply(&mut self, events: &[Event], end: Cursor) -> Result<(), GuestFailure> {
         let from = self.persisted;
+        let call_events = self.ctx.batch.call_events.max(1);
         let guest = self.guest()?;
         guest.caps().begin()?;
         let started = Instant::now();
-        let result = guest.handle(events).and_then(|()| {
+        let result = events.chunks(call_events).try_for_each(|call| guest.handle(call)).and_then(|()| {
             let handled = started.elapsed();
             guest.caps().commit(from, end)?;
             tracing::trace!(
@@ -381,6 +394,7 @@ impl Worker {
                 self.persisted = end;
                 self.last_persist = Instant::now();
                 self.status.committed(events.len(), end);
+                self.tune(events.len(), started.elapsed());
                 Ok(())
             }
             Err(e) => {
@@ -388,6 +402,19 @@ impl Worker {
                 Err(e)
             }
         }
+    }
+
+    /// Size the next batch from how long a full one took: about the target
+    /// time, at most twice the last size, within [`MIN_BATCH`] and the
+    /// maximum. Smaller batches (live traffic, narrowing down) say nothing.
+    fn tune(&mut self, events: usize, took: Duration) {
+        if events < self.batch_limit {
+            return;
+        }
+        let batch = &self.ctx.batch;
+        let fitting = events as f64 * batch.target.as_secs_f64() / took.as_secs_f64().max(1e-4);
+        let next = (fitting as usize).min(self.batch_limit.saturating_mul(2));
+        self.batch_limit = next.clamp(MIN_BATCH.min(batch.max_events), batch.max_events.max(1));
     }
 
     /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),
