@@ -40,6 +40,7 @@ pub mod runtime;
 pub mod scaffold;
 pub mod source;
 pub mod store;
+mod text;
 pub mod worker;
 pub mod workload;
 

@@ -92,7 +92,7 @@ fn be<const N: usize>(raw: &[u8]) -> Option<[u8; N]> {
 }
 
 fn decode(ty: &Type, raw: &[u8]) -> Option<Value> {
-    let text = |bytes: &[u8]| Value::Text(String::from_utf8_lossy(bytes).into_owned());
+    let text = |bytes: &[u8]| Value::Text(crate::text::lossy(bytes));
     Some(match *ty {
         Type::BOOL => Value::Integer(i64::from(*raw.first()? != 0)),
         Type::INT2 => Value::Integer(i64::from(i16::from_be_bytes(be(raw)?))),

@@ -332,7 +332,7 @@ fn to_value(value: ValueRef<'_>) -> Value {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Integer(i),
         ValueRef::Real(f) => Value::Real(f),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Text(t) => Value::Text(crate::text::lossy(t)),
         ValueRef::Blob(b) => Value::Blob(b.to_vec()),
     }
 }
