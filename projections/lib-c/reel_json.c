@@ -979,6 +979,8 @@ static int decode_field(reader *r, const reel_de_field *f) {
 /* The derived visit_map: members in document order, then missing fields. */
 static int visit_map(reader *r, const reel_de_field *fields, size_t count) {
     unsigned char seen[MAX_FIELDS] = {0};
+    size_t lens[MAX_FIELDS];
+    for (size_t i = 0; i < count; i++) lens[i] = strlen(fields[i].name);
     int first = 1;
     for (;;) {
         int has = has_next_key(r, &first);
@@ -988,7 +990,7 @@ static int visit_map(reader *r, const reel_de_field *fields, size_t count) {
         reel_str key;
         if (parse_str(r, &key)) return -1;
         size_t i = 0;
-        while (i < count && !(strlen(fields[i].name) == key.len && memcmp(fields[i].name, key.ptr, key.len) == 0))
+        while (i < count && !(lens[i] == key.len && memcmp(fields[i].name, key.ptr, key.len) == 0))
             i++;
         if (i < count && seen[i]) {
             if (!r->silent) {

@@ -3,8 +3,9 @@
  *
  *   - integers in plain decimal;
  *   - doubles in the shortest form that reads back to the same value, laid
- *     out like Rust's ryu crate (serde_json's float writer): `31.5`, `3.0`,
- *     `0.001`, `1e16`, `1.5e-7`; non-finite values as `null`;
+ *     out as serde_json's float writer does: `31.5`, `3.0`, `0.001`,
+ *     `1e+16`, `1.5e-7` (the exponent's sign always written); non-finite
+ *     values as `null`;
  *   - strings quoted with serde_json's escapes (`\"`, `\\`, `\n`, ... and
  *     `\u00XX` for other control characters; everything else as is).
  *

@@ -118,7 +118,7 @@ async fn bench_backend(backend: Backend, args: &Args) {
     let started = Instant::now();
     load(&config, &events).await;
     let load_time = started.elapsed();
-    let stored = stored_events(&config).await;
+    let stored = common::stored_events(&config.data_dir, config.database_url.as_deref()).await;
     let expected = fold(&stored);
     let head = runtime.source().head().await.unwrap();
     let head_cursor = runtime.source().cursor_of(head).await.unwrap().unwrap();
@@ -321,38 +321,6 @@ async fn load(config: &reel::Config, events: &[OrderEvent]) {
         }
         Some(url) => {
             reel::workload::load::copy_postgres(url, events).await.unwrap();
-        }
-    }
-}
-
-async fn stored_events(config: &reel::Config) -> Vec<StoredEvent> {
-    match &config.database_url {
-        None => {
-            let conn = rusqlite::Connection::open(config.data_dir.join("events.db")).unwrap();
-            let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
-            stmt.query_map([], |r| Ok(StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? }))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
-        }
-        Some(url) => {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(connection);
-            let rows = client
-                .query(
-                    "SELECT event_type, data::text, (extract(epoch FROM occurred_at) * 1000000)::bigint \
-                     FROM events ORDER BY transaction_id, id",
-                    &[],
-                )
-                .await
-                .unwrap();
-            rows.iter()
-                .map(|r| StoredEvent {
-                    event_type: r.get(0),
-                    data: r.get(1),
-                    occurred_at: reel::source::time::format_micros(r.get(2)),
-                })
-                .collect()
         }
     }
 }

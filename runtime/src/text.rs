@@ -4,7 +4,7 @@
 ///
 /// `String::from_utf8_lossy` checks byte by byte; `str::from_utf8` checks a
 /// word at a time when the text is ASCII, as event payloads mostly are. In a
-/// SQLite rebuild the lossy check was 70% of the thread reading the events.
+/// SQLite rebuild the lossy check was half of the thread reading the events.
 pub fn lossy(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(text) => text.to_owned(),

@@ -56,9 +56,10 @@ async fn a_new_version_is_rebuilt_beside_the_old_and_reads_switch_atomically(bac
 
     // Readers hammer the read endpoints while version 2 rebuilds.
     let stop = Arc::new(AtomicBool::new(false));
+    let crossed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut readers = Vec::new();
     for r in 0..3 {
-        let (app, stop) = (h.app.clone(), Arc::clone(&stop));
+        let (app, stop, crossed) = (h.app.clone(), Arc::clone(&stop), Arc::clone(&crossed));
         readers.push(tokio::spawn(async move {
             let (mut reads, mut failures, mut switched) = (0u64, Vec::new(), false);
             let mut position = 1 + r * 997;
@@ -71,7 +72,12 @@ async fn a_new_version_is_rebuilt_beside_the_old_and_reads_switch_atomically(bac
                     reads += 1;
                     match (status, &body) {
                         (StatusCode::OK, Value::String(v)) if v == "a" && !switched => {}
-                        (StatusCode::OK, Value::String(v)) if v == "c" => switched = true,
+                        (StatusCode::OK, Value::String(v)) if v == "c" => {
+                            if !switched {
+                                crossed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            switched = true
+                        }
                         (StatusCode::OK, Value::Number(n)) if n.as_i64() == Some(last) => {}
                         _ => failures.push(format!("{uri}: {status} {body} (after switch: {switched})")),
                     }
@@ -86,7 +92,12 @@ async fn a_new_version_is_rebuilt_beside_the_old_and_reads_switch_atomically(bac
     assert!(rebuilding["rebuild"]["lag"].as_i64().is_some(), "{rebuilding:#}");
     let done = h.wait_status("echo", PATIENCE, |s| s["version"] == "2" && s["rebuild"].is_null()).await;
     assert_eq!(done["position"], last);
-    tokio::time::sleep(Duration::from_millis(300)).await; // reads after the switch too
+    // Every reader goes on until it has read the new version too.
+    let waited = std::time::Instant::now();
+    while crossed.load(Ordering::Relaxed) < 3 && waited.elapsed() < PATIENCE {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(crossed.load(Ordering::Relaxed), 3, "every reader read across the switch");
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for reader in readers {
@@ -128,19 +139,33 @@ async fn a_new_version_that_fails_to_initialise_never_takes_over(backend: Backen
 }
 
 async fn a_file_still_being_written_is_not_loaded_half_done(backend: Backend) {
-    let h = Harness::start(backend, &[]).await;
+    // A debounce far longer than the pause in the middle of the write.
+    let h = Harness::start_with(backend, &[], |c| c.watch_debounce = Duration::from_secs(1)).await;
     let bytes = std::fs::read(common::guest("fixture_echo_a")).unwrap();
     let file = h.config.modules_dir.join("slow.wasm");
     let (first, rest) = bytes.split_at(bytes.len() / 2);
     std::fs::write(&file, first).unwrap();
-    tokio::time::sleep(Duration::from_millis(40)).await; // well inside the 150 ms debounce
+    tokio::time::sleep(Duration::from_millis(100)).await; // well inside the debounce
     let mut f = std::fs::OpenOptions::new().append(true).open(&file).unwrap();
     std::io::Write::write_all(&mut f, rest).unwrap();
     drop(f);
-    let status = h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
-    assert!(status["module_error"].is_null(), "{status:#}");
-    let modules = h.get("/modules").await;
-    assert_eq!(modules[0]["error"], Value::Null, "the half-written file was never tried: {modules:#}");
+    // A load of the half file would show as an error on it until the whole
+    // file loads; watch for one on every poll, not only at the end.
+    let waited = std::time::Instant::now();
+    loop {
+        let modules = h.get("/modules").await;
+        assert!(
+            modules.as_array().unwrap().iter().all(|m| m["error"].is_null()),
+            "the half-written file was never tried: {modules:#}"
+        );
+        let (status, body) = h.call("GET", "/projections/echo", None).await;
+        if status == StatusCode::OK && body["state"] == "running" {
+            assert!(body["module_error"].is_null(), "{body:#}");
+            break;
+        }
+        assert!(waited.elapsed() < PATIENCE, "echo never ran: {body:#}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.finish().await;
 }
 

@@ -517,9 +517,29 @@ async fn start_up_refuses_when_transaction_ids_went_backwards() {
 async fn an_insert_by_another_writer_wakes_the_workers() {
     let (url, source, _reader) = source().await;
     let mut wakeups = source.wakeups();
-    // The listener wakes everyone once when it (re)connects; take that first.
-    tokio::time::timeout(Duration::from_secs(10), wakeups.changed()).await.unwrap().unwrap();
+    // Wait until the listener's LISTEN is in place (it wakes everyone once
+    // then, and never again but for a notification or a reconnect).
     let writer = connect(&url).await;
+    let waited = Instant::now();
+    loop {
+        let listening: i64 = writer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND query LIKE 'LISTEN %' AND state = 'idle'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if listening == 1 {
+            break;
+        }
+        assert!(waited.elapsed() < Duration::from_secs(10), "the listener never listened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its one wake-up follows the LISTEN's answer at once; let it land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    wakeups.borrow_and_update();
     insert(&writer, "a", 1).await;
     tokio::time::timeout(Duration::from_secs(10), wakeups.changed())
         .await

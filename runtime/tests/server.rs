@@ -223,34 +223,7 @@ fn killed_process_resumes_exactly_once(backend: common::Backend) {
             http(server.addr, "GET", &format!("/projections/{name}/kv?limit=1&min_position={head}"), None);
         assert_eq!(status, 200, "{body}");
     }
-    let stored: Vec<reel::workload::StoredEvent> = match db {
-        None => {
-            let conn = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
-            let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
-            stmt.query_map([], |r| Ok(reel::workload::StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? }))
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
-        }
-        Some(url) => rt.block_on(async {
-            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(connection);
-            let rows = client
-                .query(
-                    "SELECT event_type, data::text, (extract(epoch FROM occurred_at) * 1000000)::bigint FROM events ORDER BY transaction_id, id",
-                    &[],
-                )
-                .await
-                .unwrap();
-            rows.iter()
-                .map(|r| reel::workload::StoredEvent {
-                    event_type: r.get(0),
-                    data: r.get(1),
-                    occurred_at: reel::source::time::format_micros(r.get(2)),
-                })
-                .collect()
-        }),
-    };
+    let stored = rt.block_on(common::stored_events(&dir.path().join("data"), db));
     let expected = fold(&stored);
     let (_, body) = http(
         server.addr,

@@ -9,7 +9,7 @@
 // A cancellation names only the order, so each placed order is remembered
 // under `order/{orderId}` as `{"customer":"...","cents":N,"cancelled":false}`.
 
-import { defineProjection, failed, fields, invalidEvent, json, kv, utf8Decode } from "../../lib-js/reel.js";
+import { defineProjection, failed, fields, invalidEvent, json, kv } from "../../lib-js/reel.js";
 
 // Cents are i64 in the Rust version. They stay plain numbers while they are
 // safe integers (always, for real amounts: up to 2^53 cents); beyond that they
@@ -176,12 +176,12 @@ export const { describe, setup, handle, query } = defineProjection({
       case "customer": {
         const id = args !== null && typeof args === "object" && !Array.isArray(args) ? args.customerId : undefined;
         if (typeof id !== "string") throw failed('customer needs {"customerId": "..."}');
-        const bytes = kv.get(`customer/${id}`);
-        if (bytes === null) return "null";
+        const text = kv.getString(`customer/${id}`);
+        if (text === null) return "null";
         // Parsed and printed again as serde_json does (keys sorted, f64).
         let stored;
         try {
-          stored = json.parse(utf8Decode(bytes));
+          stored = json.parse(text);
         } catch (e) {
           throw failed(`JSON: ${e.message}`);
         }

@@ -267,8 +267,6 @@ def _write(value, out, sort_keys):
         out.append("]")
     elif isinstance(value, (bytes, bytearray)):
         out.append("[" + ",".join(map(str, value)) + "]")
-    elif isinstance(value, bool):
-        out.append("true" if value else "false")
     elif isinstance(value, int):
         out.append(_int_text(int(value)))
     elif isinstance(value, float):

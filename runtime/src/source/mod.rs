@@ -52,6 +52,19 @@ pub struct Batch {
     pub next: Cursor,
 }
 
+impl Batch {
+    /// The first `limit` events of the batch, as a read of `limit` would
+    /// have returned them.
+    pub fn truncated(mut self, limit: usize) -> Self {
+        if self.events.len() > limit {
+            self.events.truncate(limit);
+            self.cursors.truncate(limit);
+            self.next = *self.cursors.last().unwrap_or(&self.next);
+        }
+        self
+    }
+}
+
 /// One event to append.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,5 +262,31 @@ impl Source {
             Source::Sqlite(_) => Ok(None),
             Source::Postgres(s) => s.lag_cause(cursor).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_batch_is_what_a_smaller_read_returns() {
+        let at = |id| Cursor { tx: 0, id };
+        let event = |id| Event {
+            position: id,
+            stream_id: format!("s-{id}"),
+            version: 1,
+            event_type: "t".into(),
+            data: "{}".into(),
+            metadata: "{}".into(),
+            occurred_at: String::new(),
+        };
+        let batch = Batch { events: (1..=5).map(event).collect(), cursors: (1..=5).map(at).collect(), next: at(9) };
+        let cut = batch.truncated(3);
+        assert_eq!(cut.events.iter().map(|e| e.position).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(cut.cursors, [at(1), at(2), at(3)]);
+        assert_eq!(cut.next, at(3), "the next read starts after the last event kept");
+        let whole = Batch { events: vec![event(1)], cursors: vec![at(1)], next: at(9) }.truncated(3);
+        assert_eq!(whole.next, at(9), "a batch within the limit is unchanged");
     }
 }

@@ -394,10 +394,14 @@ async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>, close
                 let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
                 let listening = async {
                     client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+                    // Notifications sent while disconnected are lost: wake
+                    // everyone once, now that new ones will arrive.
+                    if !bump(&wake) {
+                        return Ok(());
+                    }
                     std::future::pending::<Result<(), tokio_postgres::Error>>().await
                 };
                 tokio::pin!(listening);
-                let mut alive = tokio::time::interval(Duration::from_secs(5));
                 loop {
                     tokio::select! {
                         message = messages.next() => match message {
@@ -419,13 +423,6 @@ async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>, close
                                 tracing::warn!("LISTEN failed: {e}");
                             }
                             break;
-                        }
-                        _ = alive.tick() => {
-                            // Wakes everyone once right after (re)connecting:
-                            // notifications sent while disconnected are lost.
-                            if !bump(&wake) {
-                                return;
-                            }
                         }
                     }
                 }

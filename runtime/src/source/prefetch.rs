@@ -3,8 +3,8 @@
 //! When a read comes back full (the projection is catching up), the reader
 //! thread immediately reads the batch after it, so reading the events table
 //! overlaps with the guest and the writes. If the worker then asks for
-//! something else (after a failure, a partial commit), the speculative batch
-//! is dropped and the read happens as asked.
+//! something else (after a failure, a partial commit, a bigger batch), the
+//! speculative batch is dropped and the read happens as asked.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -60,8 +60,12 @@ impl EventReader for Prefetcher {
         if let Some(ahead) = self.ahead.take() {
             let (request, result) = self.answer()?;
             debug_assert!(request == ahead);
-            if request == wanted {
-                batch = Some(result);
+            // The read ahead serves if it started where asked, with the same
+            // filter and at least as many events (the worker resizes its
+            // batches): the rest of it is read again next time.
+            let (early_after, early_filter, early_limit) = &request;
+            if (*early_after, early_filter) == (after, filter) && *early_limit >= limit {
+                batch = Some(result.map(|b| b.truncated(limit)));
             }
         }
         let batch = match batch {

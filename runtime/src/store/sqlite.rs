@@ -241,7 +241,7 @@ fn authorize_guest(ctx: &AuthContext<'_>) -> Authorization {
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {
-    /// Started at the first checkpoint; declared before `conn` so that it
+    /// Started at the first checkpoint; declared before `home` so that it
     /// is closed first.
     checkpointer: Option<wal::Checkpointer>,
     path: PathBuf,
@@ -270,8 +270,14 @@ pub struct SqliteNamespace {
 /// Distinct statement texts remembered as checked.
 const CHECKED_STATEMENTS: usize = 1024;
 
+/// An error of reel's own statements. The batch's deadline interrupts them
+/// too (the KV writes, the checkpoint): that is the batch's limit, not an
+/// outage of the database.
 fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
+    match e {
+        rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => sql_error(e),
+        e => StoreError::Database(e.to_string()),
+    }
 }
 
 /// A projection statement's error: the database's code and message.
@@ -360,8 +366,8 @@ impl SqliteNamespace {
     }
 
     /// Run `f` with the authorizer on, as a projection statement.
+    /// Call only once the queued statements have run ([`Self::settle`]).
     fn as_guest<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
-        self.settle()?;
         let conn = self.home.as_ref().ok_or_else(writer::lost)?;
         self.guest.store(true, Ordering::Relaxed);
         let result = f(conn);
@@ -380,7 +386,8 @@ impl SqliteNamespace {
     /// connection is there, else run them here.
     fn settle(&mut self) -> Result<(), StoreError> {
         let pending = std::mem::take(&mut self.pending);
-        match self.writer.as_mut().filter(|w| w.is_away()) {
+        // The connection is away exactly when the writer thread has it.
+        match self.writer.as_mut().filter(|_| self.home.is_none()) {
             Some(writer) => {
                 if !pending.is_empty() {
                     writer.run(None, pending)?;
@@ -408,8 +415,7 @@ impl SqliteNamespace {
         }
         let statements = std::mem::replace(&mut self.pending, Vec::with_capacity(writer::CHUNK));
         let writer = self.writer.as_mut().expect("started above");
-        let conn = if writer.is_away() { None } else { Some(self.home.take().ok_or_else(writer::lost)?) };
-        writer.run(conn, statements)
+        writer.run(self.home.take(), statements)
     }
 
     /// Keep the WAL bounded: past a threshold, a checkpoint on the
@@ -508,8 +514,9 @@ impl Namespace for SqliteNamespace {
         self.interrupt(None);
         if self.in_tx {
             self.in_tx = false;
-            if !self.conn()?.is_autocommit() {
-                self.conn()?.execute_batch("ROLLBACK").map_err(db)?;
+            let conn = self.conn()?;
+            if !conn.is_autocommit() {
+                conn.execute_batch("ROLLBACK").map_err(db)?;
             }
         }
         Ok(())

@@ -55,8 +55,6 @@ pub struct Writer {
     jobs: Option<SyncSender<Job>>,
     back: Receiver<(Connection, Option<StoreError>)>,
     thread: Option<JoinHandle<()>>,
-    /// Whether the connection is on the thread now.
-    away: bool,
 }
 
 impl Writer {
@@ -92,38 +90,27 @@ impl Writer {
                 }
             })
             .map_err(|e| StoreError::Database(format!("cannot start a SQLite writer thread: {e}")))?;
-        Ok(Self { jobs: Some(jobs), back, thread: Some(thread), away: false })
+        Ok(Self { jobs: Some(jobs), back, thread: Some(thread) })
     }
 
     fn send(&self, job: Job) -> Result<(), StoreError> {
         self.jobs.as_ref().and_then(|jobs| jobs.send(job).ok()).ok_or_else(lost)
     }
 
-    /// Whether the connection is on the thread.
-    pub fn is_away(&self) -> bool {
-        self.away
-    }
-
-    /// Hand over the connection (if it is not already on the thread) and
+    /// Hand over the connection (`None`: it is on the thread already) and
     /// queue `statements` after what it is running.
     pub fn run(&mut self, conn: Option<Connection>, statements: Vec<Statement>) -> Result<(), StoreError> {
         if let Some(conn) = conn {
             self.send(Job::Take(conn))?;
-            self.away = true;
         }
         self.send(Job::Run(statements))
     }
 
     /// Wait for the queued statements and take the connection back, with
-    /// the first statement error.
+    /// the first statement error. Only while the thread has the connection.
     pub fn give_back(&mut self) -> Result<(Connection, Option<StoreError>), StoreError> {
-        if !self.away {
-            return Err(lost());
-        }
         self.send(Job::Give)?;
-        let back = self.back.recv().map_err(|_| lost())?;
-        self.away = false;
-        Ok(back)
+        self.back.recv().map_err(|_| lost())
     }
 }
 

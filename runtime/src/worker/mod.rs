@@ -405,16 +405,23 @@ impl Worker {
     }
 
     /// Size the next batch from how long a full one took: about the target
-    /// time, at most twice the last size, within [`MIN_BATCH`] and the
-    /// maximum. Smaller batches (live traffic, narrowing down) say nothing.
+    /// time (and well inside the batch's deadline), at most twice the last
+    /// size, within [`MIN_BATCH`] and the maximum. Smaller batches (live
+    /// traffic, narrowing down) say nothing, and a change of less than a
+    /// quarter is not worth the read ahead it discards.
     fn tune(&mut self, events: usize, took: Duration) {
         if events < self.batch_limit {
             return;
         }
         let batch = &self.ctx.batch;
-        let fitting = events as f64 * batch.target.as_secs_f64() / took.as_secs_f64().max(1e-4);
-        let next = (fitting as usize).min(self.batch_limit.saturating_mul(2));
-        self.batch_limit = next.clamp(MIN_BATCH.min(batch.max_events), batch.max_events.max(1));
+        let target = batch.target.min(self.ctx.limits.batch_timeout / 2);
+        let fitting = events as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-4);
+        let next = (fitting as usize)
+            .min(self.batch_limit.saturating_mul(2))
+            .clamp(MIN_BATCH.min(batch.max_events), batch.max_events.max(1));
+        if next.abs_diff(self.batch_limit) * 4 >= self.batch_limit || next == batch.max_events {
+            self.batch_limit = next;
+        }
     }
 
     /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),

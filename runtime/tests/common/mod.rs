@@ -283,36 +283,7 @@ impl Harness {
 
     /// Every stored event in delivery order, read straight from the events table.
     pub async fn stored_events(&self) -> Vec<StoredEvent> {
-        match self.backend {
-            Backend::Sqlite => {
-                let conn = rusqlite::Connection::open(self.config.data_dir.join("events.db")).unwrap();
-                let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
-                stmt.query_map([], |r| {
-                    Ok(StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? })
-                })
-                .unwrap()
-                .collect::<Result<_, _>>()
-                .unwrap()
-            }
-            Backend::Postgres => {
-                let client = self.postgres().await;
-                let rows = client
-                    .query(
-                        "SELECT event_type, data::text, (extract(epoch FROM occurred_at) * 1000000)::bigint \
-                         FROM events ORDER BY transaction_id, id",
-                        &[],
-                    )
-                    .await
-                    .unwrap();
-                rows.iter()
-                    .map(|r| StoredEvent {
-                        event_type: r.get(0),
-                        data: r.get(1),
-                        occurred_at: reel::source::time::format_micros(r.get(2)),
-                    })
-                    .collect()
-            }
-        }
+        stored_events(&self.config.data_dir, self.config.database_url.as_deref()).await
     }
 
     /// Raw KV entries of a projection's serving namespace under `prefix`,
@@ -430,4 +401,38 @@ pub fn expected_rows(expected: &reel::workload::Expected) -> std::collections::B
 /// The expected customer-stats values as the API renders them (parsed JSON).
 pub fn expected_customers(expected: &reel::workload::Expected) -> std::collections::BTreeMap<String, Value> {
     expected.customers.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap())).collect()
+}
+
+/// Every event of the events table in `data_dir` (SQLite) or at
+/// `database_url`, in delivery order, read straight from the table.
+pub async fn stored_events(data_dir: &Path, database_url: Option<&str>) -> Vec<StoredEvent> {
+    match database_url {
+        None => {
+            let conn = rusqlite::Connection::open(data_dir.join("events.db")).unwrap();
+            let mut stmt = conn.prepare("SELECT event_type, data, occurred_at FROM events ORDER BY id").unwrap();
+            stmt.query_map([], |r| Ok(StoredEvent { event_type: r.get(0)?, data: r.get(1)?, occurred_at: r.get(2)? }))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        }
+        Some(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(connection);
+            let rows = client
+                .query(
+                    "SELECT event_type, data::text, (extract(epoch FROM occurred_at) * 1000000)::bigint \
+                     FROM events ORDER BY transaction_id, id",
+                    &[],
+                )
+                .await
+                .unwrap();
+            rows.iter()
+                .map(|r| StoredEvent {
+                    event_type: r.get(0),
+                    data: r.get(1),
+                    occurred_at: reel::source::time::format_micros(r.get(2)),
+                })
+                .collect()
+        }
+    }
 }
