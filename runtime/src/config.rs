@@ -68,7 +68,11 @@ impl ProjectionSettings {
                     other => return Err(format!("on-error is `stop` or `skip`, not `{other}`")),
                 })
             }
-            "batch-timeout" => self.batch_timeout = Some(Duration::from_secs_f64(number(value)?.max(0.001))),
+            "batch-timeout" => {
+                let seconds = Duration::try_from_secs_f64(number(value)?.max(0.001))
+                    .map_err(|_| format!("batch-timeout is a finite number of seconds, not `{value}`"))?;
+                self.batch_timeout = Some(seconds);
+            }
             "memory-mib" => self.memory_bytes = Some((number(value)? as usize) << 20),
             "kv-value-kib" => self.kv_value_bytes = Some((number(value)? as usize) << 10),
             "query-rows" => self.query_rows = Some(number(value)? as usize),
@@ -173,5 +177,23 @@ pub struct BatchConfig {
 impl Default for BatchConfig {
     fn default() -> Self {
         Self { max_events: 100_000, target: Duration::from_secs(1), call_events: 20_000 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_refuse_what_they_cannot_hold() {
+        let mut settings = ProjectionSettings::default();
+        settings.set("batch-timeout", "2.5").unwrap();
+        assert_eq!(settings.batch_timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            settings.set("batch-timeout", "inf").unwrap_err(),
+            "batch-timeout is a finite number of seconds, not `inf`"
+        );
+        assert_eq!(settings.set("batch-timeout", "soon").unwrap_err(), "`batch-timeout` needs a number, not `soon`");
+        assert!(settings.set("colour", "red").unwrap_err().starts_with("unknown setting `colour`"));
     }
 }

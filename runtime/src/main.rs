@@ -149,7 +149,8 @@ impl ServeArgs {
             ..Config::default()
         };
         config.batch.max_events = self.batch_size;
-        config.limits.batch_timeout = Duration::from_secs_f64(self.batch_timeout);
+        config.limits.batch_timeout = Duration::try_from_secs_f64(self.batch_timeout)
+            .map_err(|_| anyhow::anyhow!("--batch-timeout must be a finite number of seconds"))?;
         config.limits.memory_bytes = self.memory_mib << 20;
         config.limits.kv_value_bytes = self.kv_value_kib << 10;
         config.limits.query_rows = self.query_rows;
