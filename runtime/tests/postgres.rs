@@ -188,6 +188,77 @@ async fn without_the_discipline_versions_can_arrive_out_of_order() {
     assert_eq!(versions, vec![2, 1]);
 }
 
+/// Fails naming the first difference (the lists run to thousands of ids).
+fn same_ids(got: Vec<i64>, want: &[i64], what: &str) {
+    if let Some(i) = (0..got.len().max(want.len())).find(|&i| got.get(i) != want.get(i)) {
+        panic!(
+            "{what}: {} ids read, {} expected; first difference at {i}: read {:?}, expected {:?}",
+            got.len(),
+            want.len(),
+            got.get(i),
+            want.get(i)
+        );
+    }
+}
+
+/// A batch bigger than one query's page is read page by page: every event
+/// once, in `(transaction_id, id)` order, however the limit falls on pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_pages_reads_every_event_once_in_order() {
+    let (url, _source, mut reader) = source().await;
+    let client = connect(&url).await;
+    for t in 0..3 {
+        client
+            .execute(
+                "INSERT INTO events (stream_id, version, event_type, data) \
+                 SELECT 's' || $1::text || '-' || g, 1, CASE WHEN g % 3 = 0 THEN 'tock' ELSE 'tick' END, '{}' \
+                 FROM generate_series(1, 4000) g",
+                &[&t.to_string()],
+            )
+            .await
+            .unwrap();
+    }
+    let stored: Vec<(i64, i64, String)> = client
+        .query("SELECT transaction_id::text::bigint, id, event_type FROM events ORDER BY transaction_id, id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(stored.len(), 12_000);
+    let cursor_at = |i: usize| Cursor { tx: stored[i].0, id: stored[i].1 };
+
+    // Wait until other tests' transactions no longer hold any of them back.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let whole = loop {
+        let batch = reader.read_batch(Cursor::START, &Filter::default(), 100_000).unwrap();
+        if batch.events.len() == stored.len() || Instant::now() > deadline {
+            break batch;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let all: Vec<i64> = stored.iter().map(|s| s.1).collect();
+    same_ids(whole.events.iter().map(|e| e.position).collect(), &all, "one batch of 100,000");
+    assert_eq!(whole.next, cursor_at(11_999));
+
+    for limit in [5_000, 7_000, 10_000] {
+        let first = reader.read_batch(Cursor::START, &Filter::default(), limit).unwrap();
+        assert_eq!(first.events.len(), limit);
+        assert_eq!(first.next, cursor_at(limit - 1), "a full batch ends at its last event");
+        let rest = reader.read_batch(first.next, &Filter::default(), 100_000).unwrap();
+        let ids = first.events.iter().chain(&rest.events).map(|e| e.position).collect();
+        same_ids(ids, &all, &format!("a batch of {limit}, then the rest"));
+    }
+
+    let tocks = Filter::new(&["tock".to_owned()], &[]);
+    let want: Vec<i64> = stored.iter().filter(|s| s.2 == "tock").map(|s| s.1).collect();
+    let first = reader.read_batch(Cursor::START, &tocks, 3_000).unwrap();
+    let rest = reader.read_batch(first.next, &tocks, 100_000).unwrap();
+    same_ids(first.events.iter().chain(&rest.events).map(|e| e.position).collect(), &want, "filtered");
+    assert_eq!(rest.next, cursor_at(11_999), "the read covered the non-matching events after the last match");
+    drop_database(&url).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_insert_leaves_a_gap_but_no_stall() {
     let (url, _source, mut reader) = source().await;

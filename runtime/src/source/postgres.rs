@@ -441,8 +441,38 @@ pub struct PgReader {
     statements: HashMap<Filter, (Statement, Vec<String>)>,
 }
 
+/// Rows per query of a batch read. The planner cannot tell how many rows
+/// follow a cursor, so for a big `LIMIT` it estimated an index scan dearer
+/// than reading every later row and sorting them: a batch of 100,000 events
+/// after position 0 of a million sorted all million on disk (1.0 s, against
+/// 0.07 s for the same rows read in pages of this size by the index).
+const PAGE: usize = 5_000;
+
 impl EventReader for PgReader {
     fn read_batch(&mut self, after: Cursor, filter: &Filter, limit: usize) -> Result<Batch, SourceError> {
+        let mut batch = Batch { next: after, ..Batch::default() };
+        while batch.events.len() < limit {
+            let want = (limit - batch.events.len()).min(PAGE);
+            let read = self.read_page(batch.next, filter, want, &mut batch)?;
+            if read < want {
+                break;
+            }
+        }
+        Ok(batch)
+    }
+}
+
+impl PgReader {
+    /// Appends up to `limit` events after `after` to `batch` and moves
+    /// `batch.next` past them (past the snapshot's head when fewer came);
+    /// returns how many came.
+    fn read_page(
+        &mut self,
+        after: Cursor,
+        filter: &Filter,
+        limit: usize,
+        batch: &mut Batch,
+    ) -> Result<usize, SourceError> {
         let client = &self.client;
         let statements = &mut self.statements;
         pg::block_on(&self.handle, async {
@@ -471,8 +501,8 @@ impl EventReader for PgReader {
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tx, &after.id, &limit];
             params.extend(filter_params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)));
             let rows = client.query(statement, &params).await.map_err(|e| pg_error(&e))?;
-            let mut batch = Batch::default();
             let mut head = after;
+            let mut read = 0;
             for row in &rows {
                 if let (Some(tx), Some(id)) = (row.get::<_, Option<&str>>(0), row.get::<_, Option<i64>>(1)) {
                     head = head.max(Cursor { tx: parse_xid(tx), id });
@@ -493,12 +523,13 @@ impl EventReader for PgReader {
                     occurred_at,
                 });
                 batch.cursors.push(cursor);
+                read += 1;
             }
             batch.next = match batch.cursors.last() {
-                Some(last) if batch.events.len() as i64 == limit => *last,
+                Some(last) if read as i64 == limit => *last,
                 _ => head,
             };
-            Ok(batch)
+            Ok(read)
         })
     }
 }
