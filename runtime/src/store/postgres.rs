@@ -88,6 +88,12 @@ impl PgStore {
             slug: slug.clone(),
         };
         let (schema, role) = (quote_ident(&info.schema), quote_ident(&info.role));
+        // `_reel_kv` leaves half of each page free, so a batch that rewrites
+        // a key can update it in place (HOT: no new index entry, no bloat).
+        // Rewriting 27,777 keys: 63 ms a round, against 118-180 ms and
+        // growing with full pages; customer-stats' mix per 100,000 events
+        // (55,000 new keys, 27,777 rewritten): 335 ms against 420 ms, for a
+        // table 1.4x the size.
         let ddl = format!(
             "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION; \
              CREATE SCHEMA {schema} AUTHORIZATION {role}; \
@@ -97,7 +103,8 @@ impl PgStore {
                  reel.advance(text, bigint, bigint, bigint, bigint), \
                  reel.add_dead_letter(text, bigint, text, bigint, text, text, text, text, text), \
                  reel.list_dead_letters(text, bigint, integer), reel.remove_dead_letter(text, bigint) TO {role}; \
-             CREATE TABLE {schema}._reel_kv (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL); \
+             CREATE TABLE {schema}._reel_kv (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL) \
+                 WITH (fillfactor = 50); \
              ALTER TABLE {schema}._reel_kv OWNER TO {role};",
             password = info.password,
         );
