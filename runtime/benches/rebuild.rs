@@ -537,7 +537,7 @@ async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize)
             tokio::spawn(connection);
             client
                 .batch_execute(
-                    "CREATE TABLE kv_c (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL); \
+                    "CREATE TABLE kv_c (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL) WITH (fillfactor = 50); \
                      CREATE TABLE kv_c_checkpoint (id INTEGER PRIMARY KEY, position BIGINT); INSERT INTO kv_c_checkpoint VALUES (1, 0);",
                 )
                 .await

@@ -32,12 +32,26 @@ pub type Statement = (Arc<str>, Vec<Value>);
 
 /// Run `statements` on `conn` as the projection's, stopping at the first
 /// error.
+///
+/// A batch repeats a few statement texts many times, and the namespace hands
+/// out one `Arc` per distinct text: each text is taken from rusqlite's cache
+/// once per run and then found by pointer. (Taking it per statement hashed
+/// and trimmed the whole text twice: over half of this thread's samples in a
+/// 1M-event rebuild.)
 pub fn run(conn: &Connection, guest: &AtomicBool, statements: &[Statement]) -> Result<(), StoreError> {
     guest.store(true, Ordering::Relaxed);
+    let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>)> = Vec::new();
     let result = statements.iter().try_for_each(|(statement, params)| {
-        let mut stmt = conn.prepare_cached(statement)?;
-        stmt.execute(rusqlite::params_from_iter(params.iter().map(super::sqlite::Param))).map(drop)
+        let at = match prepared.iter().position(|(text, _)| Arc::ptr_eq(text, statement)) {
+            Some(at) => at,
+            None => {
+                prepared.push((statement, conn.prepare_cached(statement)?));
+                prepared.len() - 1
+            }
+        };
+        prepared[at].1.execute(rusqlite::params_from_iter(params.iter().map(super::sqlite::Param))).map(drop)
     });
+    drop(prepared);
     guest.store(false, Ordering::Relaxed);
     result.map_err(super::sqlite::sql_error)
 }
