@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::host::instance::{PROJECTION_NAME_RULE, is_projection_name};
+
 /// The languages `reel new` scaffolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
@@ -101,16 +103,10 @@ const C: &[File] = &[
 
 /// Check a projection name the way the runtime checks a manifest's.
 fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 48
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
+    if is_projection_name(name) {
         Ok(())
     } else {
-        Err(format!(
-            "`{name}` is not a projection name: use 1 to 48 characters of a-z, 0-9, `-` and `_`, starting with a letter"
-        ))
+        Err(format!("`{name}` is not a projection name: {PROJECTION_NAME_RULE}"))
     }
 }
 

@@ -42,18 +42,25 @@ pub struct Manifest {
     pub on_error: OnError,
 }
 
+/// Whether `name` can name a projection: 1 to 48 characters of a-z, 0-9,
+/// `-` and `_`, starting with a letter (it becomes file, schema and role
+/// names).
+pub fn is_projection_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 48
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+}
+
+/// What [`is_projection_name`] asks for, for error messages.
+pub const PROJECTION_NAME_RULE: &str = "use 1 to 48 characters of a-z, 0-9, `-` and `_`, starting with a letter";
+
 impl Manifest {
     /// Check the name and version are usable as identifiers.
     pub fn validate(&self) -> Result<(), String> {
         let name = &self.name;
-        let ok = !name.is_empty()
-            && name.len() <= 48
-            && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if !ok {
-            return Err(format!(
-                "projection name `{name}` is invalid: use 1 to 48 characters of a-z, 0-9, `-` and `_`, starting with a letter"
-            ));
+        if !is_projection_name(name) {
+            return Err(format!("projection name `{name}` is invalid: {PROJECTION_NAME_RULE}"));
         }
         if self.version.is_empty() || self.version.len() > 64 {
             return Err(format!(

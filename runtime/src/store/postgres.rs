@@ -21,7 +21,7 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, Statement};
 
-use super::sql_text::{quote_ident, refusal, reserved_name};
+use super::sql_text::{Checked, quote_ident, refusal, reserved_name};
 use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
 use crate::pg::value::{Param, column};
 use crate::pg::{block_on, block_on_with_deadline, connect_blocking, database_error, statement_error};
@@ -309,11 +309,8 @@ pub struct PgNamespace {
     deadline: Duration,
     started: Instant,
     /// Projection statements that passed the checks.
-    checked: std::collections::HashSet<String>,
+    checked: Checked<()>,
 }
-
-/// Distinct statement texts remembered as checked.
-const CHECKED_STATEMENTS: usize = 1024;
 
 const BEGIN_WRITE: &str = "BEGIN";
 const BEGIN_READ: &str = "BEGIN READ ONLY";
@@ -348,7 +345,7 @@ impl PgNamespace {
             failed: None,
             deadline,
             started: Instant::now(),
-            checked: std::collections::HashSet::new(),
+            checked: Checked::default(),
         };
         ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
         Ok(ns)
@@ -506,7 +503,7 @@ impl PgNamespace {
         if !self.in_tx {
             return Err(StoreError::Database("statement outside a transaction".into()));
         }
-        if self.checked.contains(statement) {
+        if self.checked.get(statement).is_some() {
             return Ok(());
         }
         if let Some(why) = refusal(statement) {
@@ -515,10 +512,7 @@ impl PgNamespace {
         if let Some(name) = reserved_name(statement) {
             return Err(StoreError::Refused(format!("`{name}` belongs to reel; projections cannot use it")));
         }
-        if self.checked.len() >= CHECKED_STATEMENTS {
-            self.checked.clear();
-        }
-        self.checked.insert(statement.to_owned());
+        self.checked.remember(statement, ());
         Ok(())
     }
 

@@ -1,5 +1,40 @@
 //! Looking at a projection's SQL text before it runs: statements reel
-//! refuses, and the one placeholder style (`$1`) mapped onto SQLite's (`?1`).
+//! refuses, the one placeholder style (`$1`) mapped onto SQLite's (`?1`),
+//! and the texts already checked.
+
+use std::collections::HashMap;
+
+/// Projection statements that passed the checks, with what the backend made
+/// of each, so a text is checked once. Bounded, so a projection that builds
+/// its texts (values spliced in) cannot grow it without end.
+#[derive(Debug)]
+pub struct Checked<V> {
+    texts: HashMap<String, V>,
+}
+
+/// Distinct statement texts remembered as checked.
+const CHECKED_STATEMENTS: usize = 1024;
+
+impl<V> Default for Checked<V> {
+    fn default() -> Self {
+        Self { texts: HashMap::new() }
+    }
+}
+
+impl<V> Checked<V> {
+    /// What the statement became when it passed, if it did.
+    pub fn get(&self, statement: &str) -> Option<&V> {
+        self.texts.get(statement)
+    }
+
+    /// Remember that `statement` passed (forgetting all others when full).
+    pub fn remember(&mut self, statement: &str, value: V) {
+        if self.texts.len() >= CHECKED_STATEMENTS {
+            self.texts.clear();
+        }
+        self.texts.insert(statement.to_owned(), value);
+    }
+}
 
 /// Statements that would take the transaction, the session or the server
 /// away from reel, keyed by their first keyword.

@@ -6,7 +6,6 @@
 //! control the transaction. The file holds nothing of other projections or of
 //! the events, so a projection sees only its own data.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +15,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 
-use super::sql_text::{quote_ident, refusal, sqlite_placeholders};
+use super::sql_text::{Checked, quote_ident, refusal, sqlite_placeholders};
 use super::wal;
 use super::writer::{self, Statement, Writer};
 use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
@@ -127,7 +126,7 @@ impl SqliteStore {
             read_only,
             in_tx: false,
             failed: None,
-            checked: HashMap::new(),
+            checked: Checked::default(),
             deadline,
             interrupt_at,
         })
@@ -260,15 +259,12 @@ pub struct SqliteNamespace {
     /// not run (as on PostgreSQL, where the transaction is aborted).
     failed: Option<StoreError>,
     /// Projection statements already checked, with SQLite placeholders.
-    checked: HashMap<String, Arc<str>>,
+    checked: Checked<Arc<str>>,
     /// How long a transaction's statements may run.
     deadline: Duration,
     /// When the progress handler interrupts (set during a transaction).
     interrupt_at: Arc<Mutex<Option<Instant>>>,
 }
-
-/// Distinct statement texts remembered as checked.
-const CHECKED_STATEMENTS: usize = 1024;
 
 /// An error of reel's own statements. The batch's deadline interrupts them
 /// too (the KV writes, the checkpoint): that is the batch's limit, not an
@@ -453,10 +449,7 @@ impl SqliteNamespace {
             return Err(StoreError::Refused(why));
         }
         let rewritten: Arc<str> = Arc::from(sqlite_placeholders(statement));
-        if self.checked.len() >= CHECKED_STATEMENTS {
-            self.checked.clear();
-        }
-        self.checked.insert(statement.to_owned(), Arc::clone(&rewritten));
+        self.checked.remember(statement, Arc::clone(&rewritten));
         Ok(rewritten)
     }
 }
