@@ -8,7 +8,10 @@
 //! start (a fresh rebuild) and everything since fits in the budget, the cache
 //! is *complete* and a miss means "absent" without asking the database.
 
-use std::collections::HashMap;
+// foldhash, not SipHash: a KV projection looks up every key it touches, and
+// SipHash was 8% of the worker in a SQLite customer-stats rebuild (three
+// alternating 1M runs: 306-317k events/s against 294-303k).
+use foldhash::{HashMap, HashMapExt};
 
 use super::{Namespace, StoreError};
 
