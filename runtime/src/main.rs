@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, Parser, Subcommand};
 use reel::Config;
 
 #[derive(Parser)]
@@ -57,6 +57,7 @@ enum Command {
 }
 
 #[derive(Args)]
+#[command(group(ArgGroup::new("target").required(true).args(["server", "data_dir", "database"])))]
 struct GenerateArgs {
     /// Number of orders (about 1.8 events each).
     #[arg(long, default_value_t = 1000)]
@@ -68,13 +69,13 @@ struct GenerateArgs {
     #[arg(long)]
     customers: Option<usize>,
     /// Append through this server's POST /events (http://host:port).
-    #[arg(long, conflicts_with = "data_dir")]
+    #[arg(long)]
     server: Option<String>,
     /// Insert straight into this embedded data folder's events.db.
-    #[arg(long, conflicts_with = "database")]
+    #[arg(long)]
     data_dir: Option<PathBuf>,
     /// COPY straight into this PostgreSQL database's events table.
-    #[arg(long, conflicts_with = "server")]
+    #[arg(long)]
     database: Option<String>,
 }
 
@@ -194,9 +195,7 @@ async fn main() -> anyhow::Result<()> {
                 (Some(url), _, _) => reel::cli::Target::Server(url),
                 (None, Some(dir), _) => reel::cli::Target::DataDir(dir),
                 (None, None, Some(url)) => reel::cli::Target::Database(url),
-                (None, None, None) => {
-                    anyhow::bail!("say where the events go: --server URL, --data-dir DIR or --database postgres://...")
-                }
+                (None, None, None) => unreachable!("clap requires one of the target group"),
             };
             let last = reel::cli::generate(args.orders, args.seed, args.customers, target).await?;
             println!("appended {} orders; last position {last}", args.orders);
