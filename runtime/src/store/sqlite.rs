@@ -419,9 +419,8 @@ impl SqliteNamespace {
     fn after_commit(&mut self) {
         let pages = wal::take_wal_pages();
         if pages >= wal::FOREGROUND_PAGES {
-            let done = self.home.as_ref().map(|c| c.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())));
-            if let Some(Err(e)) = done {
-                tracing::warn!("checkpoint of {} failed: {e}", self.path.display());
+            if let Some(conn) = self.home.as_ref() {
+                wal::checkpoint_here(conn, &self.path);
             }
         } else if pages >= wal::BACKGROUND_PAGES {
             if self.checkpointer.is_none() {

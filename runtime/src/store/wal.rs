@@ -18,7 +18,7 @@ use std::ffi::c_int;
 use std::path::Path;
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -34,6 +34,40 @@ pub const BACKGROUND_PAGES: i32 = 1_000;
 /// thread has mostly done. (At 64 MiB, these stalls cost a 1M-event
 /// rebuild 40% of its speed: docs/benchmarks.md.)
 pub const FOREGROUND_PAGES: i32 = 16_000;
+
+/// How long the writer waits for a background checkpoint that holds the
+/// checkpoint lock before it gives up on its own (and says so).
+const FOREGROUND_WAIT: Duration = Duration::from_secs(10);
+
+/// Checkpoint on the writer's connection, once the WAL is past
+/// [`FOREGROUND_PAGES`]. A checkpoint already running on the checkpointer's
+/// connection holds the lock, and SQLite then answers "busy" at once
+/// without waiting: the writer waits for it here and checkpoints what is
+/// left, so the WAL stays bounded however fast the writer commits.
+pub fn checkpoint_here(conn: &Connection, path: &Path) {
+    let deadline = Instant::now() + FOREGROUND_WAIT;
+    loop {
+        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+        });
+        match result {
+            Ok((0, _, _)) => return,
+            Ok((_, log, done)) if Instant::now() >= deadline => {
+                tracing::warn!(
+                    "the WAL of {} holds {log} pages ({done} copied): a checkpoint by another connection \
+                     did not finish within {FOREGROUND_WAIT:?}",
+                    path.display()
+                );
+                return;
+            }
+            Ok(_) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => {
+                tracing::warn!("checkpoint of {} failed: {e}", path.display());
+                return;
+            }
+        }
+    }
+}
 
 thread_local! {
     /// Pages in the WAL after the last commit on this thread. A writer
