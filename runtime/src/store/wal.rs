@@ -27,7 +27,7 @@ use rusqlite::{Connection, OpenFlags};
 pub const BACKGROUND_PAGES: i32 = 1_000;
 
 /// WAL size, in pages, from which the writer checkpoints in its own commit
-/// (256 MiB). The background checkpoint copies frames up to the commit it
+/// (250 MiB). The background checkpoint copies frames up to the commit it
 /// started after; the WAL starts over from its beginning only once every
 /// frame is copied when a write begins, which a writer committing back to
 /// back may not leave time for. The checkpoint here then finishes what the
