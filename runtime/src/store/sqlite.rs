@@ -277,7 +277,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 }
 
 /// A projection statement's error: the database's code and message.
-pub(super) fn sql_error(e: rusqlite::Error) -> StoreError {
+fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
             StoreError::Limit("the statement ran past the batch deadline and was interrupted".into())
@@ -312,6 +312,19 @@ fn result_code_name(code: i32) -> String {
         _ => return format!("SQLITE_{code}"),
     };
     name.to_owned()
+}
+
+/// Run `f` on `conn` as a projection statement: `guest` switches the
+/// authorizer on for the time of it (on whichever thread holds `conn`).
+pub(super) fn as_guest<T>(
+    conn: &Connection,
+    guest: &AtomicBool,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    guest.store(true, Ordering::Relaxed);
+    let result = f(conn);
+    guest.store(false, Ordering::Relaxed);
+    result.map_err(sql_error)
 }
 
 /// A [`Value`] as a SQLite parameter.
@@ -365,10 +378,7 @@ impl SqliteNamespace {
     /// Call only once the queued statements have run ([`Self::settle`]).
     fn as_guest<T>(&mut self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.home.as_ref().ok_or_else(writer::lost)?;
-        self.guest.store(true, Ordering::Relaxed);
-        let result = f(conn);
-        self.guest.store(false, Ordering::Relaxed);
-        result.map_err(sql_error)
+        as_guest(conn, &self.guest, f)
     }
 
     /// The connection, once the statements queued so far have run (their

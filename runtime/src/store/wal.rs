@@ -47,10 +47,7 @@ const FOREGROUND_WAIT: Duration = Duration::from_secs(10);
 pub fn checkpoint_here(conn: &Connection, path: &Path) {
     let deadline = Instant::now() + FOREGROUND_WAIT;
     loop {
-        let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-        });
-        match result {
+        match passive_checkpoint(conn) {
             Ok((0, _, _)) => return,
             Ok((_, log, done)) if Instant::now() >= deadline => {
                 tracing::warn!(
@@ -67,6 +64,12 @@ pub fn checkpoint_here(conn: &Connection, path: &Path) {
             }
         }
     }
+}
+
+/// A `PASSIVE` checkpoint: (busy, pages in the WAL, pages copied). Busy is 1
+/// when another connection's checkpoint holds the lock.
+fn passive_checkpoint(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
 }
 
 thread_local! {
@@ -108,10 +111,7 @@ impl Checkpointer {
             .name("reel-checkpoint".into())
             .spawn(move || {
                 while requests.recv().is_ok() {
-                    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
-                    });
-                    match result {
+                    match passive_checkpoint(&conn) {
                         Ok((busy, log, done)) => {
                             tracing::trace!(file = %name, busy, log, done, "checkpoint");
                         }

@@ -16,7 +16,7 @@
 //! error does on PostgreSQL.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -39,21 +39,19 @@ pub type Statement = (Arc<str>, Vec<Value>);
 /// the whole text per statement (~3% of this thread in a 1M-event rebuild;
 /// SQLite's B-tree search is the rest).
 pub fn run(conn: &Connection, guest: &AtomicBool, statements: &[Statement]) -> Result<(), StoreError> {
-    guest.store(true, Ordering::Relaxed);
-    let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>)> = Vec::new();
-    let result = statements.iter().try_for_each(|(statement, params)| {
-        let at = match prepared.iter().position(|(text, _)| Arc::ptr_eq(text, statement)) {
-            Some(at) => at,
-            None => {
-                prepared.push((statement, conn.prepare_cached(statement)?));
-                prepared.len() - 1
-            }
-        };
-        prepared[at].1.execute(rusqlite::params_from_iter(params.iter().map(super::sqlite::Param))).map(drop)
-    });
-    drop(prepared);
-    guest.store(false, Ordering::Relaxed);
-    result.map_err(super::sqlite::sql_error)
+    super::sqlite::as_guest(conn, guest, |conn| {
+        let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>)> = Vec::new();
+        statements.iter().try_for_each(|(statement, params)| {
+            let at = match prepared.iter().position(|(text, _)| Arc::ptr_eq(text, statement)) {
+                Some(at) => at,
+                None => {
+                    prepared.push((statement, conn.prepare_cached(statement)?));
+                    prepared.len() - 1
+                }
+            };
+            prepared[at].1.execute(rusqlite::params_from_iter(params.iter().map(super::sqlite::Param))).map(drop)
+        })
+    })
 }
 
 enum Job {
