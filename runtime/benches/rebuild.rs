@@ -321,9 +321,9 @@ async fn load(config: &reel::Config, events: &[OrderEvent]) {
         }
         Some(url) => {
             reel::workload::load::copy_postgres(url, events).await.unwrap();
-            // As autovacuum soon would on a live table; otherwise the first
-            // variant to read the events pays for setting every row's hint
-            // bits (a 1M rebuild ran at half speed when it came first).
+            // As autovacuum soon would on a live table, so that no variant
+            // pays alone for the first reads of fresh rows (which set their
+            // hint bits and so write every page).
             let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(connection);
             client.batch_execute("VACUUM (ANALYZE) events").await.unwrap();
