@@ -205,7 +205,7 @@ fn same_ids(got: Vec<i64>, want: &[i64], what: &str) {
 /// once, in `(transaction_id, id)` order, however the limit falls on pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_many_pages_reads_every_event_once_in_order() {
-    let (url, _source, mut reader) = source().await;
+    let (url, source, mut reader) = source().await;
     let client = connect(&url).await;
     for t in 0..3 {
         client
@@ -256,6 +256,19 @@ async fn a_batch_of_many_pages_reads_every_event_once_in_order() {
     let rest = reader.read_batch(first.next, &tocks, 100_000).unwrap();
     same_ids(first.events.iter().chain(&rest.events).map(|e| e.position).collect(), &want, "filtered");
     assert_eq!(rest.next, cursor_at(11_999), "the read covered the non-matching events after the last match");
+
+    // Reading ahead, with the worker's batch size growing (the read ahead is
+    // kept and the events after it read) and shrinking (it is cut short).
+    let mut ahead = source.prefetching_reader().unwrap();
+    let (mut ids, mut cursor) = (Vec::new(), Cursor::START);
+    for limit in [3_000, 8_000, 500, 100_000] {
+        let batch = ahead.read_batch(cursor, &Filter::default(), limit).unwrap();
+        assert_eq!(batch.events.len(), limit.min(all.len() - ids.len()), "a batch of {limit}");
+        ids.extend(batch.events.iter().map(|e| e.position));
+        cursor = batch.next;
+    }
+    same_ids(ids, &all, "read ahead, batches of 3,000, 8,000, 500, the rest");
+    assert_eq!(cursor, cursor_at(11_999));
     drop_database(&url).await;
 }
 

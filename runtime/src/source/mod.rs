@@ -63,6 +63,15 @@ impl Batch {
         }
         self
     }
+
+    /// This batch and then `rest`, read after it: one batch, as one read
+    /// of both their limits would have returned it.
+    pub fn followed_by(mut self, rest: Batch) -> Self {
+        self.events.extend(rest.events);
+        self.cursors.extend(rest.cursors);
+        self.next = rest.next;
+        self
+    }
 }
 
 /// One event to append.

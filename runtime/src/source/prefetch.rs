@@ -3,8 +3,9 @@
 //! When a read comes back full (the projection is catching up), the reader
 //! thread immediately reads the batch after it, so reading the events table
 //! overlaps with the guest and the writes. If the worker then asks for
-//! something else (after a failure, a partial commit, a bigger batch), the
-//! speculative batch is dropped and the read happens as asked.
+//! something else (after a failure, a partial commit), the speculative
+//! batch is dropped and the read happens as asked; if it asks for more
+//! events than were read ahead, only the rest is read.
 
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -61,11 +62,18 @@ impl EventReader for Prefetcher {
             let (request, result) = self.answer()?;
             debug_assert!(request == ahead);
             // The read ahead serves if it started where asked, with the same
-            // filter and at least as many events (the worker resizes its
-            // batches): the rest of it is read again next time.
+            // filter. The worker resizes its batches: past a smaller limit,
+            // the rest of it is read again next time; short of a bigger one,
+            // the events after it are read now.
             let (early_after, early_filter, early_limit) = &request;
-            if (*early_after, early_filter) == (after, filter) && *early_limit >= limit {
-                batch = Some(result.map(|b| b.truncated(limit)));
+            if (*early_after, early_filter) == (after, filter) {
+                batch = Some(match result {
+                    Ok(early) if early.events.len() == *early_limit && *early_limit < limit => {
+                        self.ask((early.next, filter.clone(), limit - early_limit))?;
+                        self.answer()?.1.map(|rest| early.followed_by(rest))
+                    }
+                    other => other.map(|b| b.truncated(limit)),
+                });
             }
         }
         let batch = match batch {
