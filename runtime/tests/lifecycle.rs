@@ -25,6 +25,7 @@ both_backends!(
     removing_a_file_stops_the_projection_and_keeps_its_read_model,
     skipped_poison_events_are_dead_letters_and_can_be_retried_after_a_fix,
     configuration_overrides_the_modules_policy,
+    database_errors_found_after_the_commit_was_sent_lose_and_double_nothing,
     hostile_projections_are_stopped_by_their_limits,
     pause_resume_and_rebuild_through_the_api,
 );
@@ -268,6 +269,42 @@ async fn configuration_overrides_the_modules_policy(backend: Backend) {
     let letters = h.get("/projections/faulty/dead-letters").await;
     let positions: Vec<i64> = letters.as_array().unwrap().iter().map(|l| l["position"].as_i64().unwrap()).collect();
     assert_eq!(positions, poison, "the configuration says skip");
+    h.finish().await;
+}
+
+async fn database_errors_found_after_the_commit_was_sent_lose_and_double_nothing(backend: Backend) {
+    // Catching up in full batches, a worker sends each batch's commit and
+    // applies the next batch before the answer (on PostgreSQL). A statement
+    // the database refuses only when it runs it fails a batch whose commit
+    // is already on its way: that batch and the one after must be applied
+    // again, the poison event narrowed down and set aside.
+    let h = Harness::start_with(backend, &[], |c| {
+        c.batch.call_events = 16;
+        c.batch.max_events = 64;
+    })
+    .await;
+    let mut poison = Vec::new();
+    for i in 0..4 {
+        ticks(&h, &format!("t{i}"), 300).await;
+        let fault = json!([{ "event_type": "fault", "data": { "target": "skipper", "action": "sql-error" } }]);
+        let body = h.append(&format!("fault-{i}"), Some(0), fault).await;
+        poison.push(body["positions"][0].as_i64().unwrap());
+    }
+    let last = ticks(&h, "tail", 300).await;
+    h.install("fixture_skipper", "skipper.wasm");
+    let status = h.wait_status("skipper", PATIENCE, |s| s["position"] == last).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+
+    let letters = h.get("/projections/skipper/dead-letters").await;
+    let positions: Vec<i64> = letters.as_array().unwrap().iter().map(|l| l["position"].as_i64().unwrap()).collect();
+    assert_eq!(positions, poison, "exactly the poison events are dead letters: {letters:#}");
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(error.contains("out of range") || error.contains("integer overflow"), "the database's own error: {error}");
+    let applied: BTreeSet<i64> = seen(&h, "skipper").await.into_keys().collect();
+    let expected: BTreeSet<i64> = (1..=last).filter(|p| !poison.contains(p)).collect();
+    assert_eq!(applied, expected, "every other event applied");
+    assert_eq!(h.kv_bytes("skipper", "duplicate/").await.len(), 0, "no event applied twice");
+    assert_eq!(status["events_applied"], json!(last - poison.len() as i64), "{status:#}");
     h.finish().await;
 }
 

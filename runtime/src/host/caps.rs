@@ -96,6 +96,30 @@ impl Capabilities {
         Ok(())
     }
 
+    /// Commit like [`Self::commit`] without waiting for the database where
+    /// it pipelines (see [`Namespace::commit_behind`]); the batch's values
+    /// serve the next batch at once. `Ok(true)`: the outcome is pending
+    /// until [`Self::settle`].
+    pub fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
+        if let Some(e) = self.sql_failed.clone() {
+            return Err(e);
+        }
+        self.kv.flush(&mut *self.ns)?;
+        let pending = self.ns.commit_behind(from, to)?;
+        self.kv.committed();
+        Ok(pending)
+    }
+
+    /// The outcome of the last pending [`Self::commit_behind`]. When it
+    /// failed, the values cached from its batch are forgotten.
+    pub fn settle(&mut self) -> Result<(), StoreError> {
+        let outcome = self.ns.settle();
+        if outcome.is_err() {
+            self.kv.forget();
+        }
+        outcome
+    }
+
     /// Abandon the batch.
     pub fn rollback(&mut self) -> Result<(), StoreError> {
         self.kv.rolled_back();

@@ -92,6 +92,15 @@ impl KvCache {
         self.sent.clear();
     }
 
+    /// A batch taken as committed was not: forget every cached value (the
+    /// cache is no longer complete; misses ask the database).
+    pub fn forget(&mut self) {
+        self.rolled_back();
+        self.committed.clear();
+        self.bytes = 0;
+        self.complete = false;
+    }
+
     fn remember(&mut self, key: String, value: Option<Vec<u8>>) {
         let value_len = value.as_ref().map_or(0, Vec::len);
         let key_len = key.len();

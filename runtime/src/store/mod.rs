@@ -193,6 +193,22 @@ pub trait Namespace: Send {
     /// (compare-and-set: fails with [`StoreError::Fenced`] if it is not at
     /// `from`).
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError>;
+    /// Commit like [`commit`](Namespace::commit), without waiting for the
+    /// database where it can: the next transaction queues behind this one
+    /// on the connection while the worker goes on. `Ok(true)`: the outcome
+    /// is pending until [`settle`](Namespace::settle); `Ok(false)`: it is
+    /// committed already.
+    fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
+        self.flush()?;
+        self.commit(from, to).map(|()| false)
+    }
+    /// The outcome of the last pending [`commit_behind`](Namespace::commit_behind)
+    /// (`Ok` when none is pending). Every wait for the database waits for
+    /// it first, and an operation waiting on a failed one fails too, until
+    /// this reports the failure.
+    fn settle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Abandon the transaction.
     fn rollback(&mut self) -> Result<(), StoreError>;
 

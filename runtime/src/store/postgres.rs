@@ -247,12 +247,15 @@ enum Blame {
 
 type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
 
+/// The first failure since the last sync, if any.
+type SyncReply = Option<(Blame, tokio_postgres::Error)>;
+
 /// Messages to the pipeline task.
 enum Message {
     Send(Blame, Flight),
     /// Report the first failure since the last sync, once everything sent so
     /// far has been answered.
-    Sync(tokio::sync::oneshot::Sender<Option<(Blame, tokio_postgres::Error)>>),
+    Sync(tokio::sync::oneshot::Sender<SyncReply>),
 }
 
 /// Keeps a connection's requests flowing: operations are polled (and so
@@ -288,6 +291,19 @@ async fn pipeline(mut messages: tokio::sync::mpsc::UnboundedReceiver<Message>) {
     }
 }
 
+fn pipeline_stopped() -> StoreError {
+    StoreError::Database("the connection's pipeline stopped".into())
+}
+
+/// What a failure the pipeline reported means for the batch.
+fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreError {
+    match (blame, e.code().map(|c| c.code())) {
+        (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
+        (Blame::Guest, _) => statement_error(e),
+        _ => database_error(e),
+    }
+}
+
 /// Operations queued since the last sync past which the worker waits for
 /// the server (bounds the memory held by requests in flight).
 const MAX_IN_FLIGHT: usize = 8192;
@@ -306,6 +322,11 @@ pub struct PgNamespace {
     in_tx: bool,
     /// The first failure of this transaction: it is aborted, and so is the batch.
     failed: Option<StoreError>,
+    /// The transaction committed behind this one: the answer to its commit
+    /// and when it began (its deadline runs from then).
+    behind: Option<(tokio::sync::oneshot::Receiver<SyncReply>, Instant)>,
+    /// Its failure, until [`Namespace::settle`] reports it.
+    behind_failed: Option<StoreError>,
     deadline: Duration,
     started: Instant,
     /// Projection statements that passed the checks.
@@ -343,6 +364,8 @@ impl PgNamespace {
             in_flight: 0,
             in_tx: false,
             failed: None,
+            behind: None,
+            behind_failed: None,
             deadline,
             started: Instant::now(),
             checked: Checked::default(),
@@ -461,16 +484,21 @@ impl PgNamespace {
                 (Blame::Host, Box::pin(flight))
             }
         };
-        self.pipeline
-            .send(Message::Send(blame, flight))
-            .map_err(|_| StoreError::Database("the connection's pipeline stopped".into()))?;
+        self.pipeline.send(Message::Send(blame, flight)).map_err(|_| pipeline_stopped())?;
         self.in_flight += 1;
         if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
     }
 
-    /// Wait until everything sent has been answered; the first failure since
-    /// the last sync fails the transaction.
+    /// Wait until everything sent has been answered, the transaction
+    /// committed behind first; the first failure since the last sync fails
+    /// the transaction.
     fn sync(&mut self) -> Result<(), StoreError> {
+        let behind = self.await_behind();
+        let own = self.sync_own();
+        behind.and(own)
+    }
+
+    fn sync_own(&mut self) -> Result<(), StoreError> {
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
@@ -478,24 +506,44 @@ impl PgNamespace {
             return Ok(());
         }
         self.in_flight = 0;
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        self.pipeline
-            .send(Message::Sync(reply))
-            .map_err(|_| StoreError::Database("the connection's pipeline stopped".into()))?;
+        let answer = self.send_sync()?;
         let failure = block_on_with_deadline(&self.handle, &self.client, self.remaining(), async {
-            answer.await.map_err(|_| StoreError::Database("the connection's pipeline stopped".into()))
+            answer.await.map_err(|_| pipeline_stopped())
         })?;
         match failure {
             None => Ok(()),
             Some((blame, e)) => {
-                let error = match (blame, e.code().map(|c| c.code())) {
-                    (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
-                    (Blame::Guest, _) => statement_error(&e),
-                    _ => database_error(&e),
-                };
+                let error = failure_error(blame, &e);
                 self.failed = Some(error.clone());
                 Err(error)
             }
+        }
+    }
+
+    /// Ask the pipeline for the first failure of what was sent so far.
+    fn send_sync(&mut self) -> Result<tokio::sync::oneshot::Receiver<SyncReply>, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pipeline.send(Message::Sync(reply)).map_err(|_| pipeline_stopped())?;
+        Ok(answer)
+    }
+
+    /// Wait for the transaction committed behind, if one is; its failure
+    /// fails every wait until [`Namespace::settle`] reports it.
+    fn await_behind(&mut self) -> Result<(), StoreError> {
+        if let Some((answer, began)) = self.behind.take() {
+            let left = self.deadline.saturating_sub(began.elapsed()).max(Duration::from_millis(1));
+            let outcome = block_on_with_deadline(&self.handle, &self.client, Some(left), async {
+                answer.await.map_err(|_| pipeline_stopped())
+            });
+            self.behind_failed = match outcome {
+                Ok(None) => None,
+                Ok(Some((blame, e))) => Some(failure_error(blame, &e)),
+                Err(e) => Some(e),
+            };
+        }
+        match &self.behind_failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
     }
 
@@ -604,6 +652,27 @@ impl Namespace for PgNamespace {
             self.in_tx = false;
         }
         result
+    }
+
+    fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
+        if self.read_only || self.failed.is_some() {
+            return self.commit(from, to).map(|()| false);
+        }
+        // One transaction behind at a time: this one waits for the last.
+        self.await_behind()?;
+        self.dispatch(Op::Advance { from, to })?;
+        self.dispatch(Op::Commit)?;
+        let answer = self.send_sync()?;
+        self.in_flight = 0;
+        self.in_tx = false;
+        self.behind = Some((answer, self.started));
+        Ok(true)
+    }
+
+    fn settle(&mut self) -> Result<(), StoreError> {
+        let outcome = self.await_behind();
+        self.behind_failed = None;
+        outcome
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {

@@ -113,6 +113,9 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         persisted: Cursor::START,
         last_persist: Instant::now(),
         batch_limit,
+        behind: None,
+        careful: false,
+        rewound: false,
         paused: false,
         halted: false,
     };
@@ -159,8 +162,28 @@ struct Worker {
     last_persist: Instant,
     /// Events to read for the next batch (see [`BatchConfig`]).
     batch_limit: usize,
+    /// The last batch, if its commit was sent without waiting for it.
+    behind: Option<Behind>,
+    /// A batch committed behind failed: commit the next one in the
+    /// foreground, so that its failure is retried and narrowed down.
+    careful: bool,
+    /// A batch committed behind failed, and the worker went back to its
+    /// start: the batch being applied is void.
+    rewound: bool,
     paused: bool,
     halted: bool,
+}
+
+/// A batch whose commit was sent and not yet answered: the worker applies
+/// the next batch meanwhile, on the connection behind it, so the guest runs
+/// while the database commits (see `docs/adr/13-commit-behind.md`).
+struct Behind {
+    /// The checkpoint before it (committed).
+    from: Cursor,
+    /// The checkpoint it moves to.
+    end: Cursor,
+    /// Its events.
+    events: usize,
 }
 
 /// The first batch's size: one guest call's worth.
@@ -243,6 +266,7 @@ impl Worker {
     }
 
     fn exit(mut self) {
+        self.settle_behind();
         if self.cursor > self.persisted {
             let _ = self.persist();
         }
@@ -278,6 +302,8 @@ impl Worker {
         }
         self.cursor = checkpoint.cursor;
         self.persisted = checkpoint.cursor;
+        self.behind = None;
+        self.careful = false;
         self.status.advanced(self.cursor);
         self.reader = Some(self.ctx.source.prefetching_reader().map_err(|e| StoreError::Database(e.to_string()))?);
         Ok(true)
@@ -328,6 +354,9 @@ impl Worker {
         };
         self.status.set_at_head(batch.events.len() < limit);
         if batch.events.is_empty() {
+            if !self.settle_behind() {
+                return Ok(true);
+            }
             if batch.next > self.cursor {
                 self.cursor = batch.next;
                 self.status.advanced(self.cursor);
@@ -338,7 +367,10 @@ impl Worker {
             return Ok(false);
         }
         let read = started.elapsed();
-        self.process(&batch.events, &batch.cursors, batch.next, ATTEMPTS)?;
+        // A full batch has more behind it: commit it without waiting, and
+        // apply the next one meanwhile.
+        let behind = batch.events.len() == limit && !self.careful;
+        self.process(&batch.events, &batch.cursors, batch.next, ATTEMPTS, behind)?;
         tracing::debug!(
             projection = %self.ns,
             events = batch.events.len(),
@@ -371,29 +403,72 @@ impl Worker {
         }
     }
 
-    /// Apply `events` as one transaction ending at `end`.
-    fn apply(&mut self, events: &[Event], end: Cursor) -> Result<(), GuestFailure> {
+    /// Wait for the batch committed behind, if any, and count it applied.
+    /// `false`: it failed, so none of it is applied: the worker goes back to
+    /// its start and commits the next batch in the foreground, where a
+    /// failure is retried, narrowed down and reported as its own.
+    fn settle_behind(&mut self) -> bool {
+        let Some(behind) = self.behind.take() else { return true };
+        let outcome = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps().settle(),
+            (None, Some(caps)) => caps.settle(),
+            (None, None) => Err(StoreError::Database("the namespace's connection is gone".into())),
+        };
+        match outcome {
+            Ok(()) => {
+                self.status.committed(behind.events, behind.end);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(projection = %self.ns, "a batch committed behind failed; applying it again: {e}");
+                self.cursor = behind.from;
+                self.persisted = behind.from;
+                self.careful = true;
+                self.rewound = true;
+                false
+            }
+        }
+    }
+
+    /// Apply `events` as one transaction ending at `end`; `behind`: without
+    /// waiting for its commit.
+    fn apply(&mut self, events: &[Event], end: Cursor, behind: bool) -> Result<(), GuestFailure> {
         let from = self.persisted;
         let call_events = self.ctx.batch.call_events.max(1);
         let guest = self.guest()?;
         guest.caps().begin()?;
         let started = Instant::now();
-        let result = events.chunks(call_events).try_for_each(|call| guest.handle(call)).and_then(|()| {
-            let handled = started.elapsed();
-            guest.caps().commit(from, end)?;
+        let handled = events.chunks(call_events).try_for_each(|call| guest.handle(call));
+        let handle_time = started.elapsed();
+        // This batch stands on the one committed behind: that one first.
+        let result = if self.settle_behind() {
+            handled
+        } else {
+            Err(GuestFailure::Store(StoreError::Database("the batch before this one did not commit".into())))
+        };
+        let caps = self.guest.as_mut().expect("instantiated above").caps();
+        let result = result.and_then(|()| {
+            let pending =
+                if behind { caps.commit_behind(from, end)? } else { caps.commit(from, end).map(|()| false)? };
             tracing::trace!(
-                handle_ms = handled.as_secs_f64() * 1e3,
-                commit_ms = (started.elapsed() - handled).as_secs_f64() * 1e3,
+                handle_ms = handle_time.as_secs_f64() * 1e3,
+                commit_ms = (started.elapsed() - handle_time).as_secs_f64() * 1e3,
+                pending,
                 "applied"
             );
-            Ok(())
+            Ok(pending)
         });
         match result {
-            Ok(()) => {
+            Ok(pending) => {
                 self.cursor = end;
                 self.persisted = end;
                 self.last_persist = Instant::now();
-                self.status.committed(events.len(), end);
+                if pending {
+                    self.behind = Some(Behind { from, end, events: events.len() });
+                } else {
+                    self.careful = false;
+                    self.status.committed(events.len(), end);
+                }
                 self.tune(events.len(), started.elapsed());
                 Ok(())
             }
@@ -426,14 +501,28 @@ impl Worker {
 
     /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),
     /// retrying, narrowing down and applying the poison policy.
-    fn process(&mut self, events: &[Event], cursors: &[Cursor], end: Cursor, attempts: u32) -> Result<(), Halt> {
+    fn process(
+        &mut self,
+        events: &[Event],
+        cursors: &[Cursor],
+        end: Cursor,
+        attempts: u32,
+        behind: bool,
+    ) -> Result<(), Halt> {
         let mut failures = 0;
         let mut outages = 0;
+        self.rewound = false;
         loop {
-            let failure = match self.apply(events, end) {
+            let failure = match self.apply(events, end, behind && failures + outages == 0) {
                 Ok(()) => return Ok(()),
                 Err(failure) => failure,
             };
+            // Whatever failed, the batch behind this one is settled first:
+            // if it failed, this one stood on it and is void.
+            self.settle_behind();
+            if std::mem::take(&mut self.rewound) {
+                return Ok(()); // read again from the failed batch's start
+            }
             if let GuestFailure::Store(StoreError::Fenced { .. }) = failure {
                 tracing::warn!(projection = %self.ns, "fenced: {failure}; stepping back");
                 self.status.failed(State::Fenced, failure.to_string(), None, 1);
@@ -465,8 +554,8 @@ impl Worker {
             let split = position
                 .and_then(|p| events.iter().position(|e| e.position == p))
                 .map_or(events.len() / 2, |i| i.max(1));
-            self.process(&events[..split], &cursors[..split], cursors[split - 1], 1)?;
-            return self.process(&events[split..], &cursors[split..], end, 1);
+            self.process(&events[..split], &cursors[..split], cursors[split - 1], 1, false)?;
+            return self.process(&events[split..], &cursors[split..], end, 1, false);
         }
     }
 
@@ -555,6 +644,7 @@ impl Worker {
     }
 
     fn on_control(&mut self, control: Control) -> Result<(), Halt> {
+        self.settle_behind();
         match control {
             Control::Exit => return Err(Halt::Exit),
             Control::Pause => {
@@ -588,6 +678,7 @@ impl Worker {
     /// Sleep up to `timeout`, waking early for new events or control
     /// messages. `Err` when told to exit.
     fn wait(&mut self, timeout: Duration) -> Result<(), Halt> {
+        self.settle_behind();
         let deadline = tokio::time::Instant::now() + timeout;
         let handle = self.ctx.handle.clone();
         let message = handle.block_on(async {
