@@ -284,9 +284,9 @@ async fn database_errors_found_after_the_commit_was_sent_lose_and_double_nothing
     })
     .await;
     let mut poison = Vec::new();
-    for i in 0..4 {
+    for (i, action) in ["sql-error", "bad-params", "sql-error", "bad-params"].iter().enumerate() {
         ticks(&h, &format!("t{i}"), 300).await;
-        let fault = json!([{ "event_type": "fault", "data": { "target": "skipper", "action": "sql-error" } }]);
+        let fault = json!([{ "event_type": "fault", "data": { "target": "skipper", "action": action } }]);
         let body = h.append(&format!("fault-{i}"), Some(0), fault).await;
         poison.push(body["positions"][0].as_i64().unwrap());
     }
@@ -300,6 +300,8 @@ async fn database_errors_found_after_the_commit_was_sent_lose_and_double_nothing
     assert_eq!(positions, poison, "exactly the poison events are dead letters: {letters:#}");
     let error = letters[0]["error"].as_str().unwrap();
     assert!(error.contains("out of range") || error.contains("integer overflow"), "the database's own error: {error}");
+    let error = letters[1]["error"].as_str().unwrap();
+    assert!(error.contains("parameter"), "the parameters do not fit: {error}");
     let applied: BTreeSet<i64> = seen(&h, "skipper").await.into_keys().collect();
     let expected: BTreeSet<i64> = (1..=last).filter(|p| !poison.contains(p)).collect();
     assert_eq!(applied, expected, "every other event applied");

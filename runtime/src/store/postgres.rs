@@ -291,6 +291,21 @@ async fn pipeline(mut messages: tokio::sync::mpsc::UnboundedReceiver<Message>) {
     }
 }
 
+/// Why `params` cannot be sent with `statement` (tokio-postgres checks it
+/// before sending; [`Param`] refuses a blob for anything but `BYTEA`).
+fn unsendable(statement: &Statement, params: &[Value]) -> Option<String> {
+    let types = statement.params();
+    if types.len() != params.len() {
+        return Some(format!("the statement takes {} parameters; {} given", types.len(), params.len()));
+    }
+    for (n, (ty, value)) in types.iter().zip(params).enumerate() {
+        if matches!(value, Value::Blob(_)) && *ty != tokio_postgres::types::Type::BYTEA {
+            return Some(format!("parameter ${}: a blob cannot fill a parameter of type {ty}", n + 1));
+        }
+    }
+    None
+}
+
 fn pipeline_stopped() -> StoreError {
     StoreError::Database("the connection's pipeline stopped".into())
 }
@@ -438,6 +453,14 @@ impl PgNamespace {
             }
             Op::Statement { sql, params } => {
                 let s = statement(&sql);
+                // What the client library would refuse without sending it
+                // fails the transaction here: a commit may follow down the
+                // pipeline before its answer, and the server, which never
+                // saw the statement, would commit the rest.
+                if let Some(refusal) = unsendable(&s, &params) {
+                    self.failed = Some(StoreError::Refused(refusal));
+                    return Ok(());
+                }
                 let flight = async move {
                     let values: Vec<Param<'_>> = params.iter().map(Param).collect();
                     let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|p| p as &(dyn ToSql + Sync)).collect();

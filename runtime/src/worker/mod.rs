@@ -441,10 +441,13 @@ impl Worker {
         let handled = events.chunks(call_events).try_for_each(|call| guest.handle(call));
         let handle_time = started.elapsed();
         // This batch stands on the one committed behind: that one first.
+        // (A failure of the guest's own stays what it is: it may have left
+        // the instance unusable.)
         let result = if self.settle_behind() {
             handled
         } else {
-            Err(GuestFailure::Store(StoreError::Database("the batch before this one did not commit".into())))
+            handled
+                .and(Err(GuestFailure::Store(StoreError::Database("the batch before this one did not commit".into()))))
         };
         let caps = self.guest.as_mut().expect("instantiated above").caps();
         let result = result.and_then(|()| {
