@@ -81,11 +81,17 @@ impl Capabilities {
 
     /// Send buffered writes and surface deferred SQL errors.
     pub fn flush(&mut self) -> Result<(), StoreError> {
+        self.send_writes()?;
+        self.ns.flush()
+    }
+
+    /// Surface a deferred SQL error, then hand the buffered KV writes to the
+    /// namespace.
+    fn send_writes(&mut self) -> Result<(), StoreError> {
         if let Some(e) = self.sql_failed.clone() {
             return Err(e);
         }
-        self.kv.flush(&mut *self.ns)?;
-        self.ns.flush()
+        self.kv.flush(&mut *self.ns)
     }
 
     /// Flush, move the checkpoint `from` -> `to` and commit.
@@ -101,10 +107,7 @@ impl Capabilities {
     /// serve the next batch at once. `Ok(true)`: the outcome is pending
     /// until [`Self::settle`].
     pub fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
-        if let Some(e) = self.sql_failed.clone() {
-            return Err(e);
-        }
-        self.kv.flush(&mut *self.ns)?;
+        self.send_writes()?;
         let pending = self.ns.commit_behind(from, to)?;
         self.kv.committed();
         Ok(pending)

@@ -17,19 +17,29 @@ use crate::store::Value;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// Why `value` cannot fill a parameter of type `ty`: only a blob has a
+/// limit (it goes in binary, to `BYTEA` alone); the rest is text the server
+/// parses.
+pub fn unfit(value: &Value, ty: &Type) -> Option<String> {
+    (matches!(value, Value::Blob(_)) && *ty != Type::BYTEA)
+        .then(|| format!("a blob cannot fill a parameter of type {ty}"))
+}
+
 /// A [`Value`] as a PostgreSQL parameter.
 #[derive(Debug)]
 pub struct Param<'a>(pub &'a Value);
 
 impl ToSql for Param<'_> {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        if let Some(why) = unfit(self.0, ty) {
+            return Err(why.into());
+        }
         match self.0 {
             Value::Null => return Ok(IsNull::Yes),
             Value::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
             Value::Real(f) => out.extend_from_slice(real_text(*f).as_bytes()),
             Value::Text(s) => out.extend_from_slice(s.as_bytes()),
-            Value::Blob(b) if *ty == Type::BYTEA => out.extend_from_slice(b),
-            Value::Blob(_) => return Err(format!("a blob cannot fill a parameter of type {ty}").into()),
+            Value::Blob(b) => out.extend_from_slice(b),
         }
         Ok(IsNull::No)
     }

@@ -23,7 +23,7 @@ use tokio_postgres::{Client, Config, Statement};
 
 use super::sql_text::{Checked, quote_ident, refusal, reserved_name};
 use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
-use crate::pg::value::{Param, column};
+use crate::pg::value::{Param, column, unfit};
 use crate::pg::{block_on, block_on_with_deadline, connect_blocking, database_error, statement_error};
 use crate::source::{Cursor, Event};
 
@@ -291,19 +291,18 @@ async fn pipeline(mut messages: tokio::sync::mpsc::UnboundedReceiver<Message>) {
     }
 }
 
-/// Why `params` cannot be sent with `statement` (tokio-postgres checks it
-/// before sending; [`Param`] refuses a blob for anything but `BYTEA`).
+/// Why `params` cannot be sent with `statement`: what tokio-postgres and
+/// [`Param`] would refuse before sending.
 fn unsendable(statement: &Statement, params: &[Value]) -> Option<String> {
     let types = statement.params();
     if types.len() != params.len() {
         return Some(format!("the statement takes {} parameters; {} given", types.len(), params.len()));
     }
-    for (n, (ty, value)) in types.iter().zip(params).enumerate() {
-        if matches!(value, Value::Blob(_)) && *ty != tokio_postgres::types::Type::BYTEA {
-            return Some(format!("parameter ${}: a blob cannot fill a parameter of type {ty}", n + 1));
-        }
-    }
-    None
+    types
+        .iter()
+        .zip(params)
+        .enumerate()
+        .find_map(|(n, (ty, value))| Some(format!("parameter ${}: {}", n + 1, unfit(value, ty)?)))
 }
 
 fn pipeline_stopped() -> StoreError {
@@ -317,6 +316,17 @@ fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreError {
         (Blame::Guest, _) => statement_error(e),
         _ => database_error(e),
     }
+}
+
+/// The transaction committed behind the current one on a connection.
+enum Behind {
+    /// None, or one that committed.
+    Clear,
+    /// Its commit is sent: the answer, and when it began (its deadline runs
+    /// from then).
+    Pending(tokio::sync::oneshot::Receiver<SyncReply>, Instant),
+    /// It failed, and [`Namespace::settle`] has not reported it yet.
+    Failed(StoreError),
 }
 
 /// Operations queued since the last sync past which the worker waits for
@@ -337,11 +347,8 @@ pub struct PgNamespace {
     in_tx: bool,
     /// The first failure of this transaction: it is aborted, and so is the batch.
     failed: Option<StoreError>,
-    /// The transaction committed behind this one: the answer to its commit
-    /// and when it began (its deadline runs from then).
-    behind: Option<(tokio::sync::oneshot::Receiver<SyncReply>, Instant)>,
-    /// Its failure, until [`Namespace::settle`] reports it.
-    behind_failed: Option<StoreError>,
+    /// The transaction committed behind this one.
+    behind: Behind,
     deadline: Duration,
     started: Instant,
     /// Projection statements that passed the checks.
@@ -379,8 +386,7 @@ impl PgNamespace {
             in_flight: 0,
             in_tx: false,
             failed: None,
-            behind: None,
-            behind_failed: None,
+            behind: Behind::Clear,
             deadline,
             started: Instant::now(),
             checked: Checked::default(),
@@ -553,20 +559,22 @@ impl PgNamespace {
     /// Wait for the transaction committed behind, if one is; its failure
     /// fails every wait until [`Namespace::settle`] reports it.
     fn await_behind(&mut self) -> Result<(), StoreError> {
-        if let Some((answer, began)) = self.behind.take() {
+        if matches!(self.behind, Behind::Pending(..))
+            && let Behind::Pending(answer, began) = std::mem::replace(&mut self.behind, Behind::Clear)
+        {
             let left = self.deadline.saturating_sub(began.elapsed()).max(Duration::from_millis(1));
             let outcome = block_on_with_deadline(&self.handle, &self.client, Some(left), async {
                 answer.await.map_err(|_| pipeline_stopped())
             });
-            self.behind_failed = match outcome {
-                Ok(None) => None,
-                Ok(Some((blame, e))) => Some(failure_error(blame, &e)),
-                Err(e) => Some(e),
+            self.behind = match outcome {
+                Ok(None) => Behind::Clear,
+                Ok(Some((blame, e))) => Behind::Failed(failure_error(blame, &e)),
+                Err(e) => Behind::Failed(e),
             };
         }
-        match &self.behind_failed {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+        match &self.behind {
+            Behind::Failed(e) => Err(e.clone()),
+            _ => Ok(()),
         }
     }
 
@@ -688,13 +696,13 @@ impl Namespace for PgNamespace {
         let answer = self.send_sync()?;
         self.in_flight = 0;
         self.in_tx = false;
-        self.behind = Some((answer, self.started));
+        self.behind = Behind::Pending(answer, self.started);
         Ok(true)
     }
 
     fn settle(&mut self) -> Result<(), StoreError> {
         let outcome = self.await_behind();
-        self.behind_failed = None;
+        self.behind = Behind::Clear;
         outcome
     }
 

@@ -2,7 +2,8 @@
 //! refuses, the one placeholder style (`$1`) mapped onto SQLite's (`?1`),
 //! and the texts already checked.
 
-use std::collections::HashMap;
+// foldhash: every `sql.execute` looks its text up here (as the KV cache does its keys).
+use foldhash::{HashMap, HashMapExt};
 
 /// Projection statements that passed the checks, with what the backend made
 /// of each, so a text is checked once. Bounded, so a projection that builds

@@ -115,7 +115,6 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         batch_limit,
         behind: None,
         careful: false,
-        rewound: false,
         paused: false,
         halted: false,
     };
@@ -167,9 +166,6 @@ struct Worker {
     /// A batch committed behind failed: commit the next one in the
     /// foreground, so that its failure is retried and narrowed down.
     careful: bool,
-    /// A batch committed behind failed, and the worker went back to its
-    /// start: the batch being applied is void.
-    rewound: bool,
     paused: bool,
     halted: bool,
 }
@@ -424,7 +420,6 @@ impl Worker {
                 self.cursor = behind.from;
                 self.persisted = behind.from;
                 self.careful = true;
-                self.rewound = true;
                 false
             }
         }
@@ -514,7 +509,7 @@ impl Worker {
     ) -> Result<(), Halt> {
         let mut failures = 0;
         let mut outages = 0;
-        self.rewound = false;
+        let from = self.persisted;
         loop {
             let failure = match self.apply(events, end, behind && failures + outages == 0) {
                 Ok(()) => return Ok(()),
@@ -523,8 +518,8 @@ impl Worker {
             // Whatever failed, the batch behind this one is settled first:
             // if it failed, this one stood on it and is void.
             self.settle_behind();
-            if std::mem::take(&mut self.rewound) {
-                return Ok(()); // read again from the failed batch's start
+            if self.persisted != from {
+                return Ok(()); // went back to the failed batch's start: read again from there
             }
             if let GuestFailure::Store(StoreError::Fenced { .. }) = failure {
                 tracing::warn!(projection = %self.ns, "fenced: {failure}; stepping back");
