@@ -147,8 +147,8 @@ async fn bench_backend(backend: Backend, args: &Args) {
         if args.only.as_ref().is_some_and(|only| !label.contains(only.as_str())) {
             continue;
         }
-        let (rate, compile) = rebuild(&runtime, &config, variant, stored.len(), head_cursor, &expected).await;
-        println!("{label:<28} {rate:>10.0} events/s  ({compile}, included)");
+        let (rate, compile, cpu) = rebuild(&runtime, &config, variant, stored.len(), head_cursor, &expected).await;
+        println!("{label:<28} {rate:>10.0} events/s  ({compile}, included; CPU per event: {cpu})");
         results.insert(label, rate);
     }
     let ceiling = ceiling(&config, &stored, args.batch).await;
@@ -240,7 +240,7 @@ async fn rebuild(
     events: usize,
     head: Cursor,
     expected: &Expected,
-) -> (f64, String) {
+) -> (f64, String, String) {
     let name = match variant {
         Variant::Wasm("order_summaries") | Variant::NativeOrders => "order-summaries",
         Variant::Language(name) => name,
@@ -248,6 +248,7 @@ async fn rebuild(
     };
     let file = config.modules_dir.join(format!("{name}.wasm"));
     let started = Instant::now();
+    let cpu_before = Cpu::now();
     match variant {
         Variant::Wasm(crate_name) => {
             std::fs::copy(common::guest(crate_name), &file).unwrap();
@@ -270,6 +271,7 @@ async fn rebuild(
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
+    let cpu = Cpu::now().since(&cpu_before, events, config.database_url.is_some());
     let compile = match runtime.files().into_iter().find(|f| f.path == file) {
         Some(f) => format!(
             "{} {:.0} ms",
@@ -284,7 +286,54 @@ async fn rebuild(
         runtime.reload(file).await;
     }
     runtime.delete(name).await.unwrap();
-    (rate, compile)
+    (rate, compile, cpu)
+}
+
+/// CPU time used so far by this process and by the PostgreSQL server's
+/// processes, in clock ticks (`/proc`). On a shared machine whose speed
+/// changes by the hour, CPU per event is steadier than events/s.
+struct Cpu {
+    reel: u64,
+    server: u64,
+}
+
+impl Cpu {
+    /// Linux reports `/proc` times in USER_HZ, 100 per second.
+    const TICKS_PER_SECOND: f64 = 100.0;
+
+    fn now() -> Self {
+        let ticks = |stat: &str| -> Option<(String, u64)> {
+            // pid (comm) state ppid ... utime stime: fields 14 and 15, the
+            // comm in parentheses may hold spaces.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let comm = head.split_once('(')?.1.to_owned();
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            Some((comm, fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
+        };
+        let reel = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| ticks(&s)).map_or(0, |(_, t)| t);
+        let server = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| std::fs::read_to_string(entry.path().join("stat")).ok())
+            .filter_map(|s| ticks(&s))
+            .filter(|(comm, _)| comm == "postgres")
+            .map(|(_, t)| t)
+            .sum();
+        Self { reel, server }
+    }
+
+    /// Microseconds of CPU per event since `before`: reel's, and the
+    /// server's (processes that exited meanwhile are not counted).
+    fn since(&self, before: &Cpu, events: usize, server: bool) -> String {
+        let micros = |ticks: u64| ticks as f64 / Self::TICKS_PER_SECOND * 1e6 / events as f64;
+        let reel = micros(self.reel.saturating_sub(before.reel));
+        if server {
+            format!("reel {reel:.1} µs, server {:.1} µs", micros(self.server.saturating_sub(before.server)))
+        } else {
+            format!("reel {reel:.1} µs")
+        }
+    }
 }
 
 /// The read model equals the fold, or the run does not count.
@@ -479,8 +528,8 @@ impl guest_sdk::Host for RecordingHost {
 }
 
 /// The limit for customer-stats: the KV writes it makes per batch (computed
-/// beforehand, in memory), written by a native client as one multi-row upsert
-/// per batch with the checkpoint.
+/// beforehand, in memory), written by a native client as one multi-row insert
+/// of the new keys and one upsert of the others per batch, with the checkpoint.
 async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) -> f64 {
     let subscribed: Vec<guest_sdk::RawEvent> = events
         .iter()
@@ -542,14 +591,31 @@ async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize)
                 )
                 .await
                 .unwrap();
+            // Keys no earlier batch wrote are inserted, the rest upserted, as
+            // reel does with keys its cache knows absent.
+            let mut seen = std::collections::HashSet::new();
+            type Keys<'a> = (Vec<&'a str>, Vec<&'a [u8]>);
+            let split: Vec<[Keys<'_>; 2]> = writes
+                .iter()
+                .map(|batch| {
+                    let mut split: [Keys<'_>; 2] = Default::default();
+                    for (k, v) in batch {
+                        let part = &mut split[usize::from(seen.insert(k.as_str()))];
+                        part.0.push(k);
+                        part.1.push(v);
+                    }
+                    split
+                })
+                .collect();
             let started = Instant::now();
-            for (n, batch) in writes.iter().enumerate() {
-                let keys: Vec<&str> = batch.iter().map(|(k, _)| k.as_str()).collect();
-                let values: Vec<&[u8]> = batch.iter().map(|(_, v)| v.as_slice()).collect();
+            for (n, [(old_keys, old_values), (new_keys, new_values)]) in split.iter().enumerate() {
                 let tx = client.transaction().await.unwrap();
+                tx.execute("INSERT INTO kv_c SELECT * FROM unnest($1::text[], $2::bytea[])", &[new_keys, new_values])
+                    .await
+                    .unwrap();
                 tx.execute(
                     "INSERT INTO kv_c SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    &[&keys, &values],
+                    &[old_keys, old_values],
                 )
                 .await
                 .unwrap();

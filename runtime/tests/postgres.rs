@@ -525,6 +525,14 @@ async fn two_writers_never_both_commit_a_batch() {
     first.kv_set("k".into(), b"first".to_vec()).unwrap();
     second.kv_set("k".into(), b"second".to_vec()).unwrap();
     first.commit(Cursor::START, Cursor { tx: 1, id: 5 }).unwrap();
+    // The second writer's KV table was empty when it started, so it takes
+    // `k` for new and inserts it: the insert fails on the first's row. Its
+    // next attempt upserts, and the checkpoint fences it.
+    let failed = second.commit(Cursor::START, Cursor { tx: 1, id: 5 }).unwrap_err();
+    assert!(matches!(&failed, StoreError::Database(m) if m.contains("taken for new")), "{failed:?}");
+    second.rollback().unwrap();
+    second.begin().unwrap();
+    second.kv_set("k".into(), b"second".to_vec()).unwrap();
     let fenced = second.commit(Cursor::START, Cursor { tx: 1, id: 5 }).unwrap_err();
     assert!(matches!(fenced, StoreError::Fenced { .. }), "{fenced:?}");
     second.rollback().unwrap();
@@ -541,6 +549,66 @@ async fn two_writers_never_both_commit_a_batch() {
     assert_eq!(reader.namespace().checkpoint().unwrap().cursor, Cursor { tx: 1, id: 5 });
     reader.rollback().unwrap();
     drop((first, second, reader));
+    drop_database(&url).await;
+}
+
+/// The namespace's KV rows, read as the database's owner.
+async fn kv_rows(admin: &Client, name: &str) -> BTreeMap<String, String> {
+    let schema: String =
+        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = $1", &[&name]).await.unwrap().get(0);
+    let rows = admin.query(&format!("SELECT key, value FROM \"{schema}\"._reel_kv"), &[]).await.unwrap();
+    rows.iter().map(|r| (r.get(0), String::from_utf8(r.get(1)).unwrap())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_writes_insert_the_keys_known_new_and_a_wrong_guess_costs_one_attempt() {
+    let (url, store, _source) = store().await;
+    let admin = connect(&url).await;
+    let mut w = writer(&store, "kv");
+    let at = |id| if id == 0 { Cursor::START } else { Cursor { tx: 1, id } };
+    let set = |w: &mut Capabilities, key: &str, value: &str| w.kv_set(key.into(), value.as_bytes().to_vec()).unwrap();
+    // One batch: begin, the writes, commit from checkpoint `id - 1` to `id`.
+    let batch = |w: &mut Capabilities, id: i64, writes: &[(&str, &str)]| {
+        w.begin().unwrap();
+        for (key, value) in writes {
+            set(w, key, value);
+        }
+        let committed = w.commit(at(id - 1), at(id));
+        if committed.is_err() {
+            w.rollback().unwrap();
+        }
+        committed
+    };
+    let want = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+
+    batch(&mut w, 1, &[("a", "1"), ("b", "1")]).unwrap();
+    w.begin().unwrap();
+    set(&mut w, "a", "2");
+    w.kv_delete("b".into()).unwrap();
+    set(&mut w, "c", "1");
+    // A scan sends the writes so far; `c` is then in the transaction.
+    assert_eq!(w.kv_scan("", None, 10).unwrap().len(), 2);
+    set(&mut w, "c", "2");
+    set(&mut w, "a", "3");
+    w.commit(at(1), at(2)).unwrap();
+    batch(&mut w, 3, &[("b", "2")]).unwrap(); // deleted, so known absent
+    assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "3"), ("b", "2"), ("c", "2")]));
+
+    // A row written behind the worker's back: the worker takes `d` for new,
+    // its insert fails the batch and nothing of the batch is kept.
+    let schema: String =
+        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'kv'", &[]).await.unwrap().get(0);
+    admin.execute(&format!("INSERT INTO \"{schema}\"._reel_kv VALUES ('d', 'theirs')"), &[]).await.unwrap();
+    let failed = batch(&mut w, 4, &[("a", "4"), ("d", "ours")]).unwrap_err();
+    assert!(matches!(&failed, StoreError::Database(m) if m.contains("taken for new")), "{failed:?}");
+    assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "3"), ("b", "2"), ("c", "2"), ("d", "theirs")]));
+    // The next attempt of the batch upserts; after a commit, keys known new
+    // are inserted again.
+    batch(&mut w, 4, &[("a", "4"), ("d", "ours")]).unwrap();
+    batch(&mut w, 5, &[("e", "1")]).unwrap();
+    assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "4"), ("b", "2"), ("c", "2"), ("d", "ours"), ("e", "1")]));
+    assert_eq!(w.namespace().checkpoint().unwrap().cursor, at(5));
+    drop(w);
     drop_database(&url).await;
 }
 

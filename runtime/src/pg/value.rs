@@ -65,6 +65,59 @@ fn real_text(f: f64) -> String {
     }
 }
 
+/// A one-dimensional `text[]` or `bytea[]` parameter, encoded in binary as
+/// its elements are pushed: a KV batch's tens of thousands of keys and
+/// values are copied into one buffer instead of each into an owned copy.
+#[derive(Debug)]
+pub struct ArrayParam {
+    element: Type,
+    len: i32,
+    bytes: Vec<u8>,
+}
+
+impl ArrayParam {
+    /// An empty array of `element` (`TEXT` or `BYTEA`).
+    pub fn new(element: Type) -> Self {
+        Self { element, len: 0, bytes: Vec::new() }
+    }
+
+    /// Append an element: for `TEXT`, UTF-8 text.
+    pub fn push(&mut self, element: &[u8]) {
+        let len = i32::try_from(element.len()).expect("an array element under 2 GiB");
+        self.bytes.extend_from_slice(&len.to_be_bytes());
+        self.bytes.extend_from_slice(element);
+        self.len += 1;
+    }
+
+    /// No elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl ToSql for ArrayParam {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+        if *ty.kind() != tokio_postgres::types::Kind::Array(self.element.clone()) {
+            return Err(format!("an array of {} cannot fill a parameter of type {ty}", self.element).into());
+        }
+        // array_recv: dimensions, has-nulls flag, element type, then per
+        // dimension its length and lower bound, then length-prefixed elements.
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&0i32.to_be_bytes());
+        out.extend_from_slice(&self.element.oid().to_be_bytes());
+        out.extend_from_slice(&self.len.to_be_bytes());
+        out.extend_from_slice(&1i32.to_be_bytes());
+        out.extend_from_slice(&self.bytes);
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(*ty, Type::TEXT_ARRAY | Type::BYTEA_ARRAY)
+    }
+
+    to_sql_checked!();
+}
+
 /// A column's raw bytes, whatever its type.
 struct Raw<'a>(Option<&'a [u8]>);
 

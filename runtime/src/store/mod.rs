@@ -171,6 +171,18 @@ pub struct TableRead {
     pub limit: usize,
 }
 
+/// One buffered KV write, as a batch hands it to the database.
+#[derive(Debug, Clone, Copy)]
+pub struct KvWrite<'a> {
+    pub key: &'a str,
+    /// `None`: delete.
+    pub value: Option<&'a [u8]>,
+    /// The key holds no value in the open transaction, as far as the worker
+    /// knows for sure: a plain insert will do. If that were wrong, the write
+    /// fails and with it the batch.
+    pub new: bool,
+}
+
 /// One namespace, through one connection: the worker's writer, or a
 /// read-only view for HTTP reads and guest queries.
 ///
@@ -221,8 +233,8 @@ pub trait Namespace: Send {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// Apply KV writes (`None` deletes), in one go.
-    fn kv_write(&mut self, writes: &mut dyn Iterator<Item = (String, Option<Vec<u8>>)>) -> Result<(), StoreError>;
+    /// Apply KV writes, in one go: each key once, in key order.
+    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError>;
     /// Whether the KV table is empty.
     fn kv_is_empty(&mut self) -> Result<bool, StoreError>;
 

@@ -18,17 +18,18 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Config, Statement};
 
 use super::sql_text::{Checked, quote_ident, refusal, reserved_name};
-use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
-use crate::pg::value::{Param, column, unfit};
+use super::{Checkpoint, DeadLetter, KvWrite, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
+use crate::pg::value::{ArrayParam, Param, column, unfit};
 use crate::pg::{block_on, block_on_with_deadline, connect_blocking, database_error, statement_error};
 use crate::source::{Cursor, Event};
 
 /// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
 const FENCED: &str = "RL409";
+const UNIQUE_VIOLATION: &str = "23505";
 
 /// How a namespace is reached.
 #[derive(Debug, Clone)]
@@ -226,11 +227,27 @@ fn random_hex(bytes: usize) -> String {
 /// An operation of a batch, sent to the server as soon as it is queued.
 enum Op {
     Begin,
-    Statement { sql: String, params: Vec<Value> },
-    KvUpsert { keys: Vec<String>, values: Vec<Vec<u8>> },
-    KvDelete { keys: Vec<String> },
-    Advance { from: Cursor, to: Cursor },
-    DeadLetter { event: Box<Event>, error: String },
+    Statement {
+        sql: String,
+        params: Vec<Value>,
+    },
+    /// KV values: inserted when every key is new, upserted otherwise.
+    KvPut {
+        insert: bool,
+        keys: ArrayParam,
+        values: ArrayParam,
+    },
+    KvDelete {
+        keys: ArrayParam,
+    },
+    Advance {
+        from: Cursor,
+        to: Cursor,
+    },
+    DeadLetter {
+        event: Box<Event>,
+        error: String,
+    },
     Commit,
 }
 
@@ -243,6 +260,8 @@ enum Blame {
     Advance(Cursor),
     /// reel's own statements: the database's fault.
     Host,
+    /// The insert of KV keys taken for new.
+    KvInsert,
 }
 
 type Flight = std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
@@ -314,6 +333,11 @@ fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreError {
     match (blame, e.code().map(|c| c.code())) {
         (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
         (Blame::Guest, _) => statement_error(e),
+        (Blame::KvInsert, Some(UNIQUE_VIOLATION)) => StoreError::Database(format!(
+            "a KV key taken for new is in the table already ({}): another writer, or a stale cache; \
+             the batch's next attempt upserts every key",
+            e.as_db_error().map_or("", |db| db.message())
+        )),
         _ => database_error(e),
     }
 }
@@ -360,11 +384,16 @@ const BEGIN_READ: &str = "BEGIN READ ONLY";
 const COMMIT: &str = "COMMIT";
 const KV_UPSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[]) \
                          ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+// Keys the worker knows absent skip the upsert's conflict check (55,000 new
+// keys of 83,000 per 100,000 events of customer-stats: 165-200 ms of server
+// time as inserts, 255-295 ms as upserts, psql, 2026-11-28).
+const KV_INSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[])";
 const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
 const ADVANCE: &str = "SELECT reel.advance($1, $2, $3, $4, $5)";
 const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 /// reel's own statements, prepared when the connection opens.
-const OWN_STATEMENTS: [&str; 7] = [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_DELETE, ADVANCE, DEAD_LETTER];
+const OWN_STATEMENTS: [&str; 8] =
+    [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_INSERT, KV_DELETE, ADVANCE, DEAD_LETTER];
 
 impl PgNamespace {
     fn new(
@@ -474,9 +503,10 @@ impl PgNamespace {
                 };
                 (Blame::Guest, Box::pin(flight))
             }
-            Op::KvUpsert { keys, values } => {
-                let s = statement(KV_UPSERT);
-                (Blame::Host, Box::pin(async move { client.execute(&s, &[&keys, &values]).await }))
+            Op::KvPut { insert, keys, values } => {
+                let (s, blame) = if insert { (KV_INSERT, Blame::KvInsert) } else { (KV_UPSERT, Blame::Host) };
+                let s = statement(s);
+                (blame, Box::pin(async move { client.execute(&s, &[&keys, &values]).await }))
             }
             Op::KvDelete { keys } => {
                 let s = statement(KV_DELETE);
@@ -747,22 +777,28 @@ impl Namespace for PgNamespace {
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
-    fn kv_write(&mut self, writes: &mut dyn Iterator<Item = (String, Option<Vec<u8>>)>) -> Result<(), StoreError> {
-        let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-        for (key, value) in writes {
-            match value {
-                Some(value) => {
-                    keys.push(key);
-                    values.push(value);
+    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {
+        let arrays = || (ArrayParam::new(Type::TEXT), ArrayParam::new(Type::BYTEA));
+        let (mut inserts, mut upserts, mut deletes) = (arrays(), arrays(), ArrayParam::new(Type::TEXT));
+        for w in writes {
+            let (keys, values) = match w.value {
+                None => {
+                    deletes.push(w.key.as_bytes());
+                    continue;
                 }
-                None => deleted.push(key),
+                Some(_) if w.new => &mut inserts,
+                Some(_) => &mut upserts,
+            };
+            keys.push(w.key.as_bytes());
+            values.push(w.value.unwrap_or_default());
+        }
+        for (insert, (keys, values)) in [(true, inserts), (false, upserts)] {
+            if !keys.is_empty() {
+                self.dispatch(Op::KvPut { insert, keys, values })?;
             }
         }
-        if !keys.is_empty() {
-            self.dispatch(Op::KvUpsert { keys, values })?;
-        }
-        if !deleted.is_empty() {
-            self.dispatch(Op::KvDelete { keys: deleted })?;
+        if !deletes.is_empty() {
+            self.dispatch(Op::KvDelete { keys: deletes })?;
         }
         Ok(())
     }

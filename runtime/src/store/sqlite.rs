@@ -18,7 +18,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 use super::sql_text::{Checked, quote_ident, refusal, sqlite_placeholders};
 use super::wal;
 use super::writer::{self, Statement, Writer};
-use super::{Checkpoint, DeadLetter, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
+use super::{Checkpoint, DeadLetter, KvWrite, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
 use crate::source::time::{format_micros, now_micros};
 use crate::source::{Cursor, Event};
 
@@ -554,7 +554,7 @@ impl Namespace for SqliteNamespace {
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
-    fn kv_write(&mut self, writes: &mut dyn Iterator<Item = (String, Option<Vec<u8>>)>) -> Result<(), StoreError> {
+    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {
         let conn = self.conn()?;
         let mut upsert = conn
             .prepare_cached(
@@ -562,10 +562,11 @@ impl Namespace for SqliteNamespace {
             )
             .map_err(db)?;
         let mut delete = conn.prepare_cached("DELETE FROM _reel_kv WHERE key = ?1").map_err(db)?;
-        for (key, value) in writes {
-            match value {
-                Some(value) => upsert.execute(params![key, value]),
-                None => delete.execute([key]),
+        // New keys are upserted too: the plain insert is PostgreSQL's saving.
+        for w in writes {
+            match w.value {
+                Some(value) => upsert.execute(params![w.key, value]),
+                None => delete.execute([w.key]),
             }
             .map_err(db)?;
         }
