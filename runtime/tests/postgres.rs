@@ -14,7 +14,7 @@ use reel::host::{Capabilities, Mode};
 use reel::source::postgres::PgSource;
 use reel::source::{Cursor, EventReader, Filter, Source};
 use reel::store::postgres::PgStore;
-use reel::store::{NamespaceId, Store, StoreError};
+use reel::store::{NamespaceId, Store, StoreError, Value};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
@@ -608,6 +608,50 @@ async fn kv_writes_insert_the_keys_known_new_and_a_wrong_guess_costs_one_attempt
     batch(&mut w, 5, &[("e", "1")]).unwrap();
     assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "4"), ("b", "2"), ("c", "2"), ("d", "ours"), ("e", "1")]));
     assert_eq!(w.namespace().checkpoint().unwrap().cursor, at(5));
+    drop(w);
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_behind_puts_back_the_kv_values_it_replaced_and_keeps_the_cache_complete() {
+    let (url, store, _source) = store().await;
+    let admin = connect(&url).await;
+    let mut w = writer(&store, "behind");
+    let at = |id| if id == 0 { Cursor::START } else { Cursor { tx: 1, id } };
+    let get = |w: &mut Capabilities, key: &str| w.kv_get(key).unwrap().map(|v| String::from_utf8(v).unwrap());
+
+    w.begin().unwrap();
+    w.sql_execute("CREATE TABLE t (v INTEGER)", vec![]).unwrap();
+    w.kv_set("a".into(), b"1".to_vec()).unwrap();
+    w.commit(at(0), at(1)).unwrap();
+    // A row the worker's cache cannot know of: the cache is complete (the KV
+    // table was empty at start), so as long as it stays complete, reads of
+    // `z` do not reach the database.
+    let schema: String =
+        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'behind'", &[]).await.unwrap().get(0);
+    admin.execute(&format!("INSERT INTO \"{schema}\"._reel_kv VALUES ('z', 'theirs')"), &[]).await.unwrap();
+
+    // A batch whose statement the database refuses only when it runs it,
+    // committed behind.
+    w.begin().unwrap();
+    w.kv_set("a".into(), b"2".to_vec()).unwrap();
+    w.kv_set("b".into(), b"1".to_vec()).unwrap();
+    w.kv_delete("z".into()).unwrap();
+    w.sql_execute("INSERT INTO t VALUES ($1)", vec![Value::Integer(1 << 40)]).unwrap();
+    assert!(w.commit_behind(at(1), at(2)).unwrap(), "the commit is pending");
+    // The next batch sees its values until the answer comes.
+    w.begin().unwrap();
+    assert_eq!(get(&mut w, "a").as_deref(), Some("2"));
+    let failed = w.settle().unwrap_err();
+    assert!(matches!(&failed, StoreError::Sql { code, .. } if code == "22003"), "{failed:?}");
+    w.rollback().unwrap();
+
+    w.begin().unwrap();
+    assert_eq!(get(&mut w, "a").as_deref(), Some("1"), "the value before the failed batch");
+    assert_eq!(get(&mut w, "b"), None);
+    assert_eq!(get(&mut w, "z"), None, "still complete: the database was not asked");
+    w.rollback().unwrap();
+    assert_eq!(w.namespace().checkpoint().unwrap().cursor, at(1));
     drop(w);
     drop_database(&url).await;
 }

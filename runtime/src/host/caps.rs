@@ -109,17 +109,19 @@ impl Capabilities {
     pub fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
         self.send_writes()?;
         let pending = self.ns.commit_behind(from, to)?;
-        self.kv.committed();
+        if pending {
+            self.kv.committed_behind();
+        } else {
+            self.kv.committed();
+        }
         Ok(pending)
     }
 
     /// The outcome of the last pending [`Self::commit_behind`]. When it
-    /// failed, the values cached from its batch are forgotten.
+    /// failed, the KV cache goes back to what it held before that batch.
     pub fn settle(&mut self) -> Result<(), StoreError> {
         let outcome = self.ns.settle();
-        if outcome.is_err() {
-            self.kv.forget();
-        }
+        self.kv.settled(outcome.is_ok());
         outcome
     }
 

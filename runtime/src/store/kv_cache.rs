@@ -36,6 +36,9 @@ pub struct KvCache {
     /// Whether what the cache knows absent may be written as new: not after
     /// a rollback, until the next commit.
     trusted: bool,
+    /// What the batch committed behind replaced in `committed` (`None`:
+    /// nothing was known of the key), to put back if its commit fails.
+    undo: Vec<(String, Option<Option<Vec<u8>>>)>,
     /// Approximate bytes held by `committed`.
     bytes: usize,
     /// Most bytes `committed` may hold; past it the cache is dropped.
@@ -57,7 +60,15 @@ struct Write {
 impl KvCache {
     /// An empty cache; `complete` when the KV table is known to be empty.
     pub fn new(budget: usize, complete: bool) -> Self {
-        Self { batch: HashMap::new(), committed: HashMap::new(), complete, trusted: true, bytes: 0, budget }
+        Self {
+            batch: HashMap::new(),
+            committed: HashMap::new(),
+            complete,
+            trusted: true,
+            undo: Vec::new(),
+            bytes: 0,
+            budget,
+        }
     }
 
     /// The value as this batch sees it.
@@ -136,13 +147,48 @@ impl KvCache {
 
     /// The transaction committed: the batch's writes are now committed values.
     pub fn committed(&mut self) {
+        self.commit_batch(false);
+    }
+
+    /// The transaction's commit is sent but not answered: the batch's writes
+    /// serve as committed values, and what they replace is kept until
+    /// [`Self::settled`].
+    pub fn committed_behind(&mut self) {
+        self.commit_batch(true);
+    }
+
+    fn commit_batch(&mut self, keep_undo: bool) {
+        self.undo.clear();
         let mut batch = std::mem::take(&mut self.batch);
         for (key, w) in batch.drain() {
-            self.remember(key, w.value);
+            if keep_undo {
+                let old = self.remember(key.clone(), w.value);
+                self.undo.push((key, old));
+            } else {
+                self.remember(key, w.value);
+            }
         }
         // Keep the map's capacity for the next batch.
         self.batch = batch;
         self.trusted = true;
+    }
+
+    /// The batch committed behind is answered: `Ok` keeps its values; a
+    /// failure puts back what they replaced and drops the current batch
+    /// (which stood on it).
+    pub fn settled(&mut self, committed: bool) {
+        if !committed {
+            self.rolled_back();
+            for (key, old) in std::mem::take(&mut self.undo) {
+                match old {
+                    Some(value) => {
+                        self.remember(key, value);
+                    }
+                    None => self.unknown(&key),
+                }
+            }
+        }
+        self.undo.clear();
     }
 
     /// The transaction rolled back: forget the batch's writes.
@@ -151,19 +197,12 @@ impl KvCache {
         self.trusted = false;
     }
 
-    /// A batch taken as committed was not: forget every cached value (the
-    /// cache is no longer complete; misses ask the database).
-    pub fn forget(&mut self) {
-        self.rolled_back();
-        self.committed.clear();
-        self.bytes = 0;
-        self.complete = false;
-    }
-
-    fn remember(&mut self, key: String, value: Option<Vec<u8>>) {
+    /// Record `key`'s committed value; returns what was recorded before.
+    fn remember(&mut self, key: String, value: Option<Vec<u8>>) -> Option<Option<Vec<u8>>> {
         let value_len = value.as_ref().map_or(0, Vec::len);
         let key_len = key.len();
-        match self.committed.insert(key, value) {
+        let old = self.committed.insert(key, value);
+        match &old {
             Some(old) => self.bytes = self.bytes - old.as_ref().map_or(0, Vec::len) + value_len,
             None => self.bytes += key_len + value_len + ENTRY_OVERHEAD,
         }
@@ -172,6 +211,14 @@ impl KvCache {
             self.committed.clear();
             self.bytes = 0;
             self.complete = false;
+        }
+        old
+    }
+
+    /// Nothing is known of `key`'s committed value.
+    fn unknown(&mut self, key: &str) {
+        if let Some((key, value)) = self.committed.remove_entry(key) {
+            self.bytes -= key.len() + value.map_or(0, |v| v.len()) + ENTRY_OVERHEAD;
         }
     }
 }
