@@ -283,6 +283,23 @@ impl PgSource {
     }
 }
 
+/// Puts the events of `batch` from `start` in cursor order, should they not
+/// be. The page query has no outer `ORDER BY`: its lateral index scan under a
+/// one-row join returns them in order, and sorting the page again cost the
+/// server ~20% of the query (12.0 against 9.7 ms per 5,000 events, psql,
+/// 2026-11-28); this keeps the order a guarantee whatever plan runs.
+fn in_cursor_order(batch: &mut Batch, start: usize) {
+    if batch.cursors[start..].is_sorted() {
+        return;
+    }
+    let mut page: Vec<(Cursor, Event)> = batch.cursors.drain(start..).zip(batch.events.drain(start..)).collect();
+    page.sort_unstable_by_key(|(cursor, _)| *cursor);
+    for (cursor, event) in page {
+        batch.cursors.push(cursor);
+        batch.events.push(event);
+    }
+}
+
 fn is_conflict(e: &tokio_postgres::Error) -> bool {
     matches!(e.code(), Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
@@ -498,7 +515,7 @@ impl PgReader {
                          SELECT * FROM public.events \
                           WHERE (transaction_id, id) > ($1::text::xid8, $2) AND transaction_id < snap.xmin{} \
                           ORDER BY transaction_id, id LIMIT $3) e ON true \
-                     ORDER BY e.transaction_id, e.id",
+",
                     condition.sql
                 );
                 let statement = client.prepare(&sql).await.map_err(|e| pg_error(&e))?;
@@ -510,6 +527,7 @@ impl PgReader {
             let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tx, &after.id, &limit];
             params.extend(filter_params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)));
             let rows = client.query(statement, &params).await.map_err(|e| pg_error(&e))?;
+            let start = batch.events.len();
             let mut head = after;
             let mut read = 0;
             for row in &rows {
@@ -534,11 +552,44 @@ impl PgReader {
                 batch.cursors.push(cursor);
                 read += 1;
             }
+            in_cursor_order(batch, start);
             batch.next = match batch.cursors.last() {
                 Some(last) if read as i64 == limit => *last,
                 _ => head,
             };
             Ok(read)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: i64) -> Event {
+        Event {
+            position,
+            stream_id: format!("s-{position}"),
+            version: 1,
+            event_type: "t".into(),
+            data: "{}".into(),
+            metadata: "{}".into(),
+            occurred_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_page_out_of_cursor_order_is_put_in_order_and_the_rest_left_alone() {
+        let ids = [1, 2, 7, 5, 6];
+        let mut batch = Batch {
+            events: ids.iter().map(|&id| event(id)).collect(),
+            cursors: ids.iter().map(|&id| Cursor { tx: 10, id }).collect(),
+            next: Cursor::START,
+        };
+        in_cursor_order(&mut batch, 2);
+        let order: Vec<i64> = batch.cursors.iter().map(|c| c.id).collect();
+        assert_eq!(order, [1, 2, 5, 6, 7]);
+        // Each event stays with its cursor.
+        assert!(batch.events.iter().zip(&batch.cursors).all(|(e, c)| e.position == c.id));
     }
 }
