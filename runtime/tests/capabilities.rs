@@ -268,6 +268,11 @@ fn limits_and_read_only_mode_are_enforced() {
     assert!(matches!(w.take_fault(), Some(Fault::Refused(_))));
     let long_key = w.kv_set("123456789".into(), vec![]).unwrap_err();
     assert_eq!(long_key.to_string(), "kv key of 9 bytes is over the 8-byte limit");
+    let nul = w.kv_set("a\0b".into(), vec![]).unwrap_err();
+    assert_eq!(nul.to_string(), "kv key `a\\u{0}b` contains a NUL character");
+    assert!(matches!(w.take_fault(), Some(Fault::Refused(_))));
+    assert!(w.kv_get("a\0b").is_err());
+    assert!(w.kv_scan("\0", None, 1).is_err());
     let rows = w
         .sql_query(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10) SELECT i FROM n",

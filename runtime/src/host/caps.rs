@@ -154,6 +154,7 @@ impl Capabilities {
     }
 
     fn check_key(&mut self, key: &str) -> Result<(), Fault> {
+        self.check_text("key", key)?;
         if key.len() > self.limits.kv_key_bytes {
             let limit = self.limits.kv_key_bytes;
             return self.fail(Fault::Refused(format!("kv key of {} bytes is over the {limit}-byte limit", key.len())));
@@ -161,8 +162,19 @@ impl Capabilities {
         Ok(())
     }
 
+    /// A NUL in a key: PostgreSQL's text cannot hold one (it would fail the
+    /// batch as if the database were down), so no backend takes it.
+    fn check_text(&mut self, what: &str, text: &str) -> Result<(), Fault> {
+        if text.contains('\0') {
+            return self
+                .fail(Fault::Refused(format!("kv {what} `{}` contains a NUL character", text.escape_default())));
+        }
+        Ok(())
+    }
+
     /// `kv.get`.
     pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Fault> {
+        self.check_text("key", key)?;
         let result = match self.mode {
             Mode::Write => self.kv.get(key, &mut *self.ns),
             Mode::Read => self.ns.kv_get(key),
@@ -196,6 +208,10 @@ impl Capabilities {
 
     /// `kv.scan` (at most the row limit per call).
     pub fn kv_scan(&mut self, prefix: &str, after: Option<&str>, limit: u32) -> Result<Vec<(String, Vec<u8>)>, Fault> {
+        self.check_text("prefix", prefix)?;
+        if let Some(after) = after {
+            self.check_text("key", after)?;
+        }
         let limit = (limit as usize).min(self.limits.query_rows);
         if self.mode == Mode::Write {
             let flushed = self.kv.flush(&mut *self.ns);
