@@ -529,7 +529,7 @@ async fn two_writers_never_both_commit_a_batch() {
     // `k` for new and inserts it: the insert fails on the first's row. Its
     // next attempt upserts, and the checkpoint fences it.
     let failed = second.commit(Cursor::START, Cursor { tx: 1, id: 5 }).unwrap_err();
-    assert!(matches!(&failed, StoreError::Database(m) if m.contains("taken for new")), "{failed:?}");
+    assert!(matches!(&failed, StoreError::KvStale(m) if m.contains("taken for new")), "{failed:?}");
     second.rollback().unwrap();
     second.begin().unwrap();
     second.kv_set("k".into(), b"second".to_vec()).unwrap();
@@ -600,10 +600,13 @@ async fn kv_writes_insert_the_keys_known_new_and_a_wrong_guess_costs_one_attempt
         admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'kv'", &[]).await.unwrap().get(0);
     admin.execute(&format!("INSERT INTO \"{schema}\"._reel_kv VALUES ('d', 'theirs')"), &[]).await.unwrap();
     let failed = batch(&mut w, 4, &[("a", "4"), ("d", "ours")]).unwrap_err();
-    assert!(matches!(&failed, StoreError::Database(m) if m.contains("taken for new")), "{failed:?}");
+    assert!(matches!(&failed, StoreError::KvStale(m) if m.contains("taken for new")), "{failed:?}");
     assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "3"), ("b", "2"), ("c", "2"), ("d", "theirs")]));
-    // The next attempt of the batch upserts; after a commit, keys known new
-    // are inserted again.
+    // The worker dropped its cache: it now asks the database.
+    w.begin().unwrap();
+    assert_eq!(w.kv_get("d").unwrap(), Some(b"theirs".to_vec()));
+    w.rollback().unwrap();
+    // The next attempt of the batch upserts, and the worker goes on.
     batch(&mut w, 4, &[("a", "4"), ("d", "ours")]).unwrap();
     batch(&mut w, 5, &[("e", "1")]).unwrap();
     assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "4"), ("b", "2"), ("c", "2"), ("d", "ours"), ("e", "1")]));

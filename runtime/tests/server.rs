@@ -68,6 +68,13 @@ async fn serves_a_real_socket_and_refuses_malformed_http() {
             json!({ "orders": 1, "cancelled": 0, "total_spent": 2.5 })
         );
 
+        // A key no backend can hold is a malformed read, not a database failure.
+        let (status, body) = http(addr, "GET", "/projections/customer-stats/kv/a%00b", None);
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("the key contains a NUL character"), "{body}");
+        let (status, body) = http(addr, "GET", "/projections/customer-stats/kv?prefix=a%00", None);
+        assert_eq!(status, 400, "{body}");
+
         // Malformed HTTP gets a 400 from the server, and the server lives on.
         let mut stream = TcpStream::connect(addr).unwrap();
         stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();

@@ -53,12 +53,22 @@ pub async fn kv_get(
 ) -> Result<impl IntoResponse, ApiError> {
     let Path((name, key)) = path?;
     let Query(params) = params?;
+    no_nul("key", &key)?;
     let wanted = key.clone();
     let value = runtime.read(&name, params.min_position, move |ns| ns.kv_get(&wanted)).await?;
     match value {
         Some(bytes) => Ok(Json(value_json(&bytes))),
         None => Err(ApiError::not_found(format!("projection `{name}` has no key `{key}`"))),
     }
+}
+
+/// KV keys hold no NUL character (PostgreSQL's text cannot), so a read
+/// naming one is malformed, on every backend.
+fn no_nul(what: &str, text: &str) -> Result<(), ApiError> {
+    if text.contains('\0') {
+        return Err(ApiError::bad_request(format!("the {what} contains a NUL character; KV keys hold none")));
+    }
+    Ok(())
 }
 
 /// Parameters of a KV scan.
@@ -83,6 +93,8 @@ pub async fn kv_scan(
     let Query(params) = params?;
     let limit = limit(params.limit)?;
     let ScanParams { prefix, after, .. } = params;
+    no_nul("prefix", &prefix)?;
+    no_nul("after", after.as_deref().unwrap_or_default())?;
     let entries =
         runtime.read(&name, params.min_position, move |ns| ns.kv_scan(&prefix, after.as_deref(), limit)).await?;
     let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();

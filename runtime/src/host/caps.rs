@@ -81,8 +81,16 @@ impl Capabilities {
 
     /// Send buffered writes and surface deferred SQL errors.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        self.send_writes()?;
-        self.ns.flush()
+        let flushed = self.send_writes().and_then(|()| self.ns.flush());
+        self.watch(flushed)
+    }
+
+    /// A stale KV cache found by the database drops the cache.
+    fn watch<T>(&mut self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::KvStale(_)) = &result {
+            self.kv.forget();
+        }
+        result
     }
 
     /// Surface a deferred SQL error, then hand the buffered KV writes to the
@@ -97,7 +105,8 @@ impl Capabilities {
     /// Flush, move the checkpoint `from` -> `to` and commit.
     pub fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         self.flush()?;
-        self.ns.commit(from, to)?;
+        let committed = self.ns.commit(from, to);
+        self.watch(committed)?;
         self.kv.committed();
         Ok(())
     }
@@ -107,8 +116,8 @@ impl Capabilities {
     /// serve the next batch at once. `Ok(true)`: the outcome is pending
     /// until [`Self::settle`].
     pub fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
-        self.send_writes()?;
-        let pending = self.ns.commit_behind(from, to)?;
+        let sent = self.send_writes().and_then(|()| self.ns.commit_behind(from, to));
+        let pending = self.watch(sent)?;
         if pending {
             self.kv.committed_behind();
         } else {
@@ -122,7 +131,7 @@ impl Capabilities {
     pub fn settle(&mut self) -> Result<(), StoreError> {
         let outcome = self.ns.settle();
         self.kv.settled(outcome.is_ok());
-        outcome
+        self.watch(outcome)
     }
 
     /// Abandon the batch.
@@ -143,6 +152,7 @@ impl Capabilities {
     }
 
     fn store<T>(&mut self, result: Result<T, StoreError>) -> Result<T, Fault> {
+        let result = self.watch(result);
         result.or_else(|e| self.fail(Fault::Store(e)))
     }
 
@@ -166,8 +176,8 @@ impl Capabilities {
     /// batch as if the database were down), so no backend takes it.
     fn check_text(&mut self, what: &str, text: &str) -> Result<(), Fault> {
         if text.contains('\0') {
-            return self
-                .fail(Fault::Refused(format!("kv {what} `{}` contains a NUL character", text.escape_default())));
+            let shown = truncate(text, 100).escape_default().to_string();
+            return self.fail(Fault::Refused(format!("kv {what} `{shown}` contains a NUL character")));
         }
         Ok(())
     }

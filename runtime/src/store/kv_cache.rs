@@ -197,6 +197,16 @@ impl KvCache {
         self.trusted = false;
     }
 
+    /// The cache was found not to match the database: forget every value
+    /// (no longer complete; misses ask the database).
+    pub fn forget(&mut self) {
+        self.rolled_back();
+        self.undo.clear();
+        self.committed.clear();
+        self.bytes = 0;
+        self.complete = false;
+    }
+
     /// Record `key`'s committed value; returns what was recorded before.
     fn remember(&mut self, key: String, value: Option<Vec<u8>>) -> Option<Option<Vec<u8>>> {
         let value_len = value.as_ref().map_or(0, Vec::len);

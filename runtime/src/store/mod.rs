@@ -138,6 +138,11 @@ pub enum StoreError {
     /// The database failed (connection, disk, ...): not the projection's fault.
     #[error("read-model database: {0}")]
     Database(String),
+    /// A KV key the worker took for new was in the table: its KV cache does
+    /// not match the database (another writer, or a bug). Not the
+    /// projection's fault; the cache is dropped.
+    #[error("read-model database: {0}")]
+    KvStale(String),
 }
 
 impl StoreError {

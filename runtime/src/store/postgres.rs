@@ -333,9 +333,9 @@ fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreError {
     match (blame, e.code().map(|c| c.code())) {
         (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
         (Blame::Guest, _) => statement_error(e),
-        (Blame::KvInsert, Some(UNIQUE_VIOLATION)) => StoreError::Database(format!(
+        (Blame::KvInsert, Some(UNIQUE_VIOLATION)) => StoreError::KvStale(format!(
             "a KV key taken for new is in the table already ({}): another writer, or a stale cache; \
-             the batch's next attempt upserts every key",
+             the cache is dropped and the batch's next attempt upserts every key",
             e.as_db_error().map_or("", |db| db.message())
         )),
         _ => database_error(e),
