@@ -593,8 +593,20 @@ impl PgNamespace {
             && let Behind::Pending(answer, began) = std::mem::replace(&mut self.behind, Behind::Clear)
         {
             let left = self.deadline.saturating_sub(began.elapsed()).max(Duration::from_millis(1));
-            let outcome = block_on_with_deadline(&self.handle, &self.client, Some(left), async {
-                answer.await.map_err(|_| pipeline_stopped())
+            let cancel = self.client.cancel_token();
+            // Past the deadline the batch is cancelled, and its outcome is
+            // still the server's answer: a COMMIT that landed before the
+            // cancel counts as committed, not as failed.
+            let outcome = block_on(&self.handle, async move {
+                tokio::pin!(answer);
+                tokio::select! {
+                    reply = &mut answer => reply,
+                    () = tokio::time::sleep(left) => {
+                        let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                        answer.await
+                    }
+                }
+                .map_err(|_| pipeline_stopped())
             });
             self.behind = match outcome {
                 Ok(None) => Behind::Clear,
