@@ -663,11 +663,13 @@ async fn a_failed_batch_behind_puts_back_the_kv_values_it_replaced_and_keeps_the
 async fn a_second_runtime_stands_by_and_takes_over_without_doubling() {
     let a = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
     let url = a.config.database_url.clone().unwrap();
+    // The first runtime owns the projection before the second starts (else
+    // either may: which one is a race the test does not ask about).
+    a.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "running").await;
     let b = Harness::start_with(Backend::Postgres, &["fixture_echo_b"], |c| {
         c.database_url = Some(url.clone());
     })
     .await;
-    a.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "running").await;
     b.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "standby").await;
     let mut last = 0;
     for i in 0..20 {
