@@ -552,12 +552,28 @@ async fn two_writers_never_both_commit_a_batch() {
     drop_database(&url).await;
 }
 
-/// The namespace's KV rows, read as the database's owner.
-async fn kv_rows(admin: &Client, name: &str) -> BTreeMap<String, String> {
+/// The namespace's KV table, named for the database's owner.
+async fn kv_table(admin: &Client, name: &str) -> String {
     let schema: String =
         admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = $1", &[&name]).await.unwrap().get(0);
-    let rows = admin.query(&format!("SELECT key, value FROM \"{schema}\"._reel_kv"), &[]).await.unwrap();
+    format!("\"{schema}\"._reel_kv")
+}
+
+/// The namespace's KV rows, read as the database's owner.
+async fn kv_rows(admin: &Client, name: &str) -> BTreeMap<String, String> {
+    let rows = admin.query(&format!("SELECT key, value FROM {}", kv_table(admin, name).await), &[]).await.unwrap();
     rows.iter().map(|r| (r.get(0), String::from_utf8(r.get(1)).unwrap())).collect()
+}
+
+/// A KV row written by the database's owner, behind the worker's back.
+async fn kv_insert_behind_reels_back(admin: &Client, name: &str, key: &str, value: &str) {
+    let table = kv_table(admin, name).await;
+    admin.execute(&format!("INSERT INTO {table} VALUES ($1, $2)"), &[&key, &value.as_bytes()]).await.unwrap();
+}
+
+/// Checkpoint `id` of the KV tests (0: the start).
+fn at(id: i64) -> Cursor {
+    if id == 0 { Cursor::START } else { Cursor { tx: 1, id } }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,7 +581,6 @@ async fn kv_writes_insert_the_keys_known_new_and_a_wrong_guess_costs_one_attempt
     let (url, store, _source) = store().await;
     let admin = connect(&url).await;
     let mut w = writer(&store, "kv");
-    let at = |id| if id == 0 { Cursor::START } else { Cursor { tx: 1, id } };
     let set = |w: &mut Capabilities, key: &str, value: &str| w.kv_set(key.into(), value.as_bytes().to_vec()).unwrap();
     // One batch: begin, the writes, commit from checkpoint `id - 1` to `id`.
     let batch = |w: &mut Capabilities, id: i64, writes: &[(&str, &str)]| {
@@ -596,9 +611,7 @@ async fn kv_writes_insert_the_keys_known_new_and_a_wrong_guess_costs_one_attempt
 
     // A row written behind the worker's back: the worker takes `d` for new,
     // its insert fails the batch and nothing of the batch is kept.
-    let schema: String =
-        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'kv'", &[]).await.unwrap().get(0);
-    admin.execute(&format!("INSERT INTO \"{schema}\"._reel_kv VALUES ('d', 'theirs')"), &[]).await.unwrap();
+    kv_insert_behind_reels_back(&admin, "kv", "d", "theirs").await;
     let failed = batch(&mut w, 4, &[("a", "4"), ("d", "ours")]).unwrap_err();
     assert!(matches!(&failed, StoreError::KvStale(m) if m.contains("taken for new")), "{failed:?}");
     assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "3"), ("b", "2"), ("c", "2"), ("d", "theirs")]));
@@ -620,7 +633,6 @@ async fn a_failed_batch_behind_puts_back_the_kv_values_it_replaced_and_keeps_the
     let (url, store, _source) = store().await;
     let admin = connect(&url).await;
     let mut w = writer(&store, "behind");
-    let at = |id| if id == 0 { Cursor::START } else { Cursor { tx: 1, id } };
     let get = |w: &mut Capabilities, key: &str| w.kv_get(key).unwrap().map(|v| String::from_utf8(v).unwrap());
 
     w.begin().unwrap();
@@ -630,9 +642,7 @@ async fn a_failed_batch_behind_puts_back_the_kv_values_it_replaced_and_keeps_the
     // A row the worker's cache cannot know of: the cache is complete (the KV
     // table was empty at start), so as long as it stays complete, reads of
     // `z` do not reach the database.
-    let schema: String =
-        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'behind'", &[]).await.unwrap().get(0);
-    admin.execute(&format!("INSERT INTO \"{schema}\"._reel_kv VALUES ('z', 'theirs')"), &[]).await.unwrap();
+    kv_insert_behind_reels_back(&admin, "behind", "z", "theirs").await;
 
     // A batch whose statement the database refuses only when it runs it,
     // committed behind.

@@ -51,15 +51,31 @@ pub fn block_on_with_deadline<T>(
     future: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let Some(deadline) = deadline else { return block_on(handle, future) };
+    match block_on_cancelling_past(handle, client, deadline, future) {
+        (result, false) => result,
+        (_, true) => {
+            Err(StoreError::Limit(format!("the batch's SQL ran past its {deadline:?} deadline and was cancelled")))
+        }
+    }
+}
+
+/// Run `future` (a request on `client`); past `deadline`, cancel what the
+/// server runs and still wait for the future. Its output, and whether the
+/// deadline passed.
+pub fn block_on_cancelling_past<T>(
+    handle: &Handle,
+    client: &Client,
+    deadline: Duration,
+    future: impl std::future::Future<Output = T>,
+) -> (T, bool) {
     let cancel = client.cancel_token();
     block_on(handle, async move {
         tokio::pin!(future);
         tokio::select! {
-            result = &mut future => result,
+            output = &mut future => (output, false),
             () = tokio::time::sleep(deadline) => {
                 let _ = cancel.cancel_query(NoTls).await;
-                let _ = future.await;
-                Err(StoreError::Limit(format!("the batch's SQL ran past its {deadline:?} deadline and was cancelled")))
+                (future.await, true)
             }
         }
     })

@@ -514,8 +514,7 @@ impl PgReader {
                      FROM snap LEFT JOIN LATERAL ( \
                          SELECT * FROM public.events \
                           WHERE (transaction_id, id) > ($1::text::xid8, $2) AND transaction_id < snap.xmin{} \
-                          ORDER BY transaction_id, id LIMIT $3) e ON true \
-",
+                          ORDER BY transaction_id, id LIMIT $3) e ON true",
                     condition.sql
                 );
                 let statement = client.prepare(&sql).await.map_err(|e| pg_error(&e))?;

@@ -98,16 +98,9 @@ impl KvCache {
     }
 
     fn write(&mut self, key: String, value: Option<Vec<u8>>) {
-        match self.batch.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                let w = e.get_mut();
-                w.value = value;
-                w.unsent = true;
-            }
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert(Write { value, unsent: true, sent: None });
-            }
-        }
+        let w = self.batch.entry(key).or_insert(Write { value: None, unsent: true, sent: None });
+        w.value = value;
+        w.unsent = true;
     }
 
     /// Send buffered writes to the database (inside its open transaction).

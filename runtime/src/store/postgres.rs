@@ -24,7 +24,9 @@ use tokio_postgres::{Client, Config, Statement};
 use super::sql_text::{Checked, quote_ident, refusal, reserved_name};
 use super::{Checkpoint, DeadLetter, KvWrite, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
 use crate::pg::value::{ArrayParam, Param, column, unfit};
-use crate::pg::{block_on, block_on_with_deadline, connect_blocking, database_error, statement_error};
+use crate::pg::{
+    block_on, block_on_cancelling_past, block_on_with_deadline, connect_blocking, database_error, statement_error,
+};
 use crate::source::{Cursor, Event};
 
 /// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
@@ -385,7 +387,7 @@ const COMMIT: &str = "COMMIT";
 const KV_UPSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[]) \
                          ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 // Keys the worker knows absent skip the upsert's conflict check (55,000 new
-// keys of 83,000 per 100,000 events of customer-stats: 165-200 ms of server
+// keys of 83,000 per 100,000 events of customer-stats: 165-201 ms of server
 // time as inserts, 255-295 ms as upserts, psql, 2026-11-28).
 const KV_INSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[])";
 const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
@@ -589,31 +591,21 @@ impl PgNamespace {
     /// Wait for the transaction committed behind, if one is; its failure
     /// fails every wait until [`Namespace::settle`] reports it.
     fn await_behind(&mut self) -> Result<(), StoreError> {
-        if matches!(self.behind, Behind::Pending(..))
-            && let Behind::Pending(answer, began) = std::mem::replace(&mut self.behind, Behind::Clear)
-        {
-            let left = self.deadline.saturating_sub(began.elapsed()).max(Duration::from_millis(1));
-            let cancel = self.client.cancel_token();
-            // Past the deadline the batch is cancelled, and its outcome is
-            // still the server's answer: a COMMIT that landed before the
-            // cancel counts as committed, not as failed.
-            let outcome = block_on(&self.handle, async move {
-                tokio::pin!(answer);
-                tokio::select! {
-                    reply = &mut answer => reply,
-                    () = tokio::time::sleep(left) => {
-                        let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
-                        answer.await
-                    }
+        self.behind = match std::mem::replace(&mut self.behind, Behind::Clear) {
+            Behind::Pending(answer, began) => {
+                let left = self.deadline.saturating_sub(began.elapsed()).max(Duration::from_millis(1));
+                // Past the deadline the batch is cancelled, and its outcome
+                // is still the server's answer: a COMMIT that landed before
+                // the cancel counts as committed, not as failed.
+                let (reply, _) = block_on_cancelling_past(&self.handle, &self.client, left, answer);
+                match reply {
+                    Ok(None) => Behind::Clear,
+                    Ok(Some((blame, e))) => Behind::Failed(failure_error(blame, &e)),
+                    Err(_) => Behind::Failed(pipeline_stopped()),
                 }
-                .map_err(|_| pipeline_stopped())
-            });
-            self.behind = match outcome {
-                Ok(None) => Behind::Clear,
-                Ok(Some((blame, e))) => Behind::Failed(failure_error(blame, &e)),
-                Err(e) => Behind::Failed(e),
-            };
-        }
+            }
+            other => other,
+        };
         match &self.behind {
             Behind::Failed(e) => Err(e.clone()),
             _ => Ok(()),
@@ -793,16 +785,14 @@ impl Namespace for PgNamespace {
         let arrays = || (ArrayParam::new(Type::TEXT), ArrayParam::new(Type::BYTEA));
         let (mut inserts, mut upserts, mut deletes) = (arrays(), arrays(), ArrayParam::new(Type::TEXT));
         for w in writes {
-            let (keys, values) = match w.value {
-                None => {
-                    deletes.push(w.key.as_bytes());
-                    continue;
+            match w.value {
+                None => deletes.push(w.key.as_bytes()),
+                Some(value) => {
+                    let (keys, values) = if w.new { &mut inserts } else { &mut upserts };
+                    keys.push(w.key.as_bytes());
+                    values.push(value);
                 }
-                Some(_) if w.new => &mut inserts,
-                Some(_) => &mut upserts,
-            };
-            keys.push(w.key.as_bytes());
-            values.push(w.value.unwrap_or_default());
+            }
         }
         for (insert, (keys, values)) in [(true, inserts), (false, upserts)] {
             if !keys.is_empty() {
