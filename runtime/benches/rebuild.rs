@@ -435,7 +435,8 @@ fn tuned(conn: &rusqlite::Connection, path: &std::path::Path) -> impl FnMut() + 
 
 /// The limit for order-summaries: the same writes from a native client with
 /// no reel in between (statements prepared, batches of `batch` events per
-/// transaction, pipelined on PostgreSQL), events already in memory.
+/// transaction; on PostgreSQL pipelined, as `EXECUTE`s like reel's), events
+/// already in memory.
 async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) -> f64 {
     let statements: Vec<(&'static str, Vec<String>)> = events.iter().map(order_statement).collect();
     match &config.database_url {
@@ -462,35 +463,44 @@ async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) ->
             .unwrap()
         }
         Some(url) => {
+            // As reel sends them (ADR 15): each statement prepared under a
+            // name, its executions as `EXECUTE`s, 1,000 to a simple query.
             let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(connection);
             client.batch_execute(&HW_DDL.replace("hw_", "hw_c_")).await.unwrap();
-            let mut prepared = std::collections::HashMap::new();
+            let mut names = std::collections::HashMap::new();
             for (sql, _) in &statements {
-                if !prepared.contains_key(sql) {
-                    prepared.insert(*sql, client.prepare(&sql.replace("hw_", "hw_c_")).await.unwrap());
+                if !names.contains_key(sql) {
+                    let name = format!("hw_e{}", names.len());
+                    client.batch_execute(&format!("PREPARE {name} AS {}", sql.replace("hw_", "hw_c_"))).await.unwrap();
+                    names.insert(*sql, name);
                 }
             }
-            let begin = client.prepare("BEGIN").await.unwrap();
-            let commit = client.prepare("COMMIT").await.unwrap();
-            let advance = client.prepare("UPDATE hw_c_checkpoint SET position = $1 WHERE id = 1").await.unwrap();
+            let queries: Vec<Vec<String>> = statements
+                .chunks(batch)
+                .enumerate()
+                .map(|(n, chunk)| {
+                    let mut queries = vec!["BEGIN".to_owned()];
+                    for part in chunk.chunks(1000) {
+                        let executes = part.iter().map(|(sql, params)| {
+                            let literals: Vec<String> = params
+                                .iter()
+                                .map(|p| format!("E'{}'", p.replace('\\', "\\\\").replace('\'', "''")))
+                                .collect();
+                            format!("EXECUTE {}({});", names[sql], literals.join(", "))
+                        });
+                        queries.push(executes.collect());
+                    }
+                    queries.push(format!("UPDATE hw_c_checkpoint SET position = {n} WHERE id = 1"));
+                    queries.push("COMMIT".to_owned());
+                    queries
+                })
+                .collect();
             let client = &client;
             let started = Instant::now();
-            for (n, chunk) in statements.chunks(batch).enumerate() {
-                let n = n as i64;
-                let mut futures = Vec::with_capacity(chunk.len() + 3);
-                futures
-                    .push(Box::pin(client.execute(&begin, &[]))
-                        as std::pin::Pin<Box<dyn std::future::Future<Output = _>>>);
-                for (sql, params) in chunk {
-                    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-                        params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
-                    let statement = &prepared[sql];
-                    futures.push(Box::pin(async move { client.execute(statement, &refs).await }));
-                }
-                futures.push(Box::pin(async { client.execute(&advance, &[&n]).await }));
-                futures.push(Box::pin(client.execute(&commit, &[])));
-                for result in futures_util::future::join_all(futures).await {
+            for batch in &queries {
+                let sent = batch.iter().map(|q| client.batch_execute(q));
+                for result in futures_util::future::join_all(sent).await {
                     result.unwrap();
                 }
             }

@@ -758,3 +758,107 @@ async fn an_insert_by_another_writer_wakes_the_workers() {
         .unwrap();
     drop_database(&url).await;
 }
+
+/// A projection's plain writes go to the server as `EXECUTE`s of one simple
+/// query (ADR 15): each value arrives as it does as a prepared statement's
+/// parameter, writes keep their order across queries and beside writes sent
+/// on their own, and the first error fails the batch and keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_sent_as_executes_keep_their_values_their_order_and_the_first_error() {
+    let (url, store, _source) = store().await;
+    let mut p = writer(&store, "executes");
+    p.begin().unwrap();
+    p.sql_execute(
+        "CREATE TABLE v (id BIGINT PRIMARY KEY, t TEXT, n NUMERIC, j JSONB, f DOUBLE PRECISION, b BYTEA, ts TIMESTAMPTZ)",
+        vec![],
+    )
+    .unwrap();
+    let texts =
+        ["it's", "back\\slash", "\\x41", "E'\\'", "line\nbreak\ttab", "ünïcødé ✓", "", "$1", "'); DROP TABLE v; --"];
+    let mut rows: Vec<Vec<Value>> = texts.iter().map(|t| vec![Value::Text(t.to_string()), Value::Null]).collect();
+    rows.push(vec![Value::Null, Value::Integer(-12_345_678_901_234)]);
+    rows.push(vec![Value::Integer(42), Value::Real(0.1)]);
+    rows.push(vec![Value::Real(-2.5e-300), Value::Text("7.25".into())]);
+    rows.push(vec![Value::Text("x".into()), Value::Real(f64::INFINITY)]);
+    let insert = "INSERT INTO v (id, t, n, j, f, b, ts) VALUES ($1, $2, $3, $4, $5, $6, $7)";
+    for (id, row) in rows.iter().enumerate() {
+        let [text, number] = [row[0].clone(), row[1].clone()];
+        let json = Value::Text(serde_json::json!({ "a": [id, texts[id % texts.len()]] }).to_string());
+        let real = if matches!(number, Value::Real(_)) { number.clone() } else { Value::Null };
+        let bytes = Value::Blob(vec![0, 1, b'\'', b'\\', 255, id as u8]);
+        let time = Value::Text(format!("2026-11-28T09:{:02}:00.123456Z", id));
+        let values = |id: usize| {
+            vec![
+                Value::Integer(id as i64),
+                text.clone(),
+                number.clone(),
+                json.clone(),
+                real.clone(),
+                bytes.clone(),
+                time.clone(),
+            ]
+        };
+        // Sent as an EXECUTE, and as a prepared statement's parameters.
+        p.sql_execute(insert, values(id)).unwrap();
+        p.sql_query(&format!("{insert} RETURNING id"), values(1000 + id)).unwrap().unwrap();
+    }
+    let read = "SELECT t, n::text, j::text, f::text, b, ts::text FROM v WHERE id = $1";
+    for id in 0..rows.len() as i64 {
+        let executed = p.sql_query(read, vec![Value::Integer(id)]).unwrap().unwrap().rows;
+        let bound = p.sql_query(read, vec![Value::Integer(1000 + id)]).unwrap().unwrap().rows;
+        assert_eq!(executed.len(), 1, "row {id}");
+        assert_eq!(executed, bound, "row {id}: an EXECUTE's values differ from a parameter's");
+    }
+    let names = p
+        .sql_query("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'reel_exec_%'", vec![])
+        .unwrap()
+        .unwrap()
+        .rows;
+    assert_eq!(names, vec![vec![Value::Integer(1)]], "the plain insert went as EXECUTEs, the RETURNING one not");
+
+    // Order: more writes than one query carries, each update right after its
+    // insert, every 100th update sent on its own (it returns rows); n ends as
+    // 10 * (id % 10) + id % 7 only if each update runs after its insert.
+    const MANY: i64 = 2_500;
+    for id in 0..MANY {
+        p.sql_execute(
+            "INSERT INTO v (id, n) VALUES ($1, $2)",
+            vec![Value::Integer(10_000 + id), Value::Integer(id % 10)],
+        )
+        .unwrap();
+        let update = if id % 100 == 0 {
+            "UPDATE v SET n = n * 10 + $2 WHERE id = $1 RETURNING id"
+        } else {
+            "UPDATE v SET n = n * 10 + $2 WHERE id = $1"
+        };
+        p.sql_execute(update, vec![Value::Integer(10_000 + id), Value::Integer(id % 7)]).unwrap();
+    }
+    let expected: i64 = (0..MANY).map(|id| 10 * (id % 10) + id % 7).sum();
+    let sums = |p: &mut Capabilities| {
+        p.sql_query("SELECT count(*), sum(n)::bigint FROM v WHERE id >= 10000", vec![]).unwrap().unwrap().rows
+    };
+    assert_eq!(sums(&mut p), vec![vec![Value::Integer(MANY), Value::Integer(expected)]]);
+    p.commit(at(0), at(1)).unwrap();
+
+    // A duplicate key in the middle of a big batch: the batch fails with the
+    // statement's error, and nothing of it stays.
+    p.begin().unwrap();
+    for id in 0..MANY {
+        let id = if id == 1_700 { 10_005 } else { 20_000 + id };
+        p.sql_execute("INSERT INTO v (id, n) VALUES ($1, 1)", vec![Value::Integer(id)]).unwrap();
+    }
+    match p.commit(at(1), at(2)).unwrap_err() {
+        StoreError::Sql { code, message } => {
+            assert_eq!(code, "23505");
+            assert!(message.contains("duplicate key value violates unique constraint"), "{message}");
+        }
+        other => panic!("expected the duplicate key, got {other:?}"),
+    }
+    p.rollback().unwrap();
+    p.begin().unwrap();
+    assert_eq!(sums(&mut p), vec![vec![Value::Integer(MANY), Value::Integer(expected)]]);
+    assert_eq!(p.namespace().checkpoint().unwrap().cursor, at(1));
+    p.rollback().unwrap();
+    drop(p);
+    drop_database(&url).await;
+}

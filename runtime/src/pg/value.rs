@@ -55,6 +55,42 @@ impl ToSql for Param<'_> {
     to_sql_checked!();
 }
 
+/// Append `value` as the SQL literal that fills a parameter as [`Param`]
+/// would: the same text in an untyped string constant (`E'...'`, read the
+/// same whatever `standard_conforming_strings` says), which the server
+/// parses with the parameter's type; a blob in `BYTEA`'s hex form. `false`
+/// (nothing appended) for text with a NUL, which a query string cannot carry.
+pub fn write_literal(value: &Value, out: &mut String) -> bool {
+    use std::fmt::Write;
+    match value {
+        Value::Null => out.push_str("NULL"),
+        Value::Integer(i) => {
+            let _ = write!(out, "'{i}'");
+        }
+        Value::Real(f) => {
+            let _ = write!(out, "'{}'", real_text(*f));
+        }
+        Value::Text(s) if s.contains('\0') => return false,
+        Value::Text(s) => {
+            out.push_str("E'");
+            if s.contains(['\\', '\'']) {
+                out.push_str(&s.replace('\\', "\\\\").replace('\'', "''"));
+            } else {
+                out.push_str(s);
+            }
+            out.push('\'');
+        }
+        Value::Blob(b) => {
+            out.push_str("E'\\\\x");
+            for byte in b.iter() {
+                let _ = write!(out, "{byte:02x}");
+            }
+            out.push('\'');
+        }
+    }
+    true
+}
+
 fn real_text(f: f64) -> String {
     if f.is_nan() {
         "NaN".into()

@@ -21,9 +21,9 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Config, Statement};
 
-use super::sql_text::{Checked, quote_ident, refusal, reserved_name};
+use super::sql_text::{Checked, is_plain_write, quote_ident, refusal, reserved_name};
 use super::{Checkpoint, DeadLetter, KvWrite, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
-use crate::pg::value::{ArrayParam, Param, column, unfit};
+use crate::pg::value::{ArrayParam, Param, column, unfit, write_literal};
 use crate::pg::{
     block_on, block_on_cancelling_past, block_on_with_deadline, connect_blocking, database_error, statement_error,
 };
@@ -359,6 +359,11 @@ enum Behind {
 /// the server (bounds the memory held by requests in flight).
 const MAX_IN_FLIGHT: usize = 8192;
 
+/// Projection writes that go as `EXECUTE`s of one simple query, at most
+/// this many, or about this many bytes, per query.
+const EXECS_PER_QUERY: usize = 1000;
+const EXEC_QUERY_BYTES: usize = 256 * 1024;
+
 /// One namespace through a connection logged in as its role.
 pub struct PgNamespace {
     client: Arc<Client>,
@@ -379,6 +384,12 @@ pub struct PgNamespace {
     started: Instant,
     /// Projection statements that passed the checks.
     checked: Checked<()>,
+    /// The SQL-level name of each projection write prepared for `EXECUTE`
+    /// (`None`: sent on its own), by text; see [`PgNamespace::exec_name`].
+    exec_names: HashMap<String, Option<String>>,
+    /// `EXECUTE`s not sent yet, and how many.
+    execs: String,
+    exec_count: usize,
 }
 
 const BEGIN_WRITE: &str = "BEGIN";
@@ -421,6 +432,9 @@ impl PgNamespace {
             deadline,
             started: Instant::now(),
             checked: Checked::default(),
+            exec_names: HashMap::new(),
+            execs: String::new(),
+            exec_count: 0,
         };
         ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
         Ok(ns)
@@ -472,11 +486,33 @@ impl PgNamespace {
             // them run first, then prepare it.
             self.sync()?;
             let sql = sql.clone();
-            if let Err(e) = self.prepare_all(vec![sql], true) {
+            if let Err(e) = self.prepare_all(vec![sql.clone()], true).and_then(|()| self.prepare_exec(&sql)) {
                 self.failed = Some(e);
                 return Ok(());
             }
         }
+        if let Op::Statement { sql, params } = &op
+            && let Some(Some(name)) = self.exec_names.get(sql)
+            && unsendable(&self.statements[sql], params).is_none()
+        {
+            let start = self.execs.len();
+            self.execs.push_str("EXECUTE ");
+            self.execs.push_str(name);
+            let written = params.iter().enumerate().all(|(n, value)| {
+                self.execs.push_str(if n == 0 { "(" } else { ", " });
+                write_literal(value, &mut self.execs)
+            });
+            if written {
+                self.execs.push_str(if params.is_empty() { ";\n" } else { ");\n" });
+                self.exec_count += 1;
+                if self.exec_count < EXECS_PER_QUERY && self.execs.len() < EXEC_QUERY_BYTES {
+                    return Ok(());
+                }
+                return self.send_execs();
+            }
+            self.execs.truncate(start); // sent on its own, below
+        }
+        self.send_execs()?;
         let client = Arc::clone(&self.client);
         let statement = |text: &str| self.statements[text].clone();
         let (blame, flight): (Blame, Flight) = match op {
@@ -550,6 +586,56 @@ impl PgNamespace {
         if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
     }
 
+    /// Prepare a projection write also under a name of its own for
+    /// `EXECUTE`, when it is a plain `INSERT`, `UPDATE` or `DELETE` returning
+    /// no rows. Such writes then go as `EXECUTE`s of one simple query, which
+    /// the server answers once: sent as prepared statements, each would end
+    /// with its own Sync, and the server would answer and flush each on its
+    /// own (`order-summaries`' 1M events from a Python client, one run each,
+    /// 2026-11-28: 40.1 µs of server CPU per event with a Sync per
+    /// statement, 28.6 µs with one per 1,000, 29.7 µs as `EXECUTE`s).
+    /// A statement `PREPARE` refuses is sent on its own, as before.
+    fn prepare_exec(&mut self, sql: &str) -> Result<(), StoreError> {
+        if self.exec_names.contains_key(sql) {
+            return Ok(());
+        }
+        let name = if is_plain_write(sql) && self.statements[sql].columns().is_empty() {
+            let name = format!("reel_exec_{}", self.exec_names.len());
+            let client = &self.client;
+            let prepare = format!("PREPARE {name} AS {sql}");
+            let prepared = block_on_with_deadline(&self.handle, client, self.remaining(), async {
+                let run = async |text: &str| client.batch_execute(text).await.map_err(|e| database_error(&e));
+                // In a savepoint: a refusal must not abort the transaction.
+                run("SAVEPOINT reel_exec").await?;
+                let prepared = client.batch_execute(&prepare).await.is_ok();
+                run(if prepared { "RELEASE reel_exec" } else { "ROLLBACK TO reel_exec; RELEASE reel_exec" }).await?;
+                Ok(prepared)
+            })?;
+            prepared.then_some(name)
+        } else {
+            None
+        };
+        self.exec_names.insert(sql.to_owned(), name);
+        Ok(())
+    }
+
+    /// Send the `EXECUTE`s queued, as one simple query.
+    fn send_execs(&mut self) -> Result<(), StoreError> {
+        if self.exec_count == 0 {
+            return Ok(());
+        }
+        let text = std::mem::take(&mut self.execs);
+        self.exec_count = 0;
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let client = Arc::clone(&self.client);
+        let flight = async move { client.batch_execute(&text).await.map(|()| 0) };
+        self.pipeline.send(Message::Send(Blame::Guest, Box::pin(flight))).map_err(|_| pipeline_stopped())?;
+        self.in_flight += 1;
+        if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
+    }
+
     /// Wait until everything sent has been answered, the transaction
     /// committed behind first; the first failure since the last sync fails
     /// the transaction.
@@ -560,6 +646,7 @@ impl PgNamespace {
     }
 
     fn sync_own(&mut self) -> Result<(), StoreError> {
+        self.send_execs()?;
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
@@ -700,6 +787,8 @@ impl Namespace for PgNamespace {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         self.failed = None;
+        self.execs.clear();
+        self.exec_count = 0;
         self.in_tx = true;
         self.started = Instant::now();
         self.dispatch(Op::Begin)
@@ -741,6 +830,8 @@ impl Namespace for PgNamespace {
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
+        self.execs.clear(); // never sent: nothing to undo
+        self.exec_count = 0;
         let _ = self.sync();
         self.failed = None;
         if self.in_tx {

@@ -47,6 +47,7 @@ const REFUSED: &[&str] = &[
     "CHECKPOINT",
     "COMMIT",
     "COPY",
+    "DEALLOCATE",
     "DETACH",
     "DISCARD",
     "DO",
@@ -80,6 +81,13 @@ pub fn refusal(statement: &str) -> Option<String> {
             keyword.to_ascii_uppercase()
         )
     })
+}
+
+/// Whether the statement is a plain `INSERT`, `UPDATE` or `DELETE` (by its
+/// first keyword: not one under `WITH`).
+pub fn is_plain_write(statement: &str) -> bool {
+    let keyword = first_keyword(statement);
+    ["INSERT", "UPDATE", "DELETE"].iter().any(|k| k.eq_ignore_ascii_case(keyword))
 }
 
 /// The first word of the statement, after whitespace, comments and `(`.
