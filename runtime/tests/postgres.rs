@@ -780,6 +780,8 @@ async fn writes_sent_as_executes_keep_their_values_their_order_and_the_first_err
     rows.push(vec![Value::Integer(42), Value::Real(0.1)]);
     rows.push(vec![Value::Real(-2.5e-300), Value::Text("7.25".into())]);
     rows.push(vec![Value::Text("x".into()), Value::Real(f64::INFINITY)]);
+    // Longer escaped than a query of EXECUTEs may be: sent on its own.
+    rows.push(vec![Value::Text("'\\".repeat(100_000)), Value::Integer(1)]);
     let insert = "INSERT INTO v (id, t, n, j, f, b, ts) VALUES ($1, $2, $3, $4, $5, $6, $7)";
     for (id, row) in rows.iter().enumerate() {
         let [text, number] = [row[0].clone(), row[1].clone()];

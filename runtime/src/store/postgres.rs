@@ -360,7 +360,9 @@ enum Behind {
 const MAX_IN_FLIGHT: usize = 8192;
 
 /// Projection writes that go as `EXECUTE`s of one simple query, at most
-/// this many, or about this many bytes, per query.
+/// this many, or about this many bytes, per query; a write whose `EXECUTE`
+/// alone is longer goes on its own (its values, escaped or in hex, would
+/// take up to twice their size).
 const EXECS_PER_QUERY: usize = 1000;
 const EXEC_QUERY_BYTES: usize = 256 * 1024;
 
@@ -385,7 +387,7 @@ pub struct PgNamespace {
     /// Projection statements that passed the checks.
     checked: Checked<()>,
     /// The SQL-level name of each projection write prepared for `EXECUTE`
-    /// (`None`: sent on its own), by text; see [`PgNamespace::exec_name`].
+    /// (`None`: sent on its own), by text; see [`PgNamespace::prepare_exec`].
     exec_names: HashMap<String, Option<String>>,
     /// `EXECUTE`s not sent yet, and how many.
     execs: String,
@@ -502,7 +504,7 @@ impl PgNamespace {
                 self.execs.push_str(if n == 0 { "(" } else { ", " });
                 write_literal(value, &mut self.execs)
             });
-            if written {
+            if written && self.execs.len() - start <= EXEC_QUERY_BYTES {
                 self.execs.push_str(if params.is_empty() { ";\n" } else { ");\n" });
                 self.exec_count += 1;
                 if self.exec_count < EXECS_PER_QUERY && self.execs.len() < EXEC_QUERY_BYTES {
@@ -625,14 +627,14 @@ impl PgNamespace {
             return Ok(());
         }
         let text = std::mem::take(&mut self.execs);
-        self.exec_count = 0;
+        let count = std::mem::take(&mut self.exec_count);
         if self.failed.is_some() {
             return Ok(());
         }
         let client = Arc::clone(&self.client);
         let flight = async move { client.batch_execute(&text).await.map(|()| 0) };
         self.pipeline.send(Message::Send(Blame::Guest, Box::pin(flight))).map_err(|_| pipeline_stopped())?;
-        self.in_flight += 1;
+        self.in_flight += count; // the bound counts statements, as before
         if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
     }
 

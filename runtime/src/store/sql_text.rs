@@ -69,41 +69,67 @@ const REFUSED: &[&str] = &[
     "VACUUM",
 ];
 
-/// Why a statement is refused, or `None` when it may run.
+/// Why a statement is refused, or `None` when it may run. Its first keyword
+/// is read both ways block comments can end (PostgreSQL nests them, SQLite
+/// does not), so a nested comment cannot hide a refused keyword.
 pub fn refusal(statement: &str) -> Option<String> {
-    let keyword = first_keyword(statement);
-    if keyword.is_empty() {
+    let keywords = [first_keyword(statement, false), first_keyword(statement, true)];
+    if keywords.iter().all(|k| k.is_empty()) {
         return Some("empty statement".into());
     }
-    REFUSED.iter().any(|r| r.eq_ignore_ascii_case(keyword)).then(|| {
-        format!(
-            "`{}` statements are not allowed in projections: reel owns the transaction and the session",
-            keyword.to_ascii_uppercase()
-        )
-    })
+    let refused = keywords.into_iter().find(|k| REFUSED.iter().any(|r| r.eq_ignore_ascii_case(k)))?;
+    Some(format!(
+        "`{}` statements are not allowed in projections: reel owns the transaction and the session",
+        refused.to_ascii_uppercase()
+    ))
 }
 
 /// Whether the statement is a plain `INSERT`, `UPDATE` or `DELETE` (by its
 /// first keyword: not one under `WITH`).
 pub fn is_plain_write(statement: &str) -> bool {
-    let keyword = first_keyword(statement);
-    ["INSERT", "UPDATE", "DELETE"].iter().any(|k| k.eq_ignore_ascii_case(keyword))
+    let keyword = first_keyword(statement, true);
+    keyword == first_keyword(statement, false)
+        && ["INSERT", "UPDATE", "DELETE"].iter().any(|k| k.eq_ignore_ascii_case(keyword))
 }
 
-/// The first word of the statement, after whitespace, comments and `(`.
-fn first_keyword(statement: &str) -> &str {
+/// The first word of the statement, after whitespace, comments and `(`;
+/// block comments `nested` as on PostgreSQL or not as on SQLite.
+fn first_keyword(statement: &str, nested: bool) -> &str {
     let mut rest = statement;
     loop {
         let trimmed = rest.trim_start_matches(|c: char| c.is_whitespace() || c == '(');
         if let Some(after) = trimmed.strip_prefix("--") {
             rest = after.find('\n').map_or("", |i| &after[i..]);
         } else if let Some(after) = trimmed.strip_prefix("/*") {
-            rest = after.find("*/").map_or("", |i| &after[i + 2..]);
+            rest = if nested { past_nested_comment(after) } else { after.find("*/").map_or("", |i| &after[i + 2..]) };
         } else {
             let end = trimmed.find(|c: char| !c.is_ascii_alphabetic()).unwrap_or(trimmed.len());
             return &trimmed[..end];
         }
     }
+}
+
+/// What follows the block comment whose opening `/*` precedes `text`, with
+/// comments inside it nested.
+fn past_nested_comment(text: &str) -> &str {
+    let mut depth = 1;
+    let mut i = 0;
+    let bytes = text.as_bytes();
+    while i + 1 < bytes.len() {
+        match &bytes[i..i + 2] {
+            b"/*" => depth += 1,
+            b"*/" => depth -= 1,
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+        if depth == 0 {
+            return &text[i..];
+        }
+    }
+    ""
 }
 
 /// A name in the statement that belongs to reel: an identifier starting with
@@ -231,6 +257,15 @@ mod tests {
             assert_eq!(refusal(s), None, "{s}");
         }
         assert!(refusal("  -- only a comment").is_some());
+        // PostgreSQL nests block comments, SQLite does not: a keyword after
+        // either reading's end of the comment counts.
+        for s in ["/* /* */ SELECT 1 */ COMMIT", "/* a /* b */ COMMIT */ SELECT 1", "/*/**/*/ rollback"] {
+            assert!(refusal(s).is_some(), "{s}");
+        }
+        assert_eq!(refusal("/* a /* b */ */ SELECT 1"), None);
+        assert!(is_plain_write("/* x */ INSERT INTO t VALUES (1)"));
+        assert!(!is_plain_write("/* /* */ INSERT */ UPDATE t SET a = 1"));
+        assert!(!is_plain_write("WITH x AS (SELECT 1) INSERT INTO t SELECT * FROM x"));
     }
 
     #[test]
