@@ -594,8 +594,8 @@ impl PgNamespace {
     /// the server answers once: sent as prepared statements, each would end
     /// with its own Sync, and the server would answer and flush each on its
     /// own (`order-summaries`' 1M events from a Python client, one run each,
-    /// 2026-11-28: 40.1 µs of server CPU per event with a Sync per
-    /// statement, 28.6 µs with one per 1,000, 29.7 µs as `EXECUTE`s).
+    /// 2026-11-28: 40.1-46.1 µs of server CPU per event with a Sync per
+    /// statement, 27.0-28.2 µs with one per 1,000, 29.7 µs as `EXECUTE`s).
     /// A statement `PREPARE` refuses is sent on its own, as before.
     fn prepare_exec(&mut self, sql: &str) -> Result<(), StoreError> {
         if self.exec_names.contains_key(sql) {
