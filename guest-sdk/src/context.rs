@@ -35,6 +35,8 @@ pub trait Host {
     fn sql_execute(&mut self, statement: &str, params: Vec<Value>);
     /// `sql.query`.
     fn sql_query(&mut self, statement: &str, params: Vec<Value>) -> Result<Rows, SqlError>;
+    /// `sql.dialect`.
+    fn sql_dialect(&mut self) -> String;
     /// `log.log`.
     fn log(&mut self, level: Level, message: &str);
 }
@@ -127,5 +129,11 @@ impl Sql<'_> {
     /// Run a query and return its rows.
     pub fn query(&mut self, statement: &str, params: Vec<Value>) -> Result<Rows> {
         self.host.sql_query(statement, params).map_err(Error::from)
+    }
+
+    /// The database the statements run on: `"sqlite"` or `"postgres"`
+    /// (`"none"` on [`MemoryHost`](crate::native::MemoryHost), which has no SQL).
+    pub fn dialect(&mut self) -> String {
+        self.host.sql_dialect()
     }
 }

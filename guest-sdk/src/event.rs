@@ -1,5 +1,7 @@
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor};
 
+use crate::{Error, HandleError};
+
 /// An event as the host delivers it: payload and metadata still JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEvent {
@@ -56,6 +58,15 @@ pub trait EventFields {
     fn metadata(&self) -> &str;
     /// RFC 3339 UTC timestamp.
     fn occurred_at(&self) -> &str;
+
+    /// Decode the payload as `E`, failing as the batch's error at this event:
+    /// what [`Projection::handle_batch`](crate::Projection::handle_batch) uses.
+    fn envelope<E: DeserializeOwned>(&self) -> Result<Envelope<'_, E>, HandleError> {
+        self.decode::<E>().map_err(|e| HandleError {
+            position: self.position(),
+            error: Error::InvalidEvent(format!("`{}` event: {e}", self.event_type())),
+        })
+    }
 
     /// Decode the payload as `E` (see [`Projection::Event`](crate::Projection::Event)).
     fn decode<E: DeserializeOwned>(&self) -> Result<Envelope<'_, E>, serde_json::Error> {

@@ -175,6 +175,27 @@ pub trait Projection {
     /// Apply one event. Returning an error fails the whole batch.
     fn handle(ctx: &mut Context<'_>, event: Envelope<'_, Self::Event>) -> Result<()>;
 
+    /// Apply a batch of events, in position order. The default decodes each
+    /// event and calls [`handle`](Self::handle), stopping at the first error.
+    ///
+    /// Override it to fold the batch before writing: a row that several events
+    /// of the batch touch is then written once, and many rows go in one
+    /// multi-row statement, which on PostgreSQL costs the server a fraction of
+    /// a statement per event (see `projections/order-summaries`). Decode with
+    /// [`EventFields::envelope`], which names the failing event's position.
+    /// The batch's writes still commit with the checkpoint, and a write that
+    /// fails the batch is narrowed down to its event by reel's bisection.
+    /// The fold must give the read model `handle` would give for any split of
+    /// the events into batches: reel sizes batches as it sees fit (one event
+    /// when it narrows down a failure).
+    fn handle_batch<E: EventFields>(ctx: &mut Context<'_>, events: &[E]) -> Result<(), HandleError> {
+        for raw in events {
+            let event = raw.envelope::<Self::Event>()?;
+            Self::handle(ctx, event).map_err(|error| HandleError { position: raw.position(), error })?;
+        }
+        Ok(())
+    }
+
     /// A custom read: `name` from the URL, `args` parsed from the `args` query
     /// parameter (`null` when absent). Runs on a read-only view.
     fn query(ctx: &mut Context<'_>, name: &str, args: serde_json::Value) -> Result<serde_json::Value> {

@@ -19,17 +19,9 @@ pub fn init<P: Projection>(host: &mut dyn Host) -> Result<()> {
     P::init(&mut Context::new(host))
 }
 
-/// `handle`: decode and apply each event in order; stop at the first failure.
+/// `handle`: apply the batch ([`Projection::handle_batch`]).
 pub fn handle<P: Projection, E: EventFields>(host: &mut dyn Host, events: &[E]) -> Result<(), HandleError> {
-    let mut ctx = Context::new(host);
-    for raw in events {
-        let event = raw.decode::<P::Event>().map_err(|e| HandleError {
-            position: raw.position(),
-            error: Error::InvalidEvent(format!("`{}` event: {e}", raw.event_type())),
-        })?;
-        P::handle(&mut ctx, event).map_err(|error| HandleError { position: raw.position(), error })?;
-    }
-    Ok(())
+    P::handle_batch(&mut Context::new(host), events)
 }
 
 /// `query`: run a custom read; `args` is JSON text (empty means `null`).
@@ -82,6 +74,10 @@ impl Host for MemoryHost {
 
     fn sql_query(&mut self, _statement: &str, _params: Vec<Value>) -> Result<Rows, SqlError> {
         Err(SqlError { code: "unsupported".into(), message: "MemoryHost has no SQL".into() })
+    }
+
+    fn sql_dialect(&mut self) -> String {
+        "none".into()
     }
 
     fn log(&mut self, level: Level, message: &str) {

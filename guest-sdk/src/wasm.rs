@@ -69,6 +69,10 @@ impl Host for Imports {
         sql::query(statement, &params)
     }
 
+    fn sql_dialect(&mut self) -> String {
+        sql::dialect()
+    }
+
     fn log(&mut self, level: Level, message: &str) {
         log::log(level, message);
     }

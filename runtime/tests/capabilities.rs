@@ -83,6 +83,7 @@ fn scans_see_pending_writes_in_key_order_with_prefix_after_and_limit() {
 fn sql_runs_in_the_batch_with_dollar_placeholders() {
     let (store, _dir) = store();
     let mut w = writer(&store, Limits::default());
+    assert_eq!(w.sql_dialect(), "sqlite");
     w.begin().unwrap();
     w.sql_execute("CREATE TABLE t (id TEXT PRIMARY KEY, n BIGINT, x DOUBLE PRECISION, b BLOB)", vec![]).unwrap();
     w.sql_execute(

@@ -456,6 +456,7 @@ async fn a_projection_reaches_nothing_but_its_own_schema() {
         .await
         .unwrap();
     let mut neighbour = writer(&store, "neighbour");
+    assert_eq!(neighbour.sql_dialect(), "postgres");
     neighbour.begin().unwrap();
     neighbour.sql_execute("CREATE TABLE secrets (v TEXT)", vec![]).unwrap();
     neighbour.sql_execute("INSERT INTO secrets VALUES ('hush')", vec![]).unwrap();

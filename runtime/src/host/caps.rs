@@ -231,6 +231,11 @@ impl Capabilities {
         self.store(result)
     }
 
+    /// `sql.dialect`.
+    pub fn sql_dialect(&self) -> &'static str {
+        self.ns.dialect()
+    }
+
     /// `sql.execute`: errors are kept for the end of the batch.
     pub fn sql_execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), Fault> {
         self.writable("sql.execute")?;
@@ -331,6 +336,10 @@ impl guest_sdk::Host for Capabilities {
             Ok(result) => result,
             Err(fault) => Err(guest_sdk::SqlError { code: "reel:fault".into(), message: fault.to_string() }),
         }
+    }
+
+    fn sql_dialect(&mut self) -> String {
+        Capabilities::sql_dialect(self).to_owned()
     }
 
     fn log(&mut self, level: guest_sdk::Level, message: &str) {

@@ -39,4 +39,8 @@ impl Host for InstanceState {
             Err(e) => Err(SqlError { code: e.code, message: e.message }),
         })
     }
+
+    fn dialect(&mut self) -> wasmtime::Result<String> {
+        Ok(self.caps()?.sql_dialect().to_owned())
+    }
 }

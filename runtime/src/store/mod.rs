@@ -196,6 +196,8 @@ pub struct KvWrite<'a> {
 /// writes may be deferred until [`flush`](Namespace::flush), a query or the
 /// commit; an error there fails the batch.
 pub trait Namespace: Send {
+    /// The database, as `sql.dialect` names it: `sqlite` or `postgres`.
+    fn dialect(&self) -> &'static str;
     /// The committed checkpoint.
     fn checkpoint(&mut self) -> Result<Checkpoint, StoreError>;
     /// Try to become the one writer of this namespace among all runtimes

@@ -365,6 +365,14 @@ const MAX_IN_FLIGHT: usize = 8192;
 /// take up to twice their size).
 const EXECS_PER_QUERY: usize = 1000;
 const EXEC_QUERY_BYTES: usize = 256 * 1024;
+/// Most parameters a statement may have to go as `EXECUTE`s. The server lexes
+/// and parses each literal of an `EXECUTE` as SQL, while Bind hands it the
+/// values; and a statement with many (a multi-row `INSERT`) writes many rows
+/// per Sync anyway. `order-summaries` folded per batch (128-row upserts of 1,024
+/// parameters), 1M events, three alternating pairs 2026-11-28 12:01-12:10 UTC:
+/// server CPU per event 20.8, 23.1, 21.1 µs as `EXECUTE`s; 18.2, 17.9, 20.8 µs
+/// with those bound (ADR 16).
+const EXEC_MAX_PARAMS: usize = 16;
 
 /// One namespace through a connection logged in as its role.
 pub struct PgNamespace {
@@ -590,10 +598,11 @@ impl PgNamespace {
 
     /// Prepare a projection write also under a name of its own for
     /// `EXECUTE`, when it is a plain `INSERT`, `UPDATE` or `DELETE` returning
-    /// no rows. Such writes then go as `EXECUTE`s of one simple query, which
-    /// the server answers once: sent as prepared statements, each would end
-    /// with its own Sync, and the server would answer and flush each on its
-    /// own (`order-summaries`' 1M events from a Python client, one run each,
+    /// no rows, with at most [`EXEC_MAX_PARAMS`] parameters. Such writes then
+    /// go as `EXECUTE`s of one simple query, which the server answers once:
+    /// sent as prepared statements, each would end with its own Sync, and the
+    /// server would answer and flush each on its own (`order-summaries`' 1M
+    /// events one statement each, from a Python client, one run each,
     /// 2026-11-28: 40.1-46.1 µs of server CPU per event with a Sync per
     /// statement, 27.0-28.2 µs with one per 1,000, 29.7 µs as `EXECUTE`s).
     /// A statement `PREPARE` refuses is sent on its own, as before.
@@ -601,7 +610,9 @@ impl PgNamespace {
         if self.exec_names.contains_key(sql) {
             return Ok(());
         }
-        let name = if is_plain_write(sql) && self.statements[sql].columns().is_empty() {
+        let statement = &self.statements[sql];
+        let plain = is_plain_write(sql) && statement.columns().is_empty();
+        let name = if plain && statement.params().len() <= EXEC_MAX_PARAMS {
             let name = format!("reel_exec_{}", self.exec_names.len());
             let client = &self.client;
             let prepare = format!("PREPARE {name} AS {sql}");
@@ -761,6 +772,10 @@ impl PgNamespace {
 }
 
 impl Namespace for PgNamespace {
+    fn dialect(&self) -> &'static str {
+        "postgres"
+    }
+
     fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
         let slug = self.info.slug.clone();
         let was_in_tx = self.in_tx;

@@ -464,6 +464,10 @@ impl SqliteNamespace {
 }
 
 impl Namespace for SqliteNamespace {
+    fn dialect(&self) -> &'static str {
+        "sqlite"
+    }
+
     fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
         self.conn()?
             .query_row("SELECT tx, position, initialized FROM _reel_checkpoint WHERE id = 1", [], |r| {
