@@ -135,6 +135,7 @@ async fn bench_backend(backend: Backend, args: &Args) {
     let mut variants = vec![
         ("order-summaries (wasm)".to_owned(), Variant::Wasm("order_summaries")),
         ("order-summaries (native)".to_owned(), Variant::NativeOrders),
+        ("order-summaries (native, per event)".to_owned(), Variant::NativeOrdersPerEvent),
         ("customer-stats (wasm)".to_owned(), Variant::Wasm("customer_stats")),
         ("customer-stats (native)".to_owned(), Variant::NativeCustomers),
     ];
@@ -151,9 +152,9 @@ async fn bench_backend(backend: Backend, args: &Args) {
         println!("{label:<28} {rate:>10.0} events/s  ({compile}, included; CPU per event: {cpu})");
         results.insert(label, rate);
     }
-    let ceiling = ceiling(&config, &stored, args.batch).await;
+    let (ceiling, statements) = ceiling(&config, &stored, args.batch).await;
     println!(
-        "{:<28} {ceiling:>10.0} events/s (order-summaries' writes from a native client, no reel; events pre-read)",
+        "{:<28} {ceiling:>10.0} events/s (order-summaries' {statements} statements from a native client, no reel; events pre-read)",
         "ceiling: direct writes"
     );
     println!(
@@ -226,9 +227,31 @@ const LANGUAGE_MODULES: [&str; 6] = [
 enum Variant {
     Wasm(&'static str),
     NativeOrders,
+    /// [`OrdersPerEvent`].
+    NativeOrdersPerEvent,
     NativeCustomers,
     /// One of [`LANGUAGE_MODULES`].
     Language(&'static str),
+}
+
+/// `order-summaries` applying each event on its own (the SDK's default
+/// `handle_batch`, no fold): what folding a batch saves.
+struct OrdersPerEvent;
+
+impl guest_sdk::Projection for OrdersPerEvent {
+    type Event = order_summaries::OrderEvent;
+
+    fn manifest() -> guest_sdk::Manifest {
+        order_summaries::OrderSummaries::manifest()
+    }
+
+    fn init(ctx: &mut guest_sdk::Context<'_>) -> guest_sdk::Result<()> {
+        order_summaries::OrderSummaries::init(ctx)
+    }
+
+    fn handle(ctx: &mut guest_sdk::Context<'_>, event: guest_sdk::Envelope<'_, Self::Event>) -> guest_sdk::Result<()> {
+        order_summaries::OrderSummaries::handle(ctx, event)
+    }
 }
 
 /// Deploy `variant` on a fresh namespace; events/s until it reached the head
@@ -242,7 +265,7 @@ async fn rebuild(
     expected: &Expected,
 ) -> (f64, String, String) {
     let name = match variant {
-        Variant::Wasm("order_summaries") | Variant::NativeOrders => "order-summaries",
+        Variant::Wasm("order_summaries") | Variant::NativeOrders | Variant::NativeOrdersPerEvent => "order-summaries",
         Variant::Language(name) => name,
         _ => "customer-stats",
     };
@@ -259,6 +282,7 @@ async fn rebuild(
             runtime.reload(file.clone()).await;
         }
         Variant::NativeOrders => runtime.deploy_native::<order_summaries::OrderSummaries>().await.unwrap(),
+        Variant::NativeOrdersPerEvent => runtime.deploy_native::<OrdersPerEvent>().await.unwrap(),
         Variant::NativeCustomers => runtime.deploy_native::<customer_stats::CustomerStatsProjection>().await.unwrap(),
     }
     loop {
@@ -380,7 +404,8 @@ async fn load(config: &reel::Config, events: &[OrderEvent]) {
     }
 }
 
-/// The statements `order-summaries` issues for an event.
+/// The statement a per-event `order-summaries` would issue for an event, as
+/// the hand-written loop sends it.
 fn order_statement(e: &StoredEvent) -> (&'static str, Vec<String>) {
     let d: Value = serde_json::from_str(&e.data).unwrap();
     let id = d["orderId"].as_str().unwrap().to_owned();
@@ -433,31 +458,59 @@ fn tuned(conn: &rusqlite::Connection, path: &std::path::Path) -> impl FnMut() + 
     }
 }
 
-/// The limit for order-summaries: the same writes from a native client with
-/// no reel in between (statements prepared, batches of `batch` events per
-/// transaction; on PostgreSQL pipelined, as `EXECUTE`s like reel's), events
-/// already in memory.
-async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) -> f64 {
-    let statements: Vec<(&'static str, Vec<String>)> = events.iter().map(order_statement).collect();
-    match &config.database_url {
+/// The limit for order-summaries: the statements it issues for each batch
+/// (recorded beforehand by running it natively in memory, in batches of
+/// `batch` events handed over `call_events` at a time, as reel does), sent by
+/// a native client with no reel in between: statements prepared, each batch a
+/// transaction with its checkpoint; on PostgreSQL pipelined, as `EXECUTE`s like
+/// reel's (ADR 15).
+/// Returns events/s and how many statements that was.
+async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) -> (f64, usize) {
+    let dialect = if config.database_url.is_some() { "postgres" } else { "sqlite" };
+    let mut host = RecordingHost { dialect, ..RecordingHost::default() };
+    guest_sdk::native::init::<order_summaries::OrderSummaries>(&mut host).unwrap();
+    let ddl: Vec<String> = std::mem::take(&mut host.statements).into_iter().map(|(sql, _)| sql).collect();
+    let raw = raw_events(events, |_| true);
+    let total = raw.len() as f64;
+    let batches: Vec<Vec<(String, Vec<guest_sdk::Value>)>> = raw
+        .chunks(batch)
+        .map(|chunk| {
+            for call in chunk.chunks(config.batch.call_events) {
+                guest_sdk::native::handle::<order_summaries::OrderSummaries, _>(&mut host, call).unwrap();
+            }
+            std::mem::take(&mut host.statements)
+        })
+        .collect();
+    let statements = batches.iter().map(Vec::len).sum();
+    let rate = match &config.database_url {
         None => {
             let path = config.data_dir.join("ceiling.db");
             tokio::task::spawn_blocking(move || {
                 let mut conn = rusqlite::Connection::open(&path).unwrap();
                 let mut after_commit = tuned(&conn, &path);
-                conn.execute_batch(HW_DDL).unwrap();
+                for statement in &ddl {
+                    conn.execute_batch(statement).unwrap();
+                }
+                conn.execute_batch(CHECKPOINT_DDL).unwrap();
                 let started = Instant::now();
-                for (n, chunk) in statements.chunks(batch).enumerate() {
+                for (n, statements) in batches.iter().enumerate() {
                     let tx = conn.transaction().unwrap();
-                    for (sql, params) in chunk {
-                        let sql = sql.replace("::text::bigint", "").replace("::text::float8", "").replace('$', "?");
-                        tx.prepare_cached(&sql).unwrap().execute(rusqlite::params_from_iter(params.iter())).unwrap();
+                    for (sql, params) in statements {
+                        let params = params.iter().map(|v| match v {
+                            guest_sdk::Value::Null => rusqlite::types::Value::Null,
+                            guest_sdk::Value::Integer(i) => (*i).into(),
+                            guest_sdk::Value::Real(f) => (*f).into(),
+                            guest_sdk::Value::Text(s) => s.clone().into(),
+                            guest_sdk::Value::Blob(b) => b.clone().into(),
+                        });
+                        let sql = sql.replace('$', "?");
+                        tx.prepare_cached(&sql).unwrap().execute(rusqlite::params_from_iter(params)).unwrap();
                     }
                     tx.execute("UPDATE hw_checkpoint SET position = ?1 WHERE id = 1", [n as i64]).unwrap();
                     tx.commit().unwrap();
                     after_commit();
                 }
-                statements.len() as f64 / started.elapsed().as_secs_f64()
+                total / started.elapsed().as_secs_f64()
             })
             .await
             .unwrap()
@@ -467,53 +520,153 @@ async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) ->
             // name, its executions as `EXECUTE`s, 1,000 to a simple query.
             let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
             tokio::spawn(connection);
-            client.batch_execute(&HW_DDL.replace("hw_", "hw_c_")).await.unwrap();
+            client.batch_execute("CREATE SCHEMA ceiling; SET search_path TO ceiling").await.unwrap();
+            for statement in &ddl {
+                client.batch_execute(statement).await.unwrap();
+            }
+            client.batch_execute(CHECKPOINT_DDL).await.unwrap();
+            // Statements with at most 16 parameters as `EXECUTE`s, the rest
+            // bound (reel's EXEC_MAX_PARAMS).
             let mut names = std::collections::HashMap::new();
-            for (sql, _) in &statements {
-                if !names.contains_key(sql) {
+            let mut bound = std::collections::HashMap::new();
+            for (sql, params) in batches.iter().flatten() {
+                if params.len() > 16 {
+                    if !bound.contains_key(sql) {
+                        bound.insert(sql.clone(), client.prepare(sql).await.unwrap());
+                    }
+                } else if !names.contains_key(sql) {
                     let name = format!("hw_e{}", names.len());
-                    client.batch_execute(&format!("PREPARE {name} AS {}", sql.replace("hw_", "hw_c_"))).await.unwrap();
-                    names.insert(*sql, name);
+                    client.batch_execute(&format!("PREPARE {name} AS {sql}")).await.unwrap();
+                    names.insert(sql.clone(), name);
                 }
             }
-            let queries: Vec<Vec<String>> = statements
-                .chunks(batch)
+            enum Out<'a> {
+                Query(String),
+                Bound(&'a tokio_postgres::Statement, &'a [guest_sdk::Value]),
+            }
+            let sends: Vec<Vec<Out<'_>>> = batches
+                .iter()
                 .enumerate()
-                .map(|(n, chunk)| {
-                    let mut queries = vec!["BEGIN".to_owned()];
-                    for part in chunk.chunks(1000) {
-                        let executes = part.iter().map(|(sql, params)| {
-                            let literals: Vec<String> = params
-                                .iter()
-                                .map(|p| format!("E'{}'", p.replace('\\', "\\\\").replace('\'', "''")))
-                                .collect();
-                            format!("EXECUTE {}({});", names[sql], literals.join(", "))
-                        });
-                        queries.push(executes.collect());
+                .map(|(n, statements)| {
+                    let mut sends = vec![Out::Query("BEGIN".to_owned())];
+                    let mut executes = String::new();
+                    let mut count = 0;
+                    for (sql, params) in statements {
+                        if let Some(statement) = bound.get(sql) {
+                            sends.push(Out::Query(std::mem::take(&mut executes)));
+                            sends.push(Out::Bound(statement, params));
+                            count = 0;
+                            continue;
+                        }
+                        let literals: Vec<String> = params.iter().map(pg_literal).collect();
+                        executes += &format!("EXECUTE {}({});", names[sql], literals.join(", "));
+                        count += 1;
+                        if count == 1000 {
+                            sends.push(Out::Query(std::mem::take(&mut executes)));
+                            count = 0;
+                        }
                     }
-                    queries.push(format!("UPDATE hw_c_checkpoint SET position = {n} WHERE id = 1"));
-                    queries.push("COMMIT".to_owned());
-                    queries
+                    sends.push(Out::Query(executes));
+                    sends.push(Out::Query(format!("UPDATE hw_checkpoint SET position = {n} WHERE id = 1")));
+                    sends.push(Out::Query("COMMIT".to_owned()));
+                    sends
                 })
                 .collect();
             let client = &client;
             let started = Instant::now();
-            for batch in &queries {
-                let sent = batch.iter().map(|q| client.batch_execute(q));
+            for batch in &sends {
+                let sent = batch.iter().map(|send| async move {
+                    match send {
+                        Out::Query(text) => client.batch_execute(text).await,
+                        Out::Bound(statement, params) => {
+                            let params = params.iter().map(TextParam);
+                            client.execute_raw(*statement, params).await.map(|_| ())
+                        }
+                    }
+                });
                 for result in futures_util::future::join_all(sent).await {
                     result.unwrap();
                 }
             }
-            statements.len() as f64 / started.elapsed().as_secs_f64()
+            total / started.elapsed().as_secs_f64()
+        }
+    };
+    (rate, statements)
+}
+
+const CHECKPOINT_DDL: &str =
+    "CREATE TABLE hw_checkpoint (id INTEGER PRIMARY KEY, position BIGINT); INSERT INTO hw_checkpoint VALUES (1, 0);";
+
+/// `value` as a PostgreSQL literal, written as reel writes it (`pg/value.rs`,
+/// private to reel): text in `E'...'` with `\` and `'` doubled.
+fn pg_literal(value: &guest_sdk::Value) -> String {
+    match value {
+        guest_sdk::Value::Null => "NULL".to_owned(),
+        guest_sdk::Value::Integer(i) => format!("'{i}'"),
+        guest_sdk::Value::Real(f) => format!("'{f}'"),
+        guest_sdk::Value::Text(s) => format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''")),
+        guest_sdk::Value::Blob(b) => {
+            format!("E'\\\\x{}'", b.iter().map(|byte| format!("{byte:02x}")).collect::<String>())
         }
     }
 }
 
-/// A host that keeps KV in memory and records each batch's writes.
+/// A parameter in text format, as reel binds them (`pg/value.rs`).
+#[derive(Debug)]
+struct TextParam<'a>(&'a guest_sdk::Value);
+
+impl tokio_postgres::types::ToSql for TextParam<'_> {
+    fn to_sql(
+        &self,
+        _: &tokio_postgres::types::Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self.0 {
+            guest_sdk::Value::Null => return Ok(tokio_postgres::types::IsNull::Yes),
+            guest_sdk::Value::Integer(i) => out.extend_from_slice(i.to_string().as_bytes()),
+            guest_sdk::Value::Real(f) => out.extend_from_slice(f.to_string().as_bytes()),
+            guest_sdk::Value::Text(s) => out.extend_from_slice(s.as_bytes()),
+            guest_sdk::Value::Blob(_) => return Err("the ceiling binds no blobs".into()),
+        }
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+
+    fn encode_format(&self, _: &tokio_postgres::types::Type) -> tokio_postgres::types::Format {
+        tokio_postgres::types::Format::Text
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+/// The stored events `keep` keeps, as the SDK's events (positions from 1).
+fn raw_events(events: &[StoredEvent], keep: fn(&StoredEvent) -> bool) -> Vec<guest_sdk::RawEvent> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| keep(e))
+        .map(|(i, e)| guest_sdk::RawEvent {
+            position: i as i64 + 1,
+            stream_id: String::new(),
+            version: 1,
+            event_type: e.event_type.clone(),
+            data: e.data.clone(),
+            metadata: "{}".into(),
+            occurred_at: e.occurred_at.clone(),
+        })
+        .collect()
+}
+
+/// A host that keeps KV in memory and records each batch's writes and SQL statements.
 #[derive(Default)]
 struct RecordingHost {
     kv: std::collections::HashMap<String, Vec<u8>>,
     written: BTreeMap<String, Vec<u8>>,
+    statements: Vec<(String, Vec<guest_sdk::Value>)>,
+    dialect: &'static str,
 }
 
 impl guest_sdk::Host for RecordingHost {
@@ -530,9 +683,14 @@ impl guest_sdk::Host for RecordingHost {
     fn kv_scan(&mut self, _: &str, _: Option<&str>, _: u32) -> Vec<(String, Vec<u8>)> {
         Vec::new()
     }
-    fn sql_execute(&mut self, _: &str, _: Vec<guest_sdk::Value>) {}
+    fn sql_execute(&mut self, statement: &str, params: Vec<guest_sdk::Value>) {
+        self.statements.push((statement.to_owned(), params));
+    }
     fn sql_query(&mut self, _: &str, _: Vec<guest_sdk::Value>) -> Result<guest_sdk::Rows, guest_sdk::SqlError> {
         Ok(guest_sdk::Rows::default())
+    }
+    fn sql_dialect(&mut self) -> String {
+        self.dialect.to_owned()
     }
     fn log(&mut self, _: guest_sdk::Level, _: &str) {}
 }
@@ -541,20 +699,7 @@ impl guest_sdk::Host for RecordingHost {
 /// beforehand, in memory), written by a native client as one multi-row insert
 /// of the new keys and one upsert of the others per batch, with the checkpoint.
 async fn kv_ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) -> f64 {
-    let subscribed: Vec<guest_sdk::RawEvent> = events
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| e.event_type != "order.shipped")
-        .map(|(i, e)| guest_sdk::RawEvent {
-            position: i as i64 + 1,
-            stream_id: String::new(),
-            version: 1,
-            event_type: e.event_type.clone(),
-            data: e.data.clone(),
-            metadata: "{}".into(),
-            occurred_at: e.occurred_at.clone(),
-        })
-        .collect();
+    let subscribed = raw_events(events, |e| e.event_type != "order.shipped");
     let mut host = RecordingHost::default();
     let mut writes: Vec<Vec<(String, Vec<u8>)>> = Vec::new();
     for chunk in subscribed.chunks(batch) {

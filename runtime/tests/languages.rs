@@ -62,25 +62,56 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
                           "items": [{ "productId": "p-1", "quantity": i + 1, "price": total }] }),
         });
     }
-    let last = h.append_workload(&events).await;
     let mut projections = vec!["order-summaries".to_owned(), "customer-stats".to_owned()];
     for lang in LANGUAGES {
         projections.push(format!("order-summaries-{lang}"));
         projections.push(format!("customer-stats-{lang}"));
     }
-    for name in &projections {
-        let status = h
-            .wait_status(name, std::time::Duration::from_secs(120), |s| {
-                s["position"] == last || s["state"] == "stopped"
-            })
-            .await;
-        assert_eq!(status["position"], last, "{name}: {status:#}");
-        assert!(status["last_error"].is_null(), "{name}: {status:#}");
-    }
+    let caught_up = async |last: i64| {
+        for name in &projections {
+            let status = h
+                .wait_status(name, std::time::Duration::from_secs(120), |s| {
+                    s["position"] == last || s["state"] == "stopped"
+                })
+                .await;
+            assert_eq!(status["position"], last, "{name}: {status:#}");
+            assert!(status["last_error"].is_null(), "{name}: {status:#}");
+        }
+    };
+    caught_up(h.append_workload(&events).await).await;
+    // Sequences the Rust version's per-batch fold could get wrong (the other
+    // languages apply events one by one): each part appended at once, so it
+    // is one batch, the second on rows the first wrote.
+    let (first, second) = fold_sequences();
+    caught_up(append_at_once(&h, &first, 0).await).await;
+    caught_up(append_at_once(&h, &second, first.len() as i64).await).await;
 
     let reference_rows = rows(&h, "order-summaries").await;
     let reference_kv = kv(&h, "customer-stats").await;
-    assert_eq!(reference_rows.len(), 604);
+    assert_eq!(reference_rows.len(), 610);
+    let summary = |id: &str| {
+        let row = reference_rows.get(id).unwrap_or_else(|| panic!("no row {id}"));
+        let text = |v: &Value| match v {
+            Value::Text(t) => Some(t.clone()),
+            Value::Null => None,
+            other => panic!("{id}: {other:?}"),
+        };
+        let total = match row[3] {
+            Value::Real(total) => total,
+            ref other => panic!("{id}: total {other:?}"),
+        };
+        (text(&row[4]).unwrap(), total, text(&row[6]))
+    };
+    // What applying the events one by one gives (and the other languages do).
+    let expect =
+        |status: &str, total: f64, tracking: Option<&str>| (status.to_owned(), total, tracking.map(str::to_owned));
+    assert_eq!(summary("seq-1"), expect("cancelled", 11.0, Some("T1")));
+    assert_eq!(summary("seq-2"), expect("shipped", 12.0, Some("T2")));
+    assert_eq!(summary("seq-3"), expect("placed", 13.0, None));
+    assert_eq!(summary("seq-4"), expect("placed", 14.5, Some("T4")));
+    assert_eq!(summary("seq-5"), expect("placed", 15.0, Some("T5")));
+    assert!(!reference_rows.contains_key("seq-6"), "shipping an order never placed writes nothing");
+    assert_eq!(summary("seq-7"), expect("placed", 17.0, None));
     assert!(reference_kv.len() > 600);
     // Queries for the customers with awkward ids, and a few ordinary ones.
     let edge = reference_rows.iter().filter(|(id, _)| id.starts_with("edge-")).map(|(_, r)| r);
@@ -116,4 +147,47 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
         }
     }
     h.finish().await;
+}
+
+/// Two parts of one history, each to be one batch: orders placed, shipped,
+/// cancelled and placed again, within a batch and across the two.
+fn fold_sequences() -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let placed = |id: &str, total: f64| {
+        json!({ "event_type": "order.placed", "data": { "orderId": id, "customerId": format!("c-{id}"),
+                "total": total, "items": [{ "productId": "p-1", "quantity": 2, "price": total }] } })
+    };
+    let shipped = |id: &str, tracking: &str| json!({ "event_type": "order.shipped", "data": { "orderId": id, "trackingNumber": tracking } });
+    let cancelled = |id: &str| json!({ "event_type": "order.cancelled", "data": { "orderId": id } });
+    let first = vec![
+        placed("seq-1", 10.0),
+        placed("seq-2", 10.0),
+        shipped("seq-7", "T7"), // before its order exists: nothing
+        shipped("seq-2", "T0"),
+        placed("seq-5", 10.0),
+        placed("seq-7", 17.0),
+        shipped("seq-5", "T5"),
+    ];
+    let second = vec![
+        shipped("seq-1", "T1"), // an existing row, before the batch places it again
+        cancelled("seq-2"),
+        shipped("seq-3", "T3"), // no row yet: nothing
+        placed("seq-4", 14.0),
+        placed("seq-1", 11.0), // placed again: tracking kept
+        placed("seq-2", 12.0),
+        shipped("seq-4", "T4"),
+        placed("seq-3", 13.0),
+        shipped("seq-6", "T6"), // never placed
+        placed("seq-4", 14.5),  // placed again in the batch that shipped it
+        cancelled("seq-1"),
+        shipped("seq-2", "T2"),
+        placed("seq-5", 15.0),
+    ];
+    (first, second)
+}
+
+/// Append `events` to the stream `order-seq` in one call (one transaction),
+/// `version` events being in it already. Returns the last position.
+async fn append_at_once(h: &Harness, events: &[serde_json::Value], version: i64) -> i64 {
+    let body = h.append("order-seq", Some(version), serde_json::Value::from(events.to_vec())).await;
+    body["positions"][events.len() - 1].as_i64().unwrap()
 }

@@ -4,11 +4,21 @@
 //! - `order.shipped` sets status `shipped`, the tracking number and `shipped_at`;
 //! - `order.cancelled` sets status `cancelled`.
 //!
+//! On PostgreSQL each call's events are folded per order first ([`Fold`]),
+//! so an order placed in the call is written once, up to 128 rows to a
+//! statement; on SQLite each event is written as it comes.
+//!
 //! `item_count` is the sum of the items' quantities. Timestamps come from the
 //! event's `occurred_at`. The query `customer-orders` with `{"customerId": ...}`
 //! returns that customer's orders, newest `placed_at` first, at most 50.
 
-use reel_guest_sdk::{Context, Envelope, Error, Manifest, Projection, Result, params, serde_json};
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+use std::sync::OnceLock;
+
+use reel_guest_sdk::{
+    Context, Envelope, Error, EventFields, HandleError, Manifest, Projection, Result, Sql, Value, params, serde_json,
+};
 use serde::Deserialize;
 
 /// The events this projection reads.
@@ -57,21 +67,146 @@ pub struct OrderCancelled {
 
 pub struct OrderSummaries;
 
-const UPSERT_PLACED: &str = "INSERT INTO order_summaries \
-    (order_id, customer_id, item_count, total, status, placed_at) \
-    VALUES ($1, $2, $3, $4, 'placed', $5) \
-    ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, \
-    item_count = excluded.item_count, total = excluded.total, status = 'placed', \
-    placed_at = excluded.placed_at";
-
-const MARK_SHIPPED: &str =
-    "UPDATE order_summaries SET status = 'shipped', tracking_number = $2, shipped_at = $3 WHERE order_id = $1";
-
-const MARK_CANCELLED: &str = "UPDATE order_summaries SET status = 'cancelled' WHERE order_id = $1";
-
 const CUSTOMER_ORDERS: &str = "SELECT order_id, customer_id, item_count, total, status, placed_at, \
     tracking_number, shipped_at FROM order_summaries WHERE customer_id = $1 \
     ORDER BY placed_at DESC, order_id DESC LIMIT 50";
+
+/// Most rows one statement writes. Statements of 128, 64, ... 1 rows keep the
+/// set of statement texts small (reel and the database cache each text).
+const ROWS_PER_STATEMENT: usize = 128;
+
+/// An order placed in this call, with what later events of the call did to it.
+struct Placed {
+    customer_id: String,
+    item_count: i64,
+    total: f64,
+    placed_at: String,
+    status: &'static str,
+    /// Tracking number and `shipped_at`; `None` keeps the row's.
+    shipped: Option<(String, String)>,
+}
+
+/// A call's events folded per order: an order placed in the call is upserted
+/// once, many rows to a statement, at the end ([`Fold::write`]); an event on
+/// an order not (yet) placed in the call updates the row at once, if there is
+/// one. Gives the same rows as applying the events one by one: a placed order
+/// is upserted (customer, items, total, `placed_at` and status replaced,
+/// tracking kept), shipped and cancelled update an existing row and do nothing
+/// to a missing one.
+#[derive(Default)]
+pub struct Fold {
+    placed: BTreeMap<String, Placed>,
+}
+
+impl Fold {
+    /// Add one event.
+    pub fn add(&mut self, sql: &mut Sql<'_>, event: Envelope<'_, OrderEvent>) {
+        let (order_id, status, shipped) = match event.data {
+            OrderEvent::Placed(placed) => {
+                let row = Placed {
+                    customer_id: placed.customer_id,
+                    item_count: placed.items.iter().map(|item| item.quantity).sum(),
+                    total: placed.total,
+                    placed_at: event.occurred_at.to_owned(),
+                    status: "placed",
+                    shipped: None,
+                };
+                match self.placed.entry(placed.order_id) {
+                    Entry::Vacant(vacant) => {
+                        vacant.insert(row);
+                    }
+                    Entry::Occupied(mut occupied) => {
+                        let shipped = occupied.get_mut().shipped.take();
+                        occupied.insert(Placed { shipped, ..row });
+                    }
+                }
+                return;
+            }
+            OrderEvent::Shipped(s) => (s.order_id, "shipped", Some((s.tracking_number, event.occurred_at.to_owned()))),
+            OrderEvent::Cancelled(c) => (c.order_id, "cancelled", None),
+        };
+        match self.placed.get_mut(&order_id) {
+            Some(row) => {
+                row.status = status;
+                if shipped.is_some() {
+                    row.shipped = shipped;
+                }
+            }
+            None => {
+                let (tracking, shipped_at) = shipped.unzip();
+                sql.execute(UPDATE, params![order_id, status, tracking, shipped_at]);
+            }
+        }
+    }
+
+    /// Upsert the orders placed so far, up to [`ROWS_PER_STATEMENT`] rows
+    /// to a statement, in order of their ids.
+    pub fn write(&mut self, sql: &mut Sql<'_>) {
+        let rows: Vec<Vec<Value>> = std::mem::take(&mut self.placed)
+            .into_iter()
+            .map(|(order_id, p)| {
+                let (tracking, shipped_at) = p.shipped.unzip();
+                params![order_id, p.customer_id, p.item_count, p.total, p.status, p.placed_at, tracking, shipped_at]
+            })
+            .collect();
+        write_rows(sql, rows);
+    }
+}
+
+/// Upsert `rows` in statements of at most [`ROWS_PER_STATEMENT`] rows, each a
+/// power of two.
+fn write_rows(sql: &mut Sql<'_>, rows: Vec<Vec<Value>>) {
+    let mut rows = rows.into_iter();
+    let mut left = rows.len();
+    while left > 0 {
+        let n = ROWS_PER_STATEMENT.min(1 << left.ilog2());
+        let params: Vec<Value> = rows.by_ref().take(n).flatten().collect();
+        sql.execute(upsert_sql(n), params);
+        left -= n;
+    }
+}
+
+/// `($1, $2, ...), ($k, ...)`: `rows` tuples of `columns` placeholders.
+fn placeholders(rows: usize, columns: usize) -> String {
+    let tuples: Vec<String> = (0..rows)
+        .map(|r| {
+            let row: Vec<String> = (1..=columns).map(|c| format!("${}", r * columns + c)).collect();
+            format!("({})", row.join(", "))
+        })
+        .collect();
+    tuples.join(", ")
+}
+
+/// Upsert of `rows` placed orders (8 values each), `rows` a power of two up
+/// to [`ROWS_PER_STATEMENT`]; each text is built once.
+fn upsert_sql(rows: usize) -> &'static str {
+    static TEXTS: OnceLock<Vec<String>> = OnceLock::new();
+    let texts = TEXTS.get_or_init(|| (0..=ROWS_PER_STATEMENT.ilog2()).map(|k| upsert_text(1 << k)).collect());
+    &texts[rows.ilog2() as usize]
+}
+
+fn upsert_text(rows: usize) -> String {
+    format!(
+        "INSERT INTO order_summaries (order_id, customer_id, item_count, total, status, placed_at, \
+         tracking_number, shipped_at) VALUES {} \
+         ON CONFLICT (order_id) DO UPDATE SET customer_id = excluded.customer_id, \
+         item_count = excluded.item_count, total = excluded.total, status = excluded.status, \
+         placed_at = excluded.placed_at, \
+         tracking_number = COALESCE(excluded.tracking_number, order_summaries.tracking_number), \
+         shipped_at = COALESCE(excluded.shipped_at, order_summaries.shipped_at)",
+        placeholders(rows, 8)
+    )
+}
+
+/// Update of an existing order (order id, status, tracking, `shipped_at`), a
+/// missing order left alone. One row per statement (and sent at once, so the
+/// database works while the call is folded): a multi-row `UPDATE ...
+/// FROM (VALUES ...)` is a join, which PostgreSQL plans once while the table
+/// is small (a hash join over a sequential scan) and keeps that plan as the
+/// table grows.
+const UPDATE: &str = "UPDATE order_summaries SET status = $2, \
+    tracking_number = COALESCE($3, tracking_number), shipped_at = COALESCE($4, shipped_at) \
+    WHERE order_id = $1";
 
 impl Projection for OrderSummaries {
     type Event = OrderEvent;
@@ -104,21 +239,28 @@ impl Projection for OrderSummaries {
 
     fn handle(ctx: &mut Context<'_>, event: Envelope<'_, OrderEvent>) -> Result<()> {
         let mut sql = ctx.sql();
-        match event.data {
-            OrderEvent::Placed(placed) => {
-                let item_count: i64 = placed.items.iter().map(|item| item.quantity).sum();
-                sql.execute(
-                    UPSERT_PLACED,
-                    params![placed.order_id, placed.customer_id, item_count, placed.total, event.occurred_at],
-                );
-            }
-            OrderEvent::Shipped(shipped) => {
-                sql.execute(MARK_SHIPPED, params![shipped.order_id, shipped.tracking_number, event.occurred_at]);
-            }
-            OrderEvent::Cancelled(cancelled) => {
-                sql.execute(MARK_CANCELLED, params![cancelled.order_id]);
+        let mut fold = Fold::default();
+        fold.add(&mut sql, event);
+        fold.write(&mut sql);
+        Ok(())
+    }
+
+    /// On PostgreSQL the call folded per order ([`Fold`]): far fewer
+    /// statements than events, and each costs the server more than its rows.
+    /// On SQLite one event at a time: reel runs the statements on a thread of
+    /// their own while the projection goes on, and a statement costs little;
+    /// folding would hold the writes back to the end of the call (ADR 16).
+    fn handle_batch<E: EventFields>(ctx: &mut Context<'_>, events: &[E]) -> std::result::Result<(), HandleError> {
+        let mut sql = ctx.sql();
+        let whole_call = sql.dialect() == "postgres";
+        let mut fold = Fold::default();
+        for raw in events {
+            fold.add(&mut sql, raw.envelope()?);
+            if !whole_call {
+                fold.write(&mut sql);
             }
         }
+        fold.write(&mut sql);
         Ok(())
     }
 
