@@ -79,9 +79,11 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
         }
     };
     caught_up(h.append_workload(&events).await).await;
-    // Sequences the Rust version's per-batch fold could get wrong (the other
-    // languages apply events one by one): each part appended at once, so it
-    // is one batch, the second on rows the first wrote.
+    // Sequences the Rust version's fold (PostgreSQL) could get wrong; the other
+    // languages apply events one by one. Each part is appended in one
+    // transaction after every projection caught up, so a worker reading at
+    // the head gets it in one call; the second part works on rows the first
+    // wrote. (Checked to fail with the fold dropping a tracking number.)
     let (first, second) = fold_sequences();
     caught_up(append_at_once(&h, &first, 0).await).await;
     caught_up(append_at_once(&h, &second, first.len() as i64).await).await;

@@ -76,7 +76,7 @@ const CUSTOMER_ORDERS: &str = "SELECT order_id, customer_id, item_count, total, 
 const ROWS_PER_STATEMENT: usize = 128;
 
 /// An order placed in this call, with what later events of the call did to it.
-struct Placed {
+struct PlacedRow {
     customer_id: String,
     item_count: i64,
     total: f64,
@@ -95,15 +95,16 @@ struct Placed {
 /// to a missing one.
 #[derive(Default)]
 pub struct Fold {
-    placed: BTreeMap<String, Placed>,
+    placed: BTreeMap<String, PlacedRow>,
 }
 
 impl Fold {
-    /// Add one event.
+    /// Add one event; one on an order not placed in the call is written at
+    /// once.
     pub fn add(&mut self, sql: &mut Sql<'_>, event: Envelope<'_, OrderEvent>) {
         let (order_id, status, shipped) = match event.data {
             OrderEvent::Placed(placed) => {
-                let row = Placed {
+                let row = PlacedRow {
                     customer_id: placed.customer_id,
                     item_count: placed.items.iter().map(|item| item.quantity).sum(),
                     total: placed.total,
@@ -117,7 +118,7 @@ impl Fold {
                     }
                     Entry::Occupied(mut occupied) => {
                         let shipped = occupied.get_mut().shipped.take();
-                        occupied.insert(Placed { shipped, ..row });
+                        occupied.insert(PlacedRow { shipped, ..row });
                     }
                 }
                 return;
