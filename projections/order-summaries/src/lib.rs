@@ -75,7 +75,8 @@ const CUSTOMER_ORDERS: &str = "SELECT order_id, customer_id, item_count, total, 
 /// set of statement texts small (reel and the database cache each text).
 const ROWS_PER_STATEMENT: usize = 128;
 
-/// An order placed in this call, with what later events of the call did to it.
+/// An order's row as an `order.placed` sets it, with what later events of the
+/// same call did to it.
 struct PlacedRow {
     customer_id: String,
     item_count: i64,
@@ -84,6 +85,71 @@ struct PlacedRow {
     status: &'static str,
     /// Tracking number and `shipped_at`; `None` keeps the row's.
     shipped: Option<(String, String)>,
+}
+
+impl PlacedRow {
+    /// The upsert's eight values, appended to `params`.
+    fn push_params(self, order_id: String, params: &mut Vec<Value>) {
+        let (tracking, shipped_at) = self.shipped.unzip();
+        params.extend(params![
+            order_id,
+            self.customer_id,
+            self.item_count,
+            self.total,
+            self.status,
+            self.placed_at,
+            tracking,
+            shipped_at
+        ]);
+    }
+}
+
+/// What one event does to its order.
+enum Change {
+    /// `order.placed`: the row (an upsert).
+    Placed(String, PlacedRow),
+    /// `order.shipped` or `order.cancelled`: the new status, and the tracking
+    /// number and `shipped_at` if shipped (an update of an existing row).
+    FollowUp(String, &'static str, Option<(String, String)>),
+}
+
+impl Change {
+    fn of(event: Envelope<'_, OrderEvent>) -> Self {
+        match event.data {
+            OrderEvent::Placed(placed) => Change::Placed(
+                placed.order_id,
+                PlacedRow {
+                    customer_id: placed.customer_id,
+                    item_count: placed.items.iter().map(|item| item.quantity).sum(),
+                    total: placed.total,
+                    placed_at: event.occurred_at.to_owned(),
+                    status: "placed",
+                    shipped: None,
+                },
+            ),
+            OrderEvent::Shipped(s) => {
+                Change::FollowUp(s.order_id, "shipped", Some((s.tracking_number, event.occurred_at.to_owned())))
+            }
+            OrderEvent::Cancelled(c) => Change::FollowUp(c.order_id, "cancelled", None),
+        }
+    }
+
+    /// Write it on its own: one statement.
+    fn write(self, sql: &mut Sql<'_>) {
+        match self {
+            Change::Placed(order_id, row) => {
+                let mut params = Vec::with_capacity(8);
+                row.push_params(order_id, &mut params);
+                sql.execute(upsert_sql(1), params);
+            }
+            Change::FollowUp(order_id, status, shipped) => update(sql, order_id, status, shipped),
+        }
+    }
+}
+
+fn update(sql: &mut Sql<'_>, order_id: String, status: &str, shipped: Option<(String, String)>) {
+    let (tracking, shipped_at) = shipped.unzip();
+    sql.execute(UPDATE, params![order_id, status, tracking, shipped_at]);
 }
 
 /// A call's events folded per order: an order placed in the call is upserted
@@ -102,68 +168,42 @@ impl Fold {
     /// Add one event; one on an order not placed in the call is written at
     /// once.
     pub fn add(&mut self, sql: &mut Sql<'_>, event: Envelope<'_, OrderEvent>) {
-        let (order_id, status, shipped) = match event.data {
-            OrderEvent::Placed(placed) => {
-                let row = PlacedRow {
-                    customer_id: placed.customer_id,
-                    item_count: placed.items.iter().map(|item| item.quantity).sum(),
-                    total: placed.total,
-                    placed_at: event.occurred_at.to_owned(),
-                    status: "placed",
-                    shipped: None,
-                };
-                match self.placed.entry(placed.order_id) {
-                    Entry::Vacant(vacant) => {
-                        vacant.insert(row);
-                    }
-                    Entry::Occupied(mut occupied) => {
-                        let shipped = occupied.get_mut().shipped.take();
-                        occupied.insert(PlacedRow { shipped, ..row });
+        match Change::of(event) {
+            Change::Placed(order_id, row) => match self.placed.entry(order_id) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(row);
+                }
+                Entry::Occupied(mut occupied) => {
+                    let shipped = occupied.get_mut().shipped.take();
+                    occupied.insert(PlacedRow { shipped, ..row });
+                }
+            },
+            Change::FollowUp(order_id, status, shipped) => match self.placed.get_mut(&order_id) {
+                Some(row) => {
+                    row.status = status;
+                    if shipped.is_some() {
+                        row.shipped = shipped;
                     }
                 }
-                return;
-            }
-            OrderEvent::Shipped(s) => (s.order_id, "shipped", Some((s.tracking_number, event.occurred_at.to_owned()))),
-            OrderEvent::Cancelled(c) => (c.order_id, "cancelled", None),
-        };
-        match self.placed.get_mut(&order_id) {
-            Some(row) => {
-                row.status = status;
-                if shipped.is_some() {
-                    row.shipped = shipped;
-                }
-            }
-            None => {
-                let (tracking, shipped_at) = shipped.unzip();
-                sql.execute(UPDATE, params![order_id, status, tracking, shipped_at]);
-            }
+                None => update(sql, order_id, status, shipped),
+            },
         }
     }
 
-    /// Upsert the orders placed so far, up to [`ROWS_PER_STATEMENT`] rows
-    /// to a statement, in order of their ids.
-    pub fn write(&mut self, sql: &mut Sql<'_>) {
-        let rows: Vec<Vec<Value>> = std::mem::take(&mut self.placed)
-            .into_iter()
-            .map(|(order_id, p)| {
-                let (tracking, shipped_at) = p.shipped.unzip();
-                params![order_id, p.customer_id, p.item_count, p.total, p.status, p.placed_at, tracking, shipped_at]
-            })
-            .collect();
-        write_rows(sql, rows);
-    }
-}
-
-/// Upsert `rows` in statements of at most [`ROWS_PER_STATEMENT`] rows, each a
-/// power of two.
-fn write_rows(sql: &mut Sql<'_>, rows: Vec<Vec<Value>>) {
-    let mut rows = rows.into_iter();
-    let mut left = rows.len();
-    while left > 0 {
-        let n = ROWS_PER_STATEMENT.min(1 << left.ilog2());
-        let params: Vec<Value> = rows.by_ref().take(n).flatten().collect();
-        sql.execute(upsert_sql(n), params);
-        left -= n;
+    /// Upsert the orders placed in the call, up to [`ROWS_PER_STATEMENT`]
+    /// rows to a statement (each a power of two), in order of their ids.
+    pub fn write(self, sql: &mut Sql<'_>) {
+        let mut rows = self.placed.into_iter();
+        let mut left = rows.len();
+        while left > 0 {
+            let n = ROWS_PER_STATEMENT.min(1 << left.ilog2());
+            let mut params = Vec::with_capacity(n * 8);
+            for (order_id, row) in rows.by_ref().take(n) {
+                row.push_params(order_id, &mut params);
+            }
+            sql.execute(upsert_sql(n), params);
+            left -= n;
+        }
     }
 }
 
@@ -239,10 +279,7 @@ impl Projection for OrderSummaries {
     }
 
     fn handle(ctx: &mut Context<'_>, event: Envelope<'_, OrderEvent>) -> Result<()> {
-        let mut sql = ctx.sql();
-        let mut fold = Fold::default();
-        fold.add(&mut sql, event);
-        fold.write(&mut sql);
+        Change::of(event).write(&mut ctx.sql());
         Ok(())
     }
 
@@ -253,13 +290,15 @@ impl Projection for OrderSummaries {
     /// folding would hold the writes back to the end of the call (ADR 16).
     fn handle_batch<E: EventFields>(ctx: &mut Context<'_>, events: &[E]) -> std::result::Result<(), HandleError> {
         let mut sql = ctx.sql();
-        let whole_call = sql.dialect() == "postgres";
+        if sql.dialect() != "postgres" {
+            for raw in events {
+                Change::of(raw.envelope()?).write(&mut sql);
+            }
+            return Ok(());
+        }
         let mut fold = Fold::default();
         for raw in events {
             fold.add(&mut sql, raw.envelope()?);
-            if !whole_call {
-                fold.write(&mut sql);
-            }
         }
         fold.write(&mut sql);
         Ok(())
