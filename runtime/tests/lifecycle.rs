@@ -362,6 +362,10 @@ async fn hostile_projections_are_stopped_by_their_limits(backend: Backend) {
         assert_eq!(status["stopped_at"], fault_at[name], "{name}: {status:#}");
         let error = status["last_error"]["message"].as_str().unwrap();
         assert!(error.contains(message), "{name}: {error}");
+        if message == &"timed out" {
+            // Load can make a healthy event run out of time: alone, it gets every attempt.
+            assert_eq!(status["last_error"]["attempts"], 3, "{name}: {status:#}");
+        }
     }
     let grown = rss().saturating_sub(before);
     assert!(grown < 1 << 30, "host memory stays bounded: grew by {} MiB", grown >> 20);

@@ -68,6 +68,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound(m) => Self::not_found(m),
             StoreError::Invalid(m) => Self::bad_request(m),
             StoreError::Limit(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "limit", m),
+            StoreError::Deadline(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "query_timeout", m),
             other => Self::unavailable(&other),
         }
     }

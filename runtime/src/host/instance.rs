@@ -126,6 +126,12 @@ impl GuestFailure {
         }
     }
 
+    /// True when the call ran out of time (its CPU deadline, or its SQL's):
+    /// the projection may be too slow, or the machine or the database stalled.
+    pub fn is_deadline(&self) -> bool {
+        matches!(self, GuestFailure::Timeout(_) | GuestFailure::Store(StoreError::Deadline(_)))
+    }
+
     /// True when the instance must be discarded (its state is unknown).
     pub fn poisons_instance(&self) -> bool {
         !matches!(self, GuestFailure::Rejected { .. } | GuestFailure::Store(_))

@@ -43,7 +43,7 @@ pub fn connect_blocking(config: &Config, handle: &Handle) -> Result<Client, Stor
 
 /// Run `future` (a request on `client`) with a deadline: past it, the
 /// running statement is cancelled on the server and the call fails with
-/// [`StoreError::Limit`].
+/// [`StoreError::Deadline`].
 pub fn block_on_with_deadline<T>(
     handle: &Handle,
     client: &Client,
@@ -54,7 +54,7 @@ pub fn block_on_with_deadline<T>(
     match block_on_cancelling_past(handle, client, deadline, future) {
         (result, false) => result,
         (_, true) => {
-            Err(StoreError::Limit(format!("the batch's SQL ran past its {deadline:?} deadline and was cancelled")))
+            Err(StoreError::Deadline(format!("the batch's SQL ran past its {deadline:?} deadline and was cancelled")))
         }
     }
 }
@@ -92,7 +92,7 @@ pub fn statement_error(error: &tokio_postgres::Error) -> StoreError {
                 || *code == SqlState::T_R_SERIALIZATION_FAILURE
                 || *code == SqlState::T_R_DEADLOCK_DETECTED;
             if *code == SqlState::QUERY_CANCELED {
-                StoreError::Limit("a statement was cancelled (deadline)".into())
+                StoreError::Deadline("a statement was cancelled (deadline)".into())
             } else if transient {
                 StoreError::Database(format!("{}: {}", code.code(), db.message()))
             } else {

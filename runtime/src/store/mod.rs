@@ -118,6 +118,10 @@ pub enum StoreError {
     /// A result or value is over a configured limit.
     #[error("{0}")]
     Limit(String),
+    /// A statement ran past its deadline and was cancelled: the projection's
+    /// SQL is too slow, or the database or the machine stalled.
+    #[error("{0}")]
+    Deadline(String),
     /// Another process advanced the checkpoint first: this worker no longer
     /// owns the projection.
     #[error(
@@ -149,7 +153,7 @@ impl StoreError {
     /// Errors caused by the projection's own statements, as opposed to the
     /// database being unavailable.
     pub fn is_projection_fault(&self) -> bool {
-        matches!(self, StoreError::Sql { .. } | StoreError::Refused(_) | StoreError::Limit(_))
+        matches!(self, StoreError::Sql { .. } | StoreError::Refused(_) | StoreError::Limit(_) | StoreError::Deadline(_))
     }
 
     /// The error as the guest sees it (`sql-error`).
@@ -157,7 +161,9 @@ impl StoreError {
         match self {
             StoreError::Sql { code, message } => guest_sdk::SqlError { code: code.clone(), message: message.clone() },
             StoreError::Refused(m) => guest_sdk::SqlError { code: "reel:refused".into(), message: m.clone() },
-            StoreError::Limit(m) => guest_sdk::SqlError { code: "reel:limit".into(), message: m.clone() },
+            StoreError::Limit(m) | StoreError::Deadline(m) => {
+                guest_sdk::SqlError { code: "reel:limit".into(), message: m.clone() }
+            }
             other => guest_sdk::SqlError { code: "reel:unavailable".into(), message: other.to_string() },
         }
     }

@@ -280,7 +280,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
-            StoreError::Limit("the statement ran past the batch deadline and was interrupted".into())
+            StoreError::Deadline("the statement ran past the batch deadline and was interrupted".into())
         }
         rusqlite::Error::SqliteFailure(err, message) => StoreError::Sql {
             code: result_code_name(err.extended_code),

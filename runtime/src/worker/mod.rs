@@ -540,12 +540,15 @@ impl Worker {
             };
             tracing::warn!(projection = %self.ns, events = events.len(), "batch failed: {failure}");
             self.status.failed(State::Retrying, failure.to_string(), position, failures);
+            // Running out of time may be the load's doing as much as the
+            // projection's: an event alone gets every attempt before it is poison.
+            let attempts = if events.len() == 1 && failure.is_deadline() { attempts.max(ATTEMPTS) } else { attempts };
             if failures < attempts {
                 self.wait(backoff(failures))?;
                 continue;
             }
             if events.len() == 1 {
-                return self.poison(&events[0], end, &failure);
+                return self.poison(&events[0], end, &failure, failures);
             }
             // Narrow down: commit what precedes the failing event (known from
             // the projection's error, else by halves), then go on from it.
@@ -557,13 +560,14 @@ impl Worker {
         }
     }
 
-    /// `event` keeps failing: stop at it, or set it aside and move on.
-    fn poison(&mut self, event: &Event, end: Cursor, failure: &GuestFailure) -> Result<(), Halt> {
+    /// `event` keeps failing (`attempts` in a row): stop at it, or set it
+    /// aside and move on.
+    fn poison(&mut self, event: &Event, end: Cursor, failure: &GuestFailure, attempts: u32) -> Result<(), Halt> {
         let policy = self.ctx.on_error.unwrap_or(self.program.manifest().on_error);
         let message = failure.to_string();
         if policy == OnError::Stop {
             tracing::error!(projection = %self.ns, position = event.position, "stopped at a poison event: {message}");
-            self.status.failed(State::Stopped, message, Some(event.position), ATTEMPTS);
+            self.status.failed(State::Stopped, message, Some(event.position), attempts);
             return Err(Halt::Stopped);
         }
         tracing::warn!(projection = %self.ns, position = event.position, "dead-lettering: {message}");

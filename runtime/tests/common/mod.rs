@@ -166,6 +166,13 @@ pub fn test_config(dir: &Path) -> Config {
     config
 }
 
+/// reel's warnings (or what `RUST_LOG` asks for) go to the test's captured
+/// output, which the test runner prints when the test fails.
+fn capture_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "reel=warn".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
 impl Harness {
     /// Start with these components (crate names) in the modules folder.
     pub async fn start(backend: Backend, modules: &[&str]) -> Self {
@@ -174,6 +181,7 @@ impl Harness {
 
     /// Start with a configuration tweak.
     pub async fn start_with(backend: Backend, modules: &[&str], tweak: impl FnOnce(&mut Config)) -> Self {
+        capture_logs();
         let dir = tempfile::tempdir().unwrap();
         let mut config = test_config(dir.path());
         tweak(&mut config);
