@@ -258,19 +258,8 @@ impl Projection for OrderSummaries {
 
     fn init(ctx: &mut Context<'_>) -> Result<()> {
         let mut sql = ctx.sql();
-        sql.execute(
-            "CREATE TABLE IF NOT EXISTS order_summaries (
-                order_id TEXT PRIMARY KEY,
-                customer_id TEXT NOT NULL,
-                item_count BIGINT NOT NULL,
-                total DOUBLE PRECISION NOT NULL,
-                status TEXT NOT NULL,
-                placed_at TEXT NOT NULL,
-                tracking_number TEXT,
-                shipped_at TEXT
-            )",
-            params![],
-        );
+        let table = if sql.dialect() == "postgres" { TABLE_POSTGRES } else { TABLE };
+        sql.execute(table, params![]);
         sql.execute(
             "CREATE INDEX IF NOT EXISTS order_summaries_by_customer ON order_summaries (customer_id, placed_at)",
             params![],
@@ -318,5 +307,34 @@ impl Projection for OrderSummaries {
         }
     }
 }
+
+/// The table (SQLite compares text bytewise already).
+const TABLE: &str = "CREATE TABLE IF NOT EXISTS order_summaries (
+    order_id TEXT PRIMARY KEY,
+    customer_id TEXT NOT NULL,
+    item_count BIGINT NOT NULL,
+    total DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL,
+    placed_at TEXT NOT NULL,
+    tracking_number TEXT,
+    shipped_at TEXT
+)";
+
+/// The table on PostgreSQL: the indexed text compares bytewise (as on SQLite)
+/// instead of by the database's locale, and pages keep a fifth free so that
+/// shipping or cancelling an order updates its row in place (a HOT update, no
+/// new index entries). In psql, 555,000 rows then 220,000 single-row updates:
+/// 4.0-4.3 s and 4.0-4.3 s as [`TABLE`], 3.5-3.6 s and 3.1 s like this
+/// (2026-11-28, 2 cores, PostgreSQL 15, `C.UTF-8` database).
+const TABLE_POSTGRES: &str = "CREATE TABLE IF NOT EXISTS order_summaries (
+    order_id TEXT COLLATE \"C\" PRIMARY KEY,
+    customer_id TEXT COLLATE \"C\" NOT NULL,
+    item_count BIGINT NOT NULL,
+    total DOUBLE PRECISION NOT NULL,
+    status TEXT NOT NULL,
+    placed_at TEXT COLLATE \"C\" NOT NULL,
+    tracking_number TEXT,
+    shipped_at TEXT
+) WITH (fillfactor = 80)";
 
 reel_guest_sdk::export!(OrderSummaries);
