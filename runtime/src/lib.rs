@@ -36,6 +36,14 @@
 /// worker thread's samples); with mimalloc a 1M-event SQLite rebuild of
 /// `order-summaries` ran at 254-276k events/s against 203-213k (three
 /// alternating runs each; docs/benchmarks.md).
+///
+/// Built without transparent huge pages (`no_thp`: mimalloc does not ask the
+/// kernel for them): with them, a sixth of reel's samples in a PostgreSQL
+/// `customer-stats` rebuild were the kernel zeroing fresh 2 MiB pages
+/// (`clear_page_erms`, `perf record`). Alternating 1M-event runs, 2026-11-28
+/// 15:50-16:00 UTC: `customer-stats` on PostgreSQL 197,300 / 190,132 against
+/// 170,379 / 165,033 events/s (reel 4.9 against 5.8-6.2 µs CPU per event),
+/// `order-summaries` on SQLite 202,758 / 204,345 against 186,376 / 199,798.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
