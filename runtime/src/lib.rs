@@ -41,7 +41,7 @@
 /// kernel for them): with them, a sixth of reel's samples in a PostgreSQL
 /// `customer-stats` rebuild were the kernel zeroing fresh 2 MiB pages
 /// (`clear_page_erms`, `perf record`). Alternating 1M-event runs, 2026-11-28
-/// 15:50-16:00 UTC: `customer-stats` on PostgreSQL 197,300 / 190,132 against
+/// 15:40-15:53 UTC: `customer-stats` on PostgreSQL 197,300 / 190,132 against
 /// 170,379 / 165,033 events/s (reel 4.9 against 5.8-6.2 µs CPU per event),
 /// `order-summaries` on SQLite 202,758 / 204,345 against 186,376 / 199,798.
 #[global_allocator]

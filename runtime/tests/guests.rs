@@ -349,7 +349,11 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
 }
 
 async fn reads_wait_for_min_position_and_time_out_with_504(backend: Backend) {
-    let h = Harness::start_with(backend, &["fixture_echo_a"], |c| c.read_wait = Duration::from_millis(300)).await;
+    let h = Harness::start_with(backend, &["fixture_echo_a"], |c| {
+        c.read_wait = Duration::from_millis(300);
+        c.limits.query_timeout = Duration::from_millis(500);
+    })
+    .await;
     h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
     let at = h.append("s", None, json!([{ "event_type": "tick", "data": {} }])).await["positions"][0].as_i64().unwrap();
     // Immediately after the append, a read with min_position sees it.
@@ -357,6 +361,12 @@ async fn reads_wait_for_min_position_and_time_out_with_504(backend: Backend) {
     let (status, body) = h.call("GET", "/projections/echo/kv/seen?min_position=1000000", None).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains("1000000"), "{body}");
+    // A query whose SQL runs past the query deadline is cancelled: a 504, and
+    // the projection's queries go on.
+    let (status, body) = h.call("GET", "/projections/echo/query/slow-sql", None).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "query_timeout", "{body}");
+    assert_eq!(h.get("/projections/echo/query/variant").await, json!("a"));
 
     h.finish().await;
 }

@@ -236,11 +236,13 @@ impl Capabilities {
         self.ns.dialect()
     }
 
-    /// `sql.execute`: errors are kept for the end of the batch.
+    /// `sql.execute`: errors are kept for the end of the batch; past the
+    /// batch's deadline the call ends, as at its CPU deadline.
     pub fn sql_execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), Fault> {
         self.writable("sql.execute")?;
         match self.ns.execute(statement, params) {
             Ok(()) => Ok(()),
+            Err(e @ StoreError::Deadline(_)) => self.fail(Fault::Store(e)),
             Err(e) if e.is_projection_fault() => {
                 self.sql_failed.get_or_insert(e);
                 Ok(())
@@ -250,7 +252,8 @@ impl Capabilities {
     }
 
     /// `sql.query`: the database's error goes back to the projection (and
-    /// fails the batch); an unavailable database is a fault.
+    /// fails the batch); an unavailable database, or the batch's deadline
+    /// passed, is a fault that ends the call.
     pub fn sql_query(
         &mut self,
         statement: &str,
@@ -265,6 +268,7 @@ impl Capabilities {
         }
         match self.ns.query(statement, params, self.limits.query_rows) {
             Ok(rows) => Ok(Ok(rows)),
+            Err(e @ StoreError::Deadline(_)) => self.fail(Fault::Store(e)),
             Err(e) if e.is_projection_fault() => {
                 let error = e.to_sql_error();
                 self.sql_failed.get_or_insert(e);

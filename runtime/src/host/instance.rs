@@ -209,6 +209,12 @@ pub struct WasmGuest {
     bindings: bindings::Projection,
     manifest: Manifest,
     timeout: Duration,
+    code: Code,
+    limits: Limits,
+    /// A host call ended the last call (a fault, e.g. the database gone or
+    /// the batch's deadline passed): the instance cannot be entered again,
+    /// so the next call runs on a fresh one over the same capabilities.
+    spent: bool,
 }
 
 impl WasmGuest {
@@ -226,7 +232,15 @@ impl WasmGuest {
     pub fn new(code: &Code, manifest: Manifest, caps: Capabilities, limits: &Limits) -> Result<Self, Unstarted> {
         let mut store = new_store(code, &manifest.name, Some(caps), limits);
         match instantiate(code, &mut store, limits.batch_timeout) {
-            Ok(bindings) => Ok(Self { store, bindings, manifest, timeout: limits.batch_timeout }),
+            Ok(bindings) => Ok(Self {
+                store,
+                bindings,
+                manifest,
+                timeout: limits.batch_timeout,
+                code: code.clone(),
+                limits: limits.clone(),
+                spent: false,
+            }),
             Err(e) => Err(Box::new((e, store.into_data().caps.expect("set above")))),
         }
     }
@@ -235,13 +249,35 @@ impl WasmGuest {
         &mut self,
         f: impl FnOnce(&bindings::Projection, &mut Store<InstanceState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestFailure> {
+        if self.spent {
+            self.renew()?;
+        }
         self.store.set_epoch_deadline(ticks(self.timeout));
         let result = f(&self.bindings, &mut self.store);
         let fault = self.store.data_mut().caps.as_mut().and_then(Capabilities::take_fault);
         match (result, fault) {
-            (_, Some(fault)) => Err(fault_failure(fault)),
+            (result, Some(fault)) => {
+                self.spent = result.is_err();
+                Err(fault_failure(fault))
+            }
             (Ok(value), None) => Ok(value),
             (Err(e), None) => Err(classify(&e, &mut self.store, self.timeout)),
+        }
+    }
+
+    /// Replace the spent instance with a fresh one over its capabilities.
+    fn renew(&mut self) -> Result<(), GuestFailure> {
+        let caps = self.store.data_mut().caps.take();
+        let mut store = new_store(&self.code, &self.manifest.name, caps, &self.limits);
+        match instantiate(&self.code, &mut store, self.timeout) {
+            Ok(bindings) => {
+                (self.store, self.bindings, self.spent) = (store, bindings, false);
+                Ok(())
+            }
+            Err(e) => {
+                self.store.data_mut().caps = store.into_data().caps;
+                Err(e)
+            }
         }
     }
 }
