@@ -62,6 +62,19 @@ void reel_param_blob(reel_params *p, const void *v, size_t len) {
     x->val.blob = (projection_list_u8_t){(uint8_t *)v, len};
 }
 
+const char *reel_sql_dialect(void) {
+    static char name[16];
+    if (!name[0]) {
+        projection_string_t s;
+        reel_projection_sql_dialect(&s);
+        size_t n = s.len < sizeof name - 1 ? s.len : sizeof name - 1;
+        memcpy(name, s.ptr, n);
+        name[n] = 0;
+        projection_string_free(&s);
+    }
+    return name;
+}
+
 void reel_sql_execute(const char *statement, const reel_params *params) {
     projection_string_t s = {(uint8_t *)statement, strlen(statement)};
     reel_projection_sql_list_value_t list = {params ? (reel_projection_sql_value_t *)params->items : 0,

@@ -100,6 +100,8 @@ void reel_param_real(reel_params *p, double v);
 void reel_param_text(reel_params *p, reel_str v);
 void reel_param_blob(reel_params *p, const void *v, size_t len);
 
+/* Which database the namespace lives in: "sqlite" or "postgres". */
+const char *reel_sql_dialect(void);
 void reel_sql_execute(const char *statement, const reel_params *params);
 /* REEL_OK with *rows (free with reel_rows_free), or REEL_FAILED with
  * "SQL error <code>: <message>" in err. */

@@ -266,6 +266,10 @@ export class Rows {
 /// SQL in the projection's namespace (inside the batch transaction).
 /// Placeholders are `$1`, `$2`, ...
 export const sql = {
+  /// Which database the namespace lives in: "sqlite" or "postgres".
+  dialect() {
+    return sqlApi.dialect();
+  },
   /// Run a statement whose rows are not needed. The host may defer it: an
   /// error fails the batch at the next `query` or at the end.
   execute(statement, params = []) {

@@ -8,6 +8,8 @@
  * `item_count` is the sum of the items' quantities. Timestamps come from the
  * event's `occurred_at`. The query `customer-orders` with `{"customerId": ...}`
  * returns that customer's orders, newest `placed_at` first, at most 50. */
+#include <string.h>
+
 #include "reel_host.h"
 
 static const char *const EVENT_TYPES[] = {"order.placed", "order.shipped", "order.cancelled"};
@@ -32,6 +34,20 @@ static const char CREATE_TABLE[] =
     "                shipped_at TEXT\n"
     "            )";
 
+/* On PostgreSQL: text keys compared bytewise, room on each page for an
+ * order's one later update (see the Rust version). */
+static const char CREATE_TABLE_POSTGRES[] =
+    "CREATE TABLE IF NOT EXISTS order_summaries (\n"
+    "                order_id TEXT COLLATE \"C\" PRIMARY KEY,\n"
+    "                customer_id TEXT COLLATE \"C\" NOT NULL,\n"
+    "                item_count BIGINT NOT NULL,\n"
+    "                total DOUBLE PRECISION NOT NULL,\n"
+    "                status TEXT NOT NULL,\n"
+    "                placed_at TEXT COLLATE \"C\" NOT NULL,\n"
+    "                tracking_number TEXT,\n"
+    "                shipped_at TEXT\n"
+    "            ) WITH (fillfactor = 60)";
+
 static const char CREATE_INDEX[] =
     "CREATE INDEX IF NOT EXISTS order_summaries_by_customer ON order_summaries (customer_id, placed_at)";
 
@@ -55,7 +71,7 @@ static const char CUSTOMER_ORDERS[] =
 
 int reel_projection_init(reel_buf *err) {
     (void)err;
-    reel_sql_execute(CREATE_TABLE, 0);
+    reel_sql_execute(strcmp(reel_sql_dialect(), "postgres") == 0 ? CREATE_TABLE_POSTGRES : CREATE_TABLE, 0);
     reel_sql_execute(CREATE_INDEX, 0);
     return REEL_OK;
 }

@@ -140,6 +140,11 @@ class Sql:
 
     __slots__ = ()
 
+    @staticmethod
+    def dialect():
+        """Which database the namespace lives in: `"sqlite"` or `"postgres"`."""
+        return _sql.dialect()
+
     def execute(self, statement, params=()):
         """Run a statement whose rows are not needed; its error fails the batch
         (it surfaces at the next query or at commit)."""
