@@ -114,6 +114,7 @@ impl PgStore {
         let (name, version, generation) = (ns.name.clone(), ns.version.clone(), ns.generation as i32);
         self.admin(async |c| {
             let tx = c.transaction().await?;
+            tx.batch_execute(CATALOG_LOCK).await?;
             let inserted = tx
                 .execute(
                     "INSERT INTO reel.namespaces (namespace, name, version, generation, schema_name, role_name, role_password) \
@@ -162,7 +163,8 @@ impl PgStore {
         let slug = info.slug;
         self.admin(async |c| {
             c.batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {schema} CASCADE; \
+                "{CATALOG_LOCK}; \
+                 DROP SCHEMA IF EXISTS {schema} CASCADE; \
                  REVOKE ALL ON SCHEMA reel FROM {role}; \
                  REVOKE ALL ON ALL FUNCTIONS IN SCHEMA reel FROM {role}"
             ))
@@ -343,6 +345,13 @@ fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreError {
         _ => database_error(e),
     }
 }
+
+/// Creating and dropping namespaces grant and revoke on the same catalog rows
+/// (schema `reel` and its functions); run at once, PostgreSQL fails one with
+/// "XX000: tuple concurrently updated" (seen when several projections start
+/// together), so each takes this lock first. (The two-key form: apart from
+/// the one-key locks that claim namespaces.)
+const CATALOG_LOCK: &str = "SELECT pg_advisory_xact_lock(1919251820, 1)";
 
 /// The transaction committed behind the current one on a connection.
 enum Behind {
