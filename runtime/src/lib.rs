@@ -38,10 +38,10 @@
 /// alternating runs each; docs/benchmarks.md).
 ///
 /// Built without transparent huge pages (`no_thp`: mimalloc does not ask the
-/// kernel for them): with them, a sixth of reel's samples in a PostgreSQL
+/// kernel for them): with them, 18.7% of the samples in a PostgreSQL
 /// `customer-stats` rebuild were the kernel zeroing fresh 2 MiB pages
 /// (`clear_page_erms`, `perf record`). Alternating 1M-event runs, 2026-11-28
-/// 15:40-15:53 UTC: `customer-stats` on PostgreSQL 197,300 / 190,132 against
+/// about 15:35-15:53 UTC: `customer-stats` on PostgreSQL 197,300 / 190,132 against
 /// 170,379 / 165,033 events/s (reel 4.9 against 5.8-6.2 µs CPU per event),
 /// `order-summaries` on SQLite 202,758 / 204,345 against 186,376 / 199,798.
 #[global_allocator]

@@ -208,8 +208,8 @@ pub struct WasmGuest {
     store: Store<InstanceState>,
     bindings: bindings::Projection,
     manifest: Manifest,
-    timeout: Duration,
     code: Code,
+    /// Its limits; `batch_timeout` is each call's CPU deadline.
     limits: Limits,
     /// A host call ended the last call (a fault, e.g. the database gone or
     /// the batch's deadline passed): the instance cannot be entered again,
@@ -232,15 +232,9 @@ impl WasmGuest {
     pub fn new(code: &Code, manifest: Manifest, caps: Capabilities, limits: &Limits) -> Result<Self, Unstarted> {
         let mut store = new_store(code, &manifest.name, Some(caps), limits);
         match instantiate(code, &mut store, limits.batch_timeout) {
-            Ok(bindings) => Ok(Self {
-                store,
-                bindings,
-                manifest,
-                timeout: limits.batch_timeout,
-                code: code.clone(),
-                limits: limits.clone(),
-                spent: false,
-            }),
+            Ok(bindings) => {
+                Ok(Self { store, bindings, manifest, code: code.clone(), limits: limits.clone(), spent: false })
+            }
             Err(e) => Err(Box::new((e, store.into_data().caps.expect("set above")))),
         }
     }
@@ -252,7 +246,7 @@ impl WasmGuest {
         if self.spent {
             self.renew()?;
         }
-        self.store.set_epoch_deadline(ticks(self.timeout));
+        self.store.set_epoch_deadline(ticks(self.limits.batch_timeout));
         let result = f(&self.bindings, &mut self.store);
         let fault = self.store.data_mut().caps.as_mut().and_then(Capabilities::take_fault);
         match (result, fault) {
@@ -261,7 +255,7 @@ impl WasmGuest {
                 Err(fault_failure(fault))
             }
             (Ok(value), None) => Ok(value),
-            (Err(e), None) => Err(classify(&e, &mut self.store, self.timeout)),
+            (Err(e), None) => Err(classify(&e, &mut self.store, self.limits.batch_timeout)),
         }
     }
 
@@ -269,7 +263,7 @@ impl WasmGuest {
     fn renew(&mut self) -> Result<(), GuestFailure> {
         let caps = self.store.data_mut().caps.take();
         let mut store = new_store(&self.code, &self.manifest.name, caps, &self.limits);
-        match instantiate(&self.code, &mut store, self.timeout) {
+        match instantiate(&self.code, &mut store, self.limits.batch_timeout) {
             Ok(bindings) => {
                 (self.store, self.bindings, self.spent) = (store, bindings, false);
                 Ok(())
