@@ -115,6 +115,29 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
     assert!(!reference_rows.contains_key("seq-6"), "shipping an order never placed writes nothing");
     assert_eq!(summary("seq-7"), expect("placed", 17.0, None));
     assert!(reference_kv.len() > 600);
+    if backend == Backend::Postgres {
+        // Every language asked `sql.dialect()` and created the PostgreSQL
+        // table: bytewise keys, pages with room for HOT updates.
+        let tables = h
+            .postgres()
+            .await
+            .query(
+                "SELECT ns.name, c.reloptions::text, a.attcollation::regcollation::text \
+                   FROM reel.namespaces ns JOIN pg_namespace n ON n.nspname = ns.schema_name \
+                   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = 'order_summaries' \
+                   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'order_id' ORDER BY ns.name",
+                &[],
+            )
+            .await
+            .unwrap();
+        let got: Vec<(String, Option<String>, String)> =
+            tables.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+        let want: Vec<(String, Option<String>, String)> = ["", "-c", "-js", "-py"]
+            .iter()
+            .map(|lang| (format!("order-summaries{lang}"), Some("{fillfactor=60}".to_owned()), "\"C\"".to_owned()))
+            .collect();
+        assert_eq!(got, want);
+    }
     // Queries for the customers with awkward ids, and a few ordinary ones.
     let edge = reference_rows.iter().filter(|(id, _)| id.starts_with("edge-")).map(|(_, r)| r);
     let customers: Vec<String> = edge
