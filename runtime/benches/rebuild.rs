@@ -36,6 +36,8 @@ struct Args {
     backends: Vec<Backend>,
     handwritten: usize,
     batch: usize,
+    /// Most events per guest call.
+    call_events: usize,
     /// Also the JavaScript, Python and C components.
     languages: bool,
 }
@@ -47,6 +49,7 @@ fn args() -> Args {
         backends: vec![Backend::Sqlite, Backend::Postgres],
         handwritten: 20_000,
         batch: reel::config::BatchConfig::default().max_events,
+        call_events: reel::config::BatchConfig::default().call_events,
         languages: false,
     };
     let mut it = std::env::args().skip(1);
@@ -56,6 +59,7 @@ fn args() -> Args {
             "--events" => args.events = value().parse().expect("--events N"),
             "--handwritten" => args.handwritten = value().parse().expect("--handwritten N"),
             "--batch" => args.batch = value().parse().expect("--batch N"),
+            "--call-events" => args.call_events = value().parse().expect("--call-events N"),
             "--only" => args.only = Some(value()),
             "--languages" => args.languages = true,
             "--backend" => {
@@ -106,6 +110,7 @@ async fn bench_backend(backend: Backend, args: &Args) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::test_config(dir.path());
     config.batch.max_events = args.batch;
+    config.batch.call_events = args.call_events;
     config.limits.batch_timeout = Duration::from_secs(60);
     config.poll_interval = Duration::from_millis(20);
     if backend == Backend::Postgres {

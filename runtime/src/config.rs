@@ -161,7 +161,9 @@ impl Default for Limits {
 /// A projection catching up gets full batches, sized so that one takes
 /// about `target` (never more than `max_events`); live traffic makes small
 /// ones. Within a batch, the guest is called with at most `call_events`
-/// events at a time, which bounds the memory one call needs.
+/// events at a time, which bounds the memory one call needs; by default a
+/// batch is one call, so a projection that folds its events (ADR 16) folds
+/// a whole batch.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
     /// Most events per batch (one transaction).
@@ -176,7 +178,7 @@ pub struct BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_events: 100_000, target: Duration::from_secs(1), call_events: 20_000 }
+        Self { max_events: 100_000, target: Duration::from_secs(1), call_events: 100_000 }
     }
 }
 

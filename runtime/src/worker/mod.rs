@@ -182,10 +182,14 @@ struct Behind {
     events: usize,
 }
 
-/// The first batch's size: one guest call's worth.
+/// The first batch's size, before the worker knows how fast the projection
+/// is: small enough for a slow guest to handle well within its deadline.
 fn first_batch(batch: &BatchConfig) -> usize {
-    batch.call_events.min(batch.max_events).max(1)
+    FIRST_BATCH.min(batch.call_events).min(batch.max_events).max(1)
 }
+
+/// The first batch's size at most.
+const FIRST_BATCH: usize = 20_000;
 
 /// Smallest batch a projection is tuned down to.
 const MIN_BATCH: usize = 100;
