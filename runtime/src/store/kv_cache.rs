@@ -260,6 +260,9 @@ impl KvCache {
             for (i, old) in std::mem::take(&mut self.undo) {
                 self.set_committed(i as usize, old);
             }
+            if self.bytes > self.budget {
+                self.forget_committed();
+            }
         }
         self.undo.clear();
     }
