@@ -242,8 +242,7 @@ impl Capabilities {
         self.writable("sql.execute")?;
         match self.ns.execute(statement, params) {
             Ok(()) => Ok(()),
-            Err(e @ StoreError::Deadline(_)) => self.fail(Fault::Store(e)),
-            Err(e) if e.is_projection_fault() => {
+            Err(e) if e.is_sql_error() => {
                 self.sql_failed.get_or_insert(e);
                 Ok(())
             }
@@ -268,8 +267,7 @@ impl Capabilities {
         }
         match self.ns.query(statement, params, self.limits.query_rows) {
             Ok(rows) => Ok(Ok(rows)),
-            Err(e @ StoreError::Deadline(_)) => self.fail(Fault::Store(e)),
-            Err(e) if e.is_projection_fault() => {
+            Err(e) if e.is_sql_error() => {
                 let error = e.to_sql_error();
                 self.sql_failed.get_or_insert(e);
                 Ok(Err(error))

@@ -220,8 +220,7 @@ pub struct WasmGuest {
 impl WasmGuest {
     /// Instantiate `code` and ask it for its manifest (no capabilities yet).
     pub fn describe(code: &Code, name_hint: &str, limits: &Limits) -> Result<Manifest, GuestFailure> {
-        let mut store = new_store(code, name_hint, None, limits);
-        let bindings = instantiate(code, &mut store, limits.batch_timeout)?;
+        let (mut store, bindings) = start(code, name_hint, None, limits).map_err(|failed| failed.0)?;
         bindings
             .call_describe(&mut store)
             .map(Manifest::from)
@@ -230,12 +229,14 @@ impl WasmGuest {
 
     /// Instantiate `code` over `caps`.
     pub fn new(code: &Code, manifest: Manifest, caps: Capabilities, limits: &Limits) -> Result<Self, Unstarted> {
-        let mut store = new_store(code, &manifest.name, Some(caps), limits);
-        match instantiate(code, &mut store, limits.batch_timeout) {
-            Ok(bindings) => {
+        match start(code, &manifest.name, Some(caps), limits) {
+            Ok((store, bindings)) => {
                 Ok(Self { store, bindings, manifest, code: code.clone(), limits: limits.clone(), spent: false })
             }
-            Err(e) => Err(Box::new((e, store.into_data().caps.expect("set above")))),
+            Err(failed) => {
+                let (e, caps) = *failed;
+                Err(Box::new((e, caps.expect("given above"))))
+            }
         }
     }
 
@@ -262,14 +263,14 @@ impl WasmGuest {
     /// Replace the spent instance with a fresh one over its capabilities.
     fn renew(&mut self) -> Result<(), GuestFailure> {
         let caps = self.store.data_mut().caps.take();
-        let mut store = new_store(&self.code, &self.manifest.name, caps, &self.limits);
-        match instantiate(&self.code, &mut store, self.limits.batch_timeout) {
-            Ok(bindings) => {
+        match start(&self.code, &self.manifest.name, caps, &self.limits) {
+            Ok((store, bindings)) => {
                 (self.store, self.bindings, self.spent) = (store, bindings, false);
                 Ok(())
             }
-            Err(e) => {
-                self.store.data_mut().caps = store.into_data().caps;
+            Err(failed) => {
+                let (e, caps) = *failed;
+                self.store.data_mut().caps = caps;
                 Err(e)
             }
         }
@@ -297,13 +298,26 @@ fn new_store(code: &Code, projection: &str, caps: Option<Capabilities>, limits: 
     store
 }
 
-fn instantiate(
+/// A store and the instance in it.
+type Started = (Store<InstanceState>, bindings::Projection);
+
+/// A fresh store over `caps` with `code` instantiated in it (within the
+/// CPU deadline); if that fails, the capabilities come back with the error.
+fn start(
     code: &Code,
-    store: &mut Store<InstanceState>,
-    timeout: Duration,
-) -> Result<bindings::Projection, GuestFailure> {
-    store.set_epoch_deadline(ticks(timeout));
-    code.pre.instantiate(&mut *store).map_err(|e| classify(&e, store, timeout))
+    projection: &str,
+    caps: Option<Capabilities>,
+    limits: &Limits,
+) -> Result<Started, Box<(GuestFailure, Option<Capabilities>)>> {
+    let mut store = new_store(code, projection, caps, limits);
+    store.set_epoch_deadline(ticks(limits.batch_timeout));
+    match code.pre.instantiate(&mut store) {
+        Ok(bindings) => Ok((store, bindings)),
+        Err(e) => {
+            let failure = classify(&e, &mut store, limits.batch_timeout);
+            Err(Box::new((failure, store.into_data().caps)))
+        }
+    }
 }
 
 fn fault_failure(fault: Fault) -> GuestFailure {

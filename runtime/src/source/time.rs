@@ -39,7 +39,7 @@ pub fn format_micros(unix_micros: i64) -> String {
     put(16, 2, ((rem % 3600) / 60) as u64);
     put(19, 2, (rem % 60) as u64);
     put(26, 6, micros as u64);
-    out.iter().map(|&b| b as char).collect()
+    String::from_utf8(out.to_vec()).expect("digits and separators are ASCII")
 }
 
 /// Parse `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into microseconds since

@@ -153,7 +153,13 @@ impl StoreError {
     /// Errors caused by the projection's own statements, as opposed to the
     /// database being unavailable.
     pub fn is_projection_fault(&self) -> bool {
-        matches!(self, StoreError::Sql { .. } | StoreError::Refused(_) | StoreError::Limit(_) | StoreError::Deadline(_))
+        self.is_sql_error() || matches!(self, StoreError::Deadline(_))
+    }
+
+    /// The database refused the projection's statement: the guest gets it
+    /// back as an `sql-error` (a deadline instead ends the call).
+    pub fn is_sql_error(&self) -> bool {
+        matches!(self, StoreError::Sql { .. } | StoreError::Refused(_) | StoreError::Limit(_))
     }
 
     /// The error as the guest sees it (`sql-error`).
@@ -161,9 +167,7 @@ impl StoreError {
         match self {
             StoreError::Sql { code, message } => guest_sdk::SqlError { code: code.clone(), message: message.clone() },
             StoreError::Refused(m) => guest_sdk::SqlError { code: "reel:refused".into(), message: m.clone() },
-            StoreError::Limit(m) | StoreError::Deadline(m) => {
-                guest_sdk::SqlError { code: "reel:limit".into(), message: m.clone() }
-            }
+            StoreError::Limit(m) => guest_sdk::SqlError { code: "reel:limit".into(), message: m.clone() },
             other => guest_sdk::SqlError { code: "reel:unavailable".into(), message: other.to_string() },
         }
     }
