@@ -100,7 +100,12 @@ struct Server {
 
 impl Server {
     fn start(dir: &std::path::Path, database: Option<&str>) -> Self {
+        Self::start_with_env(dir, database, &[])
+    }
+
+    fn start_with_env(dir: &std::path::Path, database: Option<&str>, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reel"));
+        command.envs(env.iter().copied());
         command.args(["serve", "--listen", "127.0.0.1:0", "--batch-size", "25", "--poll-ms", "20"]);
         if let Some(url) = database {
             command.args(["--database", url]);
@@ -271,12 +276,14 @@ fn the_cli_controls_a_running_server() {
     std::fs::create_dir_all(dir.path().join("modules")).unwrap();
     std::fs::copy(common::guest("fixture_echo_a"), dir.path().join("modules/echo.wasm")).unwrap();
     let server = Server::start(dir.path(), None);
+    let perf_map = format!("/tmp/perf-{}.map", server.child.id());
     for i in 0..50 {
         let body = json!({ "stream_id": format!("s-{i}"), "events": [{ "event_type": "tick", "data": {} }] });
         assert_eq!(http(server.addr, "POST", "/events", Some(&body)).0, 201);
     }
     let (ok, out) = reel_cli(&server, &["status"]);
     assert!(ok, "{out}");
+    assert!(!std::path::Path::new(&perf_map).exists(), "{perf_map} written without REEL_PERF_MAP=1");
     assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains("running")), "{out}");
 
     let (ok, out) = reel_cli(&server, &["pause", "echo"]);
@@ -300,4 +307,31 @@ fn the_cli_controls_a_running_server() {
     let (ok, out) = reel_cli(&server, &["pause", "nope"]);
     assert!(!ok && out.contains("no projection named `nope`"), "{out}");
     server.kill();
+}
+
+#[test]
+fn reel_perf_map_names_the_guests_functions_for_perf() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+    std::fs::copy(common::guest("customer_stats"), dir.path().join("modules/customer-stats.wasm")).unwrap();
+    let server = Server::start_with_env(dir.path(), None, &[("REEL_PERF_MAP", "1")]);
+    let placed = json!({ "orderId": "o-1", "customerId": "c-1", "total": 5.0 });
+    let body = json!({ "stream_id": "order-o-1", "events": [{ "event_type": "order.placed", "data": placed }] });
+    let (status, appended) = http(server.addr, "POST", "/events", Some(&body));
+    assert_eq!(status, 201, "{appended}");
+    let started = std::time::Instant::now();
+    while server.position("customer-stats") < 1 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "customer-stats did not handle the event");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let path = format!("/tmp/perf-{}.map", server.child.id());
+    let map = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    server.kill();
+    std::fs::remove_file(&path).unwrap();
+    // `0x<address> <size> <name>` per compiled function, the guest's among them.
+    let handle = map.lines().find(|line| line.contains("CustomerStatsProjection") && line.contains("6handle"));
+    let line = handle.unwrap_or_else(|| panic!("no `CustomerStatsProjection::handle` in {path}"));
+    let fields: Vec<&str> = line.splitn(3, ' ').collect();
+    let hex = |field: &str| u64::from_str_radix(field.trim_start_matches("0x"), 16).is_ok();
+    assert!(fields.len() == 3 && hex(fields[0]) && hex(fields[1]), "{line}");
 }

@@ -31,6 +31,10 @@ impl Engine {
             .concurrency_support(false)
             .cranelift_opt_level(wasmtime::OptLevel::Speed)
             .parallel_compilation(true);
+        if std::env::var_os("REEL_PERF_MAP").is_some_and(|v| v == "1") {
+            // `/tmp/perf-<pid>.map` names the guests' compiled functions for `perf report`.
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = wasmtime::Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
