@@ -139,7 +139,7 @@ pub struct Limits {
     pub kv_key_bytes: usize,
     /// Most rows one `sql.query` (or a table read over HTTP) returns.
     pub query_rows: usize,
-    /// Time a guest `query` export may take when serving HTTP.
+    /// Time a guest `query` export, or a table read over HTTP, may take.
     pub query_timeout: Duration,
 }
 

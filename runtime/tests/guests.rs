@@ -367,6 +367,18 @@ async fn reads_wait_for_min_position_and_time_out_with_504(backend: Backend) {
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     assert_eq!(body["error"]["code"], "query_timeout", "{body}");
     assert_eq!(h.get("/projections/echo/query/variant").await, json!("a"));
+    // So is a table read: here of a view that counts to a billion. The
+    // projection's other reads go on.
+    let fault = json!([{ "event_type": "fault", "data": { "target": "echo", "action": "slow-view" } }]);
+    let at = h.append("s", None, fault).await["positions"][0].as_i64().unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = h.call("GET", &format!("/projections/echo/tables/slow?min_position={at}"), None).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "query_timeout", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("deadline"), "{body}");
+    assert!(started.elapsed() < Duration::from_secs(30), "cut off at the deadline, not at the end");
+    assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}")).await, json!("a"));
+    assert_eq!(h.get("/projections/echo/tables").await, json!(["slow"]));
 
     h.finish().await;
 }

@@ -996,11 +996,15 @@ impl Namespace for PgNamespace {
         sql.push_str(&format!(" LIMIT {}", read.limit));
         let params: Vec<Param<'_>> = values.iter().map(Param).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
-        let rows = block_on(&self.handle, client.query(&sql, &refs)).map_err(|e| match e.code() {
-            Some(code) if code.code().starts_with("22") => {
-                StoreError::Invalid("a filter value does not fit its column's type".into())
-            }
-            _ => database_error(&e),
+        // Past the read's deadline the server cancels it (a view can run for
+        // ever; a filter on a column without an index scans the table).
+        let rows = block_on_with_deadline(&self.handle, client, self.remaining(), async {
+            client.query(&sql, &refs).await.map_err(|e| match e.code() {
+                Some(code) if code.code().starts_with("22") => {
+                    StoreError::Invalid("a filter value does not fit its column's type".into())
+                }
+                _ => database_error(&e),
+            })
         })?;
         let columns =
             rows.first().map(|r| r.columns().iter().map(|c| c.name().to_owned()).collect()).unwrap_or_default();

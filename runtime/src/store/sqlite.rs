@@ -280,7 +280,7 @@ fn db(e: rusqlite::Error) -> StoreError {
 fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
-            StoreError::Deadline("the statement ran past the batch deadline and was interrupted".into())
+            StoreError::Deadline("the statement ran past its deadline and was interrupted".into())
         }
         rusqlite::Error::SqliteFailure(err, message) => StoreError::Sql {
             code: result_code_name(err.extended_code),
@@ -372,6 +372,18 @@ impl SqliteNamespace {
         if let Ok(mut slot) = self.interrupt_at.lock() {
             *slot = at;
         }
+    }
+
+    /// Run a read under the deadline: a transaction's, or outside one (an
+    /// HTTP read) a whole deadline of its own.
+    fn bounded<T>(&mut self, read: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.in_tx {
+            return read(self);
+        }
+        self.interrupt(Some(Instant::now() + self.deadline));
+        let result = read(self);
+        self.interrupt(None);
+        result
     }
 
     /// Run `f` with the authorizer on, as a projection statement.
@@ -646,40 +658,44 @@ impl Namespace for SqliteNamespace {
     }
 
     fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError> {
-        let columns = table_columns(self.conn()?, &read.table)?;
-        let known = |c: &str| {
-            if columns.iter().any(|k| k == c) {
-                Ok(quote_ident(c))
-            } else {
-                Err(StoreError::Invalid(format!(
-                    "table `{}` has no column `{c}`; columns: {}",
-                    read.table,
-                    columns.join(", ")
-                )))
+        // Past the read's deadline the progress handler interrupts it (a view
+        // can run for ever; a filter on a column without an index scans the table).
+        self.bounded(|ns| {
+            let columns = table_columns(ns.conn()?, &read.table)?;
+            let known = |c: &str| {
+                if columns.iter().any(|k| k == c) {
+                    Ok(quote_ident(c))
+                } else {
+                    Err(StoreError::Invalid(format!(
+                        "table `{}` has no column `{c}`; columns: {}",
+                        read.table,
+                        columns.join(", ")
+                    )))
+                }
+            };
+            let mut sql = format!("SELECT * FROM {}", quote_ident(&read.table));
+            let mut values = Vec::new();
+            for (i, (column, value)) in read.filters.iter().enumerate() {
+                sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+                sql.push_str(&format!("{} = ?{}", known(column)?, i + 1));
+                values.push(Value::Text(value.clone()));
             }
-        };
-        let mut sql = format!("SELECT * FROM {}", quote_ident(&read.table));
-        let mut values = Vec::new();
-        for (i, (column, value)) in read.filters.iter().enumerate() {
-            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
-            sql.push_str(&format!("{} = ?{}", known(column)?, i + 1));
-            values.push(Value::Text(value.clone()));
-        }
-        if let Some((column, desc)) = &read.order {
-            sql.push_str(&format!(" ORDER BY {}{}", known(column)?, if *desc { " DESC" } else { "" }));
-        }
-        sql.push_str(&format!(" LIMIT {}", read.limit));
-        let mut stmt = self.conn()?.prepare(&sql).map_err(db)?;
-        let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-        let width = names.len();
-        let rows = stmt
-            .query_map(rusqlite::params_from_iter(values.iter().map(Param)), |row| {
-                (0..width).map(|i| row.get_ref(i).map(to_value)).collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(db)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(db)?;
-        Ok(Rows { columns: names, rows })
+            if let Some((column, desc)) = &read.order {
+                sql.push_str(&format!(" ORDER BY {}{}", known(column)?, if *desc { " DESC" } else { "" }));
+            }
+            sql.push_str(&format!(" LIMIT {}", read.limit));
+            let mut stmt = ns.conn()?.prepare(&sql).map_err(db)?;
+            let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+            let width = names.len();
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values.iter().map(Param)), |row| {
+                    (0..width).map(|i| row.get_ref(i).map(to_value)).collect::<Result<Vec<_>, _>>()
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(db)?;
+            Ok(Rows { columns: names, rows })
+        })
     }
 
     fn tables(&mut self) -> Result<Vec<String>, StoreError> {
