@@ -105,7 +105,7 @@ impl Server {
 
     fn start_with_env(dir: &std::path::Path, database: Option<&str>, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reel"));
-        command.envs(env.iter().copied());
+        command.env_remove("REEL_PERF_MAP").envs(env.iter().copied());
         command.args(["serve", "--listen", "127.0.0.1:0", "--batch-size", "25", "--poll-ms", "20"]);
         if let Some(url) = database {
             command.args(["--database", url]);
@@ -141,6 +141,14 @@ impl Server {
     fn kill(mut self) {
         self.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
         self.child.wait().unwrap();
+    }
+}
+
+/// A test that fails leaves no server behind.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -315,6 +323,14 @@ fn reel_perf_map_names_the_guests_functions_for_perf() {
     std::fs::create_dir_all(dir.path().join("modules")).unwrap();
     std::fs::copy(common::guest("customer_stats"), dir.path().join("modules/customer-stats.wasm")).unwrap();
     let server = Server::start_with_env(dir.path(), None, &[("REEL_PERF_MAP", "1")]);
+    struct RemovedOnDrop(String);
+    impl Drop for RemovedOnDrop {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let path = RemovedOnDrop(format!("/tmp/perf-{}.map", server.child.id()));
+    let path = &path.0;
     let placed = json!({ "orderId": "o-1", "customerId": "c-1", "total": 5.0 });
     let body = json!({ "stream_id": "order-o-1", "events": [{ "event_type": "order.placed", "data": placed }] });
     let (status, appended) = http(server.addr, "POST", "/events", Some(&body));
@@ -324,11 +340,10 @@ fn reel_perf_map_names_the_guests_functions_for_perf() {
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "customer-stats did not handle the event");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let path = format!("/tmp/perf-{}.map", server.child.id());
-    let map = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let map = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     server.kill();
-    std::fs::remove_file(&path).unwrap();
-    // `0x<address> <size> <name>` per compiled function, the guest's among them.
+    // `0x<address> <size> <name>` per compiled function, the guest's among
+    // them, its name mangled as the module's name section has it.
     let handle = map.lines().find(|line| line.contains("CustomerStatsProjection") && line.contains("6handle"));
     let line = handle.unwrap_or_else(|| panic!("no `CustomerStatsProjection::handle` in {path}"));
     let fields: Vec<&str> = line.splitn(3, ' ').collect();

@@ -53,7 +53,7 @@ pub fn block_on_with_deadline<T>(
     let Some(deadline) = deadline else { return block_on(handle, future) };
     match block_on_cancelling_past(handle, client, deadline, future) {
         (result, false) => result,
-        (_, true) => Err(StoreError::Deadline(format!("the SQL ran past its {deadline:?} deadline and was cancelled"))),
+        (_, true) => Err(StoreError::Deadline("the SQL ran past its deadline and was cancelled".into())),
     }
 }
 

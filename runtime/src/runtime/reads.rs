@@ -196,7 +196,9 @@ impl Runtime {
                     .ok_or_else(|| StoreError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?,
             };
             let result = f(&mut *reader);
-            if !matches!(result, Err(StoreError::Database(_))) {
+            // After a deadline the server may still act on the cancel it was
+            // sent and cancel the next statement: a fresh reader is safer.
+            if !matches!(result, Err(StoreError::Database(_) | StoreError::Deadline(_))) {
                 view.readers.put(reader);
             }
             Ok(result?)

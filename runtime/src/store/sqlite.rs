@@ -266,9 +266,9 @@ pub struct SqliteNamespace {
     interrupt_at: Arc<Mutex<Option<Instant>>>,
 }
 
-/// An error of reel's own statements. The batch's deadline interrupts them
-/// too (the KV writes, the checkpoint): that is the batch's limit, not an
-/// outage of the database.
+/// An error of reel's own statements. The deadline interrupts them too (a
+/// batch's KV writes and checkpoint, a table read over HTTP): that is the
+/// limit, not an outage of the database.
 fn db(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => sql_error(e),
