@@ -161,9 +161,10 @@ impl Default for Limits {
 /// A projection catching up gets full batches, sized so that one takes
 /// about `target` (never more than `max_events`); live traffic makes small
 /// ones. Within a batch, the guest is called with at most `call_events`
-/// events at a time, which bounds the memory one call needs; by default a
-/// batch is one call, so a projection that folds its events (ADR 16) folds
-/// a whole batch.
+/// events and `call_bytes` bytes of event text at a time, which bounds the
+/// memory one call needs; by default a batch of events like the benchmark's
+/// (~300 bytes) is one call, so a projection that folds its events (ADR 16)
+/// folds a whole batch.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
     /// Most events per batch (one transaction).
@@ -174,11 +175,15 @@ pub struct BatchConfig {
     pub target: Duration,
     /// Most events per `handle` call.
     pub call_events: usize,
+    /// Most bytes of event text (payload, metadata, stream id, type and time)
+    /// per `handle` call, past its first event: the guest holds a call's
+    /// events in its memory, whose size is capped.
+    pub call_bytes: usize,
 }
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self { max_events: 100_000, target: Duration::from_secs(1), call_events: 100_000 }
+        Self { max_events: 100_000, target: Duration::from_secs(1), call_events: 100_000, call_bytes: 64 << 20 }
     }
 }
 

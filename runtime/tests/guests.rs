@@ -20,6 +20,7 @@ both_backends!(
     broken_module_files_never_replace_a_working_one,
     bad_requests_get_clear_errors_and_lose_nothing,
     reads_wait_for_min_position_and_time_out_with_504,
+    big_events_come_in_calls_the_guests_memory_holds,
 );
 
 async fn read_models_equal_the_fold_over_randomized_events(backend: Backend) {
@@ -380,5 +381,37 @@ async fn reads_wait_for_min_position_and_time_out_with_504(backend: Backend) {
     assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}")).await, json!("a"));
     assert_eq!(h.get("/projections/echo/tables").await, json!(["slow"]));
 
+    h.finish().await;
+}
+
+/// A batch of big events fits no guest memory at once; the worker hands it
+/// over in calls of at most `call_bytes`, with no failure on the way.
+async fn big_events_come_in_calls_the_guests_memory_holds(backend: Backend) {
+    const CALL_BYTES: usize = 1 << 20;
+    let h = Harness::start_with(backend, &["fixture_echo_a"], |c| {
+        c.limits.memory_bytes = 4 << 20;
+        c.batch.call_bytes = CALL_BYTES;
+    })
+    .await;
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
+    // 6 MB in one transaction: one batch, bigger than the guest's memory.
+    let pad = "x".repeat(300_000);
+    let events: Vec<_> = (0..20).map(|i| json!({ "event_type": "big", "data": { "i": i, "pad": pad } })).collect();
+    let positions = h.append("big", None, json!(events)).await["positions"].clone();
+    let last = positions[19].as_i64().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let status = h.get("/projections/echo").await;
+        assert!(status["last_error"].is_null() && status["state"] == "running", "{status:#}");
+        if status["position"] == last {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "echo did not reach {last}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for position in positions.as_array().unwrap() {
+        let key = format!("/projections/echo/kv/seen/{:020}", position.as_i64().unwrap());
+        assert_eq!(h.get(&key).await, json!("a"), "{key}");
+    }
     h.finish().await;
 }
