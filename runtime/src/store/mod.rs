@@ -186,6 +186,37 @@ pub struct TableRead {
     pub limit: usize,
 }
 
+impl TableRead {
+    /// The `SELECT` of this read from a table with `columns`, its filter
+    /// values written as `placeholder(n)` (`n` from 1), and those values.
+    /// Column names must be among `columns`.
+    fn statement(&self, columns: &[String], placeholder: &str) -> Result<(String, Vec<Value>), StoreError> {
+        let known = |c: &str| {
+            if columns.iter().any(|k| k == c) {
+                Ok(sql_text::quote_ident(c))
+            } else {
+                Err(StoreError::Invalid(format!(
+                    "table `{}` has no column `{c}`; columns: {}",
+                    self.table,
+                    columns.join(", ")
+                )))
+            }
+        };
+        let mut sql = format!("SELECT * FROM {}", sql_text::quote_ident(&self.table));
+        let mut values = Vec::new();
+        for (i, (column, value)) in self.filters.iter().enumerate() {
+            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
+            sql.push_str(&format!("{} = {placeholder}{}", known(column)?, i + 1));
+            values.push(Value::Text(value.clone()));
+        }
+        if let Some((column, desc)) = &self.order {
+            sql.push_str(&format!(" ORDER BY {}{}", known(column)?, if *desc { " DESC" } else { "" }));
+        }
+        sql.push_str(&format!(" LIMIT {}", self.limit));
+        Ok((sql, values))
+    }
+}
+
 /// One buffered KV write, as a batch hands it to the database.
 #[derive(Debug, Clone, Copy)]
 pub struct KvWrite<'a> {

@@ -972,28 +972,7 @@ impl Namespace for PgNamespace {
         if columns.is_empty() || reserved_name(&quote_ident(&read.table)).is_some() {
             return Err(StoreError::NotFound(format!("no table `{}` in this projection", read.table)));
         }
-        let known = |c: &str| {
-            if columns.iter().any(|k| k == c) {
-                Ok(quote_ident(c))
-            } else {
-                Err(StoreError::Invalid(format!(
-                    "table `{}` has no column `{c}`; columns: {}",
-                    read.table,
-                    columns.join(", ")
-                )))
-            }
-        };
-        let mut sql = format!("SELECT * FROM {}", quote_ident(&read.table));
-        let mut values = Vec::new();
-        for (i, (column, value)) in read.filters.iter().enumerate() {
-            sql.push_str(if i == 0 { " WHERE " } else { " AND " });
-            sql.push_str(&format!("{} = ${}", known(column)?, i + 1));
-            values.push(Value::Text(value.clone()));
-        }
-        if let Some((column, desc)) = &read.order {
-            sql.push_str(&format!(" ORDER BY {}{}", known(column)?, if *desc { " DESC" } else { "" }));
-        }
-        sql.push_str(&format!(" LIMIT {}", read.limit));
+        let (sql, values) = read.statement(&columns, "$")?;
         let params: Vec<Param<'_>> = values.iter().map(Param).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         // Past the read's deadline the server cancels it (a view can run for

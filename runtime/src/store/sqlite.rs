@@ -15,7 +15,7 @@ use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
 
-use super::sql_text::{Checked, quote_ident, refusal, sqlite_placeholders};
+use super::sql_text::{Checked, refusal, sqlite_placeholders};
 use super::wal;
 use super::writer::{self, Statement, Writer};
 use super::{Checkpoint, DeadLetter, KvWrite, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
@@ -662,28 +662,7 @@ impl Namespace for SqliteNamespace {
         // can run for ever; a filter on a column without an index scans the table).
         self.bounded(|ns| {
             let columns = table_columns(ns.conn()?, &read.table)?;
-            let known = |c: &str| {
-                if columns.iter().any(|k| k == c) {
-                    Ok(quote_ident(c))
-                } else {
-                    Err(StoreError::Invalid(format!(
-                        "table `{}` has no column `{c}`; columns: {}",
-                        read.table,
-                        columns.join(", ")
-                    )))
-                }
-            };
-            let mut sql = format!("SELECT * FROM {}", quote_ident(&read.table));
-            let mut values = Vec::new();
-            for (i, (column, value)) in read.filters.iter().enumerate() {
-                sql.push_str(if i == 0 { " WHERE " } else { " AND " });
-                sql.push_str(&format!("{} = ?{}", known(column)?, i + 1));
-                values.push(Value::Text(value.clone()));
-            }
-            if let Some((column, desc)) = &read.order {
-                sql.push_str(&format!(" ORDER BY {}{}", known(column)?, if *desc { " DESC" } else { "" }));
-            }
-            sql.push_str(&format!(" LIMIT {}", read.limit));
+            let (sql, values) = read.statement(&columns, "?")?;
             let mut stmt = ns.conn()?.prepare(&sql).map_err(db)?;
             let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
             let width = names.len();
