@@ -465,7 +465,7 @@ fn tuned(conn: &rusqlite::Connection, path: &std::path::Path) -> impl FnMut() + 
 
 /// The limit for order-summaries: the statements it issues for each batch
 /// (recorded beforehand by running it natively in memory, in batches of
-/// `batch` events handed over `call_events` at a time, as reel does), sent by
+/// `batch` events handed over in calls as reel's worker does), sent by
 /// a native client with no reel in between: statements prepared, each batch a
 /// transaction with its checkpoint; on PostgreSQL pipelined, as `EXECUTE`s like
 /// reel's (ADR 15).
@@ -480,7 +480,7 @@ async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize) ->
     let batches: Vec<Vec<(String, Vec<guest_sdk::Value>)>> = raw
         .chunks(batch)
         .map(|chunk| {
-            for call in chunk.chunks(config.batch.call_events) {
+            for call in config.batch.calls(chunk) {
                 guest_sdk::native::handle::<order_summaries::OrderSummaries, _>(&mut host, call).unwrap();
             }
             std::mem::take(&mut host.statements)

@@ -139,7 +139,7 @@ impl Runtime {
             source: source.clone(),
             store: store.clone(),
             limits: config.limits.clone(),
-            batch: config.batch.clone(),
+            batch: config.batch,
             poll_interval: config.poll_interval,
             on_error: None,
             handle: tokio::runtime::Handle::current(),

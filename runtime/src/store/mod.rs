@@ -187,9 +187,9 @@ pub struct TableRead {
 }
 
 impl TableRead {
-    /// The `SELECT` of this read from a table with `columns`, its filter
-    /// values written as `placeholder(n)` (`n` from 1), and those values.
-    /// Column names must be among `columns`.
+    /// The `SELECT` of this read from a table with `columns`, the `n`-th
+    /// filter value written as `{placeholder}{n}` (`$1`, `?1`), and the
+    /// values. Column names must be among `columns`.
     fn statement(&self, columns: &[String], placeholder: &str) -> Result<(String, Vec<Value>), StoreError> {
         let known = |c: &str| {
             if columns.iter().any(|k| k == c) {

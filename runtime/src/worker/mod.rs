@@ -188,26 +188,6 @@ fn first_batch(batch: &BatchConfig) -> usize {
     FIRST_BATCH.min(batch.call_events).min(batch.max_events).max(1)
 }
 
-/// `events` in calls of at most `max_events` events and, past a call's first
-/// event, `max_bytes` bytes of event text.
-fn calls(events: &[Event], max_events: usize, max_bytes: usize) -> impl Iterator<Item = &[Event]> {
-    let mut rest = events;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut bytes = 0;
-        let over = rest.iter().take(max_events.max(1)).position(|e| {
-            bytes += e.stream_id.len() + e.event_type.len() + e.data.len() + e.metadata.len() + e.occurred_at.len();
-            bytes > max_bytes
-        });
-        let n = over.map_or(rest.len().min(max_events.max(1)), |i| i.max(1));
-        let (call, later) = rest.split_at(n);
-        rest = later;
-        Some(call)
-    })
-}
-
 /// The first batch's size at most.
 const FIRST_BATCH: usize = 20_000;
 
@@ -453,11 +433,11 @@ impl Worker {
     /// waiting for its commit.
     fn apply(&mut self, events: &[Event], end: Cursor, behind: bool) -> Result<(), GuestFailure> {
         let from = self.persisted;
-        let (call_events, call_bytes) = (self.ctx.batch.call_events, self.ctx.batch.call_bytes);
+        let batch = self.ctx.batch;
         let guest = self.guest()?;
         guest.caps().begin()?;
         let started = Instant::now();
-        let handled = calls(events, call_events, call_bytes).try_for_each(|call| guest.handle(call));
+        let handled = batch.calls(events).try_for_each(|call| guest.handle(call));
         let handle_time = started.elapsed();
         // This batch stands on the one committed behind: that one first.
         // (A failure of the guest's own stays what it is: it may have left
@@ -724,44 +704,5 @@ impl Worker {
             Some(None) => Err(Halt::Exit),
             None => Ok(()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// An event whose text is `bytes` long in all.
-    fn event(position: i64, bytes: usize) -> Event {
-        Event {
-            position,
-            stream_id: "s".into(),
-            version: position,
-            event_type: "t".into(),
-            data: "d".repeat(bytes - 3),
-            metadata: String::new(),
-            occurred_at: "z".into(),
-        }
-    }
-
-    fn sizes(events: &[Event], max_events: usize, max_bytes: usize) -> Vec<usize> {
-        let calls: Vec<&[Event]> = calls(events, max_events, max_bytes).collect();
-        let positions: Vec<i64> = calls.iter().flat_map(|c| c.iter().map(|e| e.position)).collect();
-        assert_eq!(positions, (0..events.len() as i64).collect::<Vec<_>>(), "every event once, in order");
-        calls.iter().map(|c| c.len()).collect()
-    }
-
-    #[test]
-    fn calls_hold_at_most_their_events_and_bytes() {
-        let small: Vec<Event> = (0..10).map(|i| event(i, 100)).collect();
-        assert_eq!(sizes(&small, 100, 1 << 20), [10], "a batch is one call");
-        assert_eq!(sizes(&small, 4, 1 << 20), [4, 4, 2]);
-        assert_eq!(sizes(&small, 100, 300), [3, 3, 3, 1], "300 bytes: three events of 100");
-        assert_eq!(sizes(&small, 100, 299), [2, 2, 2, 2, 2]);
-        // An event bigger than a call's bytes goes alone, never left out.
-        let mixed = vec![event(0, 100), event(1, 5_000), event(2, 100), event(3, 100)];
-        assert_eq!(sizes(&mixed, 100, 1_000), [1, 1, 2]);
-        assert_eq!(sizes(&[], 100, 1_000), Vec::<usize>::new());
-        assert_eq!(sizes(&small, 0, 0), [1; 10], "limits of zero still make progress");
     }
 }
