@@ -193,11 +193,7 @@ impl BatchConfig {
             }
             let mut bytes = 0;
             let over = rest.iter().take(max_events).position(|e| {
-                bytes += e.stream_id().len()
-                    + e.event_type().len()
-                    + e.data().len()
-                    + e.metadata().len()
-                    + e.occurred_at().len();
+                bytes += text_bytes(e);
                 bytes > max_bytes
             });
             let n = over.map_or(rest.len().min(max_events), |i| i.max(1));
@@ -206,6 +202,23 @@ impl BatchConfig {
             Some(call)
         })
     }
+
+    /// A `call_bytes` that cuts in two the biggest of the calls `events` go
+    /// in that hold more than one event (half its bytes of event text), for a
+    /// guest that ran out of memory in one; `None` when every call holds a
+    /// single event already. It is always below `call_bytes`: a call of
+    /// several events holds at most that many bytes.
+    pub fn smaller_calls<E: guest_sdk::EventFields>(&self, events: &[E]) -> Option<usize> {
+        let biggest =
+            self.calls(events).filter(|c| c.len() > 1).map(|c| c.iter().map(text_bytes).sum::<usize>()).max()?;
+        Some(biggest / 2)
+    }
+}
+
+/// The bytes of an event's text a call holds: payload, metadata, stream id,
+/// type and time.
+fn text_bytes<E: guest_sdk::EventFields>(e: &E) -> usize {
+    e.stream_id().len() + e.event_type().len() + e.data().len() + e.metadata().len() + e.occurred_at().len()
 }
 
 impl Default for BatchConfig {
@@ -252,6 +265,24 @@ mod tests {
         assert_eq!(sizes(&mixed, 100, 1_000), [1, 1, 2]);
         assert_eq!(sizes(&[], 100, 1_000), Vec::<usize>::new());
         assert_eq!(sizes(&small, 0, 0), [1; 10], "limits of zero still make progress");
+    }
+
+    #[test]
+    fn smaller_calls_cut_the_biggest_call_until_each_holds_one_event() {
+        let mixed = vec![event(0, 100), event(1, 100), event(2, 1_000), event(3, 1_000), event(4, 100)];
+        let mut batch = BatchConfig { call_events: 100, call_bytes: 10_000, ..BatchConfig::default() };
+        let mut seen = vec![];
+        while let Some(call_bytes) = batch.smaller_calls(&mixed) {
+            assert!(call_bytes < batch.call_bytes, "{call_bytes} shrinks");
+            batch.call_bytes = call_bytes;
+            seen.push((call_bytes, sizes(&mixed, batch.call_events, call_bytes)));
+        }
+        assert_eq!(seen, [(1_150, vec![2, 1, 2]), (550, vec![2, 1, 1, 1]), (100, vec![1; 5])]);
+        // A batch of calls cut by count is cut further by bytes.
+        let small: Vec<_> = (0..10).map(|i| event(i, 100)).collect();
+        let by_count = BatchConfig { call_events: 4, call_bytes: 1 << 20, ..BatchConfig::default() };
+        assert_eq!(by_count.smaller_calls(&small), Some(200));
+        assert_eq!(BatchConfig { call_events: 1, ..by_count }.smaller_calls(&small), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ both_backends!(
     bad_requests_get_clear_errors_and_lose_nothing,
     reads_wait_for_min_position_and_time_out_with_504,
     big_events_come_in_calls_the_guests_memory_holds,
+    a_guest_out_of_memory_gets_smaller_calls_from_then_on,
 );
 
 async fn read_models_equal_the_fold_over_randomized_events(backend: Backend) {
@@ -413,5 +414,49 @@ async fn big_events_come_in_calls_the_guests_memory_holds(backend: Backend) {
         let key = format!("/projections/echo/kv/seen/{:020}", position.as_i64().unwrap());
         assert_eq!(h.get(&key).await, json!("a"), "{key}");
     }
+    h.finish().await;
+}
+
+async fn a_guest_out_of_memory_gets_smaller_calls_from_then_on(backend: Backend) {
+    // The default calls (64 MiB of event text) and a guest capped at 4 MiB:
+    // the first call of big events runs it out of memory.
+    let h = Harness::start_with(backend, &["fixture_echo_a"], |c| c.limits.memory_bytes = 4 << 20).await;
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
+    let pad = "x".repeat(300_000);
+    let big = |from: usize| -> Vec<_> {
+        (from..from + 20).map(|i| json!({ "event_type": "big", "data": { "i": i, "pad": pad } })).collect()
+    };
+    let first = h.append("big", None, json!(big(0))).await["positions"].clone();
+    let last = first[19].as_i64().unwrap();
+    let status = h.wait_status("echo", PATIENCE, |s| s["position"] == last).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+
+    // From then on calls hold what the guest can: the next 6 MB go through
+    // with no failure at all.
+    let second = h.append("big", Some(20), json!(big(20))).await["positions"].clone();
+    let last = second[19].as_i64().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let status = h.get("/projections/echo").await;
+        assert!(status["last_error"].is_null() && status["state"] == "running", "{status:#}");
+        if status["position"] == last {
+            break;
+        }
+        assert!(started.elapsed() < PATIENCE, "echo did not reach {last}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every event applied once: echo records each position it handled.
+    let seen = h.get("/projections/echo/kv?prefix=seen/&limit=100").await;
+    let handled: Vec<&str> = seen["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
+    let appended: Vec<String> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(second.as_array().unwrap())
+        .map(|p| format!("seen/{:020}", p.as_i64().unwrap()))
+        .collect();
+    assert_eq!(handled, appended);
+    let doubled = h.get("/projections/echo/kv?prefix=duplicate/&limit=100").await;
+    assert_eq!(doubled["entries"], json!([]), "no event handled twice");
     h.finish().await;
 }

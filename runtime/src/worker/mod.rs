@@ -537,6 +537,20 @@ impl Worker {
                 self.wait(backoff(outages))?;
                 continue;
             }
+            // Out of memory in a call of several events: the guest may hold
+            // fewer at a time. Calls shrink for the rest of the worker's life
+            // (until every call is one event) and the batch is retried whole.
+            if let GuestFailure::OutOfMemory(_) = failure
+                && let Some(call_bytes) = self.ctx.batch.smaller_calls(events)
+            {
+                tracing::warn!(
+                    projection = %self.ns, call_bytes,
+                    "out of memory in a call of several events; calls now hold at most {call_bytes} bytes of event text"
+                );
+                self.status.failed(State::Retrying, failure.to_string(), None, failures + 1);
+                self.ctx.batch.call_bytes = call_bytes;
+                continue;
+            }
             failures += 1;
             let position = match &failure {
                 GuestFailure::Rejected { position, .. } => *position,
