@@ -1,0 +1,444 @@
+//! One namespace's connection: operations pipelined, writes batched.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use crate::pg::value::{Param, write_literal};
+use crate::pg::{block_on_cancelling_past, block_on_with_deadline, database_error, statement_error};
+use crate::store::StoreError;
+use crate::store::sql_text::{Checked, is_plain_write, refusal, reserved_name};
+
+use super::NamespaceInfo;
+use super::pipeline::{Blame, Flight, Message, Op, SyncReply, failure_error, pipeline_stopped, unsendable};
+
+/// The transaction committed behind the current one on a connection.
+pub(super) enum Behind {
+    /// None, or one that committed.
+    Clear,
+    /// Its commit is sent: the answer, and when it began (its deadline runs
+    /// from then).
+    Pending(tokio::sync::oneshot::Receiver<SyncReply>, Instant),
+    /// It failed, and [`Namespace::settle`] has not reported it yet.
+    Failed(StoreError),
+}
+
+/// Operations queued since the last sync past which the worker waits for
+/// the server (bounds the memory held by requests in flight).
+pub(super) const MAX_IN_FLIGHT: usize = 8192;
+
+/// Projection writes that go as `EXECUTE`s of one simple query, at most
+/// this many, or about this many bytes, per query; a write whose `EXECUTE`
+/// alone is longer goes on its own (its values, escaped or in hex, would
+/// take up to twice their size).
+pub(super) const EXECS_PER_QUERY: usize = 1000;
+pub(super) const EXEC_QUERY_BYTES: usize = 256 * 1024;
+/// Most parameters a statement may have to go as `EXECUTE`s. The server lexes
+/// and parses each literal of an `EXECUTE` as SQL, while Bind hands it the
+/// values; and a statement with many (a multi-row `INSERT`) writes many rows
+/// per Sync anyway. `order-summaries` folded per batch (128-row upserts of 1,024
+/// parameters), 1M events, three alternating pairs 2026-11-28 12:01-12:10 UTC:
+/// server CPU per event 20.8, 23.1, 21.1 µs as `EXECUTE`s; 18.2, 17.9, 20.8 µs
+/// with those bound (ADR 16).
+pub(super) const EXEC_MAX_PARAMS: usize = 16;
+
+/// One namespace through a connection logged in as its role.
+pub struct PgNamespace {
+    pub(super) client: Arc<Client>,
+    pub(super) handle: Handle,
+    pub(super) info: NamespaceInfo,
+    pub(super) read_only: bool,
+    /// Prepared statements of this connection, by text.
+    pub(super) statements: HashMap<String, Statement>,
+    pub(super) pipeline: tokio::sync::mpsc::UnboundedSender<Message>,
+    /// Operations sent since the last sync.
+    pub(super) in_flight: usize,
+    pub(super) in_tx: bool,
+    /// The first failure of this transaction: it is aborted, and so is the batch.
+    pub(super) failed: Option<StoreError>,
+    /// The transaction committed behind this one.
+    pub(super) behind: Behind,
+    pub(super) deadline: Duration,
+    pub(super) started: Instant,
+    /// Projection statements that passed the checks.
+    pub(super) checked: Checked<()>,
+    /// The SQL-level name of each projection write prepared for `EXECUTE`
+    /// (`None`: sent on its own), by text; see [`PgNamespace::prepare_exec`].
+    pub(super) exec_names: HashMap<String, Option<String>>,
+    /// `EXECUTE`s not sent yet, and how many.
+    pub(super) execs: String,
+    pub(super) exec_count: usize,
+}
+
+pub(super) const BEGIN_WRITE: &str = "BEGIN";
+pub(super) const BEGIN_READ: &str = "BEGIN READ ONLY";
+pub(super) const COMMIT: &str = "COMMIT";
+pub(super) const KV_UPSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[]) \
+                         ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+// Keys the worker knows absent skip the upsert's conflict check (55,000 new
+// keys of 83,000 per 100,000 events of customer-stats: 165-201 ms of server
+// time as inserts, 255-295 ms as upserts, psql, 2026-11-28).
+pub(super) const KV_INSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[])";
+pub(super) const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
+pub(super) const ADVANCE: &str = "SELECT reel.advance($1, $2, $3, $4, $5)";
+pub(super) const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// reel's own statements, prepared when the connection opens.
+const OWN_STATEMENTS: [&str; 8] =
+    [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_INSERT, KV_DELETE, ADVANCE, DEAD_LETTER];
+
+impl PgNamespace {
+    pub(super) fn new(
+        client: Client,
+        handle: Handle,
+        info: NamespaceInfo,
+        read_only: bool,
+        deadline: Duration,
+    ) -> Result<Self, StoreError> {
+        let (pipeline, messages) = tokio::sync::mpsc::unbounded_channel();
+        handle.spawn(super::pipeline::pipeline(messages));
+        let mut ns = Self {
+            client: Arc::new(client),
+            handle,
+            info,
+            read_only,
+            statements: HashMap::new(),
+            pipeline,
+            in_flight: 0,
+            in_tx: false,
+            failed: None,
+            behind: Behind::Clear,
+            deadline,
+            started: Instant::now(),
+            checked: Checked::default(),
+            exec_names: HashMap::new(),
+            execs: String::new(),
+            exec_count: 0,
+        };
+        ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
+        Ok(ns)
+    }
+
+    /// Time left: of the transaction's deadline inside one, a whole
+    /// deadline for a single read outside.
+    pub(super) fn remaining(&self) -> Option<Duration> {
+        if !self.in_tx {
+            return Some(self.deadline);
+        }
+        Some(self.deadline.saturating_sub(self.started.elapsed()).max(Duration::from_millis(1)))
+    }
+
+    /// Prepare the statements of `texts` not prepared yet, pipelined.
+    pub(super) fn prepare_all(&mut self, texts: Vec<String>, guest: bool) -> Result<(), StoreError> {
+        let missing: Vec<String> = {
+            let mut seen = std::collections::HashSet::new();
+            texts.into_iter().filter(|t| !self.statements.contains_key(t) && seen.insert(t.clone())).collect()
+        };
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let client = &self.client;
+        let prepared = block_on_with_deadline(&self.handle, client, self.remaining(), async {
+            let futures = missing.iter().map(|t| client.prepare(t));
+            Ok(futures_util::future::join_all(futures).await)
+        })?;
+        for (text, result) in missing.into_iter().zip(prepared) {
+            match result {
+                Ok(statement) => {
+                    self.statements.insert(text, statement);
+                }
+                Err(e) => return Err(if guest { statement_error(&e) } else { database_error(&e) }),
+            }
+        }
+        Ok(())
+    }
+
+    /// Send an operation now, without waiting for its answer.
+    pub(super) fn dispatch(&mut self, op: Op) -> Result<(), StoreError> {
+        if self.failed.is_some() {
+            return Ok(()); // the transaction is aborted; the error surfaces at the next sync
+        }
+        if let Op::Statement { sql, .. } = &op
+            && !self.statements.contains_key(sql)
+        {
+            // A new statement may name what earlier ones (DDL) create: let
+            // them run first, then prepare it.
+            self.sync()?;
+            let sql = sql.clone();
+            if let Err(e) = self.prepare_all(vec![sql.clone()], true).and_then(|()| self.prepare_exec(&sql)) {
+                self.failed = Some(e);
+                return Ok(());
+            }
+        }
+        if let Op::Statement { sql, params } = &op
+            && let Some(Some(name)) = self.exec_names.get(sql)
+            && unsendable(&self.statements[sql], params).is_none()
+        {
+            let start = self.execs.len();
+            self.execs.push_str("EXECUTE ");
+            self.execs.push_str(name);
+            let written = params.iter().enumerate().all(|(n, value)| {
+                self.execs.push_str(if n == 0 { "(" } else { ", " });
+                write_literal(value, &mut self.execs)
+            });
+            if written && self.execs.len() - start <= EXEC_QUERY_BYTES {
+                self.execs.push_str(if params.is_empty() { ";\n" } else { ");\n" });
+                self.exec_count += 1;
+                if self.exec_count < EXECS_PER_QUERY && self.execs.len() < EXEC_QUERY_BYTES {
+                    return Ok(());
+                }
+                return self.send_execs();
+            }
+            self.execs.truncate(start); // sent on its own, below
+        }
+        self.send_execs()?;
+        let client = Arc::clone(&self.client);
+        let statement = |text: &str| self.statements[text].clone();
+        let (blame, flight): (Blame, Flight) = match op {
+            Op::Begin => {
+                let s = statement(if self.read_only { BEGIN_READ } else { BEGIN_WRITE });
+                (Blame::Host, Box::pin(async move { client.execute(&s, &[]).await }))
+            }
+            Op::Commit => {
+                let s = statement(COMMIT);
+                (Blame::Host, Box::pin(async move { client.execute(&s, &[]).await }))
+            }
+            Op::Statement { sql, params } => {
+                let s = statement(&sql);
+                // What the client library would refuse without sending it
+                // fails the transaction here: a commit may follow down the
+                // pipeline before its answer, and the server, which never
+                // saw the statement, would commit the rest.
+                if let Some(refusal) = unsendable(&s, &params) {
+                    self.failed = Some(StoreError::Refused(refusal));
+                    return Ok(());
+                }
+                let flight = async move {
+                    let values: Vec<Param<'_>> = params.iter().map(Param).collect();
+                    let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+                    client.execute(&s, &refs).await
+                };
+                (Blame::Guest, Box::pin(flight))
+            }
+            Op::KvPut { insert, keys, values } => {
+                let (s, blame) = if insert { (KV_INSERT, Blame::KvInsert) } else { (KV_UPSERT, Blame::Host) };
+                let s = statement(s);
+                (blame, Box::pin(async move { client.execute(&s, &[&keys, &values]).await }))
+            }
+            Op::KvDelete { keys } => {
+                let s = statement(KV_DELETE);
+                (Blame::Host, Box::pin(async move { client.execute(&s, &[&keys]).await }))
+            }
+            Op::Advance { from, to } => {
+                let s = statement(ADVANCE);
+                let slug = self.info.slug.clone();
+                let flight = async move { client.execute(&s, &[&slug, &from.tx, &from.id, &to.tx, &to.id]).await };
+                (Blame::Advance(from), Box::pin(flight))
+            }
+            Op::DeadLetter { event, error } => {
+                let s = statement(DEAD_LETTER);
+                let slug = self.info.slug.clone();
+                let flight = async move {
+                    let e = &*event;
+                    client
+                        .execute(
+                            &s,
+                            &[
+                                &slug,
+                                &e.position,
+                                &e.stream_id,
+                                &e.version,
+                                &e.event_type,
+                                &e.data,
+                                &e.metadata,
+                                &e.occurred_at,
+                                &error,
+                            ],
+                        )
+                        .await
+                };
+                (Blame::Host, Box::pin(flight))
+            }
+        };
+        self.pipeline.send(Message::Send(blame, flight)).map_err(|_| pipeline_stopped())?;
+        self.in_flight += 1;
+        if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
+    }
+
+    /// Prepare a projection write also under a name of its own for
+    /// `EXECUTE`, when it is a plain `INSERT`, `UPDATE` or `DELETE` returning
+    /// no rows, with at most [`EXEC_MAX_PARAMS`] parameters. Such writes then
+    /// go as `EXECUTE`s of one simple query, which the server answers once:
+    /// sent as prepared statements, each would end with its own Sync, and the
+    /// server would answer and flush each on its own (`order-summaries`' 1M
+    /// events one statement each, from a Python client, one run each,
+    /// 2026-11-28: 40.1-46.1 µs of server CPU per event with a Sync per
+    /// statement, 27.0-28.2 µs with one per 1,000, 29.7 µs as `EXECUTE`s).
+    /// A statement `PREPARE` refuses is sent on its own, as before.
+    pub(super) fn prepare_exec(&mut self, sql: &str) -> Result<(), StoreError> {
+        if self.exec_names.contains_key(sql) {
+            return Ok(());
+        }
+        let statement = &self.statements[sql];
+        let plain = is_plain_write(sql) && statement.columns().is_empty();
+        let name = if plain && statement.params().len() <= EXEC_MAX_PARAMS {
+            let name = format!("reel_exec_{}", self.exec_names.len());
+            let client = &self.client;
+            let prepare = format!("PREPARE {name} AS {sql}");
+            let prepared = block_on_with_deadline(&self.handle, client, self.remaining(), async {
+                let run = async |text: &str| client.batch_execute(text).await.map_err(|e| database_error(&e));
+                // In a savepoint: a refusal must not abort the transaction.
+                run("SAVEPOINT reel_exec").await?;
+                let prepared = client.batch_execute(&prepare).await.is_ok();
+                run(if prepared { "RELEASE reel_exec" } else { "ROLLBACK TO reel_exec; RELEASE reel_exec" }).await?;
+                Ok(prepared)
+            })?;
+            prepared.then_some(name)
+        } else {
+            None
+        };
+        self.exec_names.insert(sql.to_owned(), name);
+        Ok(())
+    }
+
+    /// Send the `EXECUTE`s queued, as one simple query.
+    pub(super) fn send_execs(&mut self) -> Result<(), StoreError> {
+        if self.exec_count == 0 {
+            return Ok(());
+        }
+        let text = std::mem::take(&mut self.execs);
+        let count = std::mem::take(&mut self.exec_count);
+        if self.failed.is_some() {
+            return Ok(());
+        }
+        let client = Arc::clone(&self.client);
+        let flight = async move { client.batch_execute(&text).await.map(|()| 0) };
+        self.pipeline.send(Message::Send(Blame::Guest, Box::pin(flight))).map_err(|_| pipeline_stopped())?;
+        self.in_flight += count; // the bound counts statements, as before
+        if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
+    }
+
+    /// Wait until everything sent has been answered, the transaction
+    /// committed behind first; the first failure since the last sync fails
+    /// the transaction.
+    pub(super) fn sync(&mut self) -> Result<(), StoreError> {
+        let behind = self.await_behind();
+        let own = self.sync_own();
+        behind.and(own)
+    }
+
+    pub(super) fn sync_own(&mut self) -> Result<(), StoreError> {
+        self.send_execs()?;
+        if let Some(failed) = &self.failed {
+            return Err(failed.clone());
+        }
+        if self.in_flight == 0 {
+            return Ok(());
+        }
+        self.in_flight = 0;
+        let answer = self.send_sync()?;
+        let failure = block_on_with_deadline(&self.handle, &self.client, self.remaining(), async {
+            answer.await.map_err(|_| pipeline_stopped())
+        })?;
+        match failure {
+            None => Ok(()),
+            Some((blame, e)) => {
+                let error = failure_error(blame, &e);
+                self.failed = Some(error.clone());
+                Err(error)
+            }
+        }
+    }
+
+    /// Ask the pipeline for the first failure of what was sent so far.
+    pub(super) fn send_sync(&mut self) -> Result<tokio::sync::oneshot::Receiver<SyncReply>, StoreError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pipeline.send(Message::Sync(reply)).map_err(|_| pipeline_stopped())?;
+        Ok(answer)
+    }
+
+    /// Wait for the transaction committed behind, if one is; its failure
+    /// fails every wait until [`Namespace::settle`] reports it.
+    pub(super) fn await_behind(&mut self) -> Result<(), StoreError> {
+        self.behind = match std::mem::replace(&mut self.behind, Behind::Clear) {
+            Behind::Pending(answer, began) => {
+                let left = self.deadline.saturating_sub(began.elapsed()).max(Duration::from_millis(1));
+                // Past the deadline the batch is cancelled, and its outcome
+                // is still the server's answer: a COMMIT that landed before
+                // the cancel counts as committed, not as failed.
+                let (reply, _) = block_on_cancelling_past(&self.handle, &self.client, left, answer);
+                match reply {
+                    Ok(None) => Behind::Clear,
+                    Ok(Some((blame, e))) => Behind::Failed(failure_error(blame, &e)),
+                    Err(_) => Behind::Failed(pipeline_stopped()),
+                }
+            }
+            other => other,
+        };
+        match &self.behind {
+            Behind::Failed(e) => Err(e.clone()),
+            _ => Ok(()),
+        }
+    }
+
+    pub(super) fn check(&mut self, statement: &str) -> Result<(), StoreError> {
+        if !self.in_tx {
+            return Err(StoreError::Database("statement outside a transaction".into()));
+        }
+        if self.checked.get(statement).is_some() {
+            return Ok(());
+        }
+        if let Some(why) = refusal(statement) {
+            return Err(StoreError::Refused(why));
+        }
+        if let Some(name) = reserved_name(statement) {
+            return Err(StoreError::Refused(format!("`{name}` belongs to reel; projections cannot use it")));
+        }
+        self.checked.remember(statement, ());
+        Ok(())
+    }
+
+    /// Run a query now (after everything queued) and return its rows.
+    pub(super) fn fetch(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        guest: bool,
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        self.fetch_at_most(sql, params, guest, usize::MAX).map(|(rows, _)| rows)
+    }
+
+    /// Run a query now, reading at most `max_rows + 1` rows from the server
+    /// (so a huge result never sits in memory); also returns the column names.
+    pub(super) fn fetch_at_most(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        guest: bool,
+        max_rows: usize,
+    ) -> Result<(Vec<tokio_postgres::Row>, Vec<String>), StoreError> {
+        use futures_util::StreamExt;
+        self.sync()?;
+        self.prepare_all(vec![sql.to_owned()], guest)?;
+        let statement = self.statements[sql].clone();
+        let columns = statement.columns().iter().map(|c| c.name().to_owned()).collect();
+        let client = &self.client;
+        let classify = |e: &tokio_postgres::Error| if guest { statement_error(e) } else { database_error(e) };
+        let rows = block_on_with_deadline(&self.handle, client, self.remaining(), async {
+            let stream = client.query_raw(&statement, params.iter().copied()).await.map_err(|e| classify(&e))?;
+            tokio::pin!(stream);
+            let mut rows = Vec::new();
+            while let Some(row) = stream.next().await {
+                rows.push(row.map_err(|e| classify(&e))?);
+                if rows.len() > max_rows {
+                    break;
+                }
+            }
+            Ok(rows)
+        })?;
+        Ok((rows, columns))
+    }
+}

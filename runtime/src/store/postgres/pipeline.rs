@@ -1,0 +1,131 @@
+//! The task that keeps a namespace connection's requests flowing.
+
+use tokio_postgres::Statement;
+
+use crate::pg::value::{ArrayParam, unfit};
+use crate::pg::{database_error, statement_error};
+use crate::source::{Cursor, Event};
+use crate::store::{StoreError, Value};
+
+/// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
+const FENCED: &str = "RL409";
+const UNIQUE_VIOLATION: &str = "23505";
+
+/// An operation of a batch, sent to the server as soon as it is queued.
+pub(super) enum Op {
+    Begin,
+    Statement {
+        sql: String,
+        params: Vec<Value>,
+    },
+    /// KV values: inserted when every key is new, upserted otherwise.
+    KvPut {
+        insert: bool,
+        keys: ArrayParam,
+        values: ArrayParam,
+    },
+    KvDelete {
+        keys: ArrayParam,
+    },
+    Advance {
+        from: Cursor,
+        to: Cursor,
+    },
+    DeadLetter {
+        event: Box<Event>,
+        error: String,
+    },
+    Commit,
+}
+
+/// How to read an operation's failure.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Blame {
+    /// The projection's own statement: its fault.
+    Guest,
+    /// The checkpoint compare-and-set (fenced when it fails with `RL409`).
+    Advance(Cursor),
+    /// reel's own statements: the database's fault.
+    Host,
+    /// The insert of KV keys taken for new.
+    KvInsert,
+}
+
+pub(super) type Flight =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<u64, tokio_postgres::Error>> + Send>>;
+
+/// The first failure since the last sync, if any.
+pub(super) type SyncReply = Option<(Blame, tokio_postgres::Error)>;
+
+/// Messages to the pipeline task.
+pub(super) enum Message {
+    Send(Blame, Flight),
+    /// Report the first failure since the last sync, once everything sent so
+    /// far has been answered.
+    Sync(tokio::sync::oneshot::Sender<SyncReply>),
+}
+
+/// Keeps a connection's requests flowing: operations are polled (and so
+/// sent) in the order they were queued, while the worker goes on with the
+/// guest; the worker waits only at a sync (a query, the commit).
+pub(super) async fn pipeline(mut messages: tokio::sync::mpsc::UnboundedReceiver<Message>) {
+    use futures_util::StreamExt;
+    let mut flying = futures_util::stream::FuturesOrdered::new();
+    let mut failure = None;
+    let mut waiting: Option<tokio::sync::oneshot::Sender<_>> = None;
+    loop {
+        if flying.is_empty()
+            && let Some(reply) = waiting.take()
+        {
+            let _ = reply.send(failure.take());
+        }
+        tokio::select! {
+            biased;
+            message = messages.recv(), if waiting.is_none() => match message {
+                Some(Message::Send(blame, flight)) => flying.push_back(async move { (blame, flight.await) }),
+                Some(Message::Sync(reply)) => waiting = Some(reply),
+                None => {
+                    while flying.next().await.is_some() {}
+                    return;
+                }
+            },
+            Some((blame, result)) = flying.next(), if !flying.is_empty() => {
+                if let Err(e) = result {
+                    failure.get_or_insert((blame, e));
+                }
+            }
+        }
+    }
+}
+
+/// Why `params` cannot be sent with `statement`: what tokio-postgres and
+/// [`Param`] would refuse before sending.
+pub(super) fn unsendable(statement: &Statement, params: &[Value]) -> Option<String> {
+    let types = statement.params();
+    if types.len() != params.len() {
+        return Some(format!("the statement takes {} parameters; {} given", types.len(), params.len()));
+    }
+    types
+        .iter()
+        .zip(params)
+        .enumerate()
+        .find_map(|(n, (ty, value))| Some(format!("parameter ${}: {}", n + 1, unfit(value, ty)?)))
+}
+
+pub(super) fn pipeline_stopped() -> StoreError {
+    StoreError::Database("the connection's pipeline stopped".into())
+}
+
+/// What a failure the pipeline reported means for the batch.
+pub(super) fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreError {
+    match (blame, e.code().map(|c| c.code())) {
+        (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
+        (Blame::Guest, _) => statement_error(e),
+        (Blame::KvInsert, Some(UNIQUE_VIOLATION)) => StoreError::KvStale(format!(
+            "a KV key taken for new is in the table already ({}): another writer, or a stale cache; \
+             the cache is dropped and the batch's next attempt upserts every key",
+            e.as_db_error().map_or("", |db| db.message())
+        )),
+        _ => database_error(e),
+    }
+}
