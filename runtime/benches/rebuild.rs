@@ -445,7 +445,7 @@ const HW_DDL: &str = "CREATE TABLE hw_orders (order_id TEXT PRIMARY KEY, custome
            CREATE TABLE hw_checkpoint (id INTEGER PRIMARY KEY, position BIGINT); \
            INSERT INTO hw_checkpoint VALUES (1, 0);";
 
-/// The settings reel uses for a namespace file (`store/sqlite.rs`), so a
+/// The settings reel uses for a namespace file (`store/sqlite/mod.rs`), so a
 /// ceiling is measured on the same storage. Returns what reel does after each
 /// commit: a checkpoint on another thread once the WAL is big.
 fn tuned(conn: &rusqlite::Connection, path: &std::path::Path) -> impl FnMut() + use<> {

@@ -424,3 +424,40 @@ impl Store {
         }
     }
 }
+
+/// The smallest string greater than every string starting with `prefix`
+/// (`None` if there is none, i.e. the prefix is empty).
+pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = (u32::from(last) + 1..=0x10FFFF).find_map(char::from_u32);
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_bounds_cover_exactly_the_prefixed_keys() {
+        assert_eq!(prefix_upper_bound("customer/"), Some("customer0".into()));
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), Some("b".into()));
+    }
+
+    #[test]
+    fn slugs_round_trip() {
+        let ns = NamespaceId::new("orders", "2 beta/1+g");
+        let slug = ns.slug();
+        assert_eq!(slug, "orders@2~20beta~2f1~2bg");
+        assert_eq!(NamespaceId::from_slug(&slug).unwrap(), ns);
+        let next = ns.next_generation();
+        assert_eq!(next.slug(), "orders@2~20beta~2f1~2bg+g1");
+        assert_eq!(NamespaceId::from_slug(&next.slug()).unwrap(), next);
+    }
+}

@@ -115,7 +115,7 @@ impl Namespace for PgNamespace {
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let lower = after.filter(|a| *a >= prefix).unwrap_or(prefix).to_owned();
         let strict = after.is_some_and(|a| a >= prefix);
-        let upper = crate::store::sqlite::prefix_upper_bound(prefix);
+        let upper = crate::store::prefix_upper_bound(prefix);
         let sql = match (strict, upper.is_some()) {
             (false, false) => {
                 "SELECT key, value FROM _reel_kv WHERE key >= $1 AND $2::text IS NULL ORDER BY key LIMIT $3"

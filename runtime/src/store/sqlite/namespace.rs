@@ -1,369 +1,49 @@
-//! Embedded read models: one SQLite file per namespace,
-//! `{data_dir}/projections/{name}@{version}.db`.
-//!
-//! The projection's statements run under an authorizer: they cannot touch
-//! reel's own tables (`_reel_*`), attach other files, change pragmas or
-//! control the transaction. The file holds nothing of other projections or of
-//! the events, so a projection sees only its own data.
+//! One SQLite namespace: its connection and the [`Namespace`] operations.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OpenFlags, OptionalExtension, ToSql, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::sql_text::{Checked, refusal, sqlite_placeholders};
-use super::wal;
-use super::writer::{self, Statement, Writer};
-use super::{Checkpoint, DeadLetter, KvWrite, Namespace, NamespaceId, Rows, StoreError, TableRead, Value};
 use crate::source::time::{format_micros, now_micros};
 use crate::source::{Cursor, Event};
+use crate::store::sql_text::{Checked, refusal, sqlite_placeholders};
+use crate::store::wal;
+use crate::store::writer::{self, Statement, Writer};
+use crate::store::{
+    Checkpoint, DeadLetter, KvWrite, Namespace, Rows, StoreError, TableRead, Value, prefix_upper_bound,
+};
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS _reel_checkpoint (
-    id          INTEGER PRIMARY KEY CHECK (id = 1),
-    tx          INTEGER NOT NULL,
-    position    INTEGER NOT NULL,
-    initialized INTEGER NOT NULL,
-    updated_at  TEXT    NOT NULL
-);
-INSERT OR IGNORE INTO _reel_checkpoint (id, tx, position, initialized, updated_at) VALUES (1, 0, 0, 0, '');
-CREATE TABLE IF NOT EXISTS _reel_kv (
-    key   TEXT PRIMARY KEY,
-    value BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS _reel_dead_letters (
-    position    INTEGER PRIMARY KEY,
-    stream_id   TEXT    NOT NULL,
-    version     INTEGER NOT NULL,
-    event_type  TEXT    NOT NULL,
-    data        TEXT    NOT NULL,
-    metadata    TEXT    NOT NULL,
-    occurred_at TEXT    NOT NULL,
-    error       TEXT    NOT NULL,
-    failed_at   TEXT    NOT NULL
-);
-";
-
-/// Namespaces as files in one folder.
-#[derive(Debug, Clone)]
-pub struct SqliteStore {
-    dir: PathBuf,
-}
-
-impl SqliteStore {
-    /// Store namespaces under `dir` (created if missing).
-    pub fn new(dir: &Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
-        Ok(Self { dir: dir.to_owned() })
-    }
-
-    fn path(&self, ns: &NamespaceId) -> PathBuf {
-        self.dir.join(format!("{}.db", ns.slug()))
-    }
-
-    /// Whether the namespace's file exists.
-    pub fn exists(&self, ns: &NamespaceId) -> bool {
-        self.path(ns).exists()
-    }
-
-    /// Open a namespace (created when opening for writing); statements of
-    /// a transaction are interrupted past `deadline`.
-    pub fn open(&self, ns: &NamespaceId, read_only: bool, deadline: Duration) -> Result<SqliteNamespace, StoreError> {
-        let path = self.path(ns);
-        let flags = if read_only {
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        } else {
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        };
-        let conn = Connection::open_with_flags(&path, flags).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        if read_only {
-            conn.pragma_update(None, "cache_size", -16_384).map_err(db)?; // 16 MiB
-        } else {
-            // A rebuild dirties pages all over the B-trees (random keys), and
-            // each commit writes every dirty page to the WAL: bigger pages
-            // hold more of a batch's rows per page written, and a big cache
-            // keeps them between batches (docs/benchmarks.md). The page size
-            // only applies to a new file. Checkpoints copy the WAL into the
-            // file on another thread, not inside a commit (store/wal.rs).
-            conn.pragma_update(None, "page_size", 16_384).map_err(db)?;
-            conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-            conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
-            conn.pragma_update(None, "cache_size", -262_144).map_err(db)?; // 256 MiB
-            conn.execute_batch(SCHEMA).map_err(db)?;
-            // Checkpoints run on a thread of their own (store/wal.rs).
-            conn.wal_hook(Some(wal::note_wal_pages));
-        }
-        conn.set_prepared_statement_cache_capacity(256);
-        let guest = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&guest);
-        conn.authorizer(Some(
-            move |ctx: AuthContext<'_>| {
-                if flag.load(Ordering::Relaxed) { authorize_guest(&ctx) } else { Authorization::Allow }
-            },
-        ))
-        .map_err(db)?;
-        // The CPU deadline of the guest does not reach into SQLite: a
-        // progress handler interrupts a statement past the batch's deadline.
-        let interrupt_at = Arc::new(Mutex::new(None::<Instant>));
-        let at = Arc::clone(&interrupt_at);
-        conn.progress_handler(
-            10_000,
-            Some(move || at.lock().is_ok_and(|at| at.is_some_and(|at| Instant::now() >= at))),
-        )
-        .map_err(db)?;
-        Ok(SqliteNamespace {
-            checkpointer: None,
-            path,
-            home: Some(conn),
-            writer: None,
-            pending: Vec::new(),
-            guest,
-            read_only,
-            in_tx: false,
-            failed: None,
-            checked: Checked::default(),
-            deadline,
-            interrupt_at,
-        })
-    }
-
-    /// Delete a namespace's files.
-    pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
-        let path = self.path(ns);
-        for suffix in ["", "-wal", "-shm"] {
-            let file = PathBuf::from(format!("{}{suffix}", path.display()));
-            match std::fs::remove_file(&file) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(StoreError::Database(format!("removing {}: {e}", file.display()))),
-            }
-        }
-        Ok(())
-    }
-
-    /// Namespaces found in the folder.
-    pub fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
-        let entries =
-            std::fs::read_dir(&self.dir).map_err(|e| StoreError::Database(format!("{}: {e}", self.dir.display())))?;
-        let mut found = Vec::new();
-        for entry in entries.flatten() {
-            let file = entry.file_name().to_string_lossy().into_owned();
-            if let Some(ns) = file.strip_suffix(".db").and_then(NamespaceId::from_slug) {
-                found.push(ns);
-            }
-        }
-        found.sort_by(|a, b| (&a.name, &a.version, a.generation).cmp(&(&b.name, &b.version, b.generation)));
-        Ok(found)
-    }
-
-    fn registry(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open(self.dir.join("reel.db")).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS active_namespaces (name TEXT PRIMARY KEY, slug TEXT NOT NULL)")
-            .map_err(db)?;
-        Ok(conn)
-    }
-
-    /// The namespace serving reads of each projection.
-    pub fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
-        let conn = self.registry()?;
-        let mut stmt = conn.prepare("SELECT slug FROM active_namespaces ORDER BY name").map_err(db)?;
-        let slugs: Vec<String> = stmt.query_map([], |r| r.get(0)).map_err(db)?.collect::<Result<_, _>>().map_err(db)?;
-        Ok(slugs.iter().filter_map(|s| NamespaceId::from_slug(s)).collect())
-    }
-
-    /// Record the namespace serving reads of its projection.
-    pub fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
-        self.registry()?
-            .execute(
-                "INSERT INTO active_namespaces (name, slug) VALUES (?1, ?2) \
-                 ON CONFLICT (name) DO UPDATE SET slug = excluded.slug",
-                params![ns.name, ns.slug()],
-            )
-            .map_err(db)?;
-        Ok(())
-    }
-
-    /// Forget a projection.
-    pub fn forget(&self, name: &str) -> Result<(), StoreError> {
-        self.registry()?.execute("DELETE FROM active_namespaces WHERE name = ?1", [name]).map_err(db)?;
-        Ok(())
-    }
-}
-
-/// The authorizer for projection statements.
-fn authorize_guest(ctx: &AuthContext<'_>) -> Authorization {
-    let reserved = |table: &str| {
-        let t = table.to_ascii_lowercase();
-        t.starts_with("_reel_") || (t.starts_with("sqlite_") && t != "sqlite_master" && t != "sqlite_schema")
-    };
-    match ctx.action {
-        AuthAction::Attach { .. }
-        | AuthAction::Detach { .. }
-        | AuthAction::Pragma { .. }
-        | AuthAction::Transaction { .. }
-        | AuthAction::Savepoint { .. } => Authorization::Deny,
-        AuthAction::Read { table_name, .. } if table_name.eq_ignore_ascii_case("sqlite_master") => Authorization::Allow,
-        AuthAction::Read { table_name, .. }
-        | AuthAction::Insert { table_name }
-        | AuthAction::Update { table_name, .. }
-        | AuthAction::Delete { table_name }
-        | AuthAction::CreateTable { table_name }
-        | AuthAction::CreateTempTable { table_name }
-        | AuthAction::DropTable { table_name }
-        | AuthAction::DropTempTable { table_name }
-        | AuthAction::AlterTable { table_name, .. }
-        | AuthAction::CreateIndex { table_name, .. }
-        | AuthAction::CreateTempIndex { table_name, .. }
-        | AuthAction::DropIndex { table_name, .. }
-        | AuthAction::CreateTrigger { table_name, .. }
-        | AuthAction::CreateTempTrigger { table_name, .. }
-        | AuthAction::DropTrigger { table_name, .. }
-        | AuthAction::CreateVtable { table_name, .. }
-        | AuthAction::DropVtable { table_name, .. }
-        | AuthAction::Analyze { table_name }
-            if reserved(table_name) =>
-        {
-            Authorization::Deny
-        }
-        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
-            Authorization::Deny
-        }
-        _ => Authorization::Allow,
-    }
-}
+use super::convert::{Param, as_guest, db, to_value};
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {
     /// Started at the first checkpoint; declared before `home` so that it
     /// is closed first.
-    checkpointer: Option<wal::Checkpointer>,
-    path: PathBuf,
+    pub(super) checkpointer: Option<wal::Checkpointer>,
+    pub(super) path: PathBuf,
     /// The connection, unless it is on the writer's thread.
-    home: Option<Connection>,
+    pub(super) home: Option<Connection>,
     /// Runs a big batch's statements alongside the guest (store/writer.rs).
-    writer: Option<Writer>,
+    pub(super) writer: Option<Writer>,
     /// Statements of this transaction not yet run.
-    pending: Vec<Statement>,
+    pub(super) pending: Vec<Statement>,
     /// True while a projection's statement is prepared or stepped: the
     /// authorizer applies only then.
-    guest: Arc<AtomicBool>,
-    read_only: bool,
-    in_tx: bool,
+    pub(super) guest: Arc<AtomicBool>,
+    pub(super) read_only: bool,
+    pub(super) in_tx: bool,
     /// The first failed `execute` of this transaction; later statements are
     /// not run (as on PostgreSQL, where the transaction is aborted).
-    failed: Option<StoreError>,
+    pub(super) failed: Option<StoreError>,
     /// Projection statements already checked, with SQLite placeholders.
-    checked: Checked<Arc<str>>,
+    pub(super) checked: Checked<Arc<str>>,
     /// How long a transaction's statements may run.
-    deadline: Duration,
+    pub(super) deadline: Duration,
     /// When the progress handler interrupts (set during a transaction).
-    interrupt_at: Arc<Mutex<Option<Instant>>>,
-}
-
-/// An error of reel's own statements. The deadline interrupts them too (a
-/// batch's KV writes and checkpoint, a table read over HTTP): that is the
-/// limit, not an outage of the database.
-fn db(e: rusqlite::Error) -> StoreError {
-    match e {
-        rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => sql_error(e),
-        e => StoreError::Database(e.to_string()),
-    }
-}
-
-/// A projection statement's error: the database's code and message.
-fn sql_error(e: rusqlite::Error) -> StoreError {
-    match e {
-        rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
-            StoreError::Deadline("the statement ran past its deadline and was interrupted".into())
-        }
-        rusqlite::Error::SqliteFailure(err, message) => StoreError::Sql {
-            code: result_code_name(err.extended_code),
-            message: message.unwrap_or_else(|| err.to_string()),
-        },
-        rusqlite::Error::MultipleStatement => {
-            StoreError::Refused("one statement per call: split the text at `;` into several calls".into())
-        }
-        other => StoreError::Sql { code: "SQLITE_MISUSE".into(), message: other.to_string() },
-    }
-}
-
-fn result_code_name(code: i32) -> String {
-    use rusqlite::ffi::*;
-    let name = match code {
-        SQLITE_CONSTRAINT_UNIQUE => "SQLITE_CONSTRAINT_UNIQUE",
-        SQLITE_CONSTRAINT_PRIMARYKEY => "SQLITE_CONSTRAINT_PRIMARYKEY",
-        SQLITE_CONSTRAINT_NOTNULL => "SQLITE_CONSTRAINT_NOTNULL",
-        SQLITE_CONSTRAINT_FOREIGNKEY => "SQLITE_CONSTRAINT_FOREIGNKEY",
-        SQLITE_CONSTRAINT_CHECK => "SQLITE_CONSTRAINT_CHECK",
-        SQLITE_AUTH => "SQLITE_AUTH",
-        SQLITE_READONLY => "SQLITE_READONLY",
-        SQLITE_BUSY => "SQLITE_BUSY",
-        SQLITE_FULL => "SQLITE_FULL",
-        SQLITE_TOOBIG => "SQLITE_TOOBIG",
-        SQLITE_MISMATCH => "SQLITE_MISMATCH",
-        SQLITE_RANGE => "SQLITE_RANGE",
-        SQLITE_ERROR => "SQLITE_ERROR",
-        _ => return format!("SQLITE_{code}"),
-    };
-    name.to_owned()
-}
-
-/// Run `f` on `conn` as a projection statement: `guest` switches the
-/// authorizer on for the time of it (on whichever thread holds `conn`).
-pub(super) fn as_guest<T>(
-    conn: &Connection,
-    guest: &AtomicBool,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> Result<T, StoreError> {
-    guest.store(true, Ordering::Relaxed);
-    let result = f(conn);
-    guest.store(false, Ordering::Relaxed);
-    result.map_err(sql_error)
-}
-
-/// A [`Value`] as a SQLite parameter.
-pub(super) struct Param<'a>(pub(super) &'a Value);
-
-impl ToSql for Param<'_> {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(ToSqlOutput::Borrowed(match self.0 {
-            Value::Null => ValueRef::Null,
-            Value::Integer(i) => ValueRef::Integer(*i),
-            Value::Real(f) => ValueRef::Real(*f),
-            Value::Text(s) => ValueRef::Text(s.as_bytes()),
-            Value::Blob(b) => ValueRef::Blob(b),
-        }))
-    }
-}
-
-fn to_value(value: ValueRef<'_>) -> Value {
-    match value {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(f) => Value::Real(f),
-        ValueRef::Text(t) => Value::Text(crate::text::lossy(t)),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
-
-/// The smallest string greater than every string starting with `prefix`
-/// (`None` if there is none, i.e. the prefix is empty).
-pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {
-    let mut chars: Vec<char> = prefix.chars().collect();
-    while let Some(last) = chars.pop() {
-        let next = (u32::from(last) + 1..=0x10FFFF).find_map(char::from_u32);
-        if let Some(next) = next {
-            chars.push(next);
-            return Some(chars.into_iter().collect());
-        }
-    }
-    None
+    pub(super) interrupt_at: Arc<Mutex<Option<Instant>>>,
 }
 
 impl SqliteNamespace {
@@ -759,27 +439,4 @@ fn table_columns(conn: &Connection, table: &str) -> Result<Vec<String>, StoreErr
         return Err(StoreError::NotFound(format!("no table `{table}` in this projection")));
     }
     Ok(columns)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_bounds_cover_exactly_the_prefixed_keys() {
-        assert_eq!(prefix_upper_bound("customer/"), Some("customer0".into()));
-        assert_eq!(prefix_upper_bound(""), None);
-        assert_eq!(prefix_upper_bound("a\u{10FFFF}"), Some("b".into()));
-    }
-
-    #[test]
-    fn slugs_round_trip() {
-        let ns = NamespaceId::new("orders", "2 beta/1+g");
-        let slug = ns.slug();
-        assert_eq!(slug, "orders@2~20beta~2f1~2bg");
-        assert_eq!(NamespaceId::from_slug(&slug).unwrap(), ns);
-        let next = ns.next_generation();
-        assert_eq!(next.slug(), "orders@2~20beta~2f1~2bg+g1");
-        assert_eq!(NamespaceId::from_slug(&next.slug()).unwrap(), next);
-    }
 }

@@ -1,0 +1,94 @@
+//! rusqlite's errors and values as reel's.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::{Connection, ToSql};
+
+use crate::store::{StoreError, Value};
+
+/// An error of reel's own statements. The deadline interrupts them too (a
+/// batch's KV writes and checkpoint, a table read over HTTP): that is the
+/// limit, not an outage of the database.
+pub(in crate::store) fn db(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => sql_error(e),
+        e => StoreError::Database(e.to_string()),
+    }
+}
+
+/// A projection statement's error: the database's code and message.
+pub(in crate::store) fn sql_error(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
+            StoreError::Deadline("the statement ran past its deadline and was interrupted".into())
+        }
+        rusqlite::Error::SqliteFailure(err, message) => StoreError::Sql {
+            code: result_code_name(err.extended_code),
+            message: message.unwrap_or_else(|| err.to_string()),
+        },
+        rusqlite::Error::MultipleStatement => {
+            StoreError::Refused("one statement per call: split the text at `;` into several calls".into())
+        }
+        other => StoreError::Sql { code: "SQLITE_MISUSE".into(), message: other.to_string() },
+    }
+}
+
+pub(in crate::store) fn result_code_name(code: i32) -> String {
+    use rusqlite::ffi::*;
+    let name = match code {
+        SQLITE_CONSTRAINT_UNIQUE => "SQLITE_CONSTRAINT_UNIQUE",
+        SQLITE_CONSTRAINT_PRIMARYKEY => "SQLITE_CONSTRAINT_PRIMARYKEY",
+        SQLITE_CONSTRAINT_NOTNULL => "SQLITE_CONSTRAINT_NOTNULL",
+        SQLITE_CONSTRAINT_FOREIGNKEY => "SQLITE_CONSTRAINT_FOREIGNKEY",
+        SQLITE_CONSTRAINT_CHECK => "SQLITE_CONSTRAINT_CHECK",
+        SQLITE_AUTH => "SQLITE_AUTH",
+        SQLITE_READONLY => "SQLITE_READONLY",
+        SQLITE_BUSY => "SQLITE_BUSY",
+        SQLITE_FULL => "SQLITE_FULL",
+        SQLITE_TOOBIG => "SQLITE_TOOBIG",
+        SQLITE_MISMATCH => "SQLITE_MISMATCH",
+        SQLITE_RANGE => "SQLITE_RANGE",
+        SQLITE_ERROR => "SQLITE_ERROR",
+        _ => return format!("SQLITE_{code}"),
+    };
+    name.to_owned()
+}
+
+/// Run `f` on `conn` as a projection statement: `guest` switches the
+/// authorizer on for the time of it (on whichever thread holds `conn`).
+pub(in crate::store) fn as_guest<T>(
+    conn: &Connection,
+    guest: &AtomicBool,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> Result<T, StoreError> {
+    guest.store(true, Ordering::Relaxed);
+    let result = f(conn);
+    guest.store(false, Ordering::Relaxed);
+    result.map_err(sql_error)
+}
+
+/// A [`Value`] as a SQLite parameter.
+pub(in crate::store) struct Param<'a>(pub(in crate::store) &'a Value);
+
+impl ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::Borrowed(match self.0 {
+            Value::Null => ValueRef::Null,
+            Value::Integer(i) => ValueRef::Integer(*i),
+            Value::Real(f) => ValueRef::Real(*f),
+            Value::Text(s) => ValueRef::Text(s.as_bytes()),
+            Value::Blob(b) => ValueRef::Blob(b),
+        }))
+    }
+}
+
+pub(in crate::store) fn to_value(value: ValueRef<'_>) -> Value {
+    match value {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(crate::text::lossy(t)),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
