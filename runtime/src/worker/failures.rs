@@ -1,0 +1,168 @@
+//! A failing batch: retried with backoff, narrowed down to the event that
+//! fails on its own (by the projection's error, else by halves), which the
+//! projection's policy stops at or sets aside in the dead-letter table
+//! (ADR 02). A guest out of memory in a call of several events gets smaller
+//! calls first (ADR 11).
+
+use crate::host::{GuestFailure, OnError};
+use crate::runtime::ReadError;
+use crate::source::{Cursor, Event};
+use crate::store::StoreError;
+
+use super::{ATTEMPTS, Halt, State, Worker, backoff};
+
+impl Worker {
+    /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),
+    /// retrying, narrowing down and applying the poison policy.
+    pub(super) fn process(
+        &mut self,
+        events: &[Event],
+        cursors: &[Cursor],
+        end: Cursor,
+        attempts: u32,
+        behind: bool,
+    ) -> Result<(), Halt> {
+        let mut failures = 0;
+        let mut outages = 0;
+        let from = self.persisted;
+        loop {
+            let failure = match self.apply(events, end, behind && failures + outages == 0) {
+                Ok(()) => return Ok(()),
+                Err(failure) => failure,
+            };
+            // Whatever failed, the batch behind this one is settled first:
+            // if it failed, this one stood on it and is void.
+            self.settle_behind();
+            if self.persisted != from {
+                return Ok(()); // went back to the failed batch's start: read again from there
+            }
+            if let GuestFailure::Store(StoreError::Fenced { .. }) = failure {
+                tracing::warn!(projection = %self.ns, "fenced: {failure}; stepping back");
+                self.status.failed(State::Fenced, failure.to_string(), None, 1);
+                return Err(Halt::Fenced);
+            }
+            if !failure.is_projection_fault() {
+                outages += 1;
+                tracing::warn!(projection = %self.ns, "batch failed (database): {failure}");
+                self.status.failed(State::Retrying, failure.to_string(), None, outages);
+                self.wait(backoff(outages))?;
+                continue;
+            }
+            // Out of memory in a call of several events: the guest may hold
+            // fewer at a time. Calls shrink for the rest of the worker's life
+            // (until every call is one event) and the batch is retried whole.
+            if let GuestFailure::OutOfMemory(_) = failure
+                && let Some(call_bytes) = self.ctx.batch.smaller_calls(events)
+            {
+                tracing::warn!(
+                    projection = %self.ns, call_bytes,
+                    "out of memory in a call of several events; calls now hold at most {call_bytes} bytes of event text"
+                );
+                self.status.failed(State::Retrying, failure.to_string(), None, failures + 1);
+                self.ctx.batch.call_bytes = call_bytes;
+                continue;
+            }
+            failures += 1;
+            let position = match &failure {
+                GuestFailure::Rejected { position, .. } => *position,
+                _ => None,
+            };
+            tracing::warn!(projection = %self.ns, events = events.len(), "batch failed: {failure}");
+            self.status.failed(State::Retrying, failure.to_string(), position, failures);
+            // Running out of time may be the load's doing as much as the
+            // projection's: an event alone gets every attempt before it is poison.
+            let attempts = if events.len() == 1 && failure.is_deadline() { attempts.max(ATTEMPTS) } else { attempts };
+            if failures < attempts {
+                self.wait(backoff(failures))?;
+                continue;
+            }
+            if events.len() == 1 {
+                return self.poison(&events[0], end, &failure, failures);
+            }
+            // Narrow down: commit what precedes the failing event (known from
+            // the projection's error, else by halves), then go on from it.
+            let split = position
+                .and_then(|p| events.iter().position(|e| e.position == p))
+                .map_or(events.len() / 2, |i| i.max(1));
+            self.process(&events[..split], &cursors[..split], cursors[split - 1], 1, false)?;
+            return self.process(&events[split..], &cursors[split..], end, 1, false);
+        }
+    }
+
+    /// `event` keeps failing (`attempts` in a row): stop at it, or set it
+    /// aside and move on.
+    fn poison(&mut self, event: &Event, end: Cursor, failure: &GuestFailure, attempts: u32) -> Result<(), Halt> {
+        let policy = self.ctx.on_error.unwrap_or(self.program.manifest().on_error);
+        let message = failure.to_string();
+        if policy == OnError::Stop {
+            tracing::error!(projection = %self.ns, position = event.position, "stopped at a poison event: {message}");
+            self.status.failed(State::Stopped, message, Some(event.position), attempts);
+            return Err(Halt::Stopped);
+        }
+        tracing::warn!(projection = %self.ns, position = event.position, "dead-lettering: {message}");
+        let from = self.persisted;
+        let caps = match self.guest() {
+            Ok(guest) => guest.caps(),
+            Err(_) => self.spare.as_mut().expect("capabilities are spare when no instance exists"),
+        };
+        let result = caps
+            .begin()
+            .and_then(|()| caps.namespace().dead_letter(event, &message))
+            .and_then(|()| caps.commit(from, end));
+        match result {
+            Ok(()) => {
+                self.cursor = end;
+                self.persisted = end;
+                self.status.dead_lettered();
+                self.status.committed(0, end);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = caps.rollback();
+                self.status.failed(
+                    State::Retrying,
+                    format!("dead-lettering event {}: {e}", event.position),
+                    Some(event.position),
+                    1,
+                );
+                self.wait(backoff(3))?;
+                Err(Halt::Stopped)
+            }
+        }
+    }
+
+    /// Apply dead letter `position` with the current code, removing it from
+    /// the table in the same transaction. The checkpoint does not move.
+    pub(super) fn retry_dead_letter(&mut self, position: i64) -> Result<(), ReadError> {
+        if self.reader.is_none() {
+            return Err(ReadError::Conflict("the projection has not started yet".into()));
+        }
+        let at = self.persisted;
+        let guest = self.guest().map_err(ReadError::Guest)?;
+        guest.caps().begin()?;
+        let result = (|| {
+            let letter = guest.caps().namespace().dead_letters(position - 1, 1)?;
+            let Some(letter) = letter.into_iter().find(|l| l.position == position) else {
+                return Err(ReadError::NotFound(format!("no dead letter at position {position}")));
+            };
+            guest.handle(&[letter.event()]).map_err(ReadError::Guest)?;
+            guest.caps().namespace().remove_dead_letter(position)?;
+            guest.caps().commit(at, at)?;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                tracing::info!(projection = %self.ns, position, "dead letter applied");
+                Ok(())
+            }
+            Err(e) => {
+                let failure = match &e {
+                    ReadError::Guest(f) => f.clone(),
+                    other => GuestFailure::Refused(other.to_string()),
+                };
+                self.discard(&failure);
+                Err(e)
+            }
+        }
+    }
+}
