@@ -400,16 +400,7 @@ async fn big_events_come_in_calls_the_guests_memory_holds(backend: Backend) {
     let events: Vec<_> = (0..20).map(|i| json!({ "event_type": "big", "data": { "i": i, "pad": pad } })).collect();
     let positions = h.append("big", None, json!(events)).await["positions"].clone();
     let last = positions[19].as_i64().unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let status = h.get("/projections/echo").await;
-        assert!(status["last_error"].is_null() && status["state"] == "running", "{status:#}");
-        if status["position"] == last {
-            break;
-        }
-        assert!(started.elapsed() < PATIENCE, "echo did not reach {last}: {status:#}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    applied_with_no_failure(&h, "echo", last).await;
     for position in positions.as_array().unwrap() {
         let key = format!("/projections/echo/kv/seen/{:020}", position.as_i64().unwrap());
         assert_eq!(h.get(&key).await, json!("a"), "{key}");
@@ -435,16 +426,7 @@ async fn a_guest_out_of_memory_gets_smaller_calls_from_then_on(backend: Backend)
     // with no failure at all.
     let second = h.append("big", Some(20), json!(big(20))).await["positions"].clone();
     let last = second[19].as_i64().unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let status = h.get("/projections/echo").await;
-        assert!(status["last_error"].is_null() && status["state"] == "running", "{status:#}");
-        if status["position"] == last {
-            break;
-        }
-        assert!(started.elapsed() < PATIENCE, "echo did not reach {last}: {status:#}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    applied_with_no_failure(&h, "echo", last).await;
     // Every event applied once: echo records each position it handled.
     let seen = h.get("/projections/echo/kv?prefix=seen/&limit=100").await;
     let handled: Vec<&str> = seen["entries"].as_array().unwrap().iter().map(|e| e["key"].as_str().unwrap()).collect();
@@ -459,4 +441,19 @@ async fn a_guest_out_of_memory_gets_smaller_calls_from_then_on(backend: Backend)
     let doubled = h.get("/projections/echo/kv?prefix=duplicate/&limit=100").await;
     assert_eq!(doubled["entries"], json!([]), "no event handled twice");
     h.finish().await;
+}
+
+/// Wait until projection `name` has applied `last`, checking every few
+/// milliseconds on the way that it never failed.
+async fn applied_with_no_failure(h: &Harness, name: &str, last: i64) {
+    let started = std::time::Instant::now();
+    loop {
+        let status = h.get(&format!("/projections/{name}")).await;
+        assert!(status["last_error"].is_null() && status["state"] == "running", "{status:#}");
+        if status["position"] == last {
+            return;
+        }
+        assert!(started.elapsed() < PATIENCE, "{name} did not reach {last}: {status:#}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

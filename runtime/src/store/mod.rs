@@ -425,6 +425,14 @@ impl Store {
     }
 }
 
+/// The key range of a KV scan of `prefix` after `after`: from `lower` (past
+/// it when `strict`) to before `upper` (`None`: to the end).
+pub(crate) fn scan_range<'a>(prefix: &'a str, after: Option<&'a str>) -> (&'a str, bool, Option<String>) {
+    let lower = after.filter(|a| *a >= prefix).unwrap_or(prefix);
+    let strict = after.is_some_and(|a| a >= prefix);
+    (lower, strict, prefix_upper_bound(prefix))
+}
+
 /// The smallest string greater than every string starting with `prefix`
 /// (`None` if there is none, i.e. the prefix is empty).
 pub(crate) fn prefix_upper_bound(prefix: &str) -> Option<String> {

@@ -113,9 +113,7 @@ impl Namespace for PgNamespace {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let lower = after.filter(|a| *a >= prefix).unwrap_or(prefix).to_owned();
-        let strict = after.is_some_and(|a| a >= prefix);
-        let upper = crate::store::prefix_upper_bound(prefix);
+        let (lower, strict, upper) = crate::store::scan_range(prefix, after);
         let sql = match (strict, upper.is_some()) {
             (false, false) => {
                 "SELECT key, value FROM _reel_kv WHERE key >= $1 AND $2::text IS NULL ORDER BY key LIMIT $3"

@@ -12,9 +12,7 @@ use crate::source::{Cursor, Event};
 use crate::store::sql_text::{Checked, refusal, sqlite_placeholders};
 use crate::store::wal;
 use crate::store::writer::{self, Statement, Writer};
-use crate::store::{
-    Checkpoint, DeadLetter, KvWrite, Namespace, Rows, StoreError, TableRead, Value, prefix_upper_bound,
-};
+use crate::store::{Checkpoint, DeadLetter, KvWrite, Namespace, Rows, StoreError, TableRead, Value, scan_range};
 
 use super::convert::{Param, as_guest, db, to_value};
 
@@ -233,9 +231,7 @@ impl Namespace for SqliteNamespace {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let upper = prefix_upper_bound(prefix);
-        let lower = after.filter(|a| *a >= prefix).unwrap_or(prefix);
-        let strict = after.is_some_and(|a| a >= prefix);
+        let (lower, strict, upper) = scan_range(prefix, after);
         let sql = match (strict, upper.is_some()) {
             (false, false) => "SELECT key, value FROM _reel_kv WHERE key >= ?1 ORDER BY key LIMIT ?3",
             (true, false) => "SELECT key, value FROM _reel_kv WHERE key > ?1 ORDER BY key LIMIT ?3",
