@@ -247,6 +247,53 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
             StatusCode::BAD_REQUEST,
             "metadata must be a JSON object",
         ),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "a\u0000b", "events": [{"event_type": "a", "data": {}}]}"#),
+            StatusCode::BAD_REQUEST,
+            "stream_id holds a NUL character (\\u0000), which PostgreSQL cannot store",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "x", "events": [{"event_type": "a\u0000", "data": {}}]}"#),
+            StatusCode::BAD_REQUEST,
+            "events[0].event_type holds a NUL character",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(
+                r#"{"stream_id": "x", "events": [{"event_type": "a", "data": {}}, {"event_type": "a", "data": {"list": [{"k\u0000": 1}]}}]}"#,
+            ),
+            StatusCode::BAD_REQUEST,
+            "events[1].data holds a NUL character",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "x", "events": [{"event_type": "a", "data": {}, "metadata": {"by": "\u0000"}}]}"#),
+            StatusCode::BAD_REQUEST,
+            "events[0].metadata holds a NUL character",
+        ),
+        (
+            "POST",
+            "/events",
+            Some(r#"["x", null, [{"event_type": "a", "data": {}}]]"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid type: sequence, expected a JSON object",
+        ),
+        ("POST", "/events", Some("[]"), StatusCode::UNPROCESSABLE_ENTITY, "expected a JSON object"),
+        (
+            "POST",
+            "/events",
+            Some(r#"{"stream_id": "x", "events": [["a", {}]]}"#),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "events[0]: invalid type: sequence, expected a JSON object",
+        ),
+        ("GET", "/events", None, StatusCode::METHOD_NOT_ALLOWED, "GET is not allowed here"),
+        ("DELETE", "/healthz", None, StatusCode::METHOD_NOT_ALLOWED, "DELETE is not allowed here"),
         ("GET", "/projections/nope", None, StatusCode::NOT_FOUND, "no projection named `nope`"),
         ("GET", "/projections/nope/kv/a", None, StatusCode::NOT_FOUND, "no projection named `nope`"),
         (
@@ -270,6 +317,28 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
             None,
             StatusCode::BAD_REQUEST,
             "has no column",
+        ),
+        (
+            "GET",
+            "/projections/order-summaries/tables/order_summaries?order=total.sideways",
+            None,
+            StatusCode::BAD_REQUEST,
+            "order `total.sideways`: the direction after the dot is `asc` or `desc`, not `sideways`",
+        ),
+        (
+            "GET",
+            "/projections/order-summaries/tables/order_summaries?limit=1&limit=2",
+            None,
+            StatusCode::BAD_REQUEST,
+            "`limit` is given twice",
+        ),
+        ("GET", "/projections/customer-stats/kv?limit=-1", None, StatusCode::BAD_REQUEST, "limit `-1` is not a number"),
+        (
+            "GET",
+            "/projections/customer-stats/kv/customer/x?min_position=soon",
+            None,
+            StatusCode::BAD_REQUEST,
+            "min_position `soon` is not a number",
         ),
         (
             "GET",
@@ -330,6 +399,37 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
         (response.status(), response)
     };
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{response:?}");
+
+    // A body over the limit: 413, saying the limit.
+    let huge =
+        format!(r#"{{"stream_id": "x", "events": [{{"event_type": "a", "data": "{}"}}]}}"#, "x".repeat(17 << 20));
+    let (status, response) = h.call("POST", "/events", Some(&huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{response}");
+    assert_eq!(response["error"]["code"], "payload_too_large");
+    assert_eq!(response["error"]["message"], "the request body is over the limit of 16 MiB");
+
+    // A query's text parameter with a NUL character: PostgreSQL cannot hold
+    // one, and reel says so in its own words, not the server's.
+    let args = common::urlencode(r#"{"customerId": "c\u0000"}"#);
+    let (status, response) =
+        h.call("GET", &format!("/projections/order-summaries/query/customer-orders?args={args}"), None).await;
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{response}");
+            let message = response["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("text with a NUL character (\\u0000), which PostgreSQL cannot store"),
+                "{message}"
+            );
+            assert!(!message.contains("22021"), "{message}");
+        }
+        Backend::Sqlite => assert_eq!(response, json!([])),
+    }
+
+    // Any case of the direction orders.
+    let rows = h.get("/projections/order-summaries/tables/order_summaries?order=total.DESC&limit=3").await;
+    let totals: Vec<f64> = rows.as_array().unwrap().iter().map(|r| r["total"].as_f64().unwrap()).collect();
+    assert!(totals.len() == 3 && totals.windows(2).all(|w| w[0] >= w[1]), "{totals:?}");
 
     // Version conflicts are 409 with both versions named, and store nothing.
     let stream = &events[0].stream_id;

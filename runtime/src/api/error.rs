@@ -104,8 +104,18 @@ impl From<ReadError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(e: JsonRejection) -> Self {
         let status = e.status();
-        let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE { "unsupported_media_type" } else { "invalid_json" };
-        Self::new(status, code, e.body_text())
+        match e {
+            JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
+                Self::new(status, "invalid_json", e.body_text())
+            }
+            JsonRejection::MissingJsonContentType(_) => Self::new(status, "unsupported_media_type", e.body_text()),
+            _ if status == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                status,
+                "payload_too_large",
+                format!("the request body is over the limit of {} MiB", super::BODY_LIMIT >> 20),
+            ),
+            _ => Self::new(status, "invalid_body", e.body_text()),
+        }
     }
 }
 

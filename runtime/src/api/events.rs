@@ -7,14 +7,14 @@ use axum::http::StatusCode;
 
 use super::ApiError;
 use crate::runtime::Runtime;
-use crate::source::{AppendRequest, Appended};
+use crate::source::{AppendRequest, Appended, Object};
 
 /// Append events; 409 when the stream is not at `expected_version`.
 pub async fn append(
     State(runtime): State<Runtime>,
-    body: Result<Json<AppendRequest>, JsonRejection>,
+    body: Result<Json<Object<AppendRequest>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Appended>), ApiError> {
-    let Json(request) = body?;
+    let Json(Object(request)) = body?;
     let appended = runtime.source().append(request).await?;
     Ok((StatusCode::CREATED, Json(appended)))
 }

@@ -20,7 +20,7 @@ pub use error::ApiError;
 use crate::runtime::Runtime;
 
 /// Largest request body (an append of many events).
-const BODY_LIMIT: usize = 16 << 20;
+pub(crate) const BODY_LIMIT: usize = 16 << 20;
 
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -46,6 +46,13 @@ pub fn app(runtime: Runtime) -> Router {
         .route("/metrics", get(projections::metrics))
         .route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }))
         .fallback(|| async { ApiError::not_found("no such endpoint; see GET /openapi.json") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here; see GET /openapi.json"),
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(runtime)
 }

@@ -30,8 +30,35 @@ fn value_json(bytes: &[u8]) -> Value {
     }
 }
 
-fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
-    match limit.unwrap_or(DEFAULT_LIMIT) {
+/// `order=col`, `col.asc` or `col.desc` (any case): the column and whether
+/// descending.
+fn order(value: &str) -> Result<(String, bool), ApiError> {
+    let Some((column, direction)) = value.rsplit_once('.') else { return Ok((value.to_owned(), false)) };
+    match direction.to_ascii_lowercase().as_str() {
+        "asc" => Ok((column.to_owned(), false)),
+        "desc" => Ok((column.to_owned(), true)),
+        _ => Err(ApiError::bad_request(format!(
+            "order `{value}`: the direction after the dot is `asc` or `desc`, not `{direction}`"
+        ))),
+    }
+}
+
+/// A number parameter, or a 400 naming it.
+fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ApiError> {
+    value.parse().map_err(|_| ApiError::bad_request(format!("{name} `{value}` is not a number")))
+}
+
+/// A `min_position` parameter, if given.
+fn min_position(value: Option<&str>) -> Result<Option<i64>, ApiError> {
+    value.map(|v| number("min_position", v)).transpose()
+}
+
+fn limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    let limit = match limit {
+        Some(value) => number("limit", value)?,
+        None => DEFAULT_LIMIT,
+    };
+    match limit {
         0 => Err(ApiError::bad_request("limit must be at least 1")),
         n if n > MAX_LIMIT => Err(ApiError::bad_request(format!("limit must be at most {MAX_LIMIT}"))),
         n => Ok(n),
@@ -42,7 +69,7 @@ fn limit(limit: Option<usize>) -> Result<usize, ApiError> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyParams {
-    min_position: Option<i64>,
+    min_position: Option<String>,
 }
 
 /// `GET /projections/{name}/kv/{key}`: the value, or 404.
@@ -54,8 +81,9 @@ pub async fn kv_get(
     let Path((name, key)) = path?;
     let Query(params) = params?;
     no_nul("key", &key)?;
+    let min_position = min_position(params.min_position.as_deref())?;
     let wanted = key.clone();
-    let value = runtime.read(&name, params.min_position, move |ns| ns.kv_get(&wanted)).await?;
+    let value = runtime.read(&name, min_position, move |ns| ns.kv_get(&wanted)).await?;
     match value {
         Some(bytes) => Ok(Json(value_json(&bytes))),
         None => Err(ApiError::not_found(format!("projection `{name}` has no key `{key}`"))),
@@ -66,7 +94,7 @@ pub async fn kv_get(
 /// naming one is malformed, on every backend.
 fn no_nul(what: &str, text: &str) -> Result<(), ApiError> {
     if text.contains('\0') {
-        return Err(ApiError::bad_request(format!("the {what} contains a NUL character; KV keys hold none")));
+        return Err(ApiError::bad_request(format!("`{what}` contains a NUL character; KV keys hold none")));
     }
     Ok(())
 }
@@ -78,8 +106,8 @@ pub struct ScanParams {
     #[serde(default)]
     prefix: String,
     after: Option<String>,
-    limit: Option<usize>,
-    min_position: Option<i64>,
+    limit: Option<String>,
+    min_position: Option<String>,
 }
 
 /// `GET /projections/{name}/kv?prefix=&after=&limit=`: entries in key order,
@@ -91,12 +119,12 @@ pub async fn kv_scan(
 ) -> Result<Json<Value>, ApiError> {
     let Path(name) = path?;
     let Query(params) = params?;
-    let limit = limit(params.limit)?;
+    let limit = limit(params.limit.as_deref())?;
+    let min_position = min_position(params.min_position.as_deref())?;
     let ScanParams { prefix, after, .. } = params;
     no_nul("prefix", &prefix)?;
     no_nul("after", after.as_deref().unwrap_or_default())?;
-    let entries =
-        runtime.read(&name, params.min_position, move |ns| ns.kv_scan(&prefix, after.as_deref(), limit)).await?;
+    let entries = runtime.read(&name, min_position, move |ns| ns.kv_scan(&prefix, after.as_deref(), limit)).await?;
     let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
     let entries: Vec<Value> =
         entries.iter().map(|(k, v)| serde_json::json!({ "key": k, "value": value_json(v) })).collect();
@@ -122,32 +150,20 @@ pub async fn table(
     let Path((name, table)) = path?;
     let Query(params) = params?;
     let mut read = TableRead { table, limit: DEFAULT_LIMIT, ..TableRead::default() };
-    let mut min_position = None;
+    let mut wait = None;
+    let mut given = std::collections::HashSet::new();
     for (key, value) in params {
+        if matches!(key.as_str(), "limit" | "order" | "min_position") && !given.insert(key.clone()) {
+            return Err(ApiError::bad_request(format!("`{key}` is given twice")));
+        }
         match key.as_str() {
-            "limit" => {
-                let n = value.parse().map_err(|_| ApiError::bad_request(format!("limit `{value}` is not a number")))?;
-                read.limit = limit(Some(n))?;
-            }
-            "order" => {
-                let (column, desc) = match value.rsplit_once('.') {
-                    Some((c, "desc")) => (c, true),
-                    Some((c, "asc")) => (c, false),
-                    _ => (value.as_str(), false),
-                };
-                read.order = Some((column.to_owned(), desc));
-            }
-            "min_position" => {
-                min_position = Some(
-                    value
-                        .parse()
-                        .map_err(|_| ApiError::bad_request(format!("min_position `{value}` is not a number")))?,
-                );
-            }
+            "limit" => read.limit = limit(Some(&value))?,
+            "order" => read.order = Some(order(&value)?),
+            "min_position" => wait = min_position(Some(&value))?,
             _ => read.filters.push((key, value)),
         }
     }
-    let rows = runtime.read(&name, min_position, move |ns| ns.read_table(&read)).await?;
+    let rows = runtime.read(&name, wait, move |ns| ns.read_table(&read)).await?;
     let json = rows
         .iter()
         .map(|row| {
@@ -164,7 +180,7 @@ pub async fn table(
 #[serde(deny_unknown_fields)]
 pub struct QueryParams {
     args: Option<String>,
-    min_position: Option<i64>,
+    min_position: Option<String>,
 }
 
 /// `GET /projections/{name}/query/{query}?args=<json>`: the projection's own read.
@@ -180,6 +196,7 @@ pub async fn query(
         serde_json::from_str::<Value>(&args)
             .map_err(|e| ApiError::bad_request(format!("args is not valid JSON: {e}")))?;
     }
-    let json = runtime.query(&name, query, args, params.min_position).await?;
+    let min_position = min_position(params.min_position.as_deref())?;
+    let json = runtime.query(&name, query, args, min_position).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json))
 }

@@ -17,12 +17,18 @@ use crate::store::Value;
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
-/// Why `value` cannot fill a parameter of type `ty`: only a blob has a
-/// limit (it goes in binary, to `BYTEA` alone); the rest is text the server
-/// parses.
+/// Why `value` cannot fill a parameter of type `ty`: a blob goes in binary,
+/// to `BYTEA` alone; text goes as text the server parses, and the server's
+/// text holds no NUL character (refused here, by reel, rather than by the
+/// server in its own words).
 pub fn unfit(value: &Value, ty: &Type) -> Option<String> {
-    (matches!(value, Value::Blob(_)) && *ty != Type::BYTEA)
-        .then(|| format!("a blob cannot fill a parameter of type {ty}"))
+    match value {
+        Value::Blob(_) if *ty != Type::BYTEA => Some(format!("a blob cannot fill a parameter of type {ty}")),
+        Value::Text(t) if t.contains('\0') => {
+            Some("text with a NUL character (\\u0000), which PostgreSQL cannot store".to_owned())
+        }
+        _ => None,
+    }
 }
 
 /// A [`Value`] as a PostgreSQL parameter.

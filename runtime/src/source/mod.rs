@@ -98,7 +98,34 @@ pub struct AppendRequest {
     #[serde(default)]
     pub expected_version: Option<i64>,
     /// Events to append, in order (1 to 10,000).
+    #[serde(deserialize_with = "objects")]
     pub events: Vec<NewEvent>,
+}
+
+/// `T` read from a JSON object only: serde's derive also takes an array of
+/// the fields in order (`["order-1", 0, [...]]`), which no client means.
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Fields<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer.deserialize_map(Fields(std::marker::PhantomData)).map(Object)
+    }
+}
+
+/// A list of `T`, each read from a JSON object only.
+fn objects<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Vec<T>, D::Error> {
+    Ok(Vec::<Object<T>>::deserialize(deserializer)?.into_iter().map(|o| o.0).collect())
 }
 
 /// What an append stored.
@@ -122,6 +149,9 @@ impl AppendRequest {
         if self.stream_id.is_empty() || self.stream_id.len() > MAX_NAME_BYTES {
             return invalid(format!("stream_id must be 1 to {MAX_NAME_BYTES} bytes"));
         }
+        if self.stream_id.contains('\0') {
+            return invalid(format!("stream_id {NUL}"));
+        }
         if self.events.is_empty() || self.events.len() > MAX_APPEND_EVENTS {
             return invalid(format!("events must hold 1 to {MAX_APPEND_EVENTS} events"));
         }
@@ -139,8 +169,32 @@ impl AppendRequest {
             {
                 return invalid(format!("events[{i}].metadata must be a JSON object"));
             }
+            if e.event_type.contains('\0') {
+                return invalid(format!("events[{i}].event_type {NUL}"));
+            }
+            for (field, value) in [("data", Some(&e.data)), ("metadata", e.metadata.as_ref())] {
+                if value.is_some_and(holds_nul) {
+                    return invalid(format!("events[{i}].{field} {NUL}"));
+                }
+            }
         }
         Ok(())
+    }
+}
+
+/// Why a NUL character is refused: PostgreSQL's `text` and `jsonb` cannot hold
+/// one, and an event log that could not move to PostgreSQL is refused it on
+/// SQLite too.
+const NUL: &str = "holds a NUL character (\\u0000), which PostgreSQL cannot store; reel refuses it on every backend";
+
+/// Whether a JSON value has a NUL character in a string or an object key.
+fn holds_nul(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 

@@ -11,7 +11,7 @@ use crate::store::sql_text::{quote_ident, reserved_name};
 use crate::store::{Checkpoint, DeadLetter, KvWrite, Namespace, Rows, StoreError, TableRead, Value};
 
 use super::connection::{Behind, PgNamespace};
-use super::pipeline::Op;
+use super::pipeline::{Op, unsendable};
 
 impl Namespace for PgNamespace {
     fn dialect(&self) -> &'static str {
@@ -170,6 +170,15 @@ impl Namespace for PgNamespace {
 
     fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError> {
         self.check(statement)?;
+        // What the client library would refuse to send is refused here, in
+        // reel's words: the guest gets an `sql-error`, not a broken call.
+        self.sync()?;
+        self.prepare_all(vec![statement.to_owned()], true)?;
+        if let Some(refusal) = unsendable(&self.statements[statement], &params) {
+            let refused = StoreError::Refused(refusal);
+            self.failed.get_or_insert(refused.clone());
+            return Err(refused);
+        }
         let values: Vec<Param<'_>> = params.iter().map(Param).collect();
         let refs: Vec<&(dyn ToSql + Sync)> = values.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
         let result = self
