@@ -22,6 +22,7 @@ both_backends!(
     reads_wait_for_min_position_and_time_out_with_504,
     big_events_come_in_calls_the_guests_memory_holds,
     a_guest_out_of_memory_gets_smaller_calls_from_then_on,
+    appended_payloads_keep_their_numbers,
 );
 
 async fn read_models_equal_the_fold_over_randomized_events(backend: Backend) {
@@ -556,4 +557,18 @@ async fn applied_with_no_failure(h: &Harness, name: &str, last: i64) {
         assert!(started.elapsed() < PATIENCE, "{name} did not reach {last}: {status:#}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+async fn appended_payloads_keep_their_numbers(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
+    // Read into an f64, the first would become 1.2345678901234568e29.
+    let body = r#"{"stream_id": "n", "events": [{"event_type": "n", "data": {"big": 123456789012345678901234567890, "cents": 1.50, "small": 0.1}, "metadata": {"id": 98765432109876543210}}]}"#;
+    let (status, response) = h.call("POST", "/events", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{response}");
+    let stored = h.stored_events().await;
+    let data = &stored.last().unwrap().data;
+    for number in ["123456789012345678901234567890", "1.50", "0.1"] {
+        assert!(data.contains(number), "{number} is not in the stored payload {data}");
+    }
+    h.finish().await;
 }

@@ -71,7 +71,7 @@ async fn serves_a_real_socket_and_refuses_malformed_http() {
         // A key no backend can hold is a malformed read, not a database failure.
         let (status, body) = http(addr, "GET", "/projections/customer-stats/kv/a%00b", None);
         assert_eq!(status, 400, "{body}");
-        assert!(body.contains("the key contains a NUL character"), "{body}");
+        assert!(body.contains("`key` contains a NUL character; KV keys hold none"), "{body}");
         let (status, body) = http(addr, "GET", "/projections/customer-stats/kv?prefix=a%00", None);
         assert_eq!(status, 400, "{body}");
 

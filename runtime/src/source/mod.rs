@@ -80,11 +80,12 @@ impl Batch {
 pub struct NewEvent {
     /// Type name, e.g. `order.placed`.
     pub event_type: String,
-    /// The payload.
-    pub data: serde_json::Value,
-    /// Metadata (defaults to `{}`).
+    /// The payload, kept as sent: read into numbers, a number past what an
+    /// `f64` holds exactly would change.
+    pub data: Box<serde_json::value::RawValue>,
+    /// Metadata (defaults to `{}`), kept as sent.
     #[serde(default)]
-    pub metadata: Option<serde_json::Value>,
+    pub metadata: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Append events to one stream.
@@ -165,15 +166,19 @@ impl AppendRequest {
                 return invalid(format!("events[{i}].event_type must be 1 to {MAX_NAME_BYTES} bytes"));
             }
             if let Some(m) = &e.metadata
-                && !m.is_object()
+                && !m.get().starts_with('{')
             {
                 return invalid(format!("events[{i}].metadata must be a JSON object"));
             }
             if e.event_type.contains('\0') {
                 return invalid(format!("events[{i}].event_type {NUL}"));
             }
-            for (field, value) in [("data", Some(&e.data)), ("metadata", e.metadata.as_ref())] {
-                if value.is_some_and(holds_nul) {
+            for (field, raw) in [("data", Some(&e.data)), ("metadata", e.metadata.as_ref())] {
+                // Only an escape (`\u0000`) can put a NUL in JSON text.
+                if let Some(raw) = raw
+                    && raw.get().contains("u0000")
+                    && serde_json::from_str::<serde_json::Value>(raw.get()).is_ok_and(|v| holds_nul(&v))
+                {
                     return invalid(format!("events[{i}].{field} {NUL}"));
                 }
             }
