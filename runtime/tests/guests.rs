@@ -328,6 +328,13 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
         ),
         (
             "GET",
+            "/projections/order-summaries/tables/order_summaries?customer_id=c%00",
+            None,
+            StatusCode::BAD_REQUEST,
+            "the filter on `customer_id` holds a NUL character",
+        ),
+        (
+            "GET",
             "/projections/order-summaries/tables/order_summaries?limit=1&limit=2",
             None,
             StatusCode::BAD_REQUEST,

@@ -207,6 +207,13 @@ impl TableRead {
         for (i, (column, value)) in self.filters.iter().enumerate() {
             sql.push_str(if i == 0 { " WHERE " } else { " AND " });
             sql.push_str(&format!("{} = {placeholder}{}", known(column)?, i + 1));
+            if value.contains('\0') {
+                // PostgreSQL's text cannot hold one; the same answer on SQLite.
+                return Err(StoreError::Invalid(format!(
+                    "the filter on `{column}` holds a NUL character (\\u0000), which PostgreSQL cannot store; \
+                     refused on every backend"
+                )));
+            }
             values.push(Value::Text(value.clone()));
         }
         if let Some((column, desc)) = &self.order {
