@@ -865,3 +865,41 @@ async fn writes_sent_as_executes_keep_their_values_their_order_and_the_first_err
     drop(p);
     drop_database(&url).await;
 }
+
+/// The server closes every connection of the database (a restart, a
+/// failover, an administrator's `pg_terminate_backend`): the projections
+/// connect again and go on, losing and doubling nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn projections_reconnect_after_the_server_closes_their_connections() {
+    let h = Harness::start(Backend::Postgres, &["fixture_echo_a", "customer_stats"]).await;
+    let workload = reel::workload::OrderWorkload { orders: 300, customers: 10, follow_up_window: 50, seed: 3 };
+    let events = reel::workload::generate(&workload);
+    let (first, second) = events.split_at(events.len() / 2);
+    let mid = h.append_workload(first).await;
+    h.get(&format!("/projections/echo/kv/seen/{mid:020}?min_position={mid}")).await;
+    h.get(&format!("/projections/customer-stats/kv?limit=1&min_position={mid}")).await;
+
+    let admin = connect(h.config.database_url.as_ref().unwrap()).await;
+    let killed = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert!(killed >= 4, "each projection's reader and namespace connections: {killed}");
+
+    let last = h.append_workload(second).await;
+    for name in ["echo", "customer-stats"] {
+        h.wait_status(name, Duration::from_secs(60), |s| s["position"] == last && s["state"] == "running").await;
+    }
+    let expected = reel::workload::fold(&h.stored_events().await);
+    assert_eq!(h.kv_bytes("customer-stats", "customer/").await, expected.customers);
+    let seen = h.get("/projections/echo/kv?prefix=seen/&limit=10000").await;
+    assert_eq!(seen["entries"].as_array().unwrap().len(), events.len(), "every event seen");
+    let doubled = h.get("/projections/echo/kv?prefix=duplicate/&limit=10000").await;
+    assert_eq!(doubled["entries"], json!([]), "no event handled twice");
+    h.finish().await;
+}

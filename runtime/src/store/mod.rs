@@ -253,6 +253,11 @@ pub trait Namespace: Send {
     fn try_claim(&mut self) -> Result<bool, StoreError> {
         Ok(true)
     }
+    /// The connection is gone for good (the server closed it): nothing more
+    /// can run on it; open the namespace again.
+    fn is_closed(&self) -> bool {
+        false
+    }
     /// Start a transaction (a write transaction for writers, a snapshot for
     /// readers).
     fn begin(&mut self) -> Result<(), StoreError>;

@@ -45,6 +45,9 @@ impl Worker {
                 outages += 1;
                 tracing::warn!(projection = %self.ns, "batch failed (database): {failure}");
                 self.status.failed(State::Retrying, failure.to_string(), None, outages);
+                if self.connection_closed() {
+                    return Err(Halt::Reconnect);
+                }
                 self.wait(backoff(outages))?;
                 continue;
             }

@@ -139,6 +139,8 @@ enum Halt {
     Stopped,
     /// Another runtime moved the checkpoint.
     Fenced,
+    /// The namespace's connection is gone: open it again.
+    Reconnect,
 }
 
 struct Worker {
@@ -231,6 +233,18 @@ impl Worker {
                     self.spare = None;
                     self.reader = None;
                     if self.wait(FENCED_PAUSE).is_err() || !self.start() {
+                        break;
+                    }
+                }
+                Err(Halt::Reconnect) => {
+                    // The server closed the connection (a restart, a failover,
+                    // an administrator): open the namespace again, and go on
+                    // from its committed checkpoint.
+                    tracing::warn!(projection = %self.ns, "the read-model connection is closed; reconnecting");
+                    self.guest = None;
+                    self.spare = None;
+                    self.reader = None;
+                    if !self.start() {
                         break;
                     }
                 }
@@ -341,16 +355,25 @@ impl Worker {
 
     /// One read and, if it found events, one batch. `Ok(false)`: nothing new.
     fn step(&mut self) -> Result<bool, Halt> {
+        if self.connection_closed() {
+            return Err(Halt::Reconnect);
+        }
         let limit = self.batch_limit;
-        let reader = self.reader.as_mut().expect("opened");
+        let reader = match &mut self.reader {
+            Some(reader) => reader,
+            None => match self.ctx.source.prefetching_reader() {
+                Ok(reader) => self.reader.insert(reader),
+                Err(e) => return self.read_failed(&e),
+            },
+        };
         let started = Instant::now();
         let batch = match reader.read_batch(self.cursor, &self.filter, limit) {
             Ok(batch) => batch,
+            // The reader's connection may be what failed: the next read
+            // gets a new reader.
             Err(e) => {
-                tracing::warn!(projection = %self.ns, "reading events: {e}");
-                self.status.failed(State::Retrying, format!("reading events: {e}"), None, 1);
-                self.wait(backoff(4))?;
-                return Ok(true);
+                self.reader = None;
+                return self.read_failed(&e);
             }
         };
         self.status.set_at_head(batch.events.len() < limit);
@@ -380,6 +403,22 @@ impl Worker {
             "batch"
         );
         Ok(true)
+    }
+
+    fn read_failed(&mut self, e: &dyn std::fmt::Display) -> Result<bool, Halt> {
+        tracing::warn!(projection = %self.ns, "reading events: {e}");
+        self.status.failed(State::Retrying, format!("reading events: {e}"), None, 1);
+        self.wait(backoff(4))?;
+        Ok(true)
+    }
+
+    /// Whether the namespace's connection is gone for good.
+    fn connection_closed(&mut self) -> bool {
+        match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps().namespace().is_closed(),
+            (None, Some(caps)) => caps.namespace().is_closed(),
+            (None, None) => false,
+        }
     }
 
     /// Commit a cursor that only moved past unsubscribed events.

@@ -18,6 +18,10 @@ impl Namespace for PgNamespace {
         "postgres"
     }
 
+    fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
     fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
         let slug = self.info.slug.clone();
         let was_in_tx = self.in_tx;
