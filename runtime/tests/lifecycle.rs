@@ -400,3 +400,23 @@ async fn pause_resume_and_rebuild_through_the_api(backend: Backend) {
     }
     h.finish().await;
 }
+
+/// `--projections mods`, relative to where reel runs (the default is
+/// relative too): a file there can still be replaced and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relative_modules_folder_sees_files_change_and_leave() {
+    let h = Harness::start_with(Backend::Sqlite, &["fixture_echo_a"], |c| {
+        let cwd = std::env::current_dir().unwrap();
+        let up: std::path::PathBuf = cwd.components().skip(1).map(|_| "..").collect();
+        c.modules_dir = up.join(c.modules_dir.strip_prefix("/").unwrap());
+        assert!(c.modules_dir.is_relative());
+    })
+    .await;
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
+    // A new version in place of the file that provided the old one.
+    h.install("fixture_echo_v2", "fixture_echo_a.wasm");
+    h.wait_status("echo", PATIENCE, |s| s["version"] == "2" && s["module_error"].is_null()).await;
+    std::fs::remove_file(h.config.modules_dir.join("fixture_echo_a.wasm")).unwrap();
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "unloaded").await;
+    h.finish().await;
+}

@@ -110,11 +110,15 @@ struct Cleanup {
 
 impl Runtime {
     /// Open the backends, load the modules folder and start the workers.
-    pub async fn start(config: Config) -> anyhow::Result<Self> {
+    pub async fn start(mut config: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
         std::fs::create_dir_all(&config.modules_dir)
             .with_context(|| format!("cannot create the modules folder {}", config.modules_dir.display()))?;
+        // The watcher reports absolute paths; the folder's listing at start
+        // must name the same files the same way.
+        config.modules_dir = std::fs::canonicalize(&config.modules_dir)
+            .with_context(|| format!("cannot resolve the modules folder {}", config.modules_dir.display()))?;
         let (source, store) = match &config.database_url {
             None => {
                 let events = config.data_dir.join("events.db");
