@@ -69,6 +69,7 @@ pub fn rebuild(server: &str, name: &str, wait: bool) -> Result<(), String> {
         return Ok(());
     }
     let mut stderr = std::io::stderr();
+    let mut told = String::new();
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let status = client.get(&format!("/projections/{name}"))?;
@@ -89,9 +90,18 @@ pub fn rebuild(server: &str, name: &str, wait: bool) -> Result<(), String> {
         if rebuild.is_null() {
             return Err(format!("{name}: the rebuild into {target} was abandoned (a new module version arrived?)"));
         }
-        if let Some(error) = rebuild["last_error"]["message"].as_str() {
+        let error = rebuild["last_error"]["message"].as_str().unwrap_or_default();
+        if rebuild["state"] == "stopped" {
+            let _ = writeln!(stderr);
+            return Err(format!(
+                "{name}: the rebuild into {target} stopped at a poison event: {error}; reads stay on the \
+                 current version (see `reel status {name}`)"
+            ));
+        }
+        if !error.is_empty() && error != told {
             let _ = writeln!(stderr);
             eprintln!("{name}: the rebuild is failing: {error}");
+            told = error.to_owned();
         }
         let line = progress_line(
             rebuild["position"].as_i64().unwrap_or(0),
