@@ -8,7 +8,8 @@
 # 2. compile them, lib-c and the sources with clang for wasm32-wasi into a
 #    core module (<folder>/build/, git-ignored) that imports nothing but the
 #    world's kv, sql and log: no WASI, so no preview1 adapter is needed;
-# 3. wrap it as a component: <folder>/dist/<folder name>.wasm (git-ignored).
+# 3. wrap it as a component: <folder>/dist/<folder name>.wasm (git-ignored;
+#    $REEL_MODULE_NAME.wasm when set).
 #
 # Tools (see lib-c/README.md): clang + lld + wasi-libc + libclang-rt-14-dev-wasm32
 # (Debian), wit-bindgen-cli 0.61.1 (crates.io), wasm-tools (PyPI
@@ -23,7 +24,7 @@ fi
 
 dir=$(cd "$1" && pwd)
 shift
-name=$(basename "$dir")
+name=${REEL_MODULE_NAME:-$(basename "$dir")}
 lib=$(cd "$(dirname "$0")" && pwd)
 wit=$(cd "${REEL_WIT:-$lib/../../wit}" && pwd)
 

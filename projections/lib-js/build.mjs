@@ -3,7 +3,8 @@
 //
 // Run from a projection's folder (its `npm run build` does):
 //   node ../lib-js/build.mjs
-// It reads src/index.js and writes dist/<folder name>.wasm.
+// It reads src/index.js and writes dist/<folder name>.wasm ($REEL_MODULE_NAME.wasm
+// when set).
 //
 // Relative imports (the helper in ../lib-js) are resolved at build time, while
 // Wizer snapshots the initialized engine: the module root is the `projections`
@@ -22,7 +23,7 @@ const witFile = process.env.REEL_WIT
   ? resolve(process.env.REEL_WIT, "projection.wit")
   : resolve(libDir, "../../wit/projection.wit");
 const projectDir = process.cwd();
-const name = basename(projectDir);
+const name = process.env.REEL_MODULE_NAME || basename(projectDir);
 const entry = join(projectDir, "src", "index.js");
 if (!existsSync(entry)) throw new Error(`no ${entry}`);
 const out = join(projectDir, "dist", `${name}.wasm`);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds a Python projection into a WebAssembly component of the world
 # `projection` (../../wit): componentize.sh <project folder>. The component lands
-# in <project folder>/dist/<folder name>.wasm.
+# in <project folder>/dist/<folder name>.wasm ($REEL_MODULE_NAME.wasm when set).
 #
 # The toolchain (componentize-py, pinned in the project's requirements.txt) is
 # installed into <project folder>/.venv on first use, and again whenever
@@ -12,7 +12,7 @@ set -euo pipefail
 project=$(cd "${1:?usage: componentize.sh <project folder>}" && pwd)
 lib=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 wit=$(cd "${REEL_WIT:-$lib/../../wit}" && pwd)
-name=$(basename "$project")
+name=${REEL_MODULE_NAME:-$(basename "$project")}
 venv="$project/.venv"
 python=${PYTHON:-python3}
 

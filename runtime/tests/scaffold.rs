@@ -29,11 +29,15 @@ fn run(dir: &Path, program: &str, args: &[&str], env: &[(&str, &Path)]) {
     );
 }
 
-/// `reel new name --lang lang` in `parent`, then the build its README gives;
+/// `reel new name --lang lang --dir <lang>-project` in `parent`, then the
+/// build its README gives;
 /// returns the component.
 fn scaffold_and_build(parent: &Path, name: &str, lang: &str) -> PathBuf {
-    run(parent, env!("CARGO_BIN_EXE_reel"), &["new", name, "--lang", lang], &[]);
-    let dir = parent.join(name);
+    // In a folder not named after the projection: the README's paths must
+    // still be right.
+    let folder = format!("{lang}-project");
+    run(parent, env!("CARGO_BIN_EXE_reel"), &["new", name, "--lang", lang, "--dir", &folder], &[]);
+    let dir = parent.join(folder);
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
     match lang {
         "rust" => {

@@ -2,4 +2,4 @@
 # Builds dist/{{name}}.wasm (installs componentize-py into .venv the first time).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-REEL_WIT="$here/wit" exec bash "$here/lib-py/componentize.sh" "$here"
+REEL_WIT="$here/wit" REEL_MODULE_NAME="{{name}}" exec bash "$here/lib-py/componentize.sh" "$here"
