@@ -420,3 +420,27 @@ async fn a_relative_modules_folder_sees_files_change_and_leave() {
     h.wait_status("echo", PATIENCE, |s| s["state"] == "unloaded").await;
     h.finish().await;
 }
+
+/// Two files providing one projection: the second is refused; once the first
+/// is removed, the second takes over without being touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_refused_as_a_duplicate_is_loaded_when_the_other_goes() {
+    let h = Harness::start(Backend::Sqlite, &["fixture_echo_a"]).await;
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "running").await;
+    h.install("fixture_echo_v2", "echo-v2.wasm");
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let modules = h.get("/modules").await;
+        let refused =
+            modules.as_array().unwrap().iter().find(|m| m["path"].as_str().unwrap().ends_with("echo-v2.wasm"));
+        if let Some(error) = refused.and_then(|m| m["error"].as_str()) {
+            assert!(error.contains("already provided by"), "{error}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "echo-v2.wasm was not refused: {modules:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    std::fs::remove_file(h.config.modules_dir.join("fixture_echo_a.wasm")).unwrap();
+    h.wait_status("echo", PATIENCE, |s| s["version"] == "2" && s["state"] == "running").await;
+    h.finish().await;
+}

@@ -284,8 +284,26 @@ impl Runtime {
         if !path.exists() {
             let cleanup = self.unload(&path);
             self.clean_up(cleanup).await;
+            // A file refused because this one provided the same projection
+            // may be wanted now: every refused file gets another look.
+            let refused: Vec<PathBuf> = self
+                .registry()
+                .files
+                .values()
+                .filter(|f| f.error.is_some() && f.path != path && f.path.exists())
+                .map(|f| f.path.clone())
+                .collect();
+            for file in refused {
+                self.load(file).await;
+            }
             return;
         }
+        self.load(path).await;
+    }
+
+    /// Load the module file at `path` and deploy it, unless it is what
+    /// already runs.
+    async fn load(&self, path: PathBuf) {
         let loader = self.inner.loader.clone();
         let file = path.clone();
         let loaded = tokio::task::spawn_blocking(move || loader.load(&file)).await;
