@@ -31,9 +31,9 @@ pub fn status(server: &str, name: Option<&str>) -> Result<(), String> {
             p["name"].as_str().unwrap_or(""),
             p["version"].as_str().unwrap_or(""),
             p["state"].as_str().unwrap_or(""),
-            p["position"],
-            p["head"],
-            p["lag"],
+            p["position"].to_string(),
+            p["head"].to_string(),
+            p["lag"].to_string(),
             p["events_per_second"].as_f64().unwrap_or(0.0),
             p["last_error"]["message"].as_str().or(p["module_error"].as_str()).unwrap_or("")
         );

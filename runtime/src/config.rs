@@ -59,7 +59,11 @@ impl ProjectionSettings {
     /// Apply `key=value` (`on-error`, `batch-timeout` in seconds,
     /// `memory-mib`, `kv-value-kib`, `query-rows`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
-        let number = |v: &str| v.parse::<f64>().map_err(|_| format!("`{key}` needs a number, not `{v}`"));
+        let number = |v: &str| match v.parse::<f64>() {
+            Ok(n) if n > 0.0 => Ok(n),
+            Ok(_) => Err(format!("`{key}` must be more than 0, not `{v}`")),
+            Err(_) => Err(format!("`{key}` needs a number, not `{v}`")),
+        };
         match key {
             "on-error" => {
                 self.on_error = Some(match value {
@@ -69,7 +73,7 @@ impl ProjectionSettings {
                 })
             }
             "batch-timeout" => {
-                let seconds = Duration::try_from_secs_f64(number(value)?.max(0.001))
+                let seconds = Duration::try_from_secs_f64(number(value)?)
                     .map_err(|_| format!("batch-timeout is a finite number of seconds, not `{value}`"))?;
                 self.batch_timeout = Some(seconds);
             }
@@ -295,6 +299,8 @@ mod tests {
             "batch-timeout is a finite number of seconds, not `inf`"
         );
         assert_eq!(settings.set("batch-timeout", "soon").unwrap_err(), "`batch-timeout` needs a number, not `soon`");
+        assert_eq!(settings.set("batch-timeout", "-1").unwrap_err(), "`batch-timeout` must be more than 0, not `-1`");
+        assert_eq!(settings.set("memory-mib", "0").unwrap_err(), "`memory-mib` must be more than 0, not `0`");
         assert!(settings.set("colour", "red").unwrap_err().starts_with("unknown setting `colour`"));
     }
 }

@@ -141,6 +141,9 @@ impl ServeArgs {
     fn config(self) -> anyhow::Result<Config> {
         anyhow::ensure!(self.batch_size > 0, "--batch-size must be at least 1");
         anyhow::ensure!(self.batch_timeout > 0.0, "--batch-timeout must be positive");
+        anyhow::ensure!(self.memory_mib > 0, "--memory-mib must be at least 1");
+        anyhow::ensure!(self.kv_value_kib > 0, "--kv-value-kib must be at least 1");
+        anyhow::ensure!(self.query_rows > 0, "--query-rows must be at least 1");
         let mut config = Config {
             data_dir: self.data_dir,
             database_url: self.database,

@@ -38,7 +38,16 @@ pub fn connect_blocking(config: &Config, handle: &Handle) -> Result<Client, Stor
     let config = config.clone();
     let spawner = handle.clone();
     block_on(handle, async move { connect(&config, &spawner).await })
-        .map_err(|e| StoreError::Database(format!("connecting to PostgreSQL: {e}")))
+        .map_err(|e| StoreError::Database(format!("connecting to PostgreSQL: {}", with_cause(&e))))
+}
+
+/// A client error with its cause: "error connecting to server" says little
+/// without "Connection refused (os error 111)".
+pub fn with_cause(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) if e.as_db_error().is_none() => format!("{e}: {cause}"),
+        _ => e.to_string(),
+    }
 }
 
 /// Run `future` (a request on `client`) with a deadline: past it, the

@@ -354,7 +354,7 @@ async fn append(
 fn pg_error(e: &tokio_postgres::Error) -> SourceError {
     SourceError::Unavailable(match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
+        None => pg::with_cause(e),
     })
 }
 
