@@ -240,6 +240,14 @@ async fn skipped_poison_events_are_dead_letters_and_can_be_retried_after_a_fix(b
     let expected_orders = fold(&h.stored_events().await);
     assert_eq!(h.order_rows().await, expected_rows(&expected_orders));
 
+    // Retried with the same code, it fails again and stays.
+    let (code, body) = h.call("POST", &format!("/projections/skipper/dead-letters/{}/retry", poison[0]), None).await;
+    assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "still_failing", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with(&format!("event {} still fails, and stays a dead letter: ", poison[0])), "{message}");
+    assert_eq!(h.get("/projections/skipper/dead-letters").await.as_array().unwrap().len(), poison.len());
+
     // Deploy the fix (same version), then retry the dead letters.
     h.install("fixture_skipper_fixed", "fixture_skipper.wasm");
     h.wait_status("skipper", PATIENCE, |s| s["module"]["hash"] != status["module"]["hash"]).await;

@@ -90,7 +90,15 @@ pub async fn retry_dead_letter(
     path: Result<Path<(String, i64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((name, position)) = path?;
-    runtime.retry_dead_letter(&name, position).await?;
+    runtime.retry_dead_letter(&name, position).await.map_err(|e| match e {
+        // The projection's code still fails on it: the dead letter stays.
+        crate::runtime::ReadError::Guest(failure) if failure.is_projection_fault() => ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "still_failing",
+            format!("event {position} still fails, and stays a dead letter: {failure}"),
+        ),
+        other => other.into(),
+    })?;
     Ok(Json(json!({ "projection": name, "applied": position })))
 }
 
