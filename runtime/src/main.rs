@@ -167,6 +167,12 @@ impl ServeArgs {
             let Some((name, key, value)) = parsed else {
                 anyhow::bail!("--set {setting}: use NAME.KEY=VALUE, e.g. --set order-summaries.on-error=skip");
             };
+            // A name no projection can have would be a setting that never applies.
+            anyhow::ensure!(
+                reel::host::instance::is_projection_name(name),
+                "--set {setting}: `{name}` cannot name a projection ({})",
+                reel::host::instance::PROJECTION_NAME_RULE
+            );
             config
                 .projections
                 .entry(name.to_owned())

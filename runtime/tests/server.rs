@@ -279,6 +279,27 @@ fn reel_cli(server: &Server, args: &[&str]) -> (bool, String) {
 }
 
 #[test]
+fn serve_refuses_settings_that_would_never_apply() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, says) in [
+        (["--set", "Bad.on-error=skip"], "`Bad` cannot name a projection"),
+        (["--set", "orders.batch-timeout=-1"], "`batch-timeout` must be more than 0, not `-1`"),
+        (["--memory-mib", "0"], "--memory-mib must be at least 1"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_reel"))
+            .arg("serve")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("RUST_BACKTRACE", "0")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(says), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn the_cli_controls_a_running_server() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("modules")).unwrap();
@@ -293,6 +314,8 @@ fn the_cli_controls_a_running_server() {
     assert!(ok, "{out}");
     assert!(!std::path::Path::new(&perf_map).exists(), "{perf_map} written without REEL_PERF_MAP=1");
     assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains("running")), "{out}");
+    // Position, head and lag right-aligned in their columns.
+    assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains("        50         50          0")), "{out}");
 
     let (ok, out) = reel_cli(&server, &["pause", "echo"]);
     assert!(ok && out.contains("echo: pause done"), "{out}");
