@@ -2,24 +2,9 @@ use serde::de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAc
 
 use crate::{Error, HandleError};
 
-/// An event as the host delivers it: payload and metadata still JSON text.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawEvent {
-    /// Global position (the events table's `id`).
-    pub position: i64,
-    /// The stream the event belongs to.
-    pub stream_id: String,
-    /// Version within the stream, from 1.
-    pub version: i64,
-    /// Type name, e.g. `order.placed`.
-    pub event_type: String,
-    /// Payload, JSON text.
-    pub data: String,
-    /// Metadata, JSON text.
-    pub metadata: String,
-    /// RFC 3339 UTC timestamp with microseconds.
-    pub occurred_at: String,
-}
+/// An event as the host delivers it: payload and metadata still JSON text
+/// (reel's one event shape, [`reel_model::Event`]).
+pub use reel_model::Event as RawEvent;
 
 /// A decoded event handed to [`Projection::handle`](crate::Projection::handle):
 /// the typed payload plus the envelope fields.

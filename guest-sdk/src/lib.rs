@@ -71,85 +71,19 @@
 extern crate self as reel_guest_sdk;
 
 mod context;
-mod error;
 mod event;
 pub mod native;
-mod value;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod wasm;
 
 pub use context::{Context, Host, Kv, Level, Sql};
-pub use error::{Error, HandleError, Result, SqlError};
 pub use event::{Envelope, EventFields, RawEvent};
-pub use value::{FromValue, Row, Rows, Value};
+// The types reel shares with its projections (events, values, manifests).
+pub use reel_model::{Error, FromValue, HandleError, Manifest, OnError, Result, Row, Rows, SqlError, Value};
 
 /// Re-exported so projections need not depend on serde_json themselves.
 pub use serde_json;
-
-/// Policy for an event that keeps failing after retries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnError {
-    /// Halt the projection at the event (the default).
-    #[default]
-    Stop,
-    /// Put the event in the dead-letter table and continue.
-    Skip,
-}
-
-/// What a projection declares about itself: see [`Projection::manifest`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Manifest {
-    /// Unique name: `a-z`, `0-9`, `-`, `_`, starting with a letter, at most 48.
-    pub name: String,
-    /// Version of the logic; changing it rebuilds the read model from scratch.
-    pub version: String,
-    /// Event types to receive (exact, or a prefix ending in `*`); empty = all.
-    pub event_types: Vec<String>,
-    /// Stream id prefixes to receive; empty = all.
-    pub stream_prefixes: Vec<String>,
-    /// What to do with an event that keeps failing.
-    pub on_error: OnError,
-}
-
-impl Manifest {
-    /// A manifest receiving every event, stopping on failures.
-    pub fn new(name: impl Into<String>, version: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            version: version.into(),
-            event_types: Vec::new(),
-            stream_prefixes: Vec::new(),
-            on_error: OnError::Stop,
-        }
-    }
-
-    /// Receive only these event types (exact names or `prefix*`).
-    pub fn event_types<I, S>(mut self, types: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.event_types = types.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Receive only events of streams starting with one of these prefixes.
-    pub fn stream_prefixes<I, S>(mut self, prefixes: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.stream_prefixes = prefixes.into_iter().map(Into::into).collect();
-        self
-    }
-
-    /// Set the policy for events that keep failing.
-    pub fn on_error(mut self, policy: OnError) -> Self {
-        self.on_error = policy;
-        self
-    }
-}
 
 /// A projection: folds events into a read model kept in kv and sql.
 ///

@@ -1,3 +1,5 @@
+//! What a projection reports, and what the database refused.
+
 use std::fmt;
 
 /// Result type of projection code.
@@ -5,10 +7,17 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// An error a projection reports; it fails the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "host",
+    derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower),
+    component(variant)
+)]
 pub enum Error {
     /// The event's payload is not what the projection expects.
+    #[cfg_attr(feature = "host", component(name = "invalid-event"))]
     InvalidEvent(String),
     /// Anything else.
+    #[cfg_attr(feature = "host", component(name = "failed"))]
     Failed(String),
 }
 
@@ -37,6 +46,11 @@ impl From<SqlError> for Error {
 
 /// A batch that failed at the event with `position`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "host",
+    derive(wasmtime::component::ComponentType, wasmtime::component::Lift, wasmtime::component::Lower),
+    component(record)
+)]
 pub struct HandleError {
     /// Position of the event that could not be applied.
     pub position: i64,

@@ -1,3 +1,5 @@
+//! Values crossing the `sql` interface: parameters, columns, rows.
+
 use crate::{Error, Result};
 
 /// A SQL parameter or column value (SQLite's storage classes; PostgreSQL values

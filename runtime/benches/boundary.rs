@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use reel::config::Limits;
 use reel::host::instance::{Code, WasmGuest};
-use reel::host::{Capabilities, Engine, Event, Guest, Mode};
+use reel::host::{Capabilities, Engine, Guest, Mode};
+use reel::model::Event;
 use reel::store::sqlite::SqliteStore;
 use reel::store::{NamespaceId, Store};
 

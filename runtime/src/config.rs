@@ -1,12 +1,11 @@
 //! Runtime configuration: where data lives, what to serve, and the limits
 //! every projection runs under.
 
+use reel_model::OnError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
-
-use crate::host::OnError;
 
 /// Everything [`run`](crate::run) needs.
 #[derive(Debug, Clone)]

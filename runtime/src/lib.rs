@@ -9,6 +9,8 @@
 //!
 //! The folders follow the data flow, `source -> worker -> host -> store -> api`:
 //!
+//! - [`model`] (the `reel-model` crate, shared with the guest SDK): the one
+//!   event shape, the cursor, timestamps, SQL values, the manifest.
 //! - [`source`]: reads committed events after a cursor from the events table
 //!   (SQLite or PostgreSQL), appends events, and wakes workers up.
 //! - [`modules`]: loads `.wasm` files from the modules folder, compiles them
@@ -63,4 +65,6 @@ pub mod worker;
 pub mod workload;
 
 pub use config::Config;
+/// The types every part of reel shares (events, cursors, values, manifests).
+pub use reel_model as model;
 pub use runtime::{Runtime, run, serve};

@@ -169,9 +169,9 @@ impl ServeArgs {
             };
             // A name no projection can have would be a setting that never applies.
             anyhow::ensure!(
-                reel::host::instance::is_projection_name(name),
+                reel::model::is_projection_name(name),
                 "--set {setting}: `{name}` cannot name a projection ({})",
-                reel::host::instance::PROJECTION_NAME_RULE
+                reel::model::PROJECTION_NAME_RULE
             );
             config
                 .projections

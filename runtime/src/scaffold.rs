@@ -1,12 +1,13 @@
 //! `reel new`: a projection folder that builds and deploys as it is, in Rust,
 //! JavaScript, Python or C. Everything it needs is copied in: the contract
 //! (`wit/projection.wit`) and the language's helper (the Rust SDK, or
-//! `lib-js`, `lib-py`, `lib-c`), the same files this repository builds its
+//! `lib-js`, `lib-py`, `lib-c`; the Rust SDK with the `reel-model` crate it
+//! re-exports), the same files this repository builds its
 //! examples with.
 
 use std::path::{Path, PathBuf};
 
-use crate::host::instance::{PROJECTION_NAME_RULE, is_projection_name};
+use reel_model::{PROJECTION_NAME_RULE, is_projection_name};
 
 /// The languages `reel new` scaffolds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -52,11 +53,17 @@ const RUST: &[File] = &[
     file("reel-guest-sdk/Cargo.toml", include_str!("../templates/rust/reel-guest-sdk.toml")),
     file("reel-guest-sdk/src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
     file("reel-guest-sdk/src/context.rs", include_str!("../../guest-sdk/src/context.rs")),
-    file("reel-guest-sdk/src/error.rs", include_str!("../../guest-sdk/src/error.rs")),
     file("reel-guest-sdk/src/event.rs", include_str!("../../guest-sdk/src/event.rs")),
     file("reel-guest-sdk/src/native.rs", include_str!("../../guest-sdk/src/native.rs")),
-    file("reel-guest-sdk/src/value.rs", include_str!("../../guest-sdk/src/value.rs")),
     file("reel-guest-sdk/src/wasm.rs", include_str!("../../guest-sdk/src/wasm.rs")),
+    file("reel-model/Cargo.toml", include_str!("../templates/rust/reel-model.toml")),
+    file("reel-model/src/lib.rs", include_str!("../../model/src/lib.rs")),
+    file("reel-model/src/cursor.rs", include_str!("../../model/src/cursor.rs")),
+    file("reel-model/src/error.rs", include_str!("../../model/src/error.rs")),
+    file("reel-model/src/event.rs", include_str!("../../model/src/event.rs")),
+    file("reel-model/src/manifest.rs", include_str!("../../model/src/manifest.rs")),
+    file("reel-model/src/time.rs", include_str!("../../model/src/time.rs")),
+    file("reel-model/src/value.rs", include_str!("../../model/src/value.rs")),
 ];
 
 const JS: &[File] = &[

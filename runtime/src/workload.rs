@@ -310,7 +310,7 @@ pub mod load {
     use std::path::Path;
 
     use super::OrderEvent;
-    use crate::source::time::{format_micros, now_micros};
+    use reel_model::time::{format_micros, now_micros};
 
     /// Insert `events` into the SQLite events table at `db` in one
     /// transaction (the table must exist), stamped one millisecond apart

@@ -4,9 +4,10 @@
 use reel::config::Limits;
 use reel::host::caps::Fault;
 use reel::host::{Capabilities, Mode};
-use reel::source::Cursor;
+use reel::model::Cursor;
+use reel::model::Value;
 use reel::store::sqlite::SqliteStore;
-use reel::store::{NamespaceId, Store, StoreError, Value};
+use reel::store::{NamespaceId, Store, StoreError};
 use tempfile::TempDir;
 
 fn store() -> (Store, TempDir) {

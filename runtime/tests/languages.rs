@@ -6,7 +6,8 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{Backend, Harness, language_guest};
-use reel::store::{TableRead, Value};
+use reel::model::Value;
+use reel::store::TableRead;
 use reel::workload::{OrderWorkload, generate};
 use serde_json::json;
 

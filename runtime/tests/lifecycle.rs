@@ -230,6 +230,9 @@ async fn skipped_poison_events_are_dead_letters_and_can_be_retried_after_a_fix(b
     let letters = h.get("/projections/skipper/dead-letters").await;
     let positions: Vec<i64> = letters.as_array().unwrap().iter().map(|l| l["position"].as_i64().unwrap()).collect();
     assert_eq!(positions, poison, "exactly the poison events are dead letters");
+    // Each is an event in reel's one JSON shape: the payload as sent, not a string of it.
+    assert_eq!(letters[2]["data"], json!({ "target": "skipper", "action": "trap" }), "{letters:#}");
+    assert_eq!((&letters[2]["stream_id"], &letters[2]["metadata"]), (&json!("fault-2"), &json!({})));
     assert!(letters[0]["error"].as_str().unwrap().contains("asked skipper to fail"), "{letters:#}");
     assert!(letters[2]["error"].as_str().unwrap().contains("trapped"), "{letters:#}");
     // The read model is the fold over the good events: every position but the poison ones.

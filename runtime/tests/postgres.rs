@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use common::{Backend, Harness, create_database, drop_database};
 use reel::config::Limits;
 use reel::host::{Capabilities, Mode};
+use reel::model::Cursor;
+use reel::model::Value;
 use reel::source::postgres::PgSource;
-use reel::source::{Cursor, EventReader, Filter, Source};
+use reel::source::{EventReader, Filter, Source};
 use reel::store::postgres::PgStore;
-use reel::store::{NamespaceId, Store, StoreError, Value};
+use reel::store::{NamespaceId, Store, StoreError};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 

@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::Backend;
+use reel::model::Cursor;
 use reel::runtime::Runtime;
-use reel::source::Cursor;
 use reel::store::TableRead;
 use reel::workload::{Expected, OrderEvent, OrderWorkload, fold, generate};
 use serde_json::Value;

@@ -10,9 +10,10 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use reel_model::DeadLetter;
+
 use super::ApiError;
 use crate::runtime::{FileStatus, ProjectionInfo, Runtime};
-use crate::store::DeadLetter;
 use crate::worker::Control;
 
 /// `GET /projections`.

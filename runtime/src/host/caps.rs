@@ -1,10 +1,11 @@
 //! What a projection instance can reach: its own namespace through the
 //! batch's transaction, within its limits.
 
+use reel_model::{Cursor, Rows, Value};
+
 use crate::config::Limits;
-use crate::source::Cursor;
 use crate::store::kv_cache::KvCache;
-use crate::store::{Namespace, Rows, StoreError, Value};
+use crate::store::{Namespace, StoreError};
 
 /// Most log lines a projection may write per call; the rest are counted.
 const LOG_LINES_PER_CALL: u32 = 1000;

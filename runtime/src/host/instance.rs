@@ -9,83 +9,14 @@ use wasmtime::component::ResourceTable;
 use wasmtime::{Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use reel_model::{Event, Manifest};
+
 use super::bindings::{self, ProjectionPre};
 use super::caps::{Capabilities, Fault};
 use super::engine::ticks;
-use super::{Event, wasi};
+use super::wasi;
 use crate::config::Limits;
 use crate::store::StoreError;
-
-/// Policy for an event that keeps failing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Halt at the event.
-    #[default]
-    Stop,
-    /// Dead-letter the event and continue.
-    Skip,
-}
-
-/// What a projection declares (`describe`).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Manifest {
-    /// Unique name.
-    pub name: String,
-    /// Version of its logic.
-    pub version: String,
-    /// Subscribed event types (exact or `prefix*`); empty: all.
-    pub event_types: Vec<String>,
-    /// Subscribed stream prefixes; empty: all.
-    pub stream_prefixes: Vec<String>,
-    /// Failure policy.
-    pub on_error: OnError,
-}
-
-/// Whether `name` can name a projection: 1 to 48 characters of a-z, 0-9,
-/// `-` and `_`, starting with a letter (it becomes file, schema and role
-/// names).
-pub fn is_projection_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 48
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
-
-/// What [`is_projection_name`] asks for, for error messages.
-pub const PROJECTION_NAME_RULE: &str = "use 1 to 48 characters of a-z, 0-9, `-` and `_`, starting with a letter";
-
-impl Manifest {
-    /// Check the name and version are usable as identifiers.
-    pub fn validate(&self) -> Result<(), String> {
-        let name = &self.name;
-        if !is_projection_name(name) {
-            return Err(format!("projection name `{name}` is invalid: {PROJECTION_NAME_RULE}"));
-        }
-        if self.version.is_empty() || self.version.len() > 64 {
-            return Err(format!(
-                "projection `{name}` has an invalid version `{}`: use 1 to 64 characters",
-                self.version
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl From<bindings::reel::projection::types::Manifest> for Manifest {
-    fn from(m: bindings::reel::projection::types::Manifest) -> Self {
-        Self {
-            name: m.name,
-            version: m.version,
-            event_types: m.event_types,
-            stream_prefixes: m.stream_prefixes,
-            on_error: match m.on_error {
-                bindings::reel::projection::types::OnError::Stop => OnError::Stop,
-                bindings::reel::projection::types::OnError::Skip => OnError::Skip,
-            },
-        }
-    }
-}
 
 /// Why a call into a projection failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -135,6 +66,13 @@ impl GuestFailure {
     /// True when the instance must be discarded (its state is unknown).
     pub fn poisons_instance(&self) -> bool {
         !matches!(self, GuestFailure::Rejected { .. } | GuestFailure::Store(_))
+    }
+}
+
+impl GuestFailure {
+    /// The projection returned `error` (for the event at `position`).
+    pub fn rejected(position: Option<i64>, error: reel_model::Error) -> Self {
+        GuestFailure::Rejected { position, message: error.to_string() }
     }
 }
 
@@ -221,10 +159,7 @@ impl WasmGuest {
     /// Instantiate `code` and ask it for its manifest (no capabilities yet).
     pub fn describe(code: &Code, name_hint: &str, limits: &Limits) -> Result<Manifest, GuestFailure> {
         let (mut store, bindings) = start(code, name_hint, None, limits).map_err(|failed| failed.0)?;
-        bindings
-            .call_describe(&mut store)
-            .map(Manifest::from)
-            .map_err(|e| classify(&e, &mut store, limits.batch_timeout))
+        bindings.call_describe(&mut store).map_err(|e| classify(&e, &mut store, limits.batch_timeout))
     }
 
     /// Instantiate `code` over `caps`.
@@ -344,30 +279,21 @@ fn classify(error: &wasmtime::Error, store: &mut Store<InstanceState>, timeout: 
     GuestFailure::Trapped(format!("{text}{said}"))
 }
 
-fn rejected(position: Option<i64>, error: bindings::reel::projection::types::Error) -> GuestFailure {
-    use bindings::reel::projection::types::Error;
-    let message = match error {
-        Error::InvalidEvent(m) => format!("invalid event: {m}"),
-        Error::Failed(m) => m,
-    };
-    GuestFailure::Rejected { position, message }
-}
-
 impl Guest for WasmGuest {
     fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
     fn init(&mut self) -> Result<(), GuestFailure> {
-        self.call(|b, s| b.call_setup(s))?.map_err(|e| rejected(None, e))
+        self.call(|b, s| b.call_setup(s))?.map_err(|e| GuestFailure::rejected(None, e))
     }
 
     fn handle(&mut self, events: &[Event]) -> Result<(), GuestFailure> {
-        self.call(|b, s| b.call_handle(s, events))?.map_err(|e| rejected(Some(e.position), e.error))
+        self.call(|b, s| b.call_handle(s, events))?.map_err(|e| GuestFailure::rejected(Some(e.position), e.error))
     }
 
     fn query(&mut self, name: &str, args: &str) -> Result<String, GuestFailure> {
-        self.call(|b, s| b.call_query(s, name, args))?.map_err(|e| rejected(None, e))
+        self.call(|b, s| b.call_query(s, name, args))?.map_err(|e| GuestFailure::rejected(None, e))
     }
 
     fn caps(&mut self) -> &mut Capabilities {

@@ -20,4 +20,4 @@ impl Host for InstanceState {
     }
 }
 
-impl super::bindings::reel::projection::types::Host for InstanceState {}
+impl super::bindings::types::Host for InstanceState {}

@@ -7,9 +7,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use guest_sdk::Projection;
 
-use super::Event;
+use reel_model::{Event, Manifest};
+
 use super::caps::{Capabilities, Fault};
-use super::instance::{Guest, GuestFailure, Manifest, OnError};
+use super::instance::{Guest, GuestFailure};
 
 /// A [`Projection`] running natively.
 pub struct NativeGuest<P> {
@@ -18,25 +19,10 @@ pub struct NativeGuest<P> {
     projection: PhantomData<fn() -> P>,
 }
 
-/// The manifest of a native projection.
-pub fn manifest<P: Projection>() -> Manifest {
-    let m = guest_sdk::native::describe::<P>();
-    Manifest {
-        name: m.name,
-        version: m.version,
-        event_types: m.event_types,
-        stream_prefixes: m.stream_prefixes,
-        on_error: match m.on_error {
-            guest_sdk::OnError::Stop => OnError::Stop,
-            guest_sdk::OnError::Skip => OnError::Skip,
-        },
-    }
-}
-
 impl<P: Projection> NativeGuest<P> {
     /// `P` over `caps`.
     pub fn new(caps: Capabilities) -> Self {
-        Self { caps, manifest: manifest::<P>(), projection: PhantomData }
+        Self { caps, manifest: guest_sdk::native::describe::<P>(), projection: PhantomData }
     }
 
     fn call<T>(&mut self, f: impl FnOnce(&mut Capabilities) -> T) -> Result<T, GuestFailure> {
@@ -58,30 +44,22 @@ impl<P: Projection> NativeGuest<P> {
     }
 }
 
-fn rejected(position: Option<i64>, error: guest_sdk::Error) -> GuestFailure {
-    let message = match error {
-        guest_sdk::Error::InvalidEvent(m) => format!("invalid event: {m}"),
-        guest_sdk::Error::Failed(m) => m,
-    };
-    GuestFailure::Rejected { position, message }
-}
-
 impl<P: Projection> Guest for NativeGuest<P> {
     fn manifest(&self) -> &Manifest {
         &self.manifest
     }
 
     fn init(&mut self) -> Result<(), GuestFailure> {
-        self.call(|caps| guest_sdk::native::init::<P>(caps))?.map_err(|e| rejected(None, e))
+        self.call(|caps| guest_sdk::native::init::<P>(caps))?.map_err(|e| GuestFailure::rejected(None, e))
     }
 
     fn handle(&mut self, events: &[Event]) -> Result<(), GuestFailure> {
         self.call(|caps| guest_sdk::native::handle::<P, Event>(caps, events))?
-            .map_err(|e| rejected(Some(e.position), e.error))
+            .map_err(|e| GuestFailure::rejected(Some(e.position), e.error))
     }
 
     fn query(&mut self, name: &str, args: &str) -> Result<String, GuestFailure> {
-        self.call(|caps| guest_sdk::native::query::<P>(caps, name, args))?.map_err(|e| rejected(None, e))
+        self.call(|caps| guest_sdk::native::query::<P>(caps, name, args))?.map_err(|e| GuestFailure::rejected(None, e))
     }
 
     fn caps(&mut self) -> &mut Capabilities {

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use guest_sdk::Projection;
 
+use reel_model::Manifest;
+
 use super::caps::Capabilities;
-use super::instance::{Guest, Manifest, Unstarted, WasmGuest};
-use super::native::{self, NativeGuest};
+use super::instance::{Guest, Unstarted, WasmGuest};
+use super::native::NativeGuest;
 use crate::config::Limits;
 use crate::modules::Module;
 
@@ -31,7 +33,7 @@ impl Program {
         fn make<P: Projection + 'static>(caps: Capabilities) -> Box<dyn Guest> {
             Box::new(NativeGuest::<P>::new(caps))
         }
-        Program::Native { manifest: native::manifest::<P>(), make: make::<P> }
+        Program::Native { manifest: guest_sdk::native::describe::<P>(), make: make::<P> }
     }
 
     /// What it declared.

@@ -2,25 +2,24 @@
 
 use super::bindings::reel::projection::sql::{Host, Rows, SqlError, Value};
 use super::instance::InstanceState;
-use crate::store;
 
-fn from_wit(value: Value) -> store::Value {
+fn from_wit(value: Value) -> reel_model::Value {
     match value {
-        Value::Null => store::Value::Null,
-        Value::Integer(i) => store::Value::Integer(i),
-        Value::Real(f) => store::Value::Real(f),
-        Value::Text(s) => store::Value::Text(s),
-        Value::Blob(b) => store::Value::Blob(b),
+        Value::Null => reel_model::Value::Null,
+        Value::Integer(i) => reel_model::Value::Integer(i),
+        Value::Real(f) => reel_model::Value::Real(f),
+        Value::Text(s) => reel_model::Value::Text(s),
+        Value::Blob(b) => reel_model::Value::Blob(b),
     }
 }
 
-fn to_wit(value: store::Value) -> Value {
+fn to_wit(value: reel_model::Value) -> Value {
     match value {
-        store::Value::Null => Value::Null,
-        store::Value::Integer(i) => Value::Integer(i),
-        store::Value::Real(f) => Value::Real(f),
-        store::Value::Text(s) => Value::Text(s),
-        store::Value::Blob(b) => Value::Blob(b),
+        reel_model::Value::Null => Value::Null,
+        reel_model::Value::Integer(i) => Value::Integer(i),
+        reel_model::Value::Real(f) => Value::Real(f),
+        reel_model::Value::Text(s) => Value::Text(s),
+        reel_model::Value::Blob(b) => Value::Blob(b),
     }
 }
 

@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use reel_model::Manifest;
+
 use crate::config::Limits;
+use crate::host::Engine;
 use crate::host::instance::{Code, WasmGuest};
-use crate::host::{Engine, Manifest};
 
 /// A loaded, validated module.
 pub struct Module {

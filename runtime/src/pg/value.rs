@@ -11,8 +11,8 @@ use std::error::Error;
 use bytes::BytesMut;
 use tokio_postgres::types::{Format, FromSql, IsNull, ToSql, Type, to_sql_checked};
 
-use crate::source::time::format_micros;
-use crate::store::Value;
+use reel_model::Value;
+use reel_model::time::format_micros;
 
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;

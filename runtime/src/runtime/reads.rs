@@ -4,14 +4,16 @@
 
 use serde::Serialize;
 
+use reel_model::{Cursor, DeadLetter};
+
 use super::Runtime;
 use super::deployment::View;
 use crate::host::{Capabilities, GuestFailure, Mode};
-use crate::source::time::{now_micros, parse_micros};
-use crate::source::{Cursor, SourceError};
-use crate::store::{DeadLetter, Namespace, StoreError};
+use crate::source::SourceError;
+use crate::store::{Namespace, StoreError};
 use crate::worker::State;
 use crate::worker::status::ErrorReport;
+use reel_model::time::{now_micros, parse_micros};
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +116,7 @@ pub struct ModuleInfo {
     /// Stream prefixes it subscribes to (empty: all).
     pub stream_prefixes: Vec<String>,
     /// Its failure policy.
-    pub on_error: crate::host::OnError,
+    pub on_error: reel_model::OnError,
 }
 
 /// Progress of a version being rebuilt.

@@ -9,36 +9,15 @@ mod filter;
 pub mod postgres;
 mod prefetch;
 pub mod sqlite;
-pub mod time;
 
 use std::sync::Arc;
 
+use reel_model::{Cursor, Event};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-pub use crate::host::Event;
 pub use filter::Filter;
 pub use prefetch::Prefetcher;
-
-/// How far a projection has read the log. Events are delivered in `(tx, id)`
-/// order; everything at or before the cursor has been seen.
-///
-/// On SQLite `tx` is always 0 and `id` is the last event id. On PostgreSQL
-/// `tx` is the appending transaction's id (`xid8`), because ids commit out of
-/// order under concurrent writers but transaction ids below the snapshot's
-/// `xmin` are settled.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct Cursor {
-    /// Transaction id of the last event seen (0 on SQLite).
-    pub tx: i64,
-    /// Event id (position) of the last event seen.
-    pub id: i64,
-}
-
-impl Cursor {
-    /// The start of the log.
-    pub const START: Cursor = Cursor { tx: 0, id: 0 };
-}
 
 /// Events read after a cursor.
 #[derive(Debug, Default)]

@@ -25,10 +25,11 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
 
-use super::{AppendRequest, Appended, Batch, Cursor, Event, EventReader, Filter, SourceError};
+use reel_model::time::format_micros;
+use reel_model::{Cursor, Event, Value};
+
+use super::{AppendRequest, Appended, Batch, EventReader, Filter, SourceError};
 use crate::pg;
-use crate::source::time::format_micros;
-use crate::store::Value;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 

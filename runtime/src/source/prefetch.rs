@@ -10,7 +10,9 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
-use super::{Batch, Cursor, EventReader, Filter, SourceError};
+use reel_model::Cursor;
+
+use super::{Batch, EventReader, Filter, SourceError};
 
 type Request = (Cursor, Filter, usize);
 type Answer = (Request, Result<Batch, SourceError>);

@@ -14,8 +14,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use sqlx::ConnectOptions;
 use tokio::sync::watch;
 
-use super::time::{format_micros, now_micros};
-use super::{AppendRequest, Appended, Batch, Cursor, Event, EventReader, Filter, SourceError};
+use reel_model::time::{format_micros, now_micros};
+use reel_model::{Cursor, Event};
+
+use super::{AppendRequest, Appended, Batch, EventReader, Filter, SourceError};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 

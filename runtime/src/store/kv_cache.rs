@@ -334,8 +334,9 @@ impl KvCache {
 mod tests {
     use std::time::Duration;
 
+    use reel_model::Cursor;
+
     use super::*;
-    use crate::source::Cursor;
     use crate::store::NamespaceId;
     use crate::store::sqlite::SqliteStore;
 

@@ -16,9 +16,7 @@ pub mod writer;
 use std::fmt;
 use std::time::Duration;
 
-pub use guest_sdk::{Rows, Value};
-
-use crate::source::{Cursor, Event};
+use reel_model::{Cursor, DeadLetter, Event, Rows, SqlError, Value};
 
 /// A projection version's storage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -163,12 +161,12 @@ impl StoreError {
     }
 
     /// The error as the guest sees it (`sql-error`).
-    pub fn to_sql_error(&self) -> guest_sdk::SqlError {
+    pub fn to_sql_error(&self) -> SqlError {
         match self {
-            StoreError::Sql { code, message } => guest_sdk::SqlError { code: code.clone(), message: message.clone() },
-            StoreError::Refused(m) => guest_sdk::SqlError { code: "reel:refused".into(), message: m.clone() },
-            StoreError::Limit(m) => guest_sdk::SqlError { code: "reel:limit".into(), message: m.clone() },
-            other => guest_sdk::SqlError { code: "reel:unavailable".into(), message: other.to_string() },
+            StoreError::Sql { code, message } => SqlError { code: code.clone(), message: message.clone() },
+            StoreError::Refused(m) => SqlError { code: "reel:refused".into(), message: m.clone() },
+            StoreError::Limit(m) => SqlError { code: "reel:limit".into(), message: m.clone() },
+            other => SqlError { code: "reel:unavailable".into(), message: other.to_string() },
         }
     }
 }
@@ -316,44 +314,6 @@ pub trait Namespace: Send {
     fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
     /// Remove a dead letter (inside the open transaction); false if absent.
     fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError>;
-}
-
-/// An event a projection could not apply, set aside under the `skip` policy.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct DeadLetter {
-    /// The event's position.
-    pub position: i64,
-    /// Its stream.
-    pub stream_id: String,
-    /// Its version in the stream.
-    pub version: i64,
-    /// Its type.
-    pub event_type: String,
-    /// Its payload (JSON text).
-    pub data: String,
-    /// Its metadata (JSON text).
-    pub metadata: String,
-    /// When it occurred.
-    pub occurred_at: String,
-    /// Why it failed.
-    pub error: String,
-    /// When it was set aside.
-    pub failed_at: String,
-}
-
-impl DeadLetter {
-    /// The event, to apply it again.
-    pub fn event(&self) -> Event {
-        Event {
-            position: self.position,
-            stream_id: self.stream_id.clone(),
-            version: self.version,
-            event_type: self.event_type.clone(),
-            data: self.data.clone(),
-            metadata: self.metadata.clone(),
-            occurred_at: self.occurred_at.clone(),
-        }
-    }
 }
 
 /// The read-model storage of the configured backend.

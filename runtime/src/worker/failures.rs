@@ -4,9 +4,10 @@
 //! (ADR 02). A guest out of memory in a call of several events gets smaller
 //! calls first (ADR 11).
 
-use crate::host::{GuestFailure, OnError};
+use reel_model::{Cursor, Event, OnError};
+
+use crate::host::GuestFailure;
 use crate::runtime::ReadError;
-use crate::source::{Cursor, Event};
 use crate::store::StoreError;
 
 use super::{ATTEMPTS, Halt, State, Worker, backoff};
@@ -145,10 +146,10 @@ impl Worker {
         guest.caps().begin()?;
         let result = (|| {
             let letter = guest.caps().namespace().dead_letters(position - 1, 1)?;
-            let Some(letter) = letter.into_iter().find(|l| l.position == position) else {
+            let Some(letter) = letter.into_iter().find(|l| l.event.position == position) else {
                 return Err(ReadError::NotFound(format!("no dead letter at position {position}")));
             };
-            guest.handle(&[letter.event()]).map_err(ReadError::Guest)?;
+            guest.handle(std::slice::from_ref(&letter.event)).map_err(ReadError::Guest)?;
             guest.caps().namespace().remove_dead_letter(position)?;
             guest.caps().commit(at, at)?;
             Ok(())

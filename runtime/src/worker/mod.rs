@@ -14,10 +14,12 @@ use tokio::sync::{mpsc, watch};
 
 pub use status::{State, Status};
 
+use reel_model::{Cursor, Event, OnError};
+
 use crate::config::{BatchConfig, Limits};
-use crate::host::{Capabilities, Guest, GuestFailure, Mode, OnError, Program};
+use crate::host::{Capabilities, Guest, GuestFailure, Mode, Program};
 use crate::runtime::ReadError;
-use crate::source::{Cursor, Event, EventReader, Filter, Source};
+use crate::source::{EventReader, Filter, Source};
 use crate::store::{NamespaceId, Store, StoreError};
 
 /// Attempts at a failing batch before narrowing it down.

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::source::Cursor;
-use crate::source::time::{format_micros, now_micros};
+use reel_model::Cursor;
+use reel_model::time::{format_micros, now_micros};
 
 /// Lifecycle of a projection version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

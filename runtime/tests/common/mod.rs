@@ -438,7 +438,7 @@ pub async fn stored_events(data_dir: &Path, database_url: Option<&str>) -> Vec<S
                 .map(|r| StoredEvent {
                     event_type: r.get(0),
                     data: r.get(1),
-                    occurred_at: reel::source::time::format_micros(r.get(2)),
+                    occurred_at: reel::model::time::format_micros(r.get(2)),
                 })
                 .collect()
         }

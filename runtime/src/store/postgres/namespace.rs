@@ -4,11 +4,12 @@ use std::time::Instant;
 
 use tokio_postgres::types::{ToSql, Type};
 
+use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
+
 use crate::pg::value::{ArrayParam, Param, column};
 use crate::pg::{block_on, block_on_with_deadline, database_error};
-use crate::source::{Cursor, Event};
 use crate::store::sql_text::{quote_ident, reserved_name};
-use crate::store::{Checkpoint, DeadLetter, KvWrite, Namespace, Rows, StoreError, TableRead, Value};
+use crate::store::{Checkpoint, KvWrite, Namespace, StoreError, TableRead};
 
 use super::connection::{Behind, PgNamespace};
 use super::pipeline::{Op, unsendable};
@@ -266,13 +267,15 @@ impl Namespace for PgNamespace {
         Ok(rows
             .iter()
             .map(|r| DeadLetter {
-                position: r.get(0),
-                stream_id: r.get(1),
-                version: r.get(2),
-                event_type: r.get(3),
-                data: r.get(4),
-                metadata: r.get(5),
-                occurred_at: r.get(6),
+                event: Event {
+                    position: r.get(0),
+                    stream_id: r.get(1),
+                    version: r.get(2),
+                    event_type: r.get(3),
+                    data: r.get(4),
+                    metadata: r.get(5),
+                    occurred_at: r.get(6),
+                },
                 error: r.get(7),
                 failed_at: r.get(8),
             })

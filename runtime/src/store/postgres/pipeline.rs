@@ -2,10 +2,11 @@
 
 use tokio_postgres::Statement;
 
+use reel_model::{Cursor, Event, Value};
+
 use crate::pg::value::{ArrayParam, unfit};
 use crate::pg::{database_error, statement_error};
-use crate::source::{Cursor, Event};
-use crate::store::{StoreError, Value};
+use crate::store::StoreError;
 
 /// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
 const FENCED: &str = "RL409";

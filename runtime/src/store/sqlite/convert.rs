@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ToSql};
 
-use crate::store::{StoreError, Value};
+use reel_model::Value;
+
+use crate::store::StoreError;
 
 /// An error of reel's own statements. The deadline interrupts them too (a
 /// batch's KV writes and checkpoint, a table read over HTTP): that is the

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::source::time::{format_micros, now_micros};
-use crate::source::{Cursor, Event};
+use reel_model::time::{format_micros, now_micros};
+use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
+
 use crate::store::sql_text::{Checked, refusal, sqlite_placeholders};
 use crate::store::wal;
 use crate::store::writer::{self, Statement, Writer};
-use crate::store::{Checkpoint, DeadLetter, KvWrite, Namespace, Rows, StoreError, TableRead, Value, scan_range};
+use crate::store::{Checkpoint, KvWrite, Namespace, StoreError, TableRead, scan_range};
 
 use super::convert::{Param, as_guest, db, to_value};
 
@@ -397,13 +398,15 @@ impl Namespace for SqliteNamespace {
         let rows = stmt
             .query_map(params![after, limit as i64], |r| {
                 Ok(DeadLetter {
-                    position: r.get(0)?,
-                    stream_id: r.get(1)?,
-                    version: r.get(2)?,
-                    event_type: r.get(3)?,
-                    data: r.get(4)?,
-                    metadata: r.get(5)?,
-                    occurred_at: r.get(6)?,
+                    event: Event {
+                        position: r.get(0)?,
+                        stream_id: r.get(1)?,
+                        version: r.get(2)?,
+                        event_type: r.get(3)?,
+                        data: r.get(4)?,
+                        metadata: r.get(5)?,
+                        occurred_at: r.get(6)?,
+                    },
                     error: r.get(7)?,
                     failed_at: r.get(8)?,
                 })

@@ -1,0 +1,42 @@
+//! The `projection` world's bindings, generated from `wit/` by wasmtime's
+//! `bindgen!`, for the host alone. The `types` interface is reel-model's own
+//! types (their component traits derived under its `host` feature), so an
+//! event goes to a guest as the worker holds it, without a copy; `kv`, `sql`
+//! and `log` are generated here and converted at the host's edge (`kv.rs`,
+//! `sql.rs`, `log.rs`).
+
+#![allow(unsafe_code, missing_docs)]
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "projection",
+    imports: { default: trappable },
+    with: { "reel:projection/types": crate::host::bindings::types },
+});
+
+/// `reel:projection/types`, written as `bindgen!` would write it, over
+/// reel-model's types. A type added to the WIT interface is added here (and
+/// derives the component traits in reel-model); a mismatch fails when a
+/// component is linked.
+pub mod types {
+    pub use reel_model::{Error, Event, HandleError, Manifest};
+    use wasmtime::component::{HasData, Linker};
+
+    pub trait HostWithStore<T>: HasData {}
+    impl<H: ?Sized + HasData, T> HostWithStore<T> for H {}
+
+    /// The interface has no functions: nothing to implement.
+    pub trait Host {}
+    impl<T: Host + ?Sized> Host for &mut T {}
+
+    /// The interface's (empty) instance, which components import.
+    pub fn add_to_linker<T, D>(linker: &mut Linker<T>, _host_getter: fn(&mut T) -> D::Data<'_>) -> wasmtime::Result<()>
+    where
+        D: HostWithStore<T>,
+        for<'a> D::Data<'a>: Host,
+        T: 'static,
+    {
+        linker.instance("reel:projection/types@0.1.0")?;
+        Ok(())
+    }
+}
