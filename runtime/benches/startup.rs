@@ -61,9 +61,9 @@ fn main() {
     let mut per_module = Vec::new();
     for run in ["cold (empty compile cache)", "cached", "cached again"] {
         let started = Instant::now();
-        let runtime = rt.block_on(reel::Runtime::start(config.clone())).unwrap();
+        let server = rt.block_on(reel::Server::start(config.clone())).unwrap();
         let elapsed = started.elapsed();
-        let files = runtime.files();
+        let files = server.deployments().files();
         let failed: Vec<_> = files.iter().filter(|f| f.error.is_some()).collect();
         assert!(failed.is_empty(), "{failed:?}");
         let compile: f64 = files.iter().filter_map(|f| f.compile_ms).sum();
@@ -72,7 +72,7 @@ fn main() {
             elapsed.as_secs_f64() * 1000.0
         );
         per_module.push(files);
-        rt.block_on(runtime.shutdown());
+        rt.block_on(server.shutdown());
         std::thread::sleep(Duration::from_millis(200));
     }
     println!("\n{:<24} {:>10} {:>12} {:>12}", "module", "size (KB)", "cold (ms)", "cached (ms)");

@@ -184,46 +184,6 @@ pub struct BatchConfig {
     pub call_bytes: usize,
 }
 
-impl BatchConfig {
-    /// `events` in `handle` calls: at most `call_events` events and, past a
-    /// call's first event, `call_bytes` bytes of event text.
-    pub fn calls<'e, E: guest_sdk::EventFields>(&self, events: &'e [E]) -> impl Iterator<Item = &'e [E]> {
-        let (max_events, max_bytes) = (self.call_events.max(1), self.call_bytes);
-        let mut rest = events;
-        std::iter::from_fn(move || {
-            if rest.is_empty() {
-                return None;
-            }
-            let mut bytes = 0;
-            let over = rest.iter().take(max_events).position(|e| {
-                bytes += text_bytes(e);
-                bytes > max_bytes
-            });
-            let n = over.map_or(rest.len().min(max_events), |i| i.max(1));
-            let (call, later) = rest.split_at(n);
-            rest = later;
-            Some(call)
-        })
-    }
-
-    /// A `call_bytes` that cuts in two the biggest of the calls `events` go
-    /// in that hold more than one event (half its bytes of event text), for a
-    /// guest that ran out of memory in one; `None` when every call holds a
-    /// single event already. It is always below `call_bytes`: a call of
-    /// several events holds at most that many bytes.
-    pub fn smaller_calls<E: guest_sdk::EventFields>(&self, events: &[E]) -> Option<usize> {
-        let biggest =
-            self.calls(events).filter(|c| c.len() > 1).map(|c| c.iter().map(text_bytes).sum::<usize>()).max()?;
-        Some(biggest / 2)
-    }
-}
-
-/// The bytes of an event's text a call holds: payload, metadata, stream id,
-/// type and time.
-fn text_bytes<E: guest_sdk::EventFields>(e: &E) -> usize {
-    e.stream_id().len() + e.event_type().len() + e.data().len() + e.metadata().len() + e.occurred_at().len()
-}
-
 impl Default for BatchConfig {
     fn default() -> Self {
         Self { max_events: 100_000, target: Duration::from_secs(1), call_events: 100_000, call_bytes: 64 << 20 }
@@ -233,60 +193,6 @@ impl Default for BatchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// An event whose text is `bytes` long in all.
-    fn event(position: i64, bytes: usize) -> guest_sdk::RawEvent {
-        guest_sdk::RawEvent {
-            position,
-            stream_id: "s".into(),
-            version: position,
-            event_type: "t".into(),
-            data: "d".repeat(bytes - 3),
-            metadata: String::new(),
-            occurred_at: "z".into(),
-        }
-    }
-
-    /// The sizes of the calls `events` go in, checking each event is in one.
-    fn sizes(events: &[guest_sdk::RawEvent], call_events: usize, call_bytes: usize) -> Vec<usize> {
-        let batch = BatchConfig { call_events, call_bytes, ..BatchConfig::default() };
-        let calls: Vec<&[guest_sdk::RawEvent]> = batch.calls(events).collect();
-        let positions: Vec<i64> = calls.iter().flat_map(|c| c.iter().map(|e| e.position)).collect();
-        assert_eq!(positions, (0..events.len() as i64).collect::<Vec<_>>(), "every event once, in order");
-        calls.iter().map(|c| c.len()).collect()
-    }
-
-    #[test]
-    fn calls_hold_at_most_their_events_and_bytes() {
-        let small: Vec<_> = (0..10).map(|i| event(i, 100)).collect();
-        assert_eq!(sizes(&small, 100, 1 << 20), [10], "a batch is one call");
-        assert_eq!(sizes(&small, 4, 1 << 20), [4, 4, 2]);
-        assert_eq!(sizes(&small, 100, 300), [3, 3, 3, 1], "300 bytes: three events of 100");
-        assert_eq!(sizes(&small, 100, 299), [2, 2, 2, 2, 2]);
-        // An event bigger than a call's bytes goes alone, never left out.
-        let mixed = vec![event(0, 100), event(1, 5_000), event(2, 100), event(3, 100)];
-        assert_eq!(sizes(&mixed, 100, 1_000), [1, 1, 2]);
-        assert_eq!(sizes(&[], 100, 1_000), Vec::<usize>::new());
-        assert_eq!(sizes(&small, 0, 0), [1; 10], "limits of zero still make progress");
-    }
-
-    #[test]
-    fn smaller_calls_cut_the_biggest_call_until_each_holds_one_event() {
-        let mixed = vec![event(0, 100), event(1, 100), event(2, 1_000), event(3, 1_000), event(4, 100)];
-        let mut batch = BatchConfig { call_events: 100, call_bytes: 10_000, ..BatchConfig::default() };
-        let mut seen = vec![];
-        while let Some(call_bytes) = batch.smaller_calls(&mixed) {
-            assert!(call_bytes < batch.call_bytes, "{call_bytes} shrinks");
-            batch.call_bytes = call_bytes;
-            seen.push((call_bytes, sizes(&mixed, batch.call_events, call_bytes)));
-        }
-        assert_eq!(seen, [(1_150, vec![2, 1, 2]), (550, vec![2, 1, 1, 1]), (100, vec![1; 5])]);
-        // A batch of calls cut by count is cut further by bytes.
-        let small: Vec<_> = (0..10).map(|i| event(i, 100)).collect();
-        let by_count = BatchConfig { call_events: 4, call_bytes: 1 << 20, ..BatchConfig::default() };
-        assert_eq!(by_count.smaller_calls(&small), Some(200));
-        assert_eq!(BatchConfig { call_events: 1, ..by_count }.smaller_calls(&small), None);
-    }
 
     #[test]
     fn settings_refuse_what_they_cannot_hold() {

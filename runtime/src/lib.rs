@@ -24,7 +24,11 @@
 //! - [`store`]: read-model storage per backend: a namespace per projection
 //!   version, its KV table, its checkpoint.
 //! - [`api`]: the HTTP API (axum): append, status, reads, control.
-//! - [`runtime`]: wires it together: [`run`] starts everything for a [`Config`].
+//! - [`deploy`]: the registry of deployments: a worker per projection
+//!   version, module files deployed as they come and go, blue/green cut-over.
+//! - [`reads`]: the read service the API calls: reads and status.
+//! - [`server`]: start-up: [`run`] opens the backends, starts everything for
+//!   a [`Config`] and serves HTTP.
 //! - [`cli`] and [`client`]: the control subcommands of the `reel` command,
 //!   over a small HTTP client.
 //! - [`scaffold`]: `reel new`, a projection folder in Rust, JavaScript, Python or C.
@@ -53,11 +57,13 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod host;
 pub mod modules;
 mod pg;
-pub mod runtime;
+pub mod reads;
 pub mod scaffold;
+pub mod server;
 pub mod source;
 pub mod store;
 mod text;
@@ -67,4 +73,4 @@ pub mod workload;
 pub use config::Config;
 /// The types every part of reel shares (events, cursors, values, manifests).
 pub use reel_model as model;
-pub use runtime::{Runtime, run, serve};
+pub use server::{Server, run, serve};

@@ -18,7 +18,7 @@ both_backends!(every_language_builds_the_same_read_models);
 /// A table's rows, by their first column.
 async fn rows(h: &Harness, projection: &str) -> BTreeMap<String, Vec<Value>> {
     let read = TableRead { table: "order_summaries".into(), limit: 100_000, ..TableRead::default() };
-    let rows = h.runtime.read(projection, None, move |ns| ns.read_table(&read)).await.unwrap();
+    let rows = h.server.reads().read(projection, None, move |ns| ns.read_table(&read)).await.unwrap();
     rows.rows
         .into_iter()
         .map(|row| match &row[0] {
@@ -30,7 +30,7 @@ async fn rows(h: &Harness, projection: &str) -> BTreeMap<String, Vec<Value>> {
 
 /// Every KV entry, bytes as stored.
 async fn kv(h: &Harness, projection: &str) -> Vec<(String, Vec<u8>)> {
-    h.runtime.read(projection, None, |ns| ns.kv_scan("", None, 1_000_000)).await.unwrap()
+    h.server.reads().read(projection, None, |ns| ns.kv_scan("", None, 1_000_000)).await.unwrap()
 }
 
 async fn every_language_builds_the_same_read_models(backend: Backend) {

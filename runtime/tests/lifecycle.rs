@@ -111,7 +111,7 @@ async fn a_new_version_is_rebuilt_beside_the_old_and_reads_switch_atomically(bac
     let after = seen(&h, "echo").await;
     assert_eq!(after.len() as i64, last);
     assert!(after.values().all(|v| v == "c"));
-    assert!(!h.runtime.store().exists(&reel::store::NamespaceId::new("echo", "1")), "the old namespace is dropped");
+    assert!(!h.server.store().exists(&reel::store::NamespaceId::new("echo", "1")), "the old namespace is dropped");
     h.finish().await;
 }
 
@@ -195,7 +195,7 @@ async fn removing_a_file_stops_the_projection_and_keeps_its_read_model(backend: 
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = h.call("GET", &format!("/projections/echo/kv/seen/{at:020}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(!h.runtime.store().exists(&reel::store::NamespaceId::new("echo", "1")));
+    assert!(!h.server.store().exists(&reel::store::NamespaceId::new("echo", "1")));
     h.finish().await;
 }
 

@@ -691,7 +691,7 @@ async fn a_second_runtime_stands_by_and_takes_over_without_doubling() {
             .unwrap();
     }
     a.get(&format!("/projections/echo/kv?limit=1&min_position={last}")).await;
-    a.runtime.shutdown().await; // the owner goes away
+    a.server.shutdown().await; // the owner goes away
     b.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "running").await;
     for i in 20..40 {
         last = b.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await["positions"][0]

@@ -45,11 +45,11 @@ async fn serves_a_real_socket_and_refuses_malformed_http() {
     let config = common::test_config(dir.path());
     std::fs::create_dir_all(&config.modules_dir).unwrap();
     std::fs::copy(common::guest("customer_stats"), config.modules_dir.join("customer_stats.wasm")).unwrap();
-    let runtime = reel::Runtime::start(config).await.unwrap();
+    let started = reel::Server::start(config).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(reel::serve(runtime, listener, async {
+    let server = tokio::spawn(reel::serve(started, listener, async {
         let _ = stopped.await;
     }));
 

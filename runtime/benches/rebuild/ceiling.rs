@@ -40,7 +40,7 @@ pub async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize
     let batches: Vec<Vec<(String, Vec<guest_sdk::Value>)>> = raw
         .chunks(batch)
         .map(|chunk| {
-            for call in config.batch.calls(chunk) {
+            for call in reel::worker::calls(&config.batch, chunk) {
                 guest_sdk::native::handle::<order_summaries::OrderSummaries, _>(&mut host, call).unwrap();
             }
             std::mem::take(&mut host.statements)

@@ -28,8 +28,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::Backend;
+use reel::Server;
 use reel::model::Cursor;
-use reel::runtime::Runtime;
 use reel::store::TableRead;
 use reel::workload::{Expected, OrderEvent, OrderWorkload, fold, generate};
 use serde_json::Value;
@@ -122,7 +122,7 @@ async fn bench_backend(backend: Backend, args: &Args) {
         config.database_url = Some(common::create_database().await);
     }
     std::fs::create_dir_all(&config.modules_dir).unwrap();
-    let runtime = Runtime::start(config.clone()).await.unwrap();
+    let server = Server::start(config.clone()).await.unwrap();
 
     let events = workload(args.events);
     let started = Instant::now();
@@ -130,8 +130,8 @@ async fn bench_backend(backend: Backend, args: &Args) {
     let load_time = started.elapsed();
     let stored = common::stored_events(&config.data_dir, config.database_url.as_deref()).await;
     let expected = fold(&stored);
-    let head = runtime.source().head().await.unwrap();
-    let head_cursor = runtime.source().cursor_of(head).await.unwrap().unwrap();
+    let head = server.source().head().await.unwrap();
+    let head_cursor = server.source().cursor_of(head).await.unwrap().unwrap();
     println!(
         "\n== {backend:?}: {} events loaded in {:.1?} ({:.0} events/s); {} orders, {} customers",
         stored.len(),
@@ -158,7 +158,7 @@ async fn bench_backend(backend: Backend, args: &Args) {
         if args.only.as_ref().is_some_and(|only| !label.contains(only.as_str())) {
             continue;
         }
-        let (rate, compile, cpu) = rebuild(&runtime, &config, variant, stored.len(), head_cursor, &expected).await;
+        let (rate, compile, cpu) = rebuild(&server, &config, variant, stored.len(), head_cursor, &expected).await;
         println!("{label:<36} {rate:>10.0} events/s  ({compile}, included; CPU per event: {cpu})");
         results.insert(label, rate);
     }
@@ -181,7 +181,7 @@ async fn bench_backend(backend: Backend, args: &Args) {
         results.get("customer-stats (wasm)").copied().unwrap_or_default() / kv_ceiling
     );
     if args.only.is_some() {
-        runtime.shutdown().await;
+        server.shutdown().await;
         if let Some(url) = &config.database_url {
             common::drop_database(url).await;
         }
@@ -217,7 +217,7 @@ async fn bench_backend(backend: Backend, args: &Args) {
         ratio("customer-stats (wasm)", "customer-stats (native)"),
         results["customer-stats (wasm)"] / handwritten
     );
-    runtime.shutdown().await;
+    server.shutdown().await;
     if let Some(url) = &config.database_url {
         common::drop_database(url).await;
     }
@@ -267,7 +267,7 @@ impl guest_sdk::Projection for OrdersPerEvent {
 /// Deploy `variant` on a fresh namespace; events/s until it reached the head
 /// (the module's compile included), and how long that compile took.
 async fn rebuild(
-    runtime: &Runtime,
+    server: &Server,
     config: &reel::Config,
     variant: Variant,
     events: usize,
@@ -285,18 +285,20 @@ async fn rebuild(
     match variant {
         Variant::Wasm(crate_name) => {
             std::fs::copy(common::guest(crate_name), &file).unwrap();
-            runtime.reload(file.clone()).await;
+            server.deployments().reload(file.clone()).await;
         }
         Variant::Language(name) => {
             std::fs::copy(common::language_guest(name), &file).unwrap();
-            runtime.reload(file.clone()).await;
+            server.deployments().reload(file.clone()).await;
         }
-        Variant::NativeOrders => runtime.deploy_native::<order_summaries::OrderSummaries>().await.unwrap(),
-        Variant::NativeOrdersPerEvent => runtime.deploy_native::<OrdersPerEvent>().await.unwrap(),
-        Variant::NativeCustomers => runtime.deploy_native::<customer_stats::CustomerStatsProjection>().await.unwrap(),
+        Variant::NativeOrders => server.deployments().deploy_native::<order_summaries::OrderSummaries>().await.unwrap(),
+        Variant::NativeOrdersPerEvent => server.deployments().deploy_native::<OrdersPerEvent>().await.unwrap(),
+        Variant::NativeCustomers => {
+            server.deployments().deploy_native::<customer_stats::CustomerStatsProjection>().await.unwrap()
+        }
     }
     loop {
-        let (active, _) = runtime.deployments(name).expect("deployed");
+        let (active, _) = server.deployments().views(name).expect("deployed");
         let status = active.status.snapshot();
         if status.cursor >= head {
             break;
@@ -306,7 +308,7 @@ async fn rebuild(
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
     let cpu = Cpu::now().since(&cpu_before, events, config.database_url.is_some());
-    let compile = match runtime.files().into_iter().find(|f| f.path == file) {
+    let compile = match server.deployments().files().into_iter().find(|f| f.path == file) {
         Some(f) => format!(
             "{} {:.0} ms",
             if f.cached == Some(true) { "cache load" } else { "compile" },
@@ -314,12 +316,12 @@ async fn rebuild(
         ),
         None => "native, no compile".to_owned(),
     };
-    verify(runtime, name, expected).await;
+    verify(server, name, expected).await;
     if matches!(variant, Variant::Wasm(_) | Variant::Language(_)) {
         std::fs::remove_file(&file).unwrap();
-        runtime.reload(file).await;
+        server.deployments().reload(file).await;
     }
-    runtime.delete(name).await.unwrap();
+    server.deployments().delete(name).await.unwrap();
     (rate, compile, cpu)
 }
 
@@ -371,10 +373,10 @@ impl Cpu {
 }
 
 /// The read model equals the fold, or the run does not count.
-async fn verify(runtime: &Runtime, name: &str, expected: &Expected) {
+async fn verify(server: &Server, name: &str, expected: &Expected) {
     if name.starts_with("order-summaries") {
         let read = TableRead { table: "order_summaries".into(), limit: 10_000_000, ..TableRead::default() };
-        let rows = runtime.read(name, None, move |ns| ns.read_table(&read)).await.unwrap();
+        let rows = server.reads().read(name, None, move |ns| ns.read_table(&read)).await.unwrap();
         let got: BTreeMap<String, Value> = rows
             .iter()
             .map(|row| {
@@ -385,7 +387,7 @@ async fn verify(runtime: &Runtime, name: &str, expected: &Expected) {
             .collect();
         assert!(got == common::expected_rows(expected), "{name} differs from the fold");
     } else {
-        let entries = runtime.read(name, None, |ns| ns.kv_scan("customer/", None, 10_000_000)).await.unwrap();
+        let entries = server.reads().read(name, None, |ns| ns.kv_scan("customer/", None, 10_000_000)).await.unwrap();
         let got: BTreeMap<String, String> =
             entries.into_iter().map(|(k, v)| (k, String::from_utf8(v).unwrap())).collect();
         assert!(got == expected.customers, "{name} differs from the fold");

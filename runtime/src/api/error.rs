@@ -7,10 +7,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::deploy::DeployError;
 use crate::host::GuestFailure;
-use crate::runtime::ReadError;
+use crate::reads::ReadError;
 use crate::source::SourceError;
 use crate::store::StoreError;
+use crate::worker::WorkerError;
 
 /// An HTTP error response.
 #[derive(Debug)]
@@ -83,20 +85,41 @@ impl From<ReadError> for ApiError {
             ReadError::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
             ReadError::Store(e) => e.into(),
             ReadError::Source(e) => e.into(),
-            ReadError::Guest(GuestFailure::Rejected { message, .. }) => {
-                Self::new(StatusCode::BAD_REQUEST, "query_rejected", message)
-            }
-            ReadError::Guest(GuestFailure::Store(e)) => e.into(),
-            ReadError::Guest(GuestFailure::Timeout(limit)) => Self::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "query_timeout",
-                format!("the query ran past its {limit:?} limit"),
-            ),
-            ReadError::Guest(other) => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", other.to_string()),
+            ReadError::Guest(failure) => failure.into(),
             ReadError::Internal(m) => {
                 tracing::error!("internal error: {m}");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
             }
+        }
+    }
+}
+
+/// A projection's call failed (its `query`, or a dead letter applied again).
+impl From<GuestFailure> for ApiError {
+    fn from(failure: GuestFailure) -> Self {
+        match failure {
+            GuestFailure::Rejected { message, .. } => Self::new(StatusCode::BAD_REQUEST, "query_rejected", message),
+            GuestFailure::Store(e) => e.into(),
+            GuestFailure::Timeout(limit) => Self::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "query_timeout",
+                format!("the query ran past its {limit:?} limit"),
+            ),
+            other => Self::new(StatusCode::INTERNAL_SERVER_ERROR, "query_failed", other.to_string()),
+        }
+    }
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Unknown(_) => Self::not_found(e.to_string()),
+            DeployError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            DeployError::Store(e) => e.into(),
+            DeployError::Worker(WorkerError::NotFound(m)) => Self::not_found(m),
+            DeployError::Worker(WorkerError::Conflict(m)) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            DeployError::Worker(WorkerError::Guest(failure)) => failure.into(),
+            DeployError::Worker(WorkerError::Store(e)) => e.into(),
         }
     }
 }

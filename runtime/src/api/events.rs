@@ -5,16 +5,15 @@ use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 
-use super::ApiError;
-use crate::runtime::Runtime;
+use super::{ApiError, Services};
 use crate::source::{AppendRequest, Appended, Object};
 
 /// Append events; 409 when the stream is not at `expected_version`.
 pub async fn append(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     body: Result<Json<Object<AppendRequest>>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Appended>), ApiError> {
     let Json(Object(request)) = body?;
-    let appended = runtime.source().append(request).await?;
+    let appended = services.source.append(request).await?;
     Ok((StatusCode::CREATED, Json(appended)))
 }

@@ -17,7 +17,9 @@ use axum::routing::{get, post};
 
 pub use error::ApiError;
 
-use crate::runtime::Runtime;
+use crate::deploy::Deployments;
+use crate::reads::Reads;
+use crate::source::Source;
 
 /// Largest request body (an append of many events).
 pub(crate) const BODY_LIMIT: usize = 16 << 20;
@@ -25,8 +27,20 @@ pub(crate) const BODY_LIMIT: usize = 16 << 20;
 /// The OpenAPI description of this API.
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// The router, over a running [`Runtime`].
-pub fn app(runtime: Runtime) -> Router {
+/// What the routes use: the read service, the deployments they control and
+/// the event log they append to.
+#[derive(Clone)]
+pub struct Services {
+    /// Reads and status.
+    pub reads: Reads,
+    /// Control of projections and their module files.
+    pub deployments: Deployments,
+    /// Appends and the head of the log.
+    pub source: Source,
+}
+
+/// The router, over a started reel's [`Services`].
+pub fn app(services: Services) -> Router {
     Router::new()
         .route("/events", post(events::append))
         .route("/projections", get(projections::list))
@@ -54,5 +68,5 @@ pub fn app(runtime: Runtime) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(runtime)
+        .with_state(services)
 }

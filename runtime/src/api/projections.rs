@@ -12,51 +12,53 @@ use serde_json::{Value, json};
 
 use reel_model::DeadLetter;
 
-use super::ApiError;
-use crate::runtime::{FileStatus, ProjectionInfo, Runtime};
+use super::{ApiError, Services};
+use crate::deploy::{DeployError, FileStatus};
+use crate::reads::ProjectionInfo;
 use crate::worker::Control;
+use crate::worker::WorkerError;
 
 /// `GET /projections`.
-pub async fn list(State(runtime): State<Runtime>) -> Result<Json<Vec<ProjectionInfo>>, ApiError> {
-    Ok(Json(runtime.list().await?))
+pub async fn list(State(services): State<Services>) -> Result<Json<Vec<ProjectionInfo>>, ApiError> {
+    Ok(Json(services.reads.list().await?))
 }
 
 /// `GET /projections/{name}`.
 pub async fn show(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
     let Path(name) = name?;
-    Ok(Json(runtime.info(&name).await?))
+    Ok(Json(services.reads.info(&name).await?))
 }
 
 /// `POST /projections/{name}/pause`.
-pub async fn pause(State(runtime): State<Runtime>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    runtime.control(&name, Control::Pause)?;
+pub async fn pause(State(services): State<Services>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    services.deployments.control(&name, Control::Pause)?;
     Ok(Json(json!({ "projection": name, "requested": "pause" })))
 }
 
 /// `POST /projections/{name}/resume` (also retries a projection stopped at a
 /// poison event).
-pub async fn resume(State(runtime): State<Runtime>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    runtime.control(&name, Control::Resume)?;
+pub async fn resume(State(services): State<Services>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    services.deployments.control(&name, Control::Resume)?;
     Ok(Json(json!({ "projection": name, "requested": "resume" })))
 }
 
 /// `POST /projections/{name}/rebuild`: rebuild into a fresh namespace; reads
 /// switch when it has caught up.
 pub async fn rebuild(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     Path(name): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let ns = runtime.rebuild(&name).await?;
+    let ns = services.deployments.rebuild(&name).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "projection": name, "rebuilding": ns.slug() }))))
 }
 
 /// `DELETE /projections/{name}`: drop its read model (its module must be
 /// removed first).
-pub async fn delete(State(runtime): State<Runtime>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
-    runtime.delete(&name).await?;
+pub async fn delete(State(services): State<Services>, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    services.deployments.delete(&name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -76,24 +78,24 @@ fn default_limit() -> usize {
 
 /// `GET /projections/{name}/dead-letters?after=&limit=`.
 pub async fn dead_letters(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     Path(name): Path<String>,
     page: Result<Query<Page>, QueryRejection>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
     let Query(page) = page?;
-    Ok(Json(runtime.dead_letters(&name, page.after, page.limit).await?))
+    Ok(Json(services.reads.dead_letters(&name, page.after, page.limit).await?))
 }
 
 /// `POST /projections/{name}/dead-letters/{position}/retry`: apply the event
 /// again with the current code; on success it leaves the dead-letter table.
 pub async fn retry_dead_letter(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     path: Result<Path<(String, i64)>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Path((name, position)) = path?;
-    runtime.retry_dead_letter(&name, position).await.map_err(|e| match e {
+    services.deployments.retry_dead_letter(&name, position).await.map_err(|e| match e {
         // The projection's code still fails on it: the dead letter stays.
-        crate::runtime::ReadError::Guest(failure) if failure.is_projection_fault() => ApiError::new(
+        DeployError::Worker(WorkerError::Guest(failure)) if failure.is_projection_fault() => ApiError::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
             "still_failing",
             format!("event {position} still fails, and stays a dead letter: {failure}"),
@@ -104,13 +106,13 @@ pub async fn retry_dead_letter(
 }
 
 /// `GET /modules`: each module file and what became of it.
-pub async fn modules(State(runtime): State<Runtime>) -> Json<Vec<FileStatus>> {
-    Json(runtime.files())
+pub async fn modules(State(services): State<Services>) -> Json<Vec<FileStatus>> {
+    Json(services.deployments.files())
 }
 
 /// `GET /healthz`: the event log answers.
-pub async fn healthz(State(runtime): State<Runtime>) -> Result<Json<Value>, ApiError> {
-    let head = runtime.source().head().await?;
+pub async fn healthz(State(services): State<Services>) -> Result<Json<Value>, ApiError> {
+    let head = services.source.head().await?;
     Ok(Json(json!({ "status": "ok", "head": head })))
 }
 
@@ -118,10 +120,10 @@ pub async fn healthz(State(runtime): State<Runtime>) -> Result<Json<Value>, ApiE
 type Gauge = (&'static str, &'static str, fn(&ProjectionInfo) -> f64);
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(runtime): State<Runtime>) -> Result<impl IntoResponse, ApiError> {
-    let projections = runtime.list().await?;
+pub async fn metrics(State(services): State<Services>) -> Result<impl IntoResponse, ApiError> {
+    let projections = services.reads.list().await?;
     let mut out = String::new();
-    let head = runtime.source().head().await?;
+    let head = services.source.head().await?;
     let _ = writeln!(out, "# HELP reel_head_position Position of the last committed event.");
     let _ = writeln!(out, "# TYPE reel_head_position gauge\nreel_head_position {head}");
     let gauges: [Gauge; 5] = [

@@ -9,8 +9,7 @@ use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::ApiError;
-use crate::runtime::Runtime;
+use super::{ApiError, Services};
 use crate::store::TableRead;
 
 /// Largest `limit` for KV scans and table reads.
@@ -74,7 +73,7 @@ pub struct KeyParams {
 
 /// `GET /projections/{name}/kv/{key}`: the value, or 404.
 pub async fn kv_get(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<KeyParams>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -83,7 +82,7 @@ pub async fn kv_get(
     no_nul("key", &key)?;
     let min_position = min_position(params.min_position.as_deref())?;
     let wanted = key.clone();
-    let value = runtime.read(&name, min_position, move |ns| ns.kv_get(&wanted)).await?;
+    let value = services.reads.read(&name, min_position, move |ns| ns.kv_get(&wanted)).await?;
     match value {
         Some(bytes) => Ok(Json(value_json(&bytes))),
         None => Err(ApiError::not_found(format!("projection `{name}` has no key `{key}`"))),
@@ -113,7 +112,7 @@ pub struct ScanParams {
 /// `GET /projections/{name}/kv?prefix=&after=&limit=`: entries in key order,
 /// and `next` to pass as `after` for the following page.
 pub async fn kv_scan(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     path: Result<Path<String>, PathRejection>,
     params: Result<Query<ScanParams>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -124,7 +123,8 @@ pub async fn kv_scan(
     let ScanParams { prefix, after, .. } = params;
     no_nul("prefix", &prefix)?;
     no_nul("after", after.as_deref().unwrap_or_default())?;
-    let entries = runtime.read(&name, min_position, move |ns| ns.kv_scan(&prefix, after.as_deref(), limit)).await?;
+    let entries =
+        services.reads.read(&name, min_position, move |ns| ns.kv_scan(&prefix, after.as_deref(), limit)).await?;
     let next = (entries.len() == limit).then(|| entries.last().map(|(k, _)| k.clone())).flatten();
     let entries: Vec<Value> =
         entries.iter().map(|(k, v)| serde_json::json!({ "key": k, "value": value_json(v) })).collect();
@@ -133,17 +133,17 @@ pub async fn kv_scan(
 
 /// `GET /projections/{name}/tables`: the projection's tables.
 pub async fn tables(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Vec<String>>, ApiError> {
     let Path(name) = path?;
-    Ok(Json(runtime.read(&name, None, |ns| ns.tables()).await?))
+    Ok(Json(services.reads.read(&name, None, |ns| ns.tables()).await?))
 }
 
 /// `GET /projections/{name}/tables/{table}?col=value&order=col[.desc]&limit=`:
 /// rows as JSON objects.
 pub async fn table(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
@@ -163,7 +163,7 @@ pub async fn table(
             _ => read.filters.push((key, value)),
         }
     }
-    let rows = runtime.read(&name, wait, move |ns| ns.read_table(&read)).await?;
+    let rows = services.reads.read(&name, wait, move |ns| ns.read_table(&read)).await?;
     let json = rows
         .iter()
         .map(|row| {
@@ -185,7 +185,7 @@ pub struct QueryParams {
 
 /// `GET /projections/{name}/query/{query}?args=<json>`: the projection's own read.
 pub async fn query(
-    State(runtime): State<Runtime>,
+    State(services): State<Services>,
     path: Result<Path<(String, String)>, PathRejection>,
     params: Result<Query<QueryParams>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -197,6 +197,6 @@ pub async fn query(
             .map_err(|e| ApiError::bad_request(format!("args is not valid JSON: {e}")))?;
     }
     let min_position = min_position(params.min_position.as_deref())?;
-    let json = runtime.query(&name, query, args, min_position).await?;
+    let json = services.reads.query(&name, query, args, min_position).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json))
 }

@@ -7,10 +7,9 @@
 use reel_model::{Cursor, Event, OnError};
 
 use crate::host::GuestFailure;
-use crate::runtime::ReadError;
 use crate::store::StoreError;
 
-use super::{ATTEMPTS, Halt, State, Worker, backoff};
+use super::{ATTEMPTS, Halt, State, Worker, WorkerError, backoff};
 
 impl Worker {
     /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),
@@ -56,7 +55,7 @@ impl Worker {
             // fewer at a time. Calls shrink for the rest of the worker's life
             // (until every call is one event) and the batch is retried whole.
             if let GuestFailure::OutOfMemory(_) = failure
-                && let Some(call_bytes) = self.ctx.batch.smaller_calls(events)
+                && let Some(call_bytes) = super::batch::smaller_calls(&self.ctx.batch, events)
             {
                 tracing::warn!(
                     projection = %self.ns, call_bytes,
@@ -137,19 +136,19 @@ impl Worker {
 
     /// Apply dead letter `position` with the current code, removing it from
     /// the table in the same transaction. The checkpoint does not move.
-    pub(super) fn retry_dead_letter(&mut self, position: i64) -> Result<(), ReadError> {
+    pub(super) fn retry_dead_letter(&mut self, position: i64) -> Result<(), WorkerError> {
         if self.reader.is_none() {
-            return Err(ReadError::Conflict("the projection has not started yet".into()));
+            return Err(WorkerError::Conflict("the projection has not started yet".into()));
         }
         let at = self.persisted;
-        let guest = self.guest().map_err(ReadError::Guest)?;
+        let guest = self.guest().map_err(WorkerError::Guest)?;
         guest.caps().begin()?;
         let result = (|| {
             let letter = guest.caps().namespace().dead_letters(position - 1, 1)?;
             let Some(letter) = letter.into_iter().find(|l| l.event.position == position) else {
-                return Err(ReadError::NotFound(format!("no dead letter at position {position}")));
+                return Err(WorkerError::NotFound(format!("no dead letter at position {position}")));
             };
-            guest.handle(std::slice::from_ref(&letter.event)).map_err(ReadError::Guest)?;
+            guest.handle(std::slice::from_ref(&letter.event)).map_err(WorkerError::Guest)?;
             guest.caps().namespace().remove_dead_letter(position)?;
             guest.caps().commit(at, at)?;
             Ok(())
@@ -161,7 +160,7 @@ impl Worker {
             }
             Err(e) => {
                 let failure = match &e {
-                    ReadError::Guest(f) => f.clone(),
+                    WorkerError::Guest(f) => f.clone(),
                     other => GuestFailure::Refused(other.to_string()),
                 };
                 self.discard(&failure);

@@ -3,6 +3,7 @@
 //! transaction. Failures roll back; persistent ones are narrowed down to the
 //! poison event, which the projection's policy stops at or skips.
 
+mod batch;
 mod failures;
 pub mod status;
 
@@ -12,13 +13,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
+pub use batch::calls;
 pub use status::{State, Status};
 
-use reel_model::{Cursor, Event, OnError};
+use reel_model::{Cursor, OnError};
 
 use crate::config::{BatchConfig, Limits};
 use crate::host::{Capabilities, Guest, GuestFailure, Mode, Program};
-use crate::runtime::ReadError;
 use crate::source::{EventReader, Filter, Source};
 use crate::store::{NamespaceId, Store, StoreError};
 
@@ -48,13 +49,30 @@ pub enum Control {
         /// The event's position.
         position: i64,
         /// The outcome.
-        reply: tokio::sync::oneshot::Sender<Result<(), ReadError>>,
+        reply: tokio::sync::oneshot::Sender<Result<(), WorkerError>>,
     },
     /// Finish the current batch and exit.
     Exit,
 }
 
-/// Everything a worker needs from the runtime.
+/// Why a worker could not do what it was told (a dead letter's retry).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// No such dead letter.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not possible in the worker's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The projection failed on it.
+    #[error("{0}")]
+    Guest(GuestFailure),
+    /// Read-model storage failed.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+/// Everything a worker needs to run.
 #[derive(Clone)]
 pub struct WorkerContext {
     /// The event log.
@@ -69,11 +87,11 @@ pub struct WorkerContext {
     pub poll_interval: Duration,
     /// Overrides the manifest's `on-error` policy.
     pub on_error: Option<OnError>,
-    /// The runtime that drives connections and timers (a multi-threaded one).
+    /// The tokio runtime that drives connections and timers (a multi-threaded one).
     pub handle: tokio::runtime::Handle,
 }
 
-/// The runtime's handle on a worker thread.
+/// The handle on a worker thread.
 pub struct WorkerHandle {
     control: mpsc::UnboundedSender<Control>,
     /// Its status.
@@ -352,194 +370,6 @@ impl Worker {
             self.spare = Some(guest.into_caps());
         } else {
             self.guest = Some(guest);
-        }
-    }
-
-    /// One read and, if it found events, one batch. `Ok(false)`: nothing new.
-    fn step(&mut self) -> Result<bool, Halt> {
-        if self.connection_closed() {
-            return Err(Halt::Reconnect);
-        }
-        let limit = self.batch_limit;
-        let reader = match &mut self.reader {
-            Some(reader) => reader,
-            None => match self.ctx.source.prefetching_reader() {
-                Ok(reader) => self.reader.insert(reader),
-                Err(e) => return self.read_failed(&e),
-            },
-        };
-        let started = Instant::now();
-        let batch = match reader.read_batch(self.cursor, &self.filter, limit) {
-            Ok(batch) => batch,
-            // The reader's connection may be what failed: the next read
-            // gets a new reader.
-            Err(e) => {
-                self.reader = None;
-                return self.read_failed(&e);
-            }
-        };
-        self.status.set_at_head(batch.events.len() < limit);
-        if batch.events.is_empty() {
-            if !self.settle_behind() {
-                return Ok(true);
-            }
-            if batch.next > self.cursor {
-                self.cursor = batch.next;
-                self.status.advanced(self.cursor);
-                if self.last_persist.elapsed() >= PERSIST_SKIPS_EVERY && self.persist().is_err() {
-                    return Ok(false);
-                }
-            }
-            return Ok(false);
-        }
-        let read = started.elapsed();
-        // A full batch has more behind it: commit it without waiting, and
-        // apply the next one meanwhile.
-        let behind = batch.events.len() == limit && !self.careful;
-        self.process(&batch.events, &batch.cursors, batch.next, ATTEMPTS, behind)?;
-        tracing::debug!(
-            projection = %self.ns,
-            events = batch.events.len(),
-            read_ms = read.as_secs_f64() * 1e3,
-            apply_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
-            "batch"
-        );
-        Ok(true)
-    }
-
-    fn read_failed(&mut self, e: &dyn std::fmt::Display) -> Result<bool, Halt> {
-        tracing::warn!(projection = %self.ns, "reading events: {e}");
-        self.status.failed(State::Retrying, format!("reading events: {e}"), None, 1);
-        self.wait(backoff(4))?;
-        Ok(true)
-    }
-
-    /// Whether the namespace's connection is gone for good.
-    fn connection_closed(&mut self) -> bool {
-        match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps().namespace().is_closed(),
-            (None, Some(caps)) => caps.namespace().is_closed(),
-            (None, None) => false,
-        }
-    }
-
-    /// Commit a cursor that only moved past unsubscribed events.
-    fn persist(&mut self) -> Result<(), GuestFailure> {
-        let to = self.cursor;
-        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps(),
-            (None, Some(caps)) => caps,
-            (None, None) => return Ok(()),
-        };
-        caps.begin()?;
-        match caps.commit(self.persisted, to) {
-            Ok(()) => {
-                self.persisted = to;
-                self.last_persist = Instant::now();
-                Ok(())
-            }
-            Err(e) => {
-                let _ = caps.rollback();
-                Err(e.into())
-            }
-        }
-    }
-
-    /// Wait for the batch committed behind, if any, and count it applied.
-    /// `false`: it failed, so none of it is applied: the worker goes back to
-    /// its start and commits the next batch in the foreground, where a
-    /// failure is retried, narrowed down and reported as its own.
-    fn settle_behind(&mut self) -> bool {
-        let Some(behind) = self.behind.take() else { return true };
-        let outcome = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps().settle(),
-            (None, Some(caps)) => caps.settle(),
-            (None, None) => Err(StoreError::Database("the namespace's connection is gone".into())),
-        };
-        match outcome {
-            Ok(()) => {
-                self.status.committed(behind.events, behind.end);
-                true
-            }
-            Err(e) => {
-                tracing::warn!(projection = %self.ns, "a batch committed behind failed; applying it again: {e}");
-                self.cursor = behind.from;
-                self.persisted = behind.from;
-                self.careful = true;
-                false
-            }
-        }
-    }
-
-    /// Apply `events` as one transaction ending at `end`; `behind`: without
-    /// waiting for its commit.
-    fn apply(&mut self, events: &[Event], end: Cursor, behind: bool) -> Result<(), GuestFailure> {
-        let from = self.persisted;
-        let batch = self.ctx.batch;
-        let guest = self.guest()?;
-        guest.caps().begin()?;
-        let started = Instant::now();
-        let handled = batch.calls(events).try_for_each(|call| guest.handle(call));
-        let handle_time = started.elapsed();
-        // This batch stands on the one committed behind: that one first.
-        // (A failure of the guest's own stays what it is: it may have left
-        // the instance unusable.)
-        let result = if self.settle_behind() {
-            handled
-        } else {
-            handled
-                .and(Err(GuestFailure::Store(StoreError::Database("the batch before this one did not commit".into()))))
-        };
-        let caps = self.guest.as_mut().expect("instantiated above").caps();
-        let result = result.and_then(|()| {
-            let pending =
-                if behind { caps.commit_behind(from, end)? } else { caps.commit(from, end).map(|()| false)? };
-            tracing::trace!(
-                handle_ms = handle_time.as_secs_f64() * 1e3,
-                commit_ms = (started.elapsed() - handle_time).as_secs_f64() * 1e3,
-                pending,
-                "applied"
-            );
-            Ok(pending)
-        });
-        match result {
-            Ok(pending) => {
-                self.cursor = end;
-                self.persisted = end;
-                self.last_persist = Instant::now();
-                if pending {
-                    self.behind = Some(Behind { from, end, events: events.len() });
-                } else {
-                    self.careful = false;
-                    self.status.committed(events.len(), end);
-                }
-                self.tune(events.len(), started.elapsed());
-                Ok(())
-            }
-            Err(e) => {
-                self.discard(&e);
-                Err(e)
-            }
-        }
-    }
-
-    /// Size the next batch from how long a full one took: about the target
-    /// time (and well inside the batch's deadline), at most twice the last
-    /// size, within [`MIN_BATCH`] and the maximum. Smaller batches (live
-    /// traffic, narrowing down) say nothing, and a change of less than a
-    /// quarter is not worth the read ahead it discards.
-    fn tune(&mut self, events: usize, took: Duration) {
-        if events < self.batch_limit {
-            return;
-        }
-        let batch = &self.ctx.batch;
-        let target = batch.target.min(self.ctx.limits.batch_timeout / 2);
-        let fitting = events as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-4);
-        let next = (fitting as usize)
-            .min(self.batch_limit.saturating_mul(2))
-            .clamp(MIN_BATCH.min(batch.max_events), batch.max_events.max(1));
-        if next.abs_diff(self.batch_limit) * 4 >= self.batch_limit || next == batch.max_events {
-            self.batch_limit = next;
         }
     }
 

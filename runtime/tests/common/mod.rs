@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use reel::runtime::Runtime;
+use reel::Server;
 use reel::workload::StoredEvent;
 use reel::{Config, api};
 use serde_json::{Value, json};
@@ -142,7 +142,7 @@ pub async fn drop_database(url: &str) {
 
 /// A runtime on a fresh folder (and database), with short timings for tests.
 pub struct Harness {
-    pub runtime: Runtime,
+    pub server: Server,
     pub app: Router,
     pub dir: TempDir,
     pub config: Config,
@@ -192,22 +192,22 @@ impl Harness {
         for module in modules {
             std::fs::copy(guest(module), config.modules_dir.join(format!("{module}.wasm"))).unwrap();
         }
-        let runtime = Runtime::start(config.clone()).await.expect("runtime starts");
-        let app = api::app(runtime.clone());
-        Self { runtime, app, dir, config, backend }
+        let server = Server::start(config.clone()).await.expect("reel starts");
+        let app = api::app(server.services());
+        Self { server, app, dir, config, backend }
     }
 
     /// Stop this runtime and start a new one on the same folders.
     pub async fn restart(self) -> Self {
-        self.runtime.shutdown().await;
-        let runtime = Runtime::start(self.config.clone()).await.expect("runtime restarts");
-        let app = api::app(runtime.clone());
-        Self { runtime, app, ..self }
+        self.server.shutdown().await;
+        let server = Server::start(self.config.clone()).await.expect("reel restarts");
+        let app = api::app(server.services());
+        Self { server, app, ..self }
     }
 
     /// Stop the runtime and drop the test's database.
     pub async fn finish(self) {
-        self.runtime.shutdown().await;
+        self.server.shutdown().await;
         if let Some(url) = &self.config.database_url {
             drop_database(url).await;
         }
@@ -299,7 +299,7 @@ impl Harness {
     pub async fn kv_bytes(&self, projection: &str, prefix: &str) -> std::collections::BTreeMap<String, String> {
         match self.backend {
             Backend::Sqlite => {
-                let (active, _) = self.runtime.deployments(projection).expect("a known projection");
+                let (active, _) = self.server.deployments().views(projection).expect("a known projection");
                 let file = self.config.data_dir.join(format!("projections/{}.db", active.ns.slug()));
                 let conn = rusqlite::Connection::open(file).unwrap();
                 let mut stmt =

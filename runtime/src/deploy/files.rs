@@ -1,0 +1,164 @@
+//! Module files: the folder loaded at start and watched, each file loaded
+//! (compiled off the hot path) and deployed, or refused with its reason.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use super::{Deployments, cutover::stopped};
+use crate::host::Program;
+use crate::modules::{ModuleError, watch::is_module};
+
+/// What became of a module file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileStatus {
+    /// The file.
+    pub path: PathBuf,
+    /// SHA-256 of its content when last read.
+    pub hash: Option<String>,
+    /// `name@version` it provides, when loaded.
+    pub provides: Option<String>,
+    /// Why it is not in use, when it failed.
+    pub error: Option<String>,
+    /// Compile (or cache load) time in milliseconds.
+    pub compile_ms: Option<f64>,
+    /// Whether the compiled code came from the cache.
+    pub cached: Option<bool>,
+}
+
+impl Deployments {
+    pub(super) async fn load_folder(&self) -> anyhow::Result<()> {
+        let dir = &self.inner.config.modules_dir;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("cannot list {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| is_module(p))
+            .collect();
+        files.sort();
+        for file in files {
+            self.reload(file).await;
+        }
+        Ok(())
+    }
+
+    pub(super) fn spawn_watcher(&self) -> anyhow::Result<()> {
+        let dir = &self.inner.config.modules_dir;
+        let (watch, mut changes) = crate::modules::watch::watch(dir, self.inner.config.watch_debounce)
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+        let deployments = self.clone();
+        let mut stop = self.inner.stop.subscribe();
+        tokio::spawn(async move {
+            let _watch = watch;
+            loop {
+                tokio::select! {
+                    change = changes.recv() => match change {
+                        Some(path) => deployments.reload(path).await,
+                        None => return,
+                    },
+                    () = stopped(&mut stop) => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// A module file appeared, changed or disappeared.
+    pub async fn reload(&self, path: PathBuf) {
+        if !path.exists() {
+            let cleanup = self.unload(&path);
+            self.clean_up(cleanup).await;
+            // A file refused because this one provided the same projection
+            // may be wanted now: every refused file gets another look.
+            let refused: Vec<PathBuf> = self
+                .registry()
+                .files
+                .values()
+                .filter(|f| f.error.is_some() && f.path != path && f.path.exists())
+                .map(|f| f.path.clone())
+                .collect();
+            for file in refused {
+                self.load(file).await;
+            }
+            return;
+        }
+        self.load(path).await;
+    }
+
+    /// Load the module file at `path` and deploy it, unless it is what
+    /// already runs.
+    async fn load(&self, path: PathBuf) {
+        let loader = self.inner.loader.clone();
+        let file = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || loader.load(&file)).await;
+        let loaded = loaded.unwrap_or_else(|e| {
+            Err(ModuleError::Io { path: path.display().to_string(), message: format!("loader crashed: {e}") })
+        });
+        match loaded {
+            Ok(module) => {
+                let unchanged = self.registry().files.get(&path).and_then(|f| f.hash.clone())
+                    == Some(module.hash.clone())
+                    && self.registry().files.get(&path).is_some_and(|f| f.error.is_none());
+                if unchanged {
+                    return;
+                }
+                tracing::info!(
+                    "loaded {} as {}@{} ({} bytes, compiled in {:?}{})",
+                    path.display(),
+                    module.manifest.name,
+                    module.manifest.version,
+                    module.size,
+                    module.compile_time,
+                    if module.cached { ", from cache" } else { "" }
+                );
+                let status = FileStatus {
+                    path: path.clone(),
+                    hash: Some(module.hash.clone()),
+                    provides: Some(format!("{}@{}", module.manifest.name, module.manifest.version)),
+                    error: None,
+                    compile_ms: Some(module.compile_time.as_secs_f64() * 1000.0),
+                    cached: Some(module.cached),
+                };
+                match self.deploy(Program::Wasm(module), Some(path.clone())) {
+                    Ok(cleanup) => {
+                        self.registry().files.insert(path, status);
+                        self.clean_up(cleanup).await;
+                    }
+                    Err(error) => self.file_failed(&path, None, error),
+                }
+            }
+            Err(error) => {
+                tracing::error!("{error}");
+                self.file_failed(&path, None, error.to_string());
+            }
+        }
+    }
+
+    fn file_failed(&self, path: &Path, hash: Option<String>, error: String) {
+        let mut registry = self.registry();
+        // The projection this file provided keeps running its old code; say why.
+        for projection in registry.projections.values_mut() {
+            for d in std::iter::once(&mut projection.active).chain(projection.next.as_mut()) {
+                if d.file.as_deref() == Some(path) {
+                    d.module_error = Some(error.clone());
+                }
+            }
+        }
+        let entry = registry.files.entry(path.to_owned()).or_insert_with(|| FileStatus {
+            path: path.to_owned(),
+            hash: None,
+            provides: None,
+            error: None,
+            compile_ms: None,
+            cached: None,
+        });
+        entry.hash = hash;
+        entry.error = Some(error);
+    }
+
+    /// What became of each module file.
+    pub fn files(&self) -> Vec<FileStatus> {
+        self.registry().files.values().cloned().collect()
+    }
+}

@@ -1,0 +1,172 @@
+//! Status of projections, as `GET /projections` shows it: state, cursor,
+//! lag and its cause, throughput, errors, the module, a rebuild's progress.
+
+use reel_model::time::{now_micros, parse_micros};
+use reel_model::{Cursor, OnError};
+use serde::Serialize;
+
+use super::{MAX_DEAD_LETTERS, ReadError, Reads};
+use crate::source::postgres::LagCause;
+use crate::worker::State;
+use crate::worker::status::ErrorReport;
+
+/// Status of a projection, as `GET /projections/{name}` shows it.
+#[derive(Debug, Serialize)]
+pub struct ProjectionInfo {
+    /// Name.
+    pub name: String,
+    /// Version serving reads.
+    pub version: String,
+    /// Its namespace (file or schema).
+    pub namespace: String,
+    /// State of the serving version.
+    pub state: State,
+    /// Last event position it has applied (or moved past).
+    pub position: i64,
+    /// Full cursor (with the transaction id on PostgreSQL).
+    pub cursor: Cursor,
+    /// Last event position in the log.
+    pub head: i64,
+    /// Events in the log it has not applied yet.
+    pub lag: i64,
+    /// Age of the oldest event not applied yet, in seconds (0 when caught up).
+    pub lag_seconds: f64,
+    /// When committed events are held back by a transaction still open
+    /// elsewhere in the cluster (PostgreSQL): that transaction.
+    pub blocked_by: Option<LagCause>,
+    /// Throughput over the last seconds.
+    pub events_per_second: f64,
+    /// Events applied since the worker started.
+    pub events_applied: u64,
+    /// Last failure.
+    pub last_error: Option<ErrorReport>,
+    /// Where it stopped (state `stopped`).
+    pub stopped_at: Option<i64>,
+    /// Events in its dead-letter table.
+    pub dead_letters: usize,
+    /// Where its code comes from.
+    pub module: Option<ModuleInfo>,
+    /// Why the latest module file for it was refused (it keeps running the
+    /// previous code).
+    pub module_error: Option<String>,
+    /// A new version being built beside it.
+    pub rebuild: Option<RebuildInfo>,
+}
+
+/// The code of a projection version.
+#[derive(Debug, Serialize)]
+pub struct ModuleInfo {
+    /// The module file (absent for projections compiled into reel).
+    pub file: Option<String>,
+    /// SHA-256 of the file.
+    pub hash: Option<String>,
+    /// Size in bytes.
+    pub size: Option<u64>,
+    /// Event types it subscribes to (empty: all).
+    pub event_types: Vec<String>,
+    /// Stream prefixes it subscribes to (empty: all).
+    pub stream_prefixes: Vec<String>,
+    /// Its failure policy.
+    pub on_error: OnError,
+}
+
+/// Progress of a version being rebuilt.
+#[derive(Debug, Serialize)]
+pub struct RebuildInfo {
+    /// The version.
+    pub version: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its state.
+    pub state: State,
+    /// Its position.
+    pub position: i64,
+    /// Events left.
+    pub lag: i64,
+    /// Its throughput.
+    pub events_per_second: f64,
+    /// Estimated seconds to catch up.
+    pub eta_seconds: Option<f64>,
+    /// Its last failure.
+    pub last_error: Option<ErrorReport>,
+}
+
+impl Reads {
+    /// Status of every projection.
+    pub async fn list(&self) -> Result<Vec<ProjectionInfo>, ReadError> {
+        let mut all = Vec::new();
+        for name in self.inner.deployments.names() {
+            match self.info(&name).await {
+                Ok(info) => all.push(info),
+                Err(ReadError::NotFound(_)) => {} // deleted meanwhile
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Status of one projection.
+    pub async fn info(&self, name: &str) -> Result<ProjectionInfo, ReadError> {
+        let (active, next) = self.inner.deployments.views(name).ok_or_else(|| ReadError::unknown(name))?;
+        let head = self.source().head().await?;
+        let status = active.status.snapshot();
+        let lag = self.source().count_after(status.cursor).await?;
+        let lag_seconds = match self.source().oldest_after(status.cursor).await? {
+            Some(occurred_at) if lag > 0 => {
+                parse_micros(&occurred_at).map_or(0.0, |t| ((now_micros() - t).max(0)) as f64 / 1e6)
+            }
+            _ => 0.0,
+        };
+        let blocked_by = if lag > 0 { self.source().lag_cause(status.cursor).await? } else { None };
+        let dead_letters =
+            self.read(name, None, |ns| ns.dead_letters(0, MAX_DEAD_LETTERS)).await.map_or(0, |d| d.len());
+        let rebuild = match next {
+            Some(next) => {
+                let s = next.status.snapshot();
+                let lag = self.source().count_after(s.cursor).await?;
+                Some(RebuildInfo {
+                    version: next.ns.version.clone(),
+                    namespace: next.ns.slug(),
+                    state: s.state,
+                    position: s.cursor.id,
+                    lag,
+                    events_per_second: s.events_per_second,
+                    eta_seconds: (s.events_per_second > 0.0).then(|| lag as f64 / s.events_per_second),
+                    last_error: s.last_error,
+                })
+            }
+            None => None,
+        };
+        Ok(ProjectionInfo {
+            name: name.to_owned(),
+            version: active.ns.version.clone(),
+            namespace: active.ns.slug(),
+            state: status.state,
+            position: status.cursor.id,
+            cursor: status.cursor,
+            head,
+            lag,
+            lag_seconds,
+            blocked_by,
+            events_per_second: status.events_per_second,
+            events_applied: status.events_applied,
+            last_error: status.last_error,
+            stopped_at: status.stopped_at,
+            dead_letters,
+            module: active.program.as_ref().map(|p| {
+                let m = p.manifest();
+                let module = p.module();
+                ModuleInfo {
+                    file: active.file.as_ref().map(|f| f.display().to_string()),
+                    hash: module.map(|m| m.hash.clone()),
+                    size: module.map(|m| m.size),
+                    event_types: m.event_types.clone(),
+                    stream_prefixes: m.stream_prefixes.clone(),
+                    on_error: m.on_error,
+                }
+            }),
+            module_error: active.module_error.clone(),
+            rebuild,
+        })
+    }
+}

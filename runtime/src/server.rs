@@ -1,0 +1,139 @@
+//! Start-up: the configured backends opened, the engine and its epoch clock,
+//! the deployments started, the read service, and HTTP served until shutdown.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::api::{self, Services};
+use crate::config::Config;
+use crate::deploy::Deployments;
+use crate::host::{Engine, EpochTicker};
+use crate::modules::Loader;
+use crate::reads::Reads;
+use crate::source::{Source, postgres::PgSource, sqlite::SqliteSource};
+use crate::store::{Store, postgres::PgStore, sqlite::SqliteStore};
+
+/// Run reel until `shutdown` resolves: backends, modules, workers, HTTP.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let server = Server::start(config).await?;
+    serve(server, listener, shutdown).await
+}
+
+/// Serve the HTTP API of `server` on `listener` until `shutdown` resolves,
+/// then stop the server.
+pub async fn serve(
+    server: Server,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    tracing::info!("reel is serving http://{}", listener.local_addr()?);
+    let app = api::app(server.services());
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    server.shutdown().await;
+    Ok(served?)
+}
+
+/// A started reel: its backends, its deployments and the read service.
+/// Shared by the HTTP server and tests.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    source: Source,
+    store: Store,
+    deployments: Deployments,
+    reads: Reads,
+    /// Advances the engine's epoch (CPU deadlines) while reel runs.
+    _ticker: EpochTicker,
+}
+
+impl Server {
+    /// Open the backends, load the modules folder and start the workers.
+    pub async fn start(mut config: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data folder {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.modules_dir)
+            .with_context(|| format!("cannot create the modules folder {}", config.modules_dir.display()))?;
+        // The watcher reports absolute paths; the folder's listing at start
+        // must name the same files the same way.
+        config.modules_dir = std::fs::canonicalize(&config.modules_dir)
+            .with_context(|| format!("cannot resolve the modules folder {}", config.modules_dir.display()))?;
+        let (source, store) = open_backends(&config).await?;
+        let engine = Engine::new().map_err(|e| anyhow::anyhow!("{e:#}")).context("cannot set up wasmtime")?;
+        let ticker = engine.start_ticker();
+        let cache_dir = config.cache_dir.clone().unwrap_or_else(|| config.data_dir.join("compiled"));
+        let loader = Loader::new(engine, &cache_dir, config.limits.clone());
+        let deployments = Deployments::start(config.clone(), source.clone(), store.clone(), loader).await?;
+        let reads = Reads::new(config.clone(), deployments.clone(), source.clone(), store.clone());
+        Ok(Self { inner: Arc::new(Inner { config, source, store, deployments, reads, _ticker: ticker }) })
+    }
+
+    /// Stop the workers and background tasks.
+    pub async fn shutdown(&self) {
+        self.inner.deployments.shutdown().await;
+        self.inner.source.close();
+    }
+
+    /// What the HTTP routes use.
+    pub fn services(&self) -> Services {
+        Services {
+            deployments: self.inner.deployments.clone(),
+            reads: self.inner.reads.clone(),
+            source: self.inner.source.clone(),
+        }
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The event log.
+    pub fn source(&self) -> &Source {
+        &self.inner.source
+    }
+
+    /// The read-model storage.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The registry of deployments.
+    pub fn deployments(&self) -> &Deployments {
+        &self.inner.deployments
+    }
+
+    /// The read service.
+    pub fn reads(&self) -> &Reads {
+        &self.inner.reads
+    }
+}
+
+/// The event log and the read-model storage of the configured backend.
+async fn open_backends(config: &Config) -> anyhow::Result<(Source, Store)> {
+    Ok(match &config.database_url {
+        None => {
+            let events = config.data_dir.join("events.db");
+            let source = SqliteSource::open(&events)
+                .await
+                .with_context(|| format!("cannot open the events database {}", events.display()))?;
+            let store = SqliteStore::new(&config.data_dir.join("projections"))?;
+            (Source::Sqlite(Arc::new(source)), Store::Sqlite(store))
+        }
+        Some(url) => {
+            let source = PgSource::open(url).await.context("cannot use the PostgreSQL database")?;
+            let store = PgStore::new(source.config().clone(), source.pool().clone(), tokio::runtime::Handle::current());
+            (Source::Postgres(Arc::new(source)), Store::Postgres(Box::new(store)))
+        }
+    })
+}

@@ -1,0 +1,293 @@
+//! A batch: read after the cursor, handed to the guest in calls of bounded
+//! size, committed with the checkpoint (in the foreground, or behind the
+//! next batch), and the next batch sized from how long this one took.
+
+use std::time::{Duration, Instant};
+
+use reel_model::{Cursor, Event};
+
+use super::{ATTEMPTS, Behind, Halt, MIN_BATCH, PERSIST_SKIPS_EVERY, State, Worker, backoff};
+use crate::config::BatchConfig;
+use crate::host::GuestFailure;
+use crate::store::StoreError;
+
+impl Worker {
+    /// One read and, if it found events, one batch. `Ok(false)`: nothing new.
+    pub(super) fn step(&mut self) -> Result<bool, Halt> {
+        if self.connection_closed() {
+            return Err(Halt::Reconnect);
+        }
+        let limit = self.batch_limit;
+        let reader = match &mut self.reader {
+            Some(reader) => reader,
+            None => match self.ctx.source.prefetching_reader() {
+                Ok(reader) => self.reader.insert(reader),
+                Err(e) => return self.read_failed(&e),
+            },
+        };
+        let started = Instant::now();
+        let batch = match reader.read_batch(self.cursor, &self.filter, limit) {
+            Ok(batch) => batch,
+            // The reader's connection may be what failed: the next read
+            // gets a new reader.
+            Err(e) => {
+                self.reader = None;
+                return self.read_failed(&e);
+            }
+        };
+        self.status.set_at_head(batch.events.len() < limit);
+        if batch.events.is_empty() {
+            if !self.settle_behind() {
+                return Ok(true);
+            }
+            if batch.next > self.cursor {
+                self.cursor = batch.next;
+                self.status.advanced(self.cursor);
+                if self.last_persist.elapsed() >= PERSIST_SKIPS_EVERY && self.persist().is_err() {
+                    return Ok(false);
+                }
+            }
+            return Ok(false);
+        }
+        let read = started.elapsed();
+        // A full batch has more behind it: commit it without waiting, and
+        // apply the next one meanwhile.
+        let behind = batch.events.len() == limit && !self.careful;
+        self.process(&batch.events, &batch.cursors, batch.next, ATTEMPTS, behind)?;
+        tracing::debug!(
+            projection = %self.ns,
+            events = batch.events.len(),
+            read_ms = read.as_secs_f64() * 1e3,
+            apply_ms = (started.elapsed() - read).as_secs_f64() * 1e3,
+            "batch"
+        );
+        Ok(true)
+    }
+
+    pub(super) fn read_failed(&mut self, e: &dyn std::fmt::Display) -> Result<bool, Halt> {
+        tracing::warn!(projection = %self.ns, "reading events: {e}");
+        self.status.failed(State::Retrying, format!("reading events: {e}"), None, 1);
+        self.wait(backoff(4))?;
+        Ok(true)
+    }
+
+    /// Whether the namespace's connection is gone for good.
+    pub(super) fn connection_closed(&mut self) -> bool {
+        match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps().namespace().is_closed(),
+            (None, Some(caps)) => caps.namespace().is_closed(),
+            (None, None) => false,
+        }
+    }
+
+    /// Commit a cursor that only moved past unsubscribed events.
+    pub(super) fn persist(&mut self) -> Result<(), GuestFailure> {
+        let to = self.cursor;
+        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps(),
+            (None, Some(caps)) => caps,
+            (None, None) => return Ok(()),
+        };
+        caps.begin()?;
+        match caps.commit(self.persisted, to) {
+            Ok(()) => {
+                self.persisted = to;
+                self.last_persist = Instant::now();
+                Ok(())
+            }
+            Err(e) => {
+                let _ = caps.rollback();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Wait for the batch committed behind, if any, and count it applied.
+    /// `false`: it failed, so none of it is applied: the worker goes back to
+    /// its start and commits the next batch in the foreground, where a
+    /// failure is retried, narrowed down and reported as its own.
+    pub(super) fn settle_behind(&mut self) -> bool {
+        let Some(behind) = self.behind.take() else { return true };
+        let outcome = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps().settle(),
+            (None, Some(caps)) => caps.settle(),
+            (None, None) => Err(StoreError::Database("the namespace's connection is gone".into())),
+        };
+        match outcome {
+            Ok(()) => {
+                self.status.committed(behind.events, behind.end);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(projection = %self.ns, "a batch committed behind failed; applying it again: {e}");
+                self.cursor = behind.from;
+                self.persisted = behind.from;
+                self.careful = true;
+                false
+            }
+        }
+    }
+
+    /// Apply `events` as one transaction ending at `end`; `behind`: without
+    /// waiting for its commit.
+    pub(super) fn apply(&mut self, events: &[Event], end: Cursor, behind: bool) -> Result<(), GuestFailure> {
+        let from = self.persisted;
+        let batch = self.ctx.batch;
+        let guest = self.guest()?;
+        guest.caps().begin()?;
+        let started = Instant::now();
+        let handled = calls(&batch, events).try_for_each(|call| guest.handle(call));
+        let handle_time = started.elapsed();
+        // This batch stands on the one committed behind: that one first.
+        // (A failure of the guest's own stays what it is: it may have left
+        // the instance unusable.)
+        let result = if self.settle_behind() {
+            handled
+        } else {
+            handled
+                .and(Err(GuestFailure::Store(StoreError::Database("the batch before this one did not commit".into()))))
+        };
+        let caps = self.guest.as_mut().expect("instantiated above").caps();
+        let result = result.and_then(|()| {
+            let pending =
+                if behind { caps.commit_behind(from, end)? } else { caps.commit(from, end).map(|()| false)? };
+            tracing::trace!(
+                handle_ms = handle_time.as_secs_f64() * 1e3,
+                commit_ms = (started.elapsed() - handle_time).as_secs_f64() * 1e3,
+                pending,
+                "applied"
+            );
+            Ok(pending)
+        });
+        match result {
+            Ok(pending) => {
+                self.cursor = end;
+                self.persisted = end;
+                self.last_persist = Instant::now();
+                if pending {
+                    self.behind = Some(Behind { from, end, events: events.len() });
+                } else {
+                    self.careful = false;
+                    self.status.committed(events.len(), end);
+                }
+                self.tune(events.len(), started.elapsed());
+                Ok(())
+            }
+            Err(e) => {
+                self.discard(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Size the next batch from how long a full one took: about the target
+    /// time (and well inside the batch's deadline), at most twice the last
+    /// size, within [`MIN_BATCH`] and the maximum. Smaller batches (live
+    /// traffic, narrowing down) say nothing, and a change of less than a
+    /// quarter is not worth the read ahead it discards.
+    pub(super) fn tune(&mut self, events: usize, took: Duration) {
+        if events < self.batch_limit {
+            return;
+        }
+        let batch = &self.ctx.batch;
+        let target = batch.target.min(self.ctx.limits.batch_timeout / 2);
+        let fitting = events as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-4);
+        let next = (fitting as usize)
+            .min(self.batch_limit.saturating_mul(2))
+            .clamp(MIN_BATCH.min(batch.max_events), batch.max_events.max(1));
+        if next.abs_diff(self.batch_limit) * 4 >= self.batch_limit || next == batch.max_events {
+            self.batch_limit = next;
+        }
+    }
+}
+
+/// `events` in `handle` calls: at most `call_events` events and, past a
+/// call's first event, `call_bytes` bytes of event text.
+pub fn calls<'e>(batch: &BatchConfig, events: &'e [Event]) -> impl Iterator<Item = &'e [Event]> + use<'e> {
+    let (max_events, max_bytes) = (batch.call_events.max(1), batch.call_bytes);
+    let mut rest = events;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut bytes = 0;
+        let over = rest.iter().take(max_events).position(|e| {
+            bytes += e.text_bytes();
+            bytes > max_bytes
+        });
+        let n = over.map_or(rest.len().min(max_events), |i| i.max(1));
+        let (call, later) = rest.split_at(n);
+        rest = later;
+        Some(call)
+    })
+}
+
+/// A `call_bytes` that cuts in two the biggest of the calls `events` go in
+/// that hold more than one event (half its bytes of event text), for a guest
+/// that ran out of memory in one; `None` when every call holds a single event
+/// already. It is always below `call_bytes`: a call of several events holds
+/// at most that many bytes.
+pub(super) fn smaller_calls(batch: &BatchConfig, events: &[Event]) -> Option<usize> {
+    let biggest =
+        calls(batch, events).filter(|c| c.len() > 1).map(|c| c.iter().map(Event::text_bytes).sum::<usize>()).max()?;
+    Some(biggest / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An event whose text is `bytes` long in all.
+    fn event(position: i64, bytes: usize) -> Event {
+        Event {
+            position,
+            stream_id: "s".into(),
+            version: position,
+            event_type: "t".into(),
+            data: "d".repeat(bytes - 3),
+            metadata: String::new(),
+            occurred_at: "z".into(),
+        }
+    }
+
+    /// The sizes of the calls `events` go in, checking each event is in one.
+    fn sizes(events: &[Event], call_events: usize, call_bytes: usize) -> Vec<usize> {
+        let batch = BatchConfig { call_events, call_bytes, ..BatchConfig::default() };
+        let calls: Vec<&[Event]> = calls(&batch, events).collect();
+        let positions: Vec<i64> = calls.iter().flat_map(|c| c.iter().map(|e| e.position)).collect();
+        assert_eq!(positions, (0..events.len() as i64).collect::<Vec<_>>(), "every event once, in order");
+        calls.iter().map(|c| c.len()).collect()
+    }
+
+    #[test]
+    fn calls_hold_at_most_their_events_and_bytes() {
+        let small: Vec<_> = (0..10).map(|i| event(i, 100)).collect();
+        assert_eq!(sizes(&small, 100, 1 << 20), [10], "a batch is one call");
+        assert_eq!(sizes(&small, 4, 1 << 20), [4, 4, 2]);
+        assert_eq!(sizes(&small, 100, 300), [3, 3, 3, 1], "300 bytes: three events of 100");
+        assert_eq!(sizes(&small, 100, 299), [2, 2, 2, 2, 2]);
+        // An event bigger than a call's bytes goes alone, never left out.
+        let mixed = vec![event(0, 100), event(1, 5_000), event(2, 100), event(3, 100)];
+        assert_eq!(sizes(&mixed, 100, 1_000), [1, 1, 2]);
+        assert_eq!(sizes(&[], 100, 1_000), Vec::<usize>::new());
+        assert_eq!(sizes(&small, 0, 0), [1; 10], "limits of zero still make progress");
+    }
+
+    #[test]
+    fn smaller_calls_cut_the_biggest_call_until_each_holds_one_event() {
+        let mixed = vec![event(0, 100), event(1, 100), event(2, 1_000), event(3, 1_000), event(4, 100)];
+        let mut batch = BatchConfig { call_events: 100, call_bytes: 10_000, ..BatchConfig::default() };
+        let mut seen = vec![];
+        while let Some(call_bytes) = smaller_calls(&batch, &mixed) {
+            assert!(call_bytes < batch.call_bytes, "{call_bytes} shrinks");
+            batch.call_bytes = call_bytes;
+            seen.push((call_bytes, sizes(&mixed, batch.call_events, call_bytes)));
+        }
+        assert_eq!(seen, [(1_150, vec![2, 1, 2]), (550, vec![2, 1, 1, 1]), (100, vec![1; 5])]);
+        // A batch of calls cut by count is cut further by bytes.
+        let small: Vec<_> = (0..10).map(|i| event(i, 100)).collect();
+        let by_count = BatchConfig { call_events: 4, call_bytes: 1 << 20, ..BatchConfig::default() };
+        assert_eq!(smaller_calls(&by_count, &small), Some(200));
+        assert_eq!(smaller_calls(&BatchConfig { call_events: 1, ..by_count }, &small), None);
+    }
+}
