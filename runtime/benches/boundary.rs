@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 
 use reel::config::Limits;
 use reel::host::instance::{Code, WasmGuest};
-use reel::host::{Capabilities, Engine, Guest, Mode};
+use reel::host::{Access, Capabilities, Engine, Guest};
 use reel::model::Event;
-use reel::store::sqlite::SqliteStore;
+use reel::sqlite::SqliteStore;
 use reel::store::{NamespaceId, Store};
 
 fn events(n: usize) -> Vec<Event> {
@@ -49,9 +49,8 @@ fn guest(engine: &Engine, crate_name: &str, store: &Store) -> WasmGuest {
     let ns = NamespaceId::new(&manifest.name, &manifest.version);
     let caps = Capabilities::new(
         &manifest.name,
-        store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap(),
+        Access::Write(store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap()),
         limits.clone(),
-        Mode::Write,
     )
     .unwrap();
     let mut guest = WasmGuest::new(&code, manifest, caps, &limits).map_err(|e| e.0).unwrap();
@@ -64,7 +63,7 @@ fn main() {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let budget = if smoke { Duration::from_millis(50) } else { Duration::from_secs(2) };
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::Sqlite(SqliteStore::new(dir.path()).unwrap());
+    let store = Store::new(SqliteStore::new(dir.path()).unwrap());
     let engine = Engine::new().unwrap();
     let _ticker = engine.start_ticker();
     let all = events(1000);

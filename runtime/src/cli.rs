@@ -152,11 +152,11 @@ pub async fn generate(orders: usize, seed: u64, customers: Option<usize>, target
         Target::DataDir(dir) => {
             std::fs::create_dir_all(&dir)?;
             let db = dir.join("events.db");
-            crate::source::sqlite::SqliteSource::open(&db).await?;
+            crate::sqlite::SqliteSource::open(&db).await?;
             tokio::task::spawn_blocking(move || load::insert_sqlite(&db, &events)).await??
         }
         Target::Database(url) => {
-            crate::source::postgres::PgSource::open(&url).await?;
+            crate::postgres::PgSource::open(&url).await?;
             load::copy_postgres(&url, &events).await.map_err(anyhow::Error::msg)?
         }
     })

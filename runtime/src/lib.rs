@@ -11,8 +11,8 @@
 //!
 //! - [`model`] (the `reel-model` crate, shared with the guest SDK): the one
 //!   event shape, the cursor, timestamps, SQL values, the manifest.
-//! - [`source`]: reads committed events after a cursor from the events table
-//!   (SQLite or PostgreSQL), appends events, and wakes workers up.
+//! - [`source`]: the event log every backend implements: committed events
+//!   after a cursor, appends, wake-ups.
 //! - [`modules`]: loads `.wasm` files from the modules folder, compiles them
 //!   (with an on-disk cache), validates them against the world, and watches
 //!   the folder for changes.
@@ -21,8 +21,10 @@
 //! - [`host`]: the wasmtime engine and the capabilities a guest imports
 //!   (`kv`, `sql`, `log`, and an inert WASI), bound to the worker's
 //!   transaction; also runs projections compiled natively.
-//! - [`store`]: read-model storage per backend: a namespace per projection
-//!   version, its KV table, its checkpoint.
+//! - [`store`]: read-model storage: a namespace per projection version, its
+//!   KV table, its checkpoint; the roles a backend's namespace plays.
+//! - [`sqlite`] and [`postgres`]: each backend in one place (its event log,
+//!   namespaces, connections).
 //! - [`api`]: the HTTP API (axum): append, status, reads, control.
 //! - [`deploy`]: the registry of deployments: a worker per projection
 //!   version, module files deployed as they come and go, blue/green cut-over.
@@ -60,11 +62,12 @@ pub mod config;
 pub mod deploy;
 pub mod host;
 pub mod modules;
-mod pg;
+pub mod postgres;
 pub mod reads;
 pub mod scaffold;
 pub mod server;
 pub mod source;
+pub mod sqlite;
 pub mod store;
 mod text;
 pub mod worker;

@@ -1,4 +1,5 @@
-//! Start-up: the configured backends opened, the engine and its epoch clock,
+//! Start-up: the configured backend opened (above both backends, so neither
+//! knows the other), the engine and its epoch clock,
 //! the deployments started, the read service, and HTTP served until shutdown.
 
 use std::sync::Arc;
@@ -10,9 +11,11 @@ use crate::config::Config;
 use crate::deploy::Deployments;
 use crate::host::{Engine, EpochTicker};
 use crate::modules::Loader;
+use crate::postgres::{PgSource, PgStore};
 use crate::reads::Reads;
-use crate::source::{Source, postgres::PgSource, sqlite::SqliteSource};
-use crate::store::{Store, postgres::PgStore, sqlite::SqliteStore};
+use crate::source::Source;
+use crate::sqlite::{SqliteSource, SqliteStore};
+use crate::store::Store;
 
 /// Run reel until `shutdown` resolves: backends, modules, workers, HTTP.
 pub async fn run(
@@ -128,12 +131,12 @@ async fn open_backends(config: &Config) -> anyhow::Result<(Source, Store)> {
                 .await
                 .with_context(|| format!("cannot open the events database {}", events.display()))?;
             let store = SqliteStore::new(&config.data_dir.join("projections"))?;
-            (Source::Sqlite(Arc::new(source)), Store::Sqlite(store))
+            (Source::new(source), Store::new(store))
         }
         Some(url) => {
             let source = PgSource::open(url).await.context("cannot use the PostgreSQL database")?;
             let store = PgStore::new(source.config().clone(), source.pool().clone(), tokio::runtime::Handle::current());
-            (Source::Postgres(Arc::new(source)), Store::Postgres(Box::new(store)))
+            (Source::new(source), Store::new(store))
         }
     })
 }

@@ -3,21 +3,21 @@
 
 use reel::config::Limits;
 use reel::host::caps::Fault;
-use reel::host::{Capabilities, Mode};
+use reel::host::{Access, Capabilities};
 use reel::model::Cursor;
 use reel::model::Value;
-use reel::store::sqlite::SqliteStore;
+use reel::sqlite::SqliteStore;
 use reel::store::{NamespaceId, Store, StoreError};
 use tempfile::TempDir;
 
 fn store() -> (Store, TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    (Store::Sqlite(SqliteStore::new(dir.path()).unwrap()), dir)
+    (Store::new(SqliteStore::new(dir.path()).unwrap()), dir)
 }
 
 fn writer(store: &Store, limits: Limits) -> Capabilities {
     let ns = NamespaceId::new("p", "1");
-    Capabilities::new("p", store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap(), limits, Mode::Write)
+    Capabilities::new("p", Access::Write(store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap()), limits)
         .unwrap()
 }
 
@@ -25,9 +25,8 @@ fn reader(store: &Store) -> Capabilities {
     let ns = NamespaceId::new("p", "1");
     Capabilities::new(
         "p",
-        store.open_reader(&ns, std::time::Duration::from_secs(10)).unwrap().unwrap(),
+        Access::Read(store.open_reader(&ns, std::time::Duration::from_secs(10)).unwrap().unwrap()),
         Limits::default(),
-        Mode::Read,
     )
     .unwrap()
 }
@@ -322,7 +321,7 @@ fn the_write_ahead_log_stays_bounded_without_checkpoints_in_the_commit() {
     write_mib(&mut w, 24);
     // Nothing checkpoints below 16 MiB (the thread may start the WAL over
     // once past it).
-    let background = reel::store::wal::BACKGROUND_PAGES as u64 * 16_384;
+    let background = reel::sqlite::wal::BACKGROUND_PAGES as u64 * 16_384;
     assert!(wal_size() >= background, "the commits do not checkpoint: {} bytes", wal_size());
     let waited = std::time::Instant::now();
     while std::fs::metadata(&file).unwrap().len() < 24 << 20 {
@@ -332,7 +331,7 @@ fn the_write_ahead_log_stays_bounded_without_checkpoints_in_the_commit() {
     // Back-to-back commits may leave the thread no moment to finish: the
     // writer then finishes the checkpoint itself, past 256 MiB.
     write_mib(&mut w, 296);
-    let bound = (reel::store::wal::FOREGROUND_PAGES as u64) * 16_384 + (4 << 20);
+    let bound = (reel::sqlite::wal::FOREGROUND_PAGES as u64) * 16_384 + (4 << 20);
     assert!(wal_size() <= bound, "the WAL grew to {} MiB", wal_size() >> 20);
     drop(w);
     let mut r = reader(&store);

@@ -5,17 +5,16 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Harness, create_database, drop_database};
 use reel::config::Limits;
-use reel::host::{Capabilities, Mode};
+use reel::host::{Access, Capabilities};
 use reel::model::Cursor;
 use reel::model::Value;
-use reel::source::postgres::PgSource;
+use reel::postgres::PgSource;
+use reel::postgres::PgStore;
 use reel::source::{EventReader, Filter, Source};
-use reel::store::postgres::PgStore;
 use reel::store::{NamespaceId, Store, StoreError};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
@@ -29,7 +28,7 @@ async fn connect(url: &str) -> Client {
 /// A migrated database, its event source and one reader.
 async fn source() -> (String, Source, Box<dyn EventReader>) {
     let url = create_database().await;
-    let source = Source::Postgres(Arc::new(PgSource::open(&url).await.unwrap()));
+    let source = Source::new(PgSource::open(&url).await.unwrap());
     let reader = source.reader().unwrap();
     (url, source, reader)
 }
@@ -435,9 +434,8 @@ fn writer(store: &Store, name: &str) -> Capabilities {
     let ns = NamespaceId::new(name, "1");
     Capabilities::new(
         name,
-        store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap(),
+        Access::Write(store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap()),
         Limits::default(),
-        Mode::Write,
     )
     .unwrap()
 }
@@ -446,7 +444,7 @@ async fn store() -> (String, Store, Source) {
     let url = create_database().await;
     let source = PgSource::open(&url).await.unwrap();
     let store = PgStore::new(source.config().clone(), source.pool().clone(), tokio::runtime::Handle::current());
-    (url, Store::Postgres(Box::new(store)), Source::Postgres(Arc::new(source)))
+    (url, Store::new(store), Source::new(source))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -542,9 +540,8 @@ async fn two_writers_never_both_commit_a_batch() {
     let ns = NamespaceId::new("shared", "1");
     let mut reader = Capabilities::new(
         "shared",
-        store.open_reader(&ns, std::time::Duration::from_secs(10)).unwrap().unwrap(),
+        Access::Read(store.open_reader(&ns, std::time::Duration::from_secs(10)).unwrap().unwrap()),
         Limits::default(),
-        Mode::Read,
     )
     .unwrap();
     reader.begin().unwrap();

@@ -9,7 +9,7 @@ use reel::workload::StoredEvent;
 /// ceiling is measured on the same storage. Returns what reel does after each
 /// commit: a checkpoint on another thread once the WAL is big.
 fn tuned(conn: &rusqlite::Connection, path: &std::path::Path) -> impl FnMut() + use<> {
-    use reel::store::wal;
+    use reel::sqlite::wal;
     conn.pragma_update(None, "page_size", 16_384).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();

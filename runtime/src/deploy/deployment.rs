@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::host::{Guest, Program};
-use crate::store::{Namespace, NamespaceId, Store};
+use crate::host::Guest;
+use crate::modules::Program;
+use crate::store::{NamespaceId, Reader, Store};
 use crate::worker::{self, Control, State, Status, WorkerContext, WorkerHandle};
 
 /// Idle items a pool keeps.
@@ -52,7 +53,7 @@ pub struct Deployment {
     pub(super) status: Arc<Status>,
     /// Why the latest module file for it could not be used.
     pub(super) module_error: Option<String>,
-    pub(super) readers: Arc<Pool<Box<dyn Namespace>>>,
+    pub(super) readers: Arc<Pool<Box<dyn Reader>>>,
     pub(super) queries: Arc<Pool<Box<dyn Guest>>>,
 }
 
@@ -70,7 +71,7 @@ pub struct View {
     /// Why its latest module file was refused.
     pub module_error: Option<String>,
     /// Read connections.
-    pub readers: Arc<Pool<Box<dyn Namespace>>>,
+    pub readers: Arc<Pool<Box<dyn Reader>>>,
     /// Query instances.
     pub queries: Arc<Pool<Box<dyn Guest>>>,
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{Deployments, cutover::stopped};
-use crate::host::Program;
+use crate::modules::Program;
 use crate::modules::{ModuleError, watch::is_module};
 
 /// What became of a module file.

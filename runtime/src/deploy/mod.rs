@@ -17,8 +17,8 @@ pub use deployment::{Deployment, Pool, View};
 pub use files::FileStatus;
 
 use crate::config::Config;
-use crate::host::Program;
 use crate::modules::Loader;
+use crate::modules::Program;
 use crate::source::Source;
 use crate::store::{NamespaceId, Store, StoreError};
 use crate::worker::{Control, WorkerContext, WorkerError, WorkerHandle};

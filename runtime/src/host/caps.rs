@@ -5,7 +5,7 @@ use reel_model::{Cursor, Rows, Value};
 
 use crate::config::Limits;
 use crate::store::kv_cache::KvCache;
-use crate::store::{Namespace, StoreError};
+use crate::store::{Reader, StoreError, Writer};
 
 /// Most log lines a projection may write per call; the rest are counted.
 const LOG_LINES_PER_CALL: u32 = 1000;
@@ -14,13 +14,13 @@ const LOG_LINE_BYTES: usize = 4096;
 /// Bytes of committed KV values a worker caches.
 const KV_CACHE_BYTES: usize = 256 << 20;
 
-/// Whether the instance builds the read model or serves reads of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+/// The namespace an instance reaches, and whether it builds the read model
+/// or serves reads of it.
+pub enum Access {
     /// The worker's instance: reads and writes inside the batch transaction.
-    Write,
+    Write(Box<dyn Writer>),
     /// A query instance: reads committed data; writes are refused.
-    Read,
+    Read(Box<dyn Reader>),
 }
 
 /// Why a call cannot go on: the instance traps (component) or the call's
@@ -38,10 +38,9 @@ pub enum Fault {
 /// Per-instance state behind the `kv`, `sql` and `log` imports.
 pub struct Capabilities {
     projection: String,
-    ns: Box<dyn Namespace>,
+    access: Access,
     kv: KvCache,
     limits: Limits,
-    mode: Mode,
     /// The fault that ended the current call, if any (reported to the worker).
     fault: Option<Fault>,
     /// A refused `execute` of this batch: it fails the batch at the end.
@@ -50,26 +49,31 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Capabilities over `ns`. A writer whose KV table is empty starts with a
-    /// complete KV cache (a rebuild never reads KV from the database).
-    pub fn new(projection: &str, mut ns: Box<dyn Namespace>, limits: Limits, mode: Mode) -> Result<Self, StoreError> {
-        let complete = mode == Mode::Write && ns.kv_is_empty()?;
-        let budget = if mode == Mode::Write { KV_CACHE_BYTES } else { 0 };
-        Ok(Self {
-            projection: projection.to_owned(),
-            ns,
-            kv: KvCache::new(budget, complete),
-            limits,
-            mode,
-            fault: None,
-            sql_failed: None,
-            log_lines: 0,
-        })
+    /// Capabilities over `access`. A writer whose KV table is empty starts
+    /// with a complete KV cache (a rebuild never reads KV from the database).
+    pub fn new(projection: &str, mut access: Access, limits: Limits) -> Result<Self, StoreError> {
+        let kv = match &mut access {
+            Access::Write(ns) => KvCache::new(KV_CACHE_BYTES, ns.kv_is_empty()?),
+            Access::Read(_) => KvCache::new(0, false),
+        };
+        Ok(Self { projection: projection.to_owned(), access, kv, limits, fault: None, sql_failed: None, log_lines: 0 })
     }
 
-    /// The namespace (for the worker's checkpoint reads).
-    pub fn namespace(&mut self) -> &mut dyn Namespace {
-        &mut *self.ns
+    /// The namespace, to read (the worker's checkpoint, dead letters).
+    pub fn namespace(&mut self) -> &mut dyn Reader {
+        match &mut self.access {
+            Access::Write(ns) => &mut **ns,
+            Access::Read(ns) => &mut **ns,
+        }
+    }
+
+    /// The namespace, to write (the worker's dead letters); a query
+    /// instance's is refused.
+    pub fn writer(&mut self) -> Result<&mut dyn Writer, StoreError> {
+        match &mut self.access {
+            Access::Write(ns) => Ok(&mut **ns),
+            Access::Read(_) => Err(StoreError::Refused("a query instance's namespace is read-only".into())),
+        }
     }
 
     /// Open the batch transaction.
@@ -77,12 +81,12 @@ impl Capabilities {
         self.fault = None;
         self.sql_failed = None;
         self.log_lines = 0;
-        self.ns.begin()
+        self.namespace().begin()
     }
 
     /// Send buffered writes and surface deferred SQL errors.
     pub fn flush(&mut self) -> Result<(), StoreError> {
-        let flushed = self.send_writes().and_then(|()| self.ns.flush());
+        let flushed = self.send_writes().and_then(|()| self.writer()?.flush());
         self.watch(flushed)
     }
 
@@ -100,24 +104,25 @@ impl Capabilities {
         if let Some(e) = self.sql_failed.clone() {
             return Err(e);
         }
-        self.kv.flush(&mut *self.ns)
+        let Access::Write(ns) = &mut self.access else { return Ok(()) };
+        self.kv.flush(&mut **ns)
     }
 
     /// Flush, move the checkpoint `from` -> `to` and commit.
     pub fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         self.flush()?;
-        let committed = self.ns.commit(from, to);
+        let committed = self.writer().and_then(|ns| ns.commit(from, to));
         self.watch(committed)?;
         self.kv.committed();
         Ok(())
     }
 
     /// Commit like [`Self::commit`] without waiting for the database where
-    /// it pipelines (see [`Namespace::commit_behind`]); the batch's values
+    /// it pipelines (see [`Commits::commit_behind`](crate::store::Commits::commit_behind)); the batch's values
     /// serve the next batch at once. `Ok(true)`: the outcome is pending
     /// until [`Self::settle`].
     pub fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
-        let sent = self.send_writes().and_then(|()| self.ns.commit_behind(from, to));
+        let sent = self.send_writes().and_then(|()| self.writer()?.commit_behind(from, to));
         let pending = self.watch(sent)?;
         if pending {
             self.kv.committed_behind();
@@ -130,7 +135,7 @@ impl Capabilities {
     /// The outcome of the last pending [`Self::commit_behind`]. When it
     /// failed, the KV cache goes back to what it held before that batch.
     pub fn settle(&mut self) -> Result<(), StoreError> {
-        let outcome = self.ns.settle();
+        let outcome = self.writer().and_then(|ns| ns.settle());
         self.kv.settled(outcome.is_ok());
         self.watch(outcome)
     }
@@ -139,7 +144,7 @@ impl Capabilities {
     pub fn rollback(&mut self) -> Result<(), StoreError> {
         self.kv.rolled_back();
         self.sql_failed = None;
-        self.ns.rollback()
+        self.namespace().rollback()
     }
 
     /// The fault that ended the last call, if any.
@@ -158,10 +163,20 @@ impl Capabilities {
     }
 
     fn writable(&mut self, what: &str) -> Result<(), Fault> {
-        match self.mode {
-            Mode::Write => Ok(()),
-            Mode::Read => self.fail(Fault::Refused(format!("{what} is not allowed in a query: reads are read-only"))),
+        match self.access {
+            Access::Write(_) => Ok(()),
+            Access::Read(_) => {
+                self.fail(Fault::Refused(format!("{what} is not allowed in a query: reads are read-only")))
+            }
         }
+    }
+
+    /// Hand the buffered KV writes to a writer (reads see them); nothing to
+    /// do for a query instance.
+    fn flush_kv(&mut self) -> Result<(), Fault> {
+        let Access::Write(ns) = &mut self.access else { return Ok(()) };
+        let flushed = self.kv.flush(&mut **ns);
+        self.store(flushed)
     }
 
     fn check_key(&mut self, key: &str) -> Result<(), Fault> {
@@ -186,9 +201,9 @@ impl Capabilities {
     /// `kv.get`.
     pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Fault> {
         self.check_text("key", key)?;
-        let result = match self.mode {
-            Mode::Write => self.kv.get(key, &mut *self.ns),
-            Mode::Read => self.ns.kv_get(key),
+        let result = match &mut self.access {
+            Access::Write(ns) => self.kv.get(key, &mut **ns),
+            Access::Read(ns) => ns.kv_get(key),
         };
         self.store(result)
     }
@@ -224,24 +239,24 @@ impl Capabilities {
             self.check_text("key", after)?;
         }
         let limit = (limit as usize).min(self.limits.query_rows);
-        if self.mode == Mode::Write {
-            let flushed = self.kv.flush(&mut *self.ns);
-            self.store(flushed)?;
-        }
-        let result = self.ns.kv_scan(prefix, after, limit);
+        self.flush_kv()?;
+        let result = self.namespace().kv_scan(prefix, after, limit);
         self.store(result)
     }
 
     /// `sql.dialect`.
     pub fn sql_dialect(&self) -> &'static str {
-        self.ns.dialect()
+        match &self.access {
+            Access::Write(ns) => ns.dialect(),
+            Access::Read(ns) => ns.dialect(),
+        }
     }
 
     /// `sql.execute`: errors are kept for the end of the batch; past the
     /// batch's deadline the call ends, as at its CPU deadline.
     pub fn sql_execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), Fault> {
-        self.writable("sql.execute")?;
-        match self.ns.execute(statement, params) {
+        let Access::Write(ns) = &mut self.access else { return self.writable("sql.execute") };
+        match ns.execute(statement, params) {
             Ok(()) => Ok(()),
             Err(e) if e.is_sql_error() => {
                 self.sql_failed.get_or_insert(e);
@@ -262,11 +277,9 @@ impl Capabilities {
         if let Some(e) = &self.sql_failed {
             return Ok(Err(e.to_sql_error()));
         }
-        if self.mode == Mode::Write {
-            let flushed = self.kv.flush(&mut *self.ns);
-            self.store(flushed)?;
-        }
-        match self.ns.query(statement, params, self.limits.query_rows) {
+        self.flush_kv()?;
+        let max_rows = self.limits.query_rows;
+        match self.namespace().query(statement, params, max_rows) {
             Ok(rows) => Ok(Ok(rows)),
             Err(e) if e.is_sql_error() => {
                 let error = e.to_sql_error();

@@ -17,11 +17,9 @@ pub mod instance;
 mod kv;
 mod log;
 pub mod native;
-mod program;
 mod sql;
 pub mod wasi;
 
-pub use caps::{Capabilities, Mode};
+pub use caps::{Access, Capabilities};
 pub use engine::{Engine, EpochTicker};
 pub use instance::{Guest, GuestFailure};
-pub use program::Program;

@@ -3,6 +3,7 @@
 //! their manifest before anything runs them.
 
 mod cache;
+mod program;
 pub mod watch;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,8 @@ use reel_model::Manifest;
 use crate::config::Limits;
 use crate::host::Engine;
 use crate::host::instance::{Code, WasmGuest};
+
+pub use program::Program;
 
 /// A loaded, validated module.
 pub struct Module {

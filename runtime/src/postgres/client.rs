@@ -1,8 +1,6 @@
-//! PostgreSQL plumbing shared by the source and the store: connecting from
+//! Connections shared by the event log and the namespaces: connecting from
 //! worker threads, deadlines enforced by cancel requests, error
-//! classification, and values crossing between projections and PostgreSQL.
-
-pub mod value;
+//! classification.
 
 use std::time::Duration;
 

@@ -8,13 +8,13 @@ use tokio::runtime::Handle;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use crate::pg::value::{Param, write_literal};
-use crate::pg::{block_on_cancelling_past, block_on_with_deadline, database_error, statement_error};
+use super::client::{block_on_cancelling_past, block_on_with_deadline, database_error, statement_error};
+use super::value::{Param, write_literal};
 use crate::store::StoreError;
 use crate::store::sql_text::{Checked, is_plain_write, refusal, reserved_name};
 
-use super::NamespaceInfo;
 use super::pipeline::{Blame, Flight, Message, Op, SyncReply, failure_error, pipeline_stopped, unsendable};
+use super::store::NamespaceInfo;
 
 /// The transaction committed behind the current one on a connection.
 pub(super) enum Behind {

@@ -18,18 +18,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use serde::Serialize;
 use sqlx::ConnectOptions;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config, NoTls, Statement};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
-use reel_model::time::format_micros;
-use reel_model::{Cursor, Event, Value};
+use reel_model::{Cursor, Value};
 
-use super::{AppendRequest, Appended, Batch, EventReader, Filter, SourceError};
-use crate::pg;
+use super::client as pg;
+use super::reader::PgReader;
+use super::value::column;
+use crate::source::{AppendRequest, Appended, EventLog, EventReader, LagCause, LogFuture, SourceError};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -73,28 +73,6 @@ impl RecentAppends {
         self.order.push_back(position);
         self.tx.insert(position, tx);
     }
-}
-
-/// Why a projection is behind although events are committed: a transaction
-/// that started before them is still open somewhere in the cluster.
-#[derive(Debug, Clone, Serialize)]
-pub struct LagCause {
-    /// Backend holding the oldest running transaction id.
-    pub pid: i32,
-    /// Its transaction id.
-    pub xid: String,
-    /// How many transactions ago it started.
-    pub xid_age: i32,
-    /// `active`, `idle in transaction`, ...
-    pub state: Option<String>,
-    /// Seconds since its transaction started.
-    pub seconds: Option<f64>,
-    /// Its database user.
-    pub user: Option<String>,
-    /// Its application name.
-    pub application: Option<String>,
-    /// The start of its current or last statement.
-    pub query: Option<String>,
 }
 
 impl PgSource {
@@ -144,8 +122,7 @@ impl PgSource {
     pub fn reader(&self) -> Result<PgReader, SourceError> {
         let client =
             pg::connect_blocking(&self.config, &self.handle).map_err(|e| SourceError::Internal(e.to_string()))?;
-        pg::block_on(&self.handle, client.batch_execute(READER_SETTINGS)).map_err(|e| pg_error(&e))?;
-        Ok(PgReader { client, handle: self.handle.clone(), statements: HashMap::new() })
+        PgReader::new(client, self.handle.clone())
     }
 
     /// Changes on every notification (and after reconnecting the listener).
@@ -238,7 +215,7 @@ impl PgSource {
             )
             .await
             .map_err(|e| pg_error(&e))?;
-        Ok(row.and_then(|r| match pg::value::column(&r, 0) {
+        Ok(row.and_then(|r| match column(&r, 0) {
             Ok(Value::Text(t)) => Some(t),
             _ => None,
         }))
@@ -284,20 +261,41 @@ impl PgSource {
     }
 }
 
-/// Puts the events of `batch` from `start` in cursor order, should they not
-/// be. The page query has no outer `ORDER BY`: its lateral index scan under a
-/// one-row join returns them in order, and sorting the page again cost the
-/// server ~20% of the query (12.0 against 9.7 ms per 5,000 events, psql,
-/// 2026-11-28); this keeps the order a guarantee whatever plan runs.
-fn in_cursor_order(batch: &mut Batch, start: usize) {
-    if batch.cursors[start..].is_sorted() {
-        return;
+impl EventLog for PgSource {
+    fn reader(&self) -> Result<Box<dyn EventReader>, SourceError> {
+        Ok(Box::new(PgSource::reader(self)?))
     }
-    let mut page: Vec<(Cursor, Event)> = batch.cursors.drain(start..).zip(batch.events.drain(start..)).collect();
-    page.sort_unstable_by_key(|(cursor, _)| *cursor);
-    for (cursor, event) in page {
-        batch.cursors.push(cursor);
-        batch.events.push(event);
+
+    fn append(&self, request: AppendRequest) -> LogFuture<'_, Appended> {
+        Box::pin(PgSource::append(self, request))
+    }
+
+    fn head(&self) -> LogFuture<'_, i64> {
+        Box::pin(PgSource::head(self))
+    }
+
+    fn cursor_of(&self, position: i64) -> LogFuture<'_, Option<Cursor>> {
+        Box::pin(PgSource::cursor_of(self, position))
+    }
+
+    fn count_after(&self, cursor: Cursor) -> LogFuture<'_, i64> {
+        Box::pin(PgSource::count_after(self, cursor))
+    }
+
+    fn oldest_after(&self, cursor: Cursor) -> LogFuture<'_, Option<String>> {
+        Box::pin(PgSource::oldest_after(self, cursor))
+    }
+
+    fn lag_cause(&self, cursor: Cursor) -> LogFuture<'_, Option<LagCause>> {
+        Box::pin(PgSource::lag_cause(self, cursor))
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        PgSource::wakeups(self)
+    }
+
+    fn close(&self) {
+        PgSource::close(self)
     }
 }
 
@@ -352,14 +350,14 @@ async fn append(
     Ok(Ok((Appended { positions: ids.into_iter().map(|(_, id)| id).collect(), version }, tx)))
 }
 
-fn pg_error(e: &tokio_postgres::Error) -> SourceError {
+pub(super) fn pg_error(e: &tokio_postgres::Error) -> SourceError {
     SourceError::Unavailable(match e.as_db_error() {
         Some(db) => format!("{}: {}", db.code().code(), db.message()),
         None => pg::with_cause(e),
     })
 }
 
-fn parse_xid(text: &str) -> i64 {
+pub(super) fn parse_xid(text: &str) -> i64 {
     text.parse().unwrap_or(0)
 }
 
@@ -449,147 +447,5 @@ async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>, close
             Err(e) => tracing::warn!("cannot connect for LISTEN: {e}; polling meanwhile"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-/// One worker's reader.
-pub struct PgReader {
-    client: Client,
-    handle: Handle,
-    /// Prepared batch queries by filter.
-    statements: HashMap<Filter, (Statement, Vec<String>)>,
-}
-
-/// The reader's session: events are walked in `(transaction_id, id)` index
-/// order, never gathered and sorted. The planner cannot know how many rows
-/// follow a cursor or match a subscription; under-estimating, it chose to
-/// visit every later event and sort the matches — for a projection taking
-/// 5.5% of a 1M log, 589 ms per page of 5,000 instead of 36 ms. JIT never
-/// pays for these short queries.
-const READER_SETTINGS: &str = "SET enable_bitmapscan = off; SET enable_seqscan = off; SET jit = off";
-
-/// Rows per query of a batch read. For one big `LIMIT` after a cursor the
-/// planner read every later event and sorted them on disk (1.05 s for 100,000
-/// events after position 0 of a million; a page of this size by the index
-/// took ~7 ms); with the settings above a single query still spilled its
-/// final sort to disk (0.23 s). A page's rows are ordered in memory.
-const PAGE: usize = 5_000;
-
-impl EventReader for PgReader {
-    fn read_batch(&mut self, after: Cursor, filter: &Filter, limit: usize) -> Result<Batch, SourceError> {
-        let mut batch = Batch { next: after, ..Batch::default() };
-        while batch.events.len() < limit {
-            let want = (limit - batch.events.len()).min(PAGE);
-            let read = self.read_page(batch.next, filter, want, &mut batch)?;
-            if read < want {
-                break;
-            }
-        }
-        Ok(batch)
-    }
-}
-
-impl PgReader {
-    /// Appends up to `limit` events after `after` to `batch` and moves
-    /// `batch.next` past them (past the snapshot's head when fewer came);
-    /// returns how many came.
-    fn read_page(
-        &mut self,
-        after: Cursor,
-        filter: &Filter,
-        limit: usize,
-        batch: &mut Batch,
-    ) -> Result<usize, SourceError> {
-        let client = &self.client;
-        let statements = &mut self.statements;
-        pg::block_on(&self.handle, async {
-            if !statements.contains_key(filter) {
-                let condition = filter.condition(4, |n| format!("${n}"));
-                let sql = format!(
-                    "WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
-                     head AS (SELECT e.transaction_id, e.id FROM public.events e, snap \
-                              WHERE e.transaction_id < snap.xmin ORDER BY e.transaction_id DESC, e.id DESC LIMIT 1) \
-                     SELECT (SELECT transaction_id::text FROM head), (SELECT id FROM head), \
-                            e.transaction_id::text, e.id, e.stream_id, e.version::bigint, e.event_type, \
-                            e.data::text, e.metadata::text, e.occurred_at \
-                     FROM snap LEFT JOIN LATERAL ( \
-                         SELECT * FROM public.events \
-                          WHERE (transaction_id, id) > ($1::text::xid8, $2) AND transaction_id < snap.xmin{} \
-                          ORDER BY transaction_id, id LIMIT $3) e ON true",
-                    condition.sql
-                );
-                let statement = client.prepare(&sql).await.map_err(|e| pg_error(&e))?;
-                statements.insert(filter.clone(), (statement, condition.params));
-            }
-            let (statement, filter_params) = &statements[filter];
-            let tx = after.tx.to_string();
-            let limit = limit as i64;
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&tx, &after.id, &limit];
-            params.extend(filter_params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)));
-            let rows = client.query(statement, &params).await.map_err(|e| pg_error(&e))?;
-            let start = batch.events.len();
-            let mut head = after;
-            let mut read = 0;
-            for row in &rows {
-                if let (Some(tx), Some(id)) = (row.get::<_, Option<&str>>(0), row.get::<_, Option<i64>>(1)) {
-                    head = head.max(Cursor { tx: parse_xid(tx), id });
-                }
-                let Some(tx) = row.get::<_, Option<&str>>(2) else { continue };
-                let cursor = Cursor { tx: parse_xid(tx), id: row.get(3) };
-                let occurred_at = match pg::value::column(row, 9) {
-                    Ok(Value::Text(t)) => t,
-                    _ => format_micros(0),
-                };
-                batch.events.push(Event {
-                    position: cursor.id,
-                    stream_id: row.get(4),
-                    version: row.get(5),
-                    event_type: row.get(6),
-                    data: row.get(7),
-                    metadata: row.get(8),
-                    occurred_at,
-                });
-                batch.cursors.push(cursor);
-                read += 1;
-            }
-            in_cursor_order(batch, start);
-            batch.next = match batch.cursors.last() {
-                Some(last) if read as i64 == limit => *last,
-                _ => head,
-            };
-            Ok(read)
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(position: i64) -> Event {
-        Event {
-            position,
-            stream_id: format!("s-{position}"),
-            version: 1,
-            event_type: "t".into(),
-            data: "{}".into(),
-            metadata: "{}".into(),
-            occurred_at: String::new(),
-        }
-    }
-
-    #[test]
-    fn a_page_out_of_cursor_order_is_put_in_order_and_the_rest_left_alone() {
-        let ids = [1, 2, 7, 5, 6];
-        let mut batch = Batch {
-            events: ids.iter().map(|&id| event(id)).collect(),
-            cursors: ids.iter().map(|&id| Cursor { tx: 10, id }).collect(),
-            next: Cursor::START,
-        };
-        in_cursor_order(&mut batch, 2);
-        let order: Vec<i64> = batch.cursors.iter().map(|c| c.id).collect();
-        assert_eq!(order, [1, 2, 5, 6, 7]);
-        // Each event stays with its cursor.
-        assert!(batch.events.iter().zip(&batch.cursors).all(|(e, c)| e.position == c.id));
     }
 }

@@ -6,19 +6,18 @@ use tokio_postgres::types::{ToSql, Type};
 
 use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
 
-use crate::pg::value::{ArrayParam, Param, column};
-use crate::pg::{block_on, block_on_with_deadline, database_error};
+use super::client::{block_on, block_on_with_deadline, database_error};
+use super::value::{ArrayParam, Param, column};
 use crate::store::sql_text::{quote_ident, reserved_name};
-use crate::store::{Checkpoint, KvWrite, Namespace, StoreError, TableRead};
+use crate::store::{
+    Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
+    StoreError, TableRead, TableReads,
+};
 
 use super::connection::{Behind, PgNamespace};
 use super::pipeline::{Op, unsendable};
 
-impl Namespace for PgNamespace {
-    fn dialect(&self) -> &'static str {
-        "postgres"
-    }
-
+impl Snapshot for PgNamespace {
     fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -40,15 +39,6 @@ impl Namespace for PgNamespace {
         Ok(Checkpoint { cursor: Cursor { tx: row.get(0), id: row.get(1) }, initialized: row.get(2) })
     }
 
-    fn try_claim(&mut self) -> Result<bool, StoreError> {
-        let client = &self.client;
-        let slug = self.info.slug.clone();
-        let row =
-            block_on(&self.handle, client.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&slug]))
-                .map_err(|e| database_error(&e))?;
-        Ok(row.get(0))
-    }
-
     fn begin(&mut self) -> Result<(), StoreError> {
         self.failed = None;
         self.execs.clear();
@@ -56,41 +46,6 @@ impl Namespace for PgNamespace {
         self.in_tx = true;
         self.started = Instant::now();
         self.dispatch(Op::Begin)
-    }
-
-    fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
-        if !self.read_only {
-            self.dispatch(Op::Advance { from, to })?;
-        }
-        self.dispatch(Op::Commit)?;
-        let result = self.sync();
-        if result.is_err() {
-            let _ = self.rollback();
-        } else {
-            self.in_tx = false;
-        }
-        result
-    }
-
-    fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
-        if self.read_only || self.failed.is_some() {
-            return self.commit(from, to).map(|()| false);
-        }
-        // One transaction behind at a time: this one waits for the last.
-        self.await_behind()?;
-        self.dispatch(Op::Advance { from, to })?;
-        self.dispatch(Op::Commit)?;
-        let answer = self.send_sync()?;
-        self.in_flight = 0;
-        self.in_tx = false;
-        self.behind = Behind::Pending(answer, self.started);
-        Ok(true)
-    }
-
-    fn settle(&mut self) -> Result<(), StoreError> {
-        let outcome = self.await_behind();
-        self.behind = Behind::Clear;
-        outcome
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
@@ -105,7 +60,9 @@ impl Namespace for PgNamespace {
         }
         Ok(())
     }
+}
 
+impl KvReads for PgNamespace {
     fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let key = key.to_owned();
         let rows = self.fetch("SELECT value FROM _reel_kv WHERE key = $1", &[&key], false)?;
@@ -133,44 +90,11 @@ impl Namespace for PgNamespace {
         let rows = self.fetch(sql, &[&lower, &upper, &limit], false)?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
+}
 
-    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {
-        let arrays = || (ArrayParam::new(Type::TEXT), ArrayParam::new(Type::BYTEA));
-        let (mut inserts, mut upserts, mut deletes) = (arrays(), arrays(), ArrayParam::new(Type::TEXT));
-        for w in writes {
-            match w.value {
-                None => deletes.push(w.key.as_bytes()),
-                Some(value) => {
-                    let (keys, values) = if w.new { &mut inserts } else { &mut upserts };
-                    keys.push(w.key.as_bytes());
-                    values.push(value);
-                }
-            }
-        }
-        for (insert, (keys, values)) in [(true, inserts), (false, upserts)] {
-            if !keys.is_empty() {
-                self.dispatch(Op::KvPut { insert, keys, values })?;
-            }
-        }
-        if !deletes.is_empty() {
-            self.dispatch(Op::KvDelete { keys: deletes })?;
-        }
-        Ok(())
-    }
-
-    fn kv_is_empty(&mut self) -> Result<bool, StoreError> {
-        let client = &self.client;
-        let row = block_on(&self.handle, client.query_one("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", &[]))
-            .map_err(|e| database_error(&e))?;
-        Ok(row.get(0))
-    }
-
-    fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
-        }
-        self.check(statement)?;
-        self.dispatch(Op::Statement { sql: statement.to_owned(), params })
+impl SqlReads for PgNamespace {
+    fn dialect(&self) -> &'static str {
+        "postgres"
     }
 
     fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError> {
@@ -194,11 +118,9 @@ impl Namespace for PgNamespace {
         }
         result
     }
+}
 
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.sync()
-    }
-
+impl TableReads for PgNamespace {
     fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError> {
         let client = &self.client;
         let table = read.table.clone();
@@ -248,11 +170,9 @@ impl Namespace for PgNamespace {
         .map_err(|e| database_error(&e))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
+}
 
-    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
-        self.dispatch(Op::DeadLetter { event: Box::new(event.clone()), error: error.to_owned() })
-    }
-
+impl DeadLetterReads for PgNamespace {
     fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let slug = self.info.slug.clone();
         let limit = limit as i32;
@@ -280,6 +200,105 @@ impl Namespace for PgNamespace {
                 failed_at: r.get(8),
             })
             .collect())
+    }
+}
+
+impl SqlWrites for PgNamespace {
+    fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
+        }
+        self.check(statement)?;
+        self.dispatch(Op::Statement { sql: statement.to_owned(), params })
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.sync()
+    }
+}
+
+impl Commits for PgNamespace {
+    fn try_claim(&mut self) -> Result<bool, StoreError> {
+        let client = &self.client;
+        let slug = self.info.slug.clone();
+        let row =
+            block_on(&self.handle, client.query_one("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", &[&slug]))
+                .map_err(|e| database_error(&e))?;
+        Ok(row.get(0))
+    }
+
+    fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
+        if !self.read_only {
+            self.dispatch(Op::Advance { from, to })?;
+        }
+        self.dispatch(Op::Commit)?;
+        let result = self.sync();
+        if result.is_err() {
+            let _ = self.rollback();
+        } else {
+            self.in_tx = false;
+        }
+        result
+    }
+
+    fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
+        if self.read_only || self.failed.is_some() {
+            return self.commit(from, to).map(|()| false);
+        }
+        // One transaction behind at a time: this one waits for the last.
+        self.await_behind()?;
+        self.dispatch(Op::Advance { from, to })?;
+        self.dispatch(Op::Commit)?;
+        let answer = self.send_sync()?;
+        self.in_flight = 0;
+        self.in_tx = false;
+        self.behind = Behind::Pending(answer, self.started);
+        Ok(true)
+    }
+
+    fn settle(&mut self) -> Result<(), StoreError> {
+        let outcome = self.await_behind();
+        self.behind = Behind::Clear;
+        outcome
+    }
+}
+
+impl KvWrites for PgNamespace {
+    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {
+        let arrays = || (ArrayParam::new(Type::TEXT), ArrayParam::new(Type::BYTEA));
+        let (mut inserts, mut upserts, mut deletes) = (arrays(), arrays(), ArrayParam::new(Type::TEXT));
+        for w in writes {
+            match w.value {
+                None => deletes.push(w.key.as_bytes()),
+                Some(value) => {
+                    let (keys, values) = if w.new { &mut inserts } else { &mut upserts };
+                    keys.push(w.key.as_bytes());
+                    values.push(value);
+                }
+            }
+        }
+        for (insert, (keys, values)) in [(true, inserts), (false, upserts)] {
+            if !keys.is_empty() {
+                self.dispatch(Op::KvPut { insert, keys, values })?;
+            }
+        }
+        if !deletes.is_empty() {
+            self.dispatch(Op::KvDelete { keys: deletes })?;
+        }
+        Ok(())
+    }
+
+    fn kv_is_empty(&mut self) -> Result<bool, StoreError> {
+        let client = &self.client;
+        let row = block_on(&self.handle, client.query_one("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", &[]))
+            .map_err(|e| database_error(&e))?;
+        Ok(row.get(0))
+    }
+}
+
+impl DeadLetterWrites for PgNamespace {
+    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
+        self.dispatch(Op::DeadLetter { event: Box::new(event.clone()), error: error.to_owned() })
     }
 
     fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError> {

@@ -4,8 +4,8 @@ use tokio_postgres::Statement;
 
 use reel_model::{Cursor, Event, Value};
 
-use crate::pg::value::{ArrayParam, unfit};
-use crate::pg::{database_error, statement_error};
+use super::client::{database_error, statement_error};
+use super::value::{ArrayParam, unfit};
 use crate::store::StoreError;
 
 /// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.

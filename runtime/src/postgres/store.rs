@@ -12,16 +12,7 @@
 //! issues it and the server works while the guest goes on; the worker waits
 //! only at the next query or the commit, where the first error surfaces.
 //!
-//! - this file: the store (creating, listing and dropping namespaces);
-//! - `connection`: one namespace's connection, its pipeline of operations
-//!   and the statements reel sends on it;
-//! - `pipeline`: the task that keeps a connection's requests flowing, and
-//!   what a failure it reports means;
-//! - `namespace`: the [`Namespace`](super::Namespace) operations on it.
-
-mod connection;
-mod namespace;
-mod pipeline;
+//! This file: the store (creating, listing and dropping namespaces).
 
 use std::time::Duration;
 
@@ -29,19 +20,18 @@ use deadpool_postgres::Pool;
 use tokio::runtime::Handle;
 use tokio_postgres::Config;
 
-use crate::pg::{block_on, connect_blocking, database_error};
+use super::client::{block_on, connect_blocking, database_error};
+use super::connection::PgNamespace;
 use crate::store::sql_text::quote_ident;
-use crate::store::{NamespaceId, StoreError};
-
-pub use connection::PgNamespace;
+use crate::store::{NamespaceId, Namespaces, Reader, StoreError, Writer};
 
 /// How a namespace is reached.
 #[derive(Debug, Clone)]
-struct NamespaceInfo {
-    slug: String,
-    schema: String,
-    role: String,
-    password: String,
+pub(super) struct NamespaceInfo {
+    pub(super) slug: String,
+    pub(super) schema: String,
+    pub(super) role: String,
+    pub(super) password: String,
 }
 
 /// Namespaces as schemas of one database.
@@ -152,14 +142,24 @@ impl PgStore {
         let client = connect_blocking(&config, &self.handle)?;
         Ok(Some(PgNamespace::new(client, self.handle.clone(), info, read_only, deadline)?))
     }
+}
+
+impl Namespaces for PgStore {
+    fn open_writer(&self, ns: &NamespaceId, deadline: Duration) -> Result<Box<dyn Writer>, StoreError> {
+        Ok(Box::new(self.open(ns, false, deadline)?.expect("created when opening for writing")))
+    }
+
+    fn open_reader(&self, ns: &NamespaceId, deadline: Duration) -> Result<Option<Box<dyn Reader>>, StoreError> {
+        Ok(self.open(ns, true, deadline)?.map(|n| Box::new(n) as Box<dyn Reader>))
+    }
 
     /// Whether `ns` exists.
-    pub fn exists(&self, ns: &NamespaceId) -> bool {
+    fn exists(&self, ns: &NamespaceId) -> bool {
         matches!(self.info(ns), Ok(Some(_)))
     }
 
     /// Drop the schema and role of `ns` and its rows in `reel.*`.
-    pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+    fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
         let Some(info) = self.info(ns)? else { return Ok(()) };
         let (schema, role) = (quote_ident(&info.schema), quote_ident(&info.role));
         let slug = info.slug;
@@ -188,7 +188,7 @@ impl PgStore {
     }
 
     /// Namespaces recorded in `reel.namespaces`.
-    pub fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+    fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
         self.admin(async |c| {
             let rows = c.query("SELECT namespace FROM reel.namespaces ORDER BY namespace", &[]).await?;
             Ok(rows.iter().filter_map(|r| NamespaceId::from_slug(r.get(0))).collect())
@@ -196,7 +196,7 @@ impl PgStore {
     }
 
     /// The namespace serving reads of each projection.
-    pub fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+    fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
         self.admin(async |c| {
             let rows = c.query("SELECT namespace FROM reel.active ORDER BY name", &[]).await?;
             Ok(rows.iter().filter_map(|r| NamespaceId::from_slug(r.get(0))).collect())
@@ -204,7 +204,7 @@ impl PgStore {
     }
 
     /// Record `ns` as serving reads.
-    pub fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+    fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
         let (name, slug) = (ns.name.clone(), ns.slug());
         self.admin(async |c| {
             c.execute(
@@ -218,7 +218,7 @@ impl PgStore {
     }
 
     /// Forget a projection.
-    pub fn forget(&self, name: &str) -> Result<(), StoreError> {
+    fn forget(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_owned();
         self.admin(async |c| c.execute("DELETE FROM reel.active WHERE name = $1", &[&name]).await.map(drop))
     }

@@ -13,9 +13,9 @@ pub use status::{ModuleInfo, ProjectionInfo, RebuildInfo};
 
 use crate::config::Config;
 use crate::deploy::{Deployments, View};
-use crate::host::{Capabilities, GuestFailure, Mode};
+use crate::host::{Access, Capabilities, GuestFailure};
 use crate::source::{Source, SourceError};
-use crate::store::{Namespace, Store, StoreError};
+use crate::store::{Reader, Store, StoreError};
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +134,7 @@ impl Reads {
     pub async fn read<T, F>(&self, name: &str, min_position: Option<i64>, f: F) -> Result<T, ReadError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut dyn Namespace) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
     {
         if let Some(position) = min_position {
             self.wait_for(name, position).await?;
@@ -185,7 +185,7 @@ impl Reads {
                     let reader = store
                         .open_reader(&view.ns, limits.query_timeout)?
                         .ok_or_else(|| ReadError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?;
-                    let caps = Capabilities::new(&view.ns.name, reader, limits.clone(), Mode::Read)?;
+                    let caps = Capabilities::new(&view.ns.name, Access::Read(reader), limits.clone())?;
                     program.instantiate(caps, &limits).map_err(|unstarted| ReadError::Guest(unstarted.0))?
                 }
             };

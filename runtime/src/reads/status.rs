@@ -6,7 +6,7 @@ use reel_model::{Cursor, OnError};
 use serde::Serialize;
 
 use super::{MAX_DEAD_LETTERS, ReadError, Reads};
-use crate::source::postgres::LagCause;
+use crate::source::LagCause;
 use crate::worker::State;
 use crate::worker::status::ErrorReport;
 

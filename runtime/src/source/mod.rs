@@ -1,15 +1,17 @@
 //! The event log: reading committed events after a cursor, appending with an
 //! expected version, and waking workers when new events may exist.
 //!
-//! Two backends implement it: embedded SQLite ([`sqlite`]) and PostgreSQL
-//! ([`postgres`]). Both deliver each committed event exactly once, in an order
-//! that keeps every stream's versions ascending.
+//! This module holds what every backend shares: the [`EventLog`] a backend
+//! implements (embedded SQLite in `crate::sqlite`, PostgreSQL in
+//! `crate::postgres`), the [`Source`] reel holds, batches, subscription
+//! filters and append requests. Both backends deliver each committed event
+//! exactly once, in an order that keeps every stream's versions ascending.
 
 mod filter;
-pub mod postgres;
 mod prefetch;
-pub mod sqlite;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use reel_model::{Cursor, Event};
@@ -221,22 +223,71 @@ pub trait EventReader: Send {
     fn read_batch(&mut self, after: Cursor, filter: &Filter, limit: usize) -> Result<Batch, SourceError>;
 }
 
+/// A future an [`EventLog`] returns.
+pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> + Send + 'a>>;
+
+/// What a backend's event log does (`sqlite::SqliteSource`,
+/// `postgres::PgSource`); reel holds it as a [`Source`].
+pub trait EventLog: Send + Sync {
+    /// A reader with its own connection, for one worker.
+    fn reader(&self) -> Result<Box<dyn EventReader>, SourceError>;
+    /// Append a validated request, checking the expected version.
+    fn append(&self, request: AppendRequest) -> LogFuture<'_, Appended>;
+    /// Position of the last committed event (0 when empty).
+    fn head(&self) -> LogFuture<'_, i64>;
+    /// The cursor a reader must have passed to have seen event `position`
+    /// (`None` when no such event is committed).
+    fn cursor_of(&self, position: i64) -> LogFuture<'_, Option<Cursor>>;
+    /// Number of committed events after `cursor`.
+    fn count_after(&self, cursor: Cursor) -> LogFuture<'_, i64>;
+    /// `occurred_at` of the first committed event after `cursor`.
+    fn oldest_after(&self, cursor: Cursor) -> LogFuture<'_, Option<String>>;
+    /// Why events after `cursor` are held back, if an open transaction
+    /// holds them (a log with a single writer has no such cause).
+    fn lag_cause(&self, cursor: Cursor) -> LogFuture<'_, Option<LagCause>>;
+    /// Changes whenever new events may have been committed.
+    fn wakeups(&self) -> watch::Receiver<u64>;
+    /// Stop background work (a LISTEN connection, a commit watcher).
+    fn close(&self);
+}
+
+/// Why a projection is behind although events are committed: a transaction
+/// that started before them is still open somewhere (PostgreSQL's cluster).
+#[derive(Debug, Clone, Serialize)]
+pub struct LagCause {
+    /// Backend holding the oldest running transaction id.
+    pub pid: i32,
+    /// Its transaction id.
+    pub xid: String,
+    /// How many transactions ago it started.
+    pub xid_age: i32,
+    /// `active`, `idle in transaction`, ...
+    pub state: Option<String>,
+    /// Seconds since its transaction started.
+    pub seconds: Option<f64>,
+    /// Its database user.
+    pub user: Option<String>,
+    /// Its application name.
+    pub application: Option<String>,
+    /// The start of its current or last statement.
+    pub query: Option<String>,
+}
+
 /// The event log of the configured backend.
 #[derive(Clone)]
-pub enum Source {
-    /// Embedded SQLite.
-    Sqlite(Arc<sqlite::SqliteSource>),
-    /// PostgreSQL.
-    Postgres(Arc<postgres::PgSource>),
+pub struct Source {
+    log: Arc<dyn EventLog>,
 }
 
 impl Source {
+    /// The event log `log`.
+    pub fn new(log: impl EventLog + 'static) -> Self {
+        Self { log: Arc::new(log) }
+    }
+
     /// A reader with its own connection, for one worker.
     pub fn reader(&self) -> Result<Box<dyn EventReader>, SourceError> {
-        match self {
-            Source::Sqlite(s) => Ok(Box::new(s.reader()?)),
-            Source::Postgres(s) => Ok(Box::new(s.reader()?)),
-        }
+        self.log.reader()
     }
 
     /// A reader that reads the next batch while the current one is applied.
@@ -247,68 +298,44 @@ impl Source {
     /// Append to a stream, checking the expected version.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
         request.validate()?;
-        match self {
-            Source::Sqlite(s) => s.append(request).await,
-            Source::Postgres(s) => s.append(request).await,
-        }
+        self.log.append(request).await
     }
 
     /// Position of the last committed event (0 when empty).
     pub async fn head(&self) -> Result<i64, SourceError> {
-        match self {
-            Source::Sqlite(s) => s.head().await,
-            Source::Postgres(s) => s.head().await,
-        }
+        self.log.head().await
     }
 
     /// The cursor a projection must have passed to have seen event `position`
     /// (`None` when no such event is committed).
     pub async fn cursor_of(&self, position: i64) -> Result<Option<Cursor>, SourceError> {
-        match self {
-            Source::Sqlite(_) => Ok(Some(Cursor { tx: 0, id: position })),
-            Source::Postgres(s) => s.cursor_of(position).await,
-        }
+        self.log.cursor_of(position).await
     }
 
     /// Number of committed events after `cursor`.
     pub async fn count_after(&self, cursor: Cursor) -> Result<i64, SourceError> {
-        match self {
-            Source::Sqlite(s) => Ok((s.head().await? - cursor.id).max(0)),
-            Source::Postgres(s) => s.count_after(cursor).await,
-        }
+        self.log.count_after(cursor).await
     }
 
     /// `occurred_at` of the first committed event after `cursor`.
     pub async fn oldest_after(&self, cursor: Cursor) -> Result<Option<String>, SourceError> {
-        match self {
-            Source::Sqlite(s) => s.oldest_after(cursor).await,
-            Source::Postgres(s) => s.oldest_after(cursor).await,
-        }
+        self.log.oldest_after(cursor).await
     }
 
     /// Stop background work (the LISTEN connection, the commit watcher).
     pub fn close(&self) {
-        match self {
-            Source::Sqlite(s) => s.close(),
-            Source::Postgres(s) => s.close(),
-        }
+        self.log.close()
     }
 
     /// Changes whenever new events may have been committed.
     pub fn wakeups(&self) -> watch::Receiver<u64> {
-        match self {
-            Source::Sqlite(s) => s.wakeups(),
-            Source::Postgres(s) => s.wakeups(),
-        }
+        self.log.wakeups()
     }
 
     /// Why events after `cursor` are held back, if an open transaction holds
     /// them (PostgreSQL only; SQLite has a single writer).
-    pub async fn lag_cause(&self, cursor: Cursor) -> Result<Option<postgres::LagCause>, SourceError> {
-        match self {
-            Source::Sqlite(_) => Ok(None),
-            Source::Postgres(s) => s.lag_cause(cursor).await,
-        }
+    pub async fn lag_cause(&self, cursor: Cursor) -> Result<Option<LagCause>, SourceError> {
+        self.log.lag_cause(cursor).await
     }
 }
 

@@ -12,7 +12,7 @@ use crate::store::StoreError;
 /// An error of reel's own statements. The deadline interrupts them too (a
 /// batch's KV writes and checkpoint, a table read over HTTP): that is the
 /// limit, not an outage of the database.
-pub(in crate::store) fn db(e: rusqlite::Error) -> StoreError {
+pub(super) fn db(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => sql_error(e),
         e => StoreError::Database(e.to_string()),
@@ -20,7 +20,7 @@ pub(in crate::store) fn db(e: rusqlite::Error) -> StoreError {
 }
 
 /// A projection statement's error: the database's code and message.
-pub(in crate::store) fn sql_error(e: rusqlite::Error) -> StoreError {
+pub(super) fn sql_error(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => {
             StoreError::Deadline("the statement ran past its deadline and was interrupted".into())
@@ -36,7 +36,7 @@ pub(in crate::store) fn sql_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
-pub(in crate::store) fn result_code_name(code: i32) -> String {
+pub(super) fn result_code_name(code: i32) -> String {
     use rusqlite::ffi::*;
     let name = match code {
         SQLITE_CONSTRAINT_UNIQUE => "SQLITE_CONSTRAINT_UNIQUE",
@@ -59,7 +59,7 @@ pub(in crate::store) fn result_code_name(code: i32) -> String {
 
 /// Run `f` on `conn` as a projection statement: `guest` switches the
 /// authorizer on for the time of it (on whichever thread holds `conn`).
-pub(in crate::store) fn as_guest<T>(
+pub(super) fn as_guest<T>(
     conn: &Connection,
     guest: &AtomicBool,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
@@ -71,7 +71,7 @@ pub(in crate::store) fn as_guest<T>(
 }
 
 /// A [`Value`] as a SQLite parameter.
-pub(in crate::store) struct Param<'a>(pub(in crate::store) &'a Value);
+pub(super) struct Param<'a>(pub(super) &'a Value);
 
 impl ToSql for Param<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -85,7 +85,7 @@ impl ToSql for Param<'_> {
     }
 }
 
-pub(in crate::store) fn to_value(value: ValueRef<'_>) -> Value {
+pub(super) fn to_value(value: ValueRef<'_>) -> Value {
     match value {
         ValueRef::Null => Value::Null,
         ValueRef::Integer(i) => Value::Integer(i),

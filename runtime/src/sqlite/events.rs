@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, Event};
 
-use super::{AppendRequest, Appended, Batch, EventReader, Filter, SourceError};
+use crate::source::{AppendRequest, Appended, Batch, EventLog, EventReader, Filter, LagCause, LogFuture, SourceError};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -196,6 +196,47 @@ fn append_blocking(conn: &mut Connection, request: &AppendRequest) -> Result<App
     }
     tx.commit()?;
     Ok(Appended { version: current + request.events.len() as i64, positions })
+}
+
+impl EventLog for SqliteSource {
+    fn reader(&self) -> Result<Box<dyn EventReader>, SourceError> {
+        Ok(Box::new(SqliteSource::reader(self)?))
+    }
+
+    fn append(&self, request: AppendRequest) -> LogFuture<'_, Appended> {
+        Box::pin(SqliteSource::append(self, request))
+    }
+
+    fn head(&self) -> LogFuture<'_, i64> {
+        Box::pin(SqliteSource::head(self))
+    }
+
+    /// One writer at a time: ids commit in order, so the cursor of an event
+    /// is its position.
+    fn cursor_of(&self, position: i64) -> LogFuture<'_, Option<Cursor>> {
+        Box::pin(async move { Ok(Some(Cursor { tx: 0, id: position })) })
+    }
+
+    fn count_after(&self, cursor: Cursor) -> LogFuture<'_, i64> {
+        Box::pin(async move { Ok((SqliteSource::head(self).await? - cursor.id).max(0)) })
+    }
+
+    fn oldest_after(&self, cursor: Cursor) -> LogFuture<'_, Option<String>> {
+        Box::pin(SqliteSource::oldest_after(self, cursor))
+    }
+
+    /// A single writer holds nothing back.
+    fn lag_cause(&self, _cursor: Cursor) -> LogFuture<'_, Option<LagCause>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn wakeups(&self) -> watch::Receiver<u64> {
+        SqliteSource::wakeups(self)
+    }
+
+    fn close(&self) {
+        SqliteSource::close(self)
+    }
 }
 
 /// One worker's reader.

@@ -10,10 +10,13 @@ use rusqlite::{Connection, OptionalExtension, params};
 use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
 
+use super::wal;
+use super::writer::{self, Statement, Writer};
 use crate::store::sql_text::{Checked, refusal, sqlite_placeholders};
-use crate::store::wal;
-use crate::store::writer::{self, Statement, Writer};
-use crate::store::{Checkpoint, KvWrite, Namespace, StoreError, TableRead, scan_range};
+use crate::store::{
+    Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
+    StoreError, TableRead, TableReads, scan_range,
+};
 
 use super::convert::{Param, as_guest, db, to_value};
 
@@ -154,11 +157,7 @@ impl SqliteNamespace {
     }
 }
 
-impl Namespace for SqliteNamespace {
-    fn dialect(&self) -> &'static str {
-        "sqlite"
-    }
-
+impl Snapshot for SqliteNamespace {
     fn checkpoint(&mut self) -> Result<Checkpoint, StoreError> {
         self.conn()?
             .query_row("SELECT tx, position, initialized FROM _reel_checkpoint WHERE id = 1", [], |r| {
@@ -176,34 +175,6 @@ impl Namespace for SqliteNamespace {
         Ok(())
     }
 
-    fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
-        self.settle()?;
-        if let Some(failed) = self.failed.take() {
-            return Err(failed);
-        }
-        if !self.read_only {
-            let moved = self
-                .conn()?
-                .prepare_cached(
-                    "UPDATE _reel_checkpoint SET tx = ?1, position = ?2, initialized = 1, updated_at = ?3 \
-                     WHERE id = 1 AND tx = ?4 AND position = ?5",
-                )
-                .and_then(|mut s| s.execute(params![to.tx, to.id, format_micros(now_micros()), from.tx, from.id]))
-                .map_err(db)?;
-            if moved != 1 {
-                let found = self.checkpoint().ok().map(|c| c.cursor);
-                return Err(StoreError::Fenced { expected: from, found });
-            }
-        }
-        self.conn()?.execute_batch("COMMIT").map_err(db)?;
-        self.in_tx = false;
-        self.interrupt(None);
-        if !self.read_only {
-            self.after_commit();
-        }
-        Ok(())
-    }
-
     fn rollback(&mut self) -> Result<(), StoreError> {
         self.pending.clear();
         self.settle()?;
@@ -218,7 +189,9 @@ impl Namespace for SqliteNamespace {
         }
         Ok(())
     }
+}
 
+impl KvReads for SqliteNamespace {
     fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.conn()?
             .prepare_cached("SELECT value FROM _reel_kv WHERE key = ?1")
@@ -246,43 +219,11 @@ impl Namespace for SqliteNamespace {
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
     }
+}
 
-    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {
-        let conn = self.conn()?;
-        let mut upsert = conn
-            .prepare_cached(
-                "INSERT INTO _reel_kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .map_err(db)?;
-        let mut delete = conn.prepare_cached("DELETE FROM _reel_kv WHERE key = ?1").map_err(db)?;
-        // New keys are upserted too: the plain insert is PostgreSQL's saving.
-        for w in writes {
-            match w.value {
-                Some(value) => upsert.execute(params![w.key, value]),
-                None => delete.execute([w.key]),
-            }
-            .map_err(db)?;
-        }
-        Ok(())
-    }
-
-    fn kv_is_empty(&mut self) -> Result<bool, StoreError> {
-        self.conn()?.query_row("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", [], |r| r.get(0)).map_err(db)
-    }
-
-    fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError> {
-        if self.read_only {
-            return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
-        }
-        let statement = self.check(statement)?;
-        if self.failed.is_some() {
-            return Ok(()); // the batch already failed; its error surfaces at the next query or the commit
-        }
-        self.pending.push((statement, params));
-        if self.pending.len() >= writer::CHUNK {
-            self.ship()?;
-        }
-        Ok(())
+impl SqlReads for SqliteNamespace {
+    fn dialect(&self) -> &'static str {
+        "sqlite"
     }
 
     fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError> {
@@ -325,15 +266,9 @@ impl Namespace for SqliteNamespace {
             }
         }
     }
+}
 
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.settle()?;
-        match &self.failed {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        }
-    }
-
+impl TableReads for SqliteNamespace {
     fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError> {
         // Past the read's deadline the progress handler interrupts it (a view
         // can run for ever; a filter on a column without an index scans the table).
@@ -362,31 +297,9 @@ impl Namespace for SqliteNamespace {
         let names = stmt.query_map([], |r| r.get(0)).map_err(db)?;
         names.collect::<Result<_, _>>().map_err(db)
     }
+}
 
-    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
-        self.conn()?
-            .prepare_cached(
-                "INSERT OR REPLACE INTO _reel_dead_letters \
-                 (position, stream_id, version, event_type, data, metadata, occurred_at, error, failed_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    event.position,
-                    event.stream_id,
-                    event.version,
-                    event.event_type,
-                    event.data,
-                    event.metadata,
-                    event.occurred_at,
-                    error,
-                    format_micros(now_micros()),
-                ])
-            })
-            .map_err(db)?;
-        Ok(())
-    }
-
+impl DeadLetterReads for SqliteNamespace {
     fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         let mut stmt = self
             .conn()?
@@ -413,6 +326,112 @@ impl Namespace for SqliteNamespace {
             })
             .map_err(db)?;
         rows.collect::<Result<_, _>>().map_err(db)
+    }
+}
+
+impl SqlWrites for SqliteNamespace {
+    fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
+        }
+        let statement = self.check(statement)?;
+        if self.failed.is_some() {
+            return Ok(()); // the batch already failed; its error surfaces at the next query or the commit
+        }
+        self.pending.push((statement, params));
+        if self.pending.len() >= writer::CHUNK {
+            self.ship()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.settle()?;
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Commits for SqliteNamespace {
+    fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
+        self.settle()?;
+        if let Some(failed) = self.failed.take() {
+            return Err(failed);
+        }
+        if !self.read_only {
+            let moved = self
+                .conn()?
+                .prepare_cached(
+                    "UPDATE _reel_checkpoint SET tx = ?1, position = ?2, initialized = 1, updated_at = ?3 \
+                     WHERE id = 1 AND tx = ?4 AND position = ?5",
+                )
+                .and_then(|mut s| s.execute(params![to.tx, to.id, format_micros(now_micros()), from.tx, from.id]))
+                .map_err(db)?;
+            if moved != 1 {
+                let found = self.checkpoint().ok().map(|c| c.cursor);
+                return Err(StoreError::Fenced { expected: from, found });
+            }
+        }
+        self.conn()?.execute_batch("COMMIT").map_err(db)?;
+        self.in_tx = false;
+        self.interrupt(None);
+        if !self.read_only {
+            self.after_commit();
+        }
+        Ok(())
+    }
+}
+
+impl KvWrites for SqliteNamespace {
+    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        let mut upsert = conn
+            .prepare_cached(
+                "INSERT INTO _reel_kv (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .map_err(db)?;
+        let mut delete = conn.prepare_cached("DELETE FROM _reel_kv WHERE key = ?1").map_err(db)?;
+        // New keys are upserted too: the plain insert is PostgreSQL's saving.
+        for w in writes {
+            match w.value {
+                Some(value) => upsert.execute(params![w.key, value]),
+                None => delete.execute([w.key]),
+            }
+            .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    fn kv_is_empty(&mut self) -> Result<bool, StoreError> {
+        self.conn()?.query_row("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", [], |r| r.get(0)).map_err(db)
+    }
+}
+
+impl DeadLetterWrites for SqliteNamespace {
+    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
+        self.conn()?
+            .prepare_cached(
+                "INSERT OR REPLACE INTO _reel_dead_letters \
+                 (position, stream_id, version, event_type, data, metadata, occurred_at, error, failed_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    event.position,
+                    event.stream_id,
+                    event.version,
+                    event.event_type,
+                    event.data,
+                    event.metadata,
+                    event.occurred_at,
+                    error,
+                    format_micros(now_micros()),
+                ])
+            })
+            .map_err(db)?;
+        Ok(())
     }
 
     fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError> {

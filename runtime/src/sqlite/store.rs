@@ -6,14 +6,8 @@
 //! control the transaction. The file holds nothing of other projections or of
 //! the events, so a projection sees only its own data.
 //!
-//! - this file: the store (opening, listing and dropping namespace files) and
-//!   the authorizer of projection statements;
-//! - `namespace`: one namespace's connection and the
-//!   [`Namespace`](super::Namespace) operations on it;
-//! - `convert`: rusqlite's errors and values as reel's.
-
-mod convert;
-mod namespace;
+//! This file: the store (opening, listing and dropping namespace files) and
+//! the authorizer of projection statements.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,13 +17,11 @@ use std::time::{Duration, Instant};
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, params};
 
+use super::convert::db;
+use super::namespace::SqliteNamespace;
+use super::wal;
 use crate::store::sql_text::Checked;
-use crate::store::wal;
-use crate::store::{NamespaceId, StoreError};
-
-use convert::db;
-pub(super) use convert::{Param, as_guest};
-pub use namespace::SqliteNamespace;
+use crate::store::{NamespaceId, Namespaces, Reader, StoreError, Writer};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _reel_checkpoint (
@@ -72,11 +64,6 @@ impl SqliteStore {
 
     fn path(&self, ns: &NamespaceId) -> PathBuf {
         self.dir.join(format!("{}.db", ns.slug()))
-    }
-
-    /// Whether the namespace's file exists.
-    pub fn exists(&self, ns: &NamespaceId) -> bool {
-        self.path(ns).exists()
     }
 
     /// Open a namespace (created when opening for writing); statements of
@@ -141,8 +128,35 @@ impl SqliteStore {
         })
     }
 
+    /// `reel.db`: which namespace serves reads of each projection.
+    fn registry(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open(self.dir.join("reel.db")).map_err(db)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS active_namespaces (name TEXT PRIMARY KEY, slug TEXT NOT NULL)")
+            .map_err(db)?;
+        Ok(conn)
+    }
+}
+
+impl Namespaces for SqliteStore {
+    fn open_writer(&self, ns: &NamespaceId, deadline: Duration) -> Result<Box<dyn Writer>, StoreError> {
+        Ok(Box::new(self.open(ns, false, deadline)?))
+    }
+
+    fn open_reader(&self, ns: &NamespaceId, deadline: Duration) -> Result<Option<Box<dyn Reader>>, StoreError> {
+        if !self.exists(ns) {
+            return Ok(None);
+        }
+        Ok(Some(Box::new(self.open(ns, true, deadline)?)))
+    }
+
+    /// Whether the namespace's file exists.
+    fn exists(&self, ns: &NamespaceId) -> bool {
+        self.path(ns).exists()
+    }
+
     /// Delete a namespace's files.
-    pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+    fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
         let path = self.path(ns);
         for suffix in ["", "-wal", "-shm"] {
             let file = PathBuf::from(format!("{}{suffix}", path.display()));
@@ -156,7 +170,7 @@ impl SqliteStore {
     }
 
     /// Namespaces found in the folder.
-    pub fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+    fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
         let entries =
             std::fs::read_dir(&self.dir).map_err(|e| StoreError::Database(format!("{}: {e}", self.dir.display())))?;
         let mut found = Vec::new();
@@ -170,16 +184,8 @@ impl SqliteStore {
         Ok(found)
     }
 
-    fn registry(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open(self.dir.join("reel.db")).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
-        conn.execute_batch("CREATE TABLE IF NOT EXISTS active_namespaces (name TEXT PRIMARY KEY, slug TEXT NOT NULL)")
-            .map_err(db)?;
-        Ok(conn)
-    }
-
     /// The namespace serving reads of each projection.
-    pub fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
+    fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
         let conn = self.registry()?;
         let mut stmt = conn.prepare("SELECT slug FROM active_namespaces ORDER BY name").map_err(db)?;
         let slugs: Vec<String> = stmt.query_map([], |r| r.get(0)).map_err(db)?.collect::<Result<_, _>>().map_err(db)?;
@@ -187,7 +193,7 @@ impl SqliteStore {
     }
 
     /// Record the namespace serving reads of its projection.
-    pub fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
+    fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
         self.registry()?
             .execute(
                 "INSERT INTO active_namespaces (name, slug) VALUES (?1, ?2) \
@@ -199,7 +205,7 @@ impl SqliteStore {
     }
 
     /// Forget a projection.
-    pub fn forget(&self, name: &str) -> Result<(), StoreError> {
+    fn forget(&self, name: &str) -> Result<(), StoreError> {
         self.registry()?.execute("DELETE FROM active_namespaces WHERE name = ?1", [name]).map_err(db)?;
         Ok(())
     }

@@ -22,7 +22,10 @@ use std::thread::JoinHandle;
 
 use rusqlite::Connection;
 
-use super::{StoreError, Value};
+use reel_model::Value;
+
+use super::convert::{Param, as_guest};
+use crate::store::StoreError;
 
 /// Queued statements from which the connection goes to the writer thread.
 pub const CHUNK: usize = 128;
@@ -39,7 +42,7 @@ pub type Statement = (Arc<str>, Vec<Value>);
 /// the whole text per statement (~3% of this thread in a 1M-event rebuild;
 /// SQLite's B-tree search is the rest).
 pub fn run(conn: &Connection, guest: &AtomicBool, statements: &[Statement]) -> Result<(), StoreError> {
-    super::sqlite::as_guest(conn, guest, |conn| {
+    as_guest(conn, guest, |conn| {
         let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>)> = Vec::new();
         statements.iter().try_for_each(|(statement, params)| {
             let at = match prepared.iter().position(|(text, _)| Arc::ptr_eq(text, statement)) {
@@ -49,7 +52,7 @@ pub fn run(conn: &Connection, guest: &AtomicBool, statements: &[Statement]) -> R
                     prepared.len() - 1
                 }
             };
-            prepared[at].1.execute(rusqlite::params_from_iter(params.iter().map(super::sqlite::Param))).map(drop)
+            prepared[at].1.execute(rusqlite::params_from_iter(params.iter().map(Param))).map(drop)
         })
     })
 }

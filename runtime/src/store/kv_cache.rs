@@ -28,7 +28,7 @@ use std::hash::BuildHasher;
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
-use super::{KvWrite, Namespace, StoreError};
+use super::{KvWrite, StoreError, Writer};
 
 /// Bytes a known key costs beyond its key and value: its slot and its
 /// place in the table.
@@ -120,7 +120,7 @@ impl KvCache {
     }
 
     /// The value as this batch sees it.
-    pub fn get(&mut self, key: &str, ns: &mut dyn Namespace) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn get(&mut self, key: &str, ns: &mut dyn Writer) -> Result<Option<Vec<u8>>, StoreError> {
         let hash = self.hasher.hash_one(key);
         let found = self.find(hash, key);
         if let Some(i) = found {
@@ -179,7 +179,7 @@ impl KvCache {
     }
 
     /// Send buffered writes to the database (inside its open transaction).
-    pub fn flush(&mut self, ns: &mut dyn Namespace) -> Result<(), StoreError> {
+    pub fn flush(&mut self, ns: &mut dyn Writer) -> Result<(), StoreError> {
         let mut writes: Vec<KvWrite<'_>> = self
             .touched
             .iter()
@@ -337,11 +337,13 @@ mod tests {
     use reel_model::Cursor;
 
     use super::*;
+    use crate::sqlite::SqliteStore;
     use crate::store::NamespaceId;
-    use crate::store::sqlite::SqliteStore;
+    use crate::store::Snapshot;
 
-    /// A real SQLite namespace in `dir`, and a transaction open on it.
-    fn namespace(dir: &std::path::Path) -> Box<dyn Namespace> {
+    /// A real SQLite namespace in `dir`, and a transaction open on it (a
+    /// unit test may reach a backend; the layer itself does not).
+    fn namespace(dir: &std::path::Path) -> Box<dyn Writer> {
         let store = SqliteStore::new(dir).unwrap();
         let mut ns = store.open(&NamespaceId::new("kv", "1"), false, Duration::from_secs(5)).unwrap();
         ns.begin().unwrap();
@@ -353,7 +355,7 @@ mod tests {
     }
 
     /// Flush, commit the transaction `from` -> `to` and open the next one.
-    fn commit(kv: &mut KvCache, ns: &mut dyn Namespace, from: i64, to: i64) {
+    fn commit(kv: &mut KvCache, ns: &mut dyn Writer, from: i64, to: i64) {
         kv.flush(ns).unwrap();
         ns.commit(cursor(from), cursor(to)).unwrap();
         ns.begin().unwrap();

@@ -2,21 +2,30 @@
 //!
 //! A namespace holds the projection's SQL tables, its key-value table and its
 //! checkpoint. On SQLite it is a file of its own; on PostgreSQL a schema owned
-//! by a role of its own. The worker writes through a [`Namespace`] inside one
+//! by a role of its own. The worker writes through a [`Writer`] inside one
 //! transaction per batch and commits the checkpoint with a compare-and-set in
-//! that same transaction. Reads (HTTP) use separate read-only connections.
+//! that same transaction. Reads (HTTP, queries) use separate read-only
+//! connections, [`Reader`]s.
+//!
+//! This module holds what every backend shares: the roles a namespace plays
+//! (`namespace.rs`), the [`Namespaces`] a backend implements (`crate::sqlite`,
+//! `crate::postgres`), the [`Store`] reel holds, the KV write buffer and
+//! cache, and the checks of projection SQL text.
 
 pub mod kv_cache;
-pub mod postgres;
+mod namespace;
 pub mod sql_text;
-pub mod sqlite;
-pub mod wal;
-pub mod writer;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-use reel_model::{Cursor, DeadLetter, Event, Rows, SqlError, Value};
+use reel_model::{Cursor, SqlError, Value};
+
+pub use namespace::{
+    Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrites, Reader, Snapshot, SqlReads, SqlWrites, TableReads,
+    Writer,
+};
 
 /// A projection version's storage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -188,7 +197,7 @@ impl TableRead {
     /// The `SELECT` of this read from a table with `columns`, the `n`-th
     /// filter value written as `{placeholder}{n}` (`$1`, `?1`), and the
     /// values. Column names must be among `columns`.
-    fn statement(&self, columns: &[String], placeholder: &str) -> Result<(String, Vec<Value>), StoreError> {
+    pub(crate) fn statement(&self, columns: &[String], placeholder: &str) -> Result<(String, Vec<Value>), StoreError> {
         let known = |c: &str| {
             if columns.iter().any(|k| k == c) {
                 Ok(sql_text::quote_ident(c))
@@ -234,166 +243,46 @@ pub struct KvWrite<'a> {
     pub new: bool,
 }
 
-/// One namespace, through one connection: the worker's writer, or a
-/// read-only view for HTTP reads and guest queries.
-///
-/// Writers call [`begin`](Namespace::begin), then any reads and writes, then
-/// [`commit`](Namespace::commit) or [`rollback`](Namespace::rollback). SQL
-/// writes may be deferred until [`flush`](Namespace::flush), a query or the
-/// commit; an error there fails the batch.
-pub trait Namespace: Send {
-    /// The database, as `sql.dialect` names it: `sqlite` or `postgres`.
-    fn dialect(&self) -> &'static str;
-    /// The committed checkpoint.
-    fn checkpoint(&mut self) -> Result<Checkpoint, StoreError>;
-    /// Try to become the one writer of this namespace among all runtimes
-    /// (held until the connection closes). False: another runtime holds it.
-    fn try_claim(&mut self) -> Result<bool, StoreError> {
-        Ok(true)
-    }
-    /// The connection is gone for good (the server closed it): nothing more
-    /// can run on it; open the namespace again.
-    fn is_closed(&self) -> bool {
-        false
-    }
-    /// Start a transaction (a write transaction for writers, a snapshot for
-    /// readers).
-    fn begin(&mut self) -> Result<(), StoreError>;
-    /// Commit the transaction, moving the checkpoint from `from` to `to`
-    /// (compare-and-set: fails with [`StoreError::Fenced`] if it is not at
-    /// `from`).
-    fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError>;
-    /// Commit like [`commit`](Namespace::commit), without waiting for the
-    /// database where it can: the next transaction queues behind this one
-    /// on the connection while the worker goes on. `Ok(true)`: the outcome
-    /// is pending until [`settle`](Namespace::settle); `Ok(false)`: it is
-    /// committed already.
-    fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
-        self.flush()?;
-        self.commit(from, to).map(|()| false)
-    }
-    /// The outcome of the last pending [`commit_behind`](Namespace::commit_behind)
-    /// (`Ok` when none is pending). Every wait for the database waits for
-    /// it first, and an operation waiting on a failed one fails too, until
-    /// this reports the failure.
-    fn settle(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    /// Abandon the transaction.
-    fn rollback(&mut self) -> Result<(), StoreError>;
-
-    /// A KV value.
-    fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StoreError>;
-    /// KV entries with `prefix`, after `after`, in key order.
-    fn kv_scan(
-        &mut self,
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<(String, Vec<u8>)>, StoreError>;
-    /// Apply KV writes, in one go: each key once, in key order.
-    fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError>;
-    /// Whether the KV table is empty.
-    fn kv_is_empty(&mut self) -> Result<bool, StoreError>;
-
-    /// Run (or queue) a statement whose rows are not needed.
-    fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError>;
-    /// Run a statement and return at most `max_rows` rows.
-    fn query(&mut self, statement: &str, params: Vec<Value>, max_rows: usize) -> Result<Rows, StoreError>;
-    /// Run queued statements.
-    fn flush(&mut self) -> Result<(), StoreError>;
-
-    /// Read a table for HTTP, validating names.
-    fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError>;
-    /// The tables a projection created (for status and errors).
-    fn tables(&mut self) -> Result<Vec<String>, StoreError>;
-
-    /// Record a poison event (inside the open transaction).
-    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError>;
-    /// Dead letters after position `after`, oldest first.
-    fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
-    /// Remove a dead letter (inside the open transaction); false if absent.
-    fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError>;
+/// What a backend's read-model storage does (`sqlite::SqliteStore`,
+/// `postgres::PgStore`); reel holds it as a [`Store`].
+pub trait Namespaces: Send + Sync {
+    /// Open `ns` for writing, creating it (empty, checkpoint at the start) if
+    /// it does not exist. Statements of a transaction stop at `deadline`.
+    fn open_writer(&self, ns: &NamespaceId, deadline: Duration) -> Result<Box<dyn Writer>, StoreError>;
+    /// Open `ns` read-only; `None` if it does not exist.
+    fn open_reader(&self, ns: &NamespaceId, deadline: Duration) -> Result<Option<Box<dyn Reader>>, StoreError>;
+    /// Whether `ns` exists.
+    fn exists(&self, ns: &NamespaceId) -> bool;
+    /// Delete `ns` and everything in it.
+    fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError>;
+    /// The namespaces that exist.
+    fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError>;
+    /// The namespace serving reads of each projection.
+    fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError>;
+    /// Record `ns` as the one serving reads of its projection.
+    fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError>;
+    /// Forget a projection (after its namespaces are dropped).
+    fn forget(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// The read-model storage of the configured backend.
 #[derive(Clone)]
-pub enum Store {
-    /// One SQLite file per namespace.
-    Sqlite(sqlite::SqliteStore),
-    /// One PostgreSQL schema (and role) per namespace.
-    Postgres(Box<postgres::PgStore>),
+pub struct Store {
+    namespaces: Arc<dyn Namespaces>,
 }
 
 impl Store {
-    /// Open `ns` for writing, creating it (empty, checkpoint at the start) if
-    /// it does not exist. Statements of a transaction stop at `deadline`.
-    pub fn open_writer(&self, ns: &NamespaceId, deadline: Duration) -> Result<Box<dyn Namespace>, StoreError> {
-        match self {
-            Store::Sqlite(s) => Ok(Box::new(s.open(ns, false, deadline)?)),
-            Store::Postgres(s) => Ok(Box::new(s.open(ns, false, deadline)?.expect("created when opening for writing"))),
-        }
+    /// The storage `namespaces`.
+    pub fn new(namespaces: impl Namespaces + 'static) -> Self {
+        Self { namespaces: Arc::new(namespaces) }
     }
+}
 
-    /// Open `ns` read-only; `None` if it does not exist.
-    pub fn open_reader(&self, ns: &NamespaceId, deadline: Duration) -> Result<Option<Box<dyn Namespace>>, StoreError> {
-        match self {
-            Store::Sqlite(s) => {
-                if !s.exists(ns) {
-                    return Ok(None);
-                }
-                Ok(Some(Box::new(s.open(ns, true, deadline)?)))
-            }
-            Store::Postgres(s) => Ok(s.open(ns, true, deadline)?.map(|n| Box::new(n) as Box<dyn Namespace>)),
-        }
-    }
+impl std::ops::Deref for Store {
+    type Target = dyn Namespaces;
 
-    /// Whether `ns` exists.
-    pub fn exists(&self, ns: &NamespaceId) -> bool {
-        match self {
-            Store::Sqlite(s) => s.exists(ns),
-            Store::Postgres(s) => s.exists(ns),
-        }
-    }
-
-    /// Delete `ns` and everything in it.
-    pub fn drop_namespace(&self, ns: &NamespaceId) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.drop_namespace(ns),
-            Store::Postgres(s) => s.drop_namespace(ns),
-        }
-    }
-
-    /// The namespaces that exist.
-    pub fn namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.namespaces(),
-            Store::Postgres(s) => s.namespaces(),
-        }
-    }
-
-    /// The namespace serving reads of each projection.
-    pub fn active_namespaces(&self) -> Result<Vec<NamespaceId>, StoreError> {
-        match self {
-            Store::Sqlite(s) => s.active_namespaces(),
-            Store::Postgres(s) => s.active_namespaces(),
-        }
-    }
-
-    /// Record `ns` as the one serving reads of its projection.
-    pub fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.set_active(ns),
-            Store::Postgres(s) => s.set_active(ns),
-        }
-    }
-
-    /// Forget a projection (after its namespaces are dropped).
-    pub fn forget(&self, name: &str) -> Result<(), StoreError> {
-        match self {
-            Store::Sqlite(s) => s.forget(name),
-            Store::Postgres(s) => s.forget(name),
-        }
+    fn deref(&self) -> &Self::Target {
+        &*self.namespaces
     }
 }
 

@@ -110,7 +110,7 @@ impl Worker {
         };
         let result = caps
             .begin()
-            .and_then(|()| caps.namespace().dead_letter(event, &message))
+            .and_then(|()| caps.writer()?.dead_letter(event, &message))
             .and_then(|()| caps.commit(from, end));
         match result {
             Ok(()) => {
@@ -149,7 +149,7 @@ impl Worker {
                 return Err(WorkerError::NotFound(format!("no dead letter at position {position}")));
             };
             guest.handle(std::slice::from_ref(&letter.event)).map_err(WorkerError::Guest)?;
-            guest.caps().namespace().remove_dead_letter(position)?;
+            guest.caps().writer()?.remove_dead_letter(position)?;
             guest.caps().commit(at, at)?;
             Ok(())
         })();

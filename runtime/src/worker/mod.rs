@@ -19,7 +19,8 @@ pub use status::{State, Status};
 use reel_model::{Cursor, OnError};
 
 use crate::config::{BatchConfig, Limits};
-use crate::host::{Capabilities, Guest, GuestFailure, Mode, Program};
+use crate::host::{Access, Capabilities, Guest, GuestFailure};
+use crate::modules::Program;
 use crate::source::{EventReader, Filter, Source};
 use crate::store::{NamespaceId, Store, StoreError};
 
@@ -321,7 +322,7 @@ impl Worker {
                 if !writer.try_claim()? {
                     return Ok(false);
                 }
-                Capabilities::new(&self.ns.name, writer, self.ctx.limits.clone(), Mode::Write)?
+                Capabilities::new(&self.ns.name, Access::Write(writer), self.ctx.limits.clone())?
             }
         };
         let checkpoint = caps.namespace().checkpoint()?;

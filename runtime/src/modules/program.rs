@@ -7,11 +7,11 @@ use guest_sdk::Projection;
 
 use reel_model::Manifest;
 
-use super::caps::Capabilities;
-use super::instance::{Guest, Unstarted, WasmGuest};
-use super::native::NativeGuest;
+use super::Module;
 use crate::config::Limits;
-use crate::modules::Module;
+use crate::host::Capabilities;
+use crate::host::instance::{Guest, Unstarted, WasmGuest};
+use crate::host::native::NativeGuest;
 
 /// The code of a projection.
 #[derive(Clone)]
