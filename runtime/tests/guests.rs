@@ -393,6 +393,31 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
             "customer-orders needs",
         ),
         ("GET", "/no/such/route", None, StatusCode::NOT_FOUND, "no such endpoint"),
+        // Refusals of every extractor carry reel's JSON body, not axum's text.
+        ("POST", "/projections/%FF/pause", None, StatusCode::BAD_REQUEST, "Invalid UTF-8 in `name`"),
+        ("DELETE", "/projections/%FF", None, StatusCode::BAD_REQUEST, "Invalid UTF-8 in `name`"),
+        ("GET", "/projections/%FF/dead-letters", None, StatusCode::BAD_REQUEST, "Invalid UTF-8 in `name`"),
+        (
+            "POST",
+            "/projections/order-summaries/dead-letters/first/retry",
+            None,
+            StatusCode::BAD_REQUEST,
+            "Cannot parse value at index 1 with value `first`",
+        ),
+        (
+            "POST",
+            "/projections/order-summaries/query/customer-orders",
+            Some("{not json"),
+            StatusCode::BAD_REQUEST,
+            "Failed to parse the request body as JSON",
+        ),
+        (
+            "POST",
+            "/projections/order-summaries/query/customer-orders?args=%7B%7D",
+            Some("{}"),
+            StatusCode::BAD_REQUEST,
+            "args are given twice",
+        ),
     ];
     for (method, uri, body, want, message) in cases {
         let (status, response) = h.call(method, uri, body).await;
@@ -433,6 +458,15 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
         }
         Backend::Sqlite => assert_eq!(response, json!([])),
     }
+
+    // The arguments of a query may come as the body of a POST, and answer
+    // what the same arguments in `?args=` do.
+    let customer = json!({ "customerId": events[0].data["customerId"] }).to_string();
+    let url = "/projections/order-summaries/query/customer-orders";
+    let (status, posted) = h.call("POST", url, Some(&customer)).await;
+    assert_eq!(status, StatusCode::OK, "{posted}");
+    assert!(!posted.as_array().unwrap().is_empty(), "{posted}");
+    assert_eq!(posted, h.get(&format!("{url}?args={}", common::urlencode(&customer))).await);
 
     // Any case of the direction orders.
     let rows = h.get("/projections/order-summaries/tables/order_summaries?order=total.DESC&limit=3").await;

@@ -5,9 +5,11 @@
 //! - [`events`]: `POST /events`.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
+//! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 
 mod error;
 mod events;
+mod extract;
 mod projections;
 mod reads;
 
@@ -54,7 +56,7 @@ pub fn app(services: Services) -> Router {
         .route("/projections/{name}/kv/{*key}", get(reads::kv_get))
         .route("/projections/{name}/tables", get(reads::tables))
         .route("/projections/{name}/tables/{table}", get(reads::table))
-        .route("/projections/{name}/query/{query}", get(reads::query))
+        .route("/projections/{name}/query/{query}", get(reads::query).post(reads::query_posted))
         .route("/modules", get(projections::modules))
         .route("/healthz", get(projections::healthz))
         .route("/metrics", get(projections::metrics))

@@ -3,8 +3,7 @@
 use std::fmt::Write as _;
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use serde::Deserialize;
@@ -12,6 +11,7 @@ use serde_json::{Value, json};
 
 use reel_model::DeadLetter;
 
+use super::extract::{Path, Query};
 use super::{ApiError, Services};
 use crate::deploy::{DeployError, FileStatus};
 use crate::reads::ProjectionInfo;
@@ -26,9 +26,8 @@ pub async fn list(State(services): State<Services>) -> Result<Json<Vec<Projectio
 /// `GET /projections/{name}`.
 pub async fn show(
     State(services): State<Services>,
-    name: Result<Path<String>, PathRejection>,
+    Path(name): Path<String>,
 ) -> Result<Json<ProjectionInfo>, ApiError> {
-    let Path(name) = name?;
     Ok(Json(services.reads.info(&name).await?))
 }
 
@@ -80,9 +79,8 @@ fn default_limit() -> usize {
 pub async fn dead_letters(
     State(services): State<Services>,
     Path(name): Path<String>,
-    page: Result<Query<Page>, QueryRejection>,
+    Query(page): Query<Page>,
 ) -> Result<Json<Vec<DeadLetter>>, ApiError> {
-    let Query(page) = page?;
     Ok(Json(services.reads.dead_letters(&name, page.after, page.limit).await?))
 }
 
@@ -90,9 +88,8 @@ pub async fn dead_letters(
 /// again with the current code; on success it leaves the dead-letter table.
 pub async fn retry_dead_letter(
     State(services): State<Services>,
-    path: Result<Path<(String, i64)>, PathRejection>,
+    Path((name, position)): Path<(String, i64)>,
 ) -> Result<Json<Value>, ApiError> {
-    let Path((name, position)) = path?;
     services.deployments.retry_dead_letter(&name, position).await.map_err(|e| match e {
         // The projection's code still fails on it: the dead letter stays.
         DeployError::Worker(WorkerError::Guest(failure)) if failure.is_projection_fault() => ApiError::new(

@@ -2,13 +2,14 @@
 //! accepts `min_position=N` to wait until the projection has applied event N.
 
 use axum::Json;
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::extract::{JsonBody, Path, Query};
 use super::{ApiError, Services};
 use crate::store::TableRead;
 
@@ -74,11 +75,9 @@ pub struct KeyParams {
 /// `GET /projections/{name}/kv/{key}`: the value, or 404.
 pub async fn kv_get(
     State(services): State<Services>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    params: Result<Query<KeyParams>, QueryRejection>,
+    Path((name, key)): Path<(String, String)>,
+    Query(params): Query<KeyParams>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path((name, key)) = path?;
-    let Query(params) = params?;
     no_nul("key", &key)?;
     let min_position = min_position(params.min_position.as_deref())?;
     let wanted = key.clone();
@@ -113,11 +112,9 @@ pub struct ScanParams {
 /// and `next` to pass as `after` for the following page.
 pub async fn kv_scan(
     State(services): State<Services>,
-    path: Result<Path<String>, PathRejection>,
-    params: Result<Query<ScanParams>, QueryRejection>,
+    Path(name): Path<String>,
+    Query(params): Query<ScanParams>,
 ) -> Result<Json<Value>, ApiError> {
-    let Path(name) = path?;
-    let Query(params) = params?;
     let limit = limit(params.limit.as_deref())?;
     let min_position = min_position(params.min_position.as_deref())?;
     let ScanParams { prefix, after, .. } = params;
@@ -132,11 +129,7 @@ pub async fn kv_scan(
 }
 
 /// `GET /projections/{name}/tables`: the projection's tables.
-pub async fn tables(
-    State(services): State<Services>,
-    path: Result<Path<String>, PathRejection>,
-) -> Result<Json<Vec<String>>, ApiError> {
-    let Path(name) = path?;
+pub async fn tables(State(services): State<Services>, Path(name): Path<String>) -> Result<Json<Vec<String>>, ApiError> {
     Ok(Json(services.reads.read(&name, None, |ns| ns.tables()).await?))
 }
 
@@ -144,11 +137,9 @@ pub async fn tables(
 /// rows as JSON objects.
 pub async fn table(
     State(services): State<Services>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    params: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    Path((name, table)): Path<(String, String)>,
+    Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Json<Vec<Value>>, ApiError> {
-    let Path((name, table)) = path?;
-    let Query(params) = params?;
     let mut read = TableRead { table, limit: DEFAULT_LIMIT, ..TableRead::default() };
     let mut wait = None;
     let mut given = std::collections::HashSet::new();
@@ -186,17 +177,39 @@ pub struct QueryParams {
 /// `GET /projections/{name}/query/{query}?args=<json>`: the projection's own read.
 pub async fn query(
     State(services): State<Services>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    params: Result<Query<QueryParams>, QueryRejection>,
+    Path((name, query)): Path<(String, String)>,
+    Query(params): Query<QueryParams>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let Path((name, query)) = path?;
-    let Query(params) = params?;
     let args = params.args.unwrap_or_default();
     if !args.trim().is_empty() {
         serde_json::from_str::<Value>(&args)
             .map_err(|e| ApiError::bad_request(format!("args is not valid JSON: {e}")))?;
     }
-    let min_position = min_position(params.min_position.as_deref())?;
+    answer(services, name, query, args, params.min_position).await
+}
+
+/// `POST /projections/{name}/query/{query}` with the arguments as the JSON
+/// body: no URL encoding to get wrong (`curl --json '{"n": 2}' ...`).
+pub async fn query_posted(
+    State(services): State<Services>,
+    Path((name, query)): Path<(String, String)>,
+    Query(params): Query<QueryParams>,
+    JsonBody(args): JsonBody<Box<RawValue>>,
+) -> Result<impl IntoResponse, ApiError> {
+    if params.args.is_some() {
+        return Err(ApiError::bad_request("args are given twice: in the body and as `?args=`; keep one"));
+    }
+    answer(services, name, query, args.get().to_owned(), params.min_position).await
+}
+
+async fn answer(
+    services: Services,
+    name: String,
+    query: String,
+    args: String,
+    min_position: Option<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let min_position = self::min_position(min_position.as_deref())?;
     let json = services.reads.query(&name, query, args, min_position).await?;
     Ok(([(header::CONTENT_TYPE, "application/json")], json))
 }
