@@ -133,6 +133,35 @@ fn a_failed_execute_surfaces_at_the_next_query_and_fails_the_commit() {
     assert!(rows.rows.is_empty(), "nothing of the failed batch remains");
 }
 
+#[test]
+fn statements_sqlite_refuses_carry_sqlites_own_code() {
+    let (store, _dir) = store();
+    let mut w = writer(&store, Limits::default());
+    w.begin().unwrap();
+    w.sql_execute("CREATE TABLE t (id TEXT PRIMARY KEY)", vec![]).unwrap();
+    for (statement, message) in [
+        ("SELECT nope FROM t", "no such column: nope"),
+        ("SELECT * FROM nowhere", "no such table: nowhere"),
+        ("SELEC 1", "near \"SELEC\": syntax error"),
+    ] {
+        let error = w.sql_query(statement, vec![]).unwrap().unwrap_err();
+        assert_eq!((error.code.as_str(), error.message.as_str()), ("SQLITE_ERROR", message), "{statement}");
+        // A failed statement fails the batch: the next starts afresh.
+        w.rollback().unwrap();
+        w.begin().unwrap();
+        w.sql_execute("CREATE TABLE t (id TEXT PRIMARY KEY)", vec![]).unwrap();
+    }
+    // A deferred write fails the commit with the same code.
+    w.sql_execute("INSERT INTO t (nope) VALUES (1)", vec![]).unwrap();
+    match w.commit(at(0), at(1)).unwrap_err() {
+        StoreError::Sql { code, message } => {
+            assert_eq!((code.as_str(), message.as_str()), ("SQLITE_ERROR", "table t has no column named nope"))
+        }
+        other => panic!("expected SQLite's refusal, got {other:?}"),
+    }
+    w.rollback().unwrap();
+}
+
 /// Enough statements that a batch's writes run on the namespace's writer
 /// thread (store/writer.rs hands them over 128 at a time).
 const MANY: i64 = 1_000;

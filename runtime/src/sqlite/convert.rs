@@ -29,6 +29,11 @@ pub(super) fn sql_error(e: rusqlite::Error) -> StoreError {
             code: result_code_name(err.extended_code),
             message: message.unwrap_or_else(|| err.to_string()),
         },
+        // What SQLite refused while preparing (no such table or column, a
+        // syntax error): rusqlite names its own variant, SQLite's code is in it.
+        rusqlite::Error::SqlInputError { error, msg, .. } => {
+            StoreError::Sql { code: result_code_name(error.extended_code), message: msg }
+        }
         rusqlite::Error::MultipleStatement => {
             StoreError::Refused("one statement per call: split the text at `;` into several calls".into())
         }
