@@ -70,6 +70,9 @@ pub fn rebuild(server: &str, name: &str, wait: bool) -> Result<(), String> {
     }
     let mut stderr = std::io::stderr();
     let mut told = String::new();
+    // The position moves a batch (about a second of work) at a time; the
+    // elapsed time shows the rebuild is alive in between.
+    let started = std::time::Instant::now();
     loop {
         std::thread::sleep(Duration::from_millis(250));
         let status = client.get(&format!("/projections/{name}"))?;
@@ -81,7 +84,13 @@ pub fn rebuild(server: &str, name: &str, wait: bool) -> Result<(), String> {
             let _ = writeln!(
                 stderr,
                 "\r{}",
-                progress_line(status["head"].as_i64().unwrap_or(0), status["head"].as_i64().unwrap_or(0), 0.0, None)
+                progress_line(
+                    status["head"].as_i64().unwrap_or(0),
+                    status["head"].as_i64().unwrap_or(0),
+                    0.0,
+                    None,
+                    started.elapsed()
+                )
             );
             println!("{name}: reads now come from {target}");
             return Ok(());
@@ -108,22 +117,24 @@ pub fn rebuild(server: &str, name: &str, wait: bool) -> Result<(), String> {
             status["head"].as_i64().unwrap_or(0),
             rebuild["events_per_second"].as_f64().unwrap_or(0.0),
             rebuild["eta_seconds"].as_f64(),
+            started.elapsed(),
         );
         let _ = write!(stderr, "\r{line}");
         let _ = stderr.flush();
     }
 }
 
-/// `[########------------]  40%  400000/1000000  210000 events/s  ETA 3s`
-fn progress_line(position: i64, head: i64, rate: f64, eta: Option<f64>) -> String {
+/// `[########------------]  40%  400000/1000000  210000 events/s  ETA 3s  2s`
+fn progress_line(position: i64, head: i64, rate: f64, eta: Option<f64>, elapsed: Duration) -> String {
     let fraction = if head > 0 { (position as f64 / head as f64).clamp(0.0, 1.0) } else { 1.0 };
     let filled = (fraction * 30.0).round() as usize;
     let eta = eta.map_or_else(String::new, |s| format!("  ETA {}s", s.ceil()));
     format!(
-        "[{}{}] {:>3.0}%  {position}/{head}  {rate:.0} events/s{eta}   ",
+        "[{}{}] {:>3.0}%  {position}/{head}  {rate:.0} events/s{eta}  {}s   ",
         "#".repeat(filled),
         "-".repeat(30 - filled),
-        fraction * 100.0
+        fraction * 100.0,
+        elapsed.as_secs()
     )
 }
 
@@ -169,9 +180,9 @@ mod tests {
     #[test]
     fn progress_lines_show_fraction_rate_and_eta() {
         assert_eq!(
-            progress_line(25, 100, 1234.4, Some(2.1)),
-            "[########----------------------]  25%  25/100  1234 events/s  ETA 3s   "
+            progress_line(25, 100, 1234.4, Some(2.1), Duration::from_millis(7500)),
+            "[########----------------------]  25%  25/100  1234 events/s  ETA 3s  7s   "
         );
-        assert!(progress_line(0, 0, 0.0, None).starts_with("[##############################] 100%"));
+        assert!(progress_line(0, 0, 0.0, None, Duration::ZERO).starts_with("[##############################] 100%"));
     }
 }

@@ -184,6 +184,25 @@ impl ServeArgs {
     }
 }
 
+/// Resolves at SIGINT (Ctrl-C) or SIGTERM (what `kill`, systemd and container
+/// runtimes send), saying which: the server then stops taking requests and
+/// finishes the batches in flight.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut interrupt, mut terminate) = match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        (Ok(i), Ok(t)) => (i, t),
+        _ => {
+            tracing::warn!("cannot listen for SIGINT/SIGTERM; stop reel with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    let name = tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    };
+    tracing::info!("{name} received: shutting down (finishing the batches in flight)");
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -193,11 +212,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => {
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-                tracing::info!("shutting down");
-            };
-            reel::run(args.config()?, shutdown).await
+            let result = reel::run(args.config()?, shutdown_signal()).await;
+            if result.is_ok() {
+                tracing::info!("reel stopped");
+            }
+            result
         }
         Command::Generate(args) => {
             let target = match (args.server, args.data_dir, args.database) {

@@ -96,6 +96,8 @@ async fn serves_a_real_socket_and_refuses_malformed_http() {
 struct Server {
     child: Child,
     addr: SocketAddr,
+    /// Its log lines after the one saying where it serves.
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Server {
@@ -128,8 +130,10 @@ impl Server {
                 break url.trim().parse().unwrap();
             }
         };
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, addr }
+        let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let kept = std::sync::Arc::clone(&log);
+        std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| kept.lock().unwrap().push(l)));
+        Self { child, addr, log }
     }
 
     fn position(&self, name: &str) -> i64 {
@@ -141,6 +145,15 @@ impl Server {
     fn kill(mut self) {
         self.child.kill().unwrap(); // SIGKILL: no shutdown, no flush
         self.child.wait().unwrap();
+    }
+
+    /// Stop it with SIGTERM, as a service manager does: its exit status and log.
+    fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100)); // the reader thread takes the last lines
+        (status, self.log.lock().unwrap().join("\n"))
     }
 }
 
@@ -337,7 +350,19 @@ fn the_cli_controls_a_running_server() {
     assert!(out.contains("remove the file first"), "{out}");
     let (ok, out) = reel_cli(&server, &["pause", "nope"]);
     assert!(!ok && out.contains("no projection named `nope`"), "{out}");
-    server.kill();
+    // The server named by REEL_SERVER, as the README says.
+    let output = Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(["status", "echo"])
+        .env("REEL_SERVER", format!("http://{}", server.addr))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&output.stdout).contains("\"state\": \"running\""), "{output:?}");
+
+    // SIGTERM stops it cleanly, and the log says so.
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(log.contains("SIGTERM received: shutting down"), "{log}");
+    assert!(log.lines().last().is_some_and(|l| l.contains("reel stopped")), "{log}");
 }
 
 #[test]

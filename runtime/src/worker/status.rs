@@ -100,7 +100,10 @@ impl Status {
             stopped_at: None,
             dead_lettered: 0,
         };
-        Self { inner: Mutex::new(Inner { snapshot, samples: VecDeque::new() }), applied: watch::channel(cursor).0 }
+        // A sample at the start, so the first batch already gives a rate (and a
+        // rebuild an ETA) instead of 0 until the second one commits.
+        let samples = VecDeque::from([(Instant::now(), 0)]);
+        Self { inner: Mutex::new(Inner { snapshot, samples }), applied: watch::channel(cursor).0 }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
@@ -199,5 +202,19 @@ fn rate(samples: &VecDeque<(Instant, u64)>, total: u64) -> f64 {
             if first.elapsed() > RATE_WINDOW { 0.0 } else { (total - first_total) as f64 / span }
         }
         None => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_batch_already_gives_a_rate() {
+        let status = Status::new(Cursor { tx: 0, id: 0 });
+        std::thread::sleep(Duration::from_millis(20));
+        status.committed(20_000, Cursor { tx: 0, id: 20_000 });
+        let rate = status.snapshot().events_per_second;
+        assert!(rate > 0.0 && rate <= 20_000.0 / 0.02, "{rate}");
     }
 }
