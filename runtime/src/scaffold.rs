@@ -75,6 +75,7 @@ const JS: &[File] = &[
     file("lib-js/json.js", include_str!("../../projections/lib-js/json.js")),
     file("lib-js/utf8.js", include_str!("../../projections/lib-js/utf8.js")),
     file("lib-js/build.mjs", include_str!("../../projections/lib-js/build.mjs")),
+    file("lib-js/README.md", include_str!("../../projections/lib-js/README.md")),
 ];
 
 /// The lock file of the examples' JavaScript toolchain, for the scaffold's.
@@ -91,6 +92,7 @@ const PYTHON: &[File] = &[
     file("lib-py/reel_guest/errors.py", include_str!("../../projections/lib-py/reel_guest/errors.py")),
     file("lib-py/reel_guest/jsontext.py", include_str!("../../projections/lib-py/reel_guest/jsontext.py")),
     file("lib-py/reel_guest/store.py", include_str!("../../projections/lib-py/reel_guest/store.py")),
+    file("lib-py/README.md", include_str!("../../projections/lib-py/README.md")),
 ];
 
 const C: &[File] = &[
@@ -170,15 +172,18 @@ mod tests {
 
     #[test]
     fn every_language_gets_its_contract_and_helper() {
+        // The helper, and its API reference (Rust's is the SDK's crate docs).
         for (lang, must) in [
-            (Lang::Rust, "reel-guest-sdk/src/wasm.rs"),
-            (Lang::Js, "lib-js/reel.js"),
-            (Lang::Python, "lib-py/reel_guest/store.py"),
-            (Lang::C, "lib-c/reel_host.c"),
+            (Lang::Rust, ["reel-guest-sdk/src/wasm.rs", "reel-guest-sdk/src/lib.rs"]),
+            (Lang::Js, ["lib-js/reel.js", "lib-js/README.md"]),
+            (Lang::Python, ["lib-py/reel_guest/store.py", "lib-py/README.md"]),
+            (Lang::C, ["lib-c/reel_host.c", "lib-c/README.md"]),
         ] {
             let dir = tempfile::tempdir().unwrap();
             let files = scaffold("my-counter", lang, dir.path()).unwrap();
-            assert!(files.iter().any(|f| f.ends_with(must)), "{lang:?}");
+            for must in must {
+                assert!(files.iter().any(|f| f.ends_with(must)), "{lang:?}: {must}");
+            }
             assert!(dir.path().join("wit/projection.wit").exists());
             let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
             assert!(readme.contains("my-counter") && !readme.contains("{{"), "{lang:?}: {readme}");
