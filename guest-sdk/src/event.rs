@@ -46,16 +46,19 @@ pub trait EventFields {
 
     /// Decode the payload as `E`, failing as the batch's error at this event:
     /// what [`Projection::handle_batch`](crate::Projection::handle_batch) uses.
+    /// The message names the path to the value at fault, as
+    /// `serde_path_to_error` writes it:
+    /// ``invalid event: `order.placed` event: items[0].quantity: invalid type: string "two", expected i64 at line 1 column 83``.
     fn envelope<E: DeserializeOwned>(&self) -> Result<Envelope<'_, E>, HandleError> {
         self.decode::<E>().map_err(|e| HandleError {
             position: self.position(),
-            error: Error::InvalidEvent(format!("`{}` event: {e}", self.event_type())),
+            error: Error::InvalidEvent(format!("`{}` event: {}", self.event_type(), with_path::<E>(self, e))),
         })
     }
 
     /// Decode the payload as `E` (see [`Projection::Event`](crate::Projection::Event)).
     fn decode<E: DeserializeOwned>(&self) -> Result<Envelope<'_, E>, serde_json::Error> {
-        let data = E::deserialize(Tagged { event_type: self.event_type(), data: self.data() })?;
+        let data = E::deserialize(Tagged { event_type: self.event_type(), data: self.data(), track: None })?;
         Ok(Envelope {
             position: self.position(),
             stream_id: self.stream_id(),
@@ -65,6 +68,17 @@ pub trait EventFields {
             occurred_at: self.occurred_at(),
             data,
         })
+    }
+}
+
+/// `error`, from decoding an event's payload as `E`, preceded by the path to the
+/// value it is about (nothing at the payload's root). The payload is decoded
+/// again with the path tracked: only a failed decode pays for it.
+fn with_path<E: DeserializeOwned>(event: &(impl EventFields + ?Sized), error: serde_json::Error) -> String {
+    let mut track = serde_path_to_error::Track::new();
+    match E::deserialize(Tagged { event_type: event.event_type(), data: event.data(), track: Some(&mut track) }) {
+        Err(again) => serde_path_to_error::Error::new(track.path(), again).to_string(),
+        Ok(_) => error.to_string(),
     }
 }
 
@@ -94,12 +108,14 @@ impl EventFields for RawEvent {
 
 /// Presents an event to serde as `{"type": <event type>, "data": <payload>}`
 /// without building that JSON: the payload is parsed once, in place.
-struct Tagged<'a> {
+struct Tagged<'a, 't> {
     event_type: &'a str,
     data: &'a str,
+    /// Where the payload's deserializer is, when a message needs it.
+    track: Option<&'t mut serde_path_to_error::Track>,
 }
 
-impl<'a> de::Deserializer<'a> for Tagged<'a> {
+impl<'a> de::Deserializer<'a> for Tagged<'a, '_> {
     type Error = serde_json::Error;
 
     fn deserialize_any<V: Visitor<'a>>(self, visitor: V) -> Result<V::Value, Self::Error> {
@@ -121,12 +137,12 @@ enum Field {
     Done,
 }
 
-struct TaggedFields<'a> {
-    event: Tagged<'a>,
+struct TaggedFields<'a, 't> {
+    event: Tagged<'a, 't>,
     next: Field,
 }
 
-impl<'a> MapAccess<'a> for TaggedFields<'a> {
+impl<'a> MapAccess<'a> for TaggedFields<'a, '_> {
     type Error = serde_json::Error;
 
     fn next_key_seed<K: DeserializeSeed<'a>>(&mut self, seed: K) -> Result<Option<K::Value>, Self::Error> {
@@ -147,7 +163,10 @@ impl<'a> MapAccess<'a> for TaggedFields<'a> {
             Field::Data => {
                 self.next = Field::Done;
                 let mut json = serde_json::Deserializer::from_str(self.event.data);
-                let value = seed.deserialize(&mut json)?;
+                let value = match self.event.track.as_deref_mut() {
+                    Some(track) => seed.deserialize(serde_path_to_error::Deserializer::new(&mut json, track))?,
+                    None => seed.deserialize(&mut json)?,
+                };
                 json.end()?;
                 Ok(value)
             }
@@ -205,6 +224,38 @@ mod tests {
         assert!(err.contains("invalid type"), "{err}");
         let err = raw("shape.circle", r#"{"radius": 1"#).decode::<Shape>().unwrap_err().to_string();
         assert!(err.contains("EOF"), "{err}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "type", content = "data")]
+    #[allow(dead_code)]
+    enum Order {
+        #[serde(rename = "order.placed")]
+        Placed { #[serde(rename = "orderId")] order_id: String, items: Vec<Item> },
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct Item {
+        quantity: i64,
+    }
+
+    #[test]
+    fn a_payload_error_names_the_path_to_the_value() {
+        let message = |data: &str| raw("order.placed", data).envelope::<Order>().unwrap_err().error.to_string();
+        assert_eq!(
+            message(r#"{"orderId": "o", "items": [{"quantity": 1}, {"quantity": "two"}]}"#),
+            "invalid event: `order.placed` event: items[1].quantity: invalid type: string \"two\", expected i64 at line 1 column 62"
+        );
+        assert_eq!(
+            message(r#"{"orderId": "o", "items": [{}]}"#),
+            "invalid event: `order.placed` event: items[0]: missing field `quantity` at line 1 column 29"
+        );
+        // At the payload's root there is no path to name.
+        assert_eq!(
+            message(r#"{"items": []}"#),
+            "invalid event: `order.placed` event: missing field `orderId` at line 1 column 13"
+        );
     }
 
     #[test]

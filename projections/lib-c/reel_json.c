@@ -65,6 +65,8 @@ void reel_json_doc_free(reel_json_doc *doc) {
  *     their position where serde_json's `fix_position` gives it one: when
  *     the innermost deserialize_* call returns. */
 
+#define REEL_DE_PATH_MAX 256
+
 struct reel_de {
     reel_json_doc *doc;
     const unsigned char *s;
@@ -74,6 +76,14 @@ struct reel_de {
     reel_buf *err;
     int positioned; /* the error in `err` has its " at line L column C" */
     int silent;     /* > 0: errors are computed but not written (end_map after a failure) */
+    /* Where the decoder is, as serde_path_to_error writes it
+     * (`items[0].quantity`), and where it was at the first error: the message
+     * starts with that path, as the Rust SDK's does. */
+    char path[REEL_DE_PATH_MAX];
+    size_t path_len;
+    char error_path[REEL_DE_PATH_MAX];
+    size_t error_path_len;
+    int error_noted;
 };
 
 typedef reel_de reader;
@@ -97,8 +107,39 @@ static void put_position(reel_buf *err, size_t line, size_t col) {
     reel_buf_put_u64(err, col);
 }
 
+/* The first error keeps the path to where it happened. */
+static void note_path(reader *r) {
+    if (r->error_noted) return;
+    memcpy(r->error_path, r->path, r->path_len);
+    r->error_path_len = r->path_len;
+    r->error_noted = 1;
+}
+
+/* Into a field or an element: append `.name` (`name` at the root) or
+ * `[index]`; the mark to return to. A segment that does not fit is left out. */
+static size_t path_push(reader *r, const char *text, size_t len, int is_index) {
+    size_t mark = r->path_len;
+    size_t dot = !is_index && mark ? 1 : 0;
+    if (mark + dot + len > sizeof r->path) return mark;
+    if (dot) r->path[r->path_len++] = '.';
+    memcpy(r->path + r->path_len, text, len);
+    r->path_len += len;
+    return mark;
+}
+
+static size_t path_push_index(reader *r, size_t index) {
+    char digits[24];
+    size_t d = sizeof digits;
+    digits[--d] = ']';
+    do digits[--d] = (char)('0' + index % 10);
+    while ((index /= 10));
+    digits[--d] = '[';
+    return path_push(r, digits + d, sizeof digits - d, 1);
+}
+
 static int fail_idx(reader *r, size_t i, const char *msg) {
     if (r->silent) return -1;
+    note_path(r);
     size_t line, col;
     position_of_index(r->s, i, &line, &col);
     reel_buf_puts(r->err, msg);
@@ -115,6 +156,7 @@ static int peek_error(reader *r, const char *msg) {
 
 /* A message without position yet (serde's custom errors). */
 static reel_buf *custom(reader *r) {
+    note_path(r);
     r->positioned = 0;
     return r->err;
 }
@@ -945,13 +987,15 @@ static int de_seq(reader *r, int (*each)(reel_de *, void *), void *ctx) {
         if (--r->remaining_depth == 0) return peek_error(r, "recursion limit exceeded");
         r->pos++;
         int first = 1, ret = 0;
-        for (;;) {
+        for (size_t index = 0;; index++) {
             int has = has_next_element(r, &first);
             if (has <= 0) {
                 ret = has;
                 break;
             }
+            size_t mark = path_push_index(r, index);
             if ((ret = each(r, ctx))) break;
+            r->path_len = mark;
         }
         r->remaining_depth++;
         rc = finish(r, ret, end_seq);
@@ -1002,12 +1046,15 @@ static int visit_map(reader *r, const reel_de_field *fields, size_t count) {
             return -1;
         }
         if (parse_object_colon(r)) return -1;
+        size_t mark = path_push(r, key.ptr, key.len, 0);
         if (i == count) {
             if (ignore_value(r)) return -1;
+            r->path_len = mark;
             continue;
         }
         seen[i] = 1;
         if (decode_field(r, &fields[i])) return -1;
+        r->path_len = mark;
     }
     for (size_t i = 0; i < count; i++) {
         if (seen[i] || fields[i].kind == REEL_DE_OPT_STR) continue; /* Option: None */
@@ -1046,7 +1093,9 @@ static int visit_seq(reader *r, const char *name, const reel_de_field *fields, s
             }
             return -1;
         }
+        size_t mark = path_push_index(r, i);
         if (decode_field(r, &fields[i])) return -1;
+        r->path_len = mark;
     }
     return 0;
 }
@@ -1078,7 +1127,18 @@ int reel_de_struct(reel_de *r, const char *name, const reel_de_field *fields, si
 int reel_de_from_text(reel_json_doc *doc, const char *text, size_t len, const char *name,
                       const reel_de_field *fields, size_t count, reel_buf *err) {
     reader r = {doc, (const unsigned char *)text, len, 0, 128, err, 1, 0};
-    if (reel_de_struct(&r, name, fields, count)) return -1;
+    size_t start = err->len;
+    if (reel_de_struct(&r, name, fields, count)) {
+        if (r.error_path_len) { /* "items[0].quantity: " before the message */
+            size_t n = r.error_path_len + 2;
+            reel_buf_reserve(err, n);
+            memmove(err->ptr + start + n, err->ptr + start, err->len - start);
+            memcpy(err->ptr + start, r.error_path, r.error_path_len);
+            memcpy(err->ptr + start + r.error_path_len, ": ", 2);
+            err->len += n;
+        }
+        return -1;
+    }
     if (ws(&r) >= 0) return peek_error(&r, "trailing characters"); /* Deserializer::end */
     return 0;
 }

@@ -43,14 +43,36 @@ export function failed(message) {
   return new ReelError("failed", message);
 }
 
-/// The world's `error` variant for anything thrown.
+/// Where an error was thrown, from its stack: the first frame outside this
+/// helper, as `src/index.js:42:17 in handle` (QuickJS names files from the
+/// module root), or null when the stack has none.
+export function thrownAt(e) {
+  const stack = e && typeof e.stack === "string" ? e.stack : "";
+  let first = null;
+  for (const line of stack.split("\n")) {
+    const frame = /^\s*at (?:(.*?) \()?\/?(.+?:\d+(?::\d+)?)\)?\s*$/.exec(line);
+    if (!frame) continue;
+    const place = frame[1] && frame[1] !== "<anonymous>" ? `${frame[2]} in ${frame[1]}` : frame[2];
+    if (!/(^|\/)lib-js\/(reel|json|utf8)\.js:/.test(frame[2])) return place;
+    first ??= place;
+  }
+  return first;
+}
+
+/// The world's `error` variant for anything thrown. An error the code did not
+/// mean to throw (a TypeError, ...) says where it was thrown, and its whole
+/// stack goes to reel's log.
 function toWitError(e) {
   if (e instanceof ReelError) return { tag: e.kind, val: e.message };
   if (e && typeof e === "object" && (e.tag === "invalid-event" || e.tag === "failed") && typeof e.val === "string") {
     return { tag: e.tag, val: e.val };
   }
   if (e instanceof Error) {
-    return { tag: "failed", val: e.name && e.name !== "Error" ? `${e.name}: ${e.message}` : e.message };
+    const message = e.name && e.name !== "Error" ? `${e.name}: ${e.message}` : e.message;
+    const at = thrownAt(e);
+    // QuickJS's stack is the frames alone; V8's starts with the message.
+    if (e.stack) logApi.log("error", /^\s*at /.test(e.stack) ? `${message}\n${e.stack}` : e.stack);
+    return { tag: "failed", val: at ? `${message} (at ${at})` : message };
   }
   return { tag: "failed", val: String(e) };
 }
@@ -310,25 +332,70 @@ function unexpected(v) {
   return Array.isArray(v) ? "sequence" : "map";
 }
 
+/// A payload that is not what a decoder expects: serde's `reason`, and where
+/// (`path`: field names and array indices from the payload's root). Its
+/// message reads as serde_path_to_error prints one, as the Rust SDK says it:
+/// ``items[0].quantity: invalid type: string "two", expected i64``.
+export class DecodeError extends TypeError {
+  constructor(reason, path = []) {
+    super(reason);
+    this.name = "DecodeError";
+    this.reason = reason;
+    this.path = path;
+    this.message = pathMessage(reason, path);
+  }
+
+  /// The same error seen one level up: `segment` (a field name or an index)
+  /// goes first in its path.
+  within(segment) {
+    this.path.unshift(segment);
+    this.message = pathMessage(this.reason, this.path);
+    return this;
+  }
+}
+
+function pathMessage(reason, path) {
+  if (path.length === 0) return reason;
+  const text = path.map((s, i) => (typeof s === "number" ? `[${s}]` : i === 0 ? s : `.${s}`)).join("");
+  return `${text}: ${reason}`;
+}
+
+/// `decode(value)`, naming `segment` in the path of whatever it throws.
+function inside(segment, decode, value) {
+  try {
+    return decode(value);
+  } catch (e) {
+    if (e instanceof DecodeError) throw e.within(segment);
+    if (e instanceof ReelError || !(e instanceof Error)) throw e;
+    throw new DecodeError(e.message, [segment]);
+  }
+}
+
 function field(object, name, check, expected) {
   if (!Object.prototype.hasOwnProperty.call(object, name) || object[name] === undefined) {
-    throw new TypeError(`missing field \`${name}\``);
+    throw new DecodeError(`missing field \`${name}\``);
   }
   const v = object[name];
-  if (!check(v)) throw new TypeError(`invalid type: ${unexpected(v)}, expected ${expected}`);
+  if (!check(v)) throw new DecodeError(`invalid type: ${unexpected(v)}, expected ${expected}`, [name]);
   return v;
 }
 
 /// Checked access to the fields of a decoded JSON object. Each throws a
-/// TypeError with serde's wording ("missing field `orderId`", "invalid type:
-/// integer `5`, expected a string"), without serde_json's position.
+/// DecodeError with serde's wording ("missing field `orderId`", "invalid type:
+/// integer `5`, expected a string") and the path to the value
+/// (`items[0].quantity`), without serde_json's position.
 export const fields = {
   /// `data` must be a JSON object (`name`: the struct, for the message).
   object(data, name) {
     if (data === null || typeof data !== "object" || Array.isArray(data)) {
-      throw new TypeError(`invalid type: ${unexpected(data)}, expected struct ${name}`);
+      throw new DecodeError(`invalid type: ${unexpected(data)}, expected struct ${name}`);
     }
     return data;
+  },
+  /// A field holding a nested value, decoded by `decode(value)`; what it
+  /// throws is placed under the field's name.
+  field(o, name, decode) {
+    return inside(name, decode, field(o, name, () => true, ""));
   },
   string: (o, name) => field(o, name, (v) => typeof v === "string", "a string"),
   optionalString(o, name) {
@@ -340,7 +407,13 @@ export const fields = {
   integer: (o, name) => field(o, name, (v) => Number.isInteger(v), "i64"),
   number: (o, name) => field(o, name, (v) => typeof v === "number", "f64"),
   boolean: (o, name) => field(o, name, (v) => typeof v === "boolean", "a boolean"),
-  array: (o, name) => field(o, name, (v) => Array.isArray(v), "a sequence"),
+  /// An array; with `item`, each element decoded by `item(element)`, what it
+  /// throws placed under `name[i]`.
+  array(o, name, item) {
+    const list = field(o, name, (v) => Array.isArray(v), "a sequence");
+    if (!item) return list;
+    return inside(name, () => list.map((element, i) => inside(i, item, element)));
+  },
 };
 
 /// serde's message for an event type the projection does not know.

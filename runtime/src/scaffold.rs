@@ -92,6 +92,7 @@ const PYTHON: &[File] = &[
     file("lib-py/reel_guest/errors.py", include_str!("../../projections/lib-py/reel_guest/errors.py")),
     file("lib-py/reel_guest/jsontext.py", include_str!("../../projections/lib-py/reel_guest/jsontext.py")),
     file("lib-py/reel_guest/store.py", include_str!("../../projections/lib-py/reel_guest/store.py")),
+    file("lib-py/reel_guest/trace.py", include_str!("../../projections/lib-py/reel_guest/trace.py")),
     file("lib-py/README.md", include_str!("../../projections/lib-py/README.md")),
 ];
 

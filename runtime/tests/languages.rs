@@ -183,6 +183,23 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
             }
         }
     }
+
+    // A payload of the wrong shape deep inside: every language's decoder names
+    // the path to the value, in the Rust SDK's words (Rust and C add serde_json's
+    // position).
+    let bad = json!({ "orderId": "bad-1", "customerId": "c-bad", "total": 1.0,
+                      "items": [{ "productId": "p-1", "quantity": 1, "price": 1.0 },
+                                { "productId": "p-2", "quantity": "two", "price": 1.0 }] });
+    let at = h.append("order-bad-1", Some(0), json!([{ "event_type": "order.placed", "data": bad }])).await["positions"][0]
+        .as_i64()
+        .unwrap();
+    let reason = "`order.placed` event: items[1].quantity: invalid type: string \"two\", expected i64";
+    for name in ["order-summaries", "order-summaries-js", "order-summaries-py", "order-summaries-c"] {
+        let status = h.wait_status(name, std::time::Duration::from_secs(60), |s| s["state"] == "stopped").await;
+        assert_eq!(status["stopped_at"], at, "{name}: {status:#}");
+        let message = status["last_error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{name}: {message}");
+    }
     h.finish().await;
 }
 

@@ -78,6 +78,21 @@ static double parse_number(const char *in) {
     return d;
 }
 
+/* One element of `items`: a LineItem { productId, quantity, price }. */
+static int line_item(reel_de *de, void *ctx) {
+    reel_str product_id;
+    int64_t quantity;
+    double price;
+    const reel_de_field fields[] = {
+        {"productId", REEL_DE_STR, &product_id},
+        {"quantity", REEL_DE_I64, &quantity},
+        {"price", REEL_DE_F64, &price},
+    };
+    int rc = reel_de_struct(de, "LineItem", fields, 3);
+    if (rc == 0) *(uint64_t *)ctx += (uint64_t)quantity;
+    return rc;
+}
+
 int main(void) {
     /* serde_json / zmij float layout */
     f64_is(0.0, "0.0");
@@ -221,24 +236,25 @@ int main(void) {
     }
 
     /* typed decoding: messages and positions as serde_json + serde derive
-     * give them (expected strings taken from serde_json 1.0.154) */
+     * give them (expected strings taken from serde_json 1.0.154 under serde_path_to_error
+     * 0.1.20, as the Rust SDK reports them: the path to the value first) */
     {
         struct {
             const char *in, *want;
         } cases[] = {
-            {"{\"orderId\":5}", "invalid type: integer `5`, expected a string at line 1 column 12"},
+            {"{\"orderId\":5}", "orderId: invalid type: integer `5`, expected a string at line 1 column 12"},
             {"{\"orderId\":\"o\"}", "missing field `total` at line 1 column 15"},
             {"{\"orderId\":\"o\",\"total\":1,\"orderId\":\"p\"}", "duplicate field `orderId` at line 1 column 34"},
             {"{\"orderId\":\"o\",\"total\":\"x\\ny\"}",
-             "invalid type: string \"x\\ny\", expected f64 at line 1 column 29"},
-            {"{\"orderId\":[1],\"total\":1}", "invalid type: sequence, expected a string at line 1 column 11"},
-            {"{\"orderId\":\"o\",\n \"total\":1e400}", "number out of range at line 2 column 14"},
+             "total: invalid type: string \"x\\ny\", expected f64 at line 1 column 29"},
+            {"{\"orderId\":[1],\"total\":1}", "orderId: invalid type: sequence, expected a string at line 1 column 11"},
+            {"{\"orderId\":\"o\",\n \"total\":1e400}", "total: number out of range at line 2 column 14"},
             {"{\"orderId\":\"o\",\"total\":1,\"q\":1.0}",
-             "invalid type: floating point `1.0`, expected i64 at line 1 column 32"},
+             "q: invalid type: floating point `1.0`, expected i64 at line 1 column 32"},
             {"{\"orderId\":\"o\",\"total\":1,\"q\":18446744073709551615}",
-             "invalid value: integer `18446744073709551615`, expected i64 at line 1 column 49"},
+             "q: invalid value: integer `18446744073709551615`, expected i64 at line 1 column 49"},
             {"{\"orderId\":\"o\",\"total\":1,\"q\":2,\"reason\":true}",
-             "invalid type: boolean `true`, expected a string at line 1 column 44"},
+             "reason: invalid type: boolean `true`, expected a string at line 1 column 44"},
             {"5", "invalid type: integer `5`, expected struct T at line 1 column 1"},
             {"[\"o\"]", "invalid length 1, expected struct T with 4 elements at line 1 column 5"},
             {"[\"o\",2,3,null,9]", "trailing characters at line 1 column 15"},
@@ -247,11 +263,11 @@ int main(void) {
              "ok o -0 3 -"},
             {"{\"q\":3,\"total\":0.5,\"orderId\":\"\\u00e9\",\"reason\":\"r\"}", "ok \xc3\xa9 0.5 3 r"},
             {"{\"orderId\":\"o\",\"total\":1,\"q\":1e20}",
-             "invalid type: floating point `1e+20`, expected i64 at line 1 column 33"},
+             "q: invalid type: floating point `1e+20`, expected i64 at line 1 column 33"},
             {"{\"orderId\":\"o\",\"total\":\"\\u0001\\u007f\"}",
-             "invalid type: string \"\\u{1}\\u{7f}\", expected f64 at line 1 column 37"},
+             "total: invalid type: string \"\\u{1}\\u{7f}\", expected f64 at line 1 column 37"},
             {"{\"orderId\":\"o\",\"total\":1,\"q\":2} x", "trailing characters at line 1 column 33"},
-            {"{\"orderId\":\"o\",\"total\":1,\"q\":2,\"x\":[1,}", "expected value at line 1 column 39"},
+            {"{\"orderId\":\"o\",\"total\":1,\"q\":2,\"x\":[1,}", "x: expected value at line 1 column 39"},
             {"{\"orderId\":\"o\",\"total\":1,\"q\":2,\"orderId\":[}", "duplicate field `orderId` at line 1 column 40"},
         };
         reel_json_doc doc = REEL_JSON_DOC_INIT;
@@ -275,6 +291,54 @@ int main(void) {
                          (long long)q, reason.ptr ? (int)reason.len : 1, reason.ptr ? reason.ptr : "-");
                 reel_buf g = REEL_BUF_INIT;
                 reel_buf_puts(&g, got);
+                check_str(cases[c].in, &g, cases[c].want);
+                reel_buf_free(&g);
+            }
+            reel_buf_free(&err);
+        }
+        reel_json_doc_free(&doc);
+    }
+
+    /* nested values: the path to the value at fault (serde_path_to_error) */
+    {
+        struct {
+            const char *in, *want;
+        } cases[] = {
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":[{\"productId\":\"p\",\"quantity\":\"two\",\"price\":1}],\"total\":1}",
+             "items[0].quantity: invalid type: string \"two\", expected i64 at line 1 column 74"},
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":[{\"productId\":\"p\",\"quantity\":1,\"price\":1},{\"productId\":\"p\",\"price\":1}],\"total\":1}",
+             "items[1]: missing field `quantity` at line 1 column 109"},
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":[7],\"total\":1}",
+             "items[0]: invalid type: integer `7`, expected struct LineItem at line 1 column 42"},
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":{},\"total\":1}",
+             "items: invalid type: map, expected a sequence at line 1 column 40"},
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":[[\"p\",1,\"x\"]],\"total\":1}",
+             "items[0][2]: invalid type: string \"x\", expected f64 at line 1 column 51"},
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":[{\"productId\":\"p\",\"quantity\":1,\"price\":1,\"note\":[1,}],\"total\":1}",
+             "items[0].note: expected value at line 1 column 92"},
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":[{\"productId\":\"p\",\"quantity\":1,\"price\":1} {}],\"total\":1}",
+             "items: expected `,` or `]` at line 1 column 83"},
+            {"{\"orderId\":\"o\",\"customerId\":\"c\",\"items\":[],\"total\":1,\"extra\":{\"a\":tru}}",
+             "extra: expected ident at line 1 column 70"},
+        };
+        reel_json_doc doc = REEL_JSON_DOC_INIT;
+        for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+            reel_buf err = REEL_BUF_INIT;
+            reel_str order_id, customer_id;
+            double total;
+            uint64_t quantities = 0;
+            const reel_de_field fields[] = {
+                {"orderId", REEL_DE_STR, &order_id},
+                {"customerId", REEL_DE_STR, &customer_id},
+                {"items", REEL_DE_SEQ, 0, line_item, &quantities},
+                {"total", REEL_DE_F64, &total},
+            };
+            reel_json_doc_reset(&doc);
+            if (reel_de_from_text(&doc, cases[c].in, strlen(cases[c].in), "OrderPlaced", fields, 4, &err)) {
+                check_str(cases[c].in, &err, cases[c].want);
+            } else {
+                reel_buf g = REEL_BUF_INIT;
+                reel_buf_puts(&g, "ok");
                 check_str(cases[c].in, &g, cases[c].want);
                 reel_buf_free(&g);
             }

@@ -29,6 +29,7 @@ from . import jsontext
 from .errors import Error, Failed, InvalidEvent
 from .jsontext import Fields, JsonError, dumps, loads
 from .store import Context, Integer, Level, Real, Rows
+from .trace import thrown_at
 
 __all__ = [
     "Context", "Envelope", "Error", "Failed", "Fields", "Integer", "InvalidEvent", "JsonError",
@@ -84,7 +85,9 @@ def _one_of(names):
 
 
 def _unexpected(error):
-    return f"unexpected {type(error).__name__}: {error}"
+    where = thrown_at(error)
+    place = f" (at {where})" if where else ""
+    return f"unexpected {type(error).__name__}: {error}{place}"
 
 
 def export(manifest, events, handle, init=None, query=None):

@@ -34,7 +34,34 @@ _encode_str = _json.encoder.encode_basestring  # C version when available; no \u
 
 
 class JsonError(ValueError):
-    """Text that is not JSON, or JSON that is not the expected shape."""
+    """Text that is not JSON, or JSON that is not the expected shape: `reason`
+    in serde's words, and `path` to the value (field names and list indices
+    from the payload's root), which its text starts with as the Rust SDK's
+    (serde_path_to_error) does: `items[0].quantity: invalid type: ...`."""
+
+    def __init__(self, reason, path=()):
+        super().__init__(reason)
+        self.reason = reason
+        self.path = list(path)
+
+    def __str__(self):
+        if not self.path:
+            return self.reason
+        text = "".join(f"[{s}]" if type(s) is int else s if i == 0 else f".{s}" for i, s in enumerate(self.path))
+        return f"{text}: {self.reason}"
+
+    def within(self, segment):
+        """The same error seen one level up: `segment` goes first in its path."""
+        self.path.insert(0, segment)
+        return self
+
+
+def _inside(segment, decode, value):
+    # decode(value), naming `segment` in the path of a JsonError it raises.
+    try:
+        return decode(value)
+    except JsonError as e:
+        raise e.within(segment) from None
 
 
 _I32_MAX = (1 << 31) - 1
@@ -385,25 +412,34 @@ class Fields:
             raise JsonError(f"missing field `{name}`") from None
 
     def str(self, name):
-        return as_str(self._get(name))
+        return _inside(name, as_str, self._get(name))
 
     def i64(self, name):
-        return as_i64(self._get(name))
+        return _inside(name, as_i64, self._get(name))
 
     def f64(self, name):
-        return as_f64(self._get(name))
+        return _inside(name, as_f64, self._get(name))
 
     def bool(self, name):
-        return as_bool(self._get(name))
+        return _inside(name, as_bool, self._get(name))
 
     def opt_str(self, name):
         """An `Option<String>` with `#[serde(default)]`: absent or null is None."""
         value = self._obj.get(name)
-        return None if value is None else as_str(value)
+        return None if value is None else _inside(name, as_str, value)
+
+    def obj(self, name, decode):
+        """A nested value decoded by `decode(value)` (e.g. another `Fields`
+        reader); its errors are placed under `name`."""
+        return _inside(name, decode, self._get(name))
 
     def list(self, name, item):
-        """A `Vec<T>`: each element decoded by `item(element)`."""
-        value = self._get(name)
-        if type(value) is not list:
-            raise JsonError(f"invalid type: {unexpected(value)}, expected a sequence")
-        return [item(element) for element in value]
+        """A `Vec<T>`: each element decoded by `item(element)`; its errors are
+        placed under `name[i]`."""
+        return _inside(name, lambda value: _list(value, item), self._get(name))
+
+
+def _list(value, item):
+    if type(value) is not list:
+        raise JsonError(f"invalid type: {unexpected(value)}, expected a sequence")
+    return [_inside(i, item, element) for i, element in enumerate(value)]

@@ -67,6 +67,39 @@ class FieldsRead(unittest.TestCase):
             jt.Fields(["o-1"], "struct S", ("orderId", "trackingNumber"))
 
 
+class ErrorPaths(unittest.TestCase):
+    """A payload error names the path to the value, as the Rust SDK's
+    (serde_path_to_error) does: the same text in every language."""
+
+    @staticmethod
+    def placed(value):
+        def line_item(item):
+            f = jt.Fields(item, "struct LineItem", ("productId", "quantity"))
+            return f.str("productId"), f.i64("quantity")
+
+        f = jt.Fields(value, "struct OrderPlaced", ("orderId", "items", "shipTo"))
+        address = f.obj("shipTo", lambda v: jt.Fields(v, "struct Address").str("city")) if "shipTo" in value else None
+        return f.str("orderId"), f.list("items", line_item), address
+
+    def test_nested_fields_and_elements_are_named(self):
+        cases = [
+            ('{"orderId": 5, "items": []}', 'orderId: invalid type: integer `5`, expected a string'),
+            ('{"items": []}', "missing field `orderId`"),
+            ('{"orderId": "o", "items": {}}', "items: invalid type: map, expected a sequence"),
+            ('{"orderId": "o", "items": [{"productId": "p", "quantity": "two"}]}',
+             'items[0].quantity: invalid type: string "two", expected i64'),
+            ('{"orderId": "o", "items": [{"productId": "p", "quantity": 1}, {"productId": "p"}]}',
+             "items[1]: missing field `quantity`"),
+            ('{"orderId": "o", "items": [7]}', "items[0]: invalid type: integer `7`, expected struct LineItem"),
+            ('{"orderId": "o", "items": [], "shipTo": {"city": 1}}',
+             "shipTo.city: invalid type: integer `1`, expected a string"),
+        ]
+        for text, message in cases:
+            with self.assertRaises(jt.JsonError, msg=text) as caught:
+                self.placed(jt.loads(text))
+            self.assertEqual(str(caught.exception), message)
+
+
 class Wrap(unittest.TestCase):
     def test_wrap_i64(self):
         self.assertEqual(jt.wrap_i64((1 << 63) - 1 + 1), -(1 << 63))

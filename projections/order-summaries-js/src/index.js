@@ -80,7 +80,7 @@ export const { describe, setup, handle, query } = defineProjection({
       return {
         orderId: fields.string(data, "orderId"),
         customerId: fields.string(data, "customerId"),
-        items: fields.array(data, "items").map(lineItem),
+        items: fields.array(data, "items", lineItem),
         total: fields.number(data, "total"),
       };
     },
