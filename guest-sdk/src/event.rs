@@ -231,7 +231,11 @@ mod tests {
     #[allow(dead_code)]
     enum Order {
         #[serde(rename = "order.placed")]
-        Placed { #[serde(rename = "orderId")] order_id: String, items: Vec<Item> },
+        Placed {
+            #[serde(rename = "orderId")]
+            order_id: String,
+            items: Vec<Item>,
+        },
     }
 
     #[derive(Debug, Deserialize)]

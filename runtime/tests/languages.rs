@@ -190,9 +190,10 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
     let bad = json!({ "orderId": "bad-1", "customerId": "c-bad", "total": 1.0,
                       "items": [{ "productId": "p-1", "quantity": 1, "price": 1.0 },
                                 { "productId": "p-2", "quantity": "two", "price": 1.0 }] });
-    let at = h.append("order-bad-1", Some(0), json!([{ "event_type": "order.placed", "data": bad }])).await["positions"][0]
-        .as_i64()
-        .unwrap();
+    let at =
+        h.append("order-bad-1", Some(0), json!([{ "event_type": "order.placed", "data": bad }])).await["positions"][0]
+            .as_i64()
+            .unwrap();
     let reason = "`order.placed` event: items[1].quantity: invalid type: string \"two\", expected i64";
     for name in ["order-summaries", "order-summaries-js", "order-summaries-py", "order-summaries-c"] {
         let status = h.wait_status(name, std::time::Duration::from_secs(60), |s| s["state"] == "stopped").await;
