@@ -130,6 +130,24 @@ impl Reads {
         }
     }
 
+    /// The serving version of `name`, once it has started: a read right after
+    /// a deploy waits (up to the read wait) for its `setup` to have committed,
+    /// instead of finding none of its tables yet.
+    async fn started_view(&self, name: &str) -> Result<View, ReadError> {
+        let wait = self.config().read_wait;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let view = self.view(name)?;
+            if view.status.state() != crate::worker::State::Starting {
+                return Ok(view);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ReadError::Timeout(format!("projection `{name}` is still starting after {wait:?}")));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Run `f` on a read-only view of the serving version of `name`.
     pub async fn read<T, F>(&self, name: &str, min_position: Option<i64>, f: F) -> Result<T, ReadError>
     where
@@ -139,7 +157,7 @@ impl Reads {
         if let Some(position) = min_position {
             self.wait_for(name, position).await?;
         }
-        let view = self.view(name)?;
+        let view = self.started_view(name).await?;
         let store = self.store().clone();
         let deadline = self.config().limits_for(name).query_timeout;
         run_blocking(move || {
@@ -171,7 +189,7 @@ impl Reads {
         if let Some(position) = min_position {
             self.wait_for(name, position).await?;
         }
-        let view = self.view(name)?;
+        let view = self.started_view(name).await?;
         let Some(program) = view.program.clone() else {
             return Err(ReadError::Conflict(format!("projection `{name}` has no module loaded to run queries")));
         };
