@@ -35,10 +35,31 @@ pub fn status(server: &str, name: Option<&str>) -> Result<(), String> {
             p["head"].to_string(),
             p["lag"].to_string(),
             p["events_per_second"].as_f64().unwrap_or(0.0),
-            p["last_error"]["message"].as_str().or(p["module_error"].as_str()).unwrap_or("")
+            error_column(p)
         );
+        // A new version being rebuilt beside it gets a line of its own, so
+        // one that fails shows here and not only in the JSON.
+        let rebuild = &p["rebuild"];
+        if !rebuild.is_null() {
+            println!(
+                "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12.0}  {}",
+                "  rebuilding",
+                rebuild["version"].as_str().unwrap_or(""),
+                rebuild["state"].as_str().unwrap_or(""),
+                rebuild["position"].to_string(),
+                p["head"].to_string(),
+                rebuild["lag"].to_string(),
+                rebuild["events_per_second"].as_f64().unwrap_or(0.0),
+                rebuild["last_error"]["message"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(())
+}
+
+/// The serving version's failure, else why its latest file was refused.
+fn error_column(p: &serde_json::Value) -> &str {
+    p["last_error"]["message"].as_str().or(p["module_error"].as_str()).unwrap_or("")
 }
 
 /// `reel pause|resume|delete NAME`.

@@ -323,6 +323,10 @@ fn the_cli_controls_a_running_server() {
         let body = json!({ "stream_id": format!("s-{i}"), "events": [{ "event_type": "tick", "data": {} }] });
         assert_eq!(http(server.addr, "POST", "/events", Some(&body)).0, 201);
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.position("echo") < 50 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let (ok, out) = reel_cli(&server, &["status"]);
     assert!(ok, "{out}");
     assert!(!std::path::Path::new(&perf_map).exists(), "{perf_map} written without REEL_PERF_MAP=1");
@@ -344,6 +348,21 @@ fn the_cli_controls_a_running_server() {
     assert!(out.contains("reads now come from echo@1+g1"), "{out}");
     let (_, body) = http(server.addr, "GET", "/projections/echo/query/seen?min_position=50", None);
     assert_eq!(body, "50");
+
+    // A new version whose setup fails: the table shows it rebuilding and why.
+    std::fs::copy(common::guest("fixture_echo_bad_init"), dir.path().join("modules/echo.wasm")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let (ok, out) = reel_cli(&server, &["status"]);
+        assert!(ok, "{out}");
+        if out.contains("refuses to initialise") || Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let row = out.lines().find(|l| l.trim_start().starts_with("rebuilding")).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains(" 3 ") && row.contains("echo refuses to initialise"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains(" 1 ") && l.contains("running")), "{out}");
 
     let (ok, out) = reel_cli(&server, &["delete", "echo"]);
     assert!(!ok, "a deployed projection cannot be deleted");
