@@ -23,6 +23,7 @@ both_backends!(
     a_new_version_that_fails_to_initialise_never_takes_over,
     a_file_still_being_written_is_not_loaded_half_done,
     removing_a_file_stops_the_projection_and_keeps_its_read_model,
+    a_file_renamed_in_its_manifest_releases_the_old_name,
     skipped_poison_events_are_dead_letters_and_can_be_retried_after_a_fix,
     configuration_overrides_the_modules_policy,
     database_errors_found_after_the_commit_was_sent_lose_and_double_nothing,
@@ -196,6 +197,30 @@ async fn removing_a_file_stops_the_projection_and_keeps_its_read_model(backend: 
     let (status, _) = h.call("GET", &format!("/projections/echo/kv/seen/{at:020}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!h.server.store().exists(&reel::store::NamespaceId::new("echo", "1")));
+    h.finish().await;
+}
+
+async fn a_file_renamed_in_its_manifest_releases_the_old_name(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
+    h.install("fixture_echo_a", "mine.wasm");
+    let at = ticks(&h, "r", 5).await;
+    h.wait_status("echo", PATIENCE, |s| s["position"] == at).await;
+    // The same file now provides `chatter`: `echo` is let go, not forked.
+    h.install("fixture_chatter", "mine.wasm");
+    h.wait_status("chatter", PATIENCE, |s| s["state"] == "running").await;
+    h.wait_status("echo", PATIENCE, |s| s["state"] == "unloaded").await;
+    let modules = h.get("/modules").await;
+    let file = &modules.as_array().unwrap()[0];
+    assert_eq!((&file["provides"], &file["released"]), (&json!("chatter@1"), &json!(["echo"])), "{modules:#}");
+    assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}")).await, json!("a"), "its model stays readable");
+    let (status, body) = h.call("DELETE", "/projections/echo", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "the old name is deletable: {body}");
+    // And back: `echo` from the start, `chatter` let go.
+    h.install("fixture_echo_a", "mine.wasm");
+    h.wait_status("echo", PATIENCE, |s| s["position"] == at).await;
+    h.wait_status("chatter", PATIENCE, |s| s["state"] == "unloaded").await;
+    let (status, body) = h.call("DELETE", "/projections/chatter", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
     h.finish().await;
 }
 

@@ -25,6 +25,10 @@ pub struct FileStatus {
     pub compile_ms: Option<f64>,
     /// Whether the compiled code came from the cache.
     pub cached: Option<bool>,
+    /// Projections this file provided before and provides no more (its
+    /// manifest's name changed): unloaded, deletable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<String>,
 }
 
 impl Deployments {
@@ -112,18 +116,23 @@ impl Deployments {
                     module.compile_time,
                     if module.cached { ", from cache" } else { "" }
                 );
-                let status = FileStatus {
+                let name = module.manifest.name.clone();
+                let mut status = FileStatus {
                     path: path.clone(),
                     hash: Some(module.hash.clone()),
                     provides: Some(format!("{}@{}", module.manifest.name, module.manifest.version)),
                     error: None,
                     compile_ms: Some(module.compile_time.as_secs_f64() * 1000.0),
                     cached: Some(module.cached),
+                    released: Vec::new(),
                 };
                 match self.deploy(Program::Wasm(module), Some(path.clone())) {
                     Ok(cleanup) => {
+                        let (released, names) = self.release(&path, Some(&name));
+                        status.released = names;
                         self.registry().files.insert(path, status);
                         self.clean_up(cleanup).await;
+                        self.clean_up(released).await;
                     }
                     Err(error) => self.file_failed(&path, None, error),
                 }
@@ -152,6 +161,7 @@ impl Deployments {
             error: None,
             compile_ms: None,
             cached: None,
+            released: Vec::new(),
         });
         entry.hash = hash;
         entry.error = Some(error);

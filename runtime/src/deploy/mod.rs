@@ -212,23 +212,41 @@ impl Deployments {
 
     /// A module file was removed: stop what it ran, keep the read model.
     fn unload(&self, path: &Path) -> Cleanup {
+        self.registry().files.remove(path);
+        self.release(path, None).0
+    }
+
+    /// Unload what `path` provided, but for the projection `keep` (the name it
+    /// provides now): a file whose manifest was renamed lets its old name go,
+    /// stopped and deletable, its read model readable until deleted. The names
+    /// let go.
+    fn release(&self, path: &Path, keep: Option<&str>) -> (Cleanup, Vec<String>) {
         let mut registry = self.registry();
         let mut cleanup = Cleanup::default();
-        registry.files.remove(path);
-        for projection in registry.projections.values_mut() {
+        let mut released = Vec::new();
+        for (name, projection) in registry.projections.iter_mut().filter(|(name, _)| Some(name.as_str()) != keep) {
             if projection.next.as_ref().is_some_and(|n| n.file.as_deref() == Some(path)) {
                 cleanup.retire(projection.next.take().expect("checked"));
             }
-            if projection.active.file.as_deref() == Some(path) {
-                tracing::info!(
-                    "{} removed: stopping {}; its read model stays readable",
-                    path.display(),
-                    projection.active.ns
-                );
+            if projection.active.file.as_deref() == Some(path) && projection.active.program.is_some() {
+                match keep {
+                    None => tracing::info!(
+                        "{} removed: stopping {}; its read model stays readable",
+                        path.display(),
+                        projection.active.ns
+                    ),
+                    Some(now) => tracing::info!(
+                        "{} now provides `{now}`, not `{name}`: stopping {}; its read model stays readable \
+                         until deleted (reel delete {name})",
+                        path.display(),
+                        projection.active.ns
+                    ),
+                }
                 cleanup.stop.extend(projection.active.unload());
+                released.push(name.clone());
             }
         }
-        cleanup
+        (cleanup, released)
     }
 
     /// Send a control message to the serving version's worker.
