@@ -177,6 +177,20 @@ impl PgSource {
         Ok(row.get(0))
     }
 
+    /// The id sequence's last value: ids handed out to transactions that may
+    /// still be committing count.
+    pub async fn last_issued(&self) -> Result<i64, SourceError> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('public.events', 'id')::regclass), 0)",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(row.get(0))
+    }
+
     /// The cursor of the committed event at `position`.
     pub async fn cursor_of(&self, position: i64) -> Result<Option<Cursor>, SourceError> {
         let known = self.recent.lock().unwrap_or_else(|p| p.into_inner()).tx.get(&position).copied();
@@ -272,6 +286,10 @@ impl EventLog for PgSource {
 
     fn head(&self) -> LogFuture<'_, i64> {
         Box::pin(PgSource::head(self))
+    }
+
+    fn last_issued(&self) -> LogFuture<'_, i64> {
+        Box::pin(PgSource::last_issued(self))
     }
 
     fn cursor_of(&self, position: i64) -> LogFuture<'_, Option<Cursor>> {

@@ -16,6 +16,7 @@ use crate::deploy::{Deployments, View};
 use crate::host::{Access, Capabilities, GuestFailure};
 use crate::source::{Source, SourceError};
 use crate::store::{Reader, Store, StoreError};
+use crate::worker::State;
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +33,16 @@ pub enum ReadError {
     /// `min_position` was not reached in time.
     #[error("{0}")]
     Timeout(String),
+    /// `min_position` will not be reached: the projection is stopped at a
+    /// poison event.
+    #[error("{0}")]
+    Stopped(String),
+    /// `min_position` will not be reached: the projection is paused.
+    #[error("{0}")]
+    Paused(String),
+    /// `min_position` names a position the log never handed out.
+    #[error("{0}")]
+    PositionUnknown(String),
     /// Read-model storage failed.
     #[error("{0}")]
     Store(StoreError),
@@ -101,31 +112,65 @@ impl Reads {
     }
 
     /// Wait until the serving version of `name` has applied the event at
-    /// `position` (bounded by the configured read wait).
+    /// `position` (bounded by the configured read wait). Only a running
+    /// projection that is behind waits: a position the log never handed out
+    /// is `PositionUnknown`, and a stopped or paused projection answers at
+    /// once, saying why.
     pub async fn wait_for(&self, name: &str, position: i64) -> Result<(), ReadError> {
         let wait = self.config().read_wait;
         let deadline = tokio::time::Instant::now() + wait;
-        let target = loop {
-            if let Some(cursor) = self.source().cursor_of(position).await? {
-                break cursor;
+        // On PostgreSQL the sequence's last value, not the committed head: an
+        // id drawn by a transaction still committing is a position to wait for.
+        let issued = self.source().last_issued().await?;
+        if position > issued {
+            return Err(ReadError::PositionUnknown(format!(
+                "position {position} was never handed out: the log's last position is {issued}"
+            )));
+        }
+        let status = self.view(name)?.status;
+        let mut applied = status.applied();
+        loop {
+            let target = self.source().cursor_of(position).await?;
+            if target.is_some_and(|t| *applied.borrow() >= t) {
+                return Ok(());
+            }
+            let now = status.snapshot();
+            let at = now.cursor.id;
+            match now.state {
+                State::Stopped => {
+                    let (event, why) =
+                        now.last_error.map(|e| (e.position.unwrap_or(at), e.message)).unwrap_or_default();
+                    return Err(ReadError::Stopped(format!(
+                        "projection `{name}` is stopped at event {event} and has not applied position {position} \
+                         (it is at {at}): {why}; it tries the event again with `reel resume {name}` (after a \
+                         fix, or with `on-error` set to `skip`)"
+                    )));
+                }
+                State::Paused => {
+                    return Err(ReadError::Paused(format!(
+                        "projection `{name}` is paused at {at} and has not applied position {position}; \
+                         `reel resume {name}` resumes it"
+                    )));
+                }
+                _ => {}
             }
             if tokio::time::Instant::now() >= deadline {
-                return Err(ReadError::Timeout(format!(
-                    "no event at position {position} was committed within {wait:?}"
-                )));
+                return Err(ReadError::Timeout(match target {
+                    None => format!("no event at position {position} was committed within {wait:?}"),
+                    Some(_) => {
+                        format!(
+                            "projection `{name}` has not applied position {position} within {wait:?} (it is at {at})"
+                        )
+                    }
+                }));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        };
-        let mut applied = self.view(name)?.status.applied();
-        let reached = tokio::time::timeout_at(deadline, applied.wait_for(|c| *c >= target)).await.map(|r| r.is_ok());
-        match reached {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(ReadError::Conflict(format!("projection `{name}` stopped before reaching {position}"))),
-            Err(_) => {
-                let at = applied.borrow().id;
-                Err(ReadError::Timeout(format!(
-                    "projection `{name}` has not applied position {position} within {wait:?} (it is at {at})"
-                )))
+            // Wake on progress, and look at the state again now and then.
+            let step = (tokio::time::Instant::now() + std::time::Duration::from_millis(50)).min(deadline);
+            match target {
+                Some(t) => {
+                    let _ = tokio::time::timeout_at(step, applied.wait_for(|c| *c >= t)).await;
+                }
+                None => tokio::time::sleep_until(step).await,
             }
         }
     }
@@ -138,7 +183,7 @@ impl Reads {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let view = self.view(name)?;
-            if view.status.state() != crate::worker::State::Starting {
+            if view.status.state() != State::Starting {
                 return Ok(view);
             }
             if tokio::time::Instant::now() >= deadline {

@@ -235,6 +235,9 @@ pub trait EventLog: Send + Sync {
     fn append(&self, request: AppendRequest) -> LogFuture<'_, Appended>;
     /// Position of the last committed event (0 when empty).
     fn head(&self) -> LogFuture<'_, i64>;
+    /// The largest position ever handed out, committed or not (on PostgreSQL
+    /// the id sequence's last value; 0 when none).
+    fn last_issued(&self) -> LogFuture<'_, i64>;
     /// The cursor a reader must have passed to have seen event `position`
     /// (`None` when no such event is committed).
     fn cursor_of(&self, position: i64) -> LogFuture<'_, Option<Cursor>>;
@@ -304,6 +307,11 @@ impl Source {
     /// Position of the last committed event (0 when empty).
     pub async fn head(&self) -> Result<i64, SourceError> {
         self.log.head().await
+    }
+
+    /// The largest position ever handed out, committed or not.
+    pub async fn last_issued(&self) -> Result<i64, SourceError> {
+        self.log.last_issued().await
     }
 
     /// The cursor a projection must have passed to have seen event `position`

@@ -211,6 +211,12 @@ impl EventLog for SqliteSource {
         Box::pin(SqliteSource::head(self))
     }
 
+    /// One writer at a time: an id is handed out and committed together, so
+    /// the last handed out is the head.
+    fn last_issued(&self) -> LogFuture<'_, i64> {
+        Box::pin(SqliteSource::head(self))
+    }
+
     /// One writer at a time: ids commit in order, so the cursor of an event
     /// is its position.
     fn cursor_of(&self, position: i64) -> LogFuture<'_, Option<Cursor>> {
