@@ -26,40 +26,32 @@ pub fn status(server: &str, name: Option<&str>) -> Result<(), String> {
         "projection", "version", "state", "position", "head", "lag", "events/s"
     );
     for p in body.as_array().into_iter().flatten() {
-        println!(
-            "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12.0}  {}",
-            p["name"].as_str().unwrap_or(""),
-            p["version"].as_str().unwrap_or(""),
-            p["state"].as_str().unwrap_or(""),
-            p["position"].to_string(),
-            p["head"].to_string(),
-            p["lag"].to_string(),
-            p["events_per_second"].as_f64().unwrap_or(0.0),
-            error_column(p)
-        );
+        let error = p["last_error"]["message"].as_str().or(p["module_error"].as_str()).unwrap_or("");
+        row(p["name"].as_str().unwrap_or(""), p, &p["head"], error);
         // A new version being rebuilt beside it gets a line of its own, so
         // one that fails shows here and not only in the JSON.
         let rebuild = &p["rebuild"];
         if !rebuild.is_null() {
-            println!(
-                "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12.0}  {}",
-                "  rebuilding",
-                rebuild["version"].as_str().unwrap_or(""),
-                rebuild["state"].as_str().unwrap_or(""),
-                rebuild["position"].to_string(),
-                p["head"].to_string(),
-                rebuild["lag"].to_string(),
-                rebuild["events_per_second"].as_f64().unwrap_or(0.0),
-                rebuild["last_error"]["message"].as_str().unwrap_or("")
-            );
+            row("  rebuilding", rebuild, &p["head"], rebuild["last_error"]["message"].as_str().unwrap_or(""));
         }
     }
     Ok(())
 }
 
-/// The serving version's failure, else why its latest file was refused.
-fn error_column(p: &serde_json::Value) -> &str {
-    p["last_error"]["message"].as_str().or(p["module_error"].as_str()).unwrap_or("")
+/// A line of the status table: `label`, then `v`'s version, state, position
+/// and lag, the log's head, and `error`.
+fn row(label: &str, v: &serde_json::Value, head: &serde_json::Value, error: &str) {
+    println!(
+        "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12.0}  {}",
+        label,
+        v["version"].as_str().unwrap_or(""),
+        v["state"].as_str().unwrap_or(""),
+        v["position"].to_string(),
+        head.to_string(),
+        v["lag"].to_string(),
+        v["events_per_second"].as_f64().unwrap_or(0.0),
+        error
+    );
 }
 
 /// `reel pause|resume|delete NAME`.
