@@ -12,9 +12,9 @@
 // `defineProjection` builds the four exports from a plain description and
 // turns thrown errors into the world's `error` variant.
 
-import kvApi from "reel:projection/kv@0.1.0";
-import sqlApi from "reel:projection/sql@0.1.0";
-import logApi from "reel:projection/log@0.1.0";
+import kvApi from "reel:projection/kv@0.1.1";
+import sqlApi from "reel:projection/sql@0.1.1";
+import logApi from "reel:projection/log@0.1.1";
 
 import * as json from "./json.js";
 import { utf8Decode, utf8Encode } from "./utf8.js";

@@ -177,7 +177,7 @@ async fn broken_module_files_never_replace_a_working_one(backend: Backend) {
         ("garbage", b"this is not wasm at all".to_vec(), "not a WebAssembly component: no WebAssembly header"),
         ("core module", b"\0asm\x01\0\0\0".to_vec(), "it is a core module"),
         ("truncated component", good[..good.len() / 2].to_vec(), "is not a WebAssembly component"),
-        ("wrong world", wrong_world, "does not match the reel:projection@0.1.0 world"),
+        ("wrong world", wrong_world, "does not match the reel:projection@0.1.1 world"),
     ];
     let mut version = 0;
     for (what, bytes, message) in cases {

@@ -36,7 +36,7 @@ pub mod types {
         for<'a> D::Data<'a>: Host,
         T: 'static,
     {
-        linker.instance("reel:projection/types@0.1.0")?;
+        linker.instance("reel:projection/types@0.1.1")?;
         Ok(())
     }
 }

@@ -58,7 +58,7 @@ pub enum ModuleError {
         message: String,
     },
     /// The component does not fit the world.
-    #[error("{path} does not match the reel:projection@0.1.0 world: {message}")]
+    #[error("{path} does not match the reel:projection@0.1.1 world: {message}")]
     WrongWorld {
         /// The file.
         path: String,
