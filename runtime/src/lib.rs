@@ -25,7 +25,8 @@
 //!   KV table, its checkpoint; the roles a backend's namespace plays.
 //! - [`sqlite`] and [`postgres`]: each backend in one place (its event log,
 //!   namespaces, connections).
-//! - [`api`]: the HTTP API (axum): append, status, reads, control.
+//! - [`api`]: the HTTP API (axum): append, status, reads, control, and the
+//!   dashboard page at `/`.
 //! - [`deploy`]: the registry of deployments: a worker per projection
 //!   version, module files deployed as they come and go, blue/green cut-over.
 //! - [`reads`]: the read service the API calls: reads and status.

@@ -6,7 +6,9 @@
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
+//! - [`dashboard`]: the page at `GET /`, over the routes above.
 
+mod dashboard;
 mod error;
 mod events;
 mod extract;
@@ -44,6 +46,8 @@ pub struct Services {
 /// The router, over a started reel's [`Services`].
 pub fn app(services: Services) -> Router {
     Router::new()
+        .route("/", get(dashboard::page))
+        .route("/dashboard/{file}", get(dashboard::asset))
         .route("/events", post(events::append))
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::show).delete(projections::delete))
