@@ -122,6 +122,13 @@ fn browse(addr: SocketAddr, data_dir: PathBuf) {
         let shown = text(b, "[data-module='skipper'] .letters li pre");
         if shown == error { Ok(()) } else { Err(shown) }
     });
+    let shown = browser.script(
+        "return document.querySelector(\"[data-module='skipper'] .letters [data-field='data']\").textContent;",
+        json!([]),
+    );
+    let shown: Value = serde_json::from_str(shown.as_str().unwrap()).expect("the payload shown is JSON");
+    assert_eq!(shown, letter[0]["data"], "the dead letter's payload");
+
     // Retried with the same code, it fails again: the page says so, in reel's words.
     let retry = browser.find("[data-module='skipper'] .letters [data-action='retry']").unwrap();
     browser.click(&retry);

@@ -26,6 +26,16 @@ function stateNote(info) {
   }
 }
 
+/** JSON, indented (a payload may come as JSON text or as JSON). */
+function pretty(json) {
+  if (typeof json !== 'string') return JSON.stringify(json, null, 2);
+  try {
+    return JSON.stringify(JSON.parse(json), null, 2);
+  } catch {
+    return json;
+  }
+}
+
 /** A button that asks once more before it acts. */
 function confirmButton(label, confirmLabel, action) {
   let timer = null;
@@ -285,17 +295,12 @@ export class ModuleCard {
         this.loadLetters();
       }));
     }
-    let data = l.data;
-    try {
-      data = JSON.stringify(JSON.parse(l.data), null, 2);
-    } catch {
-      // Shown as stored.
-    }
     return h('li', { 'data-position': String(l.position) },
       h('p.title', {}, `event ${count(l.position)} · ${l.event_type} · ${l.stream_id} v${l.version}`,
         h('span.where', {}, ` · failed ${when(l.failed_at)}`)),
       h('pre', {}, l.error),
-      h('details', {}, h('summary', {}, 'payload'), h('pre', {}, data)),
+      h('details', {}, h('summary', {}, 'payload and metadata'),
+        h('pre', { 'data-field': 'data' }, pretty(l.data)), h('pre', { 'data-field': 'metadata' }, pretty(l.metadata))),
       buttons.length ? h('div.letter-actions', {}, ...buttons) : null);
   }
 }
