@@ -40,10 +40,7 @@ pub(super) const EXEC_QUERY_BYTES: usize = 256 * 1024;
 /// Most parameters a statement may have to go as `EXECUTE`s. The server lexes
 /// and parses each literal of an `EXECUTE` as SQL, while Bind hands it the
 /// values; and a statement with many (a multi-row `INSERT`) writes many rows
-/// per Sync anyway. `order-summaries` folded per batch (128-row upserts of 1,024
-/// parameters), 1M events, three alternating pairs 2026-11-28 12:01-12:10 UTC:
-/// server CPU per event 20.8, 23.1, 21.1 µs as `EXECUTE`s; 18.2, 17.9, 20.8 µs
-/// with those bound (ADR 16).
+/// per Sync anyway: bound, such statements cost the server less (ADR 16).
 pub(super) const EXEC_MAX_PARAMS: usize = 16;
 
 /// One namespace through a connection logged in as its role.
@@ -79,9 +76,7 @@ pub(super) const BEGIN_READ: &str = "BEGIN READ ONLY";
 pub(super) const COMMIT: &str = "COMMIT";
 pub(super) const KV_UPSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[]) \
                          ON CONFLICT (key) DO UPDATE SET value = excluded.value";
-// Keys the worker knows absent skip the upsert's conflict check (55,000 new
-// keys of 83,000 per 100,000 events of customer-stats: 165-201 ms of server
-// time as inserts, 255-295 ms as upserts, psql, 2026-11-28).
+// Keys the worker knows absent skip the upsert's conflict check (ADR 14).
 pub(super) const KV_INSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[])";
 pub(super) const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
 pub(super) const ADVANCE: &str = "SELECT reel.advance($1, $2, $3, $4, $5)";
@@ -273,10 +268,7 @@ impl PgNamespace {
     /// no rows, with at most [`EXEC_MAX_PARAMS`] parameters. Such writes then
     /// go as `EXECUTE`s of one simple query, which the server answers once:
     /// sent as prepared statements, each would end with its own Sync, and the
-    /// server would answer and flush each on its own (`order-summaries`' 1M
-    /// events one statement each, from a Python client, one run each,
-    /// 2026-11-28: 40.1-46.1 µs of server CPU per event with a Sync per
-    /// statement, 27.0-28.2 µs with one per 1,000, 29.7 µs as `EXECUTE`s).
+    /// server would answer and flush each on its own (ADR 15).
     /// A statement `PREPARE` refuses is sent on its own, as before.
     pub(super) fn prepare_exec(&mut self, sql: &str) -> Result<(), StoreError> {
         if self.exec_names.contains_key(sql) {

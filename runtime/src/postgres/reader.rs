@@ -24,16 +24,15 @@ pub struct PgReader {
 /// The reader's session: events are walked in `(transaction_id, id)` index
 /// order, never gathered and sorted. The planner cannot know how many rows
 /// follow a cursor or match a subscription; under-estimating, it chose to
-/// visit every later event and sort the matches — for a projection taking
-/// 5.5% of a 1M log, 589 ms per page of 5,000 instead of 36 ms. JIT never
-/// pays for these short queries.
+/// visit every later event and sort the matches (16 times slower for a
+/// subscription to a few types: docs/benchmarks.md, item 8). JIT never pays
+/// for these short queries.
 const READER_SETTINGS: &str = "SET enable_bitmapscan = off; SET enable_seqscan = off; SET jit = off";
 
 /// Rows per query of a batch read. For one big `LIMIT` after a cursor the
-/// planner read every later event and sorted them on disk (1.05 s for 100,000
-/// events after position 0 of a million; a page of this size by the index
-/// took ~7 ms); with the settings above a single query still spilled its
-/// final sort to disk (0.23 s). A page's rows are ordered in memory.
+/// planner read every later event and sorted them on disk, and with the
+/// settings above a single query still spilled its final sort to disk; a
+/// page's rows are ordered in memory (docs/benchmarks.md, item 8).
 const PAGE: usize = 5_000;
 
 impl EventReader for PgReader {
@@ -132,8 +131,8 @@ impl PgReader {
 /// Puts the events of `batch` from `start` in cursor order, should they not
 /// be. The page query has no outer `ORDER BY`: its lateral index scan under a
 /// one-row join returns them in order, and sorting the page again cost the
-/// server ~20% of the query (12.0 against 9.7 ms per 5,000 events, psql,
-/// 2026-11-28); this keeps the order a guarantee whatever plan runs.
+/// server a fifth of the query (docs/benchmarks.md); this keeps the order a
+/// guarantee whatever plan runs.
 fn in_cursor_order(batch: &mut Batch, start: usize) {
     if batch.cursors[start..].is_sorted() {
         return;

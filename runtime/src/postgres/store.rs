@@ -84,11 +84,8 @@ impl PgStore {
         };
         let (schema, role) = (quote_ident(&info.schema), quote_ident(&info.role));
         // `_reel_kv` leaves half of each page free, so a batch that rewrites
-        // a key can update it in place (HOT: no new index entry, no bloat).
-        // Rewriting 27,777 keys: 63 ms a round, against 118-180 ms and
-        // growing with full pages; customer-stats' mix per 100,000 events
-        // (55,000 new keys, 27,777 rewritten): 335 ms against 420 ms, for a
-        // table 1.4x the size.
+        // a key can update it in place (HOT: no new index entry, no bloat),
+        // for a bigger table (ADR 03).
         let ddl = format!(
             "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION; \
              CREATE SCHEMA {schema} AUTHORIZATION {role}; \

@@ -31,8 +31,8 @@ pub const BACKGROUND_PAGES: i32 = 1_000;
 /// started after; the WAL starts over from its beginning only once every
 /// frame is copied when a write begins, which a writer committing back to
 /// back may not leave time for. The checkpoint here then finishes what the
-/// thread has mostly done. (At 64 MiB, these stalls cost a 1M-event
-/// rebuild 40% of its speed: docs/benchmarks.md.)
+/// thread has mostly done. (Set lower, these stalls slowed a rebuild a
+/// lot: ADR 09.)
 pub const FOREGROUND_PAGES: i32 = 16_000;
 
 /// How long the writer waits for a background checkpoint that holds the

@@ -39,8 +39,7 @@ pub type Statement = (Arc<str>, Vec<Value>);
 /// A batch repeats a few statement texts many times, and the namespace hands
 /// out one `Arc` per distinct text: each text is taken from rusqlite's cache
 /// once per run and then found by pointer, instead of hashing and trimming
-/// the whole text per statement (~3% of this thread in a 1M-event rebuild;
-/// SQLite's B-tree search is the rest).
+/// the whole text per statement (docs/benchmarks.md, item 9).
 pub fn run(conn: &Connection, guest: &AtomicBool, statements: &[Statement]) -> Result<(), StoreError> {
     as_guest(conn, guest, |conn| {
         let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>)> = Vec::new();

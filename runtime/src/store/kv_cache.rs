@@ -16,15 +16,13 @@
 //! Each key has one slot holding both what is committed and what the batch
 //! wrote, found through one hash table: a `get` then a `set` of a key finds
 //! it twice, and the flush and the commit walk the batch's slots without
-//! looking keys up again. (Two maps, batch and committed, looked each key up
-//! four or five times per batch and cloned it for the commit; the KV cache
-//! was then ~28% of reel's CPU in a PostgreSQL `customer-stats` rebuild.)
+//! looking keys up again (two maps, batch and committed, looked each key up
+//! four or five times per batch: docs/benchmarks.md).
 
 use std::hash::BuildHasher;
 
-// foldhash, not SipHash: a KV projection looks up every key it touches, and
-// SipHash was 8% of the worker in a SQLite customer-stats rebuild (three
-// alternating 1M runs: 306-317k events/s against 294-303k).
+// foldhash, not SipHash: a KV projection looks up every key it touches
+// (docs/benchmarks.md has what SipHash cost).
 use foldhash::fast::RandomState;
 use hashbrown::HashTable;
 
