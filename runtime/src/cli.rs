@@ -1,5 +1,6 @@
 //! What the `reel` subcommands other than `serve` do: control a running
-//! server over its API (`status`, `pause`, `resume`, `rebuild`, `delete`),
+//! server over its API (`status`, `pause`, `resume`, `rebuild`, `delete`,
+//! `skip`, `discard`),
 //! and generate a workload.
 
 use std::io::Write;
@@ -65,6 +66,28 @@ pub fn control(server: &str, name: &str, action: &str) -> Result<(), String> {
         return Err(response.message());
     }
     println!("{name}: {action} done");
+    Ok(())
+}
+
+/// `reel skip NAME POSITION` (the event a stopped projection halted at goes
+/// to the dead letters; it goes on after it) and `reel discard NAME
+/// POSITION` (a dead letter is deleted for good).
+pub fn poison(server: &str, name: &str, action: &str, position: i64) -> Result<(), String> {
+    let mut client = Client::connect(server)?;
+    let response = match action {
+        "skip" => client.post(&format!("/projections/{name}/skip/{position}"), None)?,
+        _ => client.delete(&format!("/projections/{name}/dead-letters/{position}"))?,
+    };
+    if response.status != 200 {
+        return Err(response.message());
+    }
+    match action {
+        "skip" => println!(
+            "{name}: event {position} skipped; it is a dead letter now (retry it with \
+             POST /projections/{name}/dead-letters/{position}/retry)"
+        ),
+        _ => println!("{name}: dead letter {position} discarded"),
+    }
     Ok(())
 }
 

@@ -43,6 +43,11 @@ enum Command {
     },
     /// Delete a projection's read model (remove its module file first).
     Delete(NameArgs),
+    /// Skip the event a stopped projection halted at: it goes to the dead
+    /// letters (retry it later) and the projection goes on after it.
+    Skip(PositionArgs),
+    /// Delete a dead letter for good.
+    Discard(PositionArgs),
     /// Create a projection folder that builds and deploys as it is.
     New {
         /// The projection's name (a-z, 0-9, `-`, `_`).
@@ -90,6 +95,17 @@ struct Target {
 struct NameArgs {
     /// The projection.
     name: String,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Args)]
+struct PositionArgs {
+    /// The projection.
+    name: String,
+    /// The event's position (`stopped_at` in `reel status NAME`, or a dead
+    /// letter's).
+    position: i64,
     #[command(flatten)]
     target: Target,
 }
@@ -235,6 +251,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Pause(p) => Ok(reel::cli::control(&p.target.server, &p.name, "pause").map_err(anyhow::Error::msg)?),
         Command::Resume(p) => Ok(reel::cli::control(&p.target.server, &p.name, "resume").map_err(anyhow::Error::msg)?),
         Command::Delete(p) => Ok(reel::cli::control(&p.target.server, &p.name, "delete").map_err(anyhow::Error::msg)?),
+        Command::Skip(p) => {
+            Ok(reel::cli::poison(&p.target.server, &p.name, "skip", p.position).map_err(anyhow::Error::msg)?)
+        }
+        Command::Discard(p) => {
+            Ok(reel::cli::poison(&p.target.server, &p.name, "discard", p.position).map_err(anyhow::Error::msg)?)
+        }
         Command::New { name, lang, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let files = reel::scaffold::scaffold(&name, lang, &dir).map_err(anyhow::Error::msg)?;

@@ -38,6 +38,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     tracing::info!("reel is serving http://{}", listener.local_addr()?);
     let app = api::app(server.services());
+    // Connection info: admin actions record the client's address (ADR 21).
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     server.shutdown().await;
     Ok(served?)

@@ -369,6 +369,11 @@ fn the_cli_controls_a_running_server() {
     assert!(out.contains("remove the file first"), "{out}");
     let (ok, out) = reel_cli(&server, &["pause", "nope"]);
     assert!(!ok && out.contains("no projection named `nope`"), "{out}");
+    // Skip and discard (tests/poison.rs has them at work): reel's refusal, as the CLI prints it.
+    let (ok, out) = reel_cli(&server, &["skip", "echo", "7"]);
+    assert!(!ok && out.contains("projection `echo` is running, not stopped at event 7"), "{out}");
+    let (ok, out) = reel_cli(&server, &["discard", "echo", "7"]);
+    assert!(!ok && out.contains("no dead letter at position 7"), "{out}");
     // The server named by REEL_SERVER, as the README says.
     let output = Command::new(env!("CARGO_BIN_EXE_reel"))
         .args(["status", "echo"])

@@ -121,6 +121,7 @@ impl From<DeployError> for ApiError {
             DeployError::Store(e) => e.into(),
             DeployError::Worker(WorkerError::NotFound(m)) => Self::not_found(m),
             DeployError::Worker(WorkerError::Conflict(m)) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            DeployError::Worker(WorkerError::NotStoppedAt(m)) => Self::new(StatusCode::CONFLICT, "not_stopped_at", m),
             DeployError::Worker(WorkerError::Guest(failure)) => failure.into(),
             DeployError::Worker(WorkerError::Store(e)) => e.into(),
         }

@@ -4,10 +4,12 @@
 //!
 //! - [`events`]: `POST /events`.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
+//! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
 //! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 //! - [`dashboard`]: the page at `GET /`, over the routes above.
 
+mod admin;
 mod dashboard;
 mod error;
 mod events;
@@ -17,7 +19,7 @@ mod reads;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 
 pub use error::ApiError;
 
@@ -55,7 +57,9 @@ pub fn app(services: Services) -> Router {
         .route("/projections/{name}/resume", post(projections::resume))
         .route("/projections/{name}/rebuild", post(projections::rebuild))
         .route("/projections/{name}/dead-letters", get(projections::dead_letters))
+        .route("/projections/{name}/dead-letters/{position}", delete(admin::discard))
         .route("/projections/{name}/dead-letters/{position}/retry", post(projections::retry_dead_letter))
+        .route("/projections/{name}/skip/{position}", post(admin::skip))
         .route("/projections/{name}/kv", get(reads::kv_scan))
         .route("/projections/{name}/kv/{*key}", get(reads::kv_get))
         .route("/projections/{name}/tables", get(reads::tables))

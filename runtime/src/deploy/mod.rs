@@ -21,7 +21,7 @@ use crate::modules::Loader;
 use crate::modules::Program;
 use crate::source::Source;
 use crate::store::{NamespaceId, Store, StoreError};
-use crate::worker::{Control, WorkerContext, WorkerError, WorkerHandle};
+use crate::worker::{Admin, Control, WorkerContext, WorkerError, WorkerHandle};
 
 use cutover::Cleanup;
 
@@ -265,12 +265,27 @@ impl Deployments {
     /// Apply a dead-lettered event again with the current code (through the
     /// serving version's worker); on success it leaves the dead-letter table.
     pub async fn retry_dead_letter(&self, name: &str, position: i64) -> Result<(), DeployError> {
+        self.ask(name, |reply| Control::RetryDeadLetter { position, reply }).await
+    }
+
+    /// Skip the event the serving version stopped at (to the dead letters),
+    /// or discard a dead letter, through its worker (ADR 21).
+    pub async fn admin(&self, name: &str, action: Admin, position: i64, by: Option<String>) -> Result<(), DeployError> {
+        self.ask(name, |reply| Control::Admin { action, position, by, reply }).await
+    }
+
+    /// Send the serving version's worker a request and wait for its answer.
+    async fn ask(
+        &self,
+        name: &str,
+        request: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), WorkerError>>) -> Control,
+    ) -> Result<(), DeployError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.control(name, Control::RetryDeadLetter { position, reply })?;
+        self.control(name, request(reply))?;
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(DeployError::Worker(e)),
-            Err(_) => Err(DeployError::Conflict(format!("projection `{name}` stopped before retrying"))),
+            Err(_) => Err(DeployError::Conflict(format!("projection `{name}` stopped before answering"))),
         }
     }
 

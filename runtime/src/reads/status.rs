@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{MAX_DEAD_LETTERS, ReadError, Reads};
 use crate::source::LagCause;
 use crate::worker::State;
-use crate::worker::status::ErrorReport;
+use crate::worker::status::{AdminAction, ErrorReport};
 
 /// Status of a projection, as `GET /projections/{name}` shows it.
 #[derive(Debug, Serialize)]
@@ -44,6 +44,13 @@ pub struct ProjectionInfo {
     pub stopped_at: Option<i64>,
     /// Events in its dead-letter table.
     pub dead_letters: usize,
+    /// Events an administrator skipped (`reel skip`) since it started running here.
+    pub skipped: u64,
+    /// Dead letters an administrator discarded since it started running here.
+    pub discarded: u64,
+    /// The last admin actions (skip, discard), newest first: what, which
+    /// event, who, when (ADR 21).
+    pub admin_actions: Vec<AdminAction>,
     /// Where its code comes from.
     pub module: Option<ModuleInfo>,
     /// Why the latest module file for it was refused (it keeps running the
@@ -153,6 +160,9 @@ impl Reads {
             last_error: status.last_error,
             stopped_at: status.stopped_at,
             dead_letters,
+            skipped: status.skipped,
+            discarded: status.discarded,
+            admin_actions: status.admin_actions,
             module: active.program.as_ref().map(|p| {
                 let m = p.manifest();
                 let module = p.module();

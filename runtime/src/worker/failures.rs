@@ -1,15 +1,16 @@
 //! A failing batch: retried with backoff, narrowed down to the event that
 //! fails on its own (by the projection's error, else by halves), which the
 //! projection's policy stops at or sets aside in the dead-letter table
-//! (ADR 02). A guest out of memory in a call of several events gets smaller
-//! calls first (ADR 11).
+//! (ADR 02); an administrator may skip the one it stopped at and discard
+//! dead letters (ADR 21). A guest out of memory in a call of several events
+//! gets smaller calls first (ADR 11).
 
 use reel_model::{Cursor, Event, OnError};
 
 use crate::host::GuestFailure;
 use crate::store::StoreError;
 
-use super::{ATTEMPTS, Halt, State, Worker, WorkerError, backoff};
+use super::{ATTEMPTS, Admin, Halt, State, Worker, WorkerError, backoff};
 
 impl Worker {
     /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),
@@ -100,28 +101,13 @@ impl Worker {
         if policy == OnError::Stop {
             tracing::error!(projection = %self.ns, position = event.position, "stopped at a poison event: {message}");
             self.status.failed(State::Stopped, message, Some(event.position), attempts);
+            self.poisoned = Some((event.clone(), end));
             return Err(Halt::Stopped);
         }
         tracing::warn!(projection = %self.ns, position = event.position, "dead-lettering: {message}");
-        let from = self.persisted;
-        let caps = match self.guest() {
-            Ok(guest) => guest.caps(),
-            Err(_) => self.spare.as_mut().expect("capabilities are spare when no instance exists"),
-        };
-        let result = caps
-            .begin()
-            .and_then(|()| caps.writer()?.dead_letter(event, &message))
-            .and_then(|()| caps.commit(from, end));
-        match result {
-            Ok(()) => {
-                self.cursor = end;
-                self.persisted = end;
-                self.status.dead_lettered();
-                self.status.committed(0, end);
-                Ok(())
-            }
+        match self.set_aside(event, end, &message) {
+            Ok(()) => Ok(()),
             Err(e) => {
-                let _ = caps.rollback();
                 self.status.failed(
                     State::Retrying,
                     format!("dead-lettering event {}: {e}", event.position),
@@ -130,6 +116,106 @@ impl Worker {
                 );
                 self.wait(backoff(3))?;
                 Err(Halt::Stopped)
+            }
+        }
+    }
+
+    /// Put `event` in the dead-letter table and move the checkpoint to
+    /// `end`, the cursor after it, in one transaction.
+    fn set_aside(&mut self, event: &Event, end: Cursor, message: &str) -> Result<(), StoreError> {
+        let from = self.persisted;
+        let caps = match self.guest() {
+            Ok(guest) => guest.caps(),
+            Err(_) => self.spare.as_mut().expect("capabilities are spare when no instance exists"),
+        };
+        let result = caps
+            .begin()
+            .and_then(|()| caps.writer()?.dead_letter(event, message))
+            .and_then(|()| caps.commit(from, end));
+        if let Err(e) = result {
+            let _ = caps.rollback();
+            return Err(e);
+        }
+        self.cursor = end;
+        self.persisted = end;
+        self.status.dead_lettered();
+        self.status.committed(0, end);
+        Ok(())
+    }
+
+    /// An administrator's skip or discard (ADR 21).
+    pub(super) fn admin(&mut self, action: Admin, position: i64, by: Option<String>) -> Result<(), WorkerError> {
+        match action {
+            Admin::Skip => self.skip(position)?,
+            Admin::Discard => self.discard_dead_letter(position)?,
+        }
+        let by_whom = by.as_deref().unwrap_or("a client reel cannot name");
+        match action {
+            Admin::Skip => tracing::warn!(
+                projection = %self.ns, position,
+                "event skipped by {by_whom}: set aside as a dead letter; going on after it"
+            ),
+            Admin::Discard => tracing::warn!(projection = %self.ns, position, "dead letter discarded by {by_whom}"),
+        }
+        self.status.admin(action, position, by);
+        Ok(())
+    }
+
+    /// Set aside the event the projection stopped at, as the `skip` policy
+    /// would have, and go on after it. Only that event: skipping another
+    /// would lose events no one looked at.
+    fn skip(&mut self, position: i64) -> Result<(), WorkerError> {
+        let stopped_at = self.poisoned.as_ref().filter(|_| self.halted).map(|(event, _)| event.position);
+        if stopped_at != Some(position) {
+            let name = &self.ns.name;
+            return Err(WorkerError::NotStoppedAt(match stopped_at {
+                Some(at) => format!("projection `{name}` is stopped at event {at}, not {position}"),
+                None => format!(
+                    "projection `{name}` is {}, not stopped at event {position}: only the event a stopped \
+                     projection halted at can be skipped",
+                    format!("{:?}", self.status.state()).to_lowercase()
+                ),
+            }));
+        }
+        let (event, end) = self.poisoned.take().expect("checked above");
+        let reason = self.status.snapshot().last_error.map_or_else(String::new, |e| e.message);
+        let message = format!("skipped by an administrator; it had failed with: {reason}");
+        if let Err(e) = self.set_aside(&event, end, &message) {
+            self.poisoned = Some((event, end));
+            return Err(WorkerError::Store(e));
+        }
+        self.halted = false;
+        Ok(())
+    }
+
+    /// Delete dead letter `position` for good. The checkpoint does not move.
+    fn discard_dead_letter(&mut self, position: i64) -> Result<(), WorkerError> {
+        if self.reader.is_none() {
+            return Err(WorkerError::Conflict("the projection has not started yet".into()));
+        }
+        let at = self.persisted;
+        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps(),
+            (None, Some(caps)) => caps,
+            (None, None) => return Err(WorkerError::Conflict("the projection has not started yet".into())),
+        };
+        caps.begin()?;
+        let result = (|| {
+            if !caps.writer()?.remove_dead_letter(position)? {
+                return Ok(false);
+            }
+            caps.commit(at, at)?;
+            Ok(true)
+        })();
+        match result {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let _ = caps.rollback();
+                Err(WorkerError::NotFound(format!("no dead letter at position {position}")))
+            }
+            Err(e) => {
+                let _ = caps.rollback();
+                Err(WorkerError::Store(e))
             }
         }
     }

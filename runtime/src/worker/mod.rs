@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 pub use batch::calls;
-pub use status::{State, Status};
+pub use status::{Admin, State, Status};
 
-use reel_model::{Cursor, OnError};
+use reel_model::{Cursor, Event, OnError};
 
 use crate::config::{BatchConfig, Limits};
 use crate::host::{Access, Capabilities, Guest, GuestFailure};
@@ -52,6 +52,18 @@ pub enum Control {
         /// The outcome.
         reply: tokio::sync::oneshot::Sender<Result<(), WorkerError>>,
     },
+    /// Skip the event a stopped projection halted at (it goes to the dead
+    /// letters), or discard a dead letter; recorded in the status.
+    Admin {
+        /// Which.
+        action: Admin,
+        /// The event's position.
+        position: i64,
+        /// Who asked.
+        by: Option<String>,
+        /// The outcome.
+        reply: tokio::sync::oneshot::Sender<Result<(), WorkerError>>,
+    },
     /// Finish the current batch and exit.
     Exit,
 }
@@ -65,6 +77,9 @@ pub enum WorkerError {
     /// Not possible in the worker's state.
     #[error("{0}")]
     Conflict(String),
+    /// A skip of an event the projection is not stopped at.
+    #[error("{0}")]
+    NotStoppedAt(String),
     /// The projection failed on it.
     #[error("{0}")]
     Guest(GuestFailure),
@@ -139,6 +154,7 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         careful: false,
         paused: false,
         halted: false,
+        poisoned: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("reel-{}", worker.ns))
@@ -192,6 +208,9 @@ struct Worker {
     careful: bool,
     paused: bool,
     halted: bool,
+    /// The event it stopped at (policy `stop`) and the cursor after it, for
+    /// an administrator's skip.
+    poisoned: Option<(Event, Cursor)>,
 }
 
 /// A batch whose commit was sent and not yet answered: the worker applies
@@ -393,10 +412,14 @@ impl Worker {
             Control::Resume => {
                 self.paused = false;
                 self.halted = false;
+                self.poisoned = None;
                 self.status.set_state(State::Running);
             }
             Control::RetryDeadLetter { position, reply } => {
                 let _ = reply.send(self.retry_dead_letter(position));
+            }
+            Control::Admin { action, position, by, reply } => {
+                let _ = reply.send(self.admin(action, position, by));
             }
             Control::Swap(program) => {
                 tracing::info!(projection = %self.ns, "new code, same version: continuing from the checkpoint");
@@ -406,6 +429,7 @@ impl Worker {
                 self.filter = filter_of(&program);
                 self.program = program;
                 self.halted = false;
+                self.poisoned = None;
                 if !self.paused {
                     self.status.set_state(State::Running);
                 }

@@ -47,6 +47,32 @@ pub struct ErrorReport {
     pub attempts: u32,
 }
 
+/// What an administrator may do to a projection's poison events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Admin {
+    /// The event a stopped projection halted at, set aside as a dead letter.
+    Skip,
+    /// A dead letter deleted for good.
+    Discard,
+}
+
+/// An admin action done (`reel skip`, `reel discard`).
+#[derive(Debug, Clone, Serialize)]
+pub struct AdminAction {
+    /// What was done.
+    pub action: Admin,
+    /// The event's position.
+    pub position: i64,
+    /// Who asked, as far as reel knows (the client's address).
+    pub by: Option<String>,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// Admin actions a status keeps, newest first (all of them go to the log).
+const ADMIN_ACTIONS: usize = 10;
+
 /// A snapshot of a worker's status.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
@@ -69,6 +95,12 @@ pub struct Snapshot {
     pub stopped_at: Option<i64>,
     /// Events set aside in the dead-letter table by this worker.
     pub dead_lettered: u64,
+    /// Events an administrator skipped since the worker started.
+    pub skipped: u64,
+    /// Dead letters an administrator discarded since the worker started.
+    pub discarded: u64,
+    /// The last admin actions, newest first.
+    pub admin_actions: Vec<AdminAction>,
 }
 
 /// Shared status of one worker.
@@ -99,6 +131,9 @@ impl Status {
             last_error: None,
             stopped_at: None,
             dead_lettered: 0,
+            skipped: 0,
+            discarded: 0,
+            admin_actions: Vec::new(),
         };
         // A sample at the start, so the first batch already gives a rate (and a
         // rebuild an ETA) instead of 0 until the second one commits.
@@ -192,6 +227,19 @@ impl Status {
     /// An event went to the dead-letter table.
     pub fn dead_lettered(&self) {
         self.with(|i| i.snapshot.dead_lettered += 1);
+    }
+
+    /// An administrator's `action` on event `position` succeeded.
+    pub fn admin(&self, action: Admin, position: i64, by: Option<String>) {
+        self.with(|i| {
+            let s = &mut i.snapshot;
+            match action {
+                Admin::Skip => s.skipped += 1,
+                Admin::Discard => s.discarded += 1,
+            }
+            s.admin_actions.insert(0, AdminAction { action, position, by, at: format_micros(now_micros()) });
+            s.admin_actions.truncate(ADMIN_ACTIONS);
+        });
     }
 }
 
