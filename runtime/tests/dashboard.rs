@@ -85,12 +85,14 @@ fn browse(addr: SocketAddr, data_dir: PathBuf) {
     let base = format!("http://{addr}");
     let mut api = Api(Client::connect(&base).unwrap());
     load::append_http(&base, &generate(&OrderWorkload::new(60, 7))).unwrap();
-    // A poison event: `faulty` stops at it, `skipper` sets it aside as a dead letter.
+    // A poison event: `faulty` stops at it, `skipper` sets it aside as a
+    // dead letter (and another one, to discard from the page).
     api.post(
         "/events",
         json!({ "stream_id": "fault-1", "events": [
         { "event_type": "fault", "data": { "target": "*", "action": "error" } } ] }),
     );
+    fault(&mut api, "skipper");
     api.settle();
 
     let mut browser = Browser::start();
@@ -136,6 +138,42 @@ fn browse(addr: SocketAddr, data_dir: PathBuf) {
         let toast = text(b, ".toast.error");
         if toast.contains("still fails, and stays a dead letter") { Ok(()) } else { Err(toast) }
     });
+
+    // Discard that dead letter from the page (the button asks once more).
+    let position = letter[0]["position"].clone();
+    let discard = browser.find("[data-module='skipper'] .letters [data-action='discard']").unwrap();
+    browser.click(&discard);
+    browser.click(&discard);
+    browser.wait("the discarded dead letter is gone", SEEN_WITHIN, |b| {
+        let (count, first) = (row(b, "skipper", "dead-letters"), text(b, "[data-module='skipper'] .letters li pre"));
+        if count == "1" && first == letter[1]["error"].as_str().unwrap() { Ok(()) } else { Err(count) }
+    });
+    let left = api.get("/projections/skipper/dead-letters");
+    assert_eq!(left.as_array().unwrap().iter().map(|l| &l["position"]).collect::<Vec<_>>(), [&letter[1]["position"]]);
+    let skipper = api.get("/projections/skipper");
+    assert_eq!((&skipper["discarded"], &skipper["admin_actions"][0]["position"]), (&json!(1), &position));
+
+    // Skip the event `faulty` stopped at: it goes on, the event is a dead
+    // letter, and the status says who did it (the browser, on loopback).
+    let stopped_at = faulty["stopped_at"].clone();
+    let skip = browser.find("[data-module='faulty'] [data-action='skip']").unwrap();
+    browser.click(&skip);
+    browser.click(&skip);
+    browser.wait("faulty runs again", SEEN_WITHIN, |b| {
+        let state = row(b, "faulty", "state");
+        if state == "running" { Ok(()) } else { Err(state) }
+    });
+    let faulty = api.get("/projections/faulty");
+    assert_eq!((&faulty["dead_letters"], &faulty["skipped"]), (&json!(1), &json!(1)), "{faulty:#}");
+    let action = &faulty["admin_actions"][0];
+    assert_eq!(
+        (&action["action"], &action["position"], &action["by"]),
+        (&json!("skip"), &stopped_at, &json!("127.0.0.1"))
+    );
+    assert_eq!(api.get("/projections/faulty/dead-letters")[0]["position"], stopped_at);
+    // Stopped again, for the rest of the test and the screenshots.
+    fault(&mut api, "faulty");
+    api.settle();
 
     // Pause customer-stats from its row; events appended meanwhile are its lag.
     let pause = browser.find("[data-module='customer-stats'] [data-action='pause']").unwrap();
@@ -306,6 +344,12 @@ fn screenshots(browser: &mut Browser, api: &mut Api, base: &str, data_dir: &std:
     std::thread::sleep(Duration::from_millis(500));
     std::fs::write(dir.join("dashboard-phone.png"), browser.screenshot(false)).unwrap();
     feed.join().unwrap();
+}
+
+/// Append a poison event for `target`.
+fn fault(api: &mut Api, target: &str) {
+    let event = json!({ "event_type": "fault", "data": { "target": target, "action": "error" } });
+    api.post("/events", json!({ "stream_id": format!("fault-{target}"), "events": [event] }));
 }
 
 /// reel's API over the real socket.

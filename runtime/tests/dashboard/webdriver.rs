@@ -119,9 +119,11 @@ impl Browser {
         }
     }
 
-    /// Click `element` as a user would (chromedriver scrolls to it and
-    /// refuses if something covers it).
+    /// Click `element` as a user would: scrolled to the middle of the window
+    /// first (chromedriver's own scrolling may leave it under the sticky
+    /// header), refused if something covers it.
     pub fn click(&mut self, element: &Element) {
+        self.script("arguments[0].scrollIntoView({ block: 'center' });", json!([{ ELEMENT: element.0 }]));
         self.call("POST", &format!("/element/{}/click", element.0), Some(json!({})));
     }
 

@@ -290,10 +290,12 @@ export class ModuleCard {
       buttons.push(retry);
     }
     if (this.ops.discard) {
-      buttons.push(confirmButton('Discard', 'Confirm discard', async () => {
+      const discard = confirmButton('Discard', 'Confirm discard', async () => {
         await this.app.perform(`discard event ${count(l.position)} of ${this.name}`, this.ops.discard(this.name, l.position));
         this.loadLetters();
-      }));
+      });
+      discard.dataset.action = 'discard';
+      buttons.push(discard);
     }
     return h('li', { 'data-position': String(l.position) },
       h('p.title', {}, `event ${count(l.position)} · ${l.event_type} · ${l.stream_id} v${l.version}`,
