@@ -6,6 +6,7 @@
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
 //! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
+//! - [`streams`]: `GET /streams/{id}`, one stream's events in version order.
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 //! - [`dashboard`]: the page at `GET /`, over the routes above.
 
@@ -16,6 +17,7 @@ mod events;
 mod extract;
 mod projections;
 mod reads;
+mod streams;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -51,6 +53,7 @@ pub fn app(services: Services) -> Router {
         .route("/", get(dashboard::page))
         .route("/dashboard/{file}", get(dashboard::asset))
         .route("/events", post(events::append))
+        .route("/streams/{id}", get(streams::read))
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::show).delete(projections::delete))
         .route("/projections/{name}/pause", post(projections::pause))

@@ -44,16 +44,17 @@ fn order(value: &str) -> Result<(String, bool), ApiError> {
 }
 
 /// A number parameter, or a 400 naming it.
-fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ApiError> {
+pub(super) fn number<T: std::str::FromStr>(name: &str, value: &str) -> Result<T, ApiError> {
     value.parse().map_err(|_| ApiError::bad_request(format!("{name} `{value}` is not a number")))
 }
 
 /// A `min_position` parameter, if given.
-fn min_position(value: Option<&str>) -> Result<Option<i64>, ApiError> {
+pub(super) fn min_position(value: Option<&str>) -> Result<Option<i64>, ApiError> {
     value.map(|v| number("min_position", v)).transpose()
 }
 
-fn limit(limit: Option<&str>) -> Result<usize, ApiError> {
+/// A `limit` parameter: 1 to 10,000, 100 when none is given.
+pub(super) fn limit(limit: Option<&str>) -> Result<usize, ApiError> {
     let limit = match limit {
         Some(value) => number("limit", value)?,
         None => DEFAULT_LIMIT,

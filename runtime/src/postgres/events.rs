@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 
-use reel_model::{Cursor, Value};
+use reel_model::time::format_micros;
+use reel_model::{Cursor, Event, Value};
 
 use super::client as pg;
 use super::reader::PgReader;
@@ -169,6 +170,37 @@ impl PgSource {
         Ok(appended)
     }
 
+    /// Events of one stream after a version, by the `(stream_id, version)`
+    /// index. Versions of a stream commit in order (the unique index makes a
+    /// later version wait for the earlier one's transaction), so a read never
+    /// sees a gap that fills in later.
+    pub async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, stream_id, version::bigint, event_type, data::text, metadata::text, occurred_at \
+                   FROM public.events WHERE stream_id = $1 AND version > $2::bigint ORDER BY version LIMIT $3",
+                &[&stream, &after_version, &(limit as i64)],
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|row| Event {
+                position: row.get(0),
+                stream_id: row.get(1),
+                version: row.get(2),
+                event_type: row.get(3),
+                data: row.get(4),
+                metadata: row.get(5),
+                occurred_at: match column(row, 6) {
+                    Ok(Value::Text(t)) => t,
+                    _ => format_micros(0),
+                },
+            })
+            .collect())
+    }
+
     /// Largest event id.
     pub async fn head(&self) -> Result<i64, SourceError> {
         let client = self.client().await?;
@@ -282,6 +314,11 @@ impl EventLog for PgSource {
 
     fn append(&self, request: AppendRequest) -> LogFuture<'_, Appended> {
         Box::pin(PgSource::append(self, request))
+    }
+
+    fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> LogFuture<'_, Vec<Event>> {
+        let stream = stream.to_owned();
+        Box::pin(async move { PgSource::read_stream(self, &stream, after_version, limit).await })
     }
 
     fn head(&self) -> LogFuture<'_, i64> {

@@ -1,15 +1,18 @@
 //! The read service the API calls: reads of read models (KV, tables,
-//! custom queries, dead letters) and status (`status.rs`). Reads never go
-//! through a worker's transaction; `min_position` makes them wait until the
-//! projection has applied an event.
+//! custom queries, dead letters), status (`status.rs`) and a stream's events
+//! (`streams.rs`). Reads never go through a worker's transaction;
+//! `min_position` makes them wait until the projection has applied an event
+//! (a stream read: until the event is committed).
 
 mod status;
+mod streams;
 
 use std::sync::Arc;
 
 use reel_model::DeadLetter;
 
 pub use status::{ModuleInfo, ProjectionInfo, RebuildInfo};
+pub use streams::StreamPage;
 
 use crate::config::Config;
 use crate::deploy::{Deployments, View};

@@ -233,6 +233,9 @@ pub trait EventLog: Send + Sync {
     fn reader(&self) -> Result<Box<dyn EventReader>, SourceError>;
     /// Append a validated request, checking the expected version.
     fn append(&self, request: AppendRequest) -> LogFuture<'_, Appended>;
+    /// Up to `limit` committed events of `stream` with a version above
+    /// `after_version`, in version order (empty when there are none).
+    fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> LogFuture<'_, Vec<Event>>;
     /// Position of the last committed event (0 when empty).
     fn head(&self) -> LogFuture<'_, i64>;
     /// The largest position ever handed out, committed or not (on PostgreSQL
@@ -302,6 +305,12 @@ impl Source {
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
         request.validate()?;
         self.log.append(request).await
+    }
+
+    /// Up to `limit` committed events of `stream` with a version above
+    /// `after_version`, in version order.
+    pub async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
+        self.log.read_stream(stream, after_version, limit).await
     }
 
     /// Position of the last committed event (0 when empty).

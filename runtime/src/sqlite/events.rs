@@ -135,6 +135,20 @@ impl SqliteSource {
         .await
     }
 
+    /// Events of one stream after a version, by the `(stream_id, version)` index.
+    pub async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
+        let stream = stream.to_owned();
+        self.with_reader(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, stream_id, version, event_type, data, metadata, occurred_at FROM events \
+                 WHERE stream_id = ?1 AND version > ?2 ORDER BY version LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(rusqlite::params![stream, after_version, limit as i64], event)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     async fn with_reader<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, SourceError> + Send + 'static,
@@ -207,6 +221,11 @@ impl EventLog for SqliteSource {
         Box::pin(SqliteSource::append(self, request))
     }
 
+    fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> LogFuture<'_, Vec<Event>> {
+        let stream = stream.to_owned();
+        Box::pin(async move { SqliteSource::read_stream(self, &stream, after_version, limit).await })
+    }
+
     fn head(&self) -> LogFuture<'_, i64> {
         Box::pin(SqliteSource::head(self))
     }
@@ -274,17 +293,9 @@ impl EventReader for SqliteReader {
                 .chain(std::iter::once(rusqlite::types::Value::Integer(limit as i64)));
             let mut rows = stmt.query(params_from_iter(params))?;
             while let Some(row) = rows.next()? {
-                let id: i64 = row.get(0)?;
-                batch.events.push(Event {
-                    position: id,
-                    stream_id: text(row.get_ref(1)?),
-                    version: row.get(2)?,
-                    event_type: text(row.get_ref(3)?),
-                    data: text(row.get_ref(4)?),
-                    metadata: text(row.get_ref(5)?),
-                    occurred_at: text(row.get_ref(6)?),
-                });
-                batch.cursors.push(Cursor { tx: 0, id });
+                let event = event(row)?;
+                batch.cursors.push(Cursor { tx: 0, id: event.position });
+                batch.events.push(event);
             }
         }
         batch.next = match batch.cursors.last() {
@@ -298,6 +309,20 @@ impl EventReader for SqliteReader {
         tx.commit()?;
         Ok(batch)
     }
+}
+
+/// An event from a row of `id, stream_id, version, event_type, data,
+/// metadata, occurred_at`.
+fn event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
+    Ok(Event {
+        position: row.get(0)?,
+        stream_id: text(row.get_ref(1)?),
+        version: row.get(2)?,
+        event_type: text(row.get_ref(3)?),
+        data: text(row.get_ref(4)?),
+        metadata: text(row.get_ref(5)?),
+        occurred_at: text(row.get_ref(6)?),
+    })
 }
 
 /// Column text as written, whatever its storage class (bad UTF-8 replaced).
