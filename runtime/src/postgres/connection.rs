@@ -13,7 +13,7 @@ use super::value::{Param, write_literal};
 use crate::store::StoreError;
 use crate::store::sql_text::{Checked, is_plain_write, refusal, reserved_name};
 
-use super::pipeline::{Blame, Flight, Message, Op, SyncReply, failure_error, pipeline_stopped, unsendable};
+use super::pipeline::{Blame, Flight, Message, Op, SyncReply, failure_error, own_error, pipeline_stopped, unsendable};
 use super::store::NamespaceInfo;
 
 /// The transaction committed behind the current one on a connection.
@@ -69,6 +69,13 @@ pub struct PgNamespace {
     /// `EXECUTE`s not sent yet, and how many.
     pub(super) execs: String,
     pub(super) exec_count: usize,
+    /// The projection's SQL ran since reel last reset the session: settings
+    /// it changed (`set_config`) may be in force, so reel's next statement
+    /// goes after a `RESET ALL` (ADR 20).
+    pub(super) guest_ran: bool,
+    /// The projection's SQL ran in this transaction: a failure of reel's own
+    /// statements may be its doing (ADR 20).
+    pub(super) guest_in_tx: bool,
 }
 
 pub(super) const BEGIN_WRITE: &str = "BEGIN";
@@ -81,9 +88,12 @@ pub(super) const KV_INSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * F
 pub(super) const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
 pub(super) const ADVANCE: &str = "SELECT reel.advance($1, $2, $3, $4, $5)";
 pub(super) const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+/// Back to the settings the connection opened with (which pin what reel
+/// relies on: `store.rs`), whatever the projection's SQL set.
+pub(super) const RESET: &str = "RESET ALL";
 /// reel's own statements, prepared when the connection opens.
-const OWN_STATEMENTS: [&str; 8] =
-    [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_INSERT, KV_DELETE, ADVANCE, DEAD_LETTER];
+const OWN_STATEMENTS: [&str; 9] =
+    [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_INSERT, KV_DELETE, ADVANCE, DEAD_LETTER, RESET];
 
 impl PgNamespace {
     pub(super) fn new(
@@ -112,6 +122,8 @@ impl PgNamespace {
             exec_names: HashMap::new(),
             execs: String::new(),
             exec_count: 0,
+            guest_ran: false,
+            guest_in_tx: false,
         };
         ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
         Ok(ns)
@@ -160,7 +172,9 @@ impl PgNamespace {
             && !self.statements.contains_key(sql)
         {
             // A new statement may name what earlier ones (DDL) create: let
-            // them run first, then prepare it.
+            // them run first, then prepare it (reel's statements on the way
+            // run in a reset session).
+            self.reset_session()?;
             self.sync()?;
             let sql = sql.clone();
             if let Err(e) = self.prepare_all(vec![sql.clone()], true).and_then(|()| self.prepare_exec(&sql)) {
@@ -182,6 +196,7 @@ impl PgNamespace {
             if written && self.execs.len() - start <= EXEC_QUERY_BYTES {
                 self.execs.push_str(if params.is_empty() { ";\n" } else { ");\n" });
                 self.exec_count += 1;
+                (self.guest_ran, self.guest_in_tx) = (true, true);
                 if self.exec_count < EXECS_PER_QUERY && self.execs.len() < EXEC_QUERY_BYTES {
                     return Ok(());
                 }
@@ -190,16 +205,22 @@ impl PgNamespace {
             self.execs.truncate(start); // sent on its own, below
         }
         self.send_execs()?;
+        match op {
+            Op::Statement { .. } => (self.guest_ran, self.guest_in_tx) = (true, true),
+            Op::Begin => {}
+            _ => self.reset_session()?,
+        }
+        let after_guest = self.guest_in_tx;
         let client = Arc::clone(&self.client);
         let statement = |text: &str| self.statements[text].clone();
         let (blame, flight): (Blame, Flight) = match op {
             Op::Begin => {
                 let s = statement(if self.read_only { BEGIN_READ } else { BEGIN_WRITE });
-                (Blame::Host, Box::pin(async move { client.execute(&s, &[]).await }))
+                (Blame::Host { after_guest }, Box::pin(async move { client.execute(&s, &[]).await }))
             }
             Op::Commit => {
                 let s = statement(COMMIT);
-                (Blame::Host, Box::pin(async move { client.execute(&s, &[]).await }))
+                (Blame::Host { after_guest }, Box::pin(async move { client.execute(&s, &[]).await }))
             }
             Op::Statement { sql, params } => {
                 let s = statement(&sql);
@@ -219,13 +240,17 @@ impl PgNamespace {
                 (Blame::Guest, Box::pin(flight))
             }
             Op::KvPut { insert, keys, values } => {
-                let (s, blame) = if insert { (KV_INSERT, Blame::KvInsert) } else { (KV_UPSERT, Blame::Host) };
+                let (s, blame) = if insert {
+                    (KV_INSERT, Blame::KvInsert { after_guest })
+                } else {
+                    (KV_UPSERT, Blame::Host { after_guest })
+                };
                 let s = statement(s);
                 (blame, Box::pin(async move { client.execute(&s, &[&keys, &values]).await }))
             }
             Op::KvDelete { keys } => {
                 let s = statement(KV_DELETE);
-                (Blame::Host, Box::pin(async move { client.execute(&s, &[&keys]).await }))
+                (Blame::Host { after_guest }, Box::pin(async move { client.execute(&s, &[&keys]).await }))
             }
             Op::Advance { from, to } => {
                 let s = statement(ADVANCE);
@@ -255,12 +280,31 @@ impl PgNamespace {
                         )
                         .await
                 };
-                (Blame::Host, Box::pin(flight))
+                (Blame::Host { after_guest }, Box::pin(flight))
             }
         };
         self.pipeline.send(Message::Send(blame, flight)).map_err(|_| pipeline_stopped())?;
         self.in_flight += 1;
         if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
+    }
+
+    /// Send `RESET ALL` if the projection's SQL ran since the last one: what
+    /// it set with `set_config` ends before reel's own next statement, and
+    /// so never outlives its batch (the commit is one of reel's). Pipelined:
+    /// no round trip of its own.
+    pub(super) fn reset_session(&mut self) -> Result<(), StoreError> {
+        if !self.guest_ran || !self.in_tx || self.failed.is_some() {
+            return Ok(());
+        }
+        self.guest_ran = false;
+        self.send_execs()?;
+        let client = Arc::clone(&self.client);
+        let s = self.statements[RESET].clone();
+        let flight = async move { client.execute(&s, &[]).await };
+        let blame = Blame::Host { after_guest: true };
+        self.pipeline.send(Message::Send(blame, Box::pin(flight))).map_err(|_| pipeline_stopped())?;
+        self.in_flight += 1;
+        Ok(())
     }
 
     /// Prepare a projection write also under a name of its own for
@@ -281,7 +325,7 @@ impl PgNamespace {
             let client = &self.client;
             let prepare = format!("PREPARE {name} AS {sql}");
             let prepared = block_on_with_deadline(&self.handle, client, self.remaining(), async {
-                let run = async |text: &str| client.batch_execute(text).await.map_err(|e| database_error(&e));
+                let run = async |text: &str| client.batch_execute(text).await.map_err(|e| own_error(&e, true));
                 // In a savepoint: a refusal must not abort the transaction.
                 run("SAVEPOINT reel_exec").await?;
                 let prepared = client.batch_execute(&prepare).await.is_ok();
@@ -413,12 +457,18 @@ impl PgNamespace {
         max_rows: usize,
     ) -> Result<(Vec<tokio_postgres::Row>, Vec<String>), StoreError> {
         use futures_util::StreamExt;
+        if guest {
+            (self.guest_ran, self.guest_in_tx) = (true, true);
+        } else {
+            self.reset_session()?;
+        }
         self.sync()?;
         self.prepare_all(vec![sql.to_owned()], guest)?;
         let statement = self.statements[sql].clone();
         let columns = statement.columns().iter().map(|c| c.name().to_owned()).collect();
         let client = &self.client;
-        let classify = |e: &tokio_postgres::Error| if guest { statement_error(e) } else { database_error(e) };
+        let after_guest = self.guest_in_tx;
+        let classify = |e: &tokio_postgres::Error| if guest { statement_error(e) } else { own_error(e, after_guest) };
         let rows = block_on_with_deadline(&self.handle, client, self.remaining(), async {
             let stream = client.query_raw(&statement, params.iter().copied()).await.map_err(|e| classify(&e))?;
             tokio::pin!(stream);

@@ -43,6 +43,7 @@ impl Snapshot for PgNamespace {
         self.failed = None;
         self.execs.clear();
         self.exec_count = 0;
+        self.guest_in_tx = false;
         self.in_tx = true;
         self.started = Instant::now();
         self.dispatch(Op::Begin)
@@ -53,6 +54,8 @@ impl Snapshot for PgNamespace {
         self.exec_count = 0;
         let _ = self.sync();
         self.failed = None;
+        // The rollback undoes what the projection set in the transaction.
+        (self.guest_ran, self.guest_in_tx) = (false, false);
         if self.in_tx {
             self.in_tx = false;
             let client = &self.client;

@@ -46,10 +46,13 @@ pub(super) enum Blame {
     Guest,
     /// The checkpoint compare-and-set (fenced when it fails with `RL409`).
     Advance(Cursor),
-    /// reel's own statements: the database's fault.
-    Host,
+    /// reel's own statements: the database's fault, unless the
+    /// projection's SQL ran before them in the transaction and the database
+    /// refused them (its functions, triggers or deferred constraints ran, or
+    /// it dropped what reel writes to): then the projection's (ADR 20).
+    Host { after_guest: bool },
     /// The insert of KV keys taken for new.
-    KvInsert,
+    KvInsert { after_guest: bool },
 }
 
 pub(super) type Flight =
@@ -122,11 +125,28 @@ pub(super) fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreErr
     match (blame, e.code().map(|c| c.code())) {
         (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
         (Blame::Guest, _) => statement_error(e),
-        (Blame::KvInsert, Some(UNIQUE_VIOLATION)) => StoreError::KvStale(format!(
+        (Blame::KvInsert { .. }, Some(UNIQUE_VIOLATION)) => StoreError::KvStale(format!(
             "a KV key taken for new is in the table already ({}): another writer, or a stale cache; \
              the cache is dropped and the batch's next attempt upserts every key",
             e.as_db_error().map_or("", |db| db.message())
         )),
+        (Blame::Host { after_guest } | Blame::KvInsert { after_guest }, _) => own_error(e, after_guest),
         _ => database_error(e),
+    }
+}
+
+/// A failure of reel's own statement: the database's fault, or, when the
+/// projection's SQL ran before it in the transaction and the database
+/// refused it, the projection's (bisected like any error of its SQL).
+pub(super) fn own_error(e: &tokio_postgres::Error, after_guest: bool) -> StoreError {
+    if !after_guest {
+        return database_error(e);
+    }
+    match statement_error(e) {
+        StoreError::Sql { code, message } => StoreError::Sql {
+            code,
+            message: format!("reel's own statement failed after the projection's SQL in this batch: {message}"),
+        },
+        other => other,
     }
 }

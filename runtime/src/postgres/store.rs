@@ -1,5 +1,5 @@
-//! Read models on PostgreSQL: one schema per namespace, owned by a login role
-//! of its own.
+//! Read models on PostgreSQL: one schema per namespace, written by a login
+//! role of its own (the schema and `_reel_kv` stay reel's).
 //!
 //! A projection's transaction runs on a connection logged in as its role, so
 //! its SQL cannot read `events`, reel's tables or another projection's schema,
@@ -86,9 +86,14 @@ impl PgStore {
         // `_reel_kv` leaves half of each page free, so a batch that rewrites
         // a key can update it in place (HOT: no new index entry, no bloat),
         // for a bigger table (ADR 03).
+        // The schema and `_reel_kv` belong to reel's user, not to the role:
+        // the projection's SQL (a function it creates runs past the text
+        // checks) can create its own tables there but cannot drop, alter or
+        // truncate reel's (ADR 20).
         let ddl = format!(
             "CREATE ROLE {role} LOGIN PASSWORD '{password}' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION; \
-             CREATE SCHEMA {schema} AUTHORIZATION {role}; \
+             CREATE SCHEMA {schema}; \
+             GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}; \
              ALTER ROLE {role} SET search_path = {schema}; \
              GRANT USAGE ON SCHEMA reel TO {role}; \
              GRANT EXECUTE ON FUNCTION reel.owns(text), reel.read_checkpoint(text), \
@@ -97,7 +102,7 @@ impl PgStore {
                  reel.list_dead_letters(text, bigint, integer), reel.remove_dead_letter(text, bigint) TO {role}; \
              CREATE TABLE {schema}._reel_kv (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL) \
                  WITH (fillfactor = 50); \
-             ALTER TABLE {schema}._reel_kv OWNER TO {role};",
+             GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}._reel_kv TO {role};",
             password = info.password,
         );
         let (name, version, generation) = (ns.name.clone(), ns.version.clone(), ns.generation as i32);
@@ -135,7 +140,12 @@ impl PgStore {
             (None, false) => self.create(ns)?,
         };
         let mut config = self.config.clone();
-        config.user(&info.role).password(info.password.as_bytes()).application_name(format!("reel {}", info.slug));
+        let options = format!("{} {}", config.get_options().unwrap_or_default(), pinned_settings(&info.schema));
+        config
+            .user(&info.role)
+            .password(info.password.as_bytes())
+            .application_name(format!("reel {}", info.slug))
+            .options(options.trim_start());
         let client = connect_blocking(&config, &self.handle)?;
         Ok(Some(PgNamespace::new(client, self.handle.clone(), info, read_only, deadline)?))
     }
@@ -219,6 +229,19 @@ impl Namespaces for PgStore {
         let name = name.to_owned();
         self.admin(async |c| c.execute("DELETE FROM reel.active WHERE name = $1", &[&name]).await.map(drop))
     }
+}
+
+/// Settings a namespace's connections open with, as startup options: they
+/// outrank the role's own defaults, which its SQL may change (`ALTER ROLE
+/// CURRENT_USER SET ...`), and `RESET ALL` goes back to them (ADR 20).
+fn pinned_settings(schema: &str) -> String {
+    // Options split at spaces (a backslash escapes one); schemas are made
+    // of letters, digits and `_` (`create`).
+    format!(
+        "-c search_path={} -c statement_timeout=0 -c lock_timeout=0 -c idle_in_transaction_session_timeout=0 \
+         -c default_transaction_read_only=off -c default_transaction_isolation=read\\ committed",
+        quote_ident(schema)
+    )
 }
 
 fn random_hex(bytes: usize) -> String {

@@ -1,0 +1,91 @@
+//! A module's SQL contained (issue 21, ADR 20): what it does to its
+//! PostgreSQL session ends with its batch, and a failure it causes in reel's
+//! own statements is its own (bisected, then stopped or skipped).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{Backend, Harness};
+use serde_json::{Value, json};
+
+const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Append `count` ticks to `stream`; the last position.
+async fn ticks(h: &Harness, stream: &str, count: usize) -> i64 {
+    let events: Vec<Value> = (0..count).map(|_| json!({ "event_type": "tick", "data": {} })).collect();
+    let body = h.append(stream, Some(0), json!(events)).await;
+    body["positions"].as_array().unwrap().last().unwrap().as_i64().unwrap()
+}
+
+/// Append an event that makes the skipper fixture run `statements`; its position.
+async fn sql_event(h: &Harness, stream: &str, statements: &[&str]) -> i64 {
+    let data = json!({ "target": "skipper", "action": "sql", "statements": statements });
+    let body = h.append(stream, Some(0), json!([{ "event_type": "fault", "data": data }])).await;
+    body["positions"][0].as_i64().unwrap()
+}
+
+async fn applied(h: &Harness) -> BTreeSet<i64> {
+    h.kv_bytes("skipper", "seen/").await.into_keys().map(|k| k["seen/".len()..].parse().unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_module_sets_in_its_postgres_session_ends_with_its_batch() {
+    // Small batches: the settings are made in one batch and must be gone in
+    // the next ones (and in the rest of their own).
+    let h = Harness::start_with(Backend::Postgres, &["fixture_skipper"], |c| c.batch.max_events = 4).await;
+    ticks(&h, "before", 10).await;
+    // Each would break reel's own statements after it: its tables out of
+    // the search path, every transaction read-only, a millisecond for each
+    // statement. (statement_timeout last: it would cut the others short.)
+    let wedge = sql_event(
+        &h,
+        "wedge",
+        &[
+            "SELECT set_config('search_path', 'public,reel', false)",
+            "SELECT set_config('default_transaction_read_only', 'on', false)",
+            "SELECT set_config('lock_timeout', '1', false)",
+            "SELECT set_config('statement_timeout', '1', false)",
+        ],
+    )
+    .await;
+    // reel's KV table dropped by the module's own function, past the text
+    // checks: refused (the table is not the module's role's).
+    let wreck = sql_event(
+        &h,
+        "wreck",
+        &[
+            "CREATE FUNCTION wreck() RETURNS void LANGUAGE plpgsql AS $$ BEGIN DROP TABLE _reel_kv; END $$",
+            "SELECT wreck()::text",
+        ],
+    )
+    .await;
+    // A constraint checked at the commit, one of reel's statements: its
+    // failure is the module's doing, not an outage.
+    let deferred = sql_event(
+        &h,
+        "deferred",
+        &[
+            "CREATE TABLE IF NOT EXISTS once (x int UNIQUE DEFERRABLE INITIALLY DEFERRED)",
+            "INSERT INTO once VALUES (1), (1)",
+        ],
+    )
+    .await;
+    let last = ticks(&h, "after", 10).await;
+
+    let status = h.wait_status("skipper", PATIENCE, |s| s["position"] == last).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+    let letters = h.get("/projections/skipper/dead-letters").await;
+    let positions: Vec<i64> = letters.as_array().unwrap().iter().map(|l| l["position"].as_i64().unwrap()).collect();
+    assert_eq!(positions, vec![wreck, deferred], "exactly the two poison events are set aside: {letters:#}");
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(error.contains("must be owner of table _reel_kv"), "{error}");
+    let error = letters[1]["error"].as_str().unwrap();
+    assert!(error.contains("reel's own statement failed after the projection's SQL"), "{error}");
+    assert!(error.contains("duplicate key value violates unique constraint"), "{error}");
+    let expected: BTreeSet<i64> = (1..=last).filter(|p| *p != wreck && *p != deferred).collect();
+    assert_eq!(applied(&h).await, expected, "the settings event and every event after it applied");
+    assert!(applied(&h).await.contains(&wedge));
+    h.finish().await;
+}
