@@ -16,11 +16,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use reel::config::Limits;
-use reel::host::instance::{Code, WasmGuest};
-use reel::host::{Access, Capabilities, Engine, Guest};
 use reel::model::Event;
-use reel::sqlite::SqliteStore;
-use reel::store::{NamespaceId, Store};
+use reel::testing::SqliteStore;
+use reel::testing::{Access, Capabilities, Engine, Guest};
+use reel::testing::{Code, WasmGuest};
+use reel::testing::{NamespaceId, Store};
 
 fn events(n: usize) -> Vec<Event> {
     (0..n as i64)

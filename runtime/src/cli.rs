@@ -3,6 +3,8 @@
 //! `skip`, `discard`),
 //! and generate a workload.
 
+pub mod workload;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -186,7 +188,7 @@ pub enum Target {
 
 /// Generate `orders` orders with `seed` (and `customers`, if given) into `target`.
 pub async fn generate(orders: usize, seed: u64, customers: Option<usize>, target: Target) -> anyhow::Result<i64> {
-    use crate::workload::{OrderWorkload, generate, load};
+    use workload::{OrderWorkload, generate, load};
     let mut workload = OrderWorkload::new(orders, seed);
     if let Some(customers) = customers {
         workload.customers = customers.max(1);

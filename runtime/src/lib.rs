@@ -37,10 +37,12 @@
 //! 10. `server`: start-up: [`run`] opens the backends, starts everything for
 //!     a [`Config`] and serves HTTP.
 //! 11. `client`: a small HTTP client (the control subcommands, tests).
-//! 12. `workload`: a deterministic order workload and the read models it must
-//!     produce (`reel generate`, tests, benchmarks).
-//! 13. `cli`, `scaffold`: the control subcommands of the `reel` command;
-//!     `reel new`, a projection folder in Rust, JavaScript, Python or C.
+//! 12. `cli`, `scaffold`: the subcommands of the `reel` command other than
+//!     `serve`, with `cli::workload`, the deterministic order workload of
+//!     `reel generate` (and of the tests and benchmarks); `reel new`, a
+//!     projection folder in Rust, JavaScript, Python or C.
+//! 13. `testing`: what reel's own tests and benchmarks reach inside the
+//!     library (hidden from the docs; not an API).
 //!
 //! Below them all, [`model`] (the `reel-model` crate, shared with the guest
 //! SDK): the one event shape, the cursor, timestamps, SQL values, the manifest.
@@ -53,23 +55,27 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-pub mod api;
+// A library user needs what is `pub` here: `run`/`serve`/`Server` with a
+// `Config`, and the shared `model`. `cli` and `scaffold` serve src/main.rs;
+// reel's own tests and benchmarks reach further in through `testing` alone.
+mod api;
 pub mod cli;
-pub mod client;
+mod client;
 pub mod config;
-pub mod deploy;
-pub mod host;
-pub mod modules;
-pub mod postgres;
-pub mod reads;
+mod deploy;
+mod host;
+mod modules;
+mod postgres;
+mod reads;
 pub mod scaffold;
-pub mod server;
-pub mod source;
-pub mod sqlite;
-pub mod store;
+mod server;
+mod source;
+mod sqlite;
+mod store;
+#[doc(hidden)]
+pub mod testing;
 mod text;
-pub mod worker;
-pub mod workload;
+mod worker;
 
 pub use config::Config;
 /// The types every part of reel shares (events, cursors, values, manifests).

@@ -23,8 +23,8 @@ const LAYERS: &[&[&str]] = &[
     &["api"],
     &["server"],
     &["client"],
-    &["workload"],
     &["cli", "scaffold"],
+    &["testing"],
 ];
 
 /// One `crate::` path: the line it is on and the top-level name it reaches.

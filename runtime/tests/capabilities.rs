@@ -2,12 +2,12 @@
 //! guest), over a real SQLite namespace.
 
 use reel::config::Limits;
-use reel::host::caps::Fault;
-use reel::host::{Access, Capabilities};
 use reel::model::Cursor;
 use reel::model::Value;
-use reel::sqlite::SqliteStore;
-use reel::store::{NamespaceId, Store, StoreError};
+use reel::testing::Fault;
+use reel::testing::SqliteStore;
+use reel::testing::{Access, Capabilities};
+use reel::testing::{NamespaceId, Store, StoreError};
 use tempfile::TempDir;
 
 fn store() -> (Store, TempDir) {
@@ -350,7 +350,7 @@ fn the_write_ahead_log_stays_bounded_without_checkpoints_in_the_commit() {
     write_mib(&mut w, 24);
     // Nothing checkpoints below 16 MiB (the thread may start the WAL over
     // once past it).
-    let background = reel::sqlite::wal::BACKGROUND_PAGES as u64 * 16_384;
+    let background = reel::testing::wal::BACKGROUND_PAGES as u64 * 16_384;
     assert!(wal_size() >= background, "the commits do not checkpoint: {} bytes", wal_size());
     let waited = std::time::Instant::now();
     while std::fs::metadata(&file).unwrap().len() < 24 << 20 {
@@ -360,7 +360,7 @@ fn the_write_ahead_log_stays_bounded_without_checkpoints_in_the_commit() {
     // Back-to-back commits may leave the thread no moment to finish: the
     // writer then finishes the checkpoint itself, past 256 MiB.
     write_mib(&mut w, 296);
-    let bound = (reel::sqlite::wal::FOREGROUND_PAGES as u64) * 16_384 + (4 << 20);
+    let bound = (reel::testing::wal::FOREGROUND_PAGES as u64) * 16_384 + (4 << 20);
     assert!(wal_size() <= bound, "the WAL grew to {} MiB", wal_size() >> 20);
     drop(w);
     let mut r = reader(&store);

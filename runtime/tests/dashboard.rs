@@ -16,8 +16,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Backend, Harness};
-use reel::client::Client;
-use reel::workload::{OrderWorkload, generate, load};
+use reel::testing::Client;
+use reel::testing::workload::{OrderWorkload, generate, load};
 use serde_json::{Value, json};
 use webdriver::Browser;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::{Backend, Harness, expected_customers, expected_rows};
-use reel::workload::{OrderWorkload, fold, generate};
+use reel::testing::workload::{OrderWorkload, fold, generate};
 use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(60);

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 
 use common::{Backend, Harness, language_guest};
 use reel::model::Value;
-use reel::store::TableRead;
-use reel::workload::{OrderWorkload, generate};
+use reel::testing::TableRead;
+use reel::testing::workload::{OrderWorkload, generate};
 use serde_json::json;
 
 const LANGUAGES: [&str; 3] = ["js", "py", "c"];
@@ -55,7 +55,7 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
             .into_iter()
             .enumerate()
     {
-        events.push(reel::workload::OrderEvent {
+        events.push(reel::testing::workload::OrderEvent {
             stream_id: format!("order-edge-{i}"),
             version: 1,
             event_type: "order.placed",

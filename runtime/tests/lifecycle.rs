@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use common::{Backend, Harness, expected_rows};
 use reel::config::ProjectionSettings;
-use reel::workload::{OrderWorkload, fold, generate};
+use reel::testing::workload::{OrderWorkload, fold, generate};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(90);
@@ -112,7 +112,7 @@ async fn a_new_version_is_rebuilt_beside_the_old_and_reads_switch_atomically(bac
     let after = seen(&h, "echo").await;
     assert_eq!(after.len() as i64, last);
     assert!(after.values().all(|v| v == "c"));
-    assert!(!h.server.store().exists(&reel::store::NamespaceId::new("echo", "1")), "the old namespace is dropped");
+    assert!(!h.server.store().exists(&reel::testing::NamespaceId::new("echo", "1")), "the old namespace is dropped");
     h.finish().await;
 }
 
@@ -196,7 +196,7 @@ async fn removing_a_file_stops_the_projection_and_keeps_its_read_model(backend: 
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (status, _) = h.call("GET", &format!("/projections/echo/kv/seen/{at:020}"), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(!h.server.store().exists(&reel::store::NamespaceId::new("echo", "1")));
+    assert!(!h.server.store().exists(&reel::testing::NamespaceId::new("echo", "1")));
     h.finish().await;
 }
 

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, Harness, create_database, drop_database};
 use reel::config::Limits;
-use reel::host::{Access, Capabilities};
 use reel::model::Cursor;
 use reel::model::Value;
-use reel::postgres::PgSource;
-use reel::postgres::PgStore;
-use reel::source::{EventReader, Filter, Source};
-use reel::store::{NamespaceId, Store, StoreError};
+use reel::testing::PgSource;
+use reel::testing::PgStore;
+use reel::testing::{Access, Capabilities};
+use reel::testing::{EventReader, Filter, Source};
+use reel::testing::{NamespaceId, Store, StoreError};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
 
@@ -871,8 +871,8 @@ async fn writes_sent_as_executes_keep_their_values_their_order_and_the_first_err
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projections_reconnect_after_the_server_closes_their_connections() {
     let h = Harness::start(Backend::Postgres, &["fixture_echo_a", "customer_stats"]).await;
-    let workload = reel::workload::OrderWorkload { orders: 300, customers: 10, follow_up_window: 50, seed: 3 };
-    let events = reel::workload::generate(&workload);
+    let workload = reel::testing::workload::OrderWorkload { orders: 300, customers: 10, follow_up_window: 50, seed: 3 };
+    let events = reel::testing::workload::generate(&workload);
     let (first, second) = events.split_at(events.len() / 2);
     let mid = h.append_workload(first).await;
     h.get(&format!("/projections/echo/kv/seen/{mid:020}?min_position={mid}")).await;
@@ -894,7 +894,7 @@ async fn projections_reconnect_after_the_server_closes_their_connections() {
     for name in ["echo", "customer-stats"] {
         h.wait_status(name, Duration::from_secs(60), |s| s["position"] == last && s["state"] == "running").await;
     }
-    let expected = reel::workload::fold(&h.stored_events().await);
+    let expected = reel::testing::workload::fold(&h.stored_events().await);
     assert_eq!(h.kv_bytes("customer-stats", "customer/").await, expected.customers);
     let seen = h.get("/projections/echo/kv?prefix=seen/&limit=10000").await;
     assert_eq!(seen["entries"].as_array().unwrap().len(), events.len(), "every event seen");

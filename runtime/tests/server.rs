@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reel::workload::{OrderWorkload, fold, generate};
+use reel::testing::workload::{OrderWorkload, fold, generate};
 use serde_json::{Value, json};
 
 /// One HTTP/1.1 request over a fresh connection: (status, body).

@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use reel::workload::StoredEvent;
+use reel::testing::workload::StoredEvent;
 
 /// The settings reel uses for a namespace file (`store/sqlite/mod.rs`), so a
 /// ceiling is measured on the same storage. Returns what reel does after each
 /// commit: a checkpoint on another thread once the WAL is big.
 fn tuned(conn: &rusqlite::Connection, path: &std::path::Path) -> impl FnMut() + use<> {
-    use reel::sqlite::wal;
+    use reel::testing::wal;
     conn.pragma_update(None, "page_size", 16_384).unwrap();
     conn.pragma_update(None, "journal_mode", "WAL").unwrap();
     conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
@@ -40,7 +40,7 @@ pub async fn ceiling(config: &reel::Config, events: &[StoredEvent], batch: usize
     let batches: Vec<Vec<(String, Vec<guest_sdk::Value>)>> = raw
         .chunks(batch)
         .map(|chunk| {
-            for call in reel::worker::calls(&config.batch, chunk) {
+            for call in reel::testing::calls(&config.batch, chunk) {
                 guest_sdk::native::handle::<order_summaries::OrderSummaries, _>(&mut host, call).unwrap();
             }
             std::mem::take(&mut host.statements)

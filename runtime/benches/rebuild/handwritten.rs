@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use reel::workload::StoredEvent;
+use reel::testing::workload::StoredEvent;
 use serde_json::Value;
 
 /// The statement `order-summaries` issued for an event before it folded its

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use common::Backend;
 use reel::Server;
 use reel::model::Cursor;
-use reel::store::TableRead;
-use reel::workload::{Expected, OrderEvent, OrderWorkload, fold, generate};
+use reel::testing::TableRead;
+use reel::testing::workload::{Expected, OrderEvent, OrderWorkload, fold, generate};
 use serde_json::Value;
 
 struct Args {
@@ -303,7 +303,7 @@ async fn rebuild(
         if status.cursor >= head {
             break;
         }
-        assert!(status.last_error.is_none() || status.state != reel::worker::State::Stopped, "{status:?}");
+        assert!(status.last_error.is_none() || status.state != reel::testing::State::Stopped, "{status:?}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = events as f64 / started.elapsed().as_secs_f64();
@@ -400,12 +400,12 @@ async fn load(config: &reel::Config, events: &[OrderEvent]) {
         None => {
             let db = config.data_dir.join("events.db");
             let events = events.to_vec();
-            tokio::task::spawn_blocking(move || reel::workload::load::insert_sqlite(&db, &events).unwrap())
+            tokio::task::spawn_blocking(move || reel::testing::workload::load::insert_sqlite(&db, &events).unwrap())
                 .await
                 .unwrap();
         }
         Some(url) => {
-            reel::workload::load::copy_postgres(url, events).await.unwrap();
+            reel::testing::workload::load::copy_postgres(url, events).await.unwrap();
             // As autovacuum soon would on a live table, so that no variant
             // pays alone for the first reads of fresh rows (which set their
             // hint bits and so write every page).

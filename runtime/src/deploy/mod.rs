@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-pub use deployment::{Deployment, Pool, View};
+pub use deployment::{Deployment, View};
 pub use files::FileStatus;
 
 use crate::config::Config;

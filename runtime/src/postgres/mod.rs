@@ -15,7 +15,5 @@ mod reader;
 mod store;
 mod value;
 
-pub use connection::PgNamespace;
 pub use events::PgSource;
-pub use reader::PgReader;
 pub use store::PgStore;

@@ -11,8 +11,7 @@ use std::sync::Arc;
 
 use reel_model::DeadLetter;
 
-pub use status::{ModuleInfo, ProjectionInfo, RebuildInfo};
-pub use streams::StreamPage;
+pub use status::ProjectionInfo;
 
 use crate::config::Config;
 use crate::deploy::{Deployments, View};

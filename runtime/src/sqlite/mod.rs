@@ -13,5 +13,4 @@ pub mod wal;
 mod writer;
 
 pub use events::SqliteSource;
-pub use namespace::SqliteNamespace;
 pub use store::SqliteStore;

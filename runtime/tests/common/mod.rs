@@ -12,9 +12,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
+use reel::Config;
 use reel::Server;
-use reel::workload::StoredEvent;
-use reel::{Config, api};
+use reel::testing::workload::StoredEvent;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 use tower::ServiceExt;
@@ -193,7 +193,7 @@ impl Harness {
             std::fs::copy(guest(module), config.modules_dir.join(format!("{module}.wasm"))).unwrap();
         }
         let server = Server::start(config.clone()).await.expect("reel starts");
-        let app = api::app(server.services());
+        let app = reel::testing::app(server.services());
         Self { server, app, dir, config, backend }
     }
 
@@ -201,7 +201,7 @@ impl Harness {
     pub async fn restart(self) -> Self {
         self.server.shutdown().await;
         let server = Server::start(self.config.clone()).await.expect("reel restarts");
-        let app = api::app(server.services());
+        let app = reel::testing::app(server.services());
         Self { server, app, ..self }
     }
 
@@ -252,7 +252,7 @@ impl Harness {
 
     /// Append a generated workload through the API, in batches of events of
     /// consecutive streams where possible. Returns the last position.
-    pub async fn append_workload(&self, events: &[reel::workload::OrderEvent]) -> i64 {
+    pub async fn append_workload(&self, events: &[reel::testing::workload::OrderEvent]) -> i64 {
         let mut last = 0;
         for e in events {
             let body = self
@@ -386,7 +386,7 @@ pub fn urlencode(s: &str) -> String {
 }
 
 /// The expected `order_summaries` rows as the API renders them.
-pub fn expected_rows(expected: &reel::workload::Expected) -> std::collections::BTreeMap<String, Value> {
+pub fn expected_rows(expected: &reel::testing::workload::Expected) -> std::collections::BTreeMap<String, Value> {
     expected
         .orders
         .iter()
@@ -407,7 +407,7 @@ pub fn expected_rows(expected: &reel::workload::Expected) -> std::collections::B
 }
 
 /// The expected customer-stats values as the API renders them (parsed JSON).
-pub fn expected_customers(expected: &reel::workload::Expected) -> std::collections::BTreeMap<String, Value> {
+pub fn expected_customers(expected: &reel::testing::workload::Expected) -> std::collections::BTreeMap<String, Value> {
     expected.customers.iter().map(|(k, v)| (k.clone(), serde_json::from_str(v).unwrap())).collect()
 }
 

@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use reel::client::Client;
+use reel::testing::Client;
 use serde_json::{Value, json};
 
 /// The key of an element reference in WebDriver answers.

@@ -1,6 +1,8 @@
 //! A deterministic order workload, and the read models it must produce.
 //!
-//! Used by the test suite and the benchmarks (and `reel generate`): N orders,
+//! Used by `reel generate`, the test suite and the benchmarks (through
+//! `reel::testing`; it sits with the command, above the runtime's layers,
+//! having its own INSERT and COPY into an events table): N orders,
 //! each `order.placed` with 1 to 5 items, then about 70% `order.shipped` and
 //! 10% `order.cancelled`, over about N/20 customers. A follow-up lands a
 //! random distance (up to `follow_up_window` events) after its order. The
