@@ -7,7 +7,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{Backend, Harness, create_database, drop_database};
+use common::{Backend, Harness, create_database, drop_database, writers};
 use reel::config::Limits;
 use reel::model::Cursor;
 use reel::model::Value;
@@ -345,61 +345,8 @@ async fn randomized_concurrent_writers_lose_and_double_nothing() {
     let h = Harness::start_with(Backend::Postgres, &["fixture_echo_a"], |c| c.batch.max_events = 500).await;
     let url = h.config.database_url.clone().unwrap();
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for w in 0..writers {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let client = connect(&url).await;
-            let mut rng = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(w as u64 + 1);
-            let mut next = move || {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng
-            };
-            let (mut written, mut rolled_back) = (0usize, 0usize);
-            while written < target / writers {
-                let stream = format!("stress-{}", next() % 64);
-                let batch = 1 + (next() % 4) as i32;
-                // The documented discipline: REPEATABLE READ, version check first.
-                client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").await.unwrap();
-                let current: i32 = client
-                    .query_one("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = $1", &[&stream])
-                    .await
-                    .unwrap()
-                    .get(0);
-                let mut ok = true;
-                for v in 1..=batch {
-                    if next() % 8 == 0 {
-                        tokio::time::sleep(Duration::from_micros(next() % 3000)).await;
-                    }
-                    let inserted = client
-                        .execute(
-                            "INSERT INTO events (stream_id, version, event_type, data) VALUES ($1, $2, 'tick', '{}')",
-                            &[&stream, &(current + v)],
-                        )
-                        .await;
-                    if inserted.is_err() {
-                        ok = false; // a concurrent writer took the version: retry later
-                        break;
-                    }
-                }
-                if ok && next() % 10 != 0 {
-                    if client.batch_execute("COMMIT").await.is_ok() {
-                        written += batch as usize;
-                    }
-                } else {
-                    client.batch_execute("ROLLBACK").await.unwrap();
-                    rolled_back += 1;
-                }
-            }
-            (written, rolled_back)
-        }));
-    }
-    let mut rollbacks = 0;
-    for task in tasks {
-        rollbacks += task.await.unwrap().1;
-    }
+    let plan = writers::Writers { writers, target, seed, ids_first: false };
+    let (_, rollbacks) = writers::run(&url, plan).await;
     let client = h.postgres().await;
     let events = committed(&client).await;
     assert!(events.len() >= target, "{} events", events.len());

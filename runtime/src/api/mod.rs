@@ -3,6 +3,7 @@
 //! "message"}}`.
 //!
 //! - [`events`]: `POST /events`.
+//! - [`log`]: `GET /events`, the log for consumers.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
 //! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
@@ -15,6 +16,7 @@ mod dashboard;
 mod error;
 mod events;
 mod extract;
+mod log;
 mod projections;
 mod reads;
 mod streams;
@@ -52,7 +54,7 @@ pub fn app(services: Services) -> Router {
     Router::new()
         .route("/", get(dashboard::page))
         .route("/dashboard/{file}", get(dashboard::asset))
-        .route("/events", post(events::append))
+        .route("/events", post(events::append).get(log::read))
         .route("/streams/{id}", get(streams::read))
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::show).delete(projections::delete))

@@ -312,6 +312,11 @@ impl EventLog for PgSource {
         Ok(Box::new(PgSource::reader(self)?))
     }
 
+    /// Every cursor past the start names a transaction (`xid8` is never 0).
+    fn could_have_issued(&self, cursor: Cursor) -> bool {
+        cursor.tx != 0 || cursor.id == 0
+    }
+
     fn append(&self, request: AppendRequest) -> LogFuture<'_, Appended> {
         Box::pin(PgSource::append(self, request))
     }

@@ -8,6 +8,7 @@
 //! exactly once, in an order that keeps every stream's versions ascending.
 
 mod filter;
+mod pages;
 mod prefetch;
 
 use std::future::Future;
@@ -255,6 +256,11 @@ pub trait EventLog: Send + Sync {
     fn wakeups(&self) -> watch::Receiver<u64>;
     /// Stop background work (a LISTEN connection, a commit watcher).
     fn close(&self);
+    /// Whether `cursor` could be a token this log handed out (a bare
+    /// position is not one on PostgreSQL, whose tokens name a transaction).
+    fn could_have_issued(&self, _cursor: Cursor) -> bool {
+        true
+    }
 }
 
 /// Why a projection is behind although events are committed: a transaction
@@ -283,12 +289,32 @@ pub struct LagCause {
 #[derive(Clone)]
 pub struct Source {
     log: Arc<dyn EventLog>,
+    /// Readers serving pages to consumers ([`Source::read_page`]).
+    pages: Arc<pages::ReaderPool>,
 }
 
 impl Source {
     /// The event log `log`.
     pub fn new(log: impl EventLog + 'static) -> Self {
-        Self { log: Arc::new(log) }
+        Self { log: Arc::new(log), pages: Arc::default() }
+    }
+
+    /// Refuses a cursor this log could not have handed out as a token.
+    pub fn check_token(&self, after: Cursor) -> Result<(), SourceError> {
+        if self.log.could_have_issued(after) {
+            return Ok(());
+        }
+        Err(SourceError::Invalid(format!(
+            "`{after}` is not a resume token this log handed out: on PostgreSQL a token names a transaction \
+             and a position (pass back `next` or `Last-Event-ID` as it came; `0` is the start)"
+        )))
+    }
+
+    /// Up to `limit` events matching `filter` after `after`, in delivery
+    /// order, as a worker reads them (for consumers: `GET /events`, feeds).
+    pub async fn read_page(&self, after: Cursor, filter: Filter, limit: usize) -> Result<Batch, SourceError> {
+        self.check_token(after)?;
+        self.pages.read(&self.log, after, filter, limit).await
     }
 
     /// A reader with its own connection, for one worker.
