@@ -1,6 +1,6 @@
 use serde::{Serialize, de::DeserializeOwned};
 
-use crate::{Error, Result, Rows, SqlError, Value};
+use crate::{Emitted, Error, Result, Rows, SqlError, Timer, Value};
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -39,6 +39,22 @@ pub trait Host {
     fn sql_dialect(&mut self) -> String;
     /// `log.log`.
     fn log(&mut self, level: Level, message: &str);
+    /// `emit.emit` (reactors only: a projection's host has no `emit`, and
+    /// calling it fails the batch).
+    fn emit(&mut self, event: Emitted) {
+        let _ = event;
+        panic!("emit is only available to a reactor: export it with reel_guest_sdk::export_reactor!");
+    }
+    /// `timers.schedule` (reactors only).
+    fn schedule(&mut self, timer: Timer) {
+        let _ = timer;
+        panic!("timers are only available to a reactor: export it with reel_guest_sdk::export_reactor!");
+    }
+    /// `timers.cancel` (reactors only).
+    fn cancel_timer(&mut self, key: &str) {
+        let _ = key;
+        panic!("timers are only available to a reactor: export it with reel_guest_sdk::export_reactor!");
+    }
 }
 
 /// What a projection's code gets: the key-value store, SQL and the log, all
@@ -66,6 +82,40 @@ impl<'h> Context<'h> {
     /// Write a line to reel's log.
     pub fn log(&mut self, level: Level, message: &str) {
         self.host.log(level, message);
+    }
+
+    /// Emit an event of `event_type` with `data` (as JSON) to `stream_id`,
+    /// caused by the event at position `cause` of the batch being handled.
+    /// reel appends it when the batch commits, exactly once. Reactors only
+    /// ([`Reactor`](crate::Reactor)); the stream must be under the declared
+    /// prefix.
+    pub fn emit<T: Serialize + ?Sized>(
+        &mut self,
+        cause: i64,
+        stream_id: &str,
+        event_type: &str,
+        data: &T,
+    ) -> Result<()> {
+        let data = serde_json::to_string(data)?;
+        self.host.emit(Emitted::new(cause, stream_id, event_type, data));
+        Ok(())
+    }
+
+    /// Emit `event` as it is (with metadata of its own). See [`Context::emit`].
+    pub fn emit_event(&mut self, event: Emitted) {
+        self.host.emit(event);
+    }
+
+    /// Ask reel to append `event` when the wall clock passes `due` (RFC 3339),
+    /// recorded when the batch commits; scheduling `key` again replaces the
+    /// pending timer. Reactors only.
+    pub fn schedule(&mut self, key: &str, due: &str, event: Emitted) {
+        self.host.schedule(Timer { key: key.to_owned(), due: due.to_owned(), event });
+    }
+
+    /// Cancel the pending timer `key` (no-op if none). Reactors only.
+    pub fn cancel_timer(&mut self, key: &str) {
+        self.host.cancel_timer(key);
     }
 }
 

@@ -80,7 +80,9 @@ pub mod wasm;
 pub use context::{Context, Host, Kv, Level, Sql};
 pub use event::{Envelope, EventFields, RawEvent};
 // The types reel shares with its projections (events, values, manifests).
-pub use reel_model::{Error, FromValue, HandleError, Manifest, OnError, Result, Row, Rows, SqlError, Value};
+pub use reel_model::{
+    Emits, Emitted, Error, FromValue, HandleError, Manifest, OnError, Result, Row, Rows, SqlError, Timer, Value,
+};
 
 /// Re-exported so projections need not depend on serde_json themselves.
 pub use serde_json;
@@ -138,6 +140,17 @@ pub trait Projection {
     }
 }
 
+/// A reactor: a [`Projection`] that also emits events
+/// ([`Context::emit`]) and sets timers ([`Context::schedule`]) while it
+/// handles a batch. reel appends what it emits when the batch commits,
+/// exactly once, keyed by (name, cause position, index); a replay, a rebuild
+/// or a new version does not append it again. Export it with
+/// [`export_reactor!`].
+pub trait Reactor: Projection {
+    /// The stream prefix every emitted event's stream starts with.
+    fn emits() -> Emits;
+}
+
 /// Export a [`Projection`] as the component's `reel:projection` world.
 ///
 /// Use it once, at the top level of a crate built with
@@ -169,6 +182,41 @@ macro_rules! export {
                 }
             }
     $crate::wasm::bindings::__export_projection!(ReelExport with_types_in $crate::wasm::bindings);
+        };
+    };
+}
+
+/// Export a [`Reactor`] as the component's `reel:projection` `reactor` world.
+/// Use it instead of [`export!`], once per crate.
+#[macro_export]
+macro_rules! export_reactor {
+    ($reactor:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct ReelExport;
+            impl $crate::wasm::reactor::Guest for ReelExport {
+                fn describe() -> $crate::wasm::WitManifest {
+                    $crate::wasm::describe::<$reactor>()
+                }
+                fn describe_emits() -> $crate::Emits {
+                    $crate::native::describe_emits::<$reactor>()
+                }
+                fn setup() -> ::core::result::Result<(), $crate::wasm::WitError> {
+                    $crate::wasm::reactor::init::<$reactor>()
+                }
+                fn handle(
+                    events: ::std::vec::Vec<$crate::wasm::WitEvent>,
+                ) -> ::core::result::Result<(), $crate::wasm::WitHandleError> {
+                    $crate::wasm::reactor::handle::<$reactor>(events)
+                }
+                fn query(
+                    name: ::std::string::String,
+                    args: ::std::string::String,
+                ) -> ::core::result::Result<::std::string::String, $crate::wasm::WitError> {
+                    $crate::wasm::reactor::query::<$reactor>(&name, &args)
+                }
+            }
+    $crate::wasm::reactor::bindings::__export_reactor!(ReelExport with_types_in $crate::wasm::reactor::bindings);
         };
     };
 }

@@ -6,12 +6,18 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    Context, Error, EventFields, HandleError, Host, Level, Manifest, Projection, Result, Rows, SqlError, Value,
+    Context, Emits, Emitted, Error, EventFields, HandleError, Host, Level, Manifest, Projection, Reactor, Result, Rows,
+    SqlError, Timer, Value,
 };
 
 /// `describe`: the projection's manifest.
 pub fn describe<P: Projection>() -> Manifest {
     P::manifest()
+}
+
+/// `describe-emits`: the reactor's stream prefix.
+pub fn describe_emits<R: Reactor>() -> Emits {
+    R::emits()
 }
 
 /// `init`: create the read model's tables.
@@ -35,14 +41,19 @@ pub fn query<P: Projection>(host: &mut dyn Host, name: &str, args: &str) -> Resu
     Ok(result.to_string())
 }
 
-/// An in-memory [`Host`] for unit tests of projection logic: a sorted map for
-/// kv, a list for log lines, and no SQL.
+/// An in-memory [`Host`] for unit tests of projection and reactor logic: a
+/// sorted map for kv, a list for log lines, what a reactor emitted and the
+/// timers it holds, and no SQL.
 #[derive(Debug, Default)]
 pub struct MemoryHost {
     /// The key-value store.
     pub kv: BTreeMap<String, Vec<u8>>,
     /// Lines logged by the projection.
     pub logs: Vec<(Level, String)>,
+    /// Events emitted, in order.
+    pub emitted: Vec<Emitted>,
+    /// Pending timers by key.
+    pub timers: BTreeMap<String, Timer>,
 }
 
 impl Host for MemoryHost {
@@ -82,5 +93,17 @@ impl Host for MemoryHost {
 
     fn log(&mut self, level: Level, message: &str) {
         self.logs.push((level, message.to_owned()));
+    }
+
+    fn emit(&mut self, event: Emitted) {
+        self.emitted.push(event);
+    }
+
+    fn schedule(&mut self, timer: Timer) {
+        self.timers.insert(timer.key.clone(), timer);
+    }
+
+    fn cancel_timer(&mut self, key: &str) {
+        self.timers.remove(key);
     }
 }

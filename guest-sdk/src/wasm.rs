@@ -97,3 +97,105 @@ pub fn handle<P: Projection>(events: Vec<RawEvent>) -> Result<(), crate::HandleE
 pub fn query<P: Projection>(name: &str, args: &str) -> Result<String, crate::Error> {
     crate::native::query::<P>(&mut Imports, name, args)
 }
+
+/// The `reactor` world: the projection's imports and exports plus `emit`,
+/// `timers` and `describe-emits`. Its own bindings (generated with the
+/// export macro public, so a projection's component carries only the
+/// imports of this world, which wit-component drops when unused).
+#[doc(hidden)]
+pub mod reactor {
+    use crate::{Emitted, Host, Level, Projection, RawEvent, Rows, SqlError, Timer, Value};
+
+    #[doc(hidden)]
+    pub mod bindings {
+        wit_bindgen::generate!({
+            path: "../wit",
+            world: "reactor",
+            pub_export_macro: true,
+            export_macro_name: "__export_reactor",
+            default_bindings_module: "reel_guest_sdk::wasm::reactor::bindings",
+            runtime_path: "::reel_guest_sdk::wasm::wit_bindgen::rt",
+            with: {
+                "reel:projection/types@0.1.1/event": crate::RawEvent,
+                "reel:projection/types@0.1.1/manifest": crate::Manifest,
+                "reel:projection/types@0.1.1/on-error": crate::OnError,
+                "reel:projection/types@0.1.1/error": crate::Error,
+                "reel:projection/types@0.1.1/handle-error": crate::HandleError,
+                "reel:projection/kv@0.1.1": crate::wasm::bindings::reel::projection::kv,
+                "reel:projection/sql@0.1.1": crate::wasm::bindings::reel::projection::sql,
+                "reel:projection/log@0.1.1": crate::wasm::bindings::reel::projection::log,
+                "reel:projection/emit@0.1.1/emitted": crate::Emitted,
+                "reel:projection/emit@0.1.1/emits": crate::Emits,
+                "reel:projection/timers@0.1.1/timer": crate::Timer,
+            },
+        });
+    }
+
+    pub use bindings::Guest;
+    use bindings::reel::projection::{emit, timers};
+
+    /// The reactor world's imports as a [`Host`]: the projection's, plus
+    /// `emit` and `timers`.
+    struct Imports;
+
+    impl Host for Imports {
+        fn kv_get(&mut self, key: &str) -> Option<Vec<u8>> {
+            super::Imports.kv_get(key)
+        }
+
+        fn kv_set(&mut self, key: &str, value: Vec<u8>) {
+            super::Imports.kv_set(key, value);
+        }
+
+        fn kv_delete(&mut self, key: &str) {
+            super::Imports.kv_delete(key);
+        }
+
+        fn kv_scan(&mut self, prefix: &str, after: Option<&str>, limit: u32) -> Vec<(String, Vec<u8>)> {
+            super::Imports.kv_scan(prefix, after, limit)
+        }
+
+        fn sql_execute(&mut self, statement: &str, params: Vec<Value>) {
+            super::Imports.sql_execute(statement, params);
+        }
+
+        fn sql_query(&mut self, statement: &str, params: Vec<Value>) -> Result<Rows, SqlError> {
+            super::Imports.sql_query(statement, params)
+        }
+
+        fn sql_dialect(&mut self) -> String {
+            super::Imports.sql_dialect()
+        }
+
+        fn log(&mut self, level: Level, message: &str) {
+            super::Imports.log(level, message);
+        }
+
+        fn emit(&mut self, event: Emitted) {
+            emit::emit(&event);
+        }
+
+        fn schedule(&mut self, timer: Timer) {
+            timers::schedule(&timer);
+        }
+
+        fn cancel_timer(&mut self, key: &str) {
+            timers::cancel(key);
+        }
+    }
+
+    #[doc(hidden)]
+    pub fn init<P: Projection>() -> Result<(), crate::Error> {
+        crate::native::init::<P>(&mut Imports)
+    }
+
+    #[doc(hidden)]
+    pub fn handle<P: Projection>(events: Vec<RawEvent>) -> Result<(), crate::HandleError> {
+        crate::native::handle::<P, _>(&mut Imports, &events)
+    }
+
+    #[doc(hidden)]
+    pub fn query<P: Projection>(name: &str, args: &str) -> Result<String, crate::Error> {
+        crate::native::query::<P>(&mut Imports, name, args)
+    }
+}

@@ -9,6 +9,7 @@
 //! - [`Value`], [`Rows`], [`SqlError`]: what crosses the `sql` interface.
 //! - [`Manifest`], [`OnError`]: what a projection declares, and its checks.
 //! - [`Error`], [`HandleError`]: what a projection reports.
+//! - [`Emitted`], [`Emits`], [`Timer`]: what a reactor emits and declares.
 //!
 //! It depends on serde alone, so it compiles for `wasm32` as well (the guest
 //! SDK re-exports it). With the `host` feature, the types of the `types`
@@ -17,6 +18,7 @@
 #![deny(missing_docs)]
 
 mod cursor;
+mod emit;
 mod error;
 mod event;
 mod manifest;
@@ -24,6 +26,7 @@ pub mod time;
 mod value;
 
 pub use cursor::{Cursor, CursorTokenError};
+pub use emit::{Emits, Emitted, Timer};
 pub use error::{Error, HandleError, Result, SqlError};
 pub use event::{DeadLetter, Event};
 pub use manifest::{Manifest, OnError, PROJECTION_NAME_RULE, is_projection_name};

@@ -1,5 +1,6 @@
 // Build a JavaScript projection into a component of reel's `projection` world
-// with the QuickJS engine (componentize-qjs).
+// with the QuickJS engine (componentize-qjs); or of the `reactor` world (see
+// lib-js/reactor.js).
 //
 // Run from a projection's folder (its `npm run build` does):
 //   node ../lib-js/build.mjs
@@ -28,6 +29,9 @@ const name = process.env.REEL_MODULE_NAME || basename(projectDir);
 const entry = join(projectDir, "src", "index.js");
 if (!existsSync(entry)) throw new Error(`no ${entry}`);
 const out = join(projectDir, "dist", `${name}.wasm`);
+// `projection`, or `reactor` for a module that emits (REEL_WORLD, or
+// "reel": { "world": ... } in its package.json).
+const world = process.env.REEL_WORLD || packageWorld() || "projection";
 // `import ... from "x"`, `export ... from "x"`, `import "x"`, `import("x")`.
 const IMPORTS = /\b(?:import|export)\s*(?:[\w$*{},\s]*?\bfrom\s*)?["']([^"']+)["']|\bimport\s*\(\s*["']([^"']+)["']\s*\)/g;
 
@@ -56,7 +60,7 @@ if (existsSync(cached)) {
     jsSource: readFileSync(entry, "utf8"),
     jsPath: entry,
     moduleRoot: projectionsDir,
-    world: "projection",
+    world,
     // Plain (not component-model async) exports: what reel's host calls.
     sync: true,
   }));
@@ -76,6 +80,7 @@ function inputsDigest() {
   const add = (label, bytes) => hash.update(`${label}\0${bytes.length}\0`).update(bytes);
   add("build.mjs", readFileSync(fileURLToPath(import.meta.url)));
   add("componentize-qjs", toolchain);
+  if (world !== "projection") add("world", world);
   for (const file of readdirSync(dirname(witFile)).sort()) {
     const path = join(dirname(witFile), file);
     if (statSync(path).isFile()) add(`wit/${file}`, readFileSync(path));
@@ -99,6 +104,14 @@ function inputsDigest() {
   const lock = join(projectDir, "package-lock.json");
   if (byName && existsSync(lock)) add("package-lock.json", readFileSync(lock));
   return hash.digest("hex");
+}
+
+/// The world named in the project's package.json (`reel.world`), if any.
+function packageWorld() {
+  const file = join(projectDir, "package.json");
+  if (!existsSync(file)) return null;
+  const world = JSON.parse(readFileSync(file, "utf8")).reel?.world;
+  return typeof world === "string" ? world : null;
 }
 
 /// Keep `component` as the build of these inputs, with the 8 newest others.

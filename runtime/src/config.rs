@@ -144,6 +144,37 @@ pub struct Limits {
     pub query_rows: usize,
     /// Time a guest `query` export, or a table read over HTTP, may take.
     pub query_timeout: Duration,
+    /// What a reactor may emit (ignored for projections).
+    pub emit: EmitLimits,
+}
+
+/// Limits on what a reactor emits: past one, the batch fails and the reactor
+/// stops with the reason in its status (ADR 23).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmitLimits {
+    /// Events (emitted or scheduled) per handled event.
+    pub events_per_event: u32,
+    /// Bytes (data and metadata) per handled event.
+    pub bytes_per_event: usize,
+    /// Events per batch.
+    pub events_per_batch: u32,
+    /// Bytes per batch.
+    pub bytes_per_batch: usize,
+    /// Longest chain of emissions (`causation_depth`): stops two reactors
+    /// that answer each other for ever.
+    pub max_depth: u32,
+}
+
+impl Default for EmitLimits {
+    fn default() -> Self {
+        Self {
+            events_per_event: 100,
+            bytes_per_event: 1 << 20,
+            events_per_batch: 100_000,
+            bytes_per_batch: 64 << 20,
+            max_depth: 32,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -155,6 +186,7 @@ impl Default for Limits {
             kv_key_bytes: 1024,
             query_rows: 100_000,
             query_timeout: Duration::from_secs(5),
+            emit: EmitLimits::default(),
         }
     }
 }

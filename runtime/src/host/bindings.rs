@@ -40,3 +40,20 @@ pub mod types {
         Ok(())
     }
 }
+
+/// The `reactor` world (wit/reactor.wit): the projection's interfaces are
+/// the ones above; `emit` and `timers` are generated here, over
+/// reel-model's types.
+pub mod reactor {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "reactor",
+        imports: { default: trappable },
+        with: {
+            "reel:projection/types": crate::host::bindings::types,
+            "reel:projection/kv": crate::host::bindings::reel::projection::kv,
+            "reel:projection/sql": crate::host::bindings::reel::projection::sql,
+            "reel:projection/log": crate::host::bindings::reel::projection::log,
+        },
+    });
+}

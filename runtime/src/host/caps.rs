@@ -1,11 +1,12 @@
 //! What a projection instance can reach: its own namespace through the
 //! batch's transaction, within its limits.
 
-use reel_model::{Cursor, Rows, Value};
+use reel_model::{Cursor, Emitted, Event, Rows, Timer, Value};
 
+use super::emitter::Emitter;
 use crate::config::Limits;
 use crate::store::kv_cache::KvCache;
-use crate::store::{Reader, StoreError, Writer};
+use crate::store::{Forwarded, Reader, StoreError, Writer};
 
 /// Most log lines a projection may write per call; the rest are counted.
 const LOG_LINES_PER_CALL: u32 = 1000;
@@ -46,6 +47,11 @@ pub struct Capabilities {
     /// A refused `execute` of this batch: it fails the batch at the end.
     sql_failed: Option<StoreError>,
     log_lines: u32,
+    /// A reactor's emissions; `None` for a projection (whose batches then
+    /// cost nothing for emitting).
+    emitter: Option<Emitter>,
+    /// What the last commit appended (PostgreSQL) or left in the outbox.
+    forwarded: Option<Forwarded>,
 }
 
 impl Capabilities {
@@ -56,7 +62,41 @@ impl Capabilities {
             Access::Write(ns) => KvCache::new(KV_CACHE_BYTES, ns.kv_is_empty()?),
             Access::Read(_) => KvCache::new(0, false),
         };
-        Ok(Self { projection: projection.to_owned(), access, kv, limits, fault: None, sql_failed: None, log_lines: 0 })
+        Ok(Self {
+            projection: projection.to_owned(),
+            access,
+            kv,
+            limits,
+            fault: None,
+            sql_failed: None,
+            log_lines: 0,
+            emitter: None,
+            forwarded: None,
+        })
+    }
+
+    /// Make these a reactor's capabilities: `emit` and `timers` go to `emitter`.
+    pub fn set_emitter(&mut self, emitter: Emitter) {
+        self.emitter = Some(emitter);
+    }
+
+    /// Whether these are a reactor's.
+    pub fn is_reactor(&self) -> bool {
+        self.emitter.is_some()
+    }
+
+    /// A reactor's batch of `events` at `cursors` starts (an emit must name
+    /// one of them as its cause).
+    pub fn begin_batch(&mut self, events: &[Event], cursors: &[Cursor]) {
+        if let Some(emitter) = &mut self.emitter {
+            emitter.begin(events, cursors);
+        }
+    }
+
+    /// What the last commit appended, on a backend that appends in the
+    /// batch's transaction (taken once).
+    pub fn take_forwarded(&mut self) -> Option<Forwarded> {
+        self.forwarded.take()
     }
 
     /// The namespace, to read (the worker's checkpoint, dead letters).
@@ -108,9 +148,22 @@ impl Capabilities {
         self.kv.flush(&mut **ns)
     }
 
+    /// A reactor's emissions go into the transaction (appended, or to the
+    /// outbox) before its checkpoint; every batch, so that the reactor's
+    /// handled position is known even where it emitted nothing (ADR 23).
+    fn send_emissions(&mut self, to: Cursor) -> Result<(), StoreError> {
+        let Some(emitter) = &mut self.emitter else { return Ok(()) };
+        let emissions = emitter.take();
+        let Access::Write(ns) = &mut self.access else { return Ok(()) };
+        self.forwarded = ns.emit(&emissions, to)?;
+        Ok(())
+    }
+
     /// Flush, move the checkpoint `from` -> `to` and commit.
     pub fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         self.flush()?;
+        let sent = self.send_emissions(to);
+        self.watch(sent)?;
         let committed = self.writer().and_then(|ns| ns.commit(from, to));
         self.watch(committed)?;
         self.kv.committed();
@@ -122,7 +175,10 @@ impl Capabilities {
     /// serve the next batch at once. `Ok(true)`: the outcome is pending
     /// until [`Self::settle`].
     pub fn commit_behind(&mut self, from: Cursor, to: Cursor) -> Result<bool, StoreError> {
-        let sent = self.send_writes().and_then(|()| self.writer()?.commit_behind(from, to));
+        let sent = self
+            .send_writes()
+            .and_then(|()| self.send_emissions(to))
+            .and_then(|()| self.writer()?.commit_behind(from, to));
         let pending = self.watch(sent)?;
         if pending {
             self.kv.committed_behind();
@@ -290,6 +346,37 @@ impl Capabilities {
         }
     }
 
+    /// The emitter, or the refusal a projection gets for calling `what`.
+    fn emitter(&mut self, what: &str) -> Result<&mut Emitter, Fault> {
+        if self.emitter.is_none() || matches!(self.access, Access::Read(_)) {
+            let why = if self.emitter.is_none() {
+                format!("{what}: only a reactor may emit (it exports `describe-emits`)")
+            } else {
+                format!("{what} is not allowed in a query: reads are read-only")
+            };
+            return self.fail(Fault::Refused(why));
+        }
+        Ok(self.emitter.as_mut().expect("checked above"))
+    }
+
+    /// `emit.emit`: checked now, appended when the batch commits.
+    pub fn emit(&mut self, event: Emitted) -> Result<(), Fault> {
+        let result = self.emitter("emit")?.emit(event);
+        result.or_else(|why| self.fail(Fault::Refused(why)))
+    }
+
+    /// `timers.schedule`.
+    pub fn schedule(&mut self, timer: Timer) -> Result<(), Fault> {
+        let result = self.emitter("timers.schedule")?.schedule(timer);
+        result.or_else(|why| self.fail(Fault::Refused(why)))
+    }
+
+    /// `timers.cancel`.
+    pub fn cancel_timer(&mut self, key: String) -> Result<(), Fault> {
+        let result = self.emitter("timers.cancel")?.cancel(key);
+        result.or_else(|why| self.fail(Fault::Refused(why)))
+    }
+
     /// `log.log`: to the host's log, tagged with the projection.
     pub fn log(&mut self, level: guest_sdk::Level, message: &str) {
         self.log_lines += 1;
@@ -360,5 +447,17 @@ impl guest_sdk::Host for Capabilities {
 
     fn log(&mut self, level: guest_sdk::Level, message: &str) {
         Capabilities::log(self, level, message);
+    }
+
+    fn emit(&mut self, event: Emitted) {
+        let _ = Capabilities::emit(self, event);
+    }
+
+    fn schedule(&mut self, timer: Timer) {
+        let _ = Capabilities::schedule(self, timer);
+    }
+
+    fn cancel_timer(&mut self, key: &str) {
+        let _ = Capabilities::cancel_timer(self, key.to_owned());
     }
 }

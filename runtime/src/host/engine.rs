@@ -39,6 +39,10 @@ impl Engine {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         bindings::Projection::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        // A reactor's imports; a projection that does not import them never sees them.
+        use bindings::reactor::reel::projection::{emit, timers};
+        emit::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        timers::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         Ok(Self { engine, linker: Arc::new(linker) })
     }
 

@@ -105,6 +105,9 @@ pub type Unstarted = Box<(GuestFailure, Capabilities)>;
 #[derive(Clone)]
 pub struct Code {
     pre: ProjectionPre<InstanceState>,
+    /// The same component as a reactor, when it exports `describe-emits`
+    /// (it runs through `pre`: a reactor has the projection's exports).
+    reactor: Option<bindings::reactor::ReactorPre<InstanceState>>,
 }
 
 impl Code {
@@ -112,7 +115,13 @@ impl Code {
     /// something reel does not provide (a component for another world).
     pub fn link(engine: &super::Engine, component: &wasmtime::component::Component) -> wasmtime::Result<Self> {
         let pre = engine.linker().instantiate_pre(component)?;
-        Ok(Self { pre: ProjectionPre::new(pre)? })
+        let reactor = bindings::reactor::ReactorPre::new(pre.clone()).ok();
+        Ok(Self { pre: ProjectionPre::new(pre)?, reactor })
+    }
+
+    /// Whether the component is a reactor (exports `describe-emits`).
+    pub fn is_reactor(&self) -> bool {
+        self.reactor.is_some()
     }
 }
 
@@ -160,6 +169,22 @@ impl WasmGuest {
     pub fn describe(code: &Code, name_hint: &str, limits: &Limits) -> Result<Manifest, GuestFailure> {
         let (mut store, bindings) = start(code, name_hint, None, limits).map_err(|failed| failed.0)?;
         bindings.call_describe(&mut store).map_err(|e| classify(&e, &mut store, limits.batch_timeout))
+    }
+
+    /// A reactor's `describe-emits` (`None` for a projection).
+    pub fn describe_emits(
+        code: &Code,
+        name_hint: &str,
+        limits: &Limits,
+    ) -> Result<Option<reel_model::Emits>, GuestFailure> {
+        let Some(reactor) = &code.reactor else { return Ok(None) };
+        let mut store = new_store(code, name_hint, None, limits);
+        store.set_epoch_deadline(ticks(limits.batch_timeout));
+        let emits = reactor
+            .instantiate(&mut store)
+            .and_then(|bindings| bindings.call_describe_emits(&mut store))
+            .map_err(|e| classify(&e, &mut store, limits.batch_timeout))?;
+        Ok(Some(reel_model::Emits { stream_prefix: emits.stream_prefix }))
     }
 
     /// Instantiate `code` over `caps`.

@@ -5,13 +5,16 @@
 //! - [`caps`]: per-instance state bound to the projection's namespace; every
 //!   import goes through it, so limits and read-only mode hold for both
 //!   component and native guests.
-//! - `kv`, `sql`, `log`: the generated import traits, one file each.
+//! - `kv`, `sql`, `log`, `emit`: the generated import traits, one file each;
+//!   [`emitter`]: a reactor's emissions and timers within a batch.
 //! - [`wasi`]: the inert WASI a toolchain's output may import.
 //! - [`instance`]: a component instance and its calls, with CPU deadlines and
 //!   memory limits; [`native`]: the same calls on a natively compiled projection.
 
 mod bindings;
 pub mod caps;
+mod emit;
+pub mod emitter;
 mod engine;
 pub mod instance;
 mod kv;

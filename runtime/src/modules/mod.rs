@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use reel_model::Manifest;
+use reel_model::{Emits, Manifest};
 
 use crate::config::Limits;
 use crate::host::Engine;
@@ -28,6 +28,8 @@ pub struct Module {
     pub hash: String,
     /// What it declared.
     pub manifest: Manifest,
+    /// The stream prefix it emits under, when it is a reactor.
+    pub emits: Option<Emits>,
     /// Linked code, ready to instantiate.
     pub code: Code,
     /// File size in bytes.
@@ -128,10 +130,20 @@ impl Loader {
         let manifest = WasmGuest::describe(&code, &name_hint, &self.limits)
             .map_err(|e| ModuleError::Describe { path: shown.clone(), message: e.to_string() })?;
         manifest.validate().map_err(|message| ModuleError::Describe { path: shown.clone(), message })?;
+        let emits = WasmGuest::describe_emits(&code, &name_hint, &self.limits)
+            .map_err(|e| ModuleError::Describe { path: shown.clone(), message: format!("describe-emits: {e}") })?;
+        if let Some(emits) = &emits
+            && emits.stream_prefix.is_empty()
+        {
+            let message =
+                "describe-emits declared an empty stream prefix: a reactor emits under a prefix of its own".into();
+            return Err(ModuleError::Describe { path: shown.clone(), message });
+        }
         Ok(Arc::new(Module {
             path: path.to_owned(),
             hash,
             manifest,
+            emits,
             code,
             size: bytes.len() as u64,
             compile_time,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use guest_sdk::Projection;
 
-use reel_model::Manifest;
+use reel_model::{Emits, Manifest};
 
 use super::Module;
 use crate::config::Limits;
@@ -24,6 +24,8 @@ pub enum Program {
         manifest: Manifest,
         /// Builds an instance over capabilities.
         make: fn(Capabilities) -> Box<dyn Guest>,
+        /// Its stream prefix, when it is a reactor.
+        emits: Option<Emits>,
     },
 }
 
@@ -33,7 +35,27 @@ impl Program {
         fn make<P: Projection + 'static>(caps: Capabilities) -> Box<dyn Guest> {
             Box::new(NativeGuest::<P>::new(caps))
         }
-        Program::Native { manifest: guest_sdk::native::describe::<P>(), make: make::<P> }
+        Program::Native { manifest: guest_sdk::native::describe::<P>(), make: make::<P>, emits: None }
+    }
+
+    /// A Rust reactor run natively.
+    pub fn native_reactor<R: guest_sdk::Reactor + 'static>() -> Self {
+        fn make<P: Projection + 'static>(caps: Capabilities) -> Box<dyn Guest> {
+            Box::new(NativeGuest::<P>::new(caps))
+        }
+        Program::Native {
+            manifest: guest_sdk::native::describe::<R>(),
+            make: make::<R>,
+            emits: Some(guest_sdk::native::describe_emits::<R>()),
+        }
+    }
+
+    /// The stream prefix it emits under, when it is a reactor.
+    pub fn emits(&self) -> Option<&Emits> {
+        match self {
+            Program::Wasm(module) => module.emits.as_ref(),
+            Program::Native { emits, .. } => emits.as_ref(),
+        }
     }
 
     /// What it declared.

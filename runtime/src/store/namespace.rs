@@ -6,7 +6,7 @@
 
 use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
 
-use super::{Checkpoint, KvWrite, StoreError, TableRead};
+use super::{Checkpoint, Emissions, Forwarded, KvWrite, StoreError, TableRead};
 
 /// Transactions and the checkpoint, as a reader sees them.
 pub trait Snapshot {
@@ -93,6 +93,25 @@ pub trait Commits: SqlWrites {
     /// first, and an operation waiting on a failed one fails too, until this
     /// reports the failure.
     fn settle(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// A reactor's batch, handled through `to`: record what it emitted in
+    /// the open transaction, so that it commits with the checkpoint. On a
+    /// backend whose namespace and event log share the transaction the
+    /// events are appended here (`Some`); otherwise they wait in the
+    /// namespace's outbox (`None`) for [`outbox`](Commits::outbox) (ADR 23).
+    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+        let _ = (emissions, to);
+        Err(StoreError::Refused("this backend cannot store a reactor's emissions yet".into()))
+    }
+    /// Committed batches waiting in the outbox, oldest first: their outbox
+    /// id, the cursor they were handled through, and their emissions.
+    fn outbox(&mut self) -> Result<Vec<(i64, Cursor, Emissions)>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// Remove outbox entries up to `id` (forwarded to the log).
+    fn outbox_done(&mut self, id: i64) -> Result<(), StoreError> {
+        let _ = id;
         Ok(())
     }
 }

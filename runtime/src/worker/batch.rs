@@ -130,11 +130,18 @@ impl Worker {
 
     /// Apply `events` as one transaction ending at `end`; `behind`: without
     /// waiting for its commit.
-    pub(super) fn apply(&mut self, events: &[Event], end: Cursor, behind: bool) -> Result<(), GuestFailure> {
+    pub(super) fn apply(
+        &mut self,
+        events: &[Event],
+        cursors: &[Cursor],
+        end: Cursor,
+        behind: bool,
+    ) -> Result<(), GuestFailure> {
         let from = self.persisted;
         let batch = self.ctx.batch;
         let guest = self.guest()?;
         guest.caps().begin()?;
+        guest.caps().begin_batch(events, cursors);
         let started = Instant::now();
         let handled = calls(&batch, events).try_for_each(|call| guest.handle(call));
         let handle_time = started.elapsed();

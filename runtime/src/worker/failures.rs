@@ -27,7 +27,7 @@ impl Worker {
         let mut outages = 0;
         let from = self.persisted;
         loop {
-            let failure = match self.apply(events, end, behind && failures + outages == 0) {
+            let failure = match self.apply(events, cursors, end, behind && failures + outages == 0) {
                 Ok(()) => return Ok(()),
                 Err(failure) => failure,
             };

@@ -19,6 +19,7 @@ pub use status::{Admin, State, Status};
 use reel_model::{Cursor, Event, OnError};
 
 use crate::config::{BatchConfig, Limits};
+use crate::host::emitter::Emitter;
 use crate::host::{Access, Capabilities, Guest, GuestFailure};
 use crate::modules::Program;
 use crate::source::{EventReader, Filter, Source};
@@ -341,7 +342,11 @@ impl Worker {
                 if !writer.try_claim()? {
                     return Ok(false);
                 }
-                Capabilities::new(&self.ns.name, Access::Write(writer), self.ctx.limits.clone())?
+                let mut caps = Capabilities::new(&self.ns.name, Access::Write(writer), self.ctx.limits.clone())?;
+                if let Some(emits) = self.program.emits() {
+                    caps.set_emitter(Emitter::new(&self.ns.name, &self.ns.version, emits, self.ctx.limits.emit));
+                }
+                caps
             }
         };
         let checkpoint = caps.namespace().checkpoint()?;
