@@ -38,6 +38,35 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postg
 const CHANNEL: &str = "reel_events";
 /// Connections reel's API may hold for appends and status reads.
 const POOL_SIZE: usize = 32;
+/// Pooled connections a request may find dead before it gives up: a server
+/// restart or `pg_terminate_backend` closes every idle one at once, and the
+/// pool hands them out until their end has been read (each fails at once).
+const DEAD_CONNECTIONS: usize = POOL_SIZE + 1;
+
+/// `(connection, value)` of `$work`, a future using the pooled connection
+/// `$client`, run again on another connection when that one turns out dead.
+/// Only for work that is safe to repeat: reads, and preparing a statement
+/// (nothing runs). Returns from the calling function on other errors.
+macro_rules! on_a_live_connection {
+    ($source:expr, |$client:ident| $work:expr) => {{
+        let mut dead = 0;
+        loop {
+            let $client = $source.client().await?;
+            match $work.await {
+                Ok(value) => break ($client, value),
+                Err(e) if connection_lost(&e) && dead < DEAD_CONNECTIONS => {
+                    dead += 1;
+                    tracing::debug!(
+                        "a pooled connection to the events database is gone ({}); taking another",
+                        pg_error(&e)
+                    );
+                    drop(deadpool_postgres::Object::take($client));
+                }
+                Err(e) => return Err(pg_error(&e)),
+            }
+        }
+    }};
+}
 
 /// The events table on PostgreSQL.
 pub struct PgSource {
@@ -139,12 +168,18 @@ impl PgSource {
     /// snapshot, and the insert is the transaction's first write, so
     /// per-stream order holds (docs/postgres.md). Without an expected
     /// version, a concurrent append to the same stream is retried.
+    ///
+    /// The statement is prepared first, on its own: a connection the server
+    /// closed fails there, before anything could be written, and the append
+    /// moves to another connection. Once the insert is sent, a lost
+    /// connection is a 503: it may have committed, and sending it again
+    /// could append twice.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
-        let client = self.client().await?;
+        let (client, statement) = on_a_live_connection!(self, |client| client.prepare(APPEND));
         let mut attempts = 0;
         let (appended, tx) = loop {
             attempts += 1;
-            match append(&client, &request).await {
+            match append(&client, &statement, &request).await {
                 Ok(Ok(appended)) => break appended,
                 Ok(Err(actual)) => return Err(conflict(&request, actual)),
                 Err(e) if is_conflict(&e) && request.expected_version.is_none() && attempts < 10 => continue,
@@ -175,15 +210,9 @@ impl PgSource {
     /// later version wait for the earlier one's transaction), so a read never
     /// sees a gap that fills in later.
     pub async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
-        let client = self.client().await?;
-        let rows = client
-            .query(
-                "SELECT id, stream_id, version::bigint, event_type, data::text, metadata::text, occurred_at \
-                   FROM public.events WHERE stream_id = $1 AND version > $2::bigint ORDER BY version LIMIT $3",
-                &[&stream, &after_version, &(limit as i64)],
-            )
-            .await
-            .map_err(|e| pg_error(&e))?;
+        let sql = "SELECT id, stream_id, version::bigint, event_type, data::text, metadata::text, occurred_at \
+                     FROM public.events WHERE stream_id = $1 AND version > $2::bigint ORDER BY version LIMIT $3";
+        let (_, rows) = on_a_live_connection!(self, |c| c.query(sql, &[&stream, &after_version, &(limit as i64)]));
         Ok(rows
             .iter()
             .map(|row| Event {
@@ -203,23 +232,15 @@ impl PgSource {
 
     /// Largest event id.
     pub async fn head(&self) -> Result<i64, SourceError> {
-        let client = self.client().await?;
-        let row =
-            client.query_one("SELECT coalesce(max(id), 0) FROM public.events", &[]).await.map_err(|e| pg_error(&e))?;
+        let row = on_a_live_connection!(self, |c| c.query_one("SELECT coalesce(max(id), 0) FROM public.events", &[])).1;
         Ok(row.get(0))
     }
 
     /// The id sequence's last value: ids handed out to transactions that may
     /// still be committing count.
     pub async fn last_issued(&self) -> Result<i64, SourceError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('public.events', 'id')::regclass), 0)",
-                &[],
-            )
-            .await
-            .map_err(|e| pg_error(&e))?;
+        let sql = "SELECT coalesce(pg_sequence_last_value(pg_get_serial_sequence('public.events', 'id')::regclass), 0)";
+        let row = on_a_live_connection!(self, |c| c.query_one(sql, &[])).1;
         Ok(row.get(0))
     }
 
@@ -229,38 +250,23 @@ impl PgSource {
         if let Some(tx) = known {
             return Ok(Some(Cursor { tx, id: position }));
         }
-        let client = self.client().await?;
-        let row = client
-            .query_opt("SELECT transaction_id::text FROM public.events WHERE id = $1", &[&position])
-            .await
-            .map_err(|e| pg_error(&e))?;
+        let sql = "SELECT transaction_id::text FROM public.events WHERE id = $1";
+        let row = on_a_live_connection!(self, |c| c.query_opt(sql, &[&position])).1;
         Ok(row.map(|r| Cursor { tx: parse_xid(r.get(0)), id: position }))
     }
 
     /// Committed events after `cursor`.
     pub async fn count_after(&self, cursor: Cursor) -> Result<i64, SourceError> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "SELECT count(*) FROM public.events WHERE (transaction_id, id) > ($1::text::xid8, $2)",
-                &[&cursor.tx.to_string(), &cursor.id],
-            )
-            .await
-            .map_err(|e| pg_error(&e))?;
+        let sql = "SELECT count(*) FROM public.events WHERE (transaction_id, id) > ($1::text::xid8, $2)";
+        let row = on_a_live_connection!(self, |c| c.query_one(sql, &[&cursor.tx.to_string(), &cursor.id])).1;
         Ok(row.get(0))
     }
 
     /// `occurred_at` of the first committed event after `cursor`.
     pub async fn oldest_after(&self, cursor: Cursor) -> Result<Option<String>, SourceError> {
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT occurred_at FROM public.events WHERE (transaction_id, id) > ($1::text::xid8, $2) \
-                 ORDER BY transaction_id, id LIMIT 1",
-                &[&cursor.tx.to_string(), &cursor.id],
-            )
-            .await
-            .map_err(|e| pg_error(&e))?;
+        let sql = "SELECT occurred_at FROM public.events WHERE (transaction_id, id) > ($1::text::xid8, $2) \
+                   ORDER BY transaction_id, id LIMIT 1";
+        let row = on_a_live_connection!(self, |c| c.query_opt(sql, &[&cursor.tx.to_string(), &cursor.id])).1;
         Ok(row.and_then(|r| match column(&r, 0) {
             Ok(Value::Text(t)) => Some(t),
             _ => None,
@@ -270,30 +276,21 @@ impl PgSource {
     /// When committed events after `cursor` are held back by an open
     /// transaction, the backend holding it.
     pub async fn lag_cause(&self, cursor: Cursor) -> Result<Option<LagCause>, SourceError> {
-        let client = self.client().await?;
-        let held: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM public.events WHERE (transaction_id, id) > ($1::text::xid8, $2) \
-                 AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))",
-                &[&cursor.tx.to_string(), &cursor.id],
-            )
-            .await
-            .map_err(|e| pg_error(&e))?
-            .get(0);
-        if !held {
-            return Ok(None);
-        }
-        let row = client
-            .query_opt(
-                "SELECT pid, backend_xid::text, age(backend_xid), state, \
-                        extract(epoch FROM now() - xact_start)::float8, usename::text, application_name, \
-                        left(query, 200) \
-                   FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
-                  ORDER BY age(backend_xid) DESC LIMIT 1",
-                &[],
-            )
-            .await
-            .map_err(|e| pg_error(&e))?;
+        let held = "SELECT EXISTS (SELECT 1 FROM public.events WHERE (transaction_id, id) > ($1::text::xid8, $2) \
+                    AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))";
+        let holder = "SELECT pid, backend_xid::text, age(backend_xid), state, \
+                             extract(epoch FROM now() - xact_start)::float8, usename::text, application_name, \
+                             left(query, 200) \
+                        FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
+                       ORDER BY age(backend_xid) DESC LIMIT 1";
+        let tx = cursor.tx.to_string();
+        let (_, row) = on_a_live_connection!(self, |c| async {
+            let held: bool = c.query_one(held, &[&tx, &cursor.id]).await?.get(0);
+            if !held {
+                return Ok(None);
+            }
+            c.query_opt(holder, &[]).await
+        });
         Ok(row.map(|r| LagCause {
             pid: r.get(0),
             xid: r.get(1),
@@ -374,25 +371,34 @@ fn conflict(request: &AppendRequest, actual: i64) -> SourceError {
 /// One append statement, and the transaction id it got. `Ok(Err(actual))`:
 /// the stream is at `actual`, not the expected version; a concurrent append
 /// shows as a unique violation.
+/// The append: the version check and the insert in one statement.
+const APPEND: &str = "WITH current AS (SELECT coalesce(max(version), 0) AS version FROM public.events WHERE stream_id = $1) \
+     INSERT INTO public.events (stream_id, version, event_type, data, metadata) \
+     SELECT $1, current.version + u.n, u.t, u.d::jsonb, u.m::jsonb \
+       FROM current, unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(t, d, m, n) \
+      WHERE $2::bigint IS NULL OR current.version = $2 \
+     RETURNING id, version::bigint, transaction_id::text";
+
+/// Whether `e` says the connection is gone: closed, broken, or its session
+/// ended by the server (class 57P: a shutdown, `pg_terminate_backend`;
+/// class 08: connection exceptions).
+fn connection_lost(e: &tokio_postgres::Error) -> bool {
+    let io = std::error::Error::source(e).is_some_and(|cause| cause.is::<std::io::Error>());
+    let ended = e.code().is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"));
+    e.is_closed() || io || ended
+}
+
 async fn append(
     client: &Client,
+    statement: &tokio_postgres::Statement,
     request: &AppendRequest,
 ) -> Result<Result<(Appended, i64), i64>, tokio_postgres::Error> {
     let types: Vec<&str> = request.events.iter().map(|e| e.event_type.as_str()).collect();
     let data: Vec<String> = request.events.iter().map(|e| e.data.to_string()).collect();
     let metadata: Vec<String> =
         request.events.iter().map(|e| e.metadata.as_ref().map_or_else(|| "{}".to_owned(), |m| m.to_string())).collect();
-    let rows = client
-        .query(
-            "WITH current AS (SELECT coalesce(max(version), 0) AS version FROM public.events WHERE stream_id = $1) \
-             INSERT INTO public.events (stream_id, version, event_type, data, metadata) \
-             SELECT $1, current.version + u.n, u.t, u.d::jsonb, u.m::jsonb \
-               FROM current, unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(t, d, m, n) \
-              WHERE $2::bigint IS NULL OR current.version = $2 \
-             RETURNING id, version::bigint, transaction_id::text",
-            &[&request.stream_id, &request.expected_version, &types, &data, &metadata],
-        )
-        .await?;
+    let rows =
+        client.query(statement, &[&request.stream_id, &request.expected_version, &types, &data, &metadata]).await?;
     if rows.is_empty() {
         let actual: i64 = client
             .query_one(
