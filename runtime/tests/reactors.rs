@@ -3,21 +3,18 @@
 
 mod common;
 
-use reel::config::Limits;
-use reel::host::Engine;
-use reel::model::Emits;
-use reel::modules::Loader;
+use common::{Backend, Harness};
 
-/// A component exporting `describe-emits` is a reactor with its prefix; a
-/// projection built with the same SDK is not one.
-#[test]
-fn a_reactor_declares_its_stream_prefix_and_a_projection_none() {
-    let engine = Engine::new().unwrap();
-    let cache = tempfile::tempdir().unwrap();
-    let loader = Loader::new(engine, cache.path(), Limits::default());
-    let relay = loader.load(&common::guest("fixture_relay")).unwrap();
-    assert_eq!(relay.manifest.name, "relay");
-    assert_eq!(relay.emits, Some(Emits::new("relay-")));
-    let echo = loader.load(&common::guest("fixture_echo_a")).unwrap();
-    assert_eq!(echo.emits, None);
+/// A component of the `reactor` world (Rust SDK, `export_reactor!`) links
+/// and describes itself beside a projection.
+#[tokio::test]
+async fn a_reactor_component_loads_beside_a_projection() {
+    let h = Harness::start(Backend::Sqlite, &["fixture_relay", "fixture_echo_a"]).await;
+    let modules = h.get("/modules").await;
+    let mut provides: Vec<String> =
+        modules.as_array().unwrap().iter().map(|m| m["provides"].as_str().unwrap_or("").to_owned()).collect();
+    provides.sort();
+    assert_eq!(provides, ["echo@1", "relay@1"], "{modules:#}");
+    assert!(modules.as_array().unwrap().iter().all(|m| m["error"].is_null()), "{modules:#}");
+    h.finish().await;
 }
