@@ -1,7 +1,9 @@
 //! Module files: the folder loaded at start and watched, each file loaded
 //! (compiled off the hot path) and deployed, or refused with its reason.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -23,6 +25,9 @@ pub struct FileStatus {
     pub error: Option<String>,
     /// Compile (or cache load) time in milliseconds.
     pub compile_ms: Option<f64>,
+    /// Being read and compiled now (seconds for big components): the other
+    /// fields still describe the file's previous content, if any.
+    pub compiling: bool,
     /// Whether the compiled code came from the cache.
     pub cached: Option<bool>,
     /// Projections this file provided before and provides no more (its
@@ -55,10 +60,13 @@ impl Deployments {
         let mut stop = self.inner.stop.subscribe();
         tokio::spawn(async move {
             let _watch = watch;
+            // Files load side by side, so a slow compile holds up no other
+            // file; one file's changes load one after the other.
+            let busy: Arc<Mutex<HashMap<PathBuf, bool>>> = Arc::default();
             loop {
                 tokio::select! {
                     change = changes.recv() => match change {
-                        Some(path) => deployments.reload(path).await,
+                        Some(path) => deployments.reload_in_turn(&busy, path),
                         None => return,
                     },
                     () = stopped(&mut stop) => return,
@@ -66,6 +74,35 @@ impl Deployments {
             }
         });
         Ok(())
+    }
+
+    /// Reload `path` on a task of its own, or once more after the reload of
+    /// it already running (`busy`: the paths loading, and whether they
+    /// changed again since).
+    fn reload_in_turn(&self, busy: &Arc<Mutex<HashMap<PathBuf, bool>>>, path: PathBuf) {
+        {
+            let mut loading = busy.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(again) = loading.get_mut(&path) {
+                *again = true;
+                return;
+            }
+            loading.insert(path.clone(), false);
+        }
+        let (deployments, busy) = (self.clone(), busy.clone());
+        tokio::spawn(async move {
+            loop {
+                if !*deployments.inner.stop.borrow() {
+                    deployments.reload(path.clone()).await;
+                }
+                let mut loading = busy.lock().unwrap_or_else(PoisonError::into_inner);
+                if loading.get(&path) == Some(&true) {
+                    loading.insert(path.clone(), false);
+                } else {
+                    loading.remove(&path);
+                    return;
+                }
+            }
+        });
     }
 
     /// A module file appeared, changed or disappeared.
@@ -93,6 +130,7 @@ impl Deployments {
     /// Load the module file at `path` and deploy it, unless it is what
     /// already runs.
     async fn load(&self, path: PathBuf) {
+        self.compiling(&path, true);
         let loader = self.inner.loader.clone();
         let file = path.clone();
         let loaded = tokio::task::spawn_blocking(move || loader.load(&file)).await;
@@ -105,6 +143,7 @@ impl Deployments {
                     == Some(module.hash.clone())
                     && self.registry().files.get(&path).is_some_and(|f| f.error.is_none());
                 if unchanged {
+                    self.compiling(&path, false);
                     return;
                 }
                 tracing::info!(
@@ -124,6 +163,7 @@ impl Deployments {
                     error: None,
                     compile_ms: Some(module.compile_time.as_secs_f64() * 1000.0),
                     cached: Some(module.cached),
+                    compiling: false,
                     released: Vec::new(),
                 };
                 match self.deploy(Program::Wasm(module), Some(path.clone())) {
@@ -161,10 +201,33 @@ impl Deployments {
             error: None,
             compile_ms: None,
             cached: None,
+            compiling: false,
             released: Vec::new(),
         });
         entry.hash = hash;
         entry.error = Some(error);
+        entry.compiling = false;
+    }
+
+    /// Mark `path` as being compiled (listed at once, even the first time it
+    /// is seen), or no longer.
+    fn compiling(&self, path: &Path, now: bool) {
+        let mut registry = self.registry();
+        if let Some(entry) = registry.files.get_mut(path) {
+            entry.compiling = now;
+        } else if now {
+            let entry = FileStatus {
+                path: path.to_owned(),
+                hash: None,
+                provides: None,
+                error: None,
+                compile_ms: None,
+                cached: None,
+                compiling: true,
+                released: Vec::new(),
+            };
+            registry.files.insert(path.to_owned(), entry);
+        }
     }
 
     /// What became of each module file.

@@ -26,12 +26,19 @@ impl CompileCache {
     }
 
     /// The compiled component for `bytes` (whose hash is `hash`), and whether
-    /// it came from the cache.
-    pub fn get_or_compile(&self, engine: &Engine, hash: &str, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
+    /// it came from the cache; `compiling` is called before a compile.
+    pub fn get_or_compile(
+        &self,
+        engine: &Engine,
+        hash: &str,
+        bytes: &[u8],
+        compiling: impl FnOnce(),
+    ) -> wasmtime::Result<(Component, bool)> {
         let path = self.dir.join(format!("{hash}-{}.cwasm", self.engine_key));
         if let Some(component) = self.load(engine, &path) {
             return Ok((component, true));
         }
+        compiling();
         let component = engine.compile(bytes)?;
         if let Err(e) = self.store(&component, &path) {
             tracing::warn!("cannot cache compiled code at {}: {e:#}", path.display());

@@ -121,8 +121,13 @@ impl Loader {
         }
         let hash = hex(&Sha256::digest(bytes));
         let started = Instant::now();
-        let (component, cached) =
-            self.cache.get_or_compile(&self.engine, &hash, bytes).map_err(|e| not_component(format!("{e:#}")))?;
+        // A big component compiles for seconds (minutes on a loaded machine):
+        // say so when it starts.
+        let compiling = || tracing::info!("compiling {shown} ({:.1} MB)", bytes.len() as f64 / 1e6);
+        let (component, cached) = self
+            .cache
+            .get_or_compile(&self.engine, &hash, bytes, compiling)
+            .map_err(|e| not_component(format!("{e:#}")))?;
         let compile_time = started.elapsed();
         let code = Code::link(&self.engine, &component)
             .map_err(|e| ModuleError::WrongWorld { path: shown.clone(), message: format!("{e:#}") })?;

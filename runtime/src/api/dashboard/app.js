@@ -141,7 +141,9 @@ function renderFolder(files) {
   show($('folder-empty'), files.length === 0);
   show($('files'), files.length > 0);
   keyed($('files'), JSON.stringify(files), () => files.map((f) => {
-    const status = f.error
+    const status = f.compiling
+      ? [h('span.badge.state-rebuilding', {}, 'compiling'), f.provides ? h('span.sub', {}, ` · ${f.provides} runs meanwhile`) : '']
+      : f.error
       ? [h('span.badge.state-stopped', {}, 'refused'), h('pre', { 'data-field': 'refusal' }, f.error)]
       : [h('span.badge.state-running', {}, f.kind ?? 'loaded'), ' ', h('span.provides', {}, `${f.provides}`),
         h('span.sub', {}, f.cached ? ' · from the compile cache' : f.compile_ms != null ? ` · compiled in ${count(f.compile_ms)} ms` : '')];
