@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{Backend, Harness, oneshot, urlencode, writers};
+use common::{Backend, Harness, oneshot, sse, urlencode, writers};
 use serde_json::{Value, json};
 
 /// Every event `GET /events` hands out after `after` (pages of `limit`),
@@ -26,6 +26,16 @@ async fn read_all(h: &Harness, query: &str, after: &str, limit: usize) -> (Vec<V
 
 fn positions(events: &[Value]) -> Vec<i64> {
     events.iter().map(|e| e["position"].as_i64().unwrap()).collect()
+}
+
+/// Waits until `n` events can be read: on PostgreSQL a transaction open
+/// anywhere in the cluster (another test's) holds delivery back a moment.
+async fn wait_deliverable(h: &Harness, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while h.get("/events?limit=10000").await["events"].as_array().unwrap().len() < n {
+        assert!(Instant::now() < deadline, "{n} events never became readable");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// An appended event: (position, stream, type, data).
@@ -50,6 +60,7 @@ async fn append_mixed(h: &Harness, n: usize) -> Vec<Appended> {
 async fn the_log_reads_page_by_page_in_delivery_order(backend: Backend) {
     let h = Harness::start(backend, &[]).await;
     let appended = append_mixed(&h, 30).await;
+    wait_deliverable(&h, appended.len()).await;
     let (events, end) = read_all(&h, "", "", 7).await;
     assert_eq!(positions(&events), appended.iter().map(|a| a.0).collect::<Vec<_>>(), "every event once, in order");
     for (event, (_, stream, event_type, data)) in events.iter().zip(&appended) {
@@ -219,4 +230,156 @@ both_backends!(
     the_log_reads_page_by_page_in_delivery_order,
     bad_requests_to_the_log_say_what_is_wrong,
     a_client_paging_under_concurrent_writers_sees_every_committed_event_once,
+);
+/// A small deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Appends `total` events through the API in appends of 1 to 50, to 32
+/// streams, types `t.even` and `t.odd` by position parity of the append.
+async fn append_spread(app: axum::Router, total: usize, seed: u64) {
+    let mut rng = Rng(seed);
+    let mut written = 0;
+    while written < total {
+        let n = (1 + rng.below(50) as usize).min(total - written);
+        let event_type = if rng.below(2) == 0 { "t.even" } else { "t.odd" };
+        let events: Vec<Value> =
+            (0..n).map(|i| json!({ "event_type": event_type, "data": { "i": written + i } })).collect();
+        let body = json!({ "stream_id": format!("s-{}", rng.below(32)), "events": events });
+        let (status, body) = oneshot(&app, "POST", "/events", Some(&body.to_string())).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        written += n;
+        if rng.below(4) == 0 {
+            tokio::time::sleep(Duration::from_millis(rng.below(3))).await;
+        }
+    }
+}
+
+/// Reads the live feed at `uri` until `want` events came, dropping the
+/// connection after a random number of messages (`disconnect_every` at
+/// most) and resuming with `Last-Event-ID` (the first time `start`).
+/// Returns the positions and the number of connections.
+async fn follow_live(
+    h: &Harness,
+    uri: &str,
+    start: Option<&str>,
+    want: usize,
+    disconnect_every: u64,
+    seed: u64,
+) -> (Vec<i64>, usize) {
+    let (mut got, mut last_id, mut rng, mut connections) = (Vec::new(), start.map(str::to_owned), Rng(seed), 0);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while got.len() < want {
+        let (status, content_type, mut stream) = sse::open(&h.app, uri, last_id.as_deref()).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type, "text/event-stream");
+        connections += 1;
+        let quota = 1 + rng.below(disconnect_every);
+        let mut read = 0;
+        while read < quota && got.len() < want {
+            let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+            let message = next.expect("the feed goes on").expect("the feed stays open");
+            last_id = message.id.clone().or(last_id);
+            match (message.event.as_str(), message.data.as_str()) {
+                ("message", "") => {} // progress: the id moved on
+                ("message", data) => {
+                    let event: Value = serde_json::from_str(data).unwrap();
+                    got.push(event["position"].as_i64().unwrap());
+                }
+                (other, data) => panic!("unexpected {other}: {data}"),
+            }
+            read += 1;
+        }
+        assert!(Instant::now() < deadline, "{} of {want} events", got.len());
+    }
+    (got, connections)
+}
+
+async fn a_live_client_disconnected_at_random_misses_doubles_and_reorders_nothing(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
+    let total: usize = std::env::var("REEL_LIVE_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    // Two clients at once, so one reconnects while the other keeps the
+    // live tail running ahead of it.
+    let writing = append_spread(h.app.clone(), total, 11);
+    let ((), (got, connections), (other, _)) = tokio::join!(
+        writing,
+        follow_live(&h, "/events/live", None, total, 3_000, 5),
+        follow_live(&h, "/events/live", None, total, 300, 6),
+    );
+    let want = committed(&h).await;
+    assert!(got == want, "every event once, in order, over {connections} connections: {} of {}", got.len(), want.len());
+    assert!(other == want, "the other client too");
+    // A filtered client gets the events of its types, the same way.
+    let even = h.get("/events?types=t.even&limit=10000").await;
+    let even = positions(even["events"].as_array().unwrap());
+    let (got, _) = follow_live(&h, "/events/live?types=t.even", None, even.len(), 500, 9).await;
+    assert_eq!(got, even, "the filtered feed");
+    h.finish().await;
+}
+
+async fn a_client_too_slow_for_its_buffer_is_cut_and_resumes_from_the_log(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
+    let source = h.server.services().source;
+    let (_, _, mut stream) = sse::open(&h.app, "/events/live", None).await;
+    h.append("first", None, json!([{ "event_type": "t", "data": {} }])).await;
+    let first = stream.next().await.unwrap();
+    assert!(first.data.contains("\"stream_id\":\"first\""), "{first:?}");
+    // The client stops reading while more than its buffer is committed.
+    let total = reel::testing::LIVE_BUFFER + 500;
+    for chunk in 0..total / 500 {
+        let events: Vec<Value> =
+            (0..500).map(|i| json!({ "event_type": "t", "data": { "i": chunk * 500 + i } })).collect();
+        h.append(&format!("s-{chunk}"), None, json!(events)).await;
+    }
+    // Wait for the live tail to have read it all.
+    let head = committed(&h).await.len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spans = source.live_spans();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = source.live_spans();
+        let (page, _) = read_all(&h, "", "0", 10_000).await;
+        if now == spans && page.len() == head {
+            break;
+        }
+        spans = now;
+        assert!(Instant::now() < deadline, "the tail keeps reading");
+    }
+    let cut = stream.next().await.expect("a last message");
+    assert_eq!(cut.event, "cut", "{cut:?}");
+    assert_eq!(cut.id.as_ref(), first.id.as_ref(), "it resumes after the last event it got");
+    let body: Value = serde_json::from_str(&cut.data).unwrap();
+    assert_eq!(body["resume_after"].as_str(), first.id.as_deref());
+    assert!(body["message"].as_str().unwrap().contains("reconnect with Last-Event-ID"), "{body}");
+    assert!(stream.next().await.is_none(), "the stream ends after the cut");
+    // Resumed, it reads the rest from the log: everything once, in order.
+    let (got, _) = follow_live(&h, "/events/live", cut.id.as_deref(), total, u64::MAX - 1, 1).await;
+    let want = &committed(&h).await[1..];
+    assert!(got == want, "the events after the cut: {} of {}", got.len(), want.len());
+    h.finish().await;
+}
+
+async fn a_resume_token_reel_did_not_hand_out_is_refused(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
+    for (uri, last_id) in [("/events/live?after=abc", None), ("/events/live", Some("1.2.3"))] {
+        let (status, _, stream) = sse::open(&h.app, uri, last_id).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let body: Value = serde_json::from_str(&stream.text().await).unwrap();
+        assert!(body["error"]["message"].as_str().unwrap().contains("is not a resume token"), "{body}");
+    }
+    h.finish().await;
+}
+
+both_backends!(
+    a_live_client_disconnected_at_random_misses_doubles_and_reorders_nothing,
+    a_client_too_slow_for_its_buffer_is_cut_and_resumes_from_the_log,
+    a_resume_token_reel_did_not_hand_out_is_refused,
 );

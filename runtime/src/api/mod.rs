@@ -4,6 +4,7 @@
 //!
 //! - [`events`]: `POST /events`.
 //! - [`log`]: `GET /events`, the log for consumers.
+//! - [`live`]: `GET /events/live`, new events as server-sent events.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
 //! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
@@ -16,6 +17,7 @@ mod dashboard;
 mod error;
 mod events;
 mod extract;
+mod live;
 mod log;
 mod projections;
 mod reads;
@@ -55,6 +57,7 @@ pub fn app(services: Services) -> Router {
         .route("/", get(dashboard::page))
         .route("/dashboard/{file}", get(dashboard::asset))
         .route("/events", post(events::append).get(log::read))
+        .route("/events/live", get(live::live))
         .route("/streams/{id}", get(streams::read))
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::show).delete(projections::delete))

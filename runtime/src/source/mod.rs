@@ -7,9 +7,11 @@
 //! filters and append requests. Both backends deliver each committed event
 //! exactly once, in an order that keeps every stream's versions ascending.
 
+mod feed;
 mod filter;
 mod pages;
 mod prefetch;
+mod tail;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,8 +21,10 @@ use reel_model::{Cursor, Event};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use feed::{Feed, FeedItem};
 pub use filter::Filter;
 pub use prefetch::Prefetcher;
+pub use tail::{LIVE_BUFFER, Span};
 
 /// Events read after a cursor.
 #[derive(Debug, Default)]
@@ -291,12 +295,14 @@ pub struct Source {
     log: Arc<dyn EventLog>,
     /// Readers serving pages to consumers ([`Source::read_page`]).
     pages: Arc<pages::ReaderPool>,
+    /// The live tail feeds follow ([`Source::follow`]).
+    tail: Arc<tail::Tail>,
 }
 
 impl Source {
     /// The event log `log`.
     pub fn new(log: impl EventLog + 'static) -> Self {
-        Self { log: Arc::new(log), pages: Arc::default() }
+        Self { log: Arc::new(log), pages: Arc::default(), tail: Arc::default() }
     }
 
     /// Refuses a cursor this log could not have handed out as a token.
@@ -367,6 +373,7 @@ impl Source {
 
     /// Stop background work (the LISTEN connection, the commit watcher).
     pub fn close(&self) {
+        self.tail.close();
         self.log.close()
     }
 
