@@ -1,6 +1,8 @@
 //! Runtime configuration: where data lives, what to serve, and the limits
 //! every projection runs under.
 
+pub mod tokens;
+
 use reel_model::OnError;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -37,6 +39,12 @@ pub struct Config {
     pub keep_old: bool,
     /// Settings of single projections, by name, over the defaults.
     pub projections: BTreeMap<String, ProjectionSettings>,
+    /// The API tokens and their scopes; none means no authentication.
+    pub tokens: tokens::Tokens,
+    /// `GET /metrics` answers without a token.
+    pub metrics_open: bool,
+    /// Serve a non-loopback address without tokens.
+    pub insecure: bool,
 }
 
 /// What one projection may override.
@@ -123,6 +131,9 @@ impl Default for Config {
             read_wait: Duration::from_secs(5),
             keep_old: false,
             projections: BTreeMap::new(),
+            tokens: tokens::Tokens::default(),
+            metrics_open: false,
+            insecure: false,
         }
     }
 }

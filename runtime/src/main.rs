@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand};
 use reel::Config;
+use reel::config::tokens::{self, Tokens};
 
 #[derive(Parser)]
 #[command(name = "reel", version, about = "A projection runtime for event-sourced systems")]
@@ -48,6 +49,15 @@ enum Command {
     Skip(PositionArgs),
     /// Delete a dead letter for good.
     Discard(PositionArgs),
+    /// Make a random API token and the line that lets `reel serve --tokens
+    /// FILE` accept it (reel keeps only its SHA-256).
+    Token {
+        /// Who holds it (shown in refusals and the log).
+        name: String,
+        /// What it may do: read, read:PROJECTION, append, admin (commas
+        /// between; admin includes the others).
+        scopes: String,
+    },
     /// Create a projection folder that builds and deploys as it is.
     New {
         /// The projection's name (a-z, 0-9, `-`, `_`).
@@ -151,6 +161,18 @@ struct ServeArgs {
     /// kv-value-kib, query-rows. Repeatable.
     #[arg(long = "set", value_name = "NAME.KEY=VALUE")]
     settings: Vec<String>,
+    /// API tokens, one a line: NAME SCOPES SECRET (`reel token` makes them).
+    /// REEL_TOKENS may hold more lines (or `;`-separated ones). Without any
+    /// token every route is open.
+    #[arg(long, value_name = "FILE", env = "REEL_TOKENS_FILE")]
+    tokens: Option<PathBuf>,
+    /// Serve GET /metrics without a token (for a scraper that sends none).
+    #[arg(long)]
+    metrics_open: bool,
+    /// Listen on a non-loopback address without tokens: anyone who reaches
+    /// the port may append, pause, rebuild and delete.
+    #[arg(long)]
+    insecure: bool,
 }
 
 impl ServeArgs {
@@ -175,6 +197,15 @@ impl ServeArgs {
         config.limits.kv_value_bytes = self.kv_value_kib << 10;
         config.limits.query_rows = self.query_rows;
         config.keep_old = self.keep_old;
+        config.metrics_open = self.metrics_open;
+        config.insecure = self.insecure;
+        if let Some(file) = &self.tokens {
+            config.tokens = Tokens::from_file(file).map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
+        }
+        if let Ok(lines) = std::env::var("REEL_TOKENS") {
+            let more = Tokens::parse(&lines.replace(';', "\n"), "REEL_TOKENS").map_err(anyhow::Error::msg)?;
+            config.tokens = config.tokens.merge(more).map_err(anyhow::Error::msg)?;
+        }
         for setting in &self.settings {
             let parsed = setting.split_once('=').and_then(|(target, value)| {
                 let (name, key) = target.split_once('.')?;
@@ -265,6 +296,16 @@ async fn main() -> anyhow::Result<()> {
                 dir.display(),
                 files.len(),
                 dir.display()
+            );
+            Ok(())
+        }
+        Command::Token { name, scopes } => {
+            let (token, line) = tokens::generate(&name, &scopes).map_err(anyhow::Error::msg)?;
+            println!("token: {token}");
+            println!("line:  {line}");
+            eprintln!(
+                "Give the token to its holder (REEL_TOKEN=... for the CLI, `Authorization: Bearer ...` over HTTP); \
+                 add the line to the --tokens file or REEL_TOKENS. reel keeps only the hash: the token cannot be shown again."
             );
             Ok(())
         }

@@ -22,11 +22,30 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    exposure(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let server = Server::start(config).await?;
     serve(server, listener, shutdown).await
+}
+
+/// Refuse to serve a non-loopback address without tokens, unless told
+/// `--insecure` (ADR 33): the quick start stays one command on loopback.
+fn exposure(config: &Config) -> anyhow::Result<()> {
+    if config.tokens.is_empty() {
+        anyhow::ensure!(
+            config.listen.ip().is_loopback() || config.insecure,
+            "reel will not listen on {} without API tokens: anyone who reaches it could append events, pause, \
+             rebuild and delete. Give tokens (--tokens FILE or REEL_TOKENS; `reel token NAME admin` makes one), \
+             listen on 127.0.0.1, or pass --insecure to serve it open anyway",
+            config.listen
+        );
+        if !config.listen.ip().is_loopback() {
+            tracing::warn!("--insecure: serving {} with no authentication", config.listen);
+        }
+    }
+    Ok(())
 }
 
 /// Serve the HTTP API of `server` on `listener` until `shutdown` resolves,
@@ -95,6 +114,7 @@ impl Server {
             deployments: self.inner.deployments.clone(),
             reads: self.inner.reads.clone(),
             source: self.inner.source.clone(),
+            access: api::Access::from_config(&self.inner.config),
         }
     }
 

@@ -11,8 +11,11 @@
 //! - [`streams`]: `GET /streams/{id}`, one stream's events in version order.
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 //! - [`dashboard`]: the page at `GET /`, over the routes above.
+//! - [`auth`]: every route's scope from `openapi.json`, checked against the
+//!   caller's token; a route without one is refused.
 
 mod admin;
+pub mod auth;
 mod dashboard;
 mod error;
 mod events;
@@ -27,6 +30,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
 
+pub use auth::Access;
 pub use error::ApiError;
 
 use crate::deploy::Deployments;
@@ -49,10 +53,31 @@ pub struct Services {
     pub deployments: Deployments,
     /// Appends and the head of the log.
     pub source: Source,
+    /// Who may call what.
+    pub access: std::sync::Arc<Access>,
 }
 
-/// The router, over a started reel's [`Services`].
+/// The router, over a started reel's [`Services`]: [`routes`] behind the
+/// scope check, so a route added there cannot escape it.
 pub fn app(services: Services) -> Router {
+    let access = services.access.clone();
+    routes()
+        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /openapi.json") })
+        .method_not_allowed_fallback(|method: axum::http::Method| async move {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here; see GET /openapi.json"),
+            )
+        })
+        .layer(axum::middleware::from_fn_with_state(access, auth::guard))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(services)
+}
+
+/// Every route; each needs its operation, with an `x-reel-scope`, in
+/// `openapi.json` (see [`auth`]).
+fn routes() -> Router<Services> {
     Router::new()
         .route("/", get(dashboard::page))
         .route("/dashboard/{file}", get(dashboard::asset))
@@ -77,14 +102,4 @@ pub fn app(services: Services) -> Router {
         .route("/healthz", get(projections::healthz))
         .route("/metrics", get(projections::metrics))
         .route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }))
-        .fallback(|| async { ApiError::not_found("no such endpoint; see GET /openapi.json") })
-        .method_not_allowed_fallback(|method: axum::http::Method| async move {
-            ApiError::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{method} is not allowed here; see GET /openapi.json"),
-            )
-        })
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(services)
 }

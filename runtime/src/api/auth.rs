@@ -1,0 +1,237 @@
+//! Deny by default (ADR 33): each route's scope is its operation's
+//! `x-reel-scope` in `openapi.json` (`open`, `read`, `append` or `admin`),
+//! read once and looked up by the route axum matched. A route whose
+//! operation declares no scope is refused whether or not tokens are set,
+//! so a new route cannot ship unguarded: declaring it is the only way in.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock};
+
+use axum::extract::{MatchedPath, RawPathParams, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::config::Config;
+use crate::config::tokens::{Scope, Token, Tokens};
+
+/// Who may call what: the tokens, and whether `/metrics` is open.
+#[derive(Clone, Debug, Default)]
+pub struct Access {
+    /// Accepted tokens; none turns authentication off.
+    pub tokens: Tokens,
+    /// `GET /metrics` without a token (for scrapers that send none).
+    pub metrics_open: bool,
+}
+
+impl Access {
+    /// As configured.
+    pub fn from_config(config: &Config) -> Arc<Self> {
+        Arc::new(Self { tokens: config.tokens.clone(), metrics_open: config.metrics_open })
+    }
+}
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Needs {
+    /// Nothing: the dashboard's files, `/healthz`, `/openapi.json`.
+    Open,
+    /// A token with this scope.
+    Token(Scope),
+}
+
+/// The scopes `openapi.json` declares, by (path template, method).
+pub struct RouteScopes {
+    scopes: HashMap<(String, Method), Needs>,
+    paths: HashSet<String>,
+    /// Operations whose `x-reel-scope` is missing or unknown (refused).
+    pub undeclared: Vec<String>,
+}
+
+impl RouteScopes {
+    /// Read the operations of an OpenAPI document.
+    pub fn parse(openapi: &str) -> Self {
+        let document: serde_json::Value = serde_json::from_str(openapi).expect("openapi.json is JSON");
+        let mut routes = Self { scopes: HashMap::new(), paths: HashSet::new(), undeclared: Vec::new() };
+        for (path, operations) in document["paths"].as_object().into_iter().flatten() {
+            routes.paths.insert(path.clone());
+            for (method, operation) in operations.as_object().into_iter().flatten() {
+                let Ok(method) = Method::from_bytes(method.to_ascii_uppercase().as_bytes()) else { continue };
+                let needs = match operation["x-reel-scope"].as_str() {
+                    Some("open") => Needs::Open,
+                    Some("read") => Needs::Token(Scope::Read),
+                    Some("append") => Needs::Token(Scope::Append),
+                    Some("admin") => Needs::Token(Scope::Admin),
+                    _ => {
+                        routes.undeclared.push(format!("{method} {path}"));
+                        continue;
+                    }
+                };
+                routes.scopes.insert((path.clone(), method), needs);
+            }
+        }
+        routes
+    }
+
+    /// What `method` on the route `template` (axum's syntax) needs.
+    pub fn lookup(&self, template: &str, method: &Method) -> Lookup {
+        // axum writes a catch-all `{*key}`; OpenAPI has no such syntax.
+        let path = template.replace("{*", "{");
+        let method = if method == Method::HEAD { &Method::GET } else { method };
+        match self.scopes.get(&(path.clone(), method.clone())) {
+            Some(needs) => Lookup::Declared(*needs),
+            None if self.paths.contains(&path) => Lookup::OtherMethod,
+            None => Lookup::Undeclared,
+        }
+    }
+}
+
+/// A route's declaration.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its operation's scope.
+    Declared(Needs),
+    /// The path is documented, this method is not: 405, as axum would.
+    OtherMethod,
+    /// Neither: refused.
+    Undeclared,
+}
+
+/// The scopes of reel's own `openapi.json`.
+pub static ROUTES: LazyLock<RouteScopes> = LazyLock::new(|| RouteScopes::parse(super::OPENAPI));
+
+/// The middleware: the caller's token against the matched route's scope.
+pub async fn guard(
+    State(access): State<Arc<Access>>,
+    matched: Option<MatchedPath>,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let method = request.method().clone();
+    let Some(matched) = matched else {
+        // No route matched: reel's 404 (nothing behind it) once authenticated.
+        if access.tokens.is_empty() || caller(&access.tokens, &request).is_ok() {
+            return next.run(request).await;
+        }
+        return unauthorized(caller(&access.tokens, &request).err().unwrap_or(Presented::None));
+    };
+    let needs = match ROUTES.lookup(matched.as_str(), &method) {
+        Lookup::Declared(needs) => needs,
+        Lookup::OtherMethod => {
+            return ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here; see GET /openapi.json"),
+            )
+            .into_response();
+        }
+        Lookup::Undeclared => {
+            tracing::error!("{method} {} has no x-reel-scope in openapi.json: refused", matched.as_str());
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "undeclared_route",
+                format!("{method} {} declares no scope in reel's openapi.json; reel refuses it", matched.as_str()),
+            )
+            .into_response();
+        }
+    };
+    let scope = match needs {
+        Needs::Open => return next.run(request).await,
+        Needs::Token(_) if access.tokens.is_empty() => return next.run(request).await,
+        Needs::Token(_) if access.metrics_open && matched.as_str() == "/metrics" => return next.run(request).await,
+        Needs::Token(scope) => scope,
+    };
+    let token = match caller(&access.tokens, &request) {
+        Ok(token) => token,
+        Err(presented) => return unauthorized(presented),
+    };
+    let projection = params.ok().and_then(|p| p.iter().find(|(k, _)| *k == "name").map(|(_, v)| v.to_owned()));
+    if !token.grants.allow(scope, projection.as_deref()) {
+        let which = match (scope, &projection) {
+            (Scope::Read, Some(name)) => format!("`read` (or `read:{name}`)"),
+            _ => format!("`{}`", scope.name()),
+        };
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("the token `{}` may not {method} {}: that needs scope {which}", token.name, matched.as_str()),
+        )
+        .into_response();
+    }
+    if scope == Scope::Admin {
+        tracing::info!(token = %token.name, "{method} {}", request.uri().path());
+    }
+    next.run(request).await
+}
+
+/// What a request presented, when it is not an accepted token.
+#[derive(Debug, Clone, Copy)]
+enum Presented {
+    None,
+    Unknown,
+}
+
+/// The token of the request's `Authorization: Bearer`.
+fn caller<'a>(tokens: &'a Tokens, request: &Request) -> Result<&'a Token, Presented> {
+    let header = request.headers().get(header::AUTHORIZATION).ok_or(Presented::None)?;
+    let value = header.to_str().map_err(|_| Presented::Unknown)?;
+    let (kind, token) = value.split_once(' ').ok_or(Presented::Unknown)?;
+    if !kind.eq_ignore_ascii_case("bearer") {
+        return Err(Presented::Unknown);
+    }
+    tokens.find(token.trim()).ok_or(Presented::Unknown)
+}
+
+fn unauthorized(presented: Presented) -> Response {
+    let (message, challenge) = match presented {
+        Presented::None => (
+            "this route needs a token: send `Authorization: Bearer TOKEN` (the CLI: --token or REEL_TOKEN)",
+            r#"Bearer realm="reel""#,
+        ),
+        Presented::Unknown => ("the token is not one reel accepts", r#"Bearer realm="reel", error="invalid_token""#),
+    };
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn a_route_without_a_declared_scope_is_refused_even_without_tokens() {
+        let app = axum::Router::new()
+            .route("/undeclared", axum::routing::get(|| async { "served" }))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(Access::default()), guard));
+        let request = Request::builder().uri("/undeclared").body(axum::body::Body::empty()).unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["error"]["code"], "undeclared_route");
+        assert_eq!(body["error"]["message"], "GET /undeclared declares no scope in reel's openapi.json; reel refuses it");
+    }
+
+    #[test]
+    fn every_operation_of_openapi_declares_a_scope() {
+        assert_eq!(ROUTES.undeclared, Vec::<String>::new(), "operations without a valid x-reel-scope");
+    }
+
+    #[test]
+    fn routes_are_found_by_axum_template_and_method() {
+        let routes = RouteScopes::parse(
+            r#"{"paths": {"/a/{key}": {"get": {"x-reel-scope": "read"}, "post": {}}, "/b": {"get": {"x-reel-scope": "open"}}}}"#,
+        );
+        assert_eq!(routes.lookup("/a/{*key}", &Method::GET), Lookup::Declared(Needs::Token(Scope::Read)));
+        assert_eq!(routes.lookup("/a/{*key}", &Method::HEAD), Lookup::Declared(Needs::Token(Scope::Read)));
+        assert_eq!(routes.lookup("/a/{key}", &Method::POST), Lookup::OtherMethod);
+        assert_eq!(routes.lookup("/b", &Method::GET), Lookup::Declared(Needs::Open));
+        assert_eq!(routes.lookup("/c", &Method::GET), Lookup::Undeclared);
+        assert_eq!(routes.undeclared, vec!["POST /a/{key}".to_owned()]);
+    }
+}

@@ -1,0 +1,150 @@
+//! Tokens and scopes: every operation of `openapi.json` called with no
+//! token and with each scope answers as its `x-reel-scope` says. Above the
+//! backends, so on SQLite only.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use reel::config::tokens::Tokens;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use common::{Backend, Harness};
+
+const READER: &str = "reader-token-0123456789";
+const WRITER: &str = "writer-token-0123456789";
+const ADMIN: &str = "admin-token-0123456789";
+/// May read only the projection `other`.
+const NARROW: &str = "narrow-token-0123456789";
+
+async fn start() -> Harness {
+    let lines = format!("reader read {READER}\nwriter append {WRITER}\nadmin admin {ADMIN}\nnarrow read:other {NARROW}");
+    let tokens = Tokens::parse(&lines, "test").unwrap();
+    Harness::start_with(Backend::Sqlite, &["customer_stats"], |config| config.tokens = tokens).await
+}
+
+/// (status, WWW-Authenticate, JSON body) of a request with `token`.
+async fn call(h: &Harness, method: &str, uri: &str, token: Option<&str>) -> (StatusCode, Option<String>, Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let body = if method == "POST" { Body::from("{}") } else { Body::empty() };
+    let request = request.header(header::CONTENT_TYPE, "application/json").body(body).unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let challenge = response.headers().get(header::WWW_AUTHENTICATE).map(|v| v.to_str().unwrap().to_owned());
+    // A streaming route's body never ends: its status is what is checked.
+    let bytes = match tokio::time::timeout(std::time::Duration::from_millis(200), response.into_body().collect()).await
+    {
+        Ok(body) => body.unwrap().to_bytes(),
+        Err(_) => Default::default(),
+    };
+    (status, challenge, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+/// A concrete URI for an OpenAPI path template.
+fn concrete(template: &str) -> String {
+    template
+        .replace("{name}", "customer-stats")
+        .replace("{file}", "app.js")
+        .replace("{position}", "1")
+        .replace("{key}", "customer/c")
+        .split('/')
+        .map(|segment| if segment.starts_with('{') { "x" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_operation_answers_each_scope_as_declared() {
+    let h = start().await;
+    let openapi: Value = serde_json::from_str(reel::api::OPENAPI).unwrap();
+    let mut checked = 0;
+    for (template, operations) in openapi["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let method = method.to_uppercase();
+            let scope = operation["x-reel-scope"].as_str().unwrap_or_else(|| panic!("{method} {template}: no x-reel-scope"));
+            let uri = concrete(template);
+            for (who, token) in [("no token", None), ("read", Some(READER)), ("append", Some(WRITER)), ("admin", Some(ADMIN))] {
+                let (status, challenge, body) = call(&h, &method, &uri, token).await;
+                let allowed = scope == "open" || token == Some(ADMIN) || Some(scope) == token.map(|_| who);
+                let context = format!("{method} {uri} (scope {scope}) with {who}: {status} {body}");
+                if allowed {
+                    assert!(status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN, "{context}");
+                } else if token.is_none() {
+                    assert_eq!(status, StatusCode::UNAUTHORIZED, "{context}");
+                    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="reel""#), "{context}");
+                    assert_eq!(body["error"]["code"], "unauthorized", "{context}");
+                } else {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{context}");
+                    assert_eq!(body["error"]["code"], "forbidden", "{context}");
+                    assert!(body["error"]["message"].as_str().unwrap().contains(&format!("scope `{scope}`")), "{context}");
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 4 * 21, "walked {checked} calls");
+
+    // A token reel does not know is no token, said so.
+    let (status, challenge, body) = call(&h, "GET", "/projections", Some("not-a-token-reel-knows")).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNAUTHORIZED, Some("unauthorized")));
+    assert_eq!(challenge.as_deref(), Some(r#"Bearer realm="reel", error="invalid_token""#));
+
+    // `read:other` reads `other`'s routes, and nothing else.
+    let (status, _, body) = call(&h, "GET", "/projections/customer-stats/kv/customer/c", Some(NARROW)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        body["error"]["message"],
+        "the token `narrow` may not GET /projections/{name}/kv/{*key}: that needs scope `read` (or `read:customer-stats`)"
+    );
+    let (status, _, body) = call(&h, "GET", "/projections/other/kv/customer/c", Some(NARROW)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _, _) = call(&h, "GET", "/projections", Some(NARROW)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Paths no route serves: 401 before the 404, a wrong method still 405.
+    let (status, _, _) = call(&h, "GET", "/nowhere", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, _) = call(&h, "GET", "/nowhere", Some(READER)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = call(&h, "PUT", "/events", Some(ADMIN)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::METHOD_NOT_ALLOWED, Some("method_not_allowed")));
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_be_open_and_no_tokens_means_no_authentication() {
+    let tokens = Tokens::parse(&format!("admin admin {ADMIN}"), "test").unwrap();
+    let h = Harness::start_with(Backend::Sqlite, &[], |config| {
+        config.tokens = tokens;
+        config.metrics_open = true;
+    })
+    .await;
+    assert_eq!(call(&h, "GET", "/metrics", None).await.0, StatusCode::OK);
+    assert_eq!(call(&h, "GET", "/projections", None).await.0, StatusCode::UNAUTHORIZED);
+    h.finish().await;
+
+    let h = Harness::start(Backend::Sqlite, &[]).await;
+    assert_eq!(call(&h, "GET", "/projections", None).await.0, StatusCode::OK);
+    assert_eq!(call(&h, "GET", "/metrics", None).await.0, StatusCode::OK);
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_to_serve_beyond_loopback_without_tokens_unless_insecure() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.listen = "0.0.0.0:0".parse().unwrap();
+    let error = reel::run(config.clone(), async {}).await.unwrap_err().to_string();
+    assert!(error.starts_with("reel will not listen on 0.0.0.0:0 without API tokens"), "{error}");
+
+    config.insecure = true;
+    reel::run(config.clone(), async {}).await.expect("--insecure serves it open");
+    config.insecure = false;
+    config.tokens = Tokens::parse(&format!("admin admin {ADMIN}"), "test").unwrap();
+    reel::run(config, async {}).await.expect("tokens protect it");
+}
