@@ -11,9 +11,24 @@ use std::time::Duration;
 
 use crate::client::Client;
 
+/// The server a command talks to, and the token it sends (`--server`,
+/// `--token`; `REEL_SERVER`, `REEL_TOKEN`).
+pub struct Remote {
+    /// `http://host:port`.
+    pub url: String,
+    /// An API token, if the server wants one.
+    pub token: Option<String>,
+}
+
+impl Remote {
+    fn connect(&self) -> Result<Client, String> {
+        Ok(Client::connect(&self.url)?.with_token(self.token.as_deref()))
+    }
+}
+
 /// `reel status [NAME]`: a table of projections, or one projection's status.
-pub fn status(server: &str, name: Option<&str>) -> Result<(), String> {
-    let mut client = Client::connect(server)?;
+pub fn status(server: &Remote, name: Option<&str>) -> Result<(), String> {
+    let mut client = server.connect()?;
     let path = name.map_or_else(|| "/projections".to_owned(), |n| format!("/projections/{n}"));
     let response = client.get(&path)?;
     if response.status != 200 {
@@ -58,8 +73,8 @@ fn row(label: &str, v: &serde_json::Value, head: &serde_json::Value, error: &str
 }
 
 /// `reel pause|resume|delete NAME`.
-pub fn control(server: &str, name: &str, action: &str) -> Result<(), String> {
-    let mut client = Client::connect(server)?;
+pub fn control(server: &Remote, name: &str, action: &str) -> Result<(), String> {
+    let mut client = server.connect()?;
     let response = match action {
         "delete" => client.delete(&format!("/projections/{name}"))?,
         other => client.post(&format!("/projections/{name}/{other}"), None)?,
@@ -74,8 +89,8 @@ pub fn control(server: &str, name: &str, action: &str) -> Result<(), String> {
 /// `reel skip NAME POSITION` (the event a stopped projection halted at goes
 /// to the dead letters; it goes on after it) and `reel discard NAME
 /// POSITION` (a dead letter is deleted for good).
-pub fn poison(server: &str, name: &str, action: &str, position: i64) -> Result<(), String> {
-    let mut client = Client::connect(server)?;
+pub fn poison(server: &Remote, name: &str, action: &str, position: i64) -> Result<(), String> {
+    let mut client = server.connect()?;
     let response = match action {
         "skip" => client.post(&format!("/projections/{name}/skip/{position}"), None)?,
         _ => client.delete(&format!("/projections/{name}/dead-letters/{position}"))?,
@@ -95,8 +110,8 @@ pub fn poison(server: &str, name: &str, action: &str, position: i64) -> Result<(
 
 /// `reel rebuild NAME`: start a rebuild, then show its progress until reads
 /// have switched to it (unless `wait` is false).
-pub fn rebuild(server: &str, name: &str, wait: bool) -> Result<(), String> {
-    let mut client = Client::connect(server)?;
+pub fn rebuild(server: &Remote, name: &str, wait: bool) -> Result<(), String> {
+    let mut client = server.connect()?;
     let response = client.post(&format!("/projections/{name}/rebuild"), None)?;
     if response.status != 202 {
         return Err(response.message());
@@ -179,7 +194,7 @@ fn progress_line(position: i64, head: i64, rate: f64, eta: Option<f64>, elapsed:
 /// `reel generate`: where the workload goes.
 pub enum Target {
     /// A server's `POST /events`.
-    Server(String),
+    Server(Remote),
     /// An embedded data folder's `events.db`.
     DataDir(PathBuf),
     /// A PostgreSQL database's events table (created if absent).
@@ -195,9 +210,9 @@ pub async fn generate(orders: usize, seed: u64, customers: Option<usize>, target
     }
     let events = generate(&workload);
     Ok(match target {
-        Target::Server(url) => {
-            tokio::task::spawn_blocking(move || load::append_http(&url, &events)).await?.map_err(anyhow::Error::msg)?
-        }
+        Target::Server(remote) => tokio::task::spawn_blocking(move || load::append_through(remote.connect()?, &events))
+            .await?
+            .map_err(anyhow::Error::msg)?,
         Target::DataDir(dir) => {
             std::fs::create_dir_all(&dir)?;
             let db = dir.join("events.db");

@@ -8,6 +8,8 @@ use std::time::Duration;
 /// One keep-alive connection to a reel server.
 pub struct Client {
     host: String,
+    /// Sent as `Authorization: Bearer` on every request.
+    token: Option<String>,
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
@@ -50,7 +52,13 @@ impl Client {
         // waited for the delayed ACK of this one (~40 ms a request).
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(Self { host, reader: BufReader::new(stream), writer })
+        Ok(Self { host, token: None, reader: BufReader::new(stream), writer })
+    }
+
+    /// Send `token` (an API token; ADR 33) with every request.
+    pub fn with_token(mut self, token: Option<&str>) -> Self {
+        self.token = token.map(str::to_owned);
+        self
     }
 
     /// `GET path`.
@@ -70,8 +78,9 @@ impl Client {
 
     fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<Response, String> {
         let body = body.unwrap_or("");
+        let authorization = self.token.as_ref().map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
         let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             self.host,
             body.len()
         );

@@ -86,6 +86,9 @@ struct GenerateArgs {
     /// Append through this server's POST /events (http://host:port).
     #[arg(long)]
     server: Option<String>,
+    /// The API token to send with --server (needs scope `append`).
+    #[arg(long, env = "REEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Insert straight into this embedded data folder's events.db.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -99,6 +102,15 @@ struct Target {
     /// The reel server to talk to.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "REEL_SERVER")]
     server: String,
+    /// The API token to send (see `reel token`).
+    #[arg(long, env = "REEL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Target {
+    fn remote(&self) -> reel::cli::Remote {
+        reel::cli::Remote { url: self.server.clone(), token: self.token.clone() }
+    }
 }
 
 #[derive(Args)]
@@ -267,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Generate(args) => {
             let target = match (args.server, args.data_dir, args.database) {
-                (Some(url), _, _) => reel::cli::Target::Server(url),
+                (Some(url), _, _) => reel::cli::Target::Server(reel::cli::Remote { url, token: args.token }),
                 (None, Some(dir), _) => reel::cli::Target::DataDir(dir),
                 (None, None, Some(url)) => reel::cli::Target::Database(url),
                 (None, None, None) => unreachable!("clap requires one of the target group"),
@@ -277,16 +289,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { name, target } => {
-            Ok(reel::cli::status(&target.server, name.as_deref()).map_err(anyhow::Error::msg)?)
+            Ok(reel::cli::status(&target.remote(), name.as_deref()).map_err(anyhow::Error::msg)?)
         }
-        Command::Pause(p) => Ok(reel::cli::control(&p.target.server, &p.name, "pause").map_err(anyhow::Error::msg)?),
-        Command::Resume(p) => Ok(reel::cli::control(&p.target.server, &p.name, "resume").map_err(anyhow::Error::msg)?),
-        Command::Delete(p) => Ok(reel::cli::control(&p.target.server, &p.name, "delete").map_err(anyhow::Error::msg)?),
+        Command::Pause(p) => Ok(reel::cli::control(&p.target.remote(), &p.name, "pause").map_err(anyhow::Error::msg)?),
+        Command::Resume(p) => Ok(reel::cli::control(&p.target.remote(), &p.name, "resume").map_err(anyhow::Error::msg)?),
+        Command::Delete(p) => Ok(reel::cli::control(&p.target.remote(), &p.name, "delete").map_err(anyhow::Error::msg)?),
         Command::Skip(p) => {
-            Ok(reel::cli::poison(&p.target.server, &p.name, "skip", p.position).map_err(anyhow::Error::msg)?)
+            Ok(reel::cli::poison(&p.target.remote(), &p.name, "skip", p.position).map_err(anyhow::Error::msg)?)
         }
         Command::Discard(p) => {
-            Ok(reel::cli::poison(&p.target.server, &p.name, "discard", p.position).map_err(anyhow::Error::msg)?)
+            Ok(reel::cli::poison(&p.target.remote(), &p.name, "discard", p.position).map_err(anyhow::Error::msg)?)
         }
         Command::New { name, lang, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
@@ -310,7 +322,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rebuild { projection, no_wait } => {
-            Ok(reel::cli::rebuild(&projection.target.server, &projection.name, !no_wait).map_err(anyhow::Error::msg)?)
+            Ok(reel::cli::rebuild(&projection.target.remote(), &projection.name, !no_wait)
+                .map_err(anyhow::Error::msg)?)
         }
     }
 }

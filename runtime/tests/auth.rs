@@ -148,3 +148,51 @@ async fn refuses_to_serve_beyond_loopback_without_tokens_unless_insecure() {
     config.tokens = Tokens::parse(&format!("admin admin {ADMIN}"), "test").unwrap();
     reel::run(config, async {}).await.expect("tokens protect it");
 }
+
+/// `reel ARGS` with `env`: (success, stdout, stderr).
+fn reel(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(args)
+        .env_remove("REEL_TOKEN")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_the_token_reel_token_made() {
+    let (ok, out, _) = reel(&["token", "ops", "admin"], &[]);
+    assert!(ok, "{out}");
+    let token = out.lines().find_map(|l| l.strip_prefix("token: ")).unwrap().to_owned();
+    let line = out.lines().find_map(|l| l.strip_prefix("line:  ")).unwrap().to_owned();
+    assert!(line.starts_with("ops admin sha256:") && !line.contains(&token), "{line}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = common::test_config(dir.path());
+    config.tokens = Tokens::parse(&line, "test").unwrap();
+    let started = reel::Server::start(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(reel::serve(started, listener, async {
+        let _ = stopped.await;
+    }));
+    let result = tokio::task::spawn_blocking(move || {
+        let (ok, _, err) = reel(&["status", "--server", &url], &[]);
+        assert!(!ok);
+        assert!(err.contains("this route needs a token: send `Authorization: Bearer TOKEN`"), "{err}");
+        let (ok, out, err) = reel(&["status", "--server", &url], &[("REEL_TOKEN", &token)]);
+        assert!(ok, "{err}");
+        assert!(out.starts_with("projection"), "{out}");
+        let (ok, out, err) = reel(&["generate", "--orders", "3", "--server", &url, "--token", &token], &[]);
+        assert!(ok, "{err}");
+        assert!(out.starts_with("appended 3 orders"), "{out}");
+        let (ok, _, err) = reel(&["pause", "nothing", "--server", &url, "--token", "reel_not-a-token-it-knows"], &[]);
+        assert!(!ok && err.contains("the token is not one reel accepts"), "{err}");
+    })
+    .await;
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    result.unwrap();
+}

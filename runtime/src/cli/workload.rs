@@ -375,7 +375,11 @@ pub mod load {
     /// per event, with its expected version), over one keep-alive connection.
     /// Returns the last position.
     pub fn append_http(base_url: &str, events: &[OrderEvent]) -> Result<i64, String> {
-        let mut client = crate::client::Client::connect(base_url)?;
+        append_through(crate::client::Client::connect(base_url)?, events)
+    }
+
+    /// [`append_http`] over a connected client (one carrying a token, say).
+    pub fn append_through(mut client: crate::client::Client, events: &[OrderEvent]) -> Result<i64, String> {
         let mut last = 0;
         for e in events {
             let body = serde_json::json!({
