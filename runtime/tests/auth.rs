@@ -20,7 +20,8 @@ const ADMIN: &str = "admin-token-0123456789";
 const NARROW: &str = "narrow-token-0123456789";
 
 async fn start() -> Harness {
-    let lines = format!("reader read {READER}\nwriter append {WRITER}\nadmin admin {ADMIN}\nnarrow read:other {NARROW}");
+    let lines =
+        format!("reader read {READER}\nwriter append {WRITER}\nadmin admin {ADMIN}\nnarrow read:other {NARROW}");
     let tokens = Tokens::parse(&lines, "test").unwrap();
     Harness::start_with(Backend::Sqlite, &["customer_stats"], |config| config.tokens = tokens).await
 }
@@ -66,9 +67,12 @@ async fn every_operation_answers_each_scope_as_declared() {
     for (template, operations) in openapi["paths"].as_object().unwrap() {
         for (method, operation) in operations.as_object().unwrap() {
             let method = method.to_uppercase();
-            let scope = operation["x-reel-scope"].as_str().unwrap_or_else(|| panic!("{method} {template}: no x-reel-scope"));
+            let scope =
+                operation["x-reel-scope"].as_str().unwrap_or_else(|| panic!("{method} {template}: no x-reel-scope"));
             let uri = concrete(template);
-            for (who, token) in [("no token", None), ("read", Some(READER)), ("append", Some(WRITER)), ("admin", Some(ADMIN))] {
+            for (who, token) in
+                [("no token", None), ("read", Some(READER)), ("append", Some(WRITER)), ("admin", Some(ADMIN))]
+            {
                 let (status, challenge, body) = call(&h, &method, &uri, token).await;
                 let allowed = scope == "open" || token == Some(ADMIN) || Some(scope) == token.map(|_| who);
                 let context = format!("{method} {uri} (scope {scope}) with {who}: {status} {body}");
@@ -81,7 +85,10 @@ async fn every_operation_answers_each_scope_as_declared() {
                 } else {
                     assert_eq!(status, StatusCode::FORBIDDEN, "{context}");
                     assert_eq!(body["error"]["code"], "forbidden", "{context}");
-                    assert!(body["error"]["message"].as_str().unwrap().contains(&format!("scope `{scope}`")), "{context}");
+                    assert!(
+                        body["error"]["message"].as_str().unwrap().contains(&format!("scope `{scope}`")),
+                        "{context}"
+                    );
                 }
                 checked += 1;
             }
@@ -157,7 +164,11 @@ fn reel(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).into(), String::from_utf8_lossy(&output.stderr).into())
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into(),
+        String::from_utf8_lossy(&output.stderr).into(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,4 +206,55 @@ async fn the_cli_sends_the_token_reel_token_made() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     result.unwrap();
+}
+
+/// (status, Set-Cookie, JSON body) of a request with these headers.
+async fn call_with(
+    h: &Harness,
+    method: &str,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, Option<String>, Value) {
+    let mut request = Request::builder().method(method).uri(uri).header(header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = h.app.clone().oneshot(request.body(Body::from(body.to_owned())).unwrap()).await.unwrap();
+    let status = response.status();
+    let cookie = response.headers().get(header::SET_COOKIE).map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, cookie, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_signs_in_for_a_cookie_that_needs_a_csrf_header_to_change_anything() {
+    let h = start().await;
+    let (status, _, body) = call_with(&h, "GET", "/session", &[], "").await;
+    assert_eq!((status, &body), (StatusCode::OK, &serde_json::json!({ "authentication": true, "token": null })));
+    let (status, cookie, _) = call_with(&h, "POST", "/session", &[], r#"{"token": "not-a-token-reel-knows"}"#).await;
+    assert_eq!((status, cookie), (StatusCode::UNAUTHORIZED, None));
+
+    let (status, cookie, body) = call_with(&h, "POST", "/session", &[], &format!(r#"{{"token": "{ADMIN}"}}"#)).await;
+    assert_eq!((status, &body), (StatusCode::OK, &serde_json::json!({ "token": "admin" })));
+    let cookie = cookie.unwrap();
+    assert_eq!(cookie, format!("reel_session={ADMIN}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"));
+    let cookie = cookie.split(';').next().unwrap().to_owned();
+    let jar = [("cookie", cookie.as_str())];
+    assert_eq!(call_with(&h, "GET", "/session", &jar, "").await.2["token"], "admin");
+    let (status, _, body) = call_with(&h, "GET", "/projections", &jar, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Changing state by cookie alone is what a cross-site form could do.
+    let (status, _, body) = call_with(&h, "POST", "/projections/customer-stats/pause", &jar, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")), "{body}");
+    assert_eq!(body["error"]["message"], "a POST signed in by the session cookie must carry the x-reel-csrf header");
+    let csrf = [jar[0], ("x-reel-csrf", "1")];
+    let (status, _, body) = call_with(&h, "POST", "/projections/customer-stats/pause", &csrf, "").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let (status, cookie, _) = call_with(&h, "DELETE", "/session", &jar, "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(cookie.unwrap().starts_with("reel_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"));
+    h.finish().await;
 }

@@ -24,10 +24,19 @@ use webdriver::Browser;
 /// Long enough for a few of the page's one-second polls on a busy machine.
 const SEEN_WITHIN: Duration = Duration::from_secs(15);
 
+/// The server has tokens: the page signs in with this one (ADR 33).
+const TOKEN: &str = "dashboard-test-admin-token";
+
+/// Append through the API with [`TOKEN`].
+fn append(base: &str, events: &[reel::workload::OrderEvent]) {
+    load::append_through(Client::connect(base).unwrap().with_token(Some(TOKEN)), events).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_what_the_api_says_pauses_and_fits_a_phone() {
     let modules = ["order_summaries", "customer_stats", "fixture_faulty", "fixture_skipper"];
     let harness = Harness::start_with(Backend::Sqlite, &modules, |config| {
+        config.tokens = reel::config::tokens::Tokens::parse(&format!("browser admin {TOKEN}"), "test").unwrap();
         // The screenshots' large batches in a debug build need more than
         // the tests' short CPU deadline.
         if std::env::var_os("REEL_DASHBOARD_SCREENSHOTS").is_some() {
@@ -83,8 +92,8 @@ async fn the_page_and_its_files_are_served_with_their_types_and_revalidated() {
 
 fn browse(addr: SocketAddr, data_dir: PathBuf) {
     let base = format!("http://{addr}");
-    let mut api = Api(Client::connect(&base).unwrap());
-    load::append_http(&base, &generate(&OrderWorkload::new(60, 7))).unwrap();
+    let mut api = Api(Client::connect(&base).unwrap().with_token(Some(TOKEN)));
+    append(&base, &generate(&OrderWorkload::new(60, 7)));
     // A poison event: `faulty` stops at it, `skipper` sets it aside as a
     // dead letter (and another one, to discard from the page).
     api.post(
@@ -98,6 +107,17 @@ fn browse(addr: SocketAddr, data_dir: PathBuf) {
     let mut browser = Browser::start();
     browser.window(1280, 1000);
     browser.goto(&base);
+
+    // reel has tokens: the page asks for one, and signs in with it (its
+    // polls, then its buttons, go with the session cookie).
+    browser.wait("the page asks for a token", SEEN_WITHIN, |b| {
+        let asked = b.script("return !document.getElementById('sign-in').hidden;", json!([]));
+        if asked == json!(true) { Ok(()) } else { Err(asked.to_string()) }
+    });
+    browser.script(
+        "document.getElementById('token').value = arguments[0]; document.getElementById('sign-in').requestSubmit();",
+        json!([TOKEN]),
+    );
 
     // Every projection has its row, with the state, version, position, head,
     // lag and dead letters `GET /projections` gives.
@@ -183,7 +203,7 @@ fn browse(addr: SocketAddr, data_dir: PathBuf) {
         if state == "paused" { Ok(()) } else { Err(state) }
     });
     assert_eq!(api.get("/projections/customer-stats")["state"], "paused");
-    load::append_http(&base, &generate(&OrderWorkload::new(15, 8))).unwrap();
+    append(&base, &generate(&OrderWorkload::new(15, 8)));
     api.settle();
     let lag = api.get("/projections/customer-stats")["lag"].as_i64().unwrap();
     assert!(lag > 0, "a paused projection falls behind");
@@ -326,8 +346,7 @@ fn screenshots(browser: &mut Browser, api: &mut Api, base: &str, data_dir: &std:
         let base = base.to_owned();
         std::thread::spawn(move || {
             for seed in 0..80 {
-                load::append_http(&base, &generate(&OrderWorkload::new(20 + seed * 7 % 40, 100 + seed as u64)))
-                    .unwrap();
+                append(&base, &generate(&OrderWorkload::new(20 + seed * 7 % 40, 100 + seed as u64)));
                 std::thread::sleep(Duration::from_millis(250));
             }
         })

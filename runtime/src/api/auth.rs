@@ -13,6 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+use super::session::{self, CSRF_HEADER};
 use crate::config::Config;
 use crate::config::tokens::{Scope, Token, Tokens};
 
@@ -23,12 +24,14 @@ pub struct Access {
     pub tokens: Tokens,
     /// `GET /metrics` without a token (for scrapers that send none).
     pub metrics_open: bool,
+    /// Served over TLS: the session cookie is `Secure`.
+    pub tls: bool,
 }
 
 impl Access {
     /// As configured.
     pub fn from_config(config: &Config) -> Arc<Self> {
-        Arc::new(Self { tokens: config.tokens.clone(), metrics_open: config.metrics_open })
+        Arc::new(Self { tokens: config.tokens.clone(), metrics_open: config.metrics_open, tls: false })
     }
 }
 
@@ -112,10 +115,11 @@ pub async fn guard(
     let method = request.method().clone();
     let Some(matched) = matched else {
         // No route matched: reel's 404 (nothing behind it) once authenticated.
-        if access.tokens.is_empty() || caller(&access.tokens, &request).is_ok() {
-            return next.run(request).await;
-        }
-        return unauthorized(caller(&access.tokens, &request).err().unwrap_or(Presented::None));
+        return match caller(&access.tokens, &request) {
+            _ if access.tokens.is_empty() => next.run(request).await,
+            Ok(_) => next.run(request).await,
+            Err(presented) => unauthorized(presented),
+        };
     };
     let needs = match ROUTES.lookup(matched.as_str(), &method) {
         Lookup::Declared(needs) => needs,
@@ -144,7 +148,16 @@ pub async fn guard(
         Needs::Token(scope) => scope,
     };
     let token = match caller(&access.tokens, &request) {
-        Ok(token) => token,
+        Ok(Caller::Header(token)) => token,
+        Ok(Caller::Cookie(token)) if changes_nothing(&method) || request.headers().contains_key(CSRF_HEADER) => token,
+        Ok(Caller::Cookie(_)) => {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "csrf",
+                format!("a {method} signed in by the session cookie must carry the {CSRF_HEADER} header"),
+            )
+            .into_response();
+        }
         Err(presented) => return unauthorized(presented),
     };
     let projection = params.ok().and_then(|p| p.iter().find(|(k, _)| *k == "name").map(|(_, v)| v.to_owned()));
@@ -173,15 +186,33 @@ enum Presented {
     Unknown,
 }
 
-/// The token of the request's `Authorization: Bearer`.
-fn caller<'a>(tokens: &'a Tokens, request: &Request) -> Result<&'a Token, Presented> {
-    let header = request.headers().get(header::AUTHORIZATION).ok_or(Presented::None)?;
+/// How a request presented its accepted token.
+enum Caller<'a> {
+    /// `Authorization: Bearer`.
+    Header(&'a Token),
+    /// The session cookie of a signed-in browser.
+    Cookie(&'a Token),
+}
+
+/// The token of the request's `Authorization: Bearer`, or else of its
+/// session cookie.
+fn caller<'a>(tokens: &'a Tokens, request: &Request) -> Result<Caller<'a>, Presented> {
+    let Some(header) = request.headers().get(header::AUTHORIZATION) else {
+        let token = session::cookie(request.headers()).ok_or(Presented::None)?;
+        return tokens.find(token).map(Caller::Cookie).ok_or(Presented::Unknown);
+    };
     let value = header.to_str().map_err(|_| Presented::Unknown)?;
     let (kind, token) = value.split_once(' ').ok_or(Presented::Unknown)?;
     if !kind.eq_ignore_ascii_case("bearer") {
         return Err(Presented::Unknown);
     }
-    tokens.find(token.trim()).ok_or(Presented::Unknown)
+    tokens.find(token.trim()).map(Caller::Header).ok_or(Presented::Unknown)
+}
+
+/// Methods a cross-site page may send without a preflight, and which change
+/// nothing in reel.
+fn changes_nothing(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
 fn unauthorized(presented: Presented) -> Response {
@@ -214,7 +245,10 @@ mod tests {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(body["error"]["code"], "undeclared_route");
-        assert_eq!(body["error"]["message"], "GET /undeclared declares no scope in reel's openapi.json; reel refuses it");
+        assert_eq!(
+            body["error"]["message"],
+            "GET /undeclared declares no scope in reel's openapi.json; reel refuses it"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`streams`]: `GET /streams/{id}`, one stream's events in version order.
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 //! - [`dashboard`]: the page at `GET /`, over the routes above.
+//! - [`session`]: a browser's sign-in, a cookie for its token.
 //! - [`auth`]: every route's scope from `openapi.json`, checked against the
 //!   caller's token; a route without one is refused.
 
@@ -25,6 +26,7 @@ mod log;
 mod projections;
 mod reads;
 mod streams;
+mod session;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -101,5 +103,6 @@ fn routes() -> Router<Services> {
         .route("/modules", get(projections::modules))
         .route("/healthz", get(projections::healthz))
         .route("/metrics", get(projections::metrics))
+        .route("/session", get(session::show).post(session::sign_in).delete(session::sign_out))
         .route("/openapi.json", get(|| async { ([(axum::http::header::CONTENT_TYPE, "application/json")], OPENAPI) }))
 }

@@ -197,7 +197,9 @@ fn parse_line(line: &str) -> Result<Token, String> {
     let hash = match secret.strip_prefix("sha256:") {
         Some(hex) => parse_hex(hex).ok_or("`sha256:` takes the 64 hex digits of the token's SHA-256")?,
         None if secret.chars().count() < MIN_TOKEN_CHARS => {
-            return Err(format!("the token of `{name}` is shorter than {MIN_TOKEN_CHARS} characters; `reel token` makes a random one"));
+            return Err(format!(
+                "the token of `{name}` is shorter than {MIN_TOKEN_CHARS} characters; `reel token` makes a random one"
+            ));
         }
         None => sha256(secret),
     };
@@ -264,14 +266,14 @@ mod tests {
     #[test]
     fn bad_lines_are_refused_naming_the_line() {
         let refuse = |text: &str| Tokens::parse(text, "t").unwrap_err();
-        assert_eq!(refuse("\nci read short"), "t:2: the token of `ci` is shorter than 16 characters; `reel token` makes a random one");
+        assert_eq!(
+            refuse("\nci read short"),
+            "t:2: the token of `ci` is shorter than 16 characters; `reel token` makes a random one"
+        );
         assert!(refuse("ci write 0123456789abcdef0").starts_with("t:1: unknown scope `write`"));
         assert!(refuse("ci read:Bad/Name 0123456789abcdef0").starts_with("t:1: unknown scope `read:Bad/Name`"));
         assert!(refuse("ci read sha256:abc").starts_with("t:1: `sha256:` takes"));
         assert!(refuse("ci read").starts_with("t:1: a token line is `NAME SCOPES SECRET`"));
-        assert_eq!(
-            refuse("ci read 0123456789abcdef0\nci admin 0123456789abcdef1"),
-            "t:2: a second token named `ci`"
-        );
+        assert_eq!(refuse("ci read 0123456789abcdef0\nci admin 0123456789abcdef1"), "t:2: a second token named `ci`");
     }
 }

@@ -11,12 +11,13 @@ export class ApiError extends Error {
 }
 
 /**
- * Credentials every request carries. Until the security issue (26) lands,
- * reel serves loopback without tokens and this is empty; its sign-in adds
- * them here, in the one place every request goes through.
+ * What every request carries. A signed-in browser's token travels in reel's
+ * HttpOnly session cookie (ADR 33), which the page cannot read; reel refuses
+ * a cookie-signed request that changes state unless it has this header,
+ * which another site's page cannot add.
  */
 function credentials() {
-  return {};
+  return { 'x-reel-csrf': '1' };
 }
 
 /** A request to reel: the JSON answer, or an ApiError with reel's message. */
@@ -49,6 +50,9 @@ export async function request(method, path, body) {
 }
 
 export const get = (path) => request('GET', path);
+
+/** Trade a token for reel's session cookie; the token's name, or an ApiError. */
+export const signIn = (token) => request('POST', '/session', { token });
 export const post = (path, body) => request('POST', path, body);
 
 /**

@@ -1,7 +1,7 @@
 // The dashboard: polls reel's status routes once a second (ADR 36) and keeps
 // the page in step: a summary, a card per module, the modules folder.
 
-import { get, request, offered, kindsOf, operationsOf } from './api.js';
+import { get, request, offered, kindsOf, operationsOf, signIn } from './api.js';
 import { h, text, show, keyed, count, rate, basename, Sparkline } from './view.js';
 import { ModuleCard } from './module.js';
 
@@ -58,6 +58,11 @@ async function refresh() {
   } catch (error) {
     failures += 1;
     connection('down', error.status === 401 ? 'sign-in needed' : `reconnecting: ${error.message}`);
+    if (error.status === 401) {
+      askToSignIn();
+      running = false;
+      return;
+    }
   }
   running = false;
   if (again) {
@@ -167,10 +172,41 @@ document.addEventListener('visibilitychange', () => {
   refresh();
 });
 
+/** Show the sign-in form; polling waits for it. */
+function askToSignIn() {
+  clearTimeout(timer);
+  show($('sign-in'), true);
+  $('token').focus();
+}
+
+$('sign-in').addEventListener('submit', async (event) => {
+  event.preventDefault();
+  try {
+    const { token } = await signIn($('token').value);
+    $('token').value = '';
+    text($('sign-in-error'), '');
+    show($('sign-in'), false);
+    toast(`Signed in as ${token}.`, 'ok');
+    await begin();
+  } catch (error) {
+    text($('sign-in-error'), error.status === 401 ? 'reel does not accept this token.' : error.message);
+  }
+});
+
 async function start() {
   text($('server'), location.host);
   $('total-chart').replaceWith(total.el);
   total.el.id = 'total-chart';
+  const session = await get('/session').catch(() => null);
+  if (session?.authentication && !session.token) {
+    connection('down', 'sign-in needed');
+    askToSignIn();
+    return;
+  }
+  await begin();
+}
+
+async function begin() {
   routes = await offered();
   kinds = kindsOf(routes);
   await refresh();
