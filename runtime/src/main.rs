@@ -292,8 +292,12 @@ async fn main() -> anyhow::Result<()> {
             Ok(reel::cli::status(&target.remote(), name.as_deref()).map_err(anyhow::Error::msg)?)
         }
         Command::Pause(p) => Ok(reel::cli::control(&p.target.remote(), &p.name, "pause").map_err(anyhow::Error::msg)?),
-        Command::Resume(p) => Ok(reel::cli::control(&p.target.remote(), &p.name, "resume").map_err(anyhow::Error::msg)?),
-        Command::Delete(p) => Ok(reel::cli::control(&p.target.remote(), &p.name, "delete").map_err(anyhow::Error::msg)?),
+        Command::Resume(p) => {
+            Ok(reel::cli::control(&p.target.remote(), &p.name, "resume").map_err(anyhow::Error::msg)?)
+        }
+        Command::Delete(p) => {
+            Ok(reel::cli::control(&p.target.remote(), &p.name, "delete").map_err(anyhow::Error::msg)?)
+        }
         Command::Skip(p) => {
             Ok(reel::cli::poison(&p.target.remote(), &p.name, "skip", p.position).map_err(anyhow::Error::msg)?)
         }
