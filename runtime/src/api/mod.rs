@@ -25,8 +25,8 @@ mod live;
 mod log;
 mod projections;
 mod reads;
-mod streams;
 mod session;
+mod streams;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
