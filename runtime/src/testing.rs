@@ -4,7 +4,7 @@
 //! drive a server with. Not an API (hidden from the docs): it changes with
 //! the code. A test that needs more adds it here, not a `pub mod` in lib.rs.
 
-pub use crate::api::app;
+pub use crate::api::{OPENAPI, app};
 pub use crate::cli::workload;
 pub use crate::client::Client;
 pub use crate::host::caps::Fault;

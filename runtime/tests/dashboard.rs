@@ -28,7 +28,7 @@ const SEEN_WITHIN: Duration = Duration::from_secs(15);
 const TOKEN: &str = "dashboard-test-admin-token";
 
 /// Append through the API with [`TOKEN`].
-fn append(base: &str, events: &[reel::workload::OrderEvent]) {
+fn append(base: &str, events: &[reel::testing::workload::OrderEvent]) {
     load::append_through(Client::connect(base).unwrap().with_token(Some(TOKEN)), events).unwrap();
 }
 
