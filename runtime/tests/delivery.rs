@@ -383,3 +383,42 @@ both_backends!(
     a_client_too_slow_for_its_buffer_is_cut_and_resumes_from_the_log,
     a_resume_token_reel_did_not_hand_out_is_refused,
 );
+
+/// Resident memory of this process (the server runs in it), in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+/// A measurement, not a CI test (`cargo test -p reel --test delivery --
+/// --ignored --nocapture stalled`): 50 live clients that stop reading while
+/// 100,000 events of ~1 KiB commit; prints the resident memory as it goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn stalled_live_clients_keep_the_servers_memory_flat() {
+    let h = Harness::start(Backend::Sqlite, &[]).await;
+    h.append("first", None, json!([{ "event_type": "t", "data": {} }])).await;
+    let mut streams = Vec::new();
+    for _ in 0..50 {
+        let (_, _, mut stream) = sse::open(&h.app, "/events/live", None).await;
+        stream.next().await.unwrap();
+        streams.push(stream);
+    }
+    let pad = "x".repeat(1000);
+    eprintln!("before: {:.0} MiB", rss_mib());
+    for round in 0..10 {
+        for chunk in 0..20 {
+            let events: Vec<Value> =
+                (0..500).map(|i| json!({ "event_type": "t", "data": { "i": i, "pad": pad } })).collect();
+            h.append(&format!("s-{round}-{chunk}"), None, json!(events)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("after {} events: {:.0} MiB", (round + 1) * 10_000, rss_mib());
+    }
+    for stream in &mut streams {
+        assert_eq!(stream.next().await.unwrap().event, "cut");
+    }
+    eprintln!("all 50 cut: {:.0} MiB", rss_mib());
+    h.finish().await;
+}
