@@ -157,7 +157,8 @@ pub fn rebuild(server: &Remote, name: &str, wait: bool) -> Result<(), String> {
             let _ = writeln!(stderr);
             return Err(format!(
                 "{name}: the rebuild into {target} stopped at a poison event: {error}; reads stay on the \
-                 current version (see `reel status {name}`)"
+                 current version (see `reel status {name}`; `reel skip {name} {}` goes on without it)",
+                rebuild["stopped_at"]
             ));
         }
         if !error.is_empty() && error != told {

@@ -114,5 +114,28 @@ async fn an_administrator_skips_the_event_a_projection_stopped_at_and_discards_d
         actions,
         [(json!("discard"), json!(first)), (json!("skip"), json!(second)), (json!("skip"), json!(first))]
     );
+
+    // A rebuild (policy stop) halts at each event the serving version
+    // skipped: a skip of that position reaches it, and reads switch to it
+    // once it has caught up.
+    let (code, body) = h.call("POST", "/projections/faulty/rebuild", None).await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+    let rebuilt = body["rebuilding"].clone();
+    let status = h.wait_status("faulty", PATIENCE, |s| s["rebuild"]["stopped_at"] == first).await;
+    assert_eq!(status["state"], "running", "the serving version runs on: {status:#}");
+    let (code, body) = h.call("POST", &format!("/projections/faulty/skip/{second}"), None).await;
+    assert_eq!(code, StatusCode::CONFLICT, "{body}");
+    let refusal = format!("the version being rebuilt: projection `faulty` is stopped at event {first}, not {second}");
+    assert!(body["error"]["message"].as_str().unwrap().contains(&refusal), "{body}");
+    for p in &poison {
+        h.wait_status("faulty", PATIENCE, |s| s["rebuild"]["stopped_at"] == *p).await;
+        let (code, body) = h.call("POST", &format!("/projections/faulty/skip/{p}"), None).await;
+        assert_eq!((code, body), (StatusCode::OK, json!({ "projection": "faulty", "skipped": p })));
+    }
+    let status = h.wait_status("faulty", PATIENCE, |s| s["namespace"] == rebuilt && s["position"] == last).await;
+    assert_eq!((&status["state"], &status["skipped"]), (&json!("running"), &json!(2)), "{status:#}");
+    let letters = h.get("/projections/faulty/dead-letters").await;
+    let positions: Vec<i64> = letters.as_array().unwrap().iter().map(|l| l["position"].as_i64().unwrap()).collect();
+    assert_eq!(positions, poison, "the rebuilt version's own dead letters");
     h.finish().await;
 }

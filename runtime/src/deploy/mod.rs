@@ -251,9 +251,19 @@ impl Deployments {
 
     /// Send a control message to the serving version's worker.
     pub fn control(&self, name: &str, control: Control) -> Result<(), DeployError> {
+        self.control_version(name, false, control)
+    }
+
+    /// Send a control message to the serving version's worker, or (with
+    /// `rebuilding`) to the worker of the version being rebuilt beside it.
+    fn control_version(&self, name: &str, rebuilding: bool, control: Control) -> Result<(), DeployError> {
         let registry = self.registry();
         let projection = registry.projections.get(name).ok_or_else(|| DeployError::Unknown(name.to_owned()))?;
-        match &projection.active.worker {
+        let version = if rebuilding { projection.next.as_ref() } else { Some(&projection.active) };
+        let Some(version) = version else {
+            return Err(DeployError::Conflict(format!("projection `{name}` has no version being rebuilt")));
+        };
+        match &version.worker {
             Some(worker) => {
                 worker.send(control);
                 Ok(())
@@ -265,23 +275,39 @@ impl Deployments {
     /// Apply a dead-lettered event again with the current code (through the
     /// serving version's worker); on success it leaves the dead-letter table.
     pub async fn retry_dead_letter(&self, name: &str, position: i64) -> Result<(), DeployError> {
-        self.ask(name, |reply| Control::RetryDeadLetter { position, reply }).await
+        self.ask(name, false, |reply| Control::RetryDeadLetter { position, reply }).await
     }
 
     /// Skip the event the serving version stopped at (to the dead letters),
     /// or discard a dead letter, through its worker (ADR 21).
+    /// A skip the serving version is not stopped at goes to the version being
+    /// rebuilt, if that one is stopped there (a rebuild under policy `stop`
+    /// halts at every event the serving version had skipped).
     pub async fn admin(&self, name: &str, action: Admin, position: i64, by: Option<String>) -> Result<(), DeployError> {
-        self.ask(name, |reply| Control::Admin { action, position, by, reply }).await
+        let asked = by.clone();
+        let serving = self.ask(name, false, |reply| Control::Admin { action, position, by: asked, reply }).await;
+        let Err(DeployError::Worker(WorkerError::NotStoppedAt(refusal))) = serving else { return serving };
+        if action != Admin::Skip || self.views(name).is_none_or(|(_, next)| next.is_none()) {
+            return Err(DeployError::Worker(WorkerError::NotStoppedAt(refusal)));
+        }
+        match self.ask(name, true, |reply| Control::Admin { action, position, by, reply }).await {
+            Err(DeployError::Worker(WorkerError::NotStoppedAt(other))) => Err(DeployError::Worker(
+                WorkerError::NotStoppedAt(format!("{refusal}; the version being rebuilt: {other}")),
+            )),
+            rebuilt => rebuilt,
+        }
     }
 
-    /// Send the serving version's worker a request and wait for its answer.
+    /// Send the serving version's worker (or the rebuilding one's) a request
+    /// and wait for its answer.
     async fn ask(
         &self,
         name: &str,
+        rebuilding: bool,
         request: impl FnOnce(tokio::sync::oneshot::Sender<Result<(), WorkerError>>) -> Control,
     ) -> Result<(), DeployError> {
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.control(name, request(reply))?;
+        self.control_version(name, rebuilding, request(reply))?;
         match answer.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(DeployError::Worker(e)),

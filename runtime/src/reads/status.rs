@@ -96,6 +96,8 @@ pub struct RebuildInfo {
     pub eta_seconds: Option<f64>,
     /// Its last failure.
     pub last_error: Option<ErrorReport>,
+    /// Where it stopped (state `stopped`): `reel skip` takes this position.
+    pub stopped_at: Option<i64>,
 }
 
 impl Reads {
@@ -140,6 +142,7 @@ impl Reads {
                     events_per_second: s.events_per_second,
                     eta_seconds: (s.events_per_second > 0.0).then(|| lag as f64 / s.events_per_second),
                     last_error: s.last_error,
+                    stopped_at: s.stopped_at,
                 })
             }
             None => None,
