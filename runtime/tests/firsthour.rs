@@ -1,13 +1,14 @@
 //! What a new user sees in their first hour (issue 20's second probe): reel
 //! shows a module it is compiling at once, and other files do not wait
-//! behind it.
+//! behind it; a poison event after a same-version swap says why setup did
+//! not run.
 
 mod common;
 
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{Backend, Harness, language_guest};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(120);
 
@@ -69,5 +70,38 @@ async fn a_compiling_module_is_listed_at_once_and_holds_up_no_other_file() {
     let loaded = wait_module(&h, "customer-stats-py.wasm", |m| m["compiling"] == false).await;
     assert_eq!(loaded["provides"], "customer-stats-py@1", "{loaded:#}");
     assert_eq!(loaded["cached"], false, "{loaded:#}");
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_event_after_a_same_version_swap_says_setup_did_not_run() {
+    let h = Harness::start(Backend::Sqlite, &["fixture_faulty"]).await;
+    h.wait_status("faulty", PATIENCE, |s| s["state"] == "running").await;
+    let fault = json!([{ "event_type": "fault", "data": { "target": "faulty", "action": "error" } }]);
+    let before = h.append("fault-1", None, fault).await["positions"][0].as_i64().unwrap();
+    let status = h.wait_status("faulty", PATIENCE, |s| s["stopped_at"] == before).await;
+    let plain = status["last_error"]["message"].as_str().unwrap().to_owned();
+    assert!(!plain.contains("bump the version"), "no swap, no hint: {status:#}");
+
+    // New bytes, same name and version: swapped in, setup not run again.
+    let tmp = h.dir.path().join("faulty.tmp");
+    std::fs::write(&tmp, never_compiled(&std::fs::read(common::guest("fixture_faulty")).unwrap())).unwrap();
+    std::fs::rename(&tmp, h.config.modules_dir.join("fixture_faulty.wasm")).unwrap();
+    // It runs the event again with the new code, which fails the same way.
+    let status = h
+        .wait_status("faulty", PATIENCE, |s| {
+            s["last_error"]["message"].as_str().is_some_and(|m| m.contains("bump the version"))
+        })
+        .await;
+    assert_eq!((&status["state"], &status["stopped_at"]), (&json!("stopped"), &json!(before)), "{status:#}");
+    let message = status["last_error"]["message"].as_str().unwrap();
+    assert_eq!(
+        message,
+        format!(
+            "{plain} (this code replaced version 1's earlier code without a rebuild, so its setup did not run: \
+             if the change needs new tables or setup, bump the version)"
+        ),
+        "{status:#}"
+    );
     h.finish().await;
 }

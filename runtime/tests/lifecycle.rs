@@ -130,6 +130,10 @@ async fn a_new_version_that_fails_to_initialise_never_takes_over(backend: Backen
             })
             .await;
         assert_eq!(status["version"], "1", "{status:#}");
+        // It is retried (a fixed file is picked up), and the error says it was setup.
+        let rebuild = &status["rebuild"];
+        assert_eq!(rebuild["state"], "retrying", "{status:#}");
+        assert!(rebuild["last_error"]["message"].as_str().unwrap().starts_with("setup (init) failed: "), "{status:#}");
         let at = ticks(&h, &format!("{fixture}-s"), 1).await;
         assert_eq!(h.get(&format!("/projections/echo/kv/seen/{at:020}?min_position={at}")).await, json!("a"));
     }

@@ -97,7 +97,14 @@ impl Worker {
     /// aside and move on.
     fn poison(&mut self, event: &Event, end: Cursor, failure: &GuestFailure, attempts: u32) -> Result<(), Halt> {
         let policy = self.ctx.on_error.unwrap_or(self.program.manifest().on_error);
-        let message = failure.to_string();
+        let mut message = failure.to_string();
+        if self.swapped {
+            message.push_str(&format!(
+                " (this code replaced version {}'s earlier code without a rebuild, so its setup did not run: \
+                 if the change needs new tables or setup, bump the version)",
+                self.ns.version
+            ));
+        }
         if policy == OnError::Stop {
             tracing::error!(projection = %self.ns, position = event.position, "stopped at a poison event: {message}");
             self.status.failed(State::Stopped, message, Some(event.position), attempts);

@@ -156,6 +156,7 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         paused: false,
         halted: false,
         poisoned: None,
+        swapped: false,
     };
     let thread = std::thread::Builder::new()
         .name(format!("reel-{}", worker.ns))
@@ -212,6 +213,9 @@ struct Worker {
     /// The event it stopped at (policy `stop`) and the cursor after it, for
     /// an administrator's skip.
     poisoned: Option<(Event, Cursor)>,
+    /// Its code was swapped for new code of the same version, whose `init`
+    /// did not run: a poison event then says so.
+    swapped: bool,
 }
 
 /// A batch whose commit was sent and not yet answered: the worker applies
@@ -308,9 +312,15 @@ impl Worker {
                 }
                 Err(e) => {
                     attempt += 1;
-                    tracing::warn!(projection = %self.ns, "cannot start: {e}");
-                    let state = if e.is_projection_fault() { State::Stopped } else { State::Retrying };
-                    self.status.failed(state, format!("starting: {e}"), None, attempt);
+                    // Retried with backoff either way (a fixed file replaces
+                    // the program): the state says so, the message says where.
+                    let message = if e.is_projection_fault() {
+                        format!("setup (init) failed: {e}")
+                    } else {
+                        format!("starting: {e}")
+                    };
+                    tracing::warn!(projection = %self.ns, "cannot start, retrying: {message}");
+                    self.status.failed(State::Retrying, message, None, attempt);
                     if self.wait(backoff(attempt)).is_err() {
                         return false;
                     }
@@ -427,7 +437,12 @@ impl Worker {
                 let _ = reply.send(self.admin(action, position, by));
             }
             Control::Swap(program) => {
-                tracing::info!(projection = %self.ns, "new code, same version: continuing from the checkpoint");
+                tracing::info!(
+                    projection = %self.ns,
+                    "new code, same version: continuing from the checkpoint (setup runs once per version, \
+                     not again for this code: bump the version to rebuild with it)"
+                );
+                self.swapped = true;
                 if let Some(guest) = self.guest.take() {
                     self.spare = Some(guest.into_caps());
                 }
