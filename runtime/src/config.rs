@@ -60,11 +60,15 @@ pub struct ProjectionSettings {
     pub kv_value_bytes: Option<usize>,
     /// Most rows of one query.
     pub query_rows: Option<usize>,
+    /// Largest SQL value.
+    pub sql_value_bytes: Option<usize>,
+    /// Storage quota of the read model.
+    pub storage_bytes: Option<u64>,
 }
 
 impl ProjectionSettings {
     /// Apply `key=value` (`on-error`, `batch-timeout` in seconds,
-    /// `memory-mib`, `kv-value-kib`, `query-rows`).
+    /// `memory-mib`, `kv-value-kib`, `query-rows`, `sql-value-mib`, `storage-mib`).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let number = |v: &str| match v.parse::<f64>() {
             Ok(n) if n > 0.0 => Ok(n),
@@ -87,9 +91,12 @@ impl ProjectionSettings {
             "memory-mib" => self.memory_bytes = Some((number(value)? as usize) << 20),
             "kv-value-kib" => self.kv_value_bytes = Some((number(value)? as usize) << 10),
             "query-rows" => self.query_rows = Some(number(value)? as usize),
+            "sql-value-mib" => self.sql_value_bytes = Some(sql_value_bytes(number(value)? as usize)?),
+            "storage-mib" => self.storage_bytes = Some((number(value)? as u64) << 20),
             other => {
                 return Err(format!(
-                    "unknown setting `{other}`; use on-error, batch-timeout, memory-mib, kv-value-kib or query-rows"
+                    "unknown setting `{other}`; use on-error, batch-timeout, memory-mib, kv-value-kib, query-rows, \
+                     sql-value-mib or storage-mib"
                 ));
             }
         }
@@ -106,6 +113,8 @@ impl Config {
             limits.memory_bytes = s.memory_bytes.unwrap_or(limits.memory_bytes);
             limits.kv_value_bytes = s.kv_value_bytes.unwrap_or(limits.kv_value_bytes);
             limits.query_rows = s.query_rows.unwrap_or(limits.query_rows);
+            limits.sql_value_bytes = s.sql_value_bytes.unwrap_or(limits.sql_value_bytes);
+            limits.storage_bytes = s.storage_bytes.unwrap_or(limits.storage_bytes);
         }
         limits
     }
@@ -157,6 +166,12 @@ pub struct Limits {
     pub query_timeout: Duration,
     /// What a reactor may emit (ignored for projections).
     pub emit: EmitLimits,
+    /// Largest string or blob a projection's SQL may make or read (on
+    /// SQLite it is allocated in reel's process, outside the module's
+    /// memory cap: ADR 20).
+    pub sql_value_bytes: usize,
+    /// Most bytes a projection's read model may hold on disk (ADR 20).
+    pub storage_bytes: u64,
 }
 
 /// Limits on what a reactor emits: past one, the batch fails and the reactor
@@ -188,6 +203,17 @@ impl Default for EmitLimits {
     }
 }
 
+/// The largest `--sql-value-mib` SQLite takes (its limits are `int`s).
+pub const MAX_SQL_VALUE_MIB: usize = 1024;
+
+/// `mib` MiB, if SQLite can bound values at that.
+pub fn sql_value_bytes(mib: usize) -> Result<usize, String> {
+    if mib > MAX_SQL_VALUE_MIB {
+        return Err(format!("sql-value-mib is at most {MAX_SQL_VALUE_MIB}, not {mib}"));
+    }
+    Ok(mib << 20)
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -198,6 +224,8 @@ impl Default for Limits {
             query_rows: 100_000,
             query_timeout: Duration::from_secs(5),
             emit: EmitLimits::default(),
+            sql_value_bytes: 16 << 20,
+            storage_bytes: 1 << 30,
         }
     }
 }

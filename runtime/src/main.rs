@@ -162,6 +162,12 @@ struct ServeArgs {
     /// Most rows one SQL query may return.
     #[arg(long, default_value_t = 100_000)]
     query_rows: usize,
+    /// Largest string or blob a projection's SQL may make or read, in MiB.
+    #[arg(long, default_value_t = 16)]
+    sql_value_mib: usize,
+    /// Most a projection's read model may hold on disk, in MiB.
+    #[arg(long, default_value_t = 1024)]
+    storage_mib: u64,
     /// How often to look for new events without a wake-up, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
@@ -170,7 +176,7 @@ struct ServeArgs {
     keep_old: bool,
     /// Override a setting of one projection: NAME.KEY=VALUE, with KEY one of
     /// on-error (stop|skip), batch-timeout (seconds), memory-mib,
-    /// kv-value-kib, query-rows. Repeatable.
+    /// kv-value-kib, query-rows, sql-value-mib, storage-mib. Repeatable.
     #[arg(long = "set", value_name = "NAME.KEY=VALUE")]
     settings: Vec<String>,
     /// API tokens, one a line: NAME SCOPES SECRET (`reel token` makes them).
@@ -194,6 +200,8 @@ impl ServeArgs {
         anyhow::ensure!(self.memory_mib > 0, "--memory-mib must be at least 1");
         anyhow::ensure!(self.kv_value_kib > 0, "--kv-value-kib must be at least 1");
         anyhow::ensure!(self.query_rows > 0, "--query-rows must be at least 1");
+        anyhow::ensure!(self.sql_value_mib > 0, "--sql-value-mib must be at least 1");
+        anyhow::ensure!(self.storage_mib > 0, "--storage-mib must be at least 1");
         let mut config = Config {
             data_dir: self.data_dir,
             database_url: self.database,
@@ -208,6 +216,9 @@ impl ServeArgs {
         config.limits.memory_bytes = self.memory_mib << 20;
         config.limits.kv_value_bytes = self.kv_value_kib << 10;
         config.limits.query_rows = self.query_rows;
+        config.limits.sql_value_bytes =
+            reel::config::sql_value_bytes(self.sql_value_mib).map_err(|e| anyhow::anyhow!("--{e}"))?;
+        config.limits.storage_bytes = self.storage_mib << 20;
         config.keep_old = self.keep_old;
         config.metrics_open = self.metrics_open;
         config.insecure = self.insecure;

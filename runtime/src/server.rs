@@ -152,13 +152,20 @@ async fn open_backends(config: &Config) -> anyhow::Result<(Source, Store)> {
             let source = SqliteSource::open(&events)
                 .await
                 .with_context(|| format!("cannot open the events database {}", events.display()))?;
-            let store = SqliteStore::new(&config.data_dir.join("projections"))?;
+            let store = SqliteStore::new(&config.data_dir.join("projections"))?.with_bounds(bounds_for(config));
             (Source::new(source), Store::new(store))
         }
         Some(url) => {
             let source = PgSource::open(url).await.context("cannot use the PostgreSQL database")?;
-            let store = PgStore::new(source.config().clone(), source.pool().clone(), tokio::runtime::Handle::current());
+            let store = PgStore::new(source.config().clone(), source.pool().clone(), tokio::runtime::Handle::current())
+                .with_bounds(bounds_for(config));
             (Source::new(source), Store::new(store))
         }
     })
+}
+
+/// Each projection's bounds on its SQL, from its limits.
+fn bounds_for(config: &Config) -> crate::store::BoundsFor {
+    let config = config.clone();
+    std::sync::Arc::new(move |name| crate::store::SqlBounds::of(&config.limits_for(name)))
 }

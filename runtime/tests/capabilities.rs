@@ -16,8 +16,12 @@ fn store() -> (Store, TempDir) {
 }
 
 fn writer(store: &Store, limits: Limits) -> Capabilities {
-    let ns = NamespaceId::new("p", "1");
-    Capabilities::new("p", Access::Write(store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap()), limits)
+    writer_of(store, "p", limits)
+}
+
+fn writer_of(store: &Store, name: &str, limits: Limits) -> Capabilities {
+    let ns = NamespaceId::new(name, "1");
+    Capabilities::new(name, Access::Write(store.open_writer(&ns, std::time::Duration::from_secs(10)).unwrap()), limits)
         .unwrap()
 }
 
@@ -224,7 +228,7 @@ fn a_big_batchs_statements_run_in_order_and_its_first_error_fails_it() {
     }
     w.sql_execute("INSERT INTO t SELECT position + 1000000, 0 FROM _reel_checkpoint", vec![]).unwrap();
     let error = w.sql_query("SELECT 1", vec![]).unwrap().unwrap_err();
-    assert_eq!(error.code, "SQLITE_AUTH", "{error:?}");
+    assert_eq!(error.message, "not authorized to use function: fts3_tokenizer", "{error:?}");
     w.rollback().unwrap();
     assert_eq!(w.namespace().checkpoint().unwrap().cursor, at(1));
 }
@@ -376,4 +380,94 @@ fn the_write_ahead_log_stays_bounded_without_checkpoints_in_the_commit() {
     let mut w = writer(&store, Limits::default());
     w.begin().unwrap();
     assert_eq!(w.kv_get("k/0/0").unwrap(), None);
+}
+
+#[test]
+fn a_projections_sql_cannot_make_a_value_past_the_limit_in_reels_memory() {
+    // SQLite builds values in reel's process, outside the module's memory
+    // cap: 900 MB here before SQLITE_LIMIT_LENGTH bounded them (issue 21).
+    let (store, _dir) = store();
+    let mut w = writer(&store, Limits::default());
+    w.begin().unwrap();
+    let rows = w.sql_query("SELECT length(zeroblob(1000000))", vec![]).unwrap().unwrap();
+    assert_eq!(rows.rows, vec![vec![Value::Integer(1_000_000)]], "a value under the limit is fine");
+    w.sql_execute("CREATE VIEW huge AS SELECT zeroblob(900000000) AS b", vec![]).unwrap();
+    w.kv_set("big".into(), vec![1; 1 << 20]).unwrap();
+    w.commit(at(0), at(1)).unwrap();
+    w.begin().unwrap();
+    let error = w.sql_query("SELECT length(zeroblob(900000000))", vec![]).unwrap().unwrap_err();
+    assert_eq!(error.code, "reel:limit");
+    assert_eq!(error.message, "a string or blob over the 16 MiB limit on SQL values (sql-value-mib)");
+    w.rollback().unwrap();
+
+    let mut r = reader(&store);
+    r.begin().unwrap();
+    let error = r.sql_query("SELECT length(b) FROM huge", vec![]).unwrap().unwrap_err();
+    assert_eq!(error.code, "reel:limit", "a query export too: {error:?}");
+    let read = reel::store::TableRead { table: "huge".into(), limit: 10, ..reel::store::TableRead::default() };
+    let error = r.namespace().read_table(&read).unwrap_err();
+    assert!(matches!(error, StoreError::Limit(_)), "a table read over HTTP too: {error:?}");
+    assert_eq!(r.kv_get("big").unwrap().map(|v| v.len()), Some(1 << 20), "reel's own values are not bounded");
+}
+
+#[test]
+fn fts3_tokenizer_is_refused() {
+    let (store, _dir) = store();
+    let mut w = writer(&store, Limits::default());
+    w.begin().unwrap();
+    let error = w.sql_query("SELECT fts3_tokenizer('simple')", vec![]).unwrap().unwrap_err();
+    assert_eq!(error.message, "not authorized to use function: fts3_tokenizer", "{error:?}");
+}
+
+#[test]
+fn a_projection_stops_at_its_storage_quota_and_the_others_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let bounds: reel::store::BoundsFor = std::sync::Arc::new(|name| {
+        let limits = Limits::default();
+        let storage_bytes = if name == "small" { 2 << 20 } else { limits.storage_bytes };
+        reel::store::SqlBounds { storage_bytes, ..reel::store::SqlBounds::of(&limits) }
+    });
+    let store = Store::new(SqliteStore::new(dir.path()).unwrap().with_bounds(bounds));
+    let filler = "INSERT INTO filler SELECT zeroblob(500000) FROM (SELECT 1 UNION ALL SELECT 2)";
+    for name in ["small", "other"] {
+        let mut w = writer_of(&store, name, Limits::default());
+        w.begin().unwrap();
+        w.sql_execute("CREATE TABLE filler (b BLOB)", vec![]).unwrap();
+        w.commit(at(0), at(1)).unwrap();
+        let mut written = 0;
+        let error = (2..12).find_map(|i| {
+            w.begin().unwrap();
+            w.sql_execute(filler, vec![]).unwrap();
+            match w.commit(at(i - 1), at(i)) {
+                Ok(()) => {
+                    written += 1;
+                    None
+                }
+                Err(e) => {
+                    w.rollback().unwrap();
+                    Some(e)
+                }
+            }
+        });
+        if name == "other" {
+            assert!(error.is_none(), "other projections write on: {error:?}");
+            assert_eq!(written, 10);
+            continue;
+        }
+        let error = error.expect("the quota stops the writes");
+        assert!(written < 3, "about 2 MiB went in: {written} batches of 1 MB");
+        assert!(matches!(error, StoreError::Limit(_)), "the projection's doing, not an outage: {error:?}");
+        assert!(error.to_string().starts_with("storage quota of 2 MiB reached (storage-mib)"), "{error}");
+        // reel's own writes (KV) are held to it too, as the projection's.
+        w.begin().unwrap();
+        for k in 0..4 {
+            w.kv_set(format!("k{k}"), vec![1; 1 << 20]).unwrap();
+        }
+        let error = w.commit(at(1 + written), at(2 + written)).unwrap_err();
+        assert!(error.to_string().starts_with("storage quota of 2 MiB reached"), "{error}");
+        w.rollback().unwrap();
+    }
+    let size =
+        std::fs::metadata(dir.path().join(format!("{}.db", NamespaceId::new("small", "1").slug()))).unwrap().len();
+    assert!(size <= 2 << 20, "the file stays within its quota: {size} bytes");
 }

@@ -1,14 +1,21 @@
 //! A module's SQL contained (issue 21, ADR 20): what it does to its
 //! PostgreSQL session ends with its batch, and a failure it causes in reel's
-//! own statements is its own (bisected, then stopped or skipped).
+//! own statements is its own (bisected, then stopped or skipped); its read
+//! model stops at its storage quota while the others go on; the bytes of a
+//! query's result are bounded. (Values past the limit and `fts3_tokenizer`
+//! on SQLite: `capabilities.rs`.)
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Backend, Harness};
+use common::{Backend, Harness, expected_rows};
+use reel::config::ProjectionSettings;
+use reel::workload::{OrderWorkload, fold, generate};
 use serde_json::{Value, json};
+
+both_backends!(a_read_model_stops_at_its_storage_quota_and_the_others_go_on);
 
 const PATIENCE: Duration = Duration::from_secs(90);
 
@@ -87,5 +94,55 @@ async fn what_a_module_sets_in_its_postgres_session_ends_with_its_batch() {
     let expected: BTreeSet<i64> = (1..=last).filter(|p| *p != wreck && *p != deferred).collect();
     assert_eq!(applied(&h).await, expected, "the settings event and every event after it applied");
     assert!(applied(&h).await.contains(&wedge));
+    h.finish().await;
+}
+
+async fn a_read_model_stops_at_its_storage_quota_and_the_others_go_on(backend: Backend) {
+    let h = Harness::start_with(backend, &["fixture_skipper", "order_summaries"], |c| {
+        let mut settings = ProjectionSettings::default();
+        settings.set("storage-mib", "2").unwrap();
+        c.projections.insert("skipper".into(), settings);
+    })
+    .await;
+    let orders = generate(&OrderWorkload { orders: 100, customers: 10, follow_up_window: 50, seed: 21 });
+    h.append_workload(&orders).await;
+    let rows = |n: i64| {
+        format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {n}) \
+             INSERT INTO filler SELECT i, '{}' FROM n",
+            "x".repeat(100)
+        )
+    };
+    let create = "CREATE TABLE IF NOT EXISTS filler (i INTEGER, t TEXT)";
+    // About 1.3 MB of rows: under the 2 MiB quota.
+    let fits = sql_event(&h, "fits", &[create, &rows(10_000)]).await;
+    // About 5 MB more: past it.
+    let fill = sql_event(&h, "fill", &[create, &rows(40_000)]).await;
+    // 100 MB of result for a module of 64 MiB (the tests' memory cap).
+    let huge = match backend {
+        Backend::Sqlite => {
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 100) \
+                            SELECT zeroblob(1000000) FROM n"
+        }
+        Backend::Postgres => "SELECT repeat('x', 1000000) FROM generate_series(1, 100)",
+    };
+    let result = sql_event(&h, "result", &[huge]).await;
+    let last = ticks(&h, "after", 10).await;
+
+    let status = h.wait_status("skipper", PATIENCE, |s| s["position"] == last).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+    let letters = h.get("/projections/skipper/dead-letters").await;
+    let positions: Vec<i64> = letters.as_array().unwrap().iter().map(|l| l["position"].as_i64().unwrap()).collect();
+    assert_eq!(positions, vec![fill, result], "{letters:#}");
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(error.contains("storage quota of 2 MiB reached (storage-mib)"), "{error}");
+    let error = letters[1]["error"].as_str().unwrap();
+    assert!(error.contains("query result over 64 MiB (the module's memory, memory-mib)"), "{error}");
+    let expected: BTreeSet<i64> = (1..=last).filter(|p| *p != fill && *p != result).collect();
+    assert_eq!(applied(&h).await, expected);
+    assert!(applied(&h).await.contains(&fits));
+    // The projection beside it, under the default quota, is unaffected.
+    let expected = fold(&h.stored_events().await);
+    assert_eq!(h.order_rows().await, expected_rows(&expected));
     h.finish().await;
 }

@@ -9,9 +9,9 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
 use super::client::{block_on_cancelling_past, block_on_with_deadline, database_error, statement_error};
-use super::value::{Param, write_literal};
-use crate::store::StoreError;
+use super::value::{Param, RawSize, write_literal};
 use crate::store::sql_text::{Checked, is_plain_write, refusal, reserved_name};
+use crate::store::{SqlBounds, StoreError};
 
 use super::pipeline::{Blame, Flight, Message, Op, SyncReply, failure_error, own_error, pipeline_stopped, unsendable};
 use super::store::NamespaceInfo;
@@ -76,6 +76,11 @@ pub struct PgNamespace {
     /// The projection's SQL ran in this transaction: a failure of reel's own
     /// statements may be its doing (ADR 20).
     pub(super) guest_in_tx: bool,
+    /// What the projection's SQL may hold and make.
+    pub(super) bounds: SqlBounds,
+    /// A batch failed at the storage quota: the pages it wrote stay in the
+    /// files, rolled back but counted, until a `VACUUM` after the rollback.
+    pub(super) vacuum_due: bool,
 }
 
 pub(super) const BEGIN_WRITE: &str = "BEGIN";
@@ -91,9 +96,10 @@ pub(super) const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4
 /// Back to the settings the connection opened with (which pin what reel
 /// relies on: `store.rs`), whatever the projection's SQL set.
 pub(super) const RESET: &str = "RESET ALL";
+pub(super) const CHECK_STORAGE: &str = "SELECT reel.check_storage($1, $2)";
 /// reel's own statements, prepared when the connection opens.
-const OWN_STATEMENTS: [&str; 9] =
-    [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_INSERT, KV_DELETE, ADVANCE, DEAD_LETTER, RESET];
+const OWN_STATEMENTS: [&str; 10] =
+    [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_INSERT, KV_DELETE, ADVANCE, DEAD_LETTER, RESET, CHECK_STORAGE];
 
 impl PgNamespace {
     pub(super) fn new(
@@ -102,6 +108,7 @@ impl PgNamespace {
         info: NamespaceInfo,
         read_only: bool,
         deadline: Duration,
+        bounds: SqlBounds,
     ) -> Result<Self, StoreError> {
         let (pipeline, messages) = tokio::sync::mpsc::unbounded_channel();
         handle.spawn(super::pipeline::pipeline(messages));
@@ -124,6 +131,8 @@ impl PgNamespace {
             exec_count: 0,
             guest_ran: false,
             guest_in_tx: false,
+            bounds,
+            vacuum_due: false,
         };
         ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
         Ok(ns)
@@ -252,6 +261,12 @@ impl PgNamespace {
                 let s = statement(KV_DELETE);
                 (Blame::Host { after_guest }, Box::pin(async move { client.execute(&s, &[&keys]).await }))
             }
+            Op::CheckStorage => {
+                let s = statement(CHECK_STORAGE);
+                let (schema, quota) =
+                    (self.info.schema.clone(), i64::try_from(self.bounds.storage_bytes).unwrap_or(i64::MAX));
+                (Blame::Storage { after_guest }, Box::pin(async move { client.execute(&s, &[&schema, &quota]).await }))
+            }
             Op::Advance { from, to } => {
                 let s = statement(ADVANCE);
                 let slug = self.info.slug.clone();
@@ -286,6 +301,33 @@ impl PgNamespace {
         self.pipeline.send(Message::Send(blame, flight)).map_err(|_| pipeline_stopped())?;
         self.in_flight += 1;
         if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
+    }
+
+    /// After a batch failed at the storage quota, give back what its rolled
+    /// back rows hold at the end of the projection's own tables (reel's
+    /// `_reel_kv` is not the role's to vacuum; its dead rows are reused).
+    pub(super) fn vacuum(&mut self) {
+        self.vacuum_due = false;
+        let client = &self.client;
+        let schema = self.info.schema.clone();
+        let vacuumed = block_on_with_deadline(&self.handle, client, Some(self.deadline), async {
+            let tables = client
+                .query(
+                    "SELECT format('VACUUM %I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relkind = 'r' AND pg_catalog.pg_has_role(c.relowner, 'USAGE')",
+                    &[&schema],
+                )
+                .await
+                .map_err(|e| database_error(&e))?;
+            for table in tables {
+                client.batch_execute(table.get::<_, &str>(0)).await.map_err(|e| database_error(&e))?;
+            }
+            Ok(())
+        });
+        if let Err(e) = vacuumed {
+            tracing::warn!(namespace = %self.info.slug, "vacuum after the storage quota failed: {e}");
+        }
     }
 
     /// Send `RESET ALL` if the projection's SQL ran since the last one: what
@@ -383,6 +425,7 @@ impl PgNamespace {
             None => Ok(()),
             Some((blame, e)) => {
                 let error = failure_error(blame, &e);
+                self.vacuum_due |= matches!(blame, Blame::Storage { .. }) && matches!(error, StoreError::Limit(_));
                 self.failed = Some(error.clone());
                 Err(error)
             }
@@ -408,7 +451,12 @@ impl PgNamespace {
                 let (reply, _) = block_on_cancelling_past(&self.handle, &self.client, left, answer);
                 match reply {
                     Ok(None) => Behind::Clear,
-                    Ok(Some((blame, e))) => Behind::Failed(failure_error(blame, &e)),
+                    Ok(Some((blame, e))) => {
+                        let error = failure_error(blame, &e);
+                        self.vacuum_due |=
+                            matches!(blame, Blame::Storage { .. }) && matches!(error, StoreError::Limit(_));
+                        Behind::Failed(error)
+                    }
                     Err(_) => Behind::Failed(pipeline_stopped()),
                 }
             }
@@ -473,8 +521,20 @@ impl PgNamespace {
             let stream = client.query_raw(&statement, params.iter().copied()).await.map_err(|e| classify(&e))?;
             tokio::pin!(stream);
             let mut rows = Vec::new();
+            let mut bytes = 0;
             while let Some(row) = stream.next().await {
-                rows.push(row.map_err(|e| classify(&e))?);
+                let row = row.map_err(|e| classify(&e))?;
+                // Rows are bounded, and so are the bytes handed to the guest.
+                if guest {
+                    bytes += (0..row.len()).map(|i| row.get::<_, RawSize>(i).0).sum::<usize>();
+                    if bytes > self.bounds.result_bytes {
+                        return Err(StoreError::Limit(format!(
+                            "query result over {} MiB (the module's memory, memory-mib)",
+                            self.bounds.result_bytes >> 20
+                        )));
+                    }
+                }
+                rows.push(row);
                 if rows.len() > max_rows {
                     break;
                 }

@@ -61,6 +61,9 @@ impl Snapshot for PgNamespace {
             let client = &self.client;
             block_on(&self.handle, client.batch_execute("ROLLBACK")).map_err(|e| database_error(&e))?;
         }
+        if self.vacuum_due {
+            self.vacuum();
+        }
         Ok(())
     }
 }
@@ -232,6 +235,7 @@ impl Commits for PgNamespace {
 
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         if !self.read_only {
+            self.dispatch(Op::CheckStorage)?;
             self.dispatch(Op::Advance { from, to })?;
         }
         self.dispatch(Op::Commit)?;
@@ -250,6 +254,7 @@ impl Commits for PgNamespace {
         }
         // One transaction behind at a time: this one waits for the last.
         self.await_behind()?;
+        self.dispatch(Op::CheckStorage)?;
         self.dispatch(Op::Advance { from, to })?;
         self.dispatch(Op::Commit)?;
         let answer = self.send_sync()?;

@@ -11,6 +11,8 @@ use crate::store::StoreError;
 /// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
 const FENCED: &str = "RL409";
 const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE `reel.check_storage` raises past the quota.
+const OVER_QUOTA: &str = "RL413";
 
 /// An operation of a batch, sent to the server as soon as it is queued.
 pub(super) enum Op {
@@ -28,6 +30,8 @@ pub(super) enum Op {
     KvDelete {
         keys: ArrayParam,
     },
+    /// The storage quota, checked before the checkpoint moves.
+    CheckStorage,
     Advance {
         from: Cursor,
         to: Cursor,
@@ -53,6 +57,8 @@ pub(super) enum Blame {
     Host { after_guest: bool },
     /// The insert of KV keys taken for new.
     KvInsert { after_guest: bool },
+    /// The storage quota's check (`RL413` past it).
+    Storage { after_guest: bool },
 }
 
 pub(super) type Flight =
@@ -130,7 +136,12 @@ pub(super) fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreErr
              the cache is dropped and the batch's next attempt upserts every key",
             e.as_db_error().map_or("", |db| db.message())
         )),
-        (Blame::Host { after_guest } | Blame::KvInsert { after_guest }, _) => own_error(e, after_guest),
+        (Blame::Storage { .. }, Some(OVER_QUOTA)) => {
+            StoreError::Limit(e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_owned()))
+        }
+        (Blame::Host { after_guest } | Blame::KvInsert { after_guest } | Blame::Storage { after_guest }, _) => {
+            own_error(e, after_guest)
+        }
         _ => database_error(e),
     }
 }

@@ -23,7 +23,7 @@ use tokio_postgres::Config;
 use super::client::{block_on, connect_blocking, database_error};
 use super::connection::PgNamespace;
 use crate::store::sql_text::quote_ident;
-use crate::store::{NamespaceId, Namespaces, Reader, StoreError, Writer};
+use crate::store::{BoundsFor, NamespaceId, Namespaces, Reader, StoreError, Writer, default_bounds};
 
 /// How a namespace is reached.
 #[derive(Debug, Clone)]
@@ -40,13 +40,19 @@ pub struct PgStore {
     config: Config,
     pool: Pool,
     handle: Handle,
+    bounds: BoundsFor,
 }
 
 impl PgStore {
     /// Namespaces in the database of `config`, managed through `pool`
     /// (whose user needs CREATEROLE).
     pub fn new(config: Config, pool: Pool, handle: Handle) -> Self {
-        Self { config, pool, handle }
+        Self { config, pool, handle, bounds: default_bounds() }
+    }
+
+    /// Bound each projection's SQL by `bounds` (the default: [`Limits`](crate::config::Limits)'s).
+    pub fn with_bounds(self, bounds: BoundsFor) -> Self {
+        Self { bounds, ..self }
     }
 
     fn admin<T>(
@@ -147,7 +153,8 @@ impl PgStore {
             .application_name(format!("reel {}", info.slug))
             .options(options.trim_start());
         let client = connect_blocking(&config, &self.handle)?;
-        Ok(Some(PgNamespace::new(client, self.handle.clone(), info, read_only, deadline)?))
+        let bounds = (self.bounds)(&ns.name);
+        Ok(Some(PgNamespace::new(client, self.handle.clone(), info, read_only, deadline, bounds)?))
     }
 }
 

@@ -14,7 +14,11 @@ use crate::store::StoreError;
 /// limit, not an outage of the database.
 pub(super) fn db(e: rusqlite::Error) -> StoreError {
     match e {
-        rusqlite::Error::SqliteFailure(err, _) if err.code == rusqlite::ErrorCode::OperationInterrupted => sql_error(e),
+        rusqlite::Error::SqliteFailure(err, _)
+            if matches!(err.code, rusqlite::ErrorCode::OperationInterrupted | rusqlite::ErrorCode::TooBig) =>
+        {
+            sql_error(e)
+        }
         e => StoreError::Database(e.to_string()),
     }
 }
@@ -62,17 +66,55 @@ pub(super) fn result_code_name(code: i32) -> String {
     name.to_owned()
 }
 
+/// A namespace's switch to the projection's rules while its statement runs.
+#[derive(Debug)]
+pub(super) struct Guest {
+    /// The authorizer applies (read by its callback).
+    pub(super) on: AtomicBool,
+    /// Largest string or blob the statement may make: SQLite allocates it in
+    /// reel's process, outside the module's memory cap (ADR 20).
+    pub(super) value_bytes: i32,
+}
+
+impl Guest {
+    pub(super) fn new(value_bytes: usize) -> Self {
+        Self { on: AtomicBool::new(false), value_bytes: i32::try_from(value_bytes).unwrap_or(i32::MAX) }
+    }
+
+    /// Run `f` on `conn` with values bounded (as before, after).
+    pub(super) fn bounded<T>(
+        &self,
+        conn: &Connection,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let length = rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH;
+        let before = conn.set_limit(length, self.value_bytes).map_err(db)?;
+        let result = f();
+        conn.set_limit(length, before).map_err(db)?;
+        result.map_err(|e| match e {
+            StoreError::Sql { code, .. } if code == "SQLITE_TOOBIG" => StoreError::Limit(format!(
+                "a string or blob over the {} MiB limit on SQL values (sql-value-mib)",
+                self.value_bytes >> 20
+            )),
+            e => e,
+        })
+    }
+}
+
 /// Run `f` on `conn` as a projection statement: `guest` switches the
-/// authorizer on for the time of it (on whichever thread holds `conn`).
+/// authorizer on and bounds values for the time of it (on whichever thread
+/// holds `conn`).
 pub(super) fn as_guest<T>(
     conn: &Connection,
-    guest: &AtomicBool,
+    guest: &Guest,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> Result<T, StoreError> {
-    guest.store(true, Ordering::Relaxed);
-    let result = f(conn);
-    guest.store(false, Ordering::Relaxed);
-    result.map_err(sql_error)
+    guest.bounded(conn, || {
+        guest.on.store(true, Ordering::Relaxed);
+        let result = f(conn);
+        guest.on.store(false, Ordering::Relaxed);
+        result.map_err(sql_error)
+    })
 }
 
 /// A [`Value`] as a SQLite parameter.

@@ -1,7 +1,6 @@
 //! One SQLite namespace: its connection and the [`Namespace`] operations.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use crate::store::{
     StoreError, TableRead, TableReads, scan_range,
 };
 
-use super::convert::{Param, as_guest, db, to_value};
+use super::convert::{Guest, Param, as_guest, db, to_value};
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {
@@ -34,7 +33,7 @@ pub struct SqliteNamespace {
     pub(super) pending: Vec<Statement>,
     /// True while a projection's statement is prepared or stepped: the
     /// authorizer applies only then.
-    pub(super) guest: Arc<AtomicBool>,
+    pub(super) guest: Arc<Guest>,
     pub(super) read_only: bool,
     pub(super) in_tx: bool,
     /// The first failed `execute` of this transaction; later statements are
@@ -46,6 +45,10 @@ pub struct SqliteNamespace {
     pub(super) deadline: Duration,
     /// When the progress handler interrupts (set during a transaction).
     pub(super) interrupt_at: Arc<Mutex<Option<Instant>>>,
+    /// The storage quota (`max_page_count` on a writer's connection).
+    pub(super) storage_bytes: u64,
+    /// Most bytes of one query's result.
+    pub(super) result_bytes: usize,
 }
 
 impl SqliteNamespace {
@@ -137,6 +140,29 @@ impl SqliteNamespace {
                 checkpointer.request();
             }
         }
+    }
+
+    /// SQLITE_FULL on a writer is its storage quota (`max_page_count`)
+    /// reached, the projection's doing, unless the disk filled first: the
+    /// message gives the size, which tells them apart.
+    fn over_quota(&self, e: StoreError) -> StoreError {
+        let full = match &e {
+            StoreError::Sql { code, .. } => code == "SQLITE_FULL",
+            StoreError::Database(message) => message.contains("database or disk is full"),
+            _ => false,
+        };
+        if !full || self.read_only {
+            return e;
+        }
+        let size =
+            |pragma: &str| -> Option<i64> { self.home.as_ref()?.pragma_query_value(None, pragma, |r| r.get(0)).ok() };
+        let held = size("page_count")
+            .zip(size("page_size"))
+            .map_or(String::new(), |(n, page)| format!(": the read model holds {} MiB", (n * page) >> 20));
+        StoreError::Limit(format!(
+            "storage quota of {} MiB reached (storage-mib), or the disk is full{held}",
+            self.storage_bytes >> 20
+        ))
     }
 
     /// Check a projection statement (once per distinct text) and return it
@@ -232,7 +258,7 @@ impl SqlReads for SqliteNamespace {
         if let Some(failed) = &self.failed {
             return Err(failed.clone());
         }
-        let read_only = self.read_only;
+        let (read_only, result_bytes) = (self.read_only, self.result_bytes);
         let result = self.as_guest(|conn| {
             let mut stmt = conn.prepare_cached(&statement)?;
             if read_only && !stmt.readonly() {
@@ -244,23 +270,31 @@ impl SqlReads for SqliteNamespace {
             let columns: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
             let width = columns.len();
             let mut rows = stmt.query(rusqlite::params_from_iter(params.iter().map(Param)))?;
-            let mut out = Vec::new();
+            let (mut out, mut bytes) = (Vec::new(), 0);
             while let Some(row) = rows.next()? {
                 if out.len() == max_rows {
-                    return Ok(Err(max_rows));
+                    return Ok(Err(format!("query returned more than {max_rows} rows (the row limit)")));
                 }
-                out.push((0..width).map(|i| row.get_ref(i).map(to_value)).collect::<Result<Vec<_>, _>>()?);
+                let row = (0..width).map(|i| row.get_ref(i).map(to_value)).collect::<Result<Vec<_>, _>>()?;
+                // Rows are bounded, and so are the bytes handed to the guest.
+                bytes += row.iter().map(value_bytes).sum::<usize>();
+                if bytes > result_bytes {
+                    let mib = result_bytes >> 20;
+                    return Ok(Err(format!("query result over {mib} MiB (the module's memory, memory-mib)")));
+                }
+                out.push(row);
             }
             Ok(Ok(Rows { columns, rows: out }))
         });
         match result {
             Ok(Ok(rows)) => Ok(rows),
-            Ok(Err(max)) => {
-                let e = StoreError::Limit(format!("query returned more than {max} rows (the row limit)"));
+            Ok(Err(limit)) => {
+                let e = StoreError::Limit(limit);
                 self.failed = Some(e.clone());
                 Err(e)
             }
             Err(e) => {
+                let e = self.over_quota(e);
                 self.failed = Some(e.clone());
                 Err(e)
             }
@@ -272,20 +306,11 @@ impl TableReads for SqliteNamespace {
     fn read_table(&mut self, read: &TableRead) -> Result<Rows, StoreError> {
         // Past the read's deadline the progress handler interrupts it (a view
         // can run for ever; a filter on a column without an index scans the table).
+        // Values bounded as for the projection's own SQL: a view it made runs here.
+        let guest = Arc::clone(&self.guest);
         self.bounded(|ns| {
-            let columns = table_columns(ns.conn()?, &read.table)?;
-            let (sql, values) = read.statement(&columns, "?")?;
-            let mut stmt = ns.conn()?.prepare(&sql).map_err(db)?;
-            let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
-            let width = names.len();
-            let rows = stmt
-                .query_map(rusqlite::params_from_iter(values.iter().map(Param)), |row| {
-                    (0..width).map(|i| row.get_ref(i).map(to_value)).collect::<Result<Vec<_>, _>>()
-                })
-                .map_err(db)?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(db)?;
-            Ok(Rows { columns: names, rows })
+            let conn = ns.conn()?;
+            guest.bounded(conn, || read_table(conn, read))
         })
     }
 
@@ -297,6 +322,32 @@ impl TableReads for SqliteNamespace {
         let names = stmt.query_map([], |r| r.get(0)).map_err(db)?;
         names.collect::<Result<_, _>>().map_err(db)
     }
+}
+
+/// A value's size, as the guest will hold it.
+fn value_bytes(value: &Value) -> usize {
+    match value {
+        Value::Text(s) => s.len(),
+        Value::Blob(b) => b.len(),
+        _ => 8,
+    }
+}
+
+/// A table read over HTTP, on `conn`.
+fn read_table(conn: &Connection, read: &TableRead) -> Result<Rows, StoreError> {
+    let columns = table_columns(conn, &read.table)?;
+    let (sql, values) = read.statement(&columns, "?")?;
+    let mut stmt = conn.prepare(&sql).map_err(db)?;
+    let names: Vec<String> = stmt.column_names().into_iter().map(str::to_owned).collect();
+    let width = names.len();
+    let rows = stmt
+        .query_map(rusqlite::params_from_iter(values.iter().map(Param)), |row| {
+            (0..width).map(|i| row.get_ref(i).map(to_value)).collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(db)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db)?;
+    Ok(Rows { columns: names, rows })
 }
 
 impl DeadLetterReads for SqliteNamespace {
@@ -348,7 +399,7 @@ impl SqlWrites for SqliteNamespace {
     fn flush(&mut self) -> Result<(), StoreError> {
         self.settle()?;
         match &self.failed {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err(self.over_quota(e.clone())),
             None => Ok(()),
         }
     }
@@ -358,7 +409,7 @@ impl Commits for SqliteNamespace {
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         self.settle()?;
         if let Some(failed) = self.failed.take() {
-            return Err(failed);
+            return Err(self.over_quota(failed));
         }
         if !self.read_only {
             let moved = self
@@ -374,7 +425,8 @@ impl Commits for SqliteNamespace {
                 return Err(StoreError::Fenced { expected: from, found });
             }
         }
-        self.conn()?.execute_batch("COMMIT").map_err(db)?;
+        let committed = self.conn()?.execute_batch("COMMIT");
+        committed.map_err(|e| self.over_quota(db(e)))?;
         self.in_tx = false;
         self.interrupt(None);
         if !self.read_only {
@@ -394,14 +446,15 @@ impl KvWrites for SqliteNamespace {
             .map_err(db)?;
         let mut delete = conn.prepare_cached("DELETE FROM _reel_kv WHERE key = ?1").map_err(db)?;
         // New keys are upserted too: the plain insert is PostgreSQL's saving.
-        for w in writes {
+        let written = writes.iter().try_for_each(|w| {
             match w.value {
                 Some(value) => upsert.execute(params![w.key, value]),
                 None => delete.execute([w.key]),
             }
-            .map_err(db)?;
-        }
-        Ok(())
+            .map(drop)
+        });
+        drop((upsert, delete));
+        written.map_err(|e| self.over_quota(db(e)))
     }
 
     fn kv_is_empty(&mut self) -> Result<bool, StoreError> {

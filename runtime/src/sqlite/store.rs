@@ -10,18 +10,18 @@
 //! the authorizer of projection statements.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, params};
 
-use super::convert::db;
+use super::convert::{Guest, db};
 use super::namespace::SqliteNamespace;
 use super::wal;
 use crate::store::sql_text::Checked;
-use crate::store::{NamespaceId, Namespaces, Reader, StoreError, Writer};
+use crate::store::{BoundsFor, NamespaceId, Namespaces, Reader, StoreError, Writer, default_bounds};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS _reel_checkpoint (
@@ -50,16 +50,28 @@ CREATE TABLE IF NOT EXISTS _reel_dead_letters (
 ";
 
 /// Namespaces as files in one folder.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteStore {
     dir: PathBuf,
+    bounds: BoundsFor,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("dir", &self.dir).finish_non_exhaustive()
+    }
 }
 
 impl SqliteStore {
     /// Store namespaces under `dir` (created if missing).
     pub fn new(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Database(format!("creating {}: {e}", dir.display())))?;
-        Ok(Self { dir: dir.to_owned() })
+        Ok(Self { dir: dir.to_owned(), bounds: default_bounds() })
+    }
+
+    /// Bound each projection's SQL by `bounds` (the default: [`Limits`](crate::config::Limits)'s).
+    pub fn with_bounds(self, bounds: BoundsFor) -> Self {
+        Self { bounds, ..self }
     }
 
     fn path(&self, ns: &NamespaceId) -> PathBuf {
@@ -70,6 +82,7 @@ impl SqliteStore {
     /// a transaction are interrupted past `deadline`.
     pub fn open(&self, ns: &NamespaceId, read_only: bool, deadline: Duration) -> Result<SqliteNamespace, StoreError> {
         let path = self.path(ns);
+        let bounds = (self.bounds)(&ns.name);
         let flags = if read_only {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
         } else {
@@ -91,17 +104,20 @@ impl SqliteStore {
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
             conn.pragma_update(None, "cache_size", -262_144).map_err(db)?; // 256 MiB
             conn.execute_batch(SCHEMA).map_err(db)?;
+            // The storage quota: past it a write fails with SQLITE_FULL
+            // (`SqliteNamespace::over_quota`).
+            let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0)).map_err(db)?;
+            let quota = i64::try_from(bounds.storage_bytes).unwrap_or(i64::MAX);
+            conn.pragma_update(None, "max_page_count", (quota / page_size.max(1)).max(1)).map_err(db)?;
             // Checkpoints run on a thread of their own (store/wal.rs).
             conn.wal_hook(Some(wal::note_wal_pages));
         }
         conn.set_prepared_statement_cache_capacity(256);
-        let guest = Arc::new(AtomicBool::new(false));
+        let guest = Arc::new(Guest::new(bounds.value_bytes));
         let flag = Arc::clone(&guest);
-        conn.authorizer(Some(
-            move |ctx: AuthContext<'_>| {
-                if flag.load(Ordering::Relaxed) { authorize_guest(&ctx) } else { Authorization::Allow }
-            },
-        ))
+        conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+            if flag.on.load(Ordering::Relaxed) { authorize_guest(&ctx) } else { Authorization::Allow }
+        }))
         .map_err(db)?;
         // The CPU deadline of the guest does not reach into SQLite: a
         // progress handler interrupts a statement past the batch's deadline.
@@ -125,6 +141,8 @@ impl SqliteStore {
             checked: Checked::default(),
             deadline,
             interrupt_at,
+            storage_bytes: bounds.storage_bytes,
+            result_bytes: bounds.result_bytes,
         })
     }
 
@@ -246,7 +264,10 @@ fn authorize_guest(ctx: &AuthContext<'_>) -> Authorization {
         {
             Authorization::Deny
         }
-        AuthAction::Function { function_name } if function_name.eq_ignore_ascii_case("load_extension") => {
+        // fts3_tokenizer reads and sets pointers to C code (ADR 20).
+        AuthAction::Function { function_name }
+            if ["load_extension", "fts3_tokenizer"].iter().any(|f| function_name.eq_ignore_ascii_case(f)) =>
+        {
             Authorization::Deny
         }
         _ => Authorization::Allow,

@@ -16,7 +16,6 @@
 //! error does on PostgreSQL.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -24,7 +23,7 @@ use rusqlite::Connection;
 
 use reel_model::Value;
 
-use super::convert::{Param, as_guest};
+use super::convert::{Guest, Param, as_guest};
 use crate::store::StoreError;
 
 /// Queued statements from which the connection goes to the writer thread.
@@ -40,7 +39,7 @@ pub type Statement = (Arc<str>, Vec<Value>);
 /// out one `Arc` per distinct text: each text is taken from rusqlite's cache
 /// once per run and then found by pointer, instead of hashing and trimming
 /// the whole text per statement (docs/benchmarks.md, item 9).
-pub fn run(conn: &Connection, guest: &AtomicBool, statements: &[Statement]) -> Result<(), StoreError> {
+pub fn run(conn: &Connection, guest: &Guest, statements: &[Statement]) -> Result<(), StoreError> {
     as_guest(conn, guest, |conn| {
         let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>)> = Vec::new();
         statements.iter().try_for_each(|(statement, params)| {
@@ -73,7 +72,7 @@ pub struct Writer {
 
 impl Writer {
     /// Start the thread; `guest` is the namespace's authorizer switch.
-    pub fn start(guest: Arc<AtomicBool>) -> Result<Self, StoreError> {
+    pub fn start(guest: Arc<Guest>) -> Result<Self, StoreError> {
         // A few chunks in flight: the guest runs ahead, not unboundedly.
         let (jobs, queue) = sync_channel::<Job>(4);
         let (give, back) = sync_channel(1);

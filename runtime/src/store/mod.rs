@@ -245,6 +245,39 @@ pub struct KvWrite<'a> {
     pub new: bool,
 }
 
+/// What a namespace's SQL may hold and make (ADR 20), by projection: the
+/// stores look them up when they open a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqlBounds {
+    /// Largest string or blob the projection's SQL may make or read.
+    pub value_bytes: usize,
+    /// Most bytes of one query's result handed to the projection.
+    pub result_bytes: usize,
+    /// Most bytes the namespace may hold on disk.
+    pub storage_bytes: u64,
+}
+
+/// The bounds of each projection, by name.
+pub type BoundsFor = Arc<dyn Fn(&str) -> SqlBounds + Send + Sync>;
+
+impl SqlBounds {
+    /// The bounds `limits` set.
+    pub fn of(limits: &crate::config::Limits) -> Self {
+        Self {
+            value_bytes: limits.sql_value_bytes,
+            // A result bigger than the module's memory could not reach it anyway.
+            result_bytes: limits.memory_bytes,
+            storage_bytes: limits.storage_bytes,
+        }
+    }
+}
+
+/// The bounds of [`Limits`](crate::config::Limits)' defaults for every projection.
+pub fn default_bounds() -> BoundsFor {
+    let bounds = SqlBounds::of(&crate::config::Limits::default());
+    Arc::new(move |_| bounds)
+}
+
 /// What a backend's read-model storage does (`sqlite::SqliteStore`,
 /// `postgres::PgStore`); reel holds it as a [`Store`].
 pub trait Namespaces: Send + Sync {
