@@ -13,5 +13,5 @@ pub use crate::host::{Access, Capabilities, Engine, Guest};
 pub use crate::postgres::{PgSource, PgStore};
 pub use crate::source::{EventReader, Filter, LIVE_BUFFER, Source};
 pub use crate::sqlite::{SqliteStore, wal};
-pub use crate::store::{NamespaceId, Store, StoreError, TableRead};
+pub use crate::store::{BoundsFor, NamespaceId, SqlBounds, Store, StoreError, TableRead};
 pub use crate::worker::{State, calls};

@@ -404,7 +404,7 @@ fn a_projections_sql_cannot_make_a_value_past_the_limit_in_reels_memory() {
     r.begin().unwrap();
     let error = r.sql_query("SELECT length(b) FROM huge", vec![]).unwrap().unwrap_err();
     assert_eq!(error.code, "reel:limit", "a query export too: {error:?}");
-    let read = reel::store::TableRead { table: "huge".into(), limit: 10, ..reel::store::TableRead::default() };
+    let read = reel::testing::TableRead { table: "huge".into(), limit: 10, ..reel::testing::TableRead::default() };
     let error = r.namespace().read_table(&read).unwrap_err();
     assert!(matches!(error, StoreError::Limit(_)), "a table read over HTTP too: {error:?}");
     assert_eq!(r.kv_get("big").unwrap().map(|v| v.len()), Some(1 << 20), "reel's own values are not bounded");
@@ -422,10 +422,10 @@ fn fts3_tokenizer_is_refused() {
 #[test]
 fn a_projection_stops_at_its_storage_quota_and_the_others_do_not() {
     let dir = tempfile::tempdir().unwrap();
-    let bounds: reel::store::BoundsFor = std::sync::Arc::new(|name| {
+    let bounds: reel::testing::BoundsFor = std::sync::Arc::new(|name| {
         let limits = Limits::default();
         let storage_bytes = if name == "small" { 2 << 20 } else { limits.storage_bytes };
-        reel::store::SqlBounds { storage_bytes, ..reel::store::SqlBounds::of(&limits) }
+        reel::testing::SqlBounds { storage_bytes, ..reel::testing::SqlBounds::of(&limits) }
     });
     let store = Store::new(SqliteStore::new(dir.path()).unwrap().with_bounds(bounds));
     let filler = "INSERT INTO filler SELECT zeroblob(500000) FROM (SELECT 1 UNION ALL SELECT 2)";

@@ -265,6 +265,26 @@ fn numeric(raw: &[u8]) -> Option<String> {
     Some(if frac.is_empty() { format!("{sign}{int}") } else { format!("{sign}{int}.{frac}") })
 }
 
+/// The size of a column's value as it came from the server, whatever its type.
+pub(super) struct RawSize(pub(super) usize);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for RawSize {
+    fn from_sql(
+        _: &tokio_postgres::types::Type,
+        raw: &'a [u8],
+    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(raw.len()))
+    }
+
+    fn from_sql_null(_: &tokio_postgres::types::Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(Self(0))
+    }
+
+    fn accepts(_: &tokio_postgres::types::Type) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,25 +311,5 @@ mod tests {
         assert_eq!(real_text(0.1), "0.1");
         assert_eq!(real_text(f64::INFINITY), "Infinity");
         assert_eq!(real_text(f64::NAN), "NaN");
-    }
-}
-
-/// The size of a column's value as it came from the server, whatever its type.
-pub(super) struct RawSize(pub(super) usize);
-
-impl<'a> tokio_postgres::types::FromSql<'a> for RawSize {
-    fn from_sql(
-        _: &tokio_postgres::types::Type,
-        raw: &'a [u8],
-    ) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Self(raw.len()))
-    }
-
-    fn from_sql_null(_: &tokio_postgres::types::Type) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(Self(0))
-    }
-
-    fn accepts(_: &tokio_postgres::types::Type) -> bool {
-        true
     }
 }
