@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::{Backend, Harness, expected_rows};
 use reel::config::ProjectionSettings;
-use reel::workload::{OrderWorkload, fold, generate};
+use reel::testing::workload::{OrderWorkload, fold, generate};
 use serde_json::{Value, json};
 
 both_backends!(a_read_model_stops_at_its_storage_quota_and_the_others_go_on);
