@@ -422,3 +422,23 @@ async fn stalled_live_clients_keep_the_servers_memory_flat() {
     eprintln!("all 50 cut: {:.0} MiB", rss_mib());
     h.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_reel_process_on_the_same_postgresql_serves_the_feeds() {
+    let a = Harness::start(Backend::Postgres, &[]).await;
+    let url = a.config.database_url.clone().unwrap();
+    let b = Harness::start_with(Backend::Postgres, &[], |c| c.database_url = Some(url.clone())).await;
+    // Appends through one process, a client of the other, disconnected at random.
+    let total = 2_000;
+    let ((), (got, connections)) =
+        tokio::join!(append_spread(a.app.clone(), total, 3), follow_live(&b, "/events/live", None, total, 400, 4));
+    let want = committed(&a).await;
+    assert!(got == want, "every event once, in order, over {connections} connections: {} of {}", got.len(), want.len());
+    // A token one process handed out resumes at the other.
+    let page = a.get("/events?limit=1500").await;
+    let next = page["next"].as_str().unwrap();
+    let (rest, _) = follow_live(&b, "/events/live", Some(next), total - 1500, 100, 8).await;
+    assert!(rest == want[1500..], "resumed at the other process");
+    a.server.shutdown().await;
+    b.finish().await;
+}
