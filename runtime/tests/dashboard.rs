@@ -161,9 +161,10 @@ fn browse(addr: SocketAddr, data_dir: PathBuf) {
 
     // Discard that dead letter from the page (the button asks once more).
     let position = letter[0]["position"].clone();
-    let discard = browser.find("[data-module='skipper'] .letters [data-action='discard']").unwrap();
-    browser.click(&discard);
-    browser.click(&discard);
+    // Both presses in one script: the list is drawn again when the retry's
+    // answer arrives, which may replace the button between two WebDriver clicks.
+    let discard = "[data-module='skipper'] .letters [data-action='discard']";
+    browser.script("const b = document.querySelector(arguments[0]); b.click(); b.click();", json!([discard]));
     browser.wait("the discarded dead letter is gone", SEEN_WITHIN, |b| {
         let (count, first) = (row(b, "skipper", "dead-letters"), text(b, "[data-module='skipper'] .letters li pre"));
         if count == "1" && first == letter[1]["error"].as_str().unwrap() { Ok(()) } else { Err(count) }
