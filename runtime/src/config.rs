@@ -45,6 +45,29 @@ pub struct Config {
     pub metrics_open: bool,
     /// Serve a non-loopback address without tokens.
     pub insecure: bool,
+    /// The total request timeout and the caps on requests in flight.
+    pub requests: RequestLimits,
+}
+
+/// What one reel serves at once, and for how long (ADR 33).
+#[derive(Debug, Clone)]
+pub struct RequestLimits {
+    /// Total time of an ordinary request (streaming routes are exempt).
+    pub timeout: Duration,
+    /// Reads (and open routes) in flight.
+    pub reads: usize,
+    /// Appends and commands in flight.
+    pub appends: usize,
+    /// Administrative calls in flight.
+    pub admin: usize,
+    /// Open streams (live feeds).
+    pub streams: usize,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(30), reads: 1024, appends: 512, admin: 32, streams: 1024 }
+    }
 }
 
 /// What one projection may override.
@@ -143,6 +166,7 @@ impl Default for Config {
             tokens: tokens::Tokens::default(),
             metrics_open: false,
             insecure: false,
+            requests: RequestLimits::default(),
         }
     }
 }

@@ -191,6 +191,10 @@ struct ServeArgs {
     /// the port may append, pause, rebuild and delete.
     #[arg(long)]
     insecure: bool,
+    /// Total time an ordinary request may take, in seconds (live feeds are
+    /// exempt); past it reel answers 503 request_timeout.
+    #[arg(long, default_value_t = 30.0)]
+    request_timeout: f64,
 }
 
 impl ServeArgs {
@@ -222,6 +226,10 @@ impl ServeArgs {
         config.keep_old = self.keep_old;
         config.metrics_open = self.metrics_open;
         config.insecure = self.insecure;
+        config.requests.timeout = Duration::try_from_secs_f64(self.request_timeout)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("--request-timeout must be a positive number of seconds"))?;
         if let Some(file) = &self.tokens {
             config.tokens = Tokens::from_file(file).map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
         }

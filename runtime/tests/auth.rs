@@ -249,6 +249,15 @@ async fn a_browser_signs_in_for_a_cookie_that_needs_a_csrf_header_to_change_anyt
     let (status, _, body) = call_with(&h, "POST", "/projections/customer-stats/pause", &jar, "").await;
     assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("csrf")), "{body}");
     assert_eq!(body["error"]["message"], "a POST signed in by the session cookie must carry the x-reel-csrf header");
+    // The live feed, as an EventSource reads it: the cookie, no header.
+    let live = Request::get("/events/live").header("cookie", cookie.as_str()).body(Body::empty()).unwrap();
+    let live = h.app.clone().oneshot(live).await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    assert_eq!(live.headers()[header::CONTENT_TYPE], "text/event-stream");
+    let refused = h.app.clone().oneshot(Request::get("/events/live").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    drop(live);
+
     let csrf = [jar[0], ("x-reel-csrf", "1")];
     let (status, _, body) = call_with(&h, "POST", "/projections/customer-stats/pause", &csrf, "").await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::config::tokens::{Scope, Token, Tokens};
 
 /// Who may call what: the tokens, and whether `/metrics` is open.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Access {
     /// Accepted tokens; none turns authentication off.
     pub tokens: Tokens,
@@ -26,12 +26,60 @@ pub struct Access {
     pub metrics_open: bool,
     /// Served over TLS: the session cookie is `Secure`.
     pub tls: bool,
+    /// How long an ordinary request may take; streaming routes are exempt.
+    pub request_timeout: std::time::Duration,
+    /// Requests in flight per route class, beyond which reel answers 503.
+    pub classes: Classes,
+}
+
+/// Caps on requests in flight, per route class: a flood of reads cannot
+/// starve appends or an administrator's pause.
+#[derive(Clone, Debug)]
+pub struct Classes {
+    read: Arc<tokio::sync::Semaphore>,
+    append: Arc<tokio::sync::Semaphore>,
+    admin: Arc<tokio::sync::Semaphore>,
+    streams: Arc<tokio::sync::Semaphore>,
+}
+
+impl Classes {
+    /// Caps for reads (and open routes), appends, admin calls and open streams.
+    pub fn new(read: usize, append: usize, admin: usize, streams: usize) -> Self {
+        let cap = |n| Arc::new(tokio::sync::Semaphore::new(n));
+        Self { read: cap(read), append: cap(append), admin: cap(admin), streams: cap(streams) }
+    }
+}
+
+impl Default for Classes {
+    fn default() -> Self {
+        let c = crate::config::RequestLimits::default();
+        Self::new(c.reads, c.appends, c.admin, c.streams)
+    }
 }
 
 impl Access {
     /// As configured.
     pub fn from_config(config: &Config) -> Arc<Self> {
-        Arc::new(Self { tokens: config.tokens.clone(), metrics_open: config.metrics_open, tls: false })
+        let r = &config.requests;
+        Arc::new(Self {
+            tokens: config.tokens.clone(),
+            metrics_open: config.metrics_open,
+            tls: false,
+            request_timeout: r.timeout,
+            classes: Classes::new(r.reads, r.appends, r.admin, r.streams),
+        })
+    }
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Self {
+            tokens: Tokens::default(),
+            metrics_open: false,
+            tls: false,
+            request_timeout: crate::config::RequestLimits::default().timeout,
+            classes: Classes::default(),
+        }
     }
 }
 
@@ -48,6 +96,8 @@ pub enum Needs {
 pub struct RouteScopes {
     scopes: HashMap<(String, Method), Needs>,
     paths: HashSet<String>,
+    /// Operations answering `text/event-stream`: no total request timeout.
+    streaming: HashSet<(String, Method)>,
     /// Operations whose `x-reel-scope` is missing or unknown (refused).
     pub undeclared: Vec<String>,
 }
@@ -56,7 +106,8 @@ impl RouteScopes {
     /// Read the operations of an OpenAPI document.
     pub fn parse(openapi: &str) -> Self {
         let document: serde_json::Value = serde_json::from_str(openapi).expect("openapi.json is JSON");
-        let mut routes = Self { scopes: HashMap::new(), paths: HashSet::new(), undeclared: Vec::new() };
+        let mut routes =
+            Self { scopes: HashMap::new(), paths: HashSet::new(), streaming: HashSet::new(), undeclared: Vec::new() };
         for (path, operations) in document["paths"].as_object().into_iter().flatten() {
             routes.paths.insert(path.clone());
             for (method, operation) in operations.as_object().into_iter().flatten() {
@@ -71,6 +122,9 @@ impl RouteScopes {
                         continue;
                     }
                 };
+                if operation["responses"]["200"]["content"]["text/event-stream"].is_object() {
+                    routes.streaming.insert((path.clone(), method.clone()));
+                }
                 routes.scopes.insert((path.clone(), method), needs);
             }
         }
@@ -87,6 +141,13 @@ impl RouteScopes {
             None if self.paths.contains(&path) => Lookup::OtherMethod,
             None => Lookup::Undeclared,
         }
+    }
+}
+
+impl RouteScopes {
+    /// Does `method` on `template` answer a stream?
+    pub fn streams(&self, template: &str, method: &Method) -> bool {
+        self.streaming.contains(&(template.replace("{*", "{"), method.clone()))
     }
 }
 
@@ -141,10 +202,15 @@ pub async fn guard(
             .into_response();
         }
     };
+    let streaming = ROUTES.streams(matched.as_str(), &method);
     let scope = match needs {
-        Needs::Open => return next.run(request).await,
-        Needs::Token(_) if access.tokens.is_empty() => return next.run(request).await,
-        Needs::Token(_) if access.metrics_open && matched.as_str() == "/metrics" => return next.run(request).await,
+        Needs::Open => return limited(&access, None, streaming, request, next).await,
+        Needs::Token(scope) if access.tokens.is_empty() => {
+            return limited(&access, Some(scope), streaming, request, next).await;
+        }
+        Needs::Token(scope) if access.metrics_open && matched.as_str() == "/metrics" => {
+            return limited(&access, Some(scope), streaming, request, next).await;
+        }
         Needs::Token(scope) => scope,
     };
     let token = match caller(&access.tokens, &request) {
@@ -176,7 +242,51 @@ pub async fn guard(
     if scope == Scope::Admin {
         tracing::info!(token = %token.name, "{method} {}", request.uri().path());
     }
-    next.run(request).await
+    limited(&access, Some(scope), streaming, request, next).await
+}
+
+/// Run an allowed request within its class's cap and, unless it streams,
+/// the total request timeout (whose 503 leaves the outcome unknown: an
+/// append may still commit, and retrying it with its expected version is safe).
+async fn limited(access: &Access, scope: Option<Scope>, streaming: bool, request: Request, next: Next) -> Response {
+    let class = match scope {
+        _ if streaming => &access.classes.streams,
+        Some(Scope::Append) => &access.classes.append,
+        Some(Scope::Admin) => &access.classes.admin,
+        Some(Scope::Read) | None => &access.classes.read,
+    };
+    let Ok(permit) = class.clone().try_acquire_owned() else {
+        let mut response = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "too many requests of this kind in flight; try again in a moment",
+        )
+        .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
+    if streaming {
+        // The permit lives as long as the stream does.
+        let response = next.run(request).await;
+        return response.map(|body| {
+            axum::body::Body::from_stream(futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+                let _held = &permit;
+                chunk
+            }))
+        });
+    }
+    let limit = access.request_timeout;
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!("the request took longer than {limit:?}; its outcome is unknown"),
+        )
+        .into_response(),
+    };
+    drop(permit);
+    response
 }
 
 /// What a request presented, when it is not an accepted token.
@@ -254,6 +364,39 @@ mod tests {
     #[test]
     fn every_operation_of_openapi_declares_a_scope() {
         assert_eq!(ROUTES.undeclared, Vec::<String>::new(), "operations without a valid x-reel-scope");
+    }
+
+    #[tokio::test]
+    async fn ordinary_requests_time_out_and_streams_do_not_and_classes_are_capped() {
+        let slow = || async {
+            tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+            "late"
+        };
+        let access = Access {
+            request_timeout: std::time::Duration::from_millis(100),
+            classes: Classes::new(8, 8, 8, 1),
+            ..Access::default()
+        };
+        let app = axum::Router::new()
+            .route("/healthz", axum::routing::get(slow))
+            .route("/events/live", axum::routing::get(slow))
+            .layer(axum::middleware::from_fn_with_state(Arc::new(access), guard));
+        let call =
+            |uri: &str| app.clone().oneshot(Request::builder().uri(uri).body(axum::body::Body::empty()).unwrap());
+        let response = call("/healthz").await.unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&body).contains("request_timeout"));
+
+        // A stream outlives the timeout, and holds its class's one place
+        // until its body is dropped.
+        let stream = call("/events/live").await.unwrap();
+        assert_eq!(stream.status(), StatusCode::OK);
+        let busy = call("/events/live").await.unwrap();
+        assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(busy.headers()[header::RETRY_AFTER], "1");
+        drop(stream);
+        assert_eq!(call("/events/live").await.unwrap().status(), StatusCode::OK);
     }
 
     #[test]
