@@ -1,6 +1,6 @@
 //! What the `reel` subcommands other than `serve` do: control a running
 //! server over its API (`status`, `pause`, `resume`, `rebuild`, `delete`,
-//! `skip`, `discard`),
+//! `skip`, `discard`, `dead-letters`),
 //! and generate a workload.
 
 pub mod workload;
@@ -40,8 +40,8 @@ pub fn status(server: &Remote, name: Option<&str>) -> Result<(), String> {
         return Ok(());
     }
     println!(
-        "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12}  error",
-        "projection", "version", "state", "position", "head", "lag", "events/s"
+        "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12} {:>6}  error",
+        "projection", "version", "state", "position", "head", "lag", "events/s", "dead"
     );
     for p in body.as_array().into_iter().flatten() {
         let error = p["last_error"]["message"].as_str().or(p["module_error"].as_str()).unwrap_or("");
@@ -60,7 +60,7 @@ pub fn status(server: &Remote, name: Option<&str>) -> Result<(), String> {
 /// and lag, the log's head, and `error`.
 fn row(label: &str, v: &serde_json::Value, head: &serde_json::Value, error: &str) {
     println!(
-        "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12.0}  {}",
+        "{:<24} {:<8} {:<10} {:>10} {:>10} {:>10} {:>12.0} {:>6}  {}",
         label,
         v["version"].as_str().unwrap_or(""),
         v["state"].as_str().unwrap_or(""),
@@ -68,8 +68,41 @@ fn row(label: &str, v: &serde_json::Value, head: &serde_json::Value, error: &str
         head.to_string(),
         v["lag"].to_string(),
         v["events_per_second"].as_f64().unwrap_or(0.0),
+        v["dead_letters"].as_i64().unwrap_or(0),
         error
     );
+}
+
+/// `reel dead-letters NAME`: the events a projection set aside (policy
+/// skip), one a line: position, stream, type, when, why.
+pub fn dead_letters(server: &Remote, name: &str) -> Result<(), String> {
+    let mut client = server.connect()?;
+    let response = client.get(&format!("/projections/{name}/dead-letters"))?;
+    if response.status != 200 {
+        return Err(response.message());
+    }
+    let body = response.json()?;
+    let letters = body.as_array().map(Vec::as_slice).unwrap_or_default();
+    if letters.is_empty() {
+        println!("{name}: no dead letters");
+        return Ok(());
+    }
+    println!("{:>10}  {:<24} {:<20} {:<27}  error", "position", "stream", "type", "failed at");
+    for d in letters {
+        println!(
+            "{:>10}  {:<24} {:<20} {:<27}  {}",
+            d["position"].to_string(),
+            d["stream_id"].as_str().unwrap_or(""),
+            d["event_type"].as_str().unwrap_or(""),
+            d["failed_at"].as_str().unwrap_or(""),
+            d["error"].as_str().unwrap_or("")
+        );
+    }
+    println!(
+        "retry one after a fix: POST /projections/{name}/dead-letters/POSITION/retry; \
+         discard one: reel discard {name} POSITION"
+    );
+    Ok(())
 }
 
 /// `reel pause|resume|delete NAME`.
@@ -161,9 +194,18 @@ pub fn rebuild(server: &Remote, name: &str, wait: bool) -> Result<(), String> {
                 rebuild["stopped_at"]
             ));
         }
+        // Under policy skip a failing event ends as a dead letter and the
+        // rebuild goes on: not a failure of the rebuild.
         if !error.is_empty() && error != told {
             let _ = writeln!(stderr);
-            eprintln!("{name}: the rebuild is failing: {error}");
+            if status["module"]["on_error"] == "skip" {
+                eprintln!(
+                    "{name}: {error} (policy skip: after its retries it goes to the dead letters and the \
+                     rebuild goes on; see `reel dead-letters {name}`)"
+                );
+            } else {
+                eprintln!("{name}: the rebuild is failing: {error}");
+            }
             told = error.to_owned();
         }
         let line = progress_line(

@@ -49,6 +49,8 @@ enum Command {
     Skip(PositionArgs),
     /// Delete a dead letter for good.
     Discard(PositionArgs),
+    /// List the events a projection set aside (policy skip) and why.
+    DeadLetters(NameArgs),
     /// Make a random API token and the line that lets `reel serve --tokens
     /// FILE` accept it (reel keeps only its SHA-256).
     Token {
@@ -319,6 +321,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Skip(p) => {
             Ok(reel::cli::poison(&p.target.remote(), &p.name, "skip", p.position).map_err(anyhow::Error::msg)?)
+        }
+        Command::DeadLetters(p) => {
+            Ok(reel::cli::dead_letters(&p.target.remote(), &p.name).map_err(anyhow::Error::msg)?)
         }
         Command::Discard(p) => {
             Ok(reel::cli::poison(&p.target.remote(), &p.name, "discard", p.position).map_err(anyhow::Error::msg)?)

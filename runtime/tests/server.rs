@@ -333,6 +333,13 @@ fn the_cli_controls_a_running_server() {
     assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains("running")), "{out}");
     // Position, head and lag right-aligned in their columns.
     assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains("        50         50          0")), "{out}");
+    // Dead letters have a column of their own, and a command that lists them.
+    assert!(out.lines().next().unwrap().contains("events/s   dead  error"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("echo ") && l.contains(" 0  ")), "{out}");
+    let (ok, listed) = reel_cli(&server, &["dead-letters", "echo"]);
+    assert!(ok && listed.contains("echo: no dead letters"), "{listed}");
+    let (ok, listed) = reel_cli(&server, &["dead-letters", "nope"]);
+    assert!(!ok && listed.contains("no projection named `nope`"), "{listed}");
 
     let (ok, out) = reel_cli(&server, &["pause", "echo"]);
     assert!(ok && out.contains("echo: pause done"), "{out}");
