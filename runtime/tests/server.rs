@@ -388,6 +388,11 @@ fn the_cli_controls_a_running_server() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&output.stdout).contains("\"state\": \"running\""), "{output:?}");
+    // The same seed twice meets its own streams: the refusal says what to do.
+    let (ok, out) = reel_cli(&server, &["generate", "--orders", "2", "--seed", "77"]);
+    assert!(ok, "{out}");
+    let (ok, out) = reel_cli(&server, &["generate", "--orders", "2", "--seed", "77"]);
+    assert!(!ok && out.contains("HTTP 409") && out.contains("run it with another --seed"), "{out}");
 
     // SIGTERM stops it cleanly, and the log says so.
     let (status, log) = server.terminate();

@@ -390,8 +390,14 @@ pub mod load {
             .to_string();
             let response = client.post("/events", Some(&body))?;
             if response.status != 201 {
+                // A seed names its streams: the same seed twice meets its own events.
+                let hint = if response.status == 409 {
+                    " (these orders were appended before: run it with another --seed)"
+                } else {
+                    ""
+                };
                 return Err(format!(
-                    "append of {} failed: HTTP {}: {}",
+                    "append of {} failed: HTTP {}: {}{hint}",
                     e.stream_id,
                     response.status,
                     response.message()
