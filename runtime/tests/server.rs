@@ -118,7 +118,7 @@ impl Server {
             .arg("--projections")
             .arg(dir.join("modules"))
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+            .env_remove("NO_COLOR")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -398,6 +398,7 @@ fn the_cli_controls_a_running_server() {
     let (status, log) = server.terminate();
     assert!(status.success(), "{status:?}\n{log}");
     assert!(log.contains("SIGTERM received: shutting down"), "{log}");
+    assert!(!log.contains('\x1b'), "no colour codes in a log that is not a terminal: {log}");
     assert!(log.lines().last().is_some_and(|l| l.contains("reel stopped")), "{log}");
 }
 
