@@ -9,7 +9,8 @@
 //! - [`Value`], [`Rows`], [`SqlError`]: what crosses the `sql` interface.
 //! - [`Manifest`], [`OnError`]: what a projection declares, and its checks.
 //! - [`Error`], [`HandleError`]: what a projection reports.
-//! - [`Emitted`], [`Emits`], [`Timer`]: what a reactor emits and declares.
+//! - [`Emitted`], [`Emits`], [`Timer`]: what a reactor emits and declares;
+//!   [`Emissions`]: a reactor batch's output as storage and the log take it.
 //!
 //! It depends on serde alone, so it compiles for `wasm32` as well (the guest
 //! SDK re-exports it). With the `host` feature, the types of the `types`
@@ -18,6 +19,7 @@
 #![deny(missing_docs)]
 
 mod cursor;
+mod emission;
 mod emit;
 mod error;
 mod event;
@@ -26,6 +28,7 @@ pub mod time;
 mod value;
 
 pub use cursor::{Cursor, CursorTokenError};
+pub use emission::{Emission, Emissions, Forwarded, TimerChange};
 pub use emit::{Emits, Emitted, Timer};
 pub use error::{Error, HandleError, Result, SqlError};
 pub use event::{DeadLetter, Event};

@@ -13,6 +13,7 @@ use crate::store::{
     Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
     StoreError, TableRead, TableReads,
 };
+use crate::store::{Emissions, Forwarded};
 
 use super::connection::{Behind, PgNamespace};
 use super::pipeline::{Op, unsendable};
@@ -269,7 +270,21 @@ impl Commits for PgNamespace {
         self.behind = Behind::Clear;
         outcome
     }
+
+    /// reel.emit appends in this transaction, as reel's user: the role
+    /// itself cannot write `events` (ADR 23).
+    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+        let slug = self.info.slug.clone();
+        let (tx, position) = (to.tx, to.id);
+        let (events, timers) = (emissions.events_json(), emissions.timers_json());
+        let rows = self.fetch(EMIT, &[&slug, &tx, &position, &events, &timers], false)?;
+        let count = |i: usize| rows.first().map_or(0, |r| r.get::<_, i32>(i) as u64);
+        Ok(Some(Forwarded { emitted: count(0), dropped: count(1) }))
+    }
 }
+
+/// A reactor batch's emissions, before its checkpoint.
+const EMIT: &str = "SELECT emitted, dropped FROM reel.emit($1, $2, $3, $4::text::jsonb, $5::text::jsonb)";
 
 impl KvWrites for PgNamespace {
     fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {

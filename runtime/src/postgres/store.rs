@@ -105,7 +105,8 @@ impl PgStore {
              GRANT EXECUTE ON FUNCTION reel.owns(text), reel.read_checkpoint(text), \
                  reel.advance(text, bigint, bigint, bigint, bigint), \
                  reel.add_dead_letter(text, bigint, text, bigint, text, text, text, text, text), \
-                 reel.list_dead_letters(text, bigint, integer), reel.remove_dead_letter(text, bigint) TO {role}; \
+                 reel.list_dead_letters(text, bigint, integer), reel.remove_dead_letter(text, bigint), \
+                 reel.emit(text, bigint, bigint, jsonb, jsonb) TO {role}; \
              CREATE TABLE {schema}._reel_kv (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL) \
                  WITH (fillfactor = 50); \
              GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}._reel_kv TO {role};",

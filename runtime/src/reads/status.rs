@@ -51,6 +51,8 @@ pub struct ProjectionInfo {
     /// The last admin actions (skip, discard), newest first: what, which
     /// event, who, when (ADR 21).
     pub admin_actions: Vec<AdminAction>,
+    /// A reactor's emissions (absent for a projection).
+    pub reactor: Option<ReactorInfo>,
     /// Where its code comes from.
     pub module: Option<ModuleInfo>,
     /// Why the latest module file for it was refused (it keeps running the
@@ -166,6 +168,11 @@ impl Reads {
             skipped: status.skipped,
             discarded: status.discarded,
             admin_actions: status.admin_actions,
+            reactor: active.program.as_ref().and_then(|p| p.emits()).map(|emits| ReactorInfo {
+                stream_prefix: emits.stream_prefix.clone(),
+                emitted: status.emitted,
+                dropped: status.emissions_dropped,
+            }),
             module: active.program.as_ref().map(|p| {
                 let m = p.manifest();
                 let module = p.module();
@@ -182,4 +189,16 @@ impl Reads {
             rebuild,
         })
     }
+}
+
+/// What a reactor emitted since it started running here (ADR 23).
+#[derive(Debug, Clone, Serialize)]
+pub struct ReactorInfo {
+    /// The prefix of every stream it emits to.
+    pub stream_prefix: String,
+    /// Events it appended to the log.
+    pub emitted: u64,
+    /// Emissions dropped at a cut-over: their cause had been handled by an
+    /// earlier version or generation, whose history wins.
+    pub dropped: u64,
 }

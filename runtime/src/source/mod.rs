@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use reel_model::{Cursor, Event};
+use reel_model::{Cursor, Emissions, Event, Forwarded};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -258,6 +258,13 @@ pub trait EventLog: Send + Sync {
     fn lag_cause(&self, cursor: Cursor) -> LogFuture<'_, Option<LagCause>>;
     /// Changes whenever new events may have been committed.
     fn wakeups(&self) -> watch::Receiver<u64>;
+    /// Append a reactor batch's emissions kept in namespace `namespace`'s
+    /// outbox, handled through `handled`, skipping those already appended
+    /// (ADR 23). Only a log in another database than the namespaces needs it.
+    fn forward(&self, namespace: String, handled: Cursor, emissions: Emissions) -> LogFuture<'_, Forwarded> {
+        let _ = (namespace, handled, emissions);
+        Box::pin(async { Err(SourceError::Internal("this event log has no outboxes to forward".into())) })
+    }
     /// Stop background work (a LISTEN connection, a commit watcher).
     fn close(&self);
     /// Whether `cursor` could be a token this log handed out (a bare
@@ -369,6 +376,16 @@ impl Source {
     /// `occurred_at` of the first committed event after `cursor`.
     pub async fn oldest_after(&self, cursor: Cursor) -> Result<Option<String>, SourceError> {
         self.log.oldest_after(cursor).await
+    }
+
+    /// Append a reactor's outbox entry (see [`EventLog::forward`]).
+    pub async fn forward(
+        &self,
+        namespace: String,
+        handled: Cursor,
+        emissions: Emissions,
+    ) -> Result<Forwarded, SourceError> {
+        self.log.forward(namespace, handled, emissions).await
     }
 
     /// Stop background work (the LISTEN connection, the commit watcher).

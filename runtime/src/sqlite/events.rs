@@ -18,6 +18,7 @@ use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, Event};
 
 use crate::source::{AppendRequest, Appended, Batch, EventLog, EventReader, Filter, LagCause, LogFuture, SourceError};
+use reel_model::{Emissions, Forwarded};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -253,6 +254,22 @@ impl EventLog for SqliteSource {
     /// A single writer holds nothing back.
     fn lag_cause(&self, _cursor: Cursor) -> LogFuture<'_, Option<LagCause>> {
         Box::pin(async { Ok(None) })
+    }
+
+    fn forward(&self, namespace: String, handled: Cursor, emissions: Emissions) -> LogFuture<'_, Forwarded> {
+        Box::pin(async move {
+            let writer = Arc::clone(&self.writer);
+            let forwarded = tokio::task::spawn_blocking(move || {
+                let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                super::forward::forward(&mut conn, &namespace, handled, &emissions)
+            })
+            .await
+            .map_err(|e| SourceError::Internal(e.to_string()))??;
+            if forwarded.emitted > 0 {
+                self.wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Ok(forwarded)
+        })
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {

@@ -7,6 +7,7 @@
 
 mod convert;
 mod events;
+mod forward;
 mod namespace;
 mod store;
 pub mod wal;

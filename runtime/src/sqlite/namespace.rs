@@ -16,6 +16,7 @@ use crate::store::{
     Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
     StoreError, TableRead, TableReads, scan_range,
 };
+use crate::store::{Emissions, Forwarded};
 
 use super::convert::{Guest, Param, as_guest, db, to_value};
 
@@ -434,7 +435,46 @@ impl Commits for SqliteNamespace {
         }
         Ok(())
     }
+
+    /// The events file is another database: the batch's emissions wait in
+    /// this namespace's outbox, committed with the checkpoint, until the
+    /// worker forwards them (ADR 23).
+    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+        let text = serde_json::to_string(emissions).map_err(|e| StoreError::Database(e.to_string()))?;
+        let conn = self.conn()?;
+        conn.execute_batch(OUTBOX).map_err(db)?;
+        conn.prepare_cached("INSERT INTO _reel_outbox (handled, emissions) VALUES (?1, ?2)")
+            .and_then(|mut s| s.execute(params![to.id, text]))
+            .map_err(db)?;
+        Ok(None)
+    }
+
+    fn outbox(&mut self) -> Result<Vec<(i64, Cursor, Emissions)>, StoreError> {
+        let conn = self.conn()?;
+        conn.execute_batch(OUTBOX).map_err(db)?;
+        let mut select =
+            conn.prepare_cached("SELECT id, handled, emissions FROM _reel_outbox ORDER BY id").map_err(db)?;
+        let rows = select
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?)))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(db)?;
+        rows.into_iter()
+            .map(|(id, handled, text)| {
+                let emissions = serde_json::from_str(&text).map_err(|e| StoreError::Database(e.to_string()))?;
+                Ok((id, Cursor { tx: 0, id: handled }, emissions))
+            })
+            .collect()
+    }
+
+    fn outbox_done(&mut self, id: i64) -> Result<(), StoreError> {
+        self.conn()?.execute("DELETE FROM _reel_outbox WHERE id <= ?1", [id]).map_err(db)?;
+        Ok(())
+    }
 }
+
+/// A reactor's outbox (in its namespace file).
+const OUTBOX: &str = "CREATE TABLE IF NOT EXISTS _reel_outbox \
+    (id INTEGER PRIMARY KEY, handled INTEGER NOT NULL, emissions TEXT NOT NULL)";
 
 impl KvWrites for SqliteNamespace {
     fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {

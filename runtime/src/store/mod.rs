@@ -12,7 +12,6 @@
 //! `crate::postgres`), the [`Store`] reel holds, the KV write buffer and
 //! cache, and the checks of projection SQL text.
 
-mod emission;
 pub mod kv_cache;
 mod namespace;
 pub mod sql_text;
@@ -23,11 +22,11 @@ use std::time::Duration;
 
 use reel_model::{Cursor, SqlError, Value};
 
-pub use emission::{Emission, Emissions, Forwarded, TimerChange};
 pub use namespace::{
     Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrites, Reader, Snapshot, SqlReads, SqlWrites, TableReads,
     Writer,
 };
+pub use reel_model::{Emission, Emissions, Forwarded, TimerChange};
 
 /// A projection version's storage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -171,6 +171,7 @@ impl Worker {
                 self.cursor = end;
                 self.persisted = end;
                 self.last_persist = Instant::now();
+                self.forward();
                 if pending {
                     self.behind = Some(Behind { from, end, events: events.len() });
                 } else {
@@ -183,6 +184,39 @@ impl Worker {
             Err(e) => {
                 self.discard(&e);
                 Err(e)
+            }
+        }
+    }
+
+    /// A reactor's committed emissions: count what the batch's transaction
+    /// appended (PostgreSQL), or append what waits in the namespace's outbox
+    /// (SQLite). A failed forward stays in the outbox for the next try; the
+    /// log's keys make a second forward append nothing twice (ADR 23).
+    pub(super) fn forward(&mut self) {
+        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps(),
+            (None, Some(caps)) => caps,
+            (None, None) => return,
+        };
+        if !caps.is_reactor() {
+            return;
+        }
+        if let Some(f) = caps.take_forwarded() {
+            self.status.forwarded(f.emitted, f.dropped);
+            return;
+        }
+        let pending = match caps.writer().and_then(|ns| ns.outbox()) {
+            Ok(pending) => pending,
+            Err(e) => return tracing::warn!(projection = %self.ns, "reading the outbox: {e}"),
+        };
+        for (id, handled, emissions) in pending {
+            let forwarded = self.ctx.handle.block_on(self.ctx.source.forward(self.ns.slug(), handled, emissions));
+            match forwarded.map_err(|e| e.to_string()).and_then(|f| {
+                caps.writer().and_then(|ns| ns.outbox_done(id)).map_err(|e| e.to_string())?;
+                Ok(f)
+            }) {
+                Ok(f) => self.status.forwarded(f.emitted, f.dropped),
+                Err(e) => return tracing::warn!(projection = %self.ns, "forwarding the outbox: {e}"),
             }
         }
     }

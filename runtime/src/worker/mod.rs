@@ -370,6 +370,8 @@ impl Worker {
                 return Err(e);
             }
         }
+        // What a crash left in a reactor's outbox goes first.
+        self.forward();
         self.cursor = checkpoint.cursor;
         self.persisted = checkpoint.cursor;
         self.behind = None;

@@ -101,6 +101,11 @@ pub struct Snapshot {
     pub discarded: u64,
     /// The last admin actions, newest first.
     pub admin_actions: Vec<AdminAction>,
+    /// A reactor's events appended to the log by this worker.
+    pub emitted: u64,
+    /// A reactor's emissions dropped because an earlier version had handled
+    /// their cause (history wins, ADR 23).
+    pub emissions_dropped: u64,
 }
 
 /// Shared status of one worker.
@@ -134,6 +139,8 @@ impl Status {
             skipped: 0,
             discarded: 0,
             admin_actions: Vec::new(),
+            emitted: 0,
+            emissions_dropped: 0,
         };
         // A sample at the start, so the first batch already gives a rate (and a
         // rebuild an ETA) instead of 0 until the second one commits.
@@ -221,6 +228,14 @@ impl Status {
             if state == State::Stopped {
                 i.snapshot.stopped_at = position;
             }
+        });
+    }
+
+    /// A reactor's batch appended `emitted` events and dropped `dropped`.
+    pub fn forwarded(&self, emitted: u64, dropped: u64) {
+        self.with(|i| {
+            i.snapshot.emitted += emitted;
+            i.snapshot.emissions_dropped += dropped;
         });
     }
 

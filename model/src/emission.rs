@@ -1,7 +1,7 @@
 //! What a reactor's batch hands to storage with its checkpoint: the events
 //! it emitted and its timer changes, each keyed by its cause (ADR 23).
 
-use reel_model::Cursor;
+use crate::Cursor;
 use serde::{Deserialize, Serialize};
 
 /// One event a reactor emitted, checked and with reel's metadata filled in.
@@ -70,4 +70,40 @@ pub struct Forwarded {
     /// Emissions for causes an earlier version (or generation) of the
     /// reactor had already handled: history wins, they are dropped.
     pub dropped: u64,
+}
+
+impl Emissions {
+    /// The events as one JSON array for the database: `[{cause, cause_tx,
+    /// index, stream_id, event_type, data, metadata}]`, data and metadata
+    /// as JSON values.
+    pub fn events_json(&self) -> String {
+        serde_json::Value::Array(self.events.iter().map(Emission::to_json).collect()).to_string()
+    }
+
+    /// The timer changes as one JSON array: `[{key, due_micros, event}]` or
+    /// `[{key, cancel: true}]`.
+    pub fn timers_json(&self) -> String {
+        let changes = self.timers.iter().map(|t| match t {
+            TimerChange::Schedule { key, due_micros, event } => {
+                serde_json::json!({ "key": key, "due_micros": due_micros, "event": event.to_json() })
+            }
+            TimerChange::Cancel { key } => serde_json::json!({ "key": key, "cancel": true }),
+        });
+        serde_json::Value::Array(changes.collect()).to_string()
+    }
+}
+
+impl Emission {
+    fn to_json(&self) -> serde_json::Value {
+        let parse = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+        serde_json::json!({
+            "cause": self.cause,
+            "cause_tx": self.cause_cursor.tx,
+            "index": self.index,
+            "stream_id": self.stream_id,
+            "event_type": self.event_type,
+            "data": parse(&self.data),
+            "metadata": parse(&self.metadata),
+        })
+    }
 }
