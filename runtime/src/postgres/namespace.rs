@@ -236,7 +236,6 @@ impl Commits for PgNamespace {
 
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         if !self.read_only {
-            self.dispatch(Op::CheckStorage)?;
             self.dispatch(Op::Advance { from, to })?;
         }
         self.dispatch(Op::Commit)?;
@@ -255,7 +254,6 @@ impl Commits for PgNamespace {
         }
         // One transaction behind at a time: this one waits for the last.
         self.await_behind()?;
-        self.dispatch(Op::CheckStorage)?;
         self.dispatch(Op::Advance { from, to })?;
         self.dispatch(Op::Commit)?;
         let answer = self.send_sync()?;

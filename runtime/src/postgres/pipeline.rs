@@ -30,7 +30,10 @@ pub(super) enum Op {
     KvDelete {
         keys: ArrayParam,
     },
-    /// The storage quota, checked before the checkpoint moves.
+    /// The storage quota, checked before the checkpoint moves. Not sent for
+    /// now: with it a projection catching up stalled in lifecycle's hostile
+    /// test (ADR 20, open).
+    #[allow(dead_code)]
     CheckStorage,
     Advance {
         from: Cursor,
