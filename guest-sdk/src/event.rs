@@ -82,6 +82,19 @@ fn with_path<E: DeserializeOwned>(event: &(impl EventFields + ?Sized), error: se
     }
 }
 
+/// Decode `data` tagged with `tag` as `T`, as if it were
+/// `{"type": <tag>, "data": <data>}` (a command as a decider reads it); the
+/// message names the path to the value at fault.
+pub(crate) fn decode_tagged<T: DeserializeOwned>(tag: &str, data: &str) -> Result<T, String> {
+    T::deserialize(Tagged { event_type: tag, data, track: None }).map_err(|error| {
+        let mut track = serde_path_to_error::Track::new();
+        match T::deserialize(Tagged { event_type: tag, data, track: Some(&mut track) }) {
+            Err(again) => serde_path_to_error::Error::new(track.path(), again).to_string(),
+            Ok(_) => error.to_string(),
+        }
+    })
+}
+
 impl EventFields for RawEvent {
     fn position(&self) -> i64 {
         self.position

@@ -71,6 +71,7 @@
 extern crate self as reel_guest_sdk;
 
 mod context;
+pub mod decider;
 mod event;
 pub mod native;
 #[cfg(target_arch = "wasm32")]
@@ -78,6 +79,7 @@ pub mod native;
 pub mod wasm;
 
 pub use context::{Context, Host, Kv, Level, Sql};
+pub use decider::{Command, Decider, DeciderManifest, NewEvent, RawCommand, Rejection};
 pub use event::{Envelope, EventFields, RawEvent};
 // The types reel shares with its projections (events, values, manifests).
 pub use reel_model::{
@@ -217,6 +219,39 @@ macro_rules! export_reactor {
                 }
             }
     $crate::wasm::reactor::bindings::__export_reactor!(ReelExport with_types_in $crate::wasm::reactor::bindings);
+        };
+    };
+}
+
+/// Export a [`Decider`] as the component's `reel:projection/decider` world.
+///
+/// Use it once, at the top level of a crate built with
+/// `cargo build --target wasm32-wasip2` and `crate-type = ["cdylib"]`;
+/// outside wasm it expands to nothing.
+#[macro_export]
+macro_rules! export_decider {
+    ($decider:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct ReelDecider;
+            impl $crate::wasm::decider_bindings::Guest for ReelDecider {
+                fn describe() -> $crate::DeciderManifest {
+                    $crate::decider::run::describe::<$decider>()
+                }
+                fn evolve(
+                    state: ::core::option::Option<::std::string::String>,
+                    events: ::std::vec::Vec<$crate::RawEvent>,
+                ) -> ::core::result::Result<::std::string::String, $crate::Error> {
+                    $crate::decider::run::evolve::<$decider, $crate::RawEvent>(state.as_deref(), &events)
+                }
+                fn decide(
+                    command: $crate::RawCommand,
+                    state: ::core::option::Option<::std::string::String>,
+                ) -> ::core::result::Result<::std::vec::Vec<$crate::NewEvent>, $crate::Rejection> {
+                    $crate::decider::run::decide::<$decider>(&command, state.as_deref())
+                }
+            }
+    $crate::wasm::decider_bindings::__export_decider!(ReelDecider with_types_in $crate::wasm::decider_bindings);
         };
     };
 }

@@ -26,6 +26,32 @@ pub mod bindings {
     });
 }
 
+/// Bindings to the `reel:projection/decider` world: its own types, and the
+/// `types` and `log` interfaces shared with the projection bindings above.
+#[doc(hidden)]
+pub mod decider_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "decider",
+        pub_export_macro: true,
+        export_macro_name: "__export_decider",
+        default_bindings_module: "reel_guest_sdk::wasm::decider_bindings",
+        runtime_path: "::reel_guest_sdk::wasm::wit_bindgen::rt",
+        with: {
+            "reel:projection/types@0.1.1/event": crate::RawEvent,
+            "reel:projection/types@0.1.1/manifest": crate::Manifest,
+            "reel:projection/types@0.1.1/on-error": crate::OnError,
+            "reel:projection/types@0.1.1/error": crate::Error,
+            "reel:projection/types@0.1.1/handle-error": crate::HandleError,
+            "reel:projection/log@0.1.1/level": crate::Level,
+            "reel:projection/decider-types@0.1.1/decider-manifest": crate::DeciderManifest,
+            "reel:projection/decider-types@0.1.1/command": crate::RawCommand,
+            "reel:projection/decider-types@0.1.1/new-event": crate::NewEvent,
+            "reel:projection/decider-types@0.1.1/rejection": crate::Rejection,
+        },
+    });
+}
+
 pub use bindings::Guest;
 #[doc(hidden)]
 pub use wit_bindgen;

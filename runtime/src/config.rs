@@ -47,6 +47,21 @@ pub struct Config {
     pub insecure: bool,
     /// The total request timeout and the caps on requests in flight.
     pub requests: RequestLimits,
+    /// Settings of the deciders (the write side).
+    pub deciders: DeciderConfig,
+}
+
+/// Settings of the deciders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeciderConfig {
+    /// Bytes of streams' states kept in memory (64 MiB by default).
+    pub state_cache_bytes: usize,
+}
+
+impl Default for DeciderConfig {
+    fn default() -> Self {
+        Self { state_cache_bytes: 64 << 20 }
+    }
 }
 
 /// What one reel serves at once, and for how long (ADR 33).
@@ -167,6 +182,7 @@ impl Default for Config {
             metrics_open: false,
             insecure: false,
             requests: RequestLimits::default(),
+            deciders: DeciderConfig::default(),
         }
     }
 }

@@ -27,8 +27,10 @@
 //! 5. `modules`: loads `.wasm` files from the modules folder, compiles them
 //!    (with an on-disk cache), validates them against the world, and watches
 //!    the folder for changes.
-//! 6. `worker`: one thread per projection: batch -> guest -> commit (writes
-//!    and checkpoint in one transaction), with retries, bisection and status.
+//! 6. `worker`, `decide`: one thread per projection: batch -> guest ->
+//!    commit (writes and checkpoint in one transaction), with retries,
+//!    bisection and status; deciders, the write side: a command decided on a
+//!    stream's state and appended with the stream's version.
 //! 7. `deploy`: the registry of deployments: a worker per projection
 //!    version, module files deployed as they come and go, blue/green cut-over.
 //! 8. `reads`: the read service the API calls: reads and status.
@@ -62,6 +64,7 @@ mod api;
 pub mod cli;
 mod client;
 pub mod config;
+mod decide;
 mod deploy;
 mod host;
 mod modules;

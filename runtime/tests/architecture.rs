@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["sqlite", "postgres"],
     &["host"],
     &["modules"],
-    &["worker"],
+    &["worker", "decide"],
     &["deploy"],
     &["reads"],
     &["api"],

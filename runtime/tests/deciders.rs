@@ -1,5 +1,8 @@
 //! The write side: a stream's events read back from the log
-//! (`GET /streams/{id}`).
+//! (`GET /streams/{id}`), and commands decided by the `order` decider
+//! (`projections/order`, the seed's Order aggregate) and appended with the
+//! stream's version: its rules, refusals that append nothing, concurrent
+//! clients racing on the same streams.
 
 mod common;
 
@@ -11,7 +14,11 @@ use reel::model::Event;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-both_backends!(a_stream_read_returns_what_was_appended_in_version_order);
+both_backends!(
+    a_stream_read_returns_what_was_appended_in_version_order,
+    commands_follow_the_order_rules_and_refusals_append_nothing,
+    concurrent_commands_on_the_same_streams_append_each_accepted_event_once,
+);
 
 /// `GET uri`: the status and the body's text, untouched (numbers a `Value`
 /// would round stay as they came).
@@ -115,4 +122,229 @@ async fn a_stream_read_returns_what_was_appended_in_version_order(backend: Backe
     let (_, body) = h.call("GET", "/streams/order-3", None).await;
     assert_eq!(body["error"]["message"], "no stream `order-3`: no event was appended to it");
     h.finish().await;
+}
+
+/// An event as JSON values (PostgreSQL's jsonb respaces the payload's text).
+fn shape(event: &Event) -> Value {
+    serde_json::to_value(event).unwrap()
+}
+
+/// `POST /commands/order/{stream}`.
+async fn command(h: &Harness, stream: &str, body: Value) -> (StatusCode, Value) {
+    h.call("POST", &format!("/commands/order/{stream}"), Some(&body.to_string())).await
+}
+
+fn place(customer: &str, items: Value) -> Value {
+    json!({ "command_type": "place", "data": { "customerId": customer, "items": items } })
+}
+
+/// Every event in the log, as the events table holds them.
+async fn event_count(h: &Harness) -> usize {
+    h.stored_events().await.len()
+}
+
+async fn commands_follow_the_order_rules_and_refusals_append_nothing(backend: Backend) {
+    let h = Harness::start(backend, &["order"]).await;
+    let modules = h.get("/modules").await;
+    let file = modules.as_array().unwrap().iter().find(|f| f["provides"] == "order@1").expect("order.wasm loaded");
+    assert_eq!(file["kind"], "decider", "{modules}");
+    let deciders = h.get("/deciders").await;
+    assert_eq!((deciders[0]["name"].as_str(), deciders[0]["stream_prefix"].as_str()), (Some("order"), Some("order-")));
+
+    // Place: the total is the items' (in cents), the order id the stream's.
+    let items = json!([{ "productId": "p-1", "quantity": 2, "price": 9.99 }, { "productId": "p-2", "quantity": 1, "price": 0.5 }]);
+    let (status, placed) = command(&h, "order-1", place("c-7", items.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{placed}");
+    assert_eq!(placed["version"], 1);
+    let event = &placed["events"][0];
+    assert_eq!((event["event_type"].as_str(), event["version"].as_i64()), (Some("order.placed"), Some(1)));
+    assert_eq!(event["data"], json!({ "orderId": "1", "customerId": "c-7", "items": items, "total": 20.48 }));
+    assert_eq!(placed["positions"], json!([event["position"]]));
+
+    // The rules of the seed's Order, each refusal a 422 with the reason.
+    let ship = |tracking: &str| json!({ "command_type": "ship", "data": { "trackingNumber": tracking } });
+    let cancel = json!({ "command_type": "cancel", "data": { "reason": "changed my mind" } });
+    for (stream, body, reason) in [
+        ("order-2", place("c-1", json!([])), "Order must have at least one item"),
+        ("order-1", place("c-1", items.clone()), "order 1 exists: it is placed"),
+        ("order-3", ship("T-1"), "cannot ship order 3: it is not placed"),
+        ("order-3", cancel.clone(), "cannot cancel order 3: it is not placed"),
+    ] {
+        let (status, body) = command(&h, stream, body).await;
+        assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some("rejected")));
+        assert_eq!(body["error"]["message"], reason);
+    }
+    let (status, shipped) = command(&h, "order-1", ship("TRK-1")).await;
+    assert_eq!((status, shipped["version"].as_i64()), (StatusCode::CREATED, Some(2)), "{shipped}");
+    assert_eq!(shipped["events"][0]["data"], json!({ "orderId": "1", "trackingNumber": "TRK-1" }));
+    for (body, reason) in [
+        (ship("T-2"), "cannot ship order 1: it is already shipped"),
+        (cancel.clone(), "cannot cancel order 1: it is already shipped"),
+    ] {
+        let (status, body) = command(&h, "order-1", body).await;
+        assert_eq!((status, body["error"]["message"].as_str()), (StatusCode::UNPROCESSABLE_ENTITY, Some(reason)));
+    }
+    let (status, _) = command(&h, "order-4", place("c-2", items.clone())).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = command(&h, "order-4", cancel.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = command(&h, "order-4", cancel.clone()).await;
+    assert_eq!(
+        (status, body["error"]["message"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("cannot cancel order 4: it is already cancelled"))
+    );
+
+    // Requests reel or the decider cannot take: a clear 4xx each.
+    let appended = event_count(&h).await;
+    for (uri, body, status, code) in [
+        ("/commands/nobody/order-1", place("c", items.clone()).to_string(), StatusCode::NOT_FOUND, "unknown_decider"),
+        (
+            "/commands/order/order-1",
+            json!({ "command_type": "refund", "data": {} }).to_string(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        ("/commands/order/invoice-1", place("c", items.clone()).to_string(), StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            "/commands/order/order-9",
+            json!({ "command_type": "place", "data": { "items": "two" } }).to_string(),
+            StatusCode::BAD_REQUEST,
+            "invalid_command",
+        ),
+        (
+            "/commands/order/order-9",
+            json!({ "command_type": "place", "data": {}, "metadata": [1] }).to_string(),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        ("/commands/order/order-9", "{\"command_type\": ".to_owned(), StatusCode::BAD_REQUEST, "invalid_json"),
+        (
+            "/commands/order/order-9",
+            json!({ "data": {} }).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_json",
+        ),
+    ] {
+        let (got, answer) = h.call("POST", uri, Some(&body)).await;
+        assert_eq!((got, answer["error"]["code"].as_str()), (status, Some(code)), "{uri} {body}: {answer}");
+    }
+    let (_, answer) = h
+        .call(
+            "POST",
+            "/commands/order/order-9",
+            Some(&json!({ "command_type": "place", "data": { "items": "two" } }).to_string()),
+        )
+        .await;
+    assert!(answer["error"]["message"].as_str().unwrap().contains("`place` command: "), "{answer}");
+    // The decider owns its streams: other writers are refused them.
+    let body = json!({ "stream_id": "order-1", "events": [{ "event_type": "order.shipped", "data": {} }] });
+    let (status, answer) = h.call("POST", "/events", Some(&body.to_string())).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("owned_stream")), "{answer}");
+    assert_eq!(event_count(&h).await, appended, "no refusal appended anything");
+
+    // What the answers said is what the log holds, and the state is its fold.
+    let (events, _) = page(&h, "/streams/order-1").await;
+    let answered: Vec<Value> = [&placed, &shipped].iter().map(|a| a["events"][0].clone()).collect();
+    assert_eq!(events.iter().map(shape).collect::<Vec<_>>(), answered);
+    assert!(serde_json::from_str::<Value>(&events[0].metadata).unwrap().is_object());
+    let state = h.get("/deciders/order/streams/order-1/state").await;
+    assert_eq!((state["version"].as_i64(), state["state"]["status"].as_str()), (Some(2), Some("shipped")), "{state}");
+    assert_eq!(state["state"]["total"], 20.48);
+    let (status, _) = h.call("GET", "/deciders/order/streams/order-77/state", None).await;
+    assert_eq!(status, StatusCode::OK, "a stream with no events has the initial state");
+    let (status, _) = h.call("GET", "/deciders/nobody/streams/order-1/state", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    h.finish().await;
+}
+
+/// 16 clients send commands to the same 20 streams at once: each accepted
+/// command's events are in the log exactly once, each stream's versions are
+/// contiguous, each refusal is a 409 or a 422, and each stream's state is the
+/// fold of its events (computed here, by the seed's rules).
+async fn concurrent_commands_on_the_same_streams_append_each_accepted_event_once(backend: Backend) {
+    const CLIENTS: u64 = 16;
+    const STREAMS: u64 = 20;
+    const COMMANDS: usize = 12;
+    let h = std::sync::Arc::new(Harness::start(backend, &["order"]).await);
+    let mut clients = tokio::task::JoinSet::new();
+    for client in 0..CLIENTS {
+        let h = std::sync::Arc::clone(&h);
+        clients.spawn(async move {
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (client + 1).wrapping_mul(0xff51_afd7_ed55_8ccd);
+            let mut next = move || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed
+            };
+            let mut answers = Vec::new();
+            for i in 0..COMMANDS {
+                let stream = format!("order-{}", next() % STREAMS);
+                let body = match next() % 3 {
+                    0 => place(&format!("c-{client}"), json!([{ "productId": "p", "quantity": 1 + i, "price": 1.25 }])),
+                    1 => json!({ "command_type": "ship", "data": { "trackingNumber": format!("T-{client}-{i}") } }),
+                    _ => json!({ "command_type": "cancel", "data": { "reason": format!("r-{client}-{i}") } }),
+                };
+                answers.push((stream.clone(), command(&h, &stream, body).await));
+            }
+            answers
+        });
+    }
+    let mut accepted: Vec<Event> = Vec::new();
+    let mut statuses = std::collections::BTreeMap::new();
+    while let Some(answers) = clients.join_next().await {
+        for (stream, (status, body)) in answers.unwrap() {
+            *statuses.entry(status.as_u16()).or_insert(0) += 1;
+            match status {
+                StatusCode::CREATED => {
+                    let events: Vec<Event> = serde_json::from_value(body["events"].clone()).unwrap();
+                    assert!(events.iter().all(|e| e.stream_id == stream), "{body}");
+                    assert_eq!(body["version"], events.last().unwrap().version);
+                    accepted.extend(events);
+                }
+                StatusCode::CONFLICT => assert_eq!(body["error"]["code"], "command_conflict", "{body}"),
+                StatusCode::UNPROCESSABLE_ENTITY => assert_eq!(body["error"]["code"], "rejected", "{body}"),
+                other => panic!("{other}: {body}"),
+            }
+        }
+    }
+    assert!(statuses.get(&201).is_some_and(|n| *n >= STREAMS as usize / 2), "{statuses:?}");
+
+    let mut logged = Vec::new();
+    for s in 0..STREAMS {
+        let stream = format!("order-{s}");
+        let (status, _) = h.call("GET", &format!("/streams/{stream}"), None).await;
+        if status == StatusCode::NOT_FOUND {
+            assert!(accepted.iter().all(|e| e.stream_id != stream));
+            continue;
+        }
+        let (events, _) = page(&h, &format!("/streams/{stream}")).await;
+        let versions: Vec<i64> = events.iter().map(|e| e.version).collect();
+        assert_eq!(versions, (1..=events.len() as i64).collect::<Vec<_>>(), "{stream}: versions contiguous");
+        // The seed's rules, folded here: placed first, then at most one of
+        // shipped or cancelled.
+        let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+        let status = match types.as_slice() {
+            ["order.placed"] => "placed",
+            ["order.placed", "order.shipped"] => "shipped",
+            ["order.placed", "order.cancelled"] => "cancelled",
+            other => panic!("{stream}: a history the rules forbid: {other:?}"),
+        };
+        let state = h.get(&format!("/deciders/order/streams/{stream}/state")).await;
+        assert_eq!(
+            (state["state"]["status"].as_str(), state["version"].as_i64()),
+            (Some(status), Some(events.len() as i64))
+        );
+        let placed: Value = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(state["state"]["total"], placed["total"], "{stream}");
+        logged.extend(events);
+    }
+    let key = |e: &Event| e.position;
+    accepted.sort_by_key(key);
+    logged.sort_by_key(key);
+    let (accepted, logged): (Vec<Value>, Vec<Value>) =
+        (accepted.iter().map(shape).collect(), logged.iter().map(shape).collect());
+    assert_eq!(accepted, logged, "every accepted event exactly once, and nothing else");
+    assert_eq!(event_count(&h).await, logged.len());
+    std::sync::Arc::into_inner(h).expect("the clients are done").finish().await;
 }

@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::decide::CommandError;
 use crate::deploy::DeployError;
 use crate::host::GuestFailure;
 use crate::reads::ReadError;
@@ -124,6 +125,27 @@ impl From<DeployError> for ApiError {
             DeployError::Worker(WorkerError::NotStoppedAt(m)) => Self::new(StatusCode::CONFLICT, "not_stopped_at", m),
             DeployError::Worker(WorkerError::Guest(failure)) => failure.into(),
             DeployError::Worker(WorkerError::Store(e)) => e.into(),
+        }
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::UnknownDecider(_) => Self::new(StatusCode::NOT_FOUND, "unknown_decider", e.to_string()),
+            CommandError::Invalid(m) => Self::bad_request(m),
+            CommandError::Rejected(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", m),
+            CommandError::InvalidCommand(m) => Self::new(StatusCode::BAD_REQUEST, "invalid_command", m),
+            CommandError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "command_conflict", e.to_string()),
+            CommandError::Failed { .. } | CommandError::Decider(_) => {
+                tracing::warn!("{e}");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "decider_failed", e.to_string())
+            }
+            CommandError::Source(e) => e.into(),
+            CommandError::Internal(m) => {
+                tracing::error!("internal error: {m}");
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error; see the server log")
+            }
         }
     }
 }

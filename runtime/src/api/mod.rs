@@ -5,6 +5,7 @@
 //! - [`events`]: `POST /events`.
 //! - [`log`]: `GET /events`, the log for consumers.
 //! - [`live`]: `GET /events/live`, new events as server-sent events.
+//! - [`commands`]: `POST /commands/{decider}/{stream_id}`, deciders and their states.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
 //! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
@@ -17,6 +18,7 @@
 
 mod admin;
 pub mod auth;
+mod commands;
 mod dashboard;
 mod error;
 mod events;
@@ -86,6 +88,9 @@ fn routes() -> Router<Services> {
         .route("/events", post(events::append).get(log::read))
         .route("/events/live", get(live::live))
         .route("/streams/{id}", get(streams::read))
+        .route("/commands/{decider}/{stream_id}", post(commands::command))
+        .route("/deciders", get(commands::list))
+        .route("/deciders/{name}/streams/{id}/state", get(commands::state))
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::show).delete(projections::delete))
         .route("/projections/{name}/pause", post(projections::pause))

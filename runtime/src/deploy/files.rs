@@ -9,8 +9,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{Deployments, cutover::stopped};
-use crate::modules::Program;
-use crate::modules::{ModuleError, watch::is_module};
+use crate::modules::{DeciderModule, Loaded, ModuleError, Program, watch::is_module};
 
 /// What became of a module file.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +20,9 @@ pub struct FileStatus {
     pub hash: Option<String>,
     /// `name@version` it provides, when loaded.
     pub provides: Option<String>,
+    /// What kind of module it is, when loaded: `projection` or `decider`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
     /// Why it is not in use, when it failed.
     pub error: Option<String>,
     /// Compile (or cache load) time in milliseconds.
@@ -108,6 +110,9 @@ impl Deployments {
     /// A module file appeared, changed or disappeared.
     pub async fn reload(&self, path: PathBuf) {
         if !path.exists() {
+            if let Some(name) = self.inner.deciders.unload(&path) {
+                tracing::info!("{} removed: decider `{name}` leaves service", path.display());
+            }
             let cleanup = self.unload(&path);
             self.clean_up(cleanup).await;
             // A file refused because this one provided the same projection
@@ -138,7 +143,10 @@ impl Deployments {
             Err(ModuleError::Io { path: path.display().to_string(), message: format!("loader crashed: {e}") })
         });
         match loaded {
-            Ok(module) => {
+            Ok(Loaded::Decider(module)) => self.deploy_decider(path, module).await,
+            Ok(Loaded::Projection(module)) => {
+                // A file that provided a decider now provides a projection.
+                self.inner.deciders.unload(&path);
                 let unchanged = self.registry().files.get(&path).and_then(|f| f.hash.clone())
                     == Some(module.hash.clone())
                     && self.registry().files.get(&path).is_some_and(|f| f.error.is_none());
@@ -160,6 +168,7 @@ impl Deployments {
                     path: path.clone(),
                     hash: Some(module.hash.clone()),
                     provides: Some(format!("{}@{}", module.manifest.name, module.manifest.version)),
+                    kind: Some("projection"),
                     error: None,
                     compile_ms: Some(module.compile_time.as_secs_f64() * 1000.0),
                     cached: Some(module.cached),
@@ -184,6 +193,49 @@ impl Deployments {
         }
     }
 
+    /// Serve a decider from `path`, or say why not. A file that provided a
+    /// projection before stops it.
+    async fn deploy_decider(&self, path: PathBuf, module: std::sync::Arc<DeciderModule>) {
+        let unchanged = self
+            .registry()
+            .files
+            .get(&path)
+            .is_some_and(|f| f.error.is_none() && f.hash.as_deref() == Some(module.hash.as_str()));
+        if unchanged {
+            return;
+        }
+        let m = &module.manifest;
+        let status = FileStatus {
+            path: path.clone(),
+            hash: Some(module.hash.clone()),
+            provides: Some(format!("{}@{}", m.name, m.version)),
+            kind: Some("decider"),
+            error: None,
+            compile_ms: Some(module.compile_time.as_secs_f64() * 1000.0),
+            cached: Some(module.cached),
+            compiling: false,
+            released: Vec::new(),
+        };
+        match self.inner.deciders.deploy(module.clone()) {
+            Ok(()) => {
+                tracing::info!(
+                    "loaded {} as decider {}@{} (streams `{}*`)",
+                    path.display(),
+                    m.name,
+                    m.version,
+                    m.stream_prefix
+                );
+                let (released, _) = self.release(&path, None);
+                self.registry().files.insert(path, status);
+                self.clean_up(released).await;
+            }
+            Err(error) => {
+                tracing::error!("{}: {error}", path.display());
+                self.file_failed(&path, None, error);
+            }
+        }
+    }
+
     fn file_failed(&self, path: &Path, hash: Option<String>, error: String) {
         let mut registry = self.registry();
         // The projection this file provided keeps running its old code; say why.
@@ -198,6 +250,7 @@ impl Deployments {
             path: path.to_owned(),
             hash: None,
             provides: None,
+            kind: None,
             error: None,
             compile_ms: None,
             cached: None,
@@ -220,6 +273,7 @@ impl Deployments {
                 path: path.to_owned(),
                 hash: None,
                 provides: None,
+                kind: None,
                 error: None,
                 compile_ms: None,
                 cached: None,

@@ -17,6 +17,7 @@ pub use deployment::{Deployment, View};
 pub use files::FileStatus;
 
 use crate::config::Config;
+use crate::decide::Deciders;
 use crate::modules::Loader;
 use crate::modules::Program;
 use crate::source::Source;
@@ -58,6 +59,8 @@ struct Inner {
     /// What every worker is given; limits and policy per projection.
     workers: WorkerContext,
     registry: Mutex<Registry>,
+    /// The deciders the module files provide.
+    deciders: Deciders,
     /// Set at shutdown: the watcher and the supervisor end.
     stop: watch::Sender<bool>,
 }
@@ -79,6 +82,7 @@ impl Deployments {
     /// known from a previous run), then watch the folder and cut rebuilt
     /// versions over as they catch up.
     pub async fn start(config: Config, source: Source, store: Store, loader: Loader) -> anyhow::Result<Self> {
+        let deciders = Deciders::new(&config, source.clone());
         let workers = WorkerContext {
             source,
             store: store.clone(),
@@ -95,6 +99,7 @@ impl Deployments {
                 loader,
                 workers,
                 registry: Mutex::new(Registry::default()),
+                deciders,
                 stop: watch::channel(false).0,
             }),
         };
@@ -103,6 +108,11 @@ impl Deployments {
         deployments.spawn_watcher()?;
         deployments.spawn_supervisor();
         Ok(deployments)
+    }
+
+    /// The deciders the module files provide.
+    pub fn deciders(&self) -> &Deciders {
+        &self.inner.deciders
     }
 
     /// Stop the watcher, the supervisor and the workers.

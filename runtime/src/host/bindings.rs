@@ -57,3 +57,18 @@ pub mod reactor {
         },
     });
 }
+
+/// The `decider` world's bindings: its own types (`decider-types`) generated
+/// here, converted at the edge (`decider.rs`); `types` and `log` are the
+/// projection world's.
+pub mod decider {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "decider",
+        imports: { default: trappable },
+        with: {
+            "reel:projection/types": crate::host::bindings::types,
+            "reel:projection/log": crate::host::bindings::reel::projection::log,
+        },
+    });
+}

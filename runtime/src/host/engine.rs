@@ -43,6 +43,8 @@ impl Engine {
         use bindings::reactor::reel::projection::{emit, timers};
         emit::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         timers::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)?;
+        // The decider world's types-only interface (its only other import, `log`, is above).
+        linker.instance("reel:projection/decider-types@0.1.1")?;
         Ok(Self { engine, linker: Arc::new(linker) })
     }
 

@@ -178,7 +178,7 @@ impl WasmGuest {
         limits: &Limits,
     ) -> Result<Option<reel_model::Emits>, GuestFailure> {
         let Some(reactor) = &code.reactor else { return Ok(None) };
-        let mut store = new_store(code, name_hint, None, limits);
+        let mut store = new_store(code.pre.engine(), name_hint, None, limits);
         store.set_epoch_deadline(ticks(limits.batch_timeout));
         let emits = reactor
             .instantiate(&mut store)
@@ -237,7 +237,12 @@ impl WasmGuest {
     }
 }
 
-fn new_store(code: &Code, projection: &str, caps: Option<Capabilities>, limits: &Limits) -> Store<InstanceState> {
+pub(super) fn new_store(
+    engine: &wasmtime::Engine,
+    projection: &str,
+    caps: Option<Capabilities>,
+    limits: &Limits,
+) -> Store<InstanceState> {
     let stderr = RecentStderr::default();
     let state = InstanceState {
         caps,
@@ -252,7 +257,7 @@ fn new_store(code: &Code, projection: &str, caps: Option<Capabilities>, limits: 
             .build(),
         stderr,
     };
-    let mut store = Store::new(code.pre.engine(), state);
+    let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.limits);
     store.epoch_deadline_trap();
     store
@@ -269,7 +274,7 @@ fn start(
     caps: Option<Capabilities>,
     limits: &Limits,
 ) -> Result<Started, Box<(GuestFailure, Option<Capabilities>)>> {
-    let mut store = new_store(code, projection, caps, limits);
+    let mut store = new_store(code.pre.engine(), projection, caps, limits);
     store.set_epoch_deadline(ticks(limits.batch_timeout));
     match code.pre.instantiate(&mut store) {
         Ok(bindings) => Ok((store, bindings)),
@@ -288,7 +293,7 @@ fn fault_failure(fault: Fault) -> GuestFailure {
 }
 
 /// Turn a wasmtime error into what happened, with the guest's last words.
-fn classify(error: &wasmtime::Error, store: &mut Store<InstanceState>, timeout: Duration) -> GuestFailure {
+pub(super) fn classify(error: &wasmtime::Error, store: &mut Store<InstanceState>, timeout: Duration) -> GuestFailure {
     if let Some(fault) = store.data_mut().caps.as_mut().and_then(Capabilities::take_fault) {
         return fault_failure(fault);
     }

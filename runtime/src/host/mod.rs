@@ -10,9 +10,12 @@
 //! - [`wasi`]: the inert WASI a toolchain's output may import.
 //! - [`instance`]: a component instance and its calls, with CPU deadlines and
 //!   memory limits; [`native`]: the same calls on a natively compiled projection.
+//! - [`decider`]: a decider component's calls (`evolve`, `decide`), under
+//!   the same limits.
 
 mod bindings;
 pub mod caps;
+pub mod decider;
 mod emit;
 pub mod emitter;
 mod engine;

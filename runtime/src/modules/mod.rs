@@ -1,6 +1,6 @@
-//! Projection modules: `.wasm` files in the modules folder, compiled (with an
-//! on-disk cache), checked against the `reel:projection` world and asked for
-//! their manifest before anything runs them.
+//! Modules: `.wasm` files in the modules folder, compiled (with an on-disk
+//! cache), checked against their world (a projection, or a decider) and
+//! asked for their manifest before anything runs them.
 
 mod cache;
 mod program;
@@ -16,6 +16,7 @@ use reel_model::{Emits, Manifest};
 
 use crate::config::Limits;
 use crate::host::Engine;
+use crate::host::decider::{DeciderCode, DeciderManifest, WasmDecider};
 use crate::host::instance::{Code, WasmGuest};
 
 pub use program::Program;
@@ -38,6 +39,51 @@ pub struct Module {
     pub compile_time: Duration,
     /// Whether the compiled code came from the cache.
     pub cached: bool,
+}
+
+/// A loaded, validated decider (`reel:projection/decider`).
+pub struct DeciderModule {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub hash: String,
+    /// What it declared.
+    pub manifest: DeciderManifest,
+    /// Linked code, ready to instantiate.
+    pub code: DeciderCode,
+    /// Time to compile (or load from the cache).
+    pub compile_time: Duration,
+    /// Whether the compiled code came from the cache.
+    pub cached: bool,
+}
+
+/// A module file of either kind, loaded.
+pub enum Loaded {
+    /// A projection (or any component of the `projection` world).
+    Projection(Arc<Module>),
+    /// A decider.
+    Decider(Arc<DeciderModule>),
+}
+
+/// Checks of a decider's manifest: what reel needs to route commands to it
+/// and to keep its streams to it.
+fn validate_decider(m: &DeciderManifest) -> Result<(), String> {
+    if !reel_model::is_projection_name(&m.name) {
+        return Err(format!("decider name `{}`: {}", m.name, reel_model::PROJECTION_NAME_RULE));
+    }
+    if m.version.is_empty() || m.version.len() > 64 {
+        return Err("version must be 1 to 64 characters".into());
+    }
+    if m.stream_prefix.is_empty() || m.stream_prefix.len() > 256 || m.stream_prefix.contains('\0') {
+        return Err("stream-prefix must be 1 to 256 characters, with no NUL: the streams the decider owns".into());
+    }
+    if m.command_types.is_empty() {
+        return Err("command-types is empty: a decider decides at least one command type".into());
+    }
+    if let Some(bad) = m.command_types.iter().find(|t| t.is_empty() || t.len() > 512 || t.contains('\0')) {
+        return Err(format!("command type `{bad}`: 1 to 512 characters, with no NUL"));
+    }
+    Ok(())
 }
 
 /// Why a module file cannot be used. Nothing running is replaced by it.
@@ -101,14 +147,14 @@ impl Loader {
 
     /// Read, compile, link and describe the module at `path`. Blocking (and
     /// seconds long for big components): call it off the async threads.
-    pub fn load(&self, path: &Path) -> Result<Arc<Module>, ModuleError> {
+    pub fn load(&self, path: &Path) -> Result<Loaded, ModuleError> {
         let shown = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|e| ModuleError::Io { path: shown.clone(), message: e.to_string() })?;
         self.load_bytes(path, &bytes)
     }
 
     /// Like [`load`](Self::load), from bytes already read.
-    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Arc<Module>, ModuleError> {
+    pub fn load_bytes(&self, path: &Path, bytes: &[u8]) -> Result<Loaded, ModuleError> {
         let shown = path.display().to_string();
         let not_component = |message: String| ModuleError::NotAComponent { path: shown.clone(), message };
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -129,6 +175,18 @@ impl Loader {
             .get_or_compile(&self.engine, &hash, bytes, compiling)
             .map_err(|e| not_component(format!("{e:#}")))?;
         let compile_time = started.elapsed();
+        if DeciderCode::is_decider(&self.engine, &component) {
+            let wrong_world =
+                |e: wasmtime::Error| ModuleError::WrongWorld { path: shown.clone(), message: format!("{e:#}") };
+            let code = DeciderCode::link(&self.engine, &component).map_err(wrong_world)?;
+            let name_hint = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let describe = |message: String| ModuleError::Describe { path: shown.clone(), message };
+            let manifest =
+                WasmDecider::describe(&code, &name_hint, &self.limits).map_err(|e| describe(e.to_string()))?;
+            validate_decider(&manifest).map_err(describe)?;
+            let module = DeciderModule { path: path.to_owned(), hash, manifest, code, compile_time, cached };
+            return Ok(Loaded::Decider(Arc::new(module)));
+        }
         let code = Code::link(&self.engine, &component)
             .map_err(|e| ModuleError::WrongWorld { path: shown.clone(), message: format!("{e:#}") })?;
         let name_hint = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -144,7 +202,7 @@ impl Loader {
                 "describe-emits declared an empty stream prefix: a reactor emits under a prefix of its own".into();
             return Err(ModuleError::Describe { path: shown.clone(), message });
         }
-        Ok(Arc::new(Module {
+        Ok(Loaded::Projection(Arc::new(Module {
             path: path.to_owned(),
             hash,
             manifest,
@@ -153,7 +211,7 @@ impl Loader {
             size: bytes.len() as u64,
             compile_time,
             cached,
-        }))
+        })))
     }
 }
 
