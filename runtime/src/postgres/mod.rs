@@ -1,14 +1,15 @@
 //! PostgreSQL, all of it: the event log (the classic `events` table plus a
-//! `transaction_id xid8` column: `events.rs`; a worker's reader: `reader.rs`) and the read models, one
-//! schema and login role per namespace (`store.rs`: creating, listing,
-//! dropping; `connection.rs`: a namespace's connection and the statements
-//! reel sends on it; `pipeline.rs`: the task that keeps its requests
-//! flowing; `namespace.rs`: its roles), over shared connection plumbing
-//! (`client.rs`) and values in PostgreSQL's text format (`value.rs`).
-
+//! `transaction_id xid8` column: `events.rs`; a worker's reader: `reader.rs`)
+//! and the read models, one schema and login role per namespace (`store.rs`:
+//! creating, listing, dropping; `connection.rs`: a namespace's connection and
+//! the statements reel sends on it; `execs.rs`: its writes sent as
+//! `EXECUTE`s; `pipeline.rs`: the task that keeps its requests flowing;
+//! `namespace.rs`: its roles), over shared connection plumbing (`client.rs`)
+//! and values in PostgreSQL's text format (`value.rs`).
 mod client;
 mod connection;
 mod events;
+mod execs;
 mod namespace;
 mod pipeline;
 mod reader;

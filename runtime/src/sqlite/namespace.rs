@@ -7,18 +7,20 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use reel_model::time::{format_micros, now_micros};
-use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
+use reel_model::{Cursor, Rows, Value};
 
 use super::wal;
 use super::writer::{self, Statement, Writer};
 use crate::store::sql_text::{Checked, refusal, sqlite_placeholders};
 use crate::store::{
-    Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
-    StoreError, TableRead, TableReads, scan_range,
+    Checkpoint, Commits, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites, StoreError, TableRead, TableReads,
+    scan_range,
 };
 use crate::store::{Emissions, Forwarded};
 
 use super::convert::{Guest, Param, as_guest, db, to_value};
+
+mod dead_letters;
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {
@@ -351,36 +353,6 @@ fn read_table(conn: &Connection, read: &TableRead) -> Result<Rows, StoreError> {
     Ok(Rows { columns: names, rows })
 }
 
-impl DeadLetterReads for SqliteNamespace {
-    fn dead_letters(&mut self, after: i64, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        let mut stmt = self
-            .conn()?
-            .prepare_cached(
-                "SELECT position, stream_id, version, event_type, data, metadata, occurred_at, error, failed_at \
-                 FROM _reel_dead_letters WHERE position > ?1 ORDER BY position LIMIT ?2",
-            )
-            .map_err(db)?;
-        let rows = stmt
-            .query_map(params![after, limit as i64], |r| {
-                Ok(DeadLetter {
-                    event: Event {
-                        position: r.get(0)?,
-                        stream_id: r.get(1)?,
-                        version: r.get(2)?,
-                        event_type: r.get(3)?,
-                        data: r.get(4)?,
-                        metadata: r.get(5)?,
-                        occurred_at: r.get(6)?,
-                    },
-                    error: r.get(7)?,
-                    failed_at: r.get(8)?,
-                })
-            })
-            .map_err(db)?;
-        rows.collect::<Result<_, _>>().map_err(db)
-    }
-}
-
 impl SqlWrites for SqliteNamespace {
     fn execute(&mut self, statement: &str, params: Vec<Value>) -> Result<(), StoreError> {
         if self.read_only {
@@ -499,41 +471,6 @@ impl KvWrites for SqliteNamespace {
 
     fn kv_is_empty(&mut self) -> Result<bool, StoreError> {
         self.conn()?.query_row("SELECT NOT EXISTS (SELECT 1 FROM _reel_kv)", [], |r| r.get(0)).map_err(db)
-    }
-}
-
-impl DeadLetterWrites for SqliteNamespace {
-    fn dead_letter(&mut self, event: &Event, error: &str) -> Result<(), StoreError> {
-        self.conn()?
-            .prepare_cached(
-                "INSERT OR REPLACE INTO _reel_dead_letters \
-                 (position, stream_id, version, event_type, data, metadata, occurred_at, error, failed_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    event.position,
-                    event.stream_id,
-                    event.version,
-                    event.event_type,
-                    event.data,
-                    event.metadata,
-                    event.occurred_at,
-                    error,
-                    format_micros(now_micros()),
-                ])
-            })
-            .map_err(db)?;
-        Ok(())
-    }
-
-    fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError> {
-        let removed = self
-            .conn()?
-            .prepare_cached("DELETE FROM _reel_dead_letters WHERE position = ?1")
-            .and_then(|mut s| s.execute([position]))
-            .map_err(db)?;
-        Ok(removed == 1)
     }
 }
 
