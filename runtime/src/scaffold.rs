@@ -43,7 +43,12 @@ const fn script(path: &'static str, text: &'static str, template: bool) -> File 
     File { path, text, template, executable: true }
 }
 
-const WIT: File = file("wit/projection.wit", include_str!("../../wit/projection.wit"));
+/// The contract, every world of it (a scaffold may become a reactor or a decider).
+const WIT: &[File] = &[
+    file("wit/projection.wit", include_str!("../../wit/projection.wit")),
+    file("wit/reactor.wit", include_str!("../../wit/reactor.wit")),
+    file("wit/decider.wit", include_str!("../../wit/decider.wit")),
+];
 
 const RUST: &[File] = &[
     template("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
@@ -53,12 +58,15 @@ const RUST: &[File] = &[
     file("reel-guest-sdk/Cargo.toml", include_str!("../templates/rust/reel-guest-sdk.toml")),
     file("reel-guest-sdk/src/lib.rs", include_str!("../../guest-sdk/src/lib.rs")),
     file("reel-guest-sdk/src/context.rs", include_str!("../../guest-sdk/src/context.rs")),
+    file("reel-guest-sdk/src/decider.rs", include_str!("../../guest-sdk/src/decider.rs")),
     file("reel-guest-sdk/src/event.rs", include_str!("../../guest-sdk/src/event.rs")),
     file("reel-guest-sdk/src/native.rs", include_str!("../../guest-sdk/src/native.rs")),
     file("reel-guest-sdk/src/wasm.rs", include_str!("../../guest-sdk/src/wasm.rs")),
     file("reel-model/Cargo.toml", include_str!("../templates/rust/reel-model.toml")),
     file("reel-model/src/lib.rs", include_str!("../../model/src/lib.rs")),
     file("reel-model/src/cursor.rs", include_str!("../../model/src/cursor.rs")),
+    file("reel-model/src/emission.rs", include_str!("../../model/src/emission.rs")),
+    file("reel-model/src/emit.rs", include_str!("../../model/src/emit.rs")),
     file("reel-model/src/error.rs", include_str!("../../model/src/error.rs")),
     file("reel-model/src/event.rs", include_str!("../../model/src/event.rs")),
     file("reel-model/src/manifest.rs", include_str!("../../model/src/manifest.rs")),
@@ -149,7 +157,7 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Stri
         written.push(target);
         Ok(())
     };
-    for f in files.iter().chain(std::iter::once(&WIT)) {
+    for f in files.iter().chain(WIT) {
         let text = if f.template { fill(f.text) } else { f.text.to_owned() };
         write(f.path, text, f.executable)?;
     }
@@ -172,6 +180,25 @@ mod tests {
     }
 
     #[test]
+    fn the_rust_scaffold_copies_every_source_of_the_sdk_the_model_and_the_contract() {
+        // A file added to guest-sdk/src, model/src or wit/ and not listed here
+        // leaves `reel new --lang rust` with a crate that does not build.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        for (folder, copied_as) in
+            [("guest-sdk/src", "reel-guest-sdk/src"), ("model/src", "reel-model/src"), ("wit", "wit")]
+        {
+            for entry in std::fs::read_dir(root.join(folder)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_file() {
+                    let name = path.file_name().unwrap().to_str().unwrap();
+                    let copy = format!("{copied_as}/{name}");
+                    assert!(RUST.iter().chain(WIT).any(|f| f.path == copy), "`reel new` does not copy {folder}/{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_language_gets_its_contract_and_helper() {
         // The helper, and its API reference (Rust's is the SDK's crate docs).
         for (lang, must) in [
@@ -185,7 +212,9 @@ mod tests {
             for must in must {
                 assert!(files.iter().any(|f| f.ends_with(must)), "{lang:?}: {must}");
             }
-            assert!(dir.path().join("wit/projection.wit").exists());
+            for wit in WIT {
+                assert!(dir.path().join(wit.path).exists(), "{lang:?}: {}", wit.path);
+            }
             let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
             assert!(readme.contains("my-counter") && !readme.contains("{{"), "{lang:?}: {readme}");
         }
