@@ -293,7 +293,7 @@ async fn bad_requests_get_clear_errors_and_lose_nothing(backend: Backend) {
             StatusCode::UNPROCESSABLE_ENTITY,
             "events[0]: invalid type: sequence, expected a JSON object",
         ),
-        ("GET", "/events", None, StatusCode::METHOD_NOT_ALLOWED, "GET is not allowed here"),
+        ("PUT", "/events", None, StatusCode::METHOD_NOT_ALLOWED, "PUT is not allowed here"),
         ("DELETE", "/healthz", None, StatusCode::METHOD_NOT_ALLOWED, "DELETE is not allowed here"),
         ("GET", "/projections/nope", None, StatusCode::NOT_FOUND, "no projection named `nope`"),
         ("GET", "/projections/nope/kv/a", None, StatusCode::NOT_FOUND, "no projection named `nope`"),
