@@ -6,6 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use axum::http::StatusCode;
 use common::{Backend, Harness};
 use serde_json::{Value, json};
 
@@ -91,4 +92,27 @@ async fn a_reactor_emits_once_per_cause_across_restarts_and_a_new_version(backen
     assert_eq!(by_cause.keys().copied().collect::<Vec<_>>(), placed, "nothing emitted again, nothing missing");
     assert_eq!(by_cause.values().filter(|by| *by == "relay@2").count(), 1, "{by_cause:?}");
     h.finish().await;
+}
+
+both_backends!(an_event_set_aside_keeps_nothing_its_failed_attempts_emitted);
+
+/// A flood past the per-event limit (100) fails after its first 100 emits:
+/// the reactor stops at that event, an administrator skips it, and nothing
+/// the failed attempts emitted reaches the log (they rode on the skip's
+/// commit before the emitter was cleared on rollback).
+async fn an_event_set_aside_keeps_nothing_its_failed_attempts_emitted(backend: Backend) {
+    let h = Harness::start(backend, &["fixture_relay"]).await;
+    h.append("order-1", Some(0), json!([{ "event_type": "order.placed", "data": {} }])).await;
+    let body = h.append("order-2", Some(0), json!([{ "event_type": "order.placed", "data": { "flood": 101 } }])).await;
+    let flood = body["positions"][0].as_i64().unwrap();
+    h.wait_status("relay", PATIENCE, |s| s["stopped_at"] == flood).await;
+    let (code, answer) = h.call("POST", &format!("/projections/relay/skip/{flood}"), None).await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    let body = h.append("order-3", Some(0), json!([{ "event_type": "order.placed", "data": {} }])).await;
+    let last = body["positions"][0].as_i64().unwrap();
+    let status = h.wait_status("relay", PATIENCE, |s| s["position"].as_i64() >= Some(last)).await;
+    let relayed = relayed(&log(&h).await);
+    assert!(!relayed.contains_key(&flood), "the skipped event's emissions reached the log: {relayed:?}");
+    assert_eq!(relayed.len(), 2, "{relayed:?}");
+    assert_eq!(status["reactor"]["emitted"], 2, "{status:#}");
 }

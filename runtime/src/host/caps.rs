@@ -121,7 +121,17 @@ impl Capabilities {
         self.fault = None;
         self.sql_failed = None;
         self.log_lines = 0;
+        self.drop_emissions();
         self.namespace().begin()
+    }
+
+    /// Forget what a reactor emitted since its batch began: an abandoned
+    /// attempt's emissions must not ride on a later commit (a dead letter's
+    /// set-aside, a skip, a discard).
+    fn drop_emissions(&mut self) {
+        if let Some(emitter) = &mut self.emitter {
+            emitter.take();
+        }
     }
 
     /// Send buffered writes and surface deferred SQL errors.
@@ -200,6 +210,7 @@ impl Capabilities {
     pub fn rollback(&mut self) -> Result<(), StoreError> {
         self.kv.rolled_back();
         self.sql_failed = None;
+        self.drop_emissions();
         self.namespace().rollback()
     }
 
