@@ -132,6 +132,8 @@ impl Deciders {
         registry.retain(|_, d| d.module.path != module.path);
         let deployed = Deployed { module: Arc::clone(&module), idle: Mutex::default(), counts: Counts::default() };
         registry.insert(m.name.clone(), Arc::new(deployed));
+        // New code, even at the same version, folds states afresh.
+        self.inner.states.forget(&m.name);
         Ok(())
     }
 
