@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -36,6 +37,42 @@ pub struct FileStatus {
     /// manifest's name changed): unloaded, deletable.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub released: Vec<String>,
+}
+
+impl FileStatus {
+    /// A file seen, nothing known of it yet.
+    fn seen(path: &Path) -> Self {
+        FileStatus {
+            path: path.to_owned(),
+            hash: None,
+            provides: None,
+            kind: None,
+            error: None,
+            compile_ms: None,
+            cached: None,
+            compiling: false,
+            released: Vec::new(),
+        }
+    }
+
+    /// A file loaded as a module of `kind`, providing `name@version`.
+    fn loaded(
+        path: &Path,
+        kind: &'static str,
+        provides: String,
+        hash: &str,
+        compile_time: Duration,
+        cached: bool,
+    ) -> Self {
+        FileStatus {
+            hash: Some(hash.to_owned()),
+            provides: Some(provides),
+            kind: Some(kind),
+            compile_ms: Some(compile_time.as_secs_f64() * 1000.0),
+            cached: Some(cached),
+            ..FileStatus::seen(path)
+        }
+    }
 }
 
 impl Deployments {
@@ -164,17 +201,9 @@ impl Deployments {
                     if module.cached { ", from cache" } else { "" }
                 );
                 let name = module.manifest.name.clone();
-                let mut status = FileStatus {
-                    path: path.clone(),
-                    hash: Some(module.hash.clone()),
-                    provides: Some(format!("{}@{}", module.manifest.name, module.manifest.version)),
-                    kind: Some("projection"),
-                    error: None,
-                    compile_ms: Some(module.compile_time.as_secs_f64() * 1000.0),
-                    cached: Some(module.cached),
-                    compiling: false,
-                    released: Vec::new(),
-                };
+                let provides = format!("{}@{}", module.manifest.name, module.manifest.version);
+                let mut status =
+                    FileStatus::loaded(&path, "projection", provides, &module.hash, module.compile_time, module.cached);
                 match self.deploy(Program::Wasm(module), Some(path.clone())) {
                     Ok(cleanup) => {
                         let (released, names) = self.release(&path, Some(&name));
@@ -205,17 +234,8 @@ impl Deployments {
             return;
         }
         let m = &module.manifest;
-        let status = FileStatus {
-            path: path.clone(),
-            hash: Some(module.hash.clone()),
-            provides: Some(format!("{}@{}", m.name, m.version)),
-            kind: Some("decider"),
-            error: None,
-            compile_ms: Some(module.compile_time.as_secs_f64() * 1000.0),
-            cached: Some(module.cached),
-            compiling: false,
-            released: Vec::new(),
-        };
+        let provides = format!("{}@{}", m.name, m.version);
+        let status = FileStatus::loaded(&path, "decider", provides, &module.hash, module.compile_time, module.cached);
         match self.inner.deciders.deploy(module.clone()) {
             Ok(()) => {
                 tracing::info!(
@@ -246,17 +266,7 @@ impl Deployments {
                 }
             }
         }
-        let entry = registry.files.entry(path.to_owned()).or_insert_with(|| FileStatus {
-            path: path.to_owned(),
-            hash: None,
-            provides: None,
-            kind: None,
-            error: None,
-            compile_ms: None,
-            cached: None,
-            compiling: false,
-            released: Vec::new(),
-        });
+        let entry = registry.files.entry(path.to_owned()).or_insert_with(|| FileStatus::seen(path));
         entry.hash = hash;
         entry.error = Some(error);
         entry.compiling = false;
@@ -269,18 +279,7 @@ impl Deployments {
         if let Some(entry) = registry.files.get_mut(path) {
             entry.compiling = now;
         } else if now {
-            let entry = FileStatus {
-                path: path.to_owned(),
-                hash: None,
-                provides: None,
-                kind: None,
-                error: None,
-                compile_ms: None,
-                cached: None,
-                compiling: true,
-                released: Vec::new(),
-            };
-            registry.files.insert(path.to_owned(), entry);
+            registry.files.insert(path.to_owned(), FileStatus { compiling: true, ..FileStatus::seen(path) });
         }
     }
 
