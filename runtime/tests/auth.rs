@@ -112,6 +112,9 @@ async fn every_operation_answers_each_scope_as_declared() {
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, _, _) = call(&h, "GET", "/projections", Some(NARROW)).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+    // `read:NAME` names a projection: a decider of the same name is not `other`'s.
+    let (status, _, body) = call(&h, "GET", "/deciders/other/streams/order-1/state", Some(NARROW)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
 
     // Paths no route serves: 401 before the 404, a wrong method still 405.
     let (status, _, _) = call(&h, "GET", "/nowhere", None).await;

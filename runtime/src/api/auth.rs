@@ -226,7 +226,11 @@ pub async fn guard(
         }
         Err(presented) => return unauthorized(presented),
     };
-    let projection = params.ok().and_then(|p| p.iter().find(|(k, _)| *k == "name").map(|(_, v)| v.to_owned()));
+    // `read:NAME` names a projection: only the projections' routes take it.
+    let projection = params
+        .ok()
+        .filter(|_| matched.as_str().starts_with("/projections/{name}"))
+        .and_then(|p| p.iter().find(|(k, _)| *k == "name").map(|(_, v)| v.to_owned()));
     if !token.grants.allow(scope, projection.as_deref()) {
         let which = match (scope, &projection) {
             (Scope::Read, Some(name)) => format!("`read` (or `read:{name}`)"),
