@@ -97,6 +97,46 @@ async fn what_a_module_sets_in_its_postgres_session_ends_with_its_batch() {
     h.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_module_leaves_in_its_postgres_session_ends_with_its_batch() {
+    let h = Harness::start(Backend::Postgres, &["fixture_skipper"]).await;
+    // Session-level advisory locks outlive a transaction and RESET ALL:
+    // reel's own catalog lock (held, no namespace could be created or
+    // dropped again), a key, a shared key; and a temporary table.
+    let keep = sql_event(
+        &h,
+        "keep",
+        &[
+            "SELECT 1 FROM pg_advisory_lock(1919251820, 1)",
+            "SELECT 1 FROM pg_advisory_lock(42)",
+            "SELECT 1 FROM pg_advisory_lock_shared(43)",
+            "CREATE TEMP TABLE scratch AS SELECT 1 AS x",
+        ],
+    )
+    .await;
+    h.wait_status("skipper", PATIENCE, |s| s["position"] == keep).await;
+    // A later batch no longer finds the temporary table.
+    let later = sql_event(&h, "later", &["SELECT x FROM scratch"]).await;
+    h.wait_status("skipper", PATIENCE, |s| s["position"] == later).await;
+    let letters = h.get("/projections/skipper/dead-letters").await;
+    assert_eq!(letters.as_array().unwrap().len(), 1, "{letters:#}");
+    assert_eq!(letters[0]["position"], later, "{letters:#}");
+    let error = letters[0]["error"].as_str().unwrap();
+    assert!(error.contains("relation \"scratch\" does not exist"), "{error}");
+    // No lock is left with the module's session.
+    let pg = h.postgres().await;
+    for lock in ["pg_try_advisory_lock(1919251820, 1)", "pg_try_advisory_lock(42)", "pg_try_advisory_lock(43)"] {
+        let free: bool = pg.query_one(format!("SELECT {lock}").as_str(), &[]).await.unwrap().get(0);
+        assert!(free, "{lock}: still held by the module's session");
+    }
+    drop(pg);
+    // And reel creates namespaces again (it takes the catalog lock to).
+    h.install("order_summaries", "order_summaries.wasm");
+    h.wait_status("order-summaries", PATIENCE, |s| s["state"] == "running").await;
+    assert!(applied(&h).await.contains(&keep));
+    h.finish().await;
+}
+
 async fn a_read_model_stops_at_its_storage_quota_and_the_others_go_on(backend: Backend) {
     let h = Harness::start_with(backend, &["fixture_skipper", "order_summaries"], |c| {
         let mut settings = ProjectionSettings::default();

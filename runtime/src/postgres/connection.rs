@@ -65,6 +65,10 @@ pub struct PgNamespace {
     /// The projection's SQL ran in this transaction: a failure of reel's own
     /// statements may be its doing (ADR 20).
     pub(super) guest_in_tx: bool,
+    /// The projection's SQL ran since reel last released what it may leave
+    /// in the session past a transaction (temporary tables, advisory locks):
+    /// released before the commit, or after a rollback (ADR 20).
+    pub(super) guest_session: bool,
     /// What the projection's SQL may hold and make.
     pub(super) bounds: SqlBounds,
     /// A batch failed at the storage quota: the pages it wrote stay in the
@@ -86,9 +90,23 @@ pub(super) const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4
 /// relies on: `store.rs`), whatever the projection's SQL set.
 pub(super) const RESET: &str = "RESET ALL";
 pub(super) const CHECK_STORAGE: &str = "SELECT reel.check_storage($1, $2)";
+/// What `RESET ALL` leaves of the projection's doing in the session: its
+/// temporary objects and session-level advisory locks (migration 0021).
+pub(super) const RELEASE: &str = "SELECT reel.release_session($1)";
 /// reel's own statements, prepared when the connection opens.
-const OWN_STATEMENTS: [&str; 10] =
-    [BEGIN_WRITE, BEGIN_READ, COMMIT, KV_UPSERT, KV_INSERT, KV_DELETE, ADVANCE, DEAD_LETTER, RESET, CHECK_STORAGE];
+const OWN_STATEMENTS: [&str; 11] = [
+    BEGIN_WRITE,
+    BEGIN_READ,
+    COMMIT,
+    KV_UPSERT,
+    KV_INSERT,
+    KV_DELETE,
+    ADVANCE,
+    DEAD_LETTER,
+    RESET,
+    CHECK_STORAGE,
+    RELEASE,
+];
 
 impl PgNamespace {
     pub(super) fn new(
@@ -120,6 +138,7 @@ impl PgNamespace {
             exec_count: 0,
             guest_ran: false,
             guest_in_tx: false,
+            guest_session: false,
             bounds,
             vacuum_due: false,
         };
@@ -194,7 +213,7 @@ impl PgNamespace {
             if written && self.execs.len() - start <= EXEC_QUERY_BYTES {
                 self.execs.push_str(if params.is_empty() { ";\n" } else { ");\n" });
                 self.exec_count += 1;
-                (self.guest_ran, self.guest_in_tx) = (true, true);
+                self.guest_runs();
                 if self.exec_count < EXECS_PER_QUERY && self.execs.len() < EXEC_QUERY_BYTES {
                     return Ok(());
                 }
@@ -204,9 +223,12 @@ impl PgNamespace {
         }
         self.send_execs()?;
         match op {
-            Op::Statement { .. } => (self.guest_ran, self.guest_in_tx) = (true, true),
+            Op::Statement { .. } => self.guest_runs(),
             Op::Begin => {}
             _ => self.reset_session()?,
+        }
+        if matches!(op, Op::Release) {
+            self.guest_session = false;
         }
         let after_guest = self.guest_in_tx;
         let client = Arc::clone(&self.client);
@@ -256,6 +278,11 @@ impl PgNamespace {
                     (self.info.schema.clone(), i64::try_from(self.bounds.storage_bytes).unwrap_or(i64::MAX));
                 (Blame::Storage { after_guest }, Box::pin(async move { client.execute(&s, &[&schema, &quota]).await }))
             }
+            Op::Release => {
+                let s = statement(RELEASE);
+                let slug = self.info.slug.clone();
+                (Blame::Host { after_guest }, Box::pin(async move { client.execute(&s, &[&slug]).await }))
+            }
             Op::Advance { from, to } => {
                 let s = statement(ADVANCE);
                 let slug = self.info.slug.clone();
@@ -290,6 +317,28 @@ impl PgNamespace {
         self.pipeline.send(Message::Send(blame, flight)).map_err(|_| pipeline_stopped())?;
         self.in_flight += 1;
         if self.in_flight >= MAX_IN_FLIGHT { self.sync() } else { Ok(()) }
+    }
+
+    /// The projection's SQL is about to run.
+    fn guest_runs(&mut self) {
+        (self.guest_ran, self.guest_in_tx, self.guest_session) = (true, true, true);
+    }
+
+    /// After a rollback, release what the projection's SQL may have left in
+    /// the session (what `Op::Release` does before a commit).
+    pub(super) fn release_after_rollback(&mut self) {
+        if !self.guest_session {
+            return;
+        }
+        self.guest_session = false;
+        let client = &self.client;
+        let slug = self.info.slug.clone();
+        let released = block_on_with_deadline(&self.handle, client, Some(self.deadline), async {
+            client.execute(RELEASE, &[&slug]).await.map_err(|e| database_error(&e))
+        });
+        if let Err(e) = released {
+            tracing::warn!(namespace = %self.info.slug, "releasing the projection's session state failed: {e}");
+        }
     }
 
     /// After a batch failed at the storage quota, give back what its rolled
@@ -445,7 +494,7 @@ impl PgNamespace {
     ) -> Result<(Vec<tokio_postgres::Row>, Vec<String>), StoreError> {
         use futures_util::StreamExt;
         if guest {
-            (self.guest_ran, self.guest_in_tx) = (true, true);
+            self.guest_runs();
         } else {
             self.reset_session()?;
         }

@@ -62,6 +62,7 @@ impl Snapshot for PgNamespace {
             let client = &self.client;
             block_on(&self.handle, client.batch_execute("ROLLBACK")).map_err(|e| database_error(&e))?;
         }
+        self.release_after_rollback();
         if self.vacuum_due {
             self.vacuum();
         }
@@ -235,6 +236,9 @@ impl Commits for PgNamespace {
     }
 
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
+        if self.guest_session {
+            self.dispatch(Op::Release)?;
+        }
         if !self.read_only {
             self.dispatch(Op::Advance { from, to })?;
         }
@@ -254,6 +258,9 @@ impl Commits for PgNamespace {
         }
         // One transaction behind at a time: this one waits for the last.
         self.await_behind()?;
+        if self.guest_session {
+            self.dispatch(Op::Release)?;
+        }
         self.dispatch(Op::Advance { from, to })?;
         self.dispatch(Op::Commit)?;
         let answer = self.send_sync()?;

@@ -35,6 +35,9 @@ pub(super) enum Op {
     /// test (ADR 20, open).
     #[allow(dead_code)]
     CheckStorage,
+    /// Release what the projection's SQL left in the session (temporary
+    /// objects, advisory locks): sent before the commit when it ran.
+    Release,
     Advance {
         from: Cursor,
         to: Cursor,
