@@ -60,6 +60,10 @@ impl From<SourceError> for ApiError {
         match e {
             SourceError::VersionConflict { .. } => Self::new(StatusCode::CONFLICT, "version_conflict", e.to_string()),
             SourceError::Invalid(m) => Self::bad_request(m),
+            SourceError::Storage(m) => {
+                tracing::error!("{m}");
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
+            }
             other => Self::unavailable(&other),
         }
     }

@@ -217,6 +217,10 @@ pub enum SourceError {
     /// The database is unreachable or failed.
     #[error("events database: {0}")]
     Unavailable(String),
+    /// Nothing can be written: the disk is full or the data folder
+    /// read-only (named in the message).
+    #[error("{0}")]
+    Storage(String),
     /// A blocking task died.
     #[error("internal: {0}")]
     Internal(String),

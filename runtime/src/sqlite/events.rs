@@ -109,9 +109,10 @@ impl SqliteSource {
     /// Append with an optimistic concurrency check.
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
         let writer = Arc::clone(&self.writer);
+        let folder = self.path.parent().map(Path::to_owned).unwrap_or_default();
         let appended = tokio::task::spawn_blocking(move || {
             let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            append_blocking(&mut conn, &request)
+            append_blocking(&mut conn, &request).map_err(|e| unwritable(e, &folder))
         })
         .await
         .map_err(|e| SourceError::Internal(e.to_string()))??;
@@ -171,8 +172,23 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, SourceErr
     conn.busy_timeout(BUSY_TIMEOUT)?;
     if !read_only {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "journal_size_limit", super::wal::WAL_KEPT_BYTES)?;
     }
     Ok(conn)
+}
+
+/// An append SQLite could not write, named by what the data folder says:
+/// its disk full or the folder read-only (ADR 42).
+fn unwritable(e: SourceError, folder: &Path) -> SourceError {
+    match &e {
+        SourceError::Sqlite(sqlite) if super::disk::cannot_write(&sqlite.to_string()) => {
+            match super::disk::unwritable(folder) {
+                Some(why) => SourceError::Storage(format!("{why}: nothing was appended")),
+                None => e,
+            }
+        }
+        _ => e,
+    }
 }
 
 fn append_blocking(conn: &mut Connection, request: &AppendRequest) -> Result<Appended, SourceError> {

@@ -3,9 +3,11 @@
 //! the authorizer; `namespace.rs`: a namespace's connection and its roles;
 //! `convert.rs`: rusqlite's values and errors as reel's), with the thread
 //! that runs a batch's statements while the guest goes on (`writer.rs`) and
-//! WAL checkpoints off the writer's thread (`wal.rs`).
+//! WAL checkpoints off the writer's thread (`wal.rs`), and what a write that
+//! failed says of the disk (`disk.rs`).
 
 mod convert;
+mod disk;
 mod events;
 mod forward;
 mod namespace;

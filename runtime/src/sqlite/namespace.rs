@@ -9,8 +9,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, Rows, Value};
 
-use super::wal;
 use super::writer::{self, Statement, Writer};
+use super::{disk, wal};
 use crate::store::sql_text::{Checked, refusal, sqlite_placeholders};
 use crate::store::{
     Checkpoint, Commits, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites, StoreError, TableRead, TableReads,
@@ -132,7 +132,9 @@ impl SqliteNamespace {
             if let Some(conn) = self.home.as_ref() {
                 wal::checkpoint_here(conn, &self.path);
             }
-        } else if pages >= wal::BACKGROUND_PAGES {
+        } else if pages >= wal::MIN_BACKGROUND_PAGES
+            && pages >= wal::background_pages(std::fs::metadata(&self.path).map_or(u64::MAX, |m| m.len()))
+        {
             if self.checkpointer.is_none() {
                 match wal::Checkpointer::start(&self.path) {
                     Ok(checkpointer) => self.checkpointer = Some(checkpointer),
@@ -145,15 +147,22 @@ impl SqliteNamespace {
         }
     }
 
-    /// SQLITE_FULL on a writer is its storage quota (`max_page_count`)
-    /// reached, the projection's doing, unless the disk filled first: the
-    /// message gives the size, which tells them apart.
+    /// A write SQLite could not make: the host's disk full or the data
+    /// folder read-only (an outage: retried until it can write again, and
+    /// named), else, for SQLITE_FULL on a writer, the storage quota
+    /// (`max_page_count`) reached, the projection's doing (ADR 20, ADR 42).
     fn over_quota(&self, e: StoreError) -> StoreError {
-        let full = match &e {
-            StoreError::Sql { code, .. } => code == "SQLITE_FULL",
-            StoreError::Database(message) => message.contains("database or disk is full"),
-            _ => false,
+        let message = match &e {
+            StoreError::Sql { message, .. } | StoreError::Database(message) => message.clone(),
+            _ => return e,
         };
+        if !disk::cannot_write(&message) {
+            return e;
+        }
+        let full = message.contains("database or disk is full");
+        if let Some(why) = self.path.parent().and_then(disk::unwritable) {
+            return StoreError::Database(format!("{why}: the batch waits and is retried ({message})"));
+        }
         if !full || self.read_only {
             return e;
         }
@@ -162,10 +171,7 @@ impl SqliteNamespace {
         let held = size("page_count")
             .zip(size("page_size"))
             .map_or(String::new(), |(n, page)| format!(": the read model holds {} MiB", (n * page) >> 20));
-        StoreError::Limit(format!(
-            "storage quota of {} MiB reached (storage-mib), or the disk is full{held}",
-            self.storage_bytes >> 20
-        ))
+        StoreError::Limit(format!("storage quota of {} MiB reached (storage-mib){held}", self.storage_bytes >> 20))
     }
 
     /// Check a projection statement (once per distinct text) and return it
@@ -197,7 +203,8 @@ impl Snapshot for SqliteNamespace {
 
     fn begin(&mut self) -> Result<(), StoreError> {
         let sql = if self.read_only { "BEGIN DEFERRED" } else { "BEGIN IMMEDIATE" };
-        self.conn()?.execute_batch(sql).map_err(db)?;
+        let begun = self.conn()?.execute_batch(sql);
+        begun.map_err(|e| self.over_quota(db(e)))?;
         self.in_tx = true;
         self.failed = None;
         self.interrupt(Some(Instant::now() + self.deadline));

@@ -102,6 +102,7 @@ impl SqliteStore {
             conn.pragma_update(None, "page_size", 16_384).map_err(db)?;
             conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
             conn.pragma_update(None, "synchronous", "NORMAL").map_err(db)?;
+            conn.pragma_update(None, "journal_size_limit", wal::WAL_KEPT_BYTES).map_err(db)?;
             conn.pragma_update(None, "cache_size", -262_144).map_err(db)?; // 256 MiB
             conn.execute_batch(SCHEMA).map_err(db)?;
             // The storage quota: past it a write fails with SQLITE_FULL

@@ -26,6 +26,24 @@ use rusqlite::{Connection, OpenFlags};
 /// (16 MiB with reel's 16 KiB pages).
 pub const BACKGROUND_PAGES: i32 = 1_000;
 
+/// The least WAL size, in pages, from which a background checkpoint is
+/// requested (1 MiB).
+pub const MIN_BACKGROUND_PAGES: i32 = 64;
+
+/// Bytes of WAL a file keeps once a checkpoint has copied it all: SQLite
+/// truncates the WAL to this when it starts over (`journal_size_limit`), so
+/// a burst does not leave a big file behind (ADR 42).
+pub const WAL_KEPT_BYTES: i64 = 4 << 20;
+
+/// The WAL size, in pages, from which a background checkpoint is requested
+/// for a database file of `file_bytes`: a quarter of the file, between
+/// [`MIN_BACKGROUND_PAGES`] and [`BACKGROUND_PAGES`], so a small read model
+/// does not need several times its size of disk for its WAL (ADR 42).
+pub fn background_pages(file_bytes: u64) -> i32 {
+    let quarter = file_bytes / 4 / 16_384;
+    i32::try_from(quarter).unwrap_or(i32::MAX).clamp(MIN_BACKGROUND_PAGES, BACKGROUND_PAGES)
+}
+
 /// WAL size, in pages, from which the writer checkpoints in its own commit
 /// (250 MiB). The background checkpoint copies frames up to the commit it
 /// started after; the WAL starts over from its beginning only once every
