@@ -45,6 +45,9 @@ pub struct Config {
     pub metrics_open: bool,
     /// Serve a non-loopback address without tokens.
     pub insecure: bool,
+    /// Host names (beyond loopback names and IP addresses) that requests may
+    /// name in `Host` when reel has no tokens (ADR 34).
+    pub allowed_hosts: Vec<String>,
     /// The total request timeout and the caps on requests in flight.
     pub requests: RequestLimits,
     /// Settings of the deciders (the write side).
@@ -181,6 +184,7 @@ impl Default for Config {
             tokens: tokens::Tokens::default(),
             metrics_open: false,
             insecure: false,
+            allowed_hosts: Vec::new(),
             requests: RequestLimits::default(),
             deciders: DeciderConfig::default(),
         }

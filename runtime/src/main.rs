@@ -193,6 +193,11 @@ struct ServeArgs {
     /// the port may append, pause, rebuild and delete.
     #[arg(long)]
     insecure: bool,
+    /// A host name browsers may use to reach reel when it has no tokens
+    /// (besides localhost and IP addresses): other names are refused, as a
+    /// DNS-rebinding page would use them. Repeatable.
+    #[arg(long = "allow-host", value_name = "NAME", env = "REEL_ALLOW_HOSTS", value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
     /// Total time an ordinary request may take, in seconds (live feeds are
     /// exempt); past it reel answers 503 request_timeout.
     #[arg(long, default_value_t = 30.0)]
@@ -228,6 +233,8 @@ impl ServeArgs {
         config.keep_old = self.keep_old;
         config.metrics_open = self.metrics_open;
         config.insecure = self.insecure;
+        config.allowed_hosts =
+            self.allowed_hosts.iter().map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase()).collect();
         config.requests.timeout = Duration::try_from_secs_f64(self.request_timeout)
             .ok()
             .filter(|t| !t.is_zero())

@@ -13,6 +13,9 @@ use tower::ServiceExt;
 
 use common::{Backend, Harness};
 
+/// How long a projection may take to settle into a state on a loaded machine.
+const PATIENCE: std::time::Duration = std::time::Duration::from_secs(90);
+
 const READER: &str = "reader-token-0123456789";
 const WRITER: &str = "writer-token-0123456789";
 const ADMIN: &str = "admin-token-0123456789";
@@ -241,7 +244,10 @@ async fn a_browser_signs_in_for_a_cookie_that_needs_a_csrf_header_to_change_anyt
     let (status, cookie, body) = call_with(&h, "POST", "/session", &[], &format!(r#"{{"token": "{ADMIN}"}}"#)).await;
     assert_eq!((status, &body), (StatusCode::OK, &serde_json::json!({ "token": "admin" })));
     let cookie = cookie.unwrap();
-    assert_eq!(cookie, format!("reel_session={ADMIN}; Path=/; HttpOnly; SameSite=Strict; Max-Age=43200"));
+    // A random session id, not the token: a leaked cookie ends with its session.
+    let (id, attributes) = cookie.strip_prefix("reel_session=").unwrap().split_once(';').unwrap();
+    assert!(id.len() == 64 && id.chars().all(|c| c.is_ascii_hexdigit()) && !cookie.contains(ADMIN), "{cookie}");
+    assert_eq!(attributes, " Path=/; HttpOnly; SameSite=Strict; Max-Age=43200");
     let cookie = cookie.split(';').next().unwrap().to_owned();
     let jar = [("cookie", cookie.as_str())];
     assert_eq!(call_with(&h, "GET", "/session", &jar, "").await.2["token"], "admin");
@@ -268,5 +274,87 @@ async fn a_browser_signs_in_for_a_cookie_that_needs_a_csrf_header_to_change_anyt
     let (status, cookie, _) = call_with(&h, "DELETE", "/session", &jar, "").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     assert!(cookie.unwrap().starts_with("reel_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"));
+    // Signed out on the server too: the old cookie opens nothing.
+    assert_eq!(call_with(&h, "GET", "/projections", &jar, "").await.0, StatusCode::UNAUTHORIZED);
+    h.finish().await;
+}
+
+/// State of `customer-stats` as the status route says.
+async fn state(h: &Harness) -> Value {
+    call_with(h, "GET", "/projections/customer-stats", &[], "").await.2["state"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_tokens_another_sites_page_cannot_change_reel_nor_rebind_a_name_to_it() {
+    let h = Harness::start(Backend::Sqlite, &["customer_stats"]).await;
+    let pause = "/projections/customer-stats/pause";
+    let form = ("content-type", "application/x-www-form-urlencoded");
+    // A plain cross-site form: the browser adds Origin (and Sec-Fetch-Site).
+    for headers in [
+        vec![form, ("origin", "http://evil.example"), ("host", "127.0.0.1:8080")],
+        vec![form, ("origin", "null"), ("host", "127.0.0.1:8080")],
+        vec![form, ("sec-fetch-site", "cross-site"), ("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")],
+    ] {
+        let (status, _, body) = call_with(&h, "POST", pause, &headers, "").await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (StatusCode::FORBIDDEN, Some("cross_origin")),
+            "{headers:?}"
+        );
+        assert_eq!(
+            body["error"]["message"],
+            "a POST from a page of another origin is refused; a client of reel's API sends no Origin header or adds \
+             the x-reel-csrf header (any value)"
+        );
+    }
+    assert_ne!(state(&h).await, "paused", "a refused request changed nothing");
+    let (status, _, body) =
+        call_with(&h, "DELETE", "/projections/customer-stats", &[("origin", "http://evil.example")], "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("cross_origin")));
+
+    // The dashboard (same origin, and it sends the header), the CLI and curl (no Origin) still can.
+    let same = [("origin", "http://127.0.0.1:8080"), ("host", "127.0.0.1:8080")];
+    // The runner takes a pause or a resume up a moment after the answer.
+    let settled = |want: &'static str| h.wait_status("customer-stats", PATIENCE, move |s| s["state"] == want);
+    assert_eq!(call_with(&h, "POST", pause, &same, "").await.0, StatusCode::OK);
+    settled("paused").await;
+    let resume = "/projections/customer-stats/resume";
+    assert_eq!(call_with(&h, "POST", resume, &[("sec-fetch-site", "same-origin")], "").await.0, StatusCode::OK);
+    settled("running").await;
+    assert_eq!(call_with(&h, "POST", pause, &[], "").await.0, StatusCode::OK);
+    settled("paused").await;
+    let csrf = [("origin", "http://evil.example"), ("x-reel-csrf", "1")];
+    assert_eq!(call_with(&h, "POST", resume, &csrf, "").await.0, StatusCode::OK);
+    settled("running").await;
+    // Reading stays open to any page (the browser keeps the answer from it).
+    let (status, _, _) = call_with(&h, "GET", "/projections", &[("origin", "http://evil.example")], "").await;
+    assert_eq!(status, StatusCode::OK);
+
+    // DNS rebinding: a page at evil.example whose name now resolves to 127.0.0.1.
+    let rebound = [("host", "evil.example:8080"), ("origin", "http://evil.example:8080")];
+    let (status, _, body) = call_with(&h, "GET", "/projections", &rebound, "").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (StatusCode::FORBIDDEN, Some("host_not_allowed")), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().ends_with("start reel with --allow-host evil.example"),
+        "{body}"
+    );
+    assert_eq!(call_with(&h, "POST", pause, &rebound, "").await.0, StatusCode::FORBIDDEN);
+    assert_ne!(state(&h).await, "paused");
+    for host in ["localhost:8080", "127.0.0.1:8080", "[::1]:8080", "reel"] {
+        assert_eq!(call_with(&h, "GET", "/projections", &[("host", host)], "").await.0, StatusCode::OK, "{host}");
+    }
+    h.finish().await;
+
+    // A name the operator allows; and with tokens, Host is not checked (a
+    // rebound page holds no token and cannot read the cookie of another site).
+    let h = Harness::start_with(Backend::Sqlite, &[], |c| c.allowed_hosts = vec!["reel.internal".into()]).await;
+    assert_eq!(call_with(&h, "GET", "/projections", &[("host", "reel.internal:80")], "").await.0, StatusCode::OK);
+    h.finish().await;
+    let h = start().await;
+    let bearer = format!("Bearer {ADMIN}");
+    let named = [("host", "reel.example.com"), ("authorization", bearer.as_str())];
+    assert_eq!(call_with(&h, "GET", "/projections", &named, "").await.0, StatusCode::OK);
+    let foreign = [("origin", "http://evil.example"), ("authorization", bearer.as_str())];
+    assert_eq!(call_with(&h, "POST", pause, &foreign, "").await.0, StatusCode::FORBIDDEN);
     h.finish().await;
 }

@@ -30,6 +30,10 @@ pub struct Access {
     pub request_timeout: std::time::Duration,
     /// Requests in flight per route class, beyond which reel answers 503.
     pub classes: Classes,
+    /// Host names allowed besides loopback names and addresses, without tokens.
+    pub allowed_hosts: Vec<String>,
+    /// Signed-in browsers.
+    pub sessions: session::Sessions,
 }
 
 /// Caps on requests in flight, per route class: a flood of reads cannot
@@ -67,6 +71,8 @@ impl Access {
             tls: false,
             request_timeout: r.timeout,
             classes: Classes::new(r.reads, r.appends, r.admin, r.streams),
+            allowed_hosts: config.allowed_hosts.clone(),
+            sessions: session::Sessions::default(),
         })
     }
 }
@@ -79,6 +85,8 @@ impl Default for Access {
             tls: false,
             request_timeout: crate::config::RequestLimits::default().timeout,
             classes: Classes::default(),
+            allowed_hosts: Vec::new(),
+            sessions: session::Sessions::default(),
         }
     }
 }
@@ -173,10 +181,13 @@ pub async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
+    if let Some(refused) = super::origin::refuse(&access, &request) {
+        return refused;
+    }
     let method = request.method().clone();
     let Some(matched) = matched else {
         // No route matched: reel's 404 (nothing behind it) once authenticated.
-        return match caller(&access.tokens, &request) {
+        return match caller(&access, &request) {
             _ if access.tokens.is_empty() => next.run(request).await,
             Ok(_) => next.run(request).await,
             Err(presented) => unauthorized(presented),
@@ -213,7 +224,7 @@ pub async fn guard(
         }
         Needs::Token(scope) => scope,
     };
-    let token = match caller(&access.tokens, &request) {
+    let token = match caller(&access, &request) {
         Ok(Caller::Header(token)) => token,
         Ok(Caller::Cookie(token)) if changes_nothing(&method) || request.headers().contains_key(CSRF_HEADER) => token,
         Ok(Caller::Cookie(_)) => {
@@ -310,10 +321,11 @@ enum Caller<'a> {
 
 /// The token of the request's `Authorization: Bearer`, or else of its
 /// session cookie.
-fn caller<'a>(tokens: &'a Tokens, request: &Request) -> Result<Caller<'a>, Presented> {
+fn caller<'a>(access: &'a Access, request: &Request) -> Result<Caller<'a>, Presented> {
+    let tokens = &access.tokens;
     let Some(header) = request.headers().get(header::AUTHORIZATION) else {
-        let token = session::cookie(request.headers()).ok_or(Presented::None)?;
-        return tokens.find(token).map(Caller::Cookie).ok_or(Presented::Unknown);
+        let id = session::cookie(request.headers()).ok_or(Presented::None)?;
+        return access.sessions.token(tokens, id).map(Caller::Cookie).ok_or(Presented::Unknown);
     };
     let value = header.to_str().map_err(|_| Presented::Unknown)?;
     let (kind, token) = value.split_once(' ').ok_or(Presented::Unknown)?;

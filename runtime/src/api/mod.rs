@@ -13,6 +13,7 @@
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 //! - [`dashboard`]: the page at `GET /`, over the routes above.
 //! - [`session`]: a browser's sign-in, a cookie for its token.
+//! - [`origin`]: requests a browser sends for another site, refused.
 //! - [`auth`]: every route's scope from `openapi.json`, checked against the
 //!   caller's token; a route without one is refused.
 
@@ -25,6 +26,7 @@ mod events;
 mod extract;
 mod live;
 mod log;
+mod origin;
 mod projections;
 mod reads;
 mod session;

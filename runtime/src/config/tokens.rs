@@ -172,6 +172,11 @@ impl Tokens {
         self.tokens.is_empty()
     }
 
+    /// The token named `name`.
+    pub fn named(&self, name: &str) -> Option<&Token> {
+        self.tokens.iter().find(|t| t.name == name)
+    }
+
     /// The token whose hash matches `presented`. Every stored hash is compared
     /// in full, so the time taken says nothing about which bytes matched.
     pub fn find(&self, presented: &str) -> Option<&Token> {
