@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds a Python projection into a WebAssembly component of the world
-# `projection` (../../wit): componentize.sh <project folder>. The component lands
-# in <project folder>/dist/<folder name>.wasm ($REEL_MODULE_NAME.wasm when set).
+# Builds a Python module into a WebAssembly component of a world of ../../wit:
+# componentize.sh <project folder> [world], the world `projection` (the default)
+# or `decider`. The component lands in <project folder>/dist/<folder name>.wasm
+# ($REEL_MODULE_NAME.wasm when set).
 #
 # The toolchain (componentize-py, pinned in the project's requirements.txt) is
 # installed into <project folder>/.venv on first use, and again whenever
@@ -9,7 +10,8 @@
 # (its `app` module) and lib-py (the shared `reel_guest` package), nothing else.
 set -euo pipefail
 
-project=$(cd "${1:?usage: componentize.sh <project folder>}" && pwd)
+project=$(cd "${1:?usage: componentize.sh <project folder> [world]}" && pwd)
+world=${2:-projection}
 lib=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 wit=$(cd "${REEL_WIT:-$lib/../../wit}" && pwd)
 name=${REEL_MODULE_NAME:-$(basename "$project")}
@@ -41,7 +43,7 @@ inputs() {
         | LC_ALL=C sort -z | xargs -0 -r sha256sum)
     (cd "$wit" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r sha256sum)
 }
-digest=$(inputs | sha256sum | cut -d' ' -f1)
+digest=$( (echo "world $world"; inputs) | sha256sum | cut -d' ' -f1)
 cache="$venv/reel-build-cache"
 if [[ -f "$cache/$digest.wasm" ]]; then
     cp "$cache/$digest.wasm" "$out"
@@ -55,7 +57,7 @@ empty=$(mktemp -d)
 trap 'rm -rf "$empty"' EXIT
 mkdir -p "$empty/lib/python3/site-packages"
 cd "$project"
-VIRTUAL_ENV="$empty" "$venv/bin/componentize-py" --quiet -d "$wit" -w projection \
+VIRTUAL_ENV="$empty" "$venv/bin/componentize-py" --quiet -d "$wit" -w "$world" \
     componentize app -p "$project" -p "$lib" -o "$out"
 # Keep it, with the 4 newest others (a component is ~18 MB).
 mkdir -p "$cache"

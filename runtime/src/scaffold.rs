@@ -97,8 +97,11 @@ const PYTHON: &[File] = &[
     file(".gitignore", ".venv/\ndist/\n__pycache__/\n"),
     script("lib-py/componentize.sh", include_str!("../../projections/lib-py/componentize.sh"), false),
     file("lib-py/reel_guest/__init__.py", include_str!("../../projections/lib-py/reel_guest/__init__.py")),
+    file("lib-py/reel_guest/decider.py", include_str!("../../projections/lib-py/reel_guest/decider.py")),
     file("lib-py/reel_guest/errors.py", include_str!("../../projections/lib-py/reel_guest/errors.py")),
+    file("lib-py/reel_guest/events.py", include_str!("../../projections/lib-py/reel_guest/events.py")),
     file("lib-py/reel_guest/jsontext.py", include_str!("../../projections/lib-py/reel_guest/jsontext.py")),
+    file("lib-py/reel_guest/projection.py", include_str!("../../projections/lib-py/reel_guest/projection.py")),
     file("lib-py/reel_guest/store.py", include_str!("../../projections/lib-py/reel_guest/store.py")),
     file("lib-py/reel_guest/trace.py", include_str!("../../projections/lib-py/reel_guest/trace.py")),
     file("lib-py/README.md", include_str!("../../projections/lib-py/README.md")),
@@ -194,6 +197,20 @@ mod tests {
                     let copy = format!("{copied_as}/{name}");
                     assert!(RUST.iter().chain(WIT).any(|f| f.path == copy), "`reel new` does not copy {folder}/{name}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn the_python_scaffold_copies_every_module_of_lib_py() {
+        // `reel_guest/__init__.py` imports its siblings: one left out and the
+        // scaffold's build fails at its first import.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../projections/lib-py/reel_guest");
+        for entry in std::fs::read_dir(root).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "py") {
+                let copy = format!("lib-py/reel_guest/{}", path.file_name().unwrap().to_str().unwrap());
+                assert!(PYTHON.iter().any(|f| f.path == copy), "`reel new --lang python` does not copy {copy}");
             }
         }
     }

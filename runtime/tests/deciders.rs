@@ -2,13 +2,14 @@
 //! (`GET /streams/{id}`), and commands decided by the `order` decider
 //! (`projections/order`, the seed's Order aggregate) and appended with the
 //! stream's version: its rules, refusals that append nothing, concurrent
-//! clients racing on the same streams.
+//! clients racing on the same streams; the Python `order` (`projections/order-py`)
+//! answering every command as the Rust one does.
 
 mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{Backend, Harness};
+use common::{Backend, Harness, language_guest};
 use http_body_util::BodyExt;
 use reel::model::Event;
 use serde_json::{Value, json};
@@ -347,4 +348,121 @@ async fn concurrent_commands_on_the_same_streams_append_each_accepted_event_once
     assert_eq!(accepted, logged, "every accepted event exactly once, and nothing else");
     assert_eq!(event_count(&h).await, logged.len());
     std::sync::Arc::into_inner(h).expect("the clients are done").finish().await;
+}
+
+/// `h`'s answer to `body` on `stream` from decider `name`, with what differs
+/// between two servers taken out (times, and `received_at` in the metadata),
+/// the decider's own name in a message made neutral (the server names it), and
+/// serde's `at line L column C` dropped from a message (the Python helper's
+/// JSON reader does not count lines).
+async fn comparable(h: &Harness, name: &str, stream: &str, body: &str) -> (StatusCode, Value) {
+    let (status, mut answer) = h.call("POST", &format!("/commands/{name}/{stream}"), Some(body)).await;
+    if let Some(events) = answer["events"].as_array_mut() {
+        for event in events {
+            event.as_object_mut().unwrap().remove("occurred_at");
+            event["metadata"].as_object_mut().unwrap().remove("received_at");
+        }
+    }
+    if let Some(message) = answer["error"]["message"].as_str() {
+        let cut = message.find(" at line ").unwrap_or(message.len());
+        let message = message[..cut].replace(&format!("`{name}`"), "`<decider>`");
+        answer["error"]["message"] = Value::String(message);
+    }
+    (status, answer)
+}
+
+/// The `order` decider in Python, against the Rust one on another server:
+/// the same commands get the same answers (the same events, their payloads
+/// byte for byte; the same refusals with the same reasons) and leave the same
+/// states. On SQLite only: a decider's answers do not depend on the backend
+/// (the Rust decider's tests run on both), and the ~18 MB component is
+/// compiled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_order_decider_decides_as_the_rust_one() {
+    let rust = Harness::start(Backend::Sqlite, &["order"]).await;
+    let python = Harness::start_with(Backend::Sqlite, &[], |config| {
+        std::fs::create_dir_all(&config.modules_dir).unwrap();
+        std::fs::copy(language_guest("order-py"), config.modules_dir.join("order-py.wasm")).unwrap();
+    })
+    .await;
+    // Its first compile takes minutes on a loaded machine (then it is cached).
+    let started = std::time::Instant::now();
+    while !python.get("/deciders").await.as_array().unwrap().iter().any(|d| d["name"] == "order-py") {
+        assert!(started.elapsed().as_secs() < 600, "order-py not in service: {}", python.get("/modules").await);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    let items = json!([{ "productId": "p-1", "quantity": 2, "price": 9.99 }, { "productId": "p-2", "quantity": 1, "price": 0.5 }]);
+    // Totals that are easy to get wrong (halves, binary fractions, an integer
+    // price, large amounts), text outside ASCII and quotes.
+    let awkward = json!([
+        { "productId": "p-\"q\"", "quantity": 3, "price": 1.005 },
+        { "productId": "p-ü-😀", "quantity": 1, "price": 0.125 },
+        { "productId": "p-3", "quantity": 7, "price": 2 },
+        { "productId": "p-4", "quantity": 1000, "price": 12345678.915 },
+        { "productId": "p-5", "quantity": 1, "price": 1e-7 },
+    ]);
+    let ship = |tracking: &str| json!({ "command_type": "ship", "data": { "trackingNumber": tracking } });
+    let cancel = |reason: &str| json!({ "command_type": "cancel", "data": { "reason": reason } });
+    let script = [
+        ("order-1", place("c-7", items.clone())),
+        ("order-2", place("c-1", json!([]))),
+        ("order-1", place("c-1", items.clone())),
+        ("order-3", ship("T-1")),
+        ("order-3", cancel("early")),
+        ("order-1", ship("TRK-1")),
+        ("order-1", ship("T-2")),
+        ("order-1", cancel("late")),
+        ("order-4", place("c-ümlaut \"q\" 😀", awkward)),
+        ("order-4", cancel("changed my mind ☕")),
+        ("order-4", cancel("again")),
+        ("order-4", ship("T-4")),
+        (
+            "order-5",
+            json!({ "command_type": "place", "data": { "customerId": "c-5", "items": items.clone(), "extra": 1 },
+                    "metadata": { "causation": "c-1", "n": [1, 2.50] } }),
+        ),
+        ("order-5", json!({ "command_type": "ship", "data": { "trackingNumber": "T-5" }, "metadata": {} })),
+        ("order-6", place("c-6", json!([{ "productId": "p", "quantity": 0, "price": 1 }]))),
+        ("order-6", place("c-6", json!([{ "productId": "p", "quantity": "two", "price": 1 }]))),
+        ("order-6", json!({ "command_type": "place", "data": { "items": [] } })),
+        ("order-6", json!({ "command_type": "ship", "data": {} })),
+        ("order-6", json!({ "command_type": "cancel", "data": "now" })),
+        ("order-6", json!({ "command_type": "refund", "data": {} })),
+        ("invoice-6", place("c-6", items.clone())),
+        ("order-6", place("c-6", items.clone())),
+    ];
+    for (i, (stream, body)) in script.iter().enumerate() {
+        let body = body.to_string();
+        let want = comparable(&rust, "order", stream, &body).await;
+        let got = comparable(&python, "order-py", stream, &body).await;
+        assert_eq!(got, want, "command {i} on {stream}: {body}");
+    }
+
+    for s in 1..=6 {
+        let stream = format!("order-{s}");
+        let want = rust.get(&format!("/deciders/order/streams/{stream}/state")).await;
+        let got = python.get(&format!("/deciders/order-py/streams/{stream}/state")).await;
+        assert_eq!((&got["state"], &got["version"]), (&want["state"], &want["version"]), "{stream}");
+        // The payloads as the log holds them (SQLite keeps the text as written).
+        let uri = format!("/streams/{stream}");
+        let (want, got) = (get_text(&rust, &uri).await, get_text(&python, &uri).await);
+        assert_eq!(got.0, want.0, "{stream}: {} {}", got.1, want.1);
+        if want.0 == StatusCode::OK {
+            let (want, got) = (page(&rust, &uri).await.0, page(&python, &uri).await.0);
+            let payloads = |events: &[Event]| -> Vec<(String, String)> {
+                events.iter().map(|e| (e.event_type.clone(), e.data.clone())).collect()
+            };
+            assert_eq!(payloads(&got), payloads(&want), "{stream}");
+        }
+    }
+    let counts = |d: &Value| [d["commands"].clone(), d["rejections"].clone(), d["failures"].clone()];
+    let (want, got) = (rust.get("/deciders").await, python.get("/deciders").await);
+    assert_eq!(counts(&got[0]), counts(&want[0]), "{got} {want}");
+    assert_eq!(
+        (&got[0]["stream_prefix"], &got[0]["command_types"]),
+        (&want[0]["stream_prefix"], &want[0]["command_types"])
+    );
+    rust.finish().await;
+    python.finish().await;
 }

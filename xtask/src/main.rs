@@ -122,12 +122,12 @@ fn build_js_guests() -> Result {
     Ok(())
 }
 
-/// The Python projections: componentize-py in a virtualenv per project.
+/// The Python projections and decider: componentize-py in a virtualenv per project.
 fn build_python_guests() -> Result {
     if !have("python3") {
         return Err("python3 (with venv and pip) is needed to build the Python projections".into());
     }
-    for name in ["order-summaries-py", "customer-stats-py"] {
+    for name in ["order-summaries-py", "customer-stats-py", "order-py"] {
         run_in(&root().join("projections").join(name), "bash", &["build.sh"])?;
     }
     Ok(())
