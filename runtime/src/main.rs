@@ -170,6 +170,22 @@ struct ServeArgs {
     /// Most a projection's read model may hold on disk, in MiB.
     #[arg(long, default_value_t = 1024)]
     storage_mib: u64,
+    /// Longest chain of events reactors emit in answer to each other
+    /// (`causation_depth`); past it the emitting reactor stops.
+    #[arg(long, default_value_t = 32)]
+    emit_depth: u32,
+    /// Most events (emitted or scheduled) a reactor may make per handled event.
+    #[arg(long, default_value_t = 100)]
+    emit_per_event: u32,
+    /// Most bytes a reactor may emit per handled event, in KiB.
+    #[arg(long, default_value_t = 1024)]
+    emit_kib_per_event: usize,
+    /// Most events a reactor may emit per batch.
+    #[arg(long, default_value_t = 100_000)]
+    emit_per_batch: u32,
+    /// Most bytes a reactor may emit per batch, in MiB.
+    #[arg(long, default_value_t = 64)]
+    emit_mib_per_batch: usize,
     /// How often to look for new events without a wake-up, in milliseconds.
     #[arg(long, default_value_t = 250)]
     poll_ms: u64,
@@ -213,6 +229,11 @@ impl ServeArgs {
         anyhow::ensure!(self.query_rows > 0, "--query-rows must be at least 1");
         anyhow::ensure!(self.sql_value_mib > 0, "--sql-value-mib must be at least 1");
         anyhow::ensure!(self.storage_mib > 0, "--storage-mib must be at least 1");
+        anyhow::ensure!(self.emit_depth > 0, "--emit-depth must be at least 1");
+        anyhow::ensure!(self.emit_per_event > 0, "--emit-per-event must be at least 1");
+        anyhow::ensure!(self.emit_kib_per_event > 0, "--emit-kib-per-event must be at least 1");
+        anyhow::ensure!(self.emit_per_batch > 0, "--emit-per-batch must be at least 1");
+        anyhow::ensure!(self.emit_mib_per_batch > 0, "--emit-mib-per-batch must be at least 1");
         let mut config = Config {
             data_dir: self.data_dir,
             database_url: self.database,
@@ -230,6 +251,13 @@ impl ServeArgs {
         config.limits.sql_value_bytes =
             reel::config::sql_value_bytes(self.sql_value_mib).map_err(|e| anyhow::anyhow!("--{e}"))?;
         config.limits.storage_bytes = self.storage_mib << 20;
+        config.limits.emit = reel::config::EmitLimits {
+            events_per_event: self.emit_per_event,
+            bytes_per_event: self.emit_kib_per_event << 10,
+            events_per_batch: self.emit_per_batch,
+            bytes_per_batch: self.emit_mib_per_batch << 20,
+            max_depth: self.emit_depth,
+        };
         config.keep_old = self.keep_old;
         config.metrics_open = self.metrics_open;
         config.insecure = self.insecure;

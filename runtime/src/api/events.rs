@@ -9,7 +9,7 @@ use super::{ApiError, Services};
 use crate::source::{AppendRequest, Appended, Object};
 
 /// Append events; 409 when the stream is not at `expected_version`, or is
-/// owned by a decider (its events come from its commands).
+/// owned by a decider (its events come from its commands) or a reactor.
 pub async fn append(
     State(services): State<Services>,
     JsonBody(Object(request)): JsonBody<Object<AppendRequest>>,
@@ -21,6 +21,17 @@ pub async fn append(
             format!(
                 "stream `{}` belongs to decider `{decider}` (it owns the streams starting with `{prefix}`): \
                  send it commands with POST /commands/{decider}/{{stream_id}}",
+                request.stream_id
+            ),
+        ));
+    }
+    if let Some((reactor, prefix)) = services.deployments.emitter_of(&request.stream_id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "owned_stream",
+            format!(
+                "stream `{}` belongs to reactor `{reactor}` (it emits to the streams starting with `{prefix}`): \
+                 only it appends there",
                 request.stream_id
             ),
         ));

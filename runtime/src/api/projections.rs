@@ -149,7 +149,35 @@ pub async fn metrics(State(services): State<Services>) -> Result<impl IntoRespon
         let _ =
             writeln!(out, "reel_projection_up{{projection=\"{}\",state=\"{:?}\"}} {}", p.name, p.state, u8::from(up));
     }
+    reactor_metrics(&mut out, &projections);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// Each reactor's emissions and timers (ADRs 23 and 24).
+fn reactor_metrics(out: &mut String, projections: &[ProjectionInfo]) {
+    type Reactor = (&'static str, &'static str, &'static str, fn(&crate::reads::ReactorInfo) -> u64);
+    let metrics: [Reactor; 5] = [
+        ("reel_reactor_emitted_total", "counter", "Events a reactor appended since start.", |r| r.emitted),
+        (
+            "reel_reactor_emissions_dropped_total",
+            "counter",
+            "Emissions dropped since start: their cause was handled by an earlier version.",
+            |r| r.dropped,
+        ),
+        ("reel_reactor_timers_fired_total", "counter", "Timers a reactor fired since start.", |r| r.timers_fired),
+        ("reel_reactor_timers_pending", "gauge", "Timers waiting to fire.", |r| r.timers_pending),
+        ("reel_reactor_outbox", "gauge", "Committed batches whose emissions wait in the outbox (SQLite).", |r| {
+            r.outbox
+        }),
+    ];
+    for (metric, kind, help, value) in metrics {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for p in projections {
+            if let Some(r) = &p.reactor {
+                let _ = writeln!(out, "{metric}{{reactor=\"{}\"}} {}", p.name, value(r));
+            }
+        }
+    }
 }
 
 fn escape(label: &str) -> String {

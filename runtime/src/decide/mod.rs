@@ -147,6 +147,15 @@ impl Deciders {
         Some(name)
     }
 
+    /// A decider whose prefix overlaps `prefix` (one starts with the
+    /// other): its name and prefix.
+    pub fn overlapping(&self, prefix: &str) -> Option<(String, String)> {
+        self.registry().iter().find_map(|(name, d)| {
+            let p = &d.module.manifest.stream_prefix;
+            (p.starts_with(prefix) || prefix.starts_with(p.as_str())).then(|| (name.clone(), p.clone()))
+        })
+    }
+
     /// The decider owning `stream`, and its prefix.
     pub fn owner_of(&self, stream: &str) -> Option<(String, String)> {
         self.registry()

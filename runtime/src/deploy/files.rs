@@ -236,7 +236,16 @@ impl Deployments {
         let m = &module.manifest;
         let provides = format!("{}@{}", m.name, m.version);
         let status = FileStatus::loaded(&path, "decider", provides, &module.hash, module.compile_time, module.cached);
-        match self.inner.deciders.deploy(module.clone()) {
+        let reactor = self.reactor_overlapping(&m.stream_prefix, "");
+        let deployed = match reactor {
+            Some((name, theirs)) => Err(format!(
+                "decider `{}` would own streams `{}*`, which overlap reactor `{name}`'s `{theirs}*`: \
+                 a stream has one writer",
+                m.name, m.stream_prefix
+            )),
+            None => self.inner.deciders.deploy(module.clone()),
+        };
+        match deployed {
             Ok(()) => {
                 tracing::info!(
                     "loaded {} as decider {}@{} (streams `{}*`)",

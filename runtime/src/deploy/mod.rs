@@ -159,6 +159,30 @@ impl Deployments {
         Ok(())
     }
 
+    /// A loaded reactor other than `except` whose prefix overlaps `prefix`
+    /// (one starts with the other): its name and prefix.
+    pub fn reactor_overlapping(&self, prefix: &str, except: &str) -> Option<(String, String)> {
+        let registry = self.registry();
+        registry.projections.iter().filter(|(name, _)| name.as_str() != except).find_map(|(name, p)| {
+            std::iter::once(&p.active).chain(p.next.as_ref()).find_map(|d| {
+                let theirs = &d.program.as_ref()?.emits()?.stream_prefix;
+                (theirs.starts_with(prefix) || prefix.starts_with(theirs.as_str()))
+                    .then(|| (name.clone(), theirs.clone()))
+            })
+        })
+    }
+
+    /// The loaded reactor that emits to `stream`, and its prefix.
+    pub fn emitter_of(&self, stream: &str) -> Option<(String, String)> {
+        let registry = self.registry();
+        registry.projections.iter().find_map(|(name, p)| {
+            std::iter::once(&p.active).chain(p.next.as_ref()).find_map(|d| {
+                let prefix = &d.program.as_ref()?.emits()?.stream_prefix;
+                stream.starts_with(prefix.as_str()).then(|| (name.clone(), prefix.clone()))
+            })
+        })
+    }
+
     /// Run `program` (from `file`, if any): a new projection, new code for a
     /// running version, or a new version rebuilt beside the serving one.
     ///
@@ -167,6 +191,25 @@ impl Deployments {
     /// drive the connection).
     fn deploy(&self, program: Program, file: Option<PathBuf>) -> Result<Cleanup, String> {
         let manifest = program.manifest().clone();
+        if let Some(emits) = program.emits() {
+            let prefix = &emits.stream_prefix;
+            let overlap = self
+                .inner
+                .deciders
+                .overlapping(prefix)
+                .map(|(name, theirs)| format!("decider `{name}`'s `{theirs}*`"))
+                .or_else(|| {
+                    self.reactor_overlapping(prefix, &manifest.name)
+                        .map(|(name, theirs)| format!("reactor `{name}`'s `{theirs}*`"))
+                });
+            if let Some(overlap) = overlap {
+                return Err(format!(
+                    "reactor `{}` would emit to streams `{prefix}*`, which overlap {overlap}: \
+                     a stream has one writer",
+                    manifest.name
+                ));
+            }
+        }
         if !self.registry().projections.contains_key(&manifest.name) {
             let ns = NamespaceId::new(&manifest.name, &manifest.version);
             self.inner.store.set_active(&ns).map_err(|e| e.to_string())?;

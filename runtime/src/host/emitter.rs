@@ -146,7 +146,7 @@ impl Emitter {
         if depth > u64::from(limits.max_depth) {
             return Err(format!(
                 "causation depth limit: emitting `{event_type}` for the event at position {cause} would be \
-                 {depth} emissions deep (limit {}): reactors may be answering each other for ever",
+                 {depth} emissions deep (limit {}, --emit-depth): reactors may be answering each other for ever",
                 limits.max_depth
             ));
         }
@@ -163,13 +163,15 @@ impl Emitter {
         let batch_events = self.out.events.len() + self.out.timers.len() + 1;
         if c.count > limits.events_per_event || c.bytes > limits.bytes_per_event {
             return Err(format!(
-                "emit limit: the event at position {cause} caused {} events of {} bytes (limits: {} events, {} bytes per handled event)",
+                "emit limit: the event at position {cause} caused {} events of {} bytes (limits: {} events, \
+                 {} bytes per handled event; --emit-per-event, --emit-kib-per-event)",
                 c.count, c.bytes, limits.events_per_event, limits.bytes_per_event
             ));
         }
         if batch_events > limits.events_per_batch as usize || self.bytes > limits.bytes_per_batch {
             return Err(format!(
-                "emit limit: the batch emitted {batch_events} events of {} bytes (limits: {} events, {} bytes per batch)",
+                "emit limit: the batch emitted {batch_events} events of {} bytes (limits: {} events, \
+                 {} bytes per batch; --emit-per-batch, --emit-mib-per-batch)",
                 self.bytes, limits.events_per_batch, limits.bytes_per_batch
             ));
         }

@@ -30,7 +30,7 @@ use reel_model::{Cursor, Event, Value};
 use super::client as pg;
 use super::reader::PgReader;
 use super::value::column;
-use crate::source::{AppendRequest, Appended, EventLog, EventReader, LagCause, LogFuture, SourceError};
+use crate::source::{AppendRequest, Appended, EventLog, EventReader, LagCause, LogFuture, SourceError, TimersFired};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -345,6 +345,23 @@ impl EventLog for PgSource {
 
     fn lag_cause(&self, cursor: Cursor) -> LogFuture<'_, Option<LagCause>> {
         Box::pin(PgSource::lag_cause(self, cursor))
+    }
+
+    /// `reel.fire_timers`, as reel's user (no namespace role may run it).
+    fn fire_timers(&self, reactor: String, now_micros: i64) -> LogFuture<'_, TimersFired> {
+        Box::pin(async move {
+            let sql = "SELECT fired, pending, next_due FROM reel.fire_timers($1, $2)";
+            let (_, row) = on_a_live_connection!(self, |c| c.query_one(sql, &[&reactor, &now_micros]));
+            let fired = TimersFired {
+                fired: row.get::<_, i32>(0) as u64,
+                pending: row.get::<_, i32>(1) as u64,
+                next_due: row.get(2),
+            };
+            if fired.fired > 0 {
+                self.wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Ok(fired)
+        })
     }
 
     fn wakeups(&self) -> watch::Receiver<u64> {

@@ -277,19 +277,19 @@ impl Commits for PgNamespace {
     }
 
     /// reel.emit appends in this transaction, as reel's user: the role
-    /// itself cannot write `events` (ADR 23).
-    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+    /// itself cannot write `events` (ADR 23). The handled cursor moves with
+    /// the checkpoint, in reel.advance.
+    fn emit(&mut self, emissions: &Emissions, _to: Cursor) -> Result<Option<Forwarded>, StoreError> {
         let slug = self.info.slug.clone();
-        let (tx, position) = (to.tx, to.id);
         let (events, timers) = (emissions.events_json(), emissions.timers_json());
-        let rows = self.fetch(EMIT, &[&slug, &tx, &position, &events, &timers], false)?;
+        let rows = self.fetch(EMIT, &[&slug, &events, &timers], false)?;
         let count = |i: usize| rows.first().map_or(0, |r| r.get::<_, i32>(i) as u64);
         Ok(Some(Forwarded { emitted: count(0), dropped: count(1) }))
     }
 }
 
 /// A reactor batch's emissions, before its checkpoint.
-const EMIT: &str = "SELECT emitted, dropped FROM reel.emit($1, $2, $3, $4::text::jsonb, $5::text::jsonb)";
+const EMIT: &str = "SELECT emitted, dropped FROM reel.emit($1, $2::text::jsonb, $3::text::jsonb)";
 
 impl KvWrites for PgNamespace {
     fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {

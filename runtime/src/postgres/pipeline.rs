@@ -11,6 +11,9 @@ use crate::store::StoreError;
 /// SQLSTATE `reel.advance` raises when the checkpoint moved underneath.
 const FENCED: &str = "RL409";
 const UNIQUE_VIOLATION: &str = "23505";
+/// SQLSTATE `reel.advance` and `reel.emit` raise when called twice in one
+/// transaction: the projection's SQL called them (ADR 23).
+const CALLED_TWICE: &str = "RL403";
 /// SQLSTATE `reel.check_storage` raises past the quota.
 const OVER_QUOTA: &str = "RL413";
 
@@ -136,6 +139,7 @@ pub(super) fn pipeline_stopped() -> StoreError {
 pub(super) fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreError {
     match (blame, e.code().map(|c| c.code())) {
         (Blame::Advance(from), Some(FENCED)) => StoreError::Fenced { expected: from, found: None },
+        (Blame::Advance(_), Some(CALLED_TWICE)) => own_error(e, true),
         (Blame::Guest, _) => statement_error(e),
         (Blame::KvInsert { .. }, Some(UNIQUE_VIOLATION)) => StoreError::KvStale(format!(
             "a KV key taken for new is in the table already ({}): another writer, or a stale cache; \

@@ -105,8 +105,7 @@ impl PgStore {
              GRANT EXECUTE ON FUNCTION reel.owns(text), reel.read_checkpoint(text), \
                  reel.advance(text, bigint, bigint, bigint, bigint), \
                  reel.add_dead_letter(text, bigint, text, bigint, text, text, text, text, text), \
-                 reel.list_dead_letters(text, bigint, integer), reel.remove_dead_letter(text, bigint), \
-                 reel.emit(text, bigint, bigint, jsonb, jsonb) TO {role}; \
+                 reel.list_dead_letters(text, bigint, integer), reel.remove_dead_letter(text, bigint) TO {role}; \
              CREATE TABLE {schema}._reel_kv (key TEXT COLLATE \"C\" PRIMARY KEY, value BYTEA NOT NULL) \
                  WITH (fillfactor = 50); \
              GRANT SELECT, INSERT, UPDATE, DELETE ON {schema}._reel_kv TO {role};",
@@ -236,6 +235,23 @@ impl Namespaces for PgStore {
     fn forget(&self, name: &str) -> Result<(), StoreError> {
         let name = name.to_owned();
         self.admin(async |c| c.execute("DELETE FROM reel.active WHERE name = $1", &[&name]).await.map(drop))
+    }
+
+    /// Record the prefix `reel.emit` checks, and grant it to the role: no
+    /// other namespace's role may execute it (ADR 23).
+    fn declare_emits(&self, ns: &NamespaceId, prefix: &str) -> Result<(), StoreError> {
+        let Some(info) = self.info(ns)? else {
+            return Err(StoreError::Database(format!("namespace {ns} does not exist")));
+        };
+        let (slug, prefix) = (info.slug, prefix.to_owned());
+        let grant = format!("GRANT EXECUTE ON FUNCTION reel.emit(text, jsonb, jsonb) TO {}", quote_ident(&info.role));
+        self.admin(async |c| {
+            let tx = c.transaction().await?;
+            tx.batch_execute(CATALOG_LOCK).await?;
+            tx.execute("UPDATE reel.namespaces SET emit_prefix = $2 WHERE namespace = $1", &[&slug, &prefix]).await?;
+            tx.batch_execute(&grant).await?;
+            tx.commit().await
+        })
     }
 }
 

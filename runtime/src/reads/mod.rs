@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use reel_model::DeadLetter;
 
-pub use status::ProjectionInfo;
+pub use status::{ProjectionInfo, ReactorInfo};
 
 use crate::config::Config;
 use crate::deploy::{Deployments, View};

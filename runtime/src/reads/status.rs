@@ -172,6 +172,9 @@ impl Reads {
                 stream_prefix: emits.stream_prefix.clone(),
                 emitted: status.emitted,
                 dropped: status.emissions_dropped,
+                timers_fired: status.timers_fired,
+                timers_pending: status.timers_pending,
+                outbox: status.outbox,
             }),
             module: active.program.as_ref().map(|p| {
                 let m = p.manifest();
@@ -201,4 +204,11 @@ pub struct ReactorInfo {
     /// Emissions dropped at a cut-over: their cause had been handled by an
     /// earlier version or generation, whose history wins.
     pub dropped: u64,
+    /// Timers it fired (ADR 24).
+    pub timers_fired: u64,
+    /// Timers waiting to fire, as last seen.
+    pub timers_pending: u64,
+    /// Committed batches whose emissions wait in the outbox to be forwarded
+    /// to the log (SQLite; 0 on PostgreSQL, which appends in the batch).
+    pub outbox: u64,
 }

@@ -269,6 +269,10 @@ pub trait EventLog: Send + Sync {
         let _ = (namespace, handled, emissions);
         Box::pin(async { Err(SourceError::Internal("this event log has no outboxes to forward".into())) })
     }
+    /// Fire reactor `reactor`'s timers due at `now_micros` (Unix µs): each
+    /// is removed and its event appended in one transaction, keyed like an
+    /// emission, so it fires once however many callers race (ADR 24).
+    fn fire_timers(&self, reactor: String, now_micros: i64) -> LogFuture<'_, TimersFired>;
     /// Stop background work (a LISTEN connection, a commit watcher).
     fn close(&self);
     /// Whether `cursor` could be a token this log handed out (a bare
@@ -276,6 +280,17 @@ pub trait EventLog: Send + Sync {
     fn could_have_issued(&self, _cursor: Cursor) -> bool {
         true
     }
+}
+
+/// What firing a reactor's due timers did (ADR 24).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimersFired {
+    /// Timer events appended.
+    pub fired: u64,
+    /// Timers still pending.
+    pub pending: u64,
+    /// When the next one is due (Unix µs), if any.
+    pub next_due: Option<i64>,
 }
 
 /// Why a projection is behind although events are committed: a transaction
@@ -390,6 +405,11 @@ impl Source {
         emissions: Emissions,
     ) -> Result<Forwarded, SourceError> {
         self.log.forward(namespace, handled, emissions).await
+    }
+
+    /// Fire a reactor's due timers (see [`EventLog::fire_timers`]).
+    pub async fn fire_timers(&self, reactor: String, now_micros: i64) -> Result<TimersFired, SourceError> {
+        self.log.fire_timers(reactor, now_micros).await
     }
 
     /// Stop background work (the LISTEN connection, the commit watcher).

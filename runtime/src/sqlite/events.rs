@@ -17,7 +17,9 @@ use tokio::sync::watch;
 use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, Event};
 
-use crate::source::{AppendRequest, Appended, Batch, EventLog, EventReader, Filter, LagCause, LogFuture, SourceError};
+use crate::source::{
+    AppendRequest, Appended, Batch, EventLog, EventReader, Filter, LagCause, LogFuture, SourceError, TimersFired,
+};
 use reel_model::{Emissions, Forwarded};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -285,6 +287,22 @@ impl EventLog for SqliteSource {
                 self.wake.send_modify(|n| *n = n.wrapping_add(1));
             }
             Ok(forwarded)
+        })
+    }
+
+    fn fire_timers(&self, reactor: String, now_micros: i64) -> LogFuture<'_, TimersFired> {
+        Box::pin(async move {
+            let writer = Arc::clone(&self.writer);
+            let fired = tokio::task::spawn_blocking(move || {
+                let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                super::forward::fire_timers(&mut conn, &reactor, now_micros)
+            })
+            .await
+            .map_err(|e| SourceError::Internal(e.to_string()))??;
+            if fired.fired > 0 {
+                self.wake.send_modify(|n| *n = n.wrapping_add(1));
+            }
+            Ok(fired)
         })
     }
 

@@ -10,8 +10,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use reel_model::Cursor;
 use reel_model::time::{format_micros, now_micros};
 
-use crate::source::SourceError;
-use reel_model::{Emissions, Forwarded, TimerChange};
+use crate::source::{SourceError, TimersFired};
+use reel_model::{Emission, Emissions, Forwarded, TimerChange};
 
 /// Append `emissions` of namespace `namespace`, handled through `handled`.
 pub(super) fn forward(
@@ -55,17 +55,7 @@ pub(super) fn forward(
             }
             None => {}
         }
-        let version: i64 = tx.query_row(
-            "SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = ?1",
-            [&e.stream_id],
-            |r| r.get(0),
-        )?;
-        let position: i64 = tx.query_row(
-            "INSERT INTO events (stream_id, version, event_type, data, metadata, occurred_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-            params![e.stream_id, version, e.event_type, e.data, e.metadata, occurred_at],
-            |r| r.get(0),
-        )?;
+        let position = append(&tx, &e.stream_id, &e.event_type, &e.data, &e.metadata, &occurred_at)?;
         tx.execute(
             "INSERT INTO reel_emitted (reactor, cause, idx, namespace, position) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![reactor, e.cause, e.index, namespace, position],
@@ -101,4 +91,71 @@ pub(super) fn forward(
     )?;
     tx.commit()?;
     Ok(out)
+}
+
+/// Fire reactor `reactor`'s timers due at `now` (Unix µs), in one
+/// transaction of the events file: each timer is removed and its event
+/// appended with the timer's key in its metadata (`timer`), unless its key
+/// (reactor, cause, index) is in the log already (ADR 24).
+pub(super) fn fire_timers(conn: &mut Connection, reactor: &str, now: i64) -> Result<TimersFired, SourceError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let due: Vec<(String, String)> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT key, event FROM reel_timers WHERE reactor = ?1 AND due_micros <= ?2 ORDER BY due_micros, key",
+        )?;
+        stmt.query_map(params![reactor, now], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+    };
+    let mut out = TimersFired::default();
+    let occurred_at = format_micros(now_micros());
+    for (key, text) in due {
+        tx.execute("DELETE FROM reel_timers WHERE reactor = ?1 AND key = ?2", params![reactor, key])?;
+        let event: Emission = serde_json::from_str(&text).map_err(|e| SourceError::Internal(e.to_string()))?;
+        let inserted = tx.execute(
+            "INSERT INTO reel_emitted (reactor, cause, idx, namespace, position) VALUES (?1, ?2, ?3, 'timer', 0) \
+             ON CONFLICT DO NOTHING",
+            params![reactor, event.cause, event.index],
+        )?;
+        if inserted == 0 {
+            continue;
+        }
+        let mut metadata: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&event.metadata).unwrap_or_default();
+        metadata.insert("timer".into(), serde_json::Value::from(key));
+        let metadata = serde_json::Value::Object(metadata).to_string();
+        let position = append(&tx, &event.stream_id, &event.event_type, &event.data, &metadata, &occurred_at)?;
+        tx.execute(
+            "UPDATE reel_emitted SET position = ?4 WHERE reactor = ?1 AND cause = ?2 AND idx = ?3",
+            params![reactor, event.cause, event.index, position],
+        )?;
+        out.fired += 1;
+    }
+    let (pending, next_due): (i64, Option<i64>) =
+        tx.query_row("SELECT count(*), min(due_micros) FROM reel_timers WHERE reactor = ?1", [reactor], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    tx.commit()?;
+    out.pending = pending as u64;
+    out.next_due = next_due;
+    Ok(out)
+}
+
+/// Append one event at the stream's next version; its position.
+fn append(
+    tx: &rusqlite::Transaction<'_>,
+    stream_id: &str,
+    event_type: &str,
+    data: &str,
+    metadata: &str,
+    occurred_at: &str,
+) -> Result<i64, SourceError> {
+    let version: i64 =
+        tx.query_row("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = ?1", [stream_id], |r| {
+            r.get(0)
+        })?;
+    Ok(tx.query_row(
+        "INSERT INTO events (stream_id, version, event_type, data, metadata, occurred_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        params![stream_id, version, event_type, data, metadata, occurred_at],
+        |r| r.get(0),
+    )?)
 }

@@ -297,6 +297,13 @@ pub trait Namespaces: Send + Sync {
     fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError>;
     /// Forget a projection (after its namespaces are dropped).
     fn forget(&self, name: &str) -> Result<(), StoreError>;
+    /// Record `ns` as a reactor's, emitting under `prefix`: only such a
+    /// namespace may append, and only under it (ADR 23). Where the log is
+    /// in another database than the namespaces, nothing to do.
+    fn declare_emits(&self, ns: &NamespaceId, prefix: &str) -> Result<(), StoreError> {
+        let _ = (ns, prefix);
+        Ok(())
+    }
 }
 
 /// The read-model storage of the configured backend.

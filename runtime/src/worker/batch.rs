@@ -209,13 +209,19 @@ impl Worker {
             Ok(pending) => pending,
             Err(e) => return tracing::warn!(projection = %self.ns, "reading the outbox: {e}"),
         };
+        let mut left = pending.len() as u64;
+        self.status.outbox(left);
         for (id, handled, emissions) in pending {
             let forwarded = self.ctx.handle.block_on(self.ctx.source.forward(self.ns.slug(), handled, emissions));
             match forwarded.map_err(|e| e.to_string()).and_then(|f| {
                 caps.writer().and_then(|ns| ns.outbox_done(id)).map_err(|e| e.to_string())?;
                 Ok(f)
             }) {
-                Ok(f) => self.status.forwarded(f.emitted, f.dropped),
+                Ok(f) => {
+                    left -= 1;
+                    self.status.outbox(left);
+                    self.status.forwarded(f.emitted, f.dropped);
+                }
                 Err(e) => return tracing::warn!(projection = %self.ns, "forwarding the outbox: {e}"),
             }
         }

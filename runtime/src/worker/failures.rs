@@ -234,6 +234,12 @@ impl Worker {
             return Err(WorkerError::Conflict("the projection has not started yet".into()));
         }
         let at = self.persisted;
+        // A reactor's emits name the event as their cause: where it is in the log.
+        let cursor = self
+            .ctx
+            .handle
+            .block_on(self.ctx.source.cursor_of(position))
+            .map_err(|e| WorkerError::Store(StoreError::Database(format!("finding event {position}: {e}"))))?;
         let guest = self.guest().map_err(WorkerError::Guest)?;
         guest.caps().begin()?;
         let result = (|| {
@@ -241,6 +247,8 @@ impl Worker {
             let Some(letter) = letter.into_iter().find(|l| l.event.position == position) else {
                 return Err(WorkerError::NotFound(format!("no dead letter at position {position}")));
             };
+            let cursor = cursor.unwrap_or(Cursor { tx: 0, id: position });
+            guest.caps().begin_batch(std::slice::from_ref(&letter.event), &[cursor]);
             guest.handle(std::slice::from_ref(&letter.event)).map_err(WorkerError::Guest)?;
             guest.caps().writer()?.remove_dead_letter(position)?;
             guest.caps().commit(at, at)?;
@@ -249,6 +257,7 @@ impl Worker {
         match result {
             Ok(()) => {
                 tracing::info!(projection = %self.ns, position, "dead letter applied");
+                self.forward();
                 Ok(())
             }
             Err(e) => {

@@ -37,6 +37,9 @@ const PERSIST_SKIPS_EVERY: Duration = Duration::from_secs(1);
 const STANDBY_CHECK: Duration = Duration::from_secs(2);
 /// How long a fenced worker waits before trying to own the projection again.
 const FENCED_PAUSE: Duration = Duration::from_secs(5);
+/// How often a running reactor looks for due timers at most, when none is
+/// known to be due sooner (another version or process may schedule one).
+const TIMER_CHECK: Duration = Duration::from_millis(500);
 
 /// What a worker can be told between batches.
 pub enum Control {
@@ -157,6 +160,7 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         halted: false,
         poisoned: None,
         swapped: false,
+        timer_check: Instant::now(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("reel-{}", worker.ns))
@@ -216,6 +220,8 @@ struct Worker {
     /// Its code was swapped for new code of the same version, whose `init`
     /// did not run: a poison event then says so.
     swapped: bool,
+    /// When a reactor looks for due timers next.
+    timer_check: Instant,
 }
 
 /// A batch whose commit was sent and not yet answered: the worker applies
@@ -262,10 +268,12 @@ impl Worker {
                 }
                 continue;
             }
+            self.fire_timers();
             match self.step() {
                 Ok(true) => {}
                 Ok(false) => {
-                    if self.wait(self.ctx.poll_interval).is_err() {
+                    let timers = self.timer_check.saturating_duration_since(Instant::now());
+                    if self.wait(self.ctx.poll_interval.min(timers)).is_err() {
                         break;
                     }
                 }
@@ -354,6 +362,7 @@ impl Worker {
                 }
                 let mut caps = Capabilities::new(&self.ns.name, Access::Write(writer), self.ctx.limits.clone())?;
                 if let Some(emits) = self.program.emits() {
+                    self.ctx.store.declare_emits(&self.ns, &emits.stream_prefix)?;
                     caps.set_emitter(Emitter::new(&self.ns.name, &self.ns.version, emits, self.ctx.limits.emit));
                 }
                 caps
@@ -379,6 +388,30 @@ impl Worker {
         self.status.advanced(self.cursor);
         self.reader = Some(self.ctx.source.prefetching_reader().map_err(|e| StoreError::Database(e.to_string()))?);
         Ok(true)
+    }
+
+    /// A reactor's timers due by reel's wall clock: their events are
+    /// appended to the log (where the reactor receives them like any other
+    /// event), once. Only the worker that owns the namespace gets here
+    /// (ADR 24).
+    fn fire_timers(&mut self) {
+        if self.program.emits().is_none() || Instant::now() < self.timer_check {
+            return;
+        }
+        let now = reel_model::time::now_micros();
+        let fired = self.ctx.handle.block_on(self.ctx.source.fire_timers(self.ns.name.clone(), now));
+        let next = match fired {
+            Ok(fired) => {
+                self.status.timers(fired.fired, fired.pending);
+                let until_due = |due: i64| Duration::from_micros(due.saturating_sub(now).max(0) as u64);
+                fired.next_due.map_or(TIMER_CHECK, |due| until_due(due).min(TIMER_CHECK))
+            }
+            Err(e) => {
+                tracing::warn!(projection = %self.ns, "firing timers: {e}");
+                TIMER_CHECK
+            }
+        };
+        self.timer_check = Instant::now() + next;
     }
 
     /// The live instance, creating one if needed.

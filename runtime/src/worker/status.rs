@@ -106,6 +106,12 @@ pub struct Snapshot {
     /// A reactor's emissions dropped because an earlier version had handled
     /// their cause (history wins, ADR 23).
     pub emissions_dropped: u64,
+    /// A reactor's timers fired by this worker.
+    pub timers_fired: u64,
+    /// A reactor's timers pending, as last seen.
+    pub timers_pending: u64,
+    /// A reactor's outbox entries not forwarded yet, as last seen.
+    pub outbox: u64,
 }
 
 /// Shared status of one worker.
@@ -141,6 +147,9 @@ impl Status {
             admin_actions: Vec::new(),
             emitted: 0,
             emissions_dropped: 0,
+            timers_fired: 0,
+            timers_pending: 0,
+            outbox: 0,
         };
         // A sample at the start, so the first batch already gives a rate (and a
         // rebuild an ETA) instead of 0 until the second one commits.
@@ -237,6 +246,19 @@ impl Status {
             i.snapshot.emitted += emitted;
             i.snapshot.emissions_dropped += dropped;
         });
+    }
+
+    /// A reactor's worker fired `fired` timers; `pending` are left.
+    pub fn timers(&self, fired: u64, pending: u64) {
+        self.with(|i| {
+            i.snapshot.timers_fired += fired;
+            i.snapshot.timers_pending = pending;
+        });
+    }
+
+    /// `entries` of a reactor's outbox wait to be forwarded.
+    pub fn outbox(&self, entries: u64) {
+        self.with(|i| i.snapshot.outbox = entries);
     }
 
     /// An event went to the dead-letter table.
