@@ -4,8 +4,8 @@
 //
 // Run from a projection's folder (its `npm run build` does):
 //   node ../lib-js/build.mjs
-// It reads src/index.js and writes dist/<folder name>.wasm ($REEL_MODULE_NAME.wasm
-// when set).
+// It reads src/index.js ($REEL_ENTRY when set) and writes dist/<folder name>.wasm
+// ($REEL_MODULE_NAME.wasm when set).
 //
 // Relative imports (the helper in ../lib-js) are resolved at build time, while
 // Wizer snapshots the initialized engine: the module root is the `projections`
@@ -26,7 +26,8 @@ const witFile = process.env.REEL_WIT
   : resolve(libDir, "../../wit/projection.wit");
 const projectDir = process.cwd();
 const name = process.env.REEL_MODULE_NAME || basename(projectDir);
-const entry = join(projectDir, "src", "index.js");
+// `src/index.js`, or $REEL_ENTRY (relative to the project's folder).
+const entry = join(projectDir, process.env.REEL_ENTRY || join("src", "index.js"));
 if (!existsSync(entry)) throw new Error(`no ${entry}`);
 const out = join(projectDir, "dist", `${name}.wasm`);
 // `projection`, or `reactor` for a module that emits (REEL_WORLD, or

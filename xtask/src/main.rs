@@ -112,7 +112,7 @@ fn build_js_guests() -> Result {
             "node and npm are needed to build the JavaScript projections (Debian: apt-get install nodejs npm)".into()
         );
     }
-    for name in ["order-summaries-js", "customer-stats-js"] {
+    for name in ["order-summaries-js", "customer-stats-js", "payment-js"] {
         let dir = root().join("projections").join(name);
         if !dir.join("node_modules").exists() {
             run_in(&dir, "npm", &["ci", "--no-audit", "--no-fund"])?;
