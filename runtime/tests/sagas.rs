@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::client::Reel;
 use common::process::Process;
 use common::{Backend, Harness};
 use serde_json::{Value, json};
@@ -90,127 +91,28 @@ fn orders(n: usize) -> Vec<Value> {
         .collect()
 }
 
-/// A reel to talk to: the router of a [`Harness`], or a `reel serve`
-/// process on a socket (one that the test kills).
-enum Reel<'a> {
-    Router(&'a Harness),
-    Process(&'a Process),
+/// Append `order` as `order.placed` to `order-{orderId}`: its position.
+async fn place(reel: &Reel<'_>, order: &Value) -> i64 {
+    let stream = format!("order-{}", order["orderId"].as_str().unwrap());
+    reel.append_new(&stream, json!([{ "event_type": "order.placed", "data": order }])).await[0]
 }
 
-impl Reel<'_> {
-    async fn get(&self, uri: &str) -> Value {
-        match self {
-            Reel::Router(h) => h.get(uri).await,
-            Reel::Process(p) => {
-                let (code, body) = p.call("GET", uri, None);
-                assert_eq!(code, 200, "GET {uri}: {body}");
-                body
-            }
-        }
-    }
+/// Inventory's stock, by product (`stock/` in its KV).
+async fn stock(reel: &Reel<'_>) -> BTreeMap<String, i64> {
+    reel.kv("inventory", "stock/")
+        .await
+        .into_iter()
+        .map(|(product, units)| (product, units.as_i64().unwrap()))
+        .collect()
+}
 
-    /// Append `order` as `order.placed` to `order-{orderId}`: its position.
-    async fn place(&self, order: &Value) -> i64 {
-        let stream = format!("order-{}", order["orderId"].as_str().unwrap());
-        let events = json!([{ "event_type": "order.placed", "data": order }]);
-        let body = match self {
-            Reel::Router(h) => h.append(&stream, Some(0), events).await,
-            Reel::Process(p) => {
-                let body = json!({ "stream_id": stream, "expected_version": 0, "events": events });
-                let (code, answer) = p.call("POST", "/events", Some(&body));
-                assert_eq!(code, 201, "append: {answer}");
-                answer
-            }
-        };
-        body["positions"][0].as_i64().unwrap()
-    }
-
-    /// Every event of the log, through `GET /events`, in delivery order.
-    async fn log(&self) -> Vec<Value> {
-        let mut events = Vec::new();
-        let mut after = String::new();
-        loop {
-            let page = self.get(&format!("/events?limit=10000{after}")).await;
-            let got = page["events"].as_array().unwrap().clone();
-            let done = got.len() < 10_000;
-            events.extend(got);
-            if done {
-                return events;
-            }
-            after = format!("&after={}", common::urlencode(page["next"].as_str().unwrap()));
-        }
-    }
-
-    /// Inventory's stock, by product (`stock/` in its KV).
-    async fn stock(&self) -> BTreeMap<String, i64> {
-        let mut stock = BTreeMap::new();
-        let mut after = String::new();
-        loop {
-            let page = self.get(&format!("/projections/inventory/kv?prefix=stock/&limit=10000{after}")).await;
-            for entry in page["entries"].as_array().unwrap() {
-                let product = entry["key"].as_str().unwrap()["stock/".len()..].to_owned();
-                stock.insert(product, entry["value"].as_i64().unwrap());
-            }
-            match page["next"].as_str() {
-                Some(next) => after = format!("&after={}", common::urlencode(next)),
-                None => return stock,
-            }
-        }
-    }
-
-    /// `order-summaries`' status of each order.
-    async fn statuses(&self) -> BTreeMap<String, String> {
-        let rows = self.get("/projections/order-summaries/tables/order_summaries?limit=10000&order=order_id").await;
-        let rows = rows.as_array().unwrap();
-        rows.iter()
-            .map(|r| (r["order_id"].as_str().unwrap().to_owned(), r["status"].as_str().unwrap().to_owned()))
-            .collect()
-    }
-
-    /// Wait until every module has handled the whole log and the log
-    /// stopped growing (no outbox left to forward, nothing stopped).
-    async fn quiesce(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        let mut last_head = -1;
-        loop {
-            let all = self.get("/projections").await;
-            let all = all.as_array().unwrap();
-            for p in all {
-                assert_ne!(p["state"], "stopped", "{p:#}");
-            }
-            let head = all.iter().map(|p| p["head"].as_i64().unwrap()).max().unwrap_or(0);
-            let idle = all.iter().all(|p| {
-                (p["position"].as_i64() >= Some(head) || p["lag"] == 0)
-                    && p["reactor"]["outbox"].as_u64().unwrap_or(0) == 0
-            });
-            if idle && head == last_head {
-                return;
-            }
-            last_head = if idle { head } else { -1 };
-            assert!(Instant::now() < deadline, "no quiescence: {all:#?}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// Wait until the four modules run.
-    async fn running(&self) {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let all = self.get("/projections").await;
-            let running: BTreeSet<&str> = all
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|p| p["state"] == "running")
-                .map(|p| p["name"].as_str().unwrap())
-                .collect();
-            if running == BTreeSet::from(MODULES) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "not all running: {all:#}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+/// `order-summaries`' status of each order.
+async fn statuses(reel: &Reel<'_>) -> BTreeMap<String, String> {
+    let rows = reel.get("/projections/order-summaries/tables/order_summaries?limit=10000&order=order_id").await;
+    let rows = rows.as_array().unwrap();
+    rows.iter()
+        .map(|r| (r["order_id"].as_str().unwrap().to_owned(), r["status"].as_str().unwrap().to_owned()))
+        .collect()
 }
 
 /// The modules of the choreography, and `order-summaries`.
@@ -363,8 +265,8 @@ async fn check(reel: &Reel<'_>, placed: &BTreeMap<String, i64>) -> BTreeMap<Outc
             );
         }
     }
-    assert_eq!(reel.stock().await, fold.stock, "inventory's stock is the fold's");
-    let statuses = reel.statuses().await;
+    assert_eq!(stock(reel).await, fold.stock, "inventory's stock is the fold's");
+    let statuses = statuses(reel).await;
     assert_eq!(statuses.len(), placed.len());
     for (order_id, outcome) in &fold.outcomes {
         let status = if *outcome == Outcome::Shipped { "shipped" } else { "cancelled" };
@@ -413,13 +315,13 @@ async fn every_order_of_the_choreography_ends_once_and_stock_is_the_fold(backend
     let h = Harness::start(backend, &[]).await;
     install(&h.config.modules_dir);
     let reel = Reel::Router(&h);
-    reel.running().await;
+    reel.running(&MODULES).await;
     let started = Instant::now();
     let all = orders(orders_wanted());
     let (first, second) = all.split_at(all.len() / 2);
     let mut placed = BTreeMap::new();
     for order in first {
-        placed.insert(order["orderId"].as_str().unwrap().to_owned(), reel.place(order).await);
+        placed.insert(order["orderId"].as_str().unwrap().to_owned(), place(&reel, order).await);
     }
     reel.quiesce().await;
     let by_v1 = reel.log().await.iter().filter(|e| e["metadata"]["emitted_by"] == "payment@1").count();
@@ -427,7 +329,7 @@ async fn every_order_of_the_choreography_ends_once_and_stock_is_the_fold(backend
     std::fs::copy(payment_v2(), &tmp).unwrap();
     std::fs::rename(&tmp, h.config.modules_dir.join("payment-js.wasm")).unwrap();
     for order in second {
-        placed.insert(order["orderId"].as_str().unwrap().to_owned(), reel.place(order).await);
+        placed.insert(order["orderId"].as_str().unwrap().to_owned(), place(&reel, order).await);
     }
     let appended = started.elapsed();
     let payment = h.wait_status("payment", PATIENCE, |s| s["version"] == "2" && s["rebuild"].is_null()).await;
@@ -475,11 +377,11 @@ async fn the_choreography_killed_five_times_ends_as_if_never_killed(backend: Bac
         .collect();
     let start = || Process::start(dir.path(), url.as_deref(), &["--batch-size", "20"]);
     let mut p = start();
-    Reel::Process(&p).running().await;
+    Reel::Process(&p).running(&MODULES).await;
     let mut placed = BTreeMap::new();
     let mut busy_kills = 0;
     for (i, order) in all.iter().enumerate() {
-        placed.insert(order["orderId"].as_str().unwrap().to_owned(), Reel::Process(&p).place(order).await);
+        placed.insert(order["orderId"].as_str().unwrap().to_owned(), place(&Reel::Process(&p), order).await);
         if kill_at.contains(&i) {
             let (_, all) = p.call("GET", "/projections", None);
             let busy =
@@ -487,7 +389,7 @@ async fn the_choreography_killed_five_times_ends_as_if_never_killed(backend: Bac
             busy_kills += usize::from(busy);
             p.kill();
             p = start();
-            Reel::Process(&p).running().await;
+            Reel::Process(&p).running(&MODULES).await;
         }
     }
     let reel = Reel::Process(&p);
