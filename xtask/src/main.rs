@@ -263,6 +263,7 @@ fn test() -> Result {
     run(&cargo(), &["test", "--locked", "--workspace"])?;
     // The other languages' helper libraries have unit tests of their own.
     run_in(&projections.join("lib-js"), "node", &["--test", "test/"])?;
+    run_in(&projections.join("payment-js"), "node", &["--test", "test/"])?;
     run_in(&projections.join("lib-py"), "python3", &["-m", "unittest", "discover", "-s", "tests"])?;
     run_in(&projections.join("lib-c"), "bash", &["test.sh"])?;
     // The benchmarks, small, so they cannot rot: each verifies its read
