@@ -23,6 +23,9 @@ use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(300);
 
+/// Customers the orders are spread over.
+const CUSTOMERS: usize = 97;
+
 /// Units of a product before any order (inventory's `INITIAL_STOCK`).
 const INITIAL_STOCK: i64 = 20;
 
@@ -83,7 +86,7 @@ fn orders(n: usize) -> Vec<Value> {
                 .sum();
             json!({
                 "orderId": format!("o-{i:05}"),
-                "customerId": format!("c-{:03}", i % 97),
+                "customerId": format!("c-{:03}", i % CUSTOMERS),
                 "items": items,
                 "total": cents as f64 / 100.0,
             })
@@ -106,13 +109,21 @@ async fn stock(reel: &Reel<'_>) -> BTreeMap<String, i64> {
         .collect()
 }
 
-/// `order-summaries`' status of each order.
+/// `order-summaries`' status of each order, read a customer at a time (a
+/// table read returns at most 10,000 rows).
 async fn statuses(reel: &Reel<'_>) -> BTreeMap<String, String> {
-    let rows = reel.get("/projections/order-summaries/tables/order_summaries?limit=10000&order=order_id").await;
-    let rows = rows.as_array().unwrap();
-    rows.iter()
-        .map(|r| (r["order_id"].as_str().unwrap().to_owned(), r["status"].as_str().unwrap().to_owned()))
-        .collect()
+    let mut statuses = BTreeMap::new();
+    for customer in 0..CUSTOMERS {
+        let uri =
+            format!("/projections/order-summaries/tables/order_summaries?customer_id=c-{customer:03}&limit=10000");
+        let rows = reel.get(&uri).await;
+        let rows = rows.as_array().unwrap();
+        assert!(rows.len() < 10_000, "too many orders per customer to read back");
+        for r in rows {
+            statuses.insert(r["order_id"].as_str().unwrap().to_owned(), r["status"].as_str().unwrap().to_owned());
+        }
+    }
+    statuses
 }
 
 /// The modules of the choreography, and `order-summaries`.
