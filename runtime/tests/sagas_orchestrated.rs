@@ -17,11 +17,14 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use common::client::Reel;
+use common::process::Process;
 use common::{Backend, Harness};
 use serde_json::{Value, json};
 
 const PATIENCE: Duration = Duration::from_secs(300);
 const REACTORS: [&str; 4] = ["order-fulfillment", "warehouse", "billing", "carrier"];
+const OUTCOMES: [&str; 5] = ["shipped", "stock-out", "payment-declined", "payment-timeout", "shipment-failed"];
 
 /// An order of the test: its lines as (product, quantity, price in cents).
 struct Order {
@@ -75,34 +78,18 @@ fn saga_orders() -> usize {
     std::env::var("REEL_ORCHESTRATED_ORDERS").ok().and_then(|v| v.parse().ok()).unwrap_or(300)
 }
 
-/// Every event of the log, through `GET /events`.
-async fn log(h: &Harness) -> Vec<Value> {
-    let mut events = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = h.get(&format!("/events?limit=10000{after}")).await;
-        let got = page["events"].as_array().unwrap().clone();
-        let done = got.len() < 10_000;
-        events.extend(got);
-        if done {
-            return events;
-        }
-        after = format!("&after={}", common::urlencode(page["next"].as_str().unwrap()));
-    }
-}
-
 /// `order-fulfillment`'s query `name` with `args`.
-async fn query(h: &Harness, name: &str, args: Value) -> Value {
+async fn query(reel: &Reel<'_>, name: &str, args: Value) -> Value {
     let args = common::urlencode(&args.to_string());
-    h.get(&format!("/projections/order-fulfillment/query/{name}?args={args}")).await
+    reel.get(&format!("/projections/order-fulfillment/query/{name}?args={args}")).await
 }
 
 /// Every saga summary, through the `sagas` query, by order id.
-async fn sagas(h: &Harness) -> BTreeMap<String, Value> {
+async fn sagas(reel: &Reel<'_>) -> BTreeMap<String, Value> {
     let mut out = BTreeMap::new();
     let mut after = Value::Null;
     loop {
-        let page = query(h, "sagas", json!({ "limit": 1000, "after": after })).await;
+        let page = query(reel, "sagas", json!({ "limit": 1000, "after": after })).await;
         for saga in page["sagas"].as_array().unwrap() {
             out.insert(saga["orderId"].as_str().unwrap().to_owned(), saga.clone());
         }
@@ -113,58 +100,30 @@ async fn sagas(h: &Harness) -> BTreeMap<String, Value> {
     }
 }
 
-/// Every KV entry of `projection` under `prefix`, over HTTP.
-async fn kv(h: &Harness, projection: &str, prefix: &str) -> BTreeMap<String, Value> {
-    let mut out = BTreeMap::new();
-    let mut after = String::new();
-    loop {
-        let page = h.get(&format!("/projections/{projection}/kv?prefix={prefix}&limit=1000{after}")).await;
-        for e in page["entries"].as_array().unwrap() {
-            out.insert(e["key"].as_str().unwrap().to_owned(), e["value"].clone());
-        }
-        match page["next"].as_str() {
-            Some(next) => after = format!("&after={}", common::urlencode(next)),
-            None => return out,
-        }
-    }
+/// Place `o` (`POST /events`): the position of its `order.placed`.
+async fn place(reel: &Reel<'_>, o: &Order) -> i64 {
+    let items: Vec<Value> =
+        o.lines.iter().map(|(p, q, c)| json!({ "productId": p, "quantity": q, "price": *c as f64 / 100.0 })).collect();
+    let data = json!({ "orderId": o.id, "customerId": "c-1", "items": items, "total": o.cents as f64 / 100.0 });
+    reel.append_new(&format!("order-{}", o.id), json!([{ "event_type": "order.placed", "data": data }])).await[0]
 }
 
-/// Wait until `ended` sagas have ended, every reactor has handled the whole
-/// log, no timer is pending and the log stays the same for a while.
-async fn quiesce(h: &Harness, ended: i64) -> Vec<Value> {
+/// Wait until `ended` sagas have ended, no timer is pending and every
+/// module has handled the whole log; the log then.
+async fn settle(reel: &Reel<'_>, ended: i64) -> Vec<Value> {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let outcomes = query(h, "outcomes", Value::Null).await;
-        let done: i64 = ["shipped", "stock-out", "payment-declined", "payment-timeout", "shipment-failed", "cancelled"]
-            .iter()
-            .map(|o| outcomes[o].as_i64().unwrap_or(0))
-            .sum();
-        assert!(Instant::now() < deadline, "{done} of {ended} sagas ended: {outcomes}");
-        if done >= ended {
+        let outcomes = query(reel, "outcomes", Value::Null).await;
+        let done: i64 = OUTCOMES.iter().chain(["cancelled"].iter()).map(|o| outcomes[o].as_i64().unwrap_or(0)).sum();
+        let manager = reel.get("/projections/order-fulfillment").await;
+        if done >= ended && manager["reactor"]["timers_pending"] == 0 {
             break;
         }
+        assert!(Instant::now() < deadline, "{done} of {ended} sagas ended: {outcomes}; {manager:#}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let mut before = 0;
-    loop {
-        let events = log(h).await;
-        let head = events.last().and_then(|e| e["position"].as_i64()).unwrap_or(0);
-        let mut settled = events.len() == before;
-        for name in REACTORS {
-            let status = h.status(name).await;
-            assert_eq!(status["state"], "running", "{status:#}");
-            let reactor = &status["reactor"];
-            settled &= status["position"] == head
-                && reactor["timers_pending"] == 0
-                && reactor["outbox"].as_u64().unwrap_or(0) == 0;
-        }
-        assert!(Instant::now() < deadline, "the log does not settle");
-        if settled {
-            return events;
-        }
-        before = events.len();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    reel.quiesce().await;
+    reel.log().await
 }
 
 /// The events of each order (every event of the saga carries its `orderId`),
@@ -216,44 +175,30 @@ fn assert_one_after_the_other(id: &str, events: &[Value], start: Option<&str>, c
     }
 }
 
-both_backends!(each_orchestrated_saga_ends_once_compensating_in_reverse);
+/// What [`check`] saw: the orders that shipped, and how many timed out
+/// only because billing answered after the timer fired.
+struct Checked<'o> {
+    shipped: Vec<&'o Order>,
+    late: usize,
+}
 
-/// N orders through the saga: every order has exactly one outcome, the
-/// one the rules give (a charge answered after the timeout is a timeout,
-/// refunded); every outcome occurs; compensations run in reverse order, each
-/// after the previous one's answer; the payment timers fire once with the
-/// saga's correlation id; nothing is emitted twice; stock and ledger equal
-/// a fold over the shipped orders. Then customers cancel shipped orders:
-/// cancel-shipment, refund, release, in that order.
-async fn each_orchestrated_saga_ends_once_compensating_in_reverse(backend: Backend) {
-    let orders = orders(saga_orders());
-    let h = Harness::start(backend, &["order_fulfillment", "warehouse", "billing", "carrier"]).await;
-    for name in REACTORS {
-        h.wait_status(name, PATIENCE, |s| s["state"] == "running").await;
-    }
-    let started = Instant::now();
-    let mut placed_at = BTreeMap::new();
-    for o in &orders {
-        let items: Vec<Value> = o
-            .lines
-            .iter()
-            .map(|(p, q, c)| json!({ "productId": p, "quantity": q, "price": *c as f64 / 100.0 }))
-            .collect();
-        let data = json!({ "orderId": o.id, "customerId": "c-1", "items": items, "total": o.cents as f64 / 100.0 });
-        let body = h
-            .append(&format!("order-{}", o.id), Some(0), json!([{ "event_type": "order.placed", "data": data }]))
-            .await;
-        placed_at.insert(o.id.clone(), body["positions"][0].as_i64().unwrap());
-    }
-    let events = quiesce(&h, orders.len() as i64).await;
-    eprintln!("{} orders, {} events: quiet after {:.1?} ({backend:?})", orders.len(), events.len(), started.elapsed());
-
-    let per_order = by_order(&events);
-    let summaries = sagas(&h).await;
+/// Every order has exactly one outcome, the one the rules give (a charge
+/// answered after the timeout is a timeout, refunded); every outcome occurs;
+/// compensations run in reverse order, each after the previous one's
+/// answer; the payment timers fire once with the saga's correlation id;
+/// nothing is emitted twice (one event per module, cause and type).
+async fn check<'o>(
+    reel: &Reel<'_>,
+    orders: &'o [Order],
+    placed_at: &BTreeMap<String, i64>,
+    events: &[Value],
+) -> Checked<'o> {
+    let per_order = by_order(events);
+    let summaries = sagas(reel).await;
     let mut seen = BTreeSet::new();
     let mut late = 0;
     let mut shipped = Vec::new();
-    for o in &orders {
+    for o in orders {
         let placed = placed_at[&o.id];
         let saga = &per_order[&o.id];
         let summary = &summaries[&o.id];
@@ -337,10 +282,71 @@ async fn each_orchestrated_saga_ends_once_compensating_in_reverse(backend: Backe
             other => panic!("{}: unknown outcome {other}", o.id),
         }
     }
-    for outcome in ["shipped", "stock-out", "payment-declined", "payment-timeout", "shipment-failed"] {
+    for outcome in OUTCOMES {
         assert!(seen.contains(outcome), "no saga ended `{outcome}`: {seen:?}");
     }
-    eprintln!("outcomes: {}; late charges: {late}", query(&h, "outcomes", Value::Null).await);
+    let mut keys = BTreeSet::new();
+    for e in events.iter().filter(|e| e["metadata"]["emitted_by"].is_string()) {
+        let key = (
+            e["metadata"]["emitted_by"].to_string(),
+            e["metadata"]["causation_id"].to_string(),
+            e["event_type"].to_string(),
+        );
+        assert!(keys.insert(key.clone()), "emitted twice: {key:?}");
+    }
+    Checked { shipped, late }
+}
+
+/// The warehouse holds exactly the shipped orders' units and billing their
+/// money; every answer found its saga.
+async fn assert_folds(reel: &Reel<'_>, shipped: &[&Order]) {
+    let mut units: BTreeMap<String, i64> = BTreeMap::new();
+    for o in shipped {
+        for (product, quantity, _) in &o.lines {
+            *units.entry(product.clone()).or_default() += quantity;
+        }
+    }
+    let held: BTreeMap<String, i64> = reel
+        .kv("warehouse", "reserved/")
+        .await
+        .into_iter()
+        .map(|(k, v)| (k, v.as_i64().unwrap()))
+        .filter(|(_, v)| *v != 0)
+        .collect();
+    assert_eq!(held, units, "stock held equals the shipped orders' lines");
+    let ledger = reel.kv("billing", "ledger").await[""].clone();
+    let paid: i64 = shipped.iter().map(|o| o.cents).sum();
+    assert_eq!(ledger["charged"].as_i64().unwrap() - ledger["refunded"].as_i64().unwrap(), paid, "{ledger}");
+    assert!(reel.kv("order-fulfillment", "orphans/").await.is_empty(), "every answer found its saga");
+}
+
+both_backends!(each_orchestrated_saga_ends_once_compensating_in_reverse);
+
+/// N orders through the saga, checked by [`check`]; the reactors count as
+/// many emitted events as the log holds. Then customers cancel shipped
+/// orders: cancel-shipment, refund, release, in that order; stock and ledger
+/// equal a fold over the orders still shipped.
+async fn each_orchestrated_saga_ends_once_compensating_in_reverse(backend: Backend) {
+    let orders = orders(saga_orders());
+    let h = Harness::start(backend, &["order_fulfillment", "warehouse", "billing", "carrier"]).await;
+    let reel = Reel::Router(&h);
+    reel.running(&REACTORS).await;
+    let started = Instant::now();
+    let mut placed_at = BTreeMap::new();
+    for o in &orders {
+        placed_at.insert(o.id.clone(), place(&reel, o).await);
+    }
+    let events = settle(&reel, orders.len() as i64).await;
+    eprintln!("{} orders, {} events: quiet after {:.1?} ({backend:?})", orders.len(), events.len(), started.elapsed());
+    let Checked { shipped, late } = check(&reel, &orders, &placed_at, &events).await;
+    eprintln!("outcomes: {}; late charges: {late}", query(&reel, "outcomes", Value::Null).await);
+    let emitted = events.iter().filter(|e| e["metadata"]["emitted_by"].is_string()).count() as u64;
+    let mut counted = 0;
+    for name in REACTORS {
+        let reactor = h.status(name).await["reactor"].clone();
+        counted += reactor["emitted"].as_u64().unwrap() + reactor["timers_fired"].as_u64().unwrap();
+    }
+    assert_eq!(emitted, counted, "every emitted event in the log, once");
 
     // Customers cancel a few shipped orders: undone in reverse.
     let cancelled: Vec<&Order> = shipped.iter().take(5).copied().collect();
@@ -352,7 +358,7 @@ async fn each_orchestrated_saga_ends_once_compensating_in_reverse(backend: Backe
         )
         .await;
     }
-    let events = quiesce(&h, orders.len() as i64).await;
+    let events = settle(&reel, orders.len() as i64).await;
     let per_order = by_order(&events);
     for o in &cancelled {
         let saga = &per_order[&o.id];
@@ -368,49 +374,92 @@ async fn each_orchestrated_saga_ends_once_compensating_in_reverse(backend: Backe
             ],
         );
         assert_eq!(all(saga, "fulfillment.cancelled").len(), 1, "{}: {saga:#?}", o.id);
-        let state = query(&h, "saga", json!({ "orderId": o.id })).await;
+        let state = query(&reel, "saga", json!({ "orderId": o.id })).await;
         assert_eq!(state["status"], "cancelled", "{state:#}");
         let history: Vec<&str> =
             state["history"].as_array().unwrap().iter().map(|e| e["did"].as_str().unwrap()).collect();
         assert_eq!(history.last(), Some(&"release-inventory done; ended"), "{state:#}");
     }
     let shipped: Vec<&Order> = shipped.iter().skip(cancelled.len()).copied().collect();
+    assert_folds(&reel, &shipped).await;
+    h.finish().await;
+}
 
-    // No emission doubled: one event per (module, cause, type), and as many
-    // as the reactors count.
-    let mut keys = BTreeSet::new();
-    for e in events.iter().filter(|e| e["metadata"]["emitted_by"].is_string()) {
-        let key = (
-            e["metadata"]["emitted_by"].to_string(),
-            e["metadata"]["causation_id"].to_string(),
-            e["event_type"].to_string(),
-        );
-        assert!(keys.insert(key.clone()), "emitted twice: {key:?}");
-    }
-    let mut counted = 0;
-    for name in REACTORS {
-        let reactor = h.status(name).await["reactor"].clone();
-        counted += reactor["emitted"].as_u64().unwrap() + reactor["timers_fired"].as_u64().unwrap();
-    }
-    assert_eq!(keys.len() as u64, counted, "every emitted event in the log, once");
+both_backends!(the_orchestration_killed_five_times_ends_as_if_never_killed);
 
-    // The warehouse holds exactly the shipped orders' units, billing their money.
-    let mut units: BTreeMap<String, i64> = BTreeMap::new();
-    for o in &shipped {
-        for (product, quantity, _) in &o.lines {
-            *units.entry(format!("reserved/{product}")).or_default() += quantity;
+/// The same orders with `reel serve` killed (SIGKILL) five times: four at
+/// a random order of each fifth of the run, just after its append, while
+/// the reactors are behind (small batches; on SQLite some kills land between
+/// a batch's commit and the forward of its outbox), and the fifth once every
+/// order is in and payment timers are pending, which fire after the
+/// restart. [`check`] and the folds hold: nothing lost, nothing doubled.
+async fn the_orchestration_killed_five_times_ends_as_if_never_killed(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let modules = dir.path().join("modules");
+    std::fs::create_dir_all(&modules).unwrap();
+    for module in ["order_fulfillment", "warehouse", "billing", "carrier"] {
+        std::fs::copy(common::guest(module), modules.join(format!("{module}.wasm"))).unwrap();
+    }
+    let url = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(common::create_database().await),
+    };
+    let orders = orders(saga_orders());
+    let fifth = orders.len() / 5;
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let kill_at: BTreeSet<usize> = (0..4)
+        .map(|k| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            k * fifth + 1 + (seed % (fifth as u64 - 1)) as usize
+        })
+        .collect();
+    let start = || Process::start(dir.path(), url.as_deref(), &["--batch-size", "20"]);
+    let mut p = start();
+    Reel::Process(&p).running(&REACTORS).await;
+    let mut placed_at = BTreeMap::new();
+    let mut busy_kills = 0;
+    for (i, o) in orders.iter().enumerate() {
+        placed_at.insert(o.id.clone(), place(&Reel::Process(&p), o).await);
+        if kill_at.contains(&i) {
+            let (_, all) = p.call("GET", "/projections", None);
+            let busy =
+                all.as_array().unwrap().iter().any(|s| s["lag"] != 0 || s["reactor"]["outbox"].as_u64() > Some(0));
+            busy_kills += usize::from(busy);
+            p.kill();
+            p = start();
+            Reel::Process(&p).running(&REACTORS).await;
         }
     }
-    let held: BTreeMap<String, i64> = kv(&h, "warehouse", "reserved/")
-        .await
-        .into_iter()
-        .map(|(k, v)| (k, v.as_i64().unwrap()))
-        .filter(|(_, v)| *v != 0)
-        .collect();
-    assert_eq!(held, units, "stock held equals the shipped orders' lines");
-    let ledger = kv(&h, "billing", "ledger").await["ledger"].clone();
-    let paid: i64 = shipped.iter().map(|o| o.cents).sum();
-    assert_eq!(ledger["charged"].as_i64().unwrap() - ledger["refunded"].as_i64().unwrap(), paid, "{ledger}");
-    assert!(kv(&h, "order-fulfillment", "orphans/").await.is_empty(), "every answer found its saga");
-    h.finish().await;
+    let deadline = Instant::now() + PATIENCE;
+    let pending = loop {
+        let status = Reel::Process(&p).get("/projections/order-fulfillment").await;
+        let pending = status["reactor"]["timers_pending"].as_u64().unwrap_or(0);
+        if pending > 0 {
+            break pending;
+        }
+        assert!(Instant::now() < deadline, "no timer pending: {status:#}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    p.kill();
+    let p = start();
+    let reel = Reel::Process(&p);
+    reel.running(&REACTORS).await;
+    let events = settle(&reel, orders.len() as i64).await;
+    let Checked { shipped, late } = check(&reel, &orders, &placed_at, &events).await;
+    assert_folds(&reel, &shipped).await;
+    eprintln!(
+        "{backend:?}: {} orders, {} events, 5 kills ({busy_kills} of the first 4 while a reactor was behind, \
+         the last with {pending} timers pending); {} shipped, {late} late charges",
+        orders.len(),
+        events.len(),
+        shipped.len()
+    );
+    assert_eq!(kill_at.len(), 4);
+    assert!(busy_kills >= 2, "only {busy_kills} kills landed while the reactors were behind");
+    p.kill();
+    if let Some(url) = url {
+        common::drop_database(&url).await;
+    }
 }
