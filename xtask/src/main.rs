@@ -112,7 +112,7 @@ fn build_js_guests() -> Result {
             "node and npm are needed to build the JavaScript projections (Debian: apt-get install nodejs npm)".into()
         );
     }
-    for name in ["order-summaries-js", "customer-stats-js", "payment-js"] {
+    for name in ["order-summaries-js", "customer-stats-js", "payment-js", "billing-js"] {
         let dir = root().join("projections").join(name);
         if !dir.join("node_modules").exists() {
             run_in(&dir, "npm", &["ci", "--no-audit", "--no-fund"])?;
@@ -264,6 +264,7 @@ fn test() -> Result {
     // The other languages' helper libraries have unit tests of their own.
     run_in(&projections.join("lib-js"), "node", &["--test", "test/"])?;
     run_in(&projections.join("payment-js"), "node", &["--test", "test/"])?;
+    run_in(&projections.join("billing-js"), "node", &["--test", "test/"])?;
     run_in(&projections.join("lib-py"), "python3", &["-m", "unittest", "discover", "-s", "tests"])?;
     run_in(&projections.join("lib-c"), "bash", &["test.sh"])?;
     // The benchmarks, small, so they cannot rot: each verifies its read
