@@ -116,6 +116,8 @@ async fn settle(reel: &Reel<'_>, ended: i64) -> Vec<Value> {
         let outcomes = query(reel, "outcomes", Value::Null).await;
         let done: i64 = OUTCOMES.iter().chain(["cancelled"].iter()).map(|o| outcomes[o].as_i64().unwrap_or(0)).sum();
         let manager = reel.get("/projections/order-fulfillment").await;
+        let orphans = reel.get("/projections/order-fulfillment/kv?prefix=orphans/&limit=5").await;
+        assert_eq!(orphans["entries"], json!([]), "events that found no saga by their correlation id");
         if done >= ended && manager["reactor"]["timers_pending"] == 0 {
             break;
         }
