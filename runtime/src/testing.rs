@@ -13,5 +13,7 @@ pub use crate::host::{Access, Capabilities, Engine, Guest};
 pub use crate::postgres::{PgSource, PgStore};
 pub use crate::source::{EventReader, Filter, LIVE_BUFFER, Source};
 pub use crate::sqlite::{SqliteStore, wal};
-pub use crate::store::{BoundsFor, NamespaceId, SqlBounds, Store, StoreError, TableRead};
+pub use crate::store::{
+    BoundsFor, Checksum, DumpSink, Dumps, NamespaceId, ReadModelSum, SqlBounds, Store, StoreError, TableRead,
+};
 pub use crate::worker::{State, calls};

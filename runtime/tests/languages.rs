@@ -13,6 +13,9 @@ use serde_json::json;
 
 const LANGUAGES: [&str; 3] = ["js", "py", "c"];
 
+/// customer-stats' checksum after the history below, on either backend.
+const CUSTOMER_STATS_CHECKSUM: &str = "sha256:36ff9e3304f981c0d640a3c82029e9a43921a301c6f62b8d14989f730af78272";
+
 both_backends!(every_language_builds_the_same_read_models);
 
 /// A table's rows, by their first column.
@@ -87,7 +90,8 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
     // wrote. (Checked to fail with the fold dropping a tracking number.)
     let (first, second) = fold_sequences();
     caught_up(append_at_once(&h, &first, 0).await).await;
-    caught_up(append_at_once(&h, &second, first.len() as i64).await).await;
+    let last = append_at_once(&h, &second, first.len() as i64).await;
+    caught_up(last).await;
 
     let reference_rows = rows(&h, "order-summaries").await;
     let reference_kv = kv(&h, "customer-stats").await;
@@ -181,6 +185,24 @@ async fn every_language_builds_the_same_read_models(backend: Backend) {
                 assert_eq!(got_status, axum::http::StatusCode::OK, "{projection}-{lang} {query}: {got}");
                 assert_eq!(got, want, "{projection}-{lang} {query} for {customer}");
             }
+        }
+    }
+
+    // Each read model's checksum (ADR 37): the same in every language, part
+    // by part; customer-stats' (KV alone, no clock in it) the same on both
+    // backends. (order-summaries holds `occurred_at`: tests/checksum.rs
+    // compares tables across backends.)
+    for base in ["order-summaries", "customer-stats"] {
+        let want = h.get(&format!("/projections/{base}/checksum")).await;
+        assert_eq!(want["position"], last, "{want:#}");
+        for lang in LANGUAGES {
+            let got = h.get(&format!("/projections/{base}-{lang}/checksum")).await;
+            for part in ["position", "checksum", "tables", "kv"] {
+                assert_eq!(got[part], want[part], "{base}-{lang}: {part}");
+            }
+        }
+        if base == "customer-stats" {
+            assert_eq!(want["checksum"], CUSTOMER_STATS_CHECKSUM, "{want:#}");
         }
     }
 

@@ -8,7 +8,7 @@
 //! - [`commands`]: `POST /commands/{decider}/{stream_id}`, deciders and their states.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
-//! - [`reads`]: KV, tables and custom queries, with `min_position` waits.
+//! - [`reads`]: KV, tables, custom queries and checksums, with `min_position` waits.
 //! - [`streams`]: `GET /streams/{id}`, one stream's events in version order.
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 //! - [`dashboard`]: the page at `GET /`, over the routes above.
@@ -106,6 +106,7 @@ fn routes() -> Router<Services> {
         .route("/projections/{name}/kv/{*key}", get(reads::kv_get))
         .route("/projections/{name}/tables", get(reads::tables))
         .route("/projections/{name}/tables/{table}", get(reads::table))
+        .route("/projections/{name}/checksum", get(reads::checksum))
         .route("/projections/{name}/query/{query}", get(reads::query).post(reads::query_posted))
         .route("/modules", get(projections::modules))
         .route("/healthz", get(projections::healthz))

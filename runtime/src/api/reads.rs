@@ -167,6 +167,24 @@ pub async fn table(
     Ok(Json(json))
 }
 
+/// `GET /projections/{name}/checksum`: the digest of the whole read model
+/// at the position it is at (ADR 37).
+pub async fn checksum(
+    State(services): State<Services>,
+    Path(name): Path<String>,
+    Query(params): Query<KeyParams>,
+) -> Result<Json<Value>, ApiError> {
+    let min_position = min_position(params.min_position.as_deref())?;
+    let sum = services.reads.checksum(&name, min_position).await?;
+    Ok(Json(serde_json::json!({
+        "projection": name,
+        "position": sum.position,
+        "checksum": sum.checksum,
+        "tables": sum.tables,
+        "kv": sum.kv,
+    })))
+}
+
 /// Parameters of a custom query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -8,6 +8,7 @@
 //! and values in PostgreSQL's text format (`value.rs`).
 mod client;
 mod connection;
+mod dump;
 mod events;
 mod execs;
 mod namespace;

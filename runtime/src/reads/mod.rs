@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::deploy::{Deployments, View};
 use crate::host::{Access, Capabilities, GuestFailure};
 use crate::source::{Source, SourceError};
-use crate::store::{Reader, Store, StoreError};
+use crate::store::{Checksum, ReadModelSum, Reader, Store, StoreError};
 use crate::worker::State;
 
 /// Why a read failed.
@@ -73,6 +73,10 @@ impl From<StoreError> for ReadError {
         }
     }
 }
+
+/// The least time a checksum may take: the query deadline (5 s by
+/// default) is for reads of a few rows, a checksum reads them all.
+pub const CHECKSUM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Dead letters read per call at most.
 pub const MAX_DEAD_LETTERS: usize = 1000;
@@ -269,6 +273,27 @@ impl Reads {
                     Err(ReadError::Guest(e))
                 }
             }
+        })
+        .await
+    }
+
+    /// The checksum of the serving version's whole read model, read in one
+    /// snapshot (ADR 37). Its own connection, with a deadline of at least
+    /// [`CHECKSUM_DEADLINE`]: it reads every row.
+    pub async fn checksum(&self, name: &str, min_position: Option<i64>) -> Result<ReadModelSum, ReadError> {
+        if let Some(position) = min_position {
+            self.wait_for(name, position).await?;
+        }
+        let view = self.started_view(name).await?;
+        let store = self.store().clone();
+        let deadline = self.config().limits_for(name).query_timeout.max(CHECKSUM_DEADLINE);
+        run_blocking(move || {
+            let mut reader = store
+                .open_reader(&view.ns, deadline)?
+                .ok_or_else(|| StoreError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?;
+            let mut sum = Checksum::default();
+            reader.dump(&mut sum)?;
+            Ok(sum.finish())
         })
         .await
     }

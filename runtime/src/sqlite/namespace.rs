@@ -21,6 +21,7 @@ use crate::store::{Emissions, Forwarded};
 use super::convert::{Guest, Param, as_guest, db, to_value};
 
 mod dead_letters;
+mod dump;
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {

@@ -10,8 +10,10 @@
 //! This module holds what every backend shares: the roles a namespace plays
 //! (`namespace.rs`), the [`Namespaces`] a backend implements (`crate::sqlite`,
 //! `crate::postgres`), the [`Store`] reel holds, the KV write buffer and
-//! cache, and the checks of projection SQL text.
+//! cache, the checks of projection SQL text, and a whole namespace read at
+//! once with its checksum (`dump.rs`).
 
+mod dump;
 pub mod kv_cache;
 mod namespace;
 pub mod sql_text;
@@ -22,6 +24,7 @@ use std::time::Duration;
 
 use reel_model::{Cursor, SqlError, Value};
 
+pub use dump::{Checksum, DumpSink, Dumps, ReadModelSum};
 pub use namespace::{
     Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrites, Reader, Snapshot, SqlReads, SqlWrites, TableReads,
     Writer,

@@ -6,7 +6,7 @@
 
 use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
 
-use super::{Checkpoint, Emissions, Forwarded, KvWrite, StoreError, TableRead};
+use super::{Checkpoint, Dumps, Emissions, Forwarded, KvWrite, StoreError, TableRead};
 
 /// Transactions and the checkpoint, as a reader sees them.
 pub trait Snapshot {
@@ -132,10 +132,11 @@ pub trait DeadLetterWrites {
     fn remove_dead_letter(&mut self, position: i64) -> Result<bool, StoreError>;
 }
 
-/// A read-only view of a namespace: HTTP reads, guest queries, status.
-pub trait Reader: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Send {}
+/// A read-only view of a namespace: HTTP reads, guest queries, status,
+/// the whole read model at once.
+pub trait Reader: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Dumps + Send {}
 
-impl<T: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Send> Reader for T {}
+impl<T: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Dumps + Send> Reader for T {}
 
 /// The worker's writer: reads, writes and commits inside one transaction
 /// per batch (begin, reads and writes, commit or rollback).
