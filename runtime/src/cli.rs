@@ -1,8 +1,10 @@
 //! What the `reel` subcommands other than `serve` do: control a running
 //! server over its API (`status`, `pause`, `resume`, `rebuild`, `delete`,
 //! `skip`, `discard`, `dead-letters`),
-//! and generate a workload.
+//! generate a workload, and test a projection against a snapshot
+//! ([`snapshot`], `reel test`).
 
+pub mod snapshot;
 pub mod workload;
 
 use std::io::Write;

@@ -41,8 +41,10 @@
 //! 11. `client`: a small HTTP client (the control subcommands, tests).
 //! 12. `cli`, `scaffold`: the subcommands of the `reel` command other than
 //!     `serve`, with `cli::workload`, the deterministic order workload of
-//!     `reel generate` (and of the tests and benchmarks); `reel new`, a
-//!     projection folder in Rust, JavaScript, Python or C.
+//!     `reel generate` (and of the tests and benchmarks), and
+//!     `cli::snapshot`, `reel test` (a read model built from a fixture on a
+//!     scratch store, compared with a snapshot); `reel new`, a projection
+//!     folder in Rust, JavaScript, Python or C.
 //! 13. `testing`: what reel's own tests and benchmarks reach inside the
 //!     library (hidden from the docs; not an API).
 //!

@@ -60,6 +60,10 @@ enum Command {
         /// between; admin includes the others).
         scopes: String,
     },
+    /// Build a projection's read model from a fixture of events on a scratch
+    /// store and compare it with a snapshot: exit code 1 and a diff when it
+    /// differs (or the projection fails).
+    Test(TestArgs),
     /// Create a projection folder that builds and deploys as it is.
     New {
         /// The projection's name (a-z, 0-9, `-`, `_`).
@@ -95,6 +99,30 @@ struct GenerateArgs {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// COPY straight into this PostgreSQL database's events table.
+    #[arg(long)]
+    database: Option<String>,
+}
+
+#[derive(Args)]
+struct TestArgs {
+    /// The projection: its component (.wasm), or its folder (built first
+    /// with cargo, npm run build or ./build.sh).
+    module: PathBuf,
+    /// The fixture: JSON lines, each an event (`stream_id`, `event_type`,
+    /// `data`, optional `metadata` and `occurred_at`) or a query (`query`,
+    /// optional `args`) answered on the read model built.
+    #[arg(long)]
+    events: PathBuf,
+    /// The snapshot to compare with (default: the fixture's name with
+    /// `.snapshot.json`).
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// Write the snapshot from this read model instead of comparing.
+    #[arg(long)]
+    update: bool,
+    /// Build on this PostgreSQL server (postgres://user@host/db): a scratch
+    /// database is created on it and dropped after. The embedded SQLite
+    /// store in a temporary folder when absent.
     #[arg(long)]
     database: Option<String>,
 }
@@ -322,13 +350,16 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     // Colour codes only on a terminal: a log redirected to a file stays plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+    let cli = Cli::parse();
+    // `reel test` prints its verdict; the server inside it only its warnings.
+    let default_filter = if matches!(cli.command, Command::Test(_)) { "warn" } else { "info,sqlx=warn" };
     tracing_subscriber::fmt()
         .with_ansi(colour)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Command::Serve(args) => {
             let result = reel::run(args.config()?, shutdown_signal()).await;
             if result.is_ok() {
@@ -365,6 +396,20 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Discard(p) => {
             Ok(reel::cli::poison(&p.target.remote(), &p.name, "discard", p.position).map_err(anyhow::Error::msg)?)
+        }
+        Command::Test(args) => {
+            let test = reel::cli::snapshot::TestRun {
+                module: args.module,
+                events: args.events,
+                snapshot: args.snapshot,
+                update: args.update,
+                database: args.database,
+                cache_dir: None,
+            };
+            match reel::cli::snapshot::run(&test).await?.verdict {
+                reel::cli::snapshot::Verdict::Differs => std::process::exit(1),
+                _ => Ok(()),
+            }
         }
         Command::New { name, lang, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));

@@ -50,6 +50,13 @@ const WIT: &[File] = &[
     file("wit/decider.wit", include_str!("../../wit/decider.wit")),
 ];
 
+/// The test every scaffold starts with (`reel test`, ADR 38): the same
+/// events and the same read model in every language.
+const TEST: &[File] = &[
+    file("fixture.jsonl", include_str!("../templates/common/fixture.jsonl")),
+    file("snapshot.json", include_str!("../templates/common/snapshot.json")),
+];
+
 const RUST: &[File] = &[
     template("Cargo.toml", include_str!("../templates/rust/Cargo.toml")),
     template("src/lib.rs", include_str!("../templates/rust/src/lib.rs")),
@@ -160,7 +167,7 @@ pub fn scaffold(name: &str, lang: Lang, dir: &Path) -> Result<Vec<PathBuf>, Stri
         written.push(target);
         Ok(())
     };
-    for f in files.iter().chain(WIT) {
+    for f in files.iter().chain(WIT).chain(TEST) {
         let text = if f.template { fill(f.text) } else { f.text.to_owned() };
         write(f.path, text, f.executable)?;
     }
@@ -229,11 +236,12 @@ mod tests {
             for must in must {
                 assert!(files.iter().any(|f| f.ends_with(must)), "{lang:?}: {must}");
             }
-            for wit in WIT {
-                assert!(dir.path().join(wit.path).exists(), "{lang:?}: {}", wit.path);
+            for shared in WIT.iter().chain(TEST) {
+                assert!(dir.path().join(shared.path).exists(), "{lang:?}: {}", shared.path);
             }
             let readme = std::fs::read_to_string(dir.path().join("README.md")).unwrap();
             assert!(readme.contains("my-counter") && !readme.contains("{{"), "{lang:?}: {readme}");
+            assert!(readme.contains("--events fixture.jsonl --snapshot snapshot.json"), "{lang:?}: {readme}");
         }
     }
 }
