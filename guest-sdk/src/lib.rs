@@ -74,6 +74,7 @@ mod context;
 pub mod decider;
 mod event;
 pub mod native;
+pub mod sink;
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod wasm;
@@ -81,6 +82,7 @@ pub mod wasm;
 pub use context::{Context, Host, Kv, Level, Sql};
 pub use decider::{Command, Decider, DeciderManifest, NewEvent, RawCommand, Rejection};
 pub use event::{Envelope, EventFields, RawEvent};
+pub use sink::{Broker, Message, Sink, SinkManifest};
 // The types reel shares with its projections (events, values, manifests).
 pub use reel_model::{
     Emits, Emitted, Error, FromValue, HandleError, Manifest, OnError, Result, Row, Rows, SqlError, Timer, Value,
@@ -252,6 +254,35 @@ macro_rules! export_decider {
                 }
             }
     $crate::wasm::decider_bindings::__export_decider!(ReelDecider with_types_in $crate::wasm::decider_bindings);
+        };
+    };
+}
+
+/// Export a [`Sink`] as the component's `reel:projection/sink` world.
+///
+/// Use it once, at the top level of a crate built with
+/// `cargo build --target wasm32-wasip2` and `crate-type = ["cdylib"]`;
+/// outside wasm it expands to nothing.
+#[macro_export]
+macro_rules! export_sink {
+    ($sink:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            struct ReelSink;
+            impl $crate::wasm::sink_bindings::Guest for ReelSink {
+                fn describe_sink() -> $crate::wasm::sink_bindings::reel::projection::sink_types::SinkManifest {
+                    $crate::wasm::sink::describe::<$sink>()
+                }
+                fn transform(
+                    event: $crate::RawEvent,
+                ) -> ::core::result::Result<
+                    ::std::vec::Vec<$crate::wasm::sink_bindings::reel::projection::sink_types::Message>,
+                    $crate::Error,
+                > {
+                    $crate::wasm::sink::transform::<$sink>(event)
+                }
+            }
+    $crate::wasm::sink_bindings::__export_sink!(ReelSink with_types_in $crate::wasm::sink_bindings);
         };
     };
 }

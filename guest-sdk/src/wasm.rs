@@ -52,6 +52,60 @@ pub mod decider_bindings {
     });
 }
 
+/// Bindings to the `reel:projection/sink` world: its own types (converted
+/// from the SDK's in [`sink`]), and `types` and `log` shared with the
+/// projection bindings above.
+#[doc(hidden)]
+pub mod sink_bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "sink",
+        pub_export_macro: true,
+        export_macro_name: "__export_sink",
+        default_bindings_module: "reel_guest_sdk::wasm::sink_bindings",
+        runtime_path: "::reel_guest_sdk::wasm::wit_bindgen::rt",
+        with: {
+            "reel:projection/types@0.1.1/event": crate::RawEvent,
+            "reel:projection/types@0.1.1/manifest": crate::Manifest,
+            "reel:projection/types@0.1.1/on-error": crate::OnError,
+            "reel:projection/types@0.1.1/error": crate::Error,
+            "reel:projection/types@0.1.1/handle-error": crate::HandleError,
+            "reel:projection/log@0.1.1/level": crate::Level,
+        },
+    });
+}
+
+/// The sink world's glue: the SDK's types as the bindings'.
+#[doc(hidden)]
+pub mod sink {
+    use super::sink_bindings::reel::projection::sink_types as wit;
+    use crate::sink::{Broker, Message, Sink, SinkManifest};
+
+    #[doc(hidden)]
+    pub fn describe<S: Sink>() -> wit::SinkManifest {
+        let SinkManifest { name, version, event_types, stream_prefixes, broker, subject, exchange, transform } =
+            S::describe();
+        let broker = match broker {
+            Broker::Nats => wit::Broker::Nats,
+            Broker::Amqp => wit::Broker::Amqp,
+        };
+        wit::SinkManifest { name, version, event_types, stream_prefixes, broker, subject, exchange, transform }
+    }
+
+    #[doc(hidden)]
+    pub fn transform<S: Sink>(event: crate::RawEvent) -> Result<Vec<wit::Message>, crate::Error> {
+        let made = S::transform(&event)?;
+        Ok(made
+            .into_iter()
+            .map(|Message { subject, headers, body }| wit::Message {
+                subject,
+                headers: headers.into_iter().map(|(name, value)| wit::Header { name, value }).collect(),
+                body,
+            })
+            .collect())
+    }
+}
+
 pub use bindings::Guest;
 #[doc(hidden)]
 pub use wit_bindgen;

@@ -28,7 +28,8 @@ impl Remote {
     }
 }
 
-/// `reel status [NAME]`: a table of projections, or one projection's status.
+/// `reel status [NAME]`: a table of projections and sinks, or one
+/// projection's status.
 pub fn status(server: &Remote, name: Option<&str>) -> Result<(), String> {
     let mut client = server.connect()?;
     let path = name.map_or_else(|| "/projections".to_owned(), |n| format!("/projections/{n}"));
@@ -54,6 +55,39 @@ pub fn status(server: &Remote, name: Option<&str>) -> Result<(), String> {
         if !rebuild.is_null() {
             row("  rebuilding", rebuild, &p["head"], rebuild["last_error"]["message"].as_str().unwrap_or(""));
         }
+    }
+    sinks(&mut client)
+}
+
+/// The sinks' lines of `reel status` (none when the server has none, or
+/// predates them).
+fn sinks(client: &mut Client) -> Result<(), String> {
+    let response = client.get("/sinks")?;
+    if response.status != 200 {
+        return Ok(());
+    }
+    let body = response.json()?;
+    let sinks: Vec<&serde_json::Value> = body.as_array().into_iter().flatten().collect();
+    if sinks.is_empty() {
+        return Ok(());
+    }
+    println!(
+        "\n{:<24} {:<8} {:<10} {:>10} {:>10} {:>12} {:<6} {:<24} error",
+        "sink", "version", "state", "position", "lag", "events/s", "broker", "subject"
+    );
+    for s in sinks {
+        println!(
+            "{:<24} {:<8} {:<10} {:>10} {:>10} {:>12.0} {:<6} {:<24} {}",
+            s["name"].as_str().unwrap_or(""),
+            s["version"].as_str().unwrap_or(""),
+            s["state"].as_str().unwrap_or(""),
+            s["position"].to_string(),
+            s["lag_events"].to_string(),
+            s["events_per_second"].as_f64().unwrap_or(0.0),
+            s["broker"].as_str().unwrap_or(""),
+            s["subject"].as_str().unwrap_or(""),
+            s["last_error"].as_str().unwrap_or("")
+        );
     }
     Ok(())
 }

@@ -52,6 +52,51 @@ pub struct Config {
     pub requests: RequestLimits,
     /// Settings of the deciders (the write side).
     pub deciders: DeciderConfig,
+    /// Where sinks deliver: the brokers' addresses (ADR 31).
+    pub sinks: SinkConfig,
+}
+
+/// The brokers sinks publish to. A sink module names a broker kind, never
+/// an address: addresses and credentials are the deployment's.
+#[derive(Clone, PartialEq)]
+pub struct SinkConfig {
+    /// NATS server(s), e.g. `nats://127.0.0.1:4222` (comma-separated for
+    /// several; credentials in the URL: `nats://user:pass@host:4222`).
+    pub nats_url: Option<String>,
+    /// RabbitMQ, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub amqp_url: Option<String>,
+    /// Most events a sink reads and publishes before it waits for the
+    /// broker's confirmations and moves its checkpoint.
+    pub batch_events: usize,
+}
+
+/// No brokers; 1,000 events a batch.
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self { nats_url: None, amqp_url: None, batch_events: 1000 }
+    }
+}
+
+/// URLs shown without their passwords.
+impl std::fmt::Debug for SinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hide = |url: &Option<String>| url.as_deref().map(hide_password);
+        f.debug_struct("SinkConfig")
+            .field("nats_url", &hide(&self.nats_url))
+            .field("amqp_url", &hide(&self.amqp_url))
+            .field("batch_events", &self.batch_events)
+            .finish()
+    }
+}
+
+/// `scheme://user:secret@host` as `scheme://user:***@host`.
+pub fn hide_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((credentials, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    match credentials.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
 }
 
 /// Settings of the deciders.
@@ -187,6 +232,7 @@ impl Default for Config {
             allowed_hosts: Vec::new(),
             requests: RequestLimits::default(),
             deciders: DeciderConfig::default(),
+            sinks: SinkConfig::default(),
         }
     }
 }

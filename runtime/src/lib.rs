@@ -27,10 +27,12 @@
 //! 5. `modules`: loads `.wasm` files from the modules folder, compiles them
 //!    (with an on-disk cache), validates them against the world, and watches
 //!    the folder for changes.
-//! 6. `worker`, `decide`: one thread per projection: batch -> guest ->
+//! 6. `worker`, `decide`, `sinks`: one thread per projection: batch -> guest ->
 //!    commit (writes and checkpoint in one transaction), with retries,
 //!    bisection and status; deciders, the write side: a command decided on a
-//!    stream's state and appended with the stream's version.
+//!    stream's state and appended with the stream's version; sinks, the log
+//!    delivered to message brokers (NATS JetStream, RabbitMQ) at least once,
+//!    the checkpoint moved once the broker confirmed.
 //! 7. `deploy`: the registry of deployments: a worker per projection
 //!    version, module files deployed as they come and go, blue/green cut-over.
 //! 8. `reads`: the read service the API calls: reads and status.
@@ -74,6 +76,7 @@ mod postgres;
 mod reads;
 pub mod scaffold;
 mod server;
+mod sinks;
 mod source;
 mod sqlite;
 mod store;

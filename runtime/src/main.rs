@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Tail the events table and run the projections in the modules folder.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Generate a deterministic order workload (placed, shipped, cancelled)
     /// and append it through a server or insert it into an events table.
     Generate(GenerateArgs),
@@ -246,6 +246,18 @@ struct ServeArgs {
     /// exempt); past it reel answers 503 request_timeout.
     #[arg(long, default_value_t = 30.0)]
     request_timeout: f64,
+    /// NATS server sinks of broker `nats` publish to (JetStream), e.g.
+    /// nats://127.0.0.1:4222; credentials in the URL (user:pass@).
+    #[arg(long, value_name = "URL", env = "REEL_NATS_URL")]
+    nats_url: Option<String>,
+    /// RabbitMQ server sinks of broker `amqp` publish to, e.g.
+    /// amqp://guest:guest@127.0.0.1:5672/%2f.
+    #[arg(long, value_name = "URL", env = "REEL_AMQP_URL")]
+    amqp_url: Option<String>,
+    /// Most events a sink publishes before it waits for the broker's
+    /// confirmations and moves its checkpoint.
+    #[arg(long, default_value_t = 1000)]
+    sink_batch: usize,
 }
 
 impl ServeArgs {
@@ -262,6 +274,7 @@ impl ServeArgs {
         anyhow::ensure!(self.emit_kib_per_event > 0, "--emit-kib-per-event must be at least 1");
         anyhow::ensure!(self.emit_per_batch > 0, "--emit-per-batch must be at least 1");
         anyhow::ensure!(self.emit_mib_per_batch > 0, "--emit-mib-per-batch must be at least 1");
+        anyhow::ensure!(self.sink_batch > 0, "--sink-batch must be at least 1");
         let mut config = Config {
             data_dir: self.data_dir,
             database_url: self.database,
@@ -287,6 +300,11 @@ impl ServeArgs {
             max_depth: self.emit_depth,
         };
         config.keep_old = self.keep_old;
+        config.sinks = reel::config::SinkConfig {
+            nats_url: self.nats_url.filter(|u| !u.is_empty()),
+            amqp_url: self.amqp_url.filter(|u| !u.is_empty()),
+            batch_events: self.sink_batch,
+        };
         config.metrics_open = self.metrics_open;
         config.insecure = self.insecure;
         config.allowed_hosts =
@@ -361,7 +379,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => {
-            let result = reel::run(args.config()?, shutdown_signal()).await;
+            let result = reel::run((*args).config()?, shutdown_signal()).await;
             if result.is_ok() {
                 tracing::info!("reel stopped");
             }

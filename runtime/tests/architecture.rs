@@ -17,7 +17,7 @@ const LAYERS: &[&[&str]] = &[
     &["sqlite", "postgres"],
     &["host"],
     &["modules"],
-    &["worker", "decide"],
+    &["worker", "decide", "sinks"],
     &["deploy"],
     &["reads"],
     &["api"],

@@ -112,7 +112,7 @@ fn build_js_guests() -> Result {
             "node and npm are needed to build the JavaScript projections (Debian: apt-get install nodejs npm)".into()
         );
     }
-    for name in ["order-summaries-js", "customer-stats-js", "payment-js", "billing-js"] {
+    for name in ["order-summaries-js", "customer-stats-js", "payment-js", "billing-js", "order-sink-js"] {
         let dir = root().join("projections").join(name);
         if !dir.join("node_modules").exists() {
             run_in(&dir, "npm", &["ci", "--no-audit", "--no-fund"])?;
@@ -244,9 +244,61 @@ fn ensure_postgres() -> Result {
     Ok(())
 }
 
+/// The sinks' tests (issue 25) need NATS with JetStream on 127.0.0.1:4222:
+/// start `nats-server` if nothing answers there (Debian package
+/// `nats-server`, installed when missing).
+fn ensure_nats() -> Result {
+    if TcpStream::connect("127.0.0.1:4222").is_ok() {
+        return Ok(());
+    }
+    debian_packages(&["nats-server"], "the sinks' tests (NATS JetStream on 127.0.0.1:4222)")?;
+    let store = std::env::temp_dir().join("reel-test-nats");
+    eprintln!("xtask: NATS is not answering on 127.0.0.1:4222; starting nats-server -js -sd {}", store.display());
+    Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", "4222", "-js", "-sd"])
+        .arg(&store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start nats-server: {e}"))?;
+    wait_for_port(4222, "NATS (nats-server -js)", Duration::from_secs(20))
+}
+
+/// The sinks' tests need RabbitMQ on 127.0.0.1:5672 (user guest): start the
+/// local server if nothing answers there (Debian package `rabbitmq-server`,
+/// installed when missing; its service, or `rabbitmq-server -detached`).
+fn ensure_rabbitmq() -> Result {
+    if TcpStream::connect("127.0.0.1:5672").is_ok() {
+        return Ok(());
+    }
+    debian_packages(&["rabbitmq-server"], "the sinks' tests (RabbitMQ on 127.0.0.1:5672)")?;
+    eprintln!("xtask: RabbitMQ is not answering on 127.0.0.1:5672; starting rabbitmq-server");
+    if run("service", &["rabbitmq-server", "start"]).is_err() {
+        Command::new("rabbitmq-server")
+            .arg("-detached")
+            .status()
+            .map_err(|e| format!("cannot start rabbitmq-server: {e}"))?;
+    }
+    wait_for_port(5672, "RabbitMQ", Duration::from_secs(90))
+}
+
+fn wait_for_port(port: u16, what: &str, timeout: Duration) -> Result {
+    let deadline = Instant::now() + timeout;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{what} did not come up on 127.0.0.1:{port} within {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 fn test() -> Result {
     let started = Instant::now();
     ensure_postgres()?;
+    ensure_nats()?;
+    ensure_rabbitmq()?;
     build_guests()?;
     // The dashboard's test drives a real browser over WebDriver.
     debian_packages(&["chromium", "chromium-driver"], "the dashboard's browser test")?;

@@ -10,6 +10,7 @@
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
 //! - [`reads`]: KV, tables, custom queries and checksums, with `min_position` waits.
 //! - [`streams`]: `GET /streams/{id}`, one stream's events in version order.
+//! - [`sinks`]: `GET /sinks`, delivery to message brokers.
 //! - [`extract`]: path, query and body extractors whose refusals are [`ApiError`]s.
 //! - [`dashboard`]: the page at `GET /`, over the routes above.
 //! - [`session`]: a browser's sign-in, a cookie for its token.
@@ -30,6 +31,7 @@ mod origin;
 mod projections;
 mod reads;
 mod session;
+mod sinks;
 mod streams;
 
 use axum::Router;
@@ -92,6 +94,7 @@ fn routes() -> Router<Services> {
         .route("/streams/{id}", get(streams::read))
         .route("/commands/{decider}/{stream_id}", post(commands::command))
         .route("/deciders", get(commands::list))
+        .route("/sinks", get(sinks::list))
         .route("/deciders/{name}/streams/{id}/state", get(commands::state))
         .route("/projections", get(projections::list))
         .route("/projections/{name}", get(projections::show).delete(projections::delete))

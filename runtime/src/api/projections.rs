@@ -150,6 +150,7 @@ pub async fn metrics(State(services): State<Services>) -> Result<impl IntoRespon
             writeln!(out, "reel_projection_up{{projection=\"{}\",state=\"{:?}\"}} {}", p.name, p.state, u8::from(up));
     }
     reactor_metrics(&mut out, &projections);
+    super::sinks::metrics(&services, &mut out).await;
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use super::{Deployments, cutover::stopped};
-use crate::modules::{DeciderModule, Loaded, ModuleError, Program, watch::is_module};
+use crate::modules::{DeciderModule, Loaded, ModuleError, Program, SinkModule, watch::is_module};
 
 /// What became of a module file.
 #[derive(Debug, Clone, Serialize)]
@@ -21,7 +21,7 @@ pub struct FileStatus {
     pub hash: Option<String>,
     /// `name@version` it provides, when loaded.
     pub provides: Option<String>,
-    /// What kind of module it is, when loaded: `projection` or `decider`.
+    /// What kind of module it is, when loaded: `projection`, `decider` or `sink`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<&'static str>,
     /// Why it is not in use, when it failed.
@@ -150,6 +150,9 @@ impl Deployments {
             if let Some(name) = self.inner.deciders.unload(&path) {
                 tracing::info!("{} removed: decider `{name}` leaves service", path.display());
             }
+            if let Some(name) = self.inner.sinks.unload(&path) {
+                tracing::info!("{} removed: sink `{name}` stops; its checkpoint stays", path.display());
+            }
             let cleanup = self.unload(&path);
             self.clean_up(cleanup).await;
             // A file refused because this one provided the same projection
@@ -180,10 +183,15 @@ impl Deployments {
             Err(ModuleError::Io { path: path.display().to_string(), message: format!("loader crashed: {e}") })
         });
         match loaded {
-            Ok(Loaded::Decider(module)) => self.deploy_decider(path, module).await,
+            Ok(Loaded::Decider(module)) => {
+                self.inner.sinks.unload(&path);
+                self.deploy_decider(path, module).await
+            }
+            Ok(Loaded::Sink(module)) => self.deploy_sink(path, module).await,
             Ok(Loaded::Projection(module)) => {
-                // A file that provided a decider now provides a projection.
+                // A file that provided a decider or a sink now provides a projection.
                 self.inner.deciders.unload(&path);
+                self.inner.sinks.unload(&path);
                 let unchanged = self.registry().files.get(&path).and_then(|f| f.hash.clone())
                     == Some(module.hash.clone())
                     && self.registry().files.get(&path).is_some_and(|f| f.error.is_none());
@@ -254,6 +262,43 @@ impl Deployments {
                     m.version,
                     m.stream_prefix
                 );
+                let (released, _) = self.release(&path, None);
+                self.registry().files.insert(path, status);
+                self.clean_up(released).await;
+            }
+            Err(error) => {
+                tracing::error!("{}: {error}", path.display());
+                self.file_failed(&path, None, error);
+            }
+        }
+    }
+
+    /// Deliver with the sink of `path`, or say why not. A file that
+    /// provided a projection or a decider before stops it.
+    async fn deploy_sink(&self, path: PathBuf, module: std::sync::Arc<SinkModule>) {
+        let unchanged = self
+            .registry()
+            .files
+            .get(&path)
+            .is_some_and(|f| f.error.is_none() && f.hash.as_deref() == Some(module.hash.as_str()));
+        if unchanged {
+            self.compiling(&path, false);
+            return;
+        }
+        let m = &module.manifest;
+        let provides = format!("{}@{}", m.name, m.version);
+        let status = FileStatus::loaded(&path, "sink", provides, &module.hash, module.compile_time, module.cached);
+        match self.inner.sinks.deploy(module.clone()) {
+            Ok(()) => {
+                tracing::info!(
+                    "loaded {} as sink {}@{} (to {} `{}`)",
+                    path.display(),
+                    m.name,
+                    m.version,
+                    crate::sinks::broker_name(m.broker),
+                    m.subject
+                );
+                self.inner.deciders.unload(&path);
                 let (released, _) = self.release(&path, None);
                 self.registry().files.insert(path, status);
                 self.clean_up(released).await;

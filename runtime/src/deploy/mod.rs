@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::decide::Deciders;
 use crate::modules::Loader;
 use crate::modules::Program;
+use crate::sinks::Sinks;
 use crate::source::Source;
 use crate::store::{NamespaceId, Store, StoreError};
 use crate::worker::{Admin, Control, WorkerContext, WorkerError, WorkerHandle};
@@ -61,6 +62,8 @@ struct Inner {
     registry: Mutex<Registry>,
     /// The deciders the module files provide.
     deciders: Deciders,
+    /// The sinks the module files provide.
+    sinks: Sinks,
     /// Set at shutdown: the watcher and the supervisor end.
     stop: watch::Sender<bool>,
 }
@@ -83,6 +86,7 @@ impl Deployments {
     /// versions over as they catch up.
     pub async fn start(config: Config, source: Source, store: Store, loader: Loader) -> anyhow::Result<Self> {
         let deciders = Deciders::new(&config, source.clone());
+        let sinks = Sinks::new(&config, source.clone());
         let workers = WorkerContext {
             source,
             store: store.clone(),
@@ -100,6 +104,7 @@ impl Deployments {
                 workers,
                 registry: Mutex::new(Registry::default()),
                 deciders,
+                sinks,
                 stop: watch::channel(false).0,
             }),
         };
@@ -115,9 +120,15 @@ impl Deployments {
         &self.inner.deciders
     }
 
+    /// The sinks the module files provide.
+    pub fn sinks(&self) -> &Sinks {
+        &self.inner.sinks
+    }
+
     /// Stop the watcher, the supervisor and the workers.
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
+        self.inner.sinks.shutdown().await;
         let handles: Vec<WorkerHandle> = {
             let mut registry = self.registry();
             registry

@@ -72,3 +72,17 @@ pub mod decider {
         },
     });
 }
+
+/// The `sink` world's bindings (wit/sink.wit): its own types (`sink-types`)
+/// generated here; `types` and `log` are the projection world's.
+pub mod sink {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "sink",
+        imports: { default: trappable },
+        with: {
+            "reel:projection/types": crate::host::bindings::types,
+            "reel:projection/log": crate::host::bindings::reel::projection::log,
+        },
+    });
+}

@@ -45,6 +45,8 @@ impl Engine {
         timers::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)?;
         // The decider world's types-only interface (its only other import, `log`, is above).
         linker.instance("reel:projection/decider-types@0.1.1")?;
+        // The sink world's, likewise.
+        linker.instance("reel:projection/sink-types@0.1.1")?;
         Ok(Self { engine, linker: Arc::new(linker) })
     }
 

@@ -11,7 +11,8 @@
 //! - [`instance`]: a component instance and its calls, with CPU deadlines and
 //!   memory limits; [`native`]: the same calls on a natively compiled projection.
 //! - [`decider`]: a decider component's calls (`evolve`, `decide`), under
-//!   the same limits.
+//!   the same limits; [`sink`]: a sink component's (`describe-sink`,
+//!   `transform`).
 
 mod bindings;
 pub mod caps;
@@ -23,6 +24,7 @@ pub mod instance;
 mod kv;
 mod log;
 pub mod native;
+pub mod sink;
 mod sql;
 pub mod wasi;
 

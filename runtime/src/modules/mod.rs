@@ -1,5 +1,5 @@
 //! Modules: `.wasm` files in the modules folder, compiled (with an on-disk
-//! cache), checked against their world (a projection, or a decider) and
+//! cache), checked against their world (a projection, a decider or a sink) and
 //! asked for their manifest before anything runs them.
 
 mod cache;
@@ -18,6 +18,7 @@ use crate::config::Limits;
 use crate::host::Engine;
 use crate::host::decider::{DeciderCode, DeciderManifest, WasmDecider};
 use crate::host::instance::{Code, WasmGuest};
+use crate::host::sink::{Broker, SinkCode, SinkManifest, WasmSink};
 
 pub use program::Program;
 
@@ -57,12 +58,53 @@ pub struct DeciderModule {
     pub cached: bool,
 }
 
-/// A module file of either kind, loaded.
+/// A loaded, validated sink (`reel:projection/sink`).
+pub struct SinkModule {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// SHA-256 of the file, hex.
+    pub hash: String,
+    /// What it declared.
+    pub manifest: SinkManifest,
+    /// Linked code, ready to instantiate.
+    pub code: SinkCode,
+    /// Time to compile (or load from the cache).
+    pub compile_time: Duration,
+    /// Whether the compiled code came from the cache.
+    pub cached: bool,
+}
+
+/// A module file of any kind, loaded.
 pub enum Loaded {
     /// A projection (or any component of the `projection` world).
     Projection(Arc<Module>),
     /// A decider.
     Decider(Arc<DeciderModule>),
+    /// A sink.
+    Sink(Arc<SinkModule>),
+}
+
+/// Checks of a sink's manifest: what reel needs to read its events and to
+/// publish them.
+fn validate_sink(m: &SinkManifest) -> Result<(), String> {
+    if !reel_model::is_projection_name(&m.name) {
+        return Err(format!("sink name `{}`: {}", m.name, reel_model::PROJECTION_NAME_RULE));
+    }
+    if m.version.is_empty() || m.version.len() > 64 {
+        return Err("version must be 1 to 64 characters".into());
+    }
+    let mut names = m.event_types.iter().chain(&m.stream_prefixes);
+    if let Some(bad) = names.find(|t| t.len() > 512 || t.contains('\0')) {
+        return Err(format!("event type or stream prefix `{bad}`: at most 512 characters, with no NUL"));
+    }
+    if m.subject.is_empty() && !m.transform && matches!(m.broker, Broker::Nats) {
+        return Err("subject is empty: name the NATS subject to publish to".into());
+    }
+    crate::host::sink::check_template(&m.subject).map_err(|e| format!("subject `{}`: {e}", m.subject))?;
+    if matches!(m.broker, Broker::Nats) && !m.exchange.is_empty() {
+        return Err(format!("exchange `{}` is set, but the broker is NATS: exchanges are RabbitMQ's", m.exchange));
+    }
+    Ok(())
 }
 
 /// Checks of a decider's manifest: what reel needs to route commands to it
@@ -175,6 +217,17 @@ impl Loader {
             .get_or_compile(&self.engine, &hash, bytes, compiling)
             .map_err(|e| not_component(format!("{e:#}")))?;
         let compile_time = started.elapsed();
+        if SinkCode::is_sink(&self.engine, &component) {
+            let wrong_world =
+                |e: wasmtime::Error| ModuleError::WrongWorld { path: shown.clone(), message: format!("{e:#}") };
+            let code = SinkCode::link(&self.engine, &component).map_err(wrong_world)?;
+            let name_hint = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let describe = |message: String| ModuleError::Describe { path: shown.clone(), message };
+            let manifest = WasmSink::describe(&code, &name_hint, &self.limits).map_err(|e| describe(e.to_string()))?;
+            validate_sink(&manifest).map_err(describe)?;
+            let module = SinkModule { path: path.to_owned(), hash, manifest, code, compile_time, cached };
+            return Ok(Loaded::Sink(Arc::new(module)));
+        }
         if DeciderCode::is_decider(&self.engine, &component) {
             let wrong_world =
                 |e: wasmtime::Error| ModuleError::WrongWorld { path: shown.clone(), message: format!("{e:#}") };

@@ -364,6 +364,50 @@ impl EventLog for PgSource {
         })
     }
 
+    fn claim_sink(
+        &self,
+        name: String,
+        owner: String,
+        now_micros: i64,
+        until_micros: i64,
+    ) -> LogFuture<'_, Option<Cursor>> {
+        Box::pin(async move {
+            let insert = "INSERT INTO reel.sinks (name) VALUES ($1) ON CONFLICT DO NOTHING";
+            let _ = on_a_live_connection!(self, |c| c.execute(insert, &[&name]));
+            let claim = "UPDATE reel.sinks SET owner = $2, lease_until = $4 \
+                         WHERE name = $1 AND (owner IS NULL OR owner = $2 OR lease_until < $3) RETURNING tx, position";
+            let (_, rows) =
+                on_a_live_connection!(self, |c| c.query(claim, &[&name, &owner, &now_micros, &until_micros]));
+            Ok(rows.first().map(|r| Cursor { tx: r.get(0), id: r.get(1) }))
+        })
+    }
+
+    fn advance_sink(
+        &self,
+        name: String,
+        owner: String,
+        from: Cursor,
+        to: Cursor,
+        until_micros: i64,
+    ) -> LogFuture<'_, bool> {
+        Box::pin(async move {
+            let sql = "UPDATE reel.sinks SET tx = $5, position = $6, lease_until = $7 \
+                       WHERE name = $1 AND owner = $2 AND tx = $3 AND position = $4";
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] =
+                [&name, &owner, &from.tx, &from.id, &to.tx, &to.id, &until_micros];
+            let (_, moved) = on_a_live_connection!(self, |c| c.execute(sql, &params));
+            Ok(moved == 1)
+        })
+    }
+
+    fn release_sink(&self, name: String, owner: String) -> LogFuture<'_, ()> {
+        Box::pin(async move {
+            let sql = "UPDATE reel.sinks SET owner = NULL, lease_until = 0 WHERE name = $1 AND owner = $2";
+            let _ = on_a_live_connection!(self, |c| c.execute(sql, &[&name, &owner]));
+            Ok(())
+        })
+    }
+
     fn wakeups(&self) -> watch::Receiver<u64> {
         PgSource::wakeups(self)
     }

@@ -273,6 +273,31 @@ pub trait EventLog: Send + Sync {
     /// is removed and its event appended in one transaction, keyed like an
     /// emission, so it fires once however many callers race (ADR 24).
     fn fire_timers(&self, reactor: String, now_micros: i64) -> LogFuture<'_, TimersFired>;
+    /// Claim sink `name` for `owner` until `until_micros` (Unix µs), unless
+    /// another owner's lease runs past `now_micros` (ADR 31). The sink's
+    /// checkpoint when claimed (the start for a new sink), `None` when
+    /// another owner holds it.
+    fn claim_sink(
+        &self,
+        name: String,
+        owner: String,
+        now_micros: i64,
+        until_micros: i64,
+    ) -> LogFuture<'_, Option<Cursor>>;
+    /// Move sink `name`'s checkpoint from `from` to `to` and extend the
+    /// lease to `until_micros`, if `owner` still holds it there. `false`:
+    /// it no longer does, and nothing moved.
+    fn advance_sink(
+        &self,
+        name: String,
+        owner: String,
+        from: Cursor,
+        to: Cursor,
+        until_micros: i64,
+    ) -> LogFuture<'_, bool>;
+    /// Give up `owner`'s claim on sink `name` (another process may take it
+    /// at once).
+    fn release_sink(&self, name: String, owner: String) -> LogFuture<'_, ()>;
     /// Stop background work (a LISTEN connection, a commit watcher).
     fn close(&self);
     /// Whether `cursor` could be a token this log handed out (a bare
@@ -410,6 +435,34 @@ impl Source {
     /// Fire a reactor's due timers (see [`EventLog::fire_timers`]).
     pub async fn fire_timers(&self, reactor: String, now_micros: i64) -> Result<TimersFired, SourceError> {
         self.log.fire_timers(reactor, now_micros).await
+    }
+
+    /// Claim a sink (see [`EventLog::claim_sink`]).
+    pub async fn claim_sink(
+        &self,
+        name: &str,
+        owner: &str,
+        now_micros: i64,
+        until_micros: i64,
+    ) -> Result<Option<Cursor>, SourceError> {
+        self.log.claim_sink(name.to_owned(), owner.to_owned(), now_micros, until_micros).await
+    }
+
+    /// Move a sink's checkpoint (see [`EventLog::advance_sink`]).
+    pub async fn advance_sink(
+        &self,
+        name: &str,
+        owner: &str,
+        from: Cursor,
+        to: Cursor,
+        until_micros: i64,
+    ) -> Result<bool, SourceError> {
+        self.log.advance_sink(name.to_owned(), owner.to_owned(), from, to, until_micros).await
+    }
+
+    /// Give a sink up (see [`EventLog::release_sink`]).
+    pub async fn release_sink(&self, name: &str, owner: &str) -> Result<(), SourceError> {
+        self.log.release_sink(name.to_owned(), owner.to_owned()).await
     }
 
     /// Stop background work (the LISTEN connection, the commit watcher).

@@ -153,6 +153,22 @@ impl SqliteSource {
         .await
     }
 
+    /// `f` on reel's writing connection, off the async threads.
+    fn with_writer<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, SourceError> + Send + 'static,
+    ) -> LogFuture<'_, T> {
+        let writer = Arc::clone(&self.writer);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                f(&mut conn)
+            })
+            .await
+            .map_err(|e| SourceError::Internal(e.to_string()))?
+        })
+    }
+
     async fn with_reader<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, SourceError> + Send + 'static,
@@ -303,6 +319,57 @@ impl EventLog for SqliteSource {
                 self.wake.send_modify(|n| *n = n.wrapping_add(1));
             }
             Ok(fired)
+        })
+    }
+
+    fn claim_sink(
+        &self,
+        name: String,
+        owner: String,
+        now_micros: i64,
+        until_micros: i64,
+    ) -> LogFuture<'_, Option<Cursor>> {
+        self.with_writer(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("INSERT INTO reel_sinks (name) VALUES (?1) ON CONFLICT DO NOTHING", [&name])?;
+            let claimed = tx
+                .query_row(
+                    "UPDATE reel_sinks SET owner = ?2, lease_until = ?4 \
+                     WHERE name = ?1 AND (owner IS NULL OR owner = ?2 OR lease_until < ?3) RETURNING tx, position",
+                    rusqlite::params![name, owner, now_micros, until_micros],
+                    |r| Ok(Cursor { tx: r.get(0)?, id: r.get(1)? }),
+                )
+                .optional()?;
+            tx.commit()?;
+            Ok(claimed)
+        })
+    }
+
+    fn advance_sink(
+        &self,
+        name: String,
+        owner: String,
+        from: Cursor,
+        to: Cursor,
+        until_micros: i64,
+    ) -> LogFuture<'_, bool> {
+        self.with_writer(move |conn| {
+            let moved = conn.execute(
+                "UPDATE reel_sinks SET tx = ?5, position = ?6, lease_until = ?7 \
+                 WHERE name = ?1 AND owner = ?2 AND tx = ?3 AND position = ?4",
+                rusqlite::params![name, owner, from.tx, from.id, to.tx, to.id, until_micros],
+            )?;
+            Ok(moved == 1)
+        })
+    }
+
+    fn release_sink(&self, name: String, owner: String) -> LogFuture<'_, ()> {
+        self.with_writer(move |conn| {
+            conn.execute(
+                "UPDATE reel_sinks SET owner = NULL, lease_until = 0 WHERE name = ?1 AND owner = ?2",
+                rusqlite::params![name, owner],
+            )?;
+            Ok(())
         })
     }
 

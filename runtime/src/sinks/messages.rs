@@ -1,0 +1,102 @@
+//! The messages of a batch of events: one per event with reel's headers, or
+//! what the module's `transform` makes of each, each with its dedup id.
+
+use bytes::Bytes;
+
+use reel_model::Event;
+
+use crate::host::sink::{Message, SinkManifest, render_template};
+
+/// One message ready to publish.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outgoing {
+    /// The subject (NATS) or routing key (RabbitMQ).
+    pub subject: String,
+    /// The dedup id: the event's position, `position:index` when the
+    /// transform made several messages of the event.
+    pub id: String,
+    /// Headers: reel's, then the module's.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Headers reel sets on every message (a module's header of one of these
+/// names is dropped).
+const REEL_HEADERS: [&str; 5] =
+    ["Reel-Position", "Reel-Stream-Id", "Reel-Version", "Reel-Event-Type", "Reel-Occurred-At"];
+
+/// Header names a module may not set: reel's, and the brokers' dedup ids.
+fn reserved(name: &str) -> bool {
+    REEL_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || name.eq_ignore_ascii_case("Nats-Msg-Id")
+        || name.eq_ignore_ascii_case("Content-Type")
+        || name.to_ascii_lowercase().starts_with("nats-")
+}
+
+/// A header value as brokers carry it: no line breaks or control characters.
+fn clean(value: &str) -> String {
+    value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+fn reel_headers(event: &Event) -> Vec<(String, String)> {
+    let values = [
+        event.position.to_string(),
+        clean(&event.stream_id),
+        event.version.to_string(),
+        clean(&event.event_type),
+        event.occurred_at.clone(),
+    ];
+    REEL_HEADERS.iter().zip(values).map(|(n, v)| ((*n).to_owned(), v)).collect()
+}
+
+/// The one message of `event` when the sink has no transform: the event's
+/// data as the body.
+pub fn plain(manifest: &SinkManifest, event: &Event, nats: bool) -> Outgoing {
+    let mut headers = reel_headers(event);
+    headers.push(("Content-Type".into(), "application/json".into()));
+    Outgoing {
+        subject: render_template(&manifest.subject, event, nats),
+        id: event.position.to_string(),
+        headers,
+        body: Bytes::copy_from_slice(event.data.as_bytes()),
+    }
+}
+
+/// The messages a transform made of `event`, with their ids and reel's
+/// headers.
+pub fn transformed(manifest: &SinkManifest, event: &Event, made: Vec<Message>, nats: bool) -> Vec<Outgoing> {
+    let several = made.len() > 1;
+    made.into_iter()
+        .enumerate()
+        .map(|(index, message)| {
+            let mut headers = reel_headers(event);
+            headers.extend(
+                message.headers.into_iter().filter(|h| !reserved(&h.name)).map(|h| (clean(&h.name), clean(&h.value))),
+            );
+            let subject = match message.subject {
+                Some(subject) => subject,
+                None => render_template(&manifest.subject, event, nats),
+            };
+            let id = if several { format!("{}:{index}", event.position) } else { event.position.to_string() };
+            Outgoing { subject, id, headers, body: Bytes::from(message.body) }
+        })
+        .collect()
+}
+
+/// Why a message cannot be published as it is (the sink stops at its
+/// event): a subject NATS would refuse, or none at all.
+pub fn check(message: &Outgoing, nats: bool) -> Result<(), String> {
+    let subject = &message.subject;
+    let bad_token = |t: &str| t.is_empty() || t == "*" || t == ">";
+    if nats && (subject.chars().any(|c| c.is_whitespace() || c.is_control()) || subject.split('.').any(bad_token)) {
+        return Err(format!(
+            "subject `{subject}` is not one NATS publishes to: it is empty, holds a space, \
+             or a token (between dots) that is empty or a wildcard"
+        ));
+    }
+    if !nats && message.subject.len() > 255 {
+        return Err(format!("routing key of {} bytes: RabbitMQ takes at most 255", message.subject.len()));
+    }
+    Ok(())
+}

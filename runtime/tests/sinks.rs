@@ -1,0 +1,695 @@
+//! Sinks (issue 25, docs/adr/31-sinks.md): the log delivered to NATS
+//! JetStream and RabbitMQ, with the real brokers (NATS with JetStream on
+//! 127.0.0.1:4222, RabbitMQ on 127.0.0.1:5672; `cargo xtask test` starts
+//! them). Each test uses subjects, streams and queues of its own; the test
+//! that restarts a broker starts a private `nats-server`.
+//!
+//! `REEL_SINK_EVENTS` sets how many events the delivery tests append
+//! (2,000 by default; the issue's acceptance run used 50,000).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use common::{Backend, Harness};
+use serde_json::{Value, json};
+
+const PATIENCE: Duration = Duration::from_secs(180);
+const NATS: &str = "nats://127.0.0.1:4222";
+const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// Events the delivery tests append.
+fn events_wanted() -> usize {
+    std::env::var("REEL_SINK_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000)
+}
+
+/// A name for this test's streams, subjects and queues.
+fn run_id() -> String {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).unwrap();
+    format!("t{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+}
+
+/// One appended event, as the test expects to see it published.
+#[derive(Debug, Clone)]
+struct Sent {
+    stream: String,
+    version: i64,
+    event_type: String,
+    data: Value,
+}
+
+/// Append about `total` events over 20 streams `{run}.order-{i}` (placed,
+/// then shipped ones, interleaved across streams, a few per append), plus
+/// one `customer.noted` event per 10 that no sink here takes. Returns the
+/// events by position, and the head.
+async fn append_orders(
+    total: usize,
+    run: &str,
+    mut append: impl AsyncFnMut(&str, Value) -> Vec<i64>,
+) -> (BTreeMap<i64, Sent>, i64) {
+    let streams = 20;
+    let per_append = 5;
+    let mut sent = BTreeMap::new();
+    let mut versions = vec![0i64; streams];
+    let mut head = 0;
+    let mut n = 0;
+    while n < total {
+        for (s, version) in versions.iter_mut().enumerate() {
+            let stream = format!("{run}.order-{s}");
+            let events: Vec<(String, Value)> = (0..per_append)
+                .map(|k| {
+                    let v = *version + 1 + k as i64;
+                    if v == 1 {
+                        let lines: Vec<Value> =
+                            (0..1 + s % 3).map(|l| json!({ "sku": format!("sku-{l}"), "qty": l + 1 })).collect();
+                        ("order.placed".to_owned(), json!({ "order": stream, "lines": lines, "total": 12.5 }))
+                    } else {
+                        (
+                            "order.shipped".to_owned(),
+                            json!({ "order": stream, "parcel": v, "note": "fragile \"glass\"" }),
+                        )
+                    }
+                })
+                .collect();
+            let body: Vec<Value> = events.iter().map(|(t, d)| json!({ "event_type": t, "data": d })).collect();
+            let positions = append(&stream, Value::Array(body)).await;
+            for (k, ((event_type, data), position)) in events.into_iter().zip(&positions).enumerate() {
+                let version = *version + 1 + k as i64;
+                sent.insert(*position, Sent { stream: stream.clone(), version, event_type, data });
+            }
+            *version += per_append as i64;
+            head = head.max(*positions.last().unwrap());
+            n += per_append;
+            if n % 50 == 0 {
+                let other = format!("{run}.customer-{s}");
+                let positions = append(&other, json!([{ "event_type": "customer.noted", "data": {} }])).await;
+                head = head.max(positions[0]);
+            }
+        }
+    }
+    (sent, head)
+}
+
+/// Append through a harness's router.
+async fn through(h: &Harness, stream: &str, events: Value) -> Vec<i64> {
+    let body = h.append(stream, None, events).await;
+    body["positions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect()
+}
+
+/// The sink `name` as `GET /sinks` shows it.
+async fn sink(h: &Harness, name: &str) -> Value {
+    let sinks = h.get("/sinks").await;
+    sinks.as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap_or(Value::Null)
+}
+
+/// Wait until `check` holds for sink `name`'s status.
+async fn wait_sink(h: &Harness, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = sink(h, name).await;
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting on sink {name}; last status: {status:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A JetStream stream capturing `orders.{run}.>`, with a 2-minute duplicate
+/// window, on the server at `url`.
+async fn nats_stream(url: &str, run: &str) -> (jetstream::Context, jetstream::stream::Stream) {
+    let client = async_nats::connect(url).await.unwrap_or_else(|e| panic!("NATS is needed at {url}: {e}"));
+    let js = jetstream::new(client);
+    let stream = js
+        .create_stream(jetstream::stream::Config {
+            name: format!("REEL_{}", run.to_uppercase()),
+            subjects: vec![format!("orders.{run}.>")],
+            duplicate_window: Duration::from_secs(120),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    (js, stream)
+}
+
+/// Every message of a JetStream stream, in stream order.
+async fn stream_messages(stream: &mut jetstream::stream::Stream) -> Vec<jetstream::message::StreamMessage> {
+    let state = stream.info().await.unwrap().state.clone();
+    let mut messages = Vec::with_capacity(state.messages as usize);
+    if state.messages == 0 {
+        return messages;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        messages.push(stream.get_raw_message(seq).await.unwrap());
+    }
+    messages
+}
+
+fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> &'a str {
+    headers.get(name).map(|v| v.as_str()).unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
+}
+
+/// The messages are the sent events, each once: `Nats-Msg-Id` its position,
+/// its body the event's data, its subject `orders.{stream_id}`, and each
+/// stream's events in version order.
+fn check_jetstream(messages: &[jetstream::message::StreamMessage], sent: &BTreeMap<i64, Sent>) {
+    assert_eq!(
+        messages.len(),
+        sent.len(),
+        "one message per event: {} messages for {} events",
+        messages.len(),
+        sent.len()
+    );
+    let mut seen = BTreeSet::new();
+    let mut versions: BTreeMap<&str, i64> = BTreeMap::new();
+    for m in messages {
+        let id: i64 = header(&m.headers, "Nats-Msg-Id").parse().unwrap();
+        assert!(seen.insert(id), "event {id} published twice");
+        assert_eq!(header(&m.headers, "Reel-Position"), id.to_string());
+        let event = sent.get(&id).unwrap_or_else(|| panic!("message {id} is no event the sink takes"));
+        assert_eq!(m.subject.as_str(), format!("orders.{}", event.stream));
+        assert_eq!(header(&m.headers, "Reel-Event-Type"), event.event_type);
+        assert_eq!(header(&m.headers, "Reel-Version"), event.version.to_string());
+        let body: Value = serde_json::from_slice(&m.payload).unwrap();
+        assert_eq!(body, event.data, "message {id}'s body");
+        let last = versions.insert(&event.stream, event.version).unwrap_or(0);
+        assert_eq!(event.version, last + 1, "stream {} out of order at message {id}", event.stream);
+    }
+}
+
+both_backends!(events_reach_a_jetstream_stream_once_each_in_order);
+
+/// order-sink (Rust, no transform) publishes every `order.*` event to
+/// `orders.{stream_id}` once, per-stream order kept, and leaves the rest;
+/// its status and `/metrics` show where it is.
+async fn events_reach_a_jetstream_stream_once_each_in_order(backend: Backend) {
+    let run = run_id();
+    let (js, mut stream) = nats_stream(NATS, &run).await;
+    let h = Harness::start_with(backend, &["order_sink"], |c| c.sinks.nats_url = Some(NATS.into())).await;
+    let (sent, head) = append_orders(events_wanted(), &run, async |s, e| through(&h, s, e).await).await;
+    let status = wait_sink(&h, "order-sink", |s| s["position"].as_i64() >= Some(head)).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+    assert_eq!(status["broker"], "nats");
+    assert_eq!(status["delivered_events"], sent.len(), "{status:#}");
+    assert_eq!(status["lag_events"], 0, "{status:#}");
+    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    let (_, metrics) = h.call("GET", "/metrics", None).await;
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains(&format!("reel_sink_position{{sink=\"order-sink\",broker=\"nats\"}} {head}")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reel_sink_up{sink=\"order-sink\",state=\"running\"} 1"), "{metrics}");
+    let modules = h.get("/modules").await;
+    let file = modules.as_array().unwrap().iter().find(|f| f["kind"] == "sink").expect("the sink's file");
+    assert_eq!(file["provides"], "order-sink@1", "{modules:#}");
+    h.finish().await;
+    js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
+}
+
+/// A sink is refused, with the reason in `GET /modules`, when reel has no
+/// address for its broker; the projections beside it run on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_without_its_broker_address_is_refused_by_name() {
+    let h = Harness::start(Backend::Sqlite, &["order_sink", "fixture_noop"]).await;
+    let modules = h.get("/modules").await;
+    let file =
+        modules.as_array().unwrap().iter().find(|f| f["path"].as_str().unwrap().ends_with("order_sink.wasm")).unwrap();
+    let error = file["error"].as_str().unwrap_or_default();
+    assert!(error.contains("sink `order-sink` publishes to nats") && error.contains("--nats-url"), "{modules:#}");
+    assert_eq!(h.get("/sinks").await, json!([]));
+    h.append("o-1", Some(0), json!([{ "event_type": "order.placed", "data": {} }])).await;
+    h.wait_status("noop", PATIENCE, |s| s["position"].as_i64() >= Some(1)).await;
+    h.finish().await;
+}
+
+/// A private `nats-server` with JetStream, on a spare port and a store of
+/// its own; killed when dropped.
+struct PrivateNats {
+    child: Child,
+    port: u16,
+}
+
+impl PrivateNats {
+    fn start(store: &Path, port: u16) -> Self {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (Debian package nats-server) is needed for this test");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the private nats-server did not start on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stop it as a restart does (SIGTERM): JetStream writes what it
+    /// acknowledged (a SIGKILL could lose acknowledged messages that its
+    /// file store had not written yet, which is the broker's durability, not
+    /// the sink's).
+    fn stop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PrivateNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spare_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The broker stopped mid-run and started again (a private instance): the
+/// sink says it is retrying and why, then delivers everything, each event
+/// once and in order; nothing is lost or skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restarted_mid_run_loses_nothing() {
+    let store = tempfile::tempdir().unwrap();
+    let port = spare_port();
+    let mut nats = PrivateNats::start(store.path(), port);
+    let run = run_id();
+    let (_, _) = nats_stream(&nats.url(), &run).await;
+    let url = nats.url();
+    let h = Harness::start_with(Backend::Sqlite, &["order_sink"], |c| {
+        c.sinks.nats_url = Some(url);
+        c.sinks.batch_events = 100;
+    })
+    .await;
+    let total = events_wanted();
+    let (first, _) = append_orders(total / 2, &run, async |s, e| through(&h, s, e).await).await;
+    let some = *first.keys().nth(first.len() / 4).unwrap();
+    wait_sink(&h, "order-sink", |s| s["position"].as_i64() >= Some(some)).await;
+    nats.stop();
+    // Appends go on while the broker is away.
+    let (second, head) = append_orders(total / 2, &format!("{run}.b"), async |s, e| through(&h, s, e).await).await;
+    let down = wait_sink(&h, "order-sink", |s| s["state"] == "retrying").await;
+    assert_eq!(down["connected"], false, "{down:#}");
+    assert!(down["last_error"].as_str().unwrap().contains("NATS"), "{down:#}");
+    assert!(down["position"].as_i64() < Some(head), "{down:#}");
+    let nats = PrivateNats::start(store.path(), port);
+    let status = wait_sink(&h, "order-sink", |s| s["position"].as_i64() >= Some(head)).await;
+    assert!(status["retries"].as_u64() > Some(0), "{status:#}");
+    let (_, mut stream) = nats_stream_again(&nats.url(), &run).await;
+    let mut sent = first;
+    sent.extend(second);
+    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    h.finish().await;
+}
+
+/// The stream made by [`nats_stream`], looked up again (after a restart).
+async fn nats_stream_again(url: &str, run: &str) -> (jetstream::Context, jetstream::stream::Stream) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream(format!("REEL_{}", run.to_uppercase())).await.unwrap();
+    (js, stream)
+}
+
+/// `reel serve` killed with SIGKILL while its sink delivers a backlog: once
+/// started again it publishes from its checkpoint, and the JetStream
+/// consumer still sees each event once (the messages sent again carry the
+/// same `Nats-Msg-Id` and are dropped as duplicates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reel_killed_mid_delivery_still_publishes_each_event_once() {
+    let run = run_id();
+    let (js, mut stream) = nats_stream(NATS, &run).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+    let args = ["--nats-url", NATS, "--sink-batch", "200"];
+    let reel = common::process::Process::start(dir.path(), None, &args);
+    let (sent, head) = append_orders(events_wanted().max(4_000), &run, async |s, e| process_append(&reel, s, e)).await;
+    std::fs::copy(common::guest("order_sink"), dir.path().join("modules/order_sink.wasm")).unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    let at_kill = loop {
+        let (_, sinks) = reel.call("GET", "/sinks", None);
+        let position = sinks[0]["position"].as_i64().unwrap_or(0);
+        if position > 0 {
+            break position;
+        }
+        assert!(Instant::now() < deadline, "the sink never delivered: {sinks:#}");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    reel.kill();
+    assert!(at_kill < head, "the sink had delivered everything before the kill ({at_kill} of {head})");
+    let reel = common::process::Process::start(dir.path(), None, &args);
+    let deadline = Instant::now() + PATIENCE;
+    let status = loop {
+        let (_, sinks) = reel.call("GET", "/sinks", None);
+        if sinks[0]["position"].as_i64() >= Some(head) {
+            break sinks[0].clone();
+        }
+        assert!(Instant::now() < deadline, "the sink did not finish after the restart: {sinks:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    // What it published again before the kill's checkpoint came back as duplicates.
+    let published = status["published_messages"].as_u64().unwrap() + status["duplicate_messages"].as_u64().unwrap();
+    assert!(published as i64 >= head - at_kill - head / 10, "{status:#}");
+    reel.kill();
+    js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
+}
+
+both_backends!(a_javascript_transform_feeds_a_rabbitmq_queue);
+
+/// order-sink-js (a JavaScript transform) to RabbitMQ's `amq.topic`: one
+/// message per order event on `orders.{stream_id}`, and one more per line
+/// of a placed order with several on `order-lines.{stream_id}`. Until a
+/// queue takes the line messages they come back unrouted: the sink retries
+/// and says why, and skips nothing. A consumer that drops message ids it has
+/// seen gets each message once, each stream in order.
+async fn a_javascript_transform_feeds_a_rabbitmq_queue(backend: Backend) {
+    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let wasm = common::language_guest("order-sink-js");
+    let run = run_id();
+    let queue = format!("reel-{run}");
+    let connection = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default())
+        .await
+        .unwrap_or_else(|e| panic!("RabbitMQ is needed at {AMQP}: {e}"));
+    let channel = connection.create_channel().await.unwrap();
+    channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    let bind = async |key: String| {
+        channel
+            .queue_bind(
+                queue.as_str().into(),
+                "amq.topic".into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    };
+    bind(format!("orders.{run}.#")).await;
+
+    let h = Harness::start_with(backend, &[], |c| c.sinks.amqp_url = Some(AMQP.into())).await;
+    std::fs::copy(&wasm, h.config.modules_dir.join("order-sink-js.wasm")).unwrap();
+    let (sent, head) = append_orders(events_wanted() / 2, &run, async |s, e| through(&h, s, e).await).await;
+    let stuck = wait_sink(&h, "order-sink-js", |s| s["state"] == "retrying").await;
+    assert!(stuck["last_error"].as_str().unwrap().contains("no queue is bound"), "{stuck:#}");
+    assert!(stuck["position"].as_i64() < Some(head), "{stuck:#}");
+    assert_eq!(stuck["transform"], true);
+    bind(format!("order-lines.{run}.#")).await;
+    let status = wait_sink(&h, "order-sink-js", |s| s["position"].as_i64() >= Some(head)).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+
+    // Expected: per event, its message, then one per line of a placed order with several.
+    let mut expected: BTreeMap<String, (String, Value)> = BTreeMap::new();
+    for (position, e) in &sent {
+        let message = json!({ "event": e.event_type, "order": e.stream, "version": e.version, "data": e.data });
+        let lines = e.data["lines"].as_array().filter(|l| l.len() > 1 && e.event_type == "order.placed");
+        match lines {
+            None => {
+                expected.insert(position.to_string(), (format!("orders.{}", e.stream), message));
+            }
+            Some(lines) => {
+                expected.insert(format!("{position}:0"), (format!("orders.{}", e.stream), message));
+                for (i, line) in lines.iter().enumerate() {
+                    let body = json!({ "order": e.stream, "line": line });
+                    expected.insert(format!("{position}:{}", i + 1), (format!("order-lines.{}", e.stream), body));
+                }
+            }
+        }
+    }
+    let mut seen: BTreeMap<String, (String, Value)> = BTreeMap::new();
+    let mut order: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let mut duplicates = 0;
+    while let Some(got) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        let delivery = got.delivery;
+        let id = delivery.properties.message_id().clone().expect("a message-id").to_string();
+        if seen.contains_key(&id) {
+            duplicates += 1;
+            continue;
+        }
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let version = match headers.inner().get("Reel-Version") {
+            Some(AMQPValue::LongString(v)) => String::from_utf8_lossy(v.as_bytes()).parse::<i64>().unwrap(),
+            other => panic!("Reel-Version header: {other:?}"),
+        };
+        let key = delivery.routing_key.to_string();
+        order.entry(format!("{key}@{}", id.contains(':') && !id.ends_with(":0"))).or_default().push(version);
+        let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+        seen.insert(id, (key, body));
+    }
+    assert_eq!(seen.len(), expected.len(), "distinct messages: {} of {}", seen.len(), expected.len());
+    assert_eq!(seen, expected);
+    for (key, versions) in &order {
+        assert!(versions.is_sorted(), "{key}'s messages out of version order: {versions:?}");
+    }
+    // The retried batches were delivered again to the queue that took them: the ids tell them apart.
+    assert!(duplicates > 0, "the retries published messages again (RabbitMQ keeps no dedup window)");
+    h.finish().await;
+    channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
+}
+
+/// Sink throughput beside a native publisher sending the same messages
+/// (body, headers, `Nats-Msg-Id`) in the same run, in batches of the same
+/// size, each batch's acknowledgements awaited: for docs/benchmarks.md.
+/// `cargo test -p reel --release --test sinks -- --ignored --nocapture
+/// throughput` (REEL_SINK_EVENTS, 50,000 here; SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run it by name"]
+async fn throughput_against_a_native_publisher() {
+    let total = std::env::var("REEL_SINK_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(50_000);
+    for broker in ["nats", "amqp"] {
+        let run = run_id();
+        let h = Harness::start_with(Backend::Sqlite, &[], |c| {
+            c.sinks.nats_url = Some(NATS.into());
+            c.sinks.amqp_url = Some(AMQP.into());
+        })
+        .await;
+        let (sent, head) = append_orders(total, &run, async |s, e| through(&h, s, e).await).await;
+        let (native, sink_rate) = match broker {
+            "nats" => {
+                let (js, stream) = nats_stream(NATS, &run).await;
+                let native = native_nats(&js, &run, &sent).await;
+                let name = stream.cached_info().config.name.clone();
+                js.delete_stream(&name).await.unwrap();
+                let (js, stream) = nats_stream(NATS, &run).await;
+                let rate = timed_sink(&h, "order_sink", "order-sink", "order_sink.wasm", head, sent.len()).await;
+                js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
+                (native, rate)
+            }
+            _ => {
+                let queue = format!("reel-{run}");
+                let channel = amqp_queue(&queue, &run).await;
+                let native = native_amqp(&channel, &sent).await;
+                purge(&channel, &queue).await;
+                let wasm = common::language_guest("order-sink-js");
+                std::fs::copy(&wasm, h.dir.path().join("order-sink-js.wasm")).unwrap();
+                let rate = timed_sink(&h, "", "order-sink-js", "order-sink-js.wasm", head, sent.len()).await;
+                purge(&channel, &queue).await;
+                let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
+                (native, rate)
+            }
+        };
+        println!(
+            "{broker}: {} events: sink {sink_rate:.0} messages/s, native publisher {native:.0} messages/s: {:.2}x",
+            sent.len(),
+            sink_rate / native
+        );
+        h.finish().await;
+    }
+}
+
+/// Deploy the sink (`crate_name`'s component, or the file `file` in the
+/// test folder when `crate_name` is empty) and time it from its first
+/// confirmed batch to the head: messages per second.
+async fn timed_sink(h: &Harness, crate_name: &str, name: &str, file: &str, head: i64, events: usize) -> f64 {
+    if crate_name.is_empty() {
+        std::fs::rename(h.dir.path().join(file), h.config.modules_dir.join(file)).unwrap();
+    } else {
+        h.install(crate_name, file);
+    }
+    let first = wait_sink(h, name, |s| s["position"].as_i64() > Some(0)).await;
+    let started = Instant::now();
+    let done = wait_sink(h, name, |s| s["position"].as_i64() >= Some(head)).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let messages = |s: &Value| s["published_messages"].as_u64().unwrap() + s["duplicate_messages"].as_u64().unwrap();
+    assert_eq!(done["delivered_events"].as_u64().unwrap() as usize, events, "{done:#}");
+    (messages(&done) - messages(&first)) as f64 / seconds
+}
+
+/// The messages order-sink would send, published with async-nats in
+/// batches of 1,000, each batch's acknowledgements awaited: messages/s.
+async fn native_nats(js: &jetstream::Context, run: &str, sent: &BTreeMap<i64, Sent>) -> f64 {
+    let _ = run;
+    let started = Instant::now();
+    let events: Vec<(&i64, &Sent)> = sent.iter().collect();
+    for chunk in events.chunks(1000) {
+        let mut acks = Vec::with_capacity(chunk.len());
+        for (position, e) in chunk {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.append("Reel-Position", position.to_string().as_str());
+            headers.append("Reel-Stream-Id", e.stream.as_str());
+            headers.append("Reel-Version", e.version.to_string().as_str());
+            headers.append("Reel-Event-Type", e.event_type.as_str());
+            headers.append("Content-Type", "application/json");
+            let body = bytes::Bytes::from(e.data.to_string());
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(body)
+                .headers(headers)
+                .message_id(position.to_string());
+            acks.push(js.send_publish(format!("orders.{}", e.stream), publish).await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+    }
+    sent.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A queue bound to `amq.topic` for the run's order and line messages.
+async fn amqp_queue(queue: &str, run: &str) -> lapin::Channel {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let connection = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
+    for key in [format!("orders.{run}.#"), format!("order-lines.{run}.#")] {
+        channel
+            .queue_bind(
+                queue.into(),
+                "amq.topic".into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+    }
+    // The channel keeps the connection open.
+    std::mem::forget(connection);
+    channel
+}
+
+async fn purge(channel: &lapin::Channel, queue: &str) {
+    channel.queue_purge(queue.into(), Default::default()).await.unwrap();
+}
+
+/// The messages order-sink-js would send (one per event; the lines'
+/// messages too), published with lapin with confirms in batches of 1,000:
+/// messages/s.
+async fn native_amqp(channel: &lapin::Channel, sent: &BTreeMap<i64, Sent>) -> f64 {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    let confirming = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
+    let publisher = confirming.create_channel().await.unwrap();
+    publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    let _ = channel;
+    let mut messages = Vec::new();
+    for (position, e) in sent {
+        let body = json!({ "event": e.event_type, "order": e.stream, "version": e.version, "data": e.data });
+        messages.push((position.to_string(), format!("orders.{}", e.stream), e, body.to_string()));
+        if let Some(lines) = e.data["lines"].as_array().filter(|l| l.len() > 1 && e.event_type == "order.placed") {
+            for (i, line) in lines.iter().enumerate() {
+                let body = json!({ "order": e.stream, "line": line });
+                messages.push((
+                    format!("{position}:{}", i + 1),
+                    format!("order-lines.{}", e.stream),
+                    e,
+                    body.to_string(),
+                ));
+            }
+        }
+    }
+    let started = Instant::now();
+    for chunk in messages.chunks(1000) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for (id, key, e, body) in chunk {
+            let mut headers = FieldTable::default();
+            headers.insert("Reel-Position".into(), AMQPValue::LongString(id.as_str().into()));
+            headers.insert("Reel-Stream-Id".into(), AMQPValue::LongString(e.stream.as_str().into()));
+            headers.insert("Reel-Version".into(), AMQPValue::LongString(e.version.to_string().as_str().into()));
+            headers.insert("Reel-Event-Type".into(), AMQPValue::LongString(e.event_type.as_str().into()));
+            let properties = lapin::BasicProperties::default()
+                .with_message_id(id.as_str().into())
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+            confirms.push(
+                publisher
+                    .basic_publish("amq.topic".into(), key.as_str().into(), options, body.as_bytes(), properties)
+                    .await
+                    .unwrap(),
+            );
+        }
+        for confirm in confirms {
+            assert!(confirm.await.unwrap().is_ack());
+        }
+    }
+    messages.len() as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Append through a `reel serve` process.
+fn process_append(reel: &common::process::Process, stream: &str, events: Value) -> Vec<i64> {
+    let body = json!({ "stream_id": stream, "events": events });
+    let (status, body) = reel.call("POST", "/events", Some(&body));
+    assert_eq!(status, 201, "{body}");
+    body["positions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect()
+}
+
+/// Wait until `check` holds for the first sink of a `reel serve` process.
+fn process_sink(reel: &common::process::Process, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, sinks) = reel.call("GET", "/sinks", None);
+        if check(&sinks[0]) {
+            return sinks[0].clone();
+        }
+        assert!(Instant::now() < deadline, "timed out; last: {sinks:#}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Two reel processes on one PostgreSQL, both with the sink: one delivers,
+/// the other stands by; the first killed, the second takes the sink over
+/// once the lease runs out, from the checkpoint, and the JetStream stream
+/// holds each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_delivers_a_sink_and_another_takes_over() {
+    let run = run_id();
+    let (js, mut stream) = nats_stream(NATS, &run).await;
+    let url = common::create_database().await;
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for dir in &dirs {
+        std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+        std::fs::copy(common::guest("order_sink"), dir.path().join("modules/order_sink.wasm")).unwrap();
+    }
+    let args = ["--nats-url", NATS];
+    let first = common::process::Process::start(dirs[0].path(), Some(&url), &args);
+    process_sink(&first, |s| s["state"] == "running");
+    let second = common::process::Process::start(dirs[1].path(), Some(&url), &args);
+    process_sink(&second, |s| s["state"] == "standby");
+    let (mut sent, head) = append_orders(events_wanted() / 2, &run, async |s, e| process_append(&first, s, e)).await;
+    process_sink(&first, |s| s["position"].as_i64() >= Some(head));
+    first.kill();
+    let (more, head) =
+        append_orders(events_wanted() / 2, &format!("{run}.b"), async |s, e| process_append(&second, s, e)).await;
+    sent.extend(more);
+    let status = process_sink(&second, |s| s["position"].as_i64() >= Some(head));
+    assert_eq!(status["state"], "running", "{status:#}");
+    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    second.kill();
+    common::drop_database(&url).await;
+    js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
+}
