@@ -179,6 +179,7 @@ impl Job {
         let mut transform: Option<WasmSink> = None;
         let mut backoff = Backoff::default();
         let mut renewed = Instant::now();
+        let mut prepared: Option<(Cursor, crate::source::Batch, Vec<Outgoing>)> = None;
         loop {
             if self.stopping() {
                 return Ended::Stopped;
@@ -208,15 +209,24 @@ impl Job {
                     }
                 }
             }
-            let batch = match self.source.read_page(cursor, filter.clone(), self.batch_events).await {
-                Ok(batch) => batch,
-                Err(e) => {
-                    self.failed("retrying", format!("reading the log: {e}"));
-                    if !self.pause(backoff.wait()).await {
-                        return Ended::Stopped;
+            // The batch read and made into messages while the last one's
+            // confirmations came in, if it starts where the checkpoint is.
+            let ready = match prepared.take() {
+                Some((after, batch, outgoing)) if after == cursor => Some((batch, outgoing)),
+                _ => None,
+            };
+            let (batch, ready) = match ready {
+                Some((batch, outgoing)) => (batch, Some(outgoing)),
+                None => match self.source.read_page(cursor, filter.clone(), self.batch_events).await {
+                    Ok(batch) => (batch, None),
+                    Err(e) => {
+                        self.failed("retrying", format!("reading the log: {e}"));
+                        if !self.pause(backoff.wait()).await {
+                            return Ended::Stopped;
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
             };
             if batch.events.is_empty() {
                 // Past events it does not take.
@@ -249,7 +259,11 @@ impl Job {
                 continue;
             }
             let started = Instant::now();
-            let outgoing = match self.messages(&batch.events, &mut transform).await {
+            let made = match ready {
+                Some(outgoing) => Ok(outgoing),
+                None => self.messages(&batch.events, &mut transform).await,
+            };
+            let outgoing = match made {
                 Ok(outgoing) => outgoing,
                 Err(error) => {
                     // The module cannot make this event into messages: wait
@@ -263,9 +277,14 @@ impl Job {
                 }
             };
             let Some(connection) = publisher.as_mut() else { continue };
-            match connection.publish(&outgoing).await {
+            // While the broker confirms, the next batch is read and made
+            // into messages (published only after these are confirmed).
+            let (published, next) =
+                tokio::join!(connection.publish(&outgoing), self.prepare(batch.next, &filter, &mut transform));
+            match published {
                 Ok(confirmed) => match self.advance(cursor, batch.next).await {
                     Ok(true) => {
+                        prepared = next.map(|(b, o)| (batch.next, b, o));
                         cursor = batch.next;
                         renewed = Instant::now();
                         backoff = Backoff::default();
@@ -300,6 +319,23 @@ impl Job {
                 }
             }
         }
+    }
+
+    /// The batch after `after` and its messages, when there is one and
+    /// nothing fails (a failure is met again, and reported, when the batch
+    /// is read in turn).
+    async fn prepare(
+        &self,
+        after: Cursor,
+        filter: &Filter,
+        transform: &mut Option<WasmSink>,
+    ) -> Option<(crate::source::Batch, Vec<Outgoing>)> {
+        let batch = self.source.read_page(after, filter.clone(), self.batch_events).await.ok()?;
+        if batch.events.is_empty() {
+            return None;
+        }
+        let outgoing = self.messages(&batch.events, transform).await.ok()?;
+        Some((batch, outgoing))
     }
 
     /// Move the checkpoint (renewing the lease). `Ok(false)`: fenced.
