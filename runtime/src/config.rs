@@ -1,6 +1,7 @@
 //! Runtime configuration: where data lives, what to serve, and the limits
 //! every projection runs under.
 
+pub mod file;
 pub mod tokens;
 
 use reel_model::OnError;

@@ -4,21 +4,39 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgGroup, Args, Parser, Subcommand};
+use clap::{ArgGroup, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use reel::Config;
 use reel::config::tokens::{self, Tokens};
 
 #[derive(Parser)]
 #[command(name = "reel", version, about = "A projection runtime for event-sourced systems")]
 struct Cli {
+    /// The configuration file (flags win over environment variables, and
+    /// they over the file); by default ./reel.toml if there is one.
+    #[arg(long, global = true, value_name = "FILE", env = "REEL_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
+
+/// The commands whose flags `reel.toml` sets (ADR 46): the server's, and the
+/// server address and token of the commands that talk to it.
+const FILE_COMMANDS: &[&str] =
+    &["serve", "config", "status", "pause", "resume", "rebuild", "delete", "skip", "discard", "dead-letters"];
 
 #[derive(Subcommand)]
 enum Command {
     /// Tail the events table and run the projections in the modules folder.
     Serve(Box<ServeArgs>),
+    /// Print the configuration `reel serve` would run with (and the server
+    /// and token the other commands use), each value's origin beside it,
+    /// secrets hidden.
+    Config {
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+        #[command(flatten)]
+        client: Target,
+    },
     /// Generate a deterministic order workload (placed, shipped, cancelled)
     /// and append it through a server or insert it into an events table.
     Generate(GenerateArgs),
@@ -368,7 +386,9 @@ async fn shutdown_signal() {
 async fn main() -> anyhow::Result<()> {
     // Colour codes only on a terminal: a log redirected to a file stays plain text.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
-    let cli = Cli::parse();
+    let parsed =
+        reel::config::file::parse(Cli::command(), std::env::args_os(), FILE_COMMANDS).map_err(anyhow::Error::msg)?;
+    let cli = Cli::from_arg_matches(&parsed.matches).unwrap_or_else(|e| e.exit());
     // `reel test` prints its verdict; the server inside it only its warnings.
     let default_filter = if matches!(cli.command, Command::Test(_)) { "warn" } else { "info,sqlx=warn" };
     tracing_subscriber::fmt()
@@ -378,7 +398,14 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     match cli.command {
-        Command::Serve(args) => {
+        Command::Config { mut serve, client: _ } => {
+            serve.settings = parsed.with_file_settings(serve.settings);
+            serve.config()?;
+            print!("{}", parsed.effective("config"));
+            Ok(())
+        }
+        Command::Serve(mut args) => {
+            args.settings = parsed.with_file_settings(args.settings);
             let result = reel::run((*args).config()?, shutdown_signal()).await;
             if result.is_ok() {
                 tracing::info!("reel stopped");
