@@ -55,6 +55,9 @@ pub struct Config {
     pub deciders: DeciderConfig,
     /// Where sinks deliver: the brokers' addresses (ADR 31).
     pub sinks: SinkConfig,
+    /// How long captured read-model changes are kept (ADR 28); a resume
+    /// point older than that answers 410.
+    pub changes_retention: Duration,
 }
 
 /// The brokers sinks publish to. A sink module names a broker kind, never
@@ -151,11 +154,15 @@ pub struct ProjectionSettings {
     pub sql_value_bytes: Option<usize>,
     /// Storage quota of the read model.
     pub storage_bytes: Option<u64>,
+    /// Capture the read model's changes for `GET /projections/{name}/changes`
+    /// (ADR 28): off unless set.
+    pub changes: bool,
 }
 
 impl ProjectionSettings {
     /// Apply `key=value` (`on-error`, `batch-timeout` in seconds,
-    /// `memory-mib`, `kv-value-kib`, `query-rows`, `sql-value-mib`, `storage-mib`).
+    /// `memory-mib`, `kv-value-kib`, `query-rows`, `sql-value-mib`, `storage-mib`,
+    /// `changes` on or off).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let number = |v: &str| match v.parse::<f64>() {
             Ok(n) if n > 0.0 => Ok(n),
@@ -180,10 +187,17 @@ impl ProjectionSettings {
             "query-rows" => self.query_rows = Some(number(value)? as usize),
             "sql-value-mib" => self.sql_value_bytes = Some(sql_value_bytes(number(value)? as usize)?),
             "storage-mib" => self.storage_bytes = Some((number(value)? as u64) << 20),
+            "changes" => {
+                self.changes = match value {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("changes is `on` or `off`, not `{other}`")),
+                }
+            }
             other => {
                 return Err(format!(
                     "unknown setting `{other}`; use on-error, batch-timeout, memory-mib, kv-value-kib, query-rows, \
-                     sql-value-mib or storage-mib"
+                     sql-value-mib, storage-mib or changes"
                 ));
             }
         }
@@ -204,6 +218,12 @@ impl Config {
             limits.storage_bytes = s.storage_bytes.unwrap_or(limits.storage_bytes);
         }
         limits
+    }
+
+    /// How long the changes of projection `name` are kept, if they are
+    /// captured (`--set NAME.changes=on`, ADR 28).
+    pub fn changes_for(&self, name: &str) -> Option<Duration> {
+        self.projections.get(name).filter(|s| s.changes).map(|_| self.changes_retention)
     }
 
     /// The failure policy configured for projection `name`, if any.
@@ -234,6 +254,7 @@ impl Default for Config {
             requests: RequestLimits::default(),
             deciders: DeciderConfig::default(),
             sinks: SinkConfig::default(),
+            changes_retention: Duration::from_secs(24 * 3600),
         }
     }
 }

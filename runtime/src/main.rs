@@ -240,7 +240,9 @@ struct ServeArgs {
     keep_old: bool,
     /// Override a setting of one projection: NAME.KEY=VALUE, with KEY one of
     /// on-error (stop|skip), batch-timeout (seconds), memory-mib,
-    /// kv-value-kib, query-rows, sql-value-mib, storage-mib. Repeatable.
+    /// kv-value-kib, query-rows, sql-value-mib, storage-mib, changes
+    /// (on|off: capture the read model's changes for
+    /// GET /projections/NAME/changes). Repeatable.
     #[arg(long = "set", value_name = "NAME.KEY=VALUE")]
     settings: Vec<String>,
     /// API tokens, one a line: NAME SCOPES SECRET (`reel token` makes them).
@@ -276,6 +278,10 @@ struct ServeArgs {
     /// confirmations and moves its checkpoint.
     #[arg(long, default_value_t = 1000)]
     sink_batch: usize,
+    /// How long captured read-model changes are kept, in seconds; a client
+    /// resuming from further back gets 410 and reads the read model afresh.
+    #[arg(long, default_value_t = 86_400.0)]
+    changes_retention: f64,
 }
 
 impl ServeArgs {
@@ -323,6 +329,10 @@ impl ServeArgs {
             amqp_url: self.amqp_url.filter(|u| !u.is_empty()),
             batch_events: self.sink_batch,
         };
+        config.changes_retention = Duration::try_from_secs_f64(self.changes_retention)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("--changes-retention must be a positive number of seconds"))?;
         config.metrics_open = self.metrics_open;
         config.insecure = self.insecure;
         config.allowed_hosts =

@@ -167,5 +167,8 @@ async fn open_backends(config: &Config) -> anyhow::Result<(Source, Store)> {
 /// Each projection's bounds on its SQL, from its limits.
 fn bounds_for(config: &Config) -> crate::store::BoundsFor {
     let config = config.clone();
-    std::sync::Arc::new(move |name| crate::store::SqlBounds::of(&config.limits_for(name)))
+    std::sync::Arc::new(move |name| crate::store::SqlBounds {
+        changes: config.changes_for(name),
+        ..crate::store::SqlBounds::of(&config.limits_for(name))
+    })
 }

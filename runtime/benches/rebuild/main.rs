@@ -6,6 +6,7 @@
 //! cargo bench -p reel --bench rebuild -- --events 200000 --backend postgres
 //! cargo test  -p reel --bench rebuild -- --smoke           # 10,000 events, what CI runs
 //! cargo bench -p reel --bench rebuild -- --events 100000 --backend sqlite --languages
+//! cargo bench -p reel --bench rebuild -- --only wasm --changes 2   # change capture's cost
 //! ```
 //!
 //! Variants: the two example projections as components (WASM), the same two
@@ -45,6 +46,8 @@ struct Args {
     call_events: usize,
     /// Also the JavaScript, Python and C components.
     languages: bool,
+    /// Rounds of the examples rebuilt without and with change capture (ADR 28).
+    changes: usize,
 }
 
 fn args() -> Args {
@@ -56,6 +59,7 @@ fn args() -> Args {
         batch: reel::config::BatchConfig::default().max_events,
         call_events: reel::config::BatchConfig::default().call_events,
         languages: false,
+        changes: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -67,6 +71,7 @@ fn args() -> Args {
             "--call-events" => args.call_events = value().parse().expect("--call-events N"),
             "--only" => args.only = Some(value()),
             "--languages" => args.languages = true,
+            "--changes" => args.changes = value().parse().expect("--changes ROUNDS"),
             "--backend" => {
                 args.backends = match value().as_str() {
                     "sqlite" => vec![Backend::Sqlite],
@@ -78,6 +83,7 @@ fn args() -> Args {
             "--smoke" => {
                 args.events = 10_000;
                 args.handwritten = 2_000;
+                args.changes = 1;
             }
             "--bench" | "--nocapture" => {}
             other => panic!("unknown argument {other}"),
@@ -162,6 +168,9 @@ async fn bench_backend(backend: Backend, args: &Args) {
         println!("{label:<36} {rate:>10.0} events/s  ({compile}, included; CPU per event: {cpu})");
         results.insert(label, rate);
     }
+    if args.changes > 0 {
+        changes_cost(&server, &config, stored.len(), head_cursor, &expected, args.changes).await;
+    }
     let (ceiling, statements) = ceiling(&config, &stored, args.batch).await;
     println!(
         "{:<36} {ceiling:>10.0} events/s (order-summaries' {statements} statements from a native client, no reel; events pre-read)",
@@ -221,6 +230,42 @@ async fn bench_backend(backend: Backend, args: &Args) {
     if let Some(url) = &config.database_url {
         common::drop_database(url).await;
     }
+}
+
+/// The cost of change capture (ADR 28): each example rebuilt `rounds` times
+/// without and with it, alternately, by this server and by a second one on
+/// the same log that captures their changes.
+async fn changes_cost(
+    server: &Server,
+    config: &reel::Config,
+    events: usize,
+    head: Cursor,
+    expected: &Expected,
+    rounds: usize,
+) {
+    let mut with = config.clone();
+    with.modules_dir = config.modules_dir.with_file_name("modules-changes");
+    std::fs::create_dir_all(&with.modules_dir).unwrap();
+    for name in ["order-summaries", "customer-stats"] {
+        with.projections.entry(name.into()).or_default().changes = true;
+    }
+    let capturing = Server::start(with.clone()).await.unwrap();
+    for (label, crate_name) in [("order-summaries", "order_summaries"), ("customer-stats", "customer_stats")] {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            off.push(rebuild(server, config, Variant::Wasm(crate_name), events, head, expected).await.0);
+            on.push(rebuild(&capturing, &with, Variant::Wasm(crate_name), events, head, expected).await.0);
+        }
+        let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+        let shown = |rates: &[f64]| rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+        println!(
+            "{label} (wasm): {} events/s without change capture, {} with; best with/best without {:.2}",
+            shown(&off),
+            shown(&on),
+            best(&on) / best(&off)
+        );
+    }
+    capturing.shutdown().await;
 }
 
 /// The example projections in the other languages (`projections/<name>/dist/<name>.wasm`).

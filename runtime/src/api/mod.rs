@@ -5,6 +5,7 @@
 //! - [`events`]: `POST /events`.
 //! - [`log`]: `GET /events`, the log for consumers.
 //! - [`live`]: `GET /events/live`, new events as server-sent events.
+//! - [`changes`]: `GET /projections/{name}/changes`, read-model changes as server-sent events.
 //! - [`commands`]: `POST /commands/{decider}/{stream_id}`, deciders and their states.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
@@ -20,6 +21,7 @@
 
 mod admin;
 pub mod auth;
+mod changes;
 mod commands;
 mod dashboard;
 mod error;
@@ -101,6 +103,7 @@ fn routes() -> Router<Services> {
         .route("/projections/{name}/pause", post(projections::pause))
         .route("/projections/{name}/resume", post(projections::resume))
         .route("/projections/{name}/rebuild", post(projections::rebuild))
+        .route("/projections/{name}/changes", get(changes::changes))
         .route("/projections/{name}/dead-letters", get(projections::dead_letters))
         .route("/projections/{name}/dead-letters/{position}", delete(admin::discard))
         .route("/projections/{name}/dead-letters/{position}/retry", post(projections::retry_dead_letter))

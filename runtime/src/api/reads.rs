@@ -20,7 +20,7 @@ const DEFAULT_LIMIT: usize = 100;
 
 /// A KV value as JSON: the value itself if it is JSON, else a string (UTF-8)
 /// or an array of bytes.
-fn value_json(bytes: &[u8]) -> Value {
+pub(super) fn value_json(bytes: &[u8]) -> Value {
     if let Ok(json) = serde_json::from_slice::<Value>(bytes) {
         return json;
     }

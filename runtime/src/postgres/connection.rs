@@ -73,6 +73,8 @@ pub struct PgNamespace {
     pub(super) bounds: SqlBounds,
     /// A batch failed at the storage quota: the pages it wrote stay in the
     /// files, rolled back but counted, until a `VACUUM` after the rollback.
+    /// Change capture, when on for the projection (ADR 28).
+    pub(super) capture: Option<crate::store::Capture>,
     pub(super) vacuum_due: bool,
 }
 
@@ -93,8 +95,12 @@ pub(super) const CHECK_STORAGE: &str = "SELECT reel.check_storage($1, $2)";
 /// What `RESET ALL` leaves of the projection's doing in the session: its
 /// temporary objects and session-level advisory locks (migration 0021).
 pub(super) const RELEASE: &str = "SELECT reel.release_session($1)";
+/// Watch the tables of the namespace not watched yet (ADR 28).
+pub(super) const WATCH: &str = "SELECT reel.capture_tables()";
+/// The batch's changes, before its checkpoint (ADR 28).
+pub(super) const CAPTURE: &str = "SELECT reel.capture_commit($1, $2, $3, $4)";
 /// reel's own statements, prepared when the connection opens.
-const OWN_STATEMENTS: [&str; 11] = [
+const OWN_STATEMENTS: [&str; 13] = [
     BEGIN_WRITE,
     BEGIN_READ,
     COMMIT,
@@ -106,6 +112,8 @@ const OWN_STATEMENTS: [&str; 11] = [
     RESET,
     CHECK_STORAGE,
     RELEASE,
+    WATCH,
+    CAPTURE,
 ];
 
 impl PgNamespace {
@@ -139,6 +147,7 @@ impl PgNamespace {
             guest_ran: false,
             guest_in_tx: false,
             guest_session: false,
+            capture: bounds.changes.filter(|_| !read_only).map(crate::store::Capture::new),
             bounds,
             vacuum_due: false,
         };
@@ -277,6 +286,16 @@ impl PgNamespace {
                 let (schema, quota) =
                     (self.info.schema.clone(), i64::try_from(self.bounds.storage_bytes).unwrap_or(i64::MAX));
                 (Blame::Storage { after_guest }, Box::pin(async move { client.execute(&s, &[&schema, &quota]).await }))
+            }
+            Op::Watch => {
+                let s = statement(WATCH);
+                (Blame::Host { after_guest }, Box::pin(async move { client.execute(&s, &[]).await }))
+            }
+            Op::Capture { to, prune_before } => {
+                let s = statement(CAPTURE);
+                let at = reel_model::time::now_micros();
+                let flight = async move { client.execute(&s, &[&to.tx, &to.id, &at, &prune_before]).await };
+                (Blame::Host { after_guest }, Box::pin(flight))
             }
             Op::Release => {
                 let s = statement(RELEASE);

@@ -41,6 +41,13 @@ pub(super) enum Op {
     /// Release what the projection's SQL left in the session (temporary
     /// objects, advisory locks): sent before the commit when it ran.
     Release,
+    /// Watch new tables for change capture (after a schema change).
+    Watch,
+    /// Write the batch's captured changes, stamped `to` (ADR 28).
+    Capture {
+        to: Cursor,
+        prune_before: Option<i64>,
+    },
     Advance {
         from: Cursor,
         to: Cursor,

@@ -152,9 +152,16 @@ impl PgStore {
             .password(info.password.as_bytes())
             .application_name(format!("reel {}", info.slug))
             .options(options.trim_start());
-        let client = connect_blocking(&config, &self.handle)?;
         let bounds = (self.bounds)(&ns.name);
-        Ok(Some(PgNamespace::new(client, self.handle.clone(), info, read_only, deadline, bounds)?))
+        if !read_only {
+            // Capture's tables, and its triggers on or off (ADR 28).
+            let (schema, role, on) = (info.schema.clone(), info.role.clone(), bounds.changes.is_some());
+            self.admin(async |c| c.execute("SELECT reel.capture_setup($1, $2, $3)", &[&schema, &role, &on]).await)?;
+        }
+        let client = connect_blocking(&config, &self.handle)?;
+        let mut ns = PgNamespace::new(client, self.handle.clone(), info, read_only, deadline, bounds)?;
+        ns.watch_tables()?;
+        Ok(Some(ns))
     }
 }
 

@@ -1,9 +1,10 @@
 //! The read service the API calls: reads of read models (KV, tables,
-//! custom queries, dead letters), status (`status.rs`) and a stream's events
-//! (`streams.rs`). Reads never go through a worker's transaction;
-//! `min_position` makes them wait until the projection has applied an event
+//! custom queries, dead letters), status (`status.rs`), a stream's events
+//! (`streams.rs`) and a projection's change history (`changes.rs`). Reads
+//! never go through a worker's transaction; `min_position` makes them wait until the projection has applied an event
 //! (a stream read: until the event is committed).
 
+mod changes;
 mod status;
 mod streams;
 
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use reel_model::DeadLetter;
 
+pub use changes::{ChangePoint, ChangeRead};
 pub use status::{ProjectionInfo, ReactorInfo};
 
 use crate::config::Config;

@@ -74,11 +74,18 @@ pub(super) struct Guest {
     /// Largest string or blob the statement may make: SQLite allocates it in
     /// reel's process, outside the module's memory cap (ADR 20).
     pub(super) value_bytes: i32,
+    /// The namespace's changes are captured: after a schema change the
+    /// statements' runner watches new tables (ADR 28).
+    pub(super) capture: AtomicBool,
 }
 
 impl Guest {
     pub(super) fn new(value_bytes: usize) -> Self {
-        Self { on: AtomicBool::new(false), value_bytes: i32::try_from(value_bytes).unwrap_or(i32::MAX) }
+        Self {
+            on: AtomicBool::new(false),
+            value_bytes: i32::try_from(value_bytes).unwrap_or(i32::MAX),
+            capture: AtomicBool::new(false),
+        }
     }
 
     /// Run `f` on `conn` with values bounded (as before, after).

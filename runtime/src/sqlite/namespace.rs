@@ -20,8 +20,11 @@ use crate::store::{Emissions, Forwarded};
 
 use super::convert::{Guest, Param, as_guest, db, to_value};
 
+mod changes;
 mod dead_letters;
 mod dump;
+
+pub(super) use changes::watch_tables;
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {
@@ -53,6 +56,8 @@ pub struct SqliteNamespace {
     pub(super) storage_bytes: u64,
     /// Most bytes of one query's result.
     pub(super) result_bytes: usize,
+    /// Change capture, when on for the projection (ADR 28).
+    pub(super) capture: Option<crate::store::Capture>,
 }
 
 impl SqliteNamespace {
@@ -297,6 +302,13 @@ impl SqlReads for SqliteNamespace {
             }
             Ok(Ok(Rows { columns, rows: out }))
         });
+        if self.capture.is_some() && crate::store::is_ddl(&statement) {
+            let watched = self.conn().and_then(|conn| watch_tables(conn).map_err(db));
+            if let Err(e) = watched {
+                self.failed = Some(e.clone());
+                return Err(e);
+            }
+        }
         match result {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(limit)) => {
@@ -393,6 +405,7 @@ impl Commits for SqliteNamespace {
             return Err(self.over_quota(failed));
         }
         if !self.read_only {
+            self.record_changes(to)?;
             let moved = self
                 .conn()?
                 .prepare_cached(

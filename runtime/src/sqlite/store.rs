@@ -47,6 +47,22 @@ CREATE TABLE IF NOT EXISTS _reel_dead_letters (
     error       TEXT    NOT NULL,
     failed_at   TEXT    NOT NULL
 );
+CREATE TABLE IF NOT EXISTS _reel_changes (
+    seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+    tx       INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    at       INTEGER NOT NULL,
+    kind     TEXT    NOT NULL,
+    tbl      TEXT,
+    key      TEXT    NOT NULL,
+    row      TEXT,
+    value    BLOB
+);
+CREATE INDEX IF NOT EXISTS _reel_changes_at ON _reel_changes (at);
+CREATE TABLE IF NOT EXISTS _reel_changes_pruned (
+    id      INTEGER PRIMARY KEY CHECK (id = 1),
+    through INTEGER NOT NULL
+);
 ";
 
 /// Namespaces as files in one folder.
@@ -114,7 +130,18 @@ impl SqliteStore {
             conn.wal_hook(Some(wal::note_wal_pages));
         }
         conn.set_prepared_statement_cache_capacity(256);
+        let capture = match bounds.changes {
+            Some(retention) if !read_only => {
+                // A REPLACE deleting a row under another unique key fires
+                // the delete trigger only with recursive triggers on.
+                conn.pragma_update(None, "recursive_triggers", true).map_err(db)?;
+                super::namespace::watch_tables(&conn).map_err(db)?;
+                Some(crate::store::Capture::new(retention))
+            }
+            _ => None,
+        };
         let guest = Arc::new(Guest::new(bounds.value_bytes));
+        guest.capture.store(capture.is_some(), Ordering::Relaxed);
         let flag = Arc::clone(&guest);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if flag.on.load(Ordering::Relaxed) { authorize_guest(&ctx) } else { Authorization::Allow }
@@ -144,6 +171,7 @@ impl SqliteStore {
             interrupt_at,
             storage_bytes: bounds.storage_bytes,
             result_bytes: bounds.result_bytes,
+            capture,
         })
     }
 
@@ -236,7 +264,22 @@ fn authorize_guest(ctx: &AuthContext<'_>) -> Authorization {
         let t = table.to_ascii_lowercase();
         t.starts_with("_reel_") || (t.starts_with("sqlite_") && t != "sqlite_master" && t != "sqlite_schema")
     };
+    // reel's capture triggers write its table of touched keys (ADR 28); no
+    // trigger or view of the projection's can bear their names (below).
+    if ctx.accessor.is_some_and(|a| a.starts_with("_reel_c")) {
+        return Authorization::Allow;
+    }
     match ctx.action {
+        AuthAction::CreateTrigger { trigger_name: name, .. }
+        | AuthAction::CreateTempTrigger { trigger_name: name, .. }
+        | AuthAction::DropTrigger { trigger_name: name, .. }
+        | AuthAction::DropTempTrigger { trigger_name: name, .. }
+        | AuthAction::CreateView { view_name: name }
+        | AuthAction::CreateTempView { view_name: name }
+            if reserved(name) =>
+        {
+            Authorization::Deny
+        }
         AuthAction::Attach { .. }
         | AuthAction::Detach { .. }
         | AuthAction::Pragma { .. }

@@ -16,6 +16,7 @@
 //! error does on PostgreSQL.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -39,18 +40,30 @@ pub type Statement = (Arc<str>, Vec<Value>);
 /// out one `Arc` per distinct text: each text is taken from rusqlite's cache
 /// once per run and then found by pointer, instead of hashing and trimming
 /// the whole text per statement (docs/benchmarks.md, item 9).
+///
+/// With change capture on, a statement that changes the schema is followed
+/// by a look for new tables to watch (ADR 28), with reel's own rights.
 pub fn run(conn: &Connection, guest: &Guest, statements: &[Statement]) -> Result<(), StoreError> {
+    let capture = guest.capture.load(Ordering::Relaxed);
     as_guest(conn, guest, |conn| {
-        let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>)> = Vec::new();
+        let mut prepared: Vec<(&Arc<str>, rusqlite::CachedStatement<'_>, bool)> = Vec::new();
         statements.iter().try_for_each(|(statement, params)| {
-            let at = match prepared.iter().position(|(text, _)| Arc::ptr_eq(text, statement)) {
+            let at = match prepared.iter().position(|(text, _, _)| Arc::ptr_eq(text, statement)) {
                 Some(at) => at,
                 None => {
-                    prepared.push((statement, conn.prepare_cached(statement)?));
+                    let ddl = capture && crate::store::is_ddl(statement);
+                    prepared.push((statement, conn.prepare_cached(statement)?, ddl));
                     prepared.len() - 1
                 }
             };
-            prepared[at].1.execute(rusqlite::params_from_iter(params.iter().map(Param))).map(drop)
+            prepared[at].1.execute(rusqlite::params_from_iter(params.iter().map(Param)))?;
+            if prepared[at].2 {
+                guest.on.store(false, Ordering::Relaxed);
+                let watched = super::namespace::watch_tables(conn);
+                guest.on.store(true, Ordering::Relaxed);
+                watched?;
+            }
+            Ok(())
         })
     })
 }

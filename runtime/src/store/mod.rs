@@ -13,6 +13,7 @@
 //! cache, the checks of projection SQL text, and a whole namespace read at
 //! once with its checksum (`dump.rs`).
 
+mod changes;
 mod dump;
 pub mod kv_cache;
 mod namespace;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use reel_model::{Cursor, SqlError, Value};
 
+pub use changes::{Capture, Change, ChangePage, ChangeReads, is_ddl};
 pub use dump::{Checksum, DumpSink, Dumps, ReadModelSum};
 pub use namespace::{
     Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrites, Reader, Snapshot, SqlReads, SqlWrites, TableReads,
@@ -257,6 +259,9 @@ pub struct SqlBounds {
     pub result_bytes: usize,
     /// Most bytes the namespace may hold on disk.
     pub storage_bytes: u64,
+    /// Capture the namespace's changes, kept this long (ADR 28); `None`:
+    /// no capture.
+    pub changes: Option<Duration>,
 }
 
 /// The bounds of each projection, by name.
@@ -270,6 +275,7 @@ impl SqlBounds {
             // A result bigger than the module's memory could not reach it anyway.
             result_bytes: limits.memory_bytes,
             storage_bytes: limits.storage_bytes,
+            changes: None,
         }
     }
 }

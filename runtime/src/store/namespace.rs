@@ -6,7 +6,7 @@
 
 use reel_model::{Cursor, DeadLetter, Event, Rows, Value};
 
-use super::{Checkpoint, Dumps, Emissions, Forwarded, KvWrite, StoreError, TableRead};
+use super::{ChangeReads, Checkpoint, Dumps, Emissions, Forwarded, KvWrite, StoreError, TableRead};
 
 /// Transactions and the checkpoint, as a reader sees them.
 pub trait Snapshot {
@@ -133,10 +133,10 @@ pub trait DeadLetterWrites {
 }
 
 /// A read-only view of a namespace: HTTP reads, guest queries, status,
-/// the whole read model at once.
-pub trait Reader: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Dumps + Send {}
+/// the whole read model at once, its change history.
+pub trait Reader: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Dumps + ChangeReads + Send {}
 
-impl<T: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Dumps + Send> Reader for T {}
+impl<T: Snapshot + KvReads + SqlReads + TableReads + DeadLetterReads + Dumps + ChangeReads + Send> Reader for T {}
 
 /// The worker's writer: reads, writes and commits inside one transaction
 /// per batch (begin, reads and writes, commit or rollback).

@@ -1,0 +1,198 @@
+//! `GET /projections/{name}/changes`: the read model's changes as
+//! server-sent events (ADR 28), resumable with `Last-Event-ID`.
+//!
+//! The feed reads the projection's change history page by page at the
+//! client's pace, so a slow client costs one page, never a queue: it falls
+//! behind until the retention window passes it, and is then told to read
+//! the read model afresh (`gone`). A cut-over to another version (or a
+//! rebuild) sends `reset` before the new namespace's changes, from its
+//! first.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as Message, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{Path, Query};
+use super::live::resume_token;
+use super::reads::value_json;
+use super::{ApiError, Services};
+use crate::reads::{ChangePoint, ChangeRead, Reads};
+use crate::store::Change;
+
+/// Changes read from the history per page.
+const PAGE: usize = 500;
+
+/// How long an idle feed waits for a commit before it looks again (a
+/// commit of another reel process, a cut-over, wakes nobody here).
+const IDLE_LOOK: Duration = Duration::from_millis(500);
+
+/// Parameters of `GET /projections/{name}/changes`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesParams {
+    after: Option<String>,
+}
+
+/// The feed: `410` when the resume point is past the retention window,
+/// else a stream of changes (`message`), `reset` at a cut-over and a last
+/// `gone` when the window passes a client mid-stream.
+pub async fn changes(
+    State(services): State<Services>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Query(params): Query<ChangesParams>,
+) -> Result<Response, ApiError> {
+    let point = match resume_token(&headers, params.after.as_deref())? {
+        None | Some("") => None,
+        Some(token) => Some(ChangePoint::parse(token).ok_or_else(|| {
+            ApiError::bad_request(format!("`{token}` is not a change-feed resume token reel handed out"))
+        })?),
+    };
+    let reads = services.reads;
+    if !reads.captures_changes(&name) {
+        // Unknown projections answer 404 as any read does.
+        reads.applied(&name)?;
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "changes_not_captured",
+            format!("the changes of projection `{name}` are not captured; start reel with --set {name}.changes=on"),
+        ));
+    }
+    let first = reads.changes(&name, point.as_ref(), PAGE).await?;
+    if first.gone() && !first.reset {
+        return Ok(gone_response(&reads, &name, &first));
+    }
+    let mut feed = Feed { reads, name, at: first.from.clone(), queue: VecDeque::new(), done: false };
+    feed.take(first);
+    let stream = futures_util::stream::unfold(feed, |mut feed| async move {
+        let message = feed.next().await?;
+        Some((Ok::<_, Infallible>(message), feed))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+/// `410 Gone`: the history no longer reaches back to the resume point.
+fn gone_response(reads: &Reads, name: &str, read: &ChangeRead) -> Response {
+    let resume = ChangePoint { slug: read.from.slug.clone(), seq: read.page.last };
+    let message = gone_message(reads, name, read);
+    let body = json!({
+        "error": { "status": 410, "code": "changes_gone", "message": message },
+        "resume_after": resume.token(),
+        "position": read.position.id,
+    });
+    (StatusCode::GONE, Json(body)).into_response()
+}
+
+fn gone_message(reads: &Reads, name: &str, read: &ChangeRead) -> String {
+    format!(
+        "the changes of `{name}` after this resume point are no longer kept (retention {:?}): read the read model \
+         afresh (with ?min_position={}) and resume with Last-Event-ID {}",
+        reads.changes_retention(),
+        read.position.id,
+        ChangePoint { slug: read.from.slug.clone(), seq: read.page.last }.token()
+    )
+}
+
+struct Feed {
+    reads: Reads,
+    name: String,
+    /// The client has every change up to here.
+    at: ChangePoint,
+    queue: VecDeque<Message>,
+    /// The last message is queued: end after it.
+    done: bool,
+}
+
+impl Feed {
+    /// Queue what `read` holds.
+    fn take(&mut self, read: ChangeRead) {
+        if read.reset {
+            self.at = read.from.clone();
+            let data = json!({ "position": read.position.id, "message": "the projection's serving version changed: \
+                empty your copy and apply the changes that follow" });
+            self.queue.push_back(Message::default().event("reset").id(self.at.token()).data(data.to_string()));
+        }
+        if read.gone() {
+            let resume = ChangePoint { slug: read.from.slug.clone(), seq: read.page.last };
+            let data = json!({
+                "resume_after": resume.token(),
+                "position": read.position.id,
+                "message": gone_message(&self.reads, &self.name, &read),
+            });
+            self.queue.push_back(Message::default().event("gone").id(resume.token()).data(data.to_string()));
+            self.done = true;
+            return;
+        }
+        for change in read.page.changes {
+            self.at.seq = change.seq;
+            let data = change_json(&change).to_string();
+            self.queue.push_back(Message::default().id(self.at.token()).data(data));
+        }
+    }
+
+    async fn next(&mut self) -> Option<Message> {
+        loop {
+            if let Some(message) = self.queue.pop_front() {
+                return Some(message);
+            }
+            if self.done {
+                return None;
+            }
+            // Subscribe before reading: a commit in between still wakes us.
+            let mut applied = self.reads.applied(&self.name).ok();
+            let read = match self.reads.changes(&self.name, Some(&self.at), PAGE).await {
+                Ok(read) => read,
+                Err(e) => {
+                    // The client reconnects after its last id, as after any
+                    // dropped connection.
+                    tracing::warn!("a change feed of `{}` stops: {e}", self.name);
+                    return None;
+                }
+            };
+            let idle = read.page.changes.is_empty() && !read.reset && !read.gone();
+            self.take(read);
+            if idle {
+                match applied.as_mut() {
+                    Some(applied) => {
+                        let _ = tokio::time::timeout(IDLE_LOOK, applied.changed()).await;
+                    }
+                    None => tokio::time::sleep(IDLE_LOOK).await,
+                }
+            }
+        }
+    }
+}
+
+/// A change as the feed sends it.
+fn change_json(change: &Change) -> Value {
+    let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap_or(Value::Null);
+    match &change.table {
+        None => {
+            let mut data = json!({ "position": change.cursor.id, "kind": change.kind, "key": change.key });
+            if let Some(value) = &change.value {
+                data["value"] = value_json(value);
+            }
+            data
+        }
+        Some(table) => {
+            let mut data = json!({
+                "position": change.cursor.id,
+                "kind": change.kind,
+                "table": table,
+                "key": parse(&change.key),
+            });
+            if let Some(row) = &change.row {
+                data["row"] = parse(row);
+            }
+            data
+        }
+    }
+}

@@ -1,0 +1,112 @@
+//! Captured read-model changes (ADR 28): what a batch did to each KV key and
+//! table row, as the change feed hands it out. Each backend captures them in
+//! the batch's transaction (triggers record the keys a batch touched; the
+//! commit writes, per key, what the batch left) and reads them back here.
+
+use std::time::{Duration, Instant};
+
+use reel_model::Cursor;
+use reel_model::time::now_micros;
+
+use super::StoreError;
+
+/// What a batch did to one key: the batch's net effect, so a key a batch
+/// inserted and deleted again is not there at all.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Its place in the namespace's change history (increasing, not dense).
+    pub seq: i64,
+    /// The batch that made it: the cursor of the batch's last event.
+    pub cursor: Cursor,
+    /// `insert`, `update`, `delete` (table rows), `set`, `unset` (KV keys).
+    pub kind: String,
+    /// The table (`None` for a KV key).
+    pub table: Option<String>,
+    /// A KV key; for a row, its primary key as a JSON object.
+    pub key: String,
+    /// The whole new row as a JSON object (inserts and updates).
+    pub row: Option<String>,
+    /// The new KV value (sets).
+    pub value: Option<Vec<u8>>,
+}
+
+/// A page of a namespace's change history.
+#[derive(Debug, Clone, Default)]
+pub struct ChangePage {
+    /// Changes after the asked-for point, oldest first.
+    pub changes: Vec<Change>,
+    /// Changes up to this seq were dropped by the retention window: a
+    /// resume point before it cannot be served.
+    pub pruned_through: i64,
+    /// The last seq of the history (what a client reading the read model
+    /// now resumes after).
+    pub last: i64,
+}
+
+/// Reads of the change history.
+pub trait ChangeReads {
+    /// Changes after `after`, at most `limit`, with the history's bounds.
+    /// A namespace that never captured answers an empty page.
+    fn changes(&mut self, after: i64, limit: usize) -> Result<ChangePage, StoreError>;
+}
+
+/// A writer's capture, on when the projection's changes are captured.
+#[derive(Debug, Clone, Copy)]
+pub struct Capture {
+    /// How long changes are kept.
+    pub retention: Duration,
+    /// When old changes were last pruned.
+    pruned_at: Instant,
+}
+
+impl Capture {
+    /// How often old changes are looked for past the retention window.
+    const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+    /// Capture keeping changes for `retention`.
+    pub fn new(retention: Duration) -> Self {
+        Self { retention, pruned_at: Instant::now() }
+    }
+
+    /// At a commit: the time (Unix microseconds) before which changes are
+    /// to be dropped now, if it is time to look.
+    pub fn prune_before(&mut self) -> Option<i64> {
+        if self.pruned_at.elapsed() < Self::PRUNE_EVERY {
+            return None;
+        }
+        self.pruned_at = Instant::now();
+        Some(now_micros() - i64::try_from(self.retention.as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
+/// Whether a projection statement changes the schema (`CREATE`, `ALTER`,
+/// `DROP`): after one, capture looks for tables to watch.
+pub fn is_ddl(statement: &str) -> bool {
+    let mut text = statement.trim_start();
+    // Leading comments.
+    loop {
+        if let Some(rest) = text.strip_prefix("--") {
+            text = rest.split_once('\n').map_or("", |(_, r)| r).trim_start();
+        } else if let Some(rest) = text.strip_prefix("/*") {
+            text = rest.split_once("*/").map_or("", |(_, r)| r).trim_start();
+        } else {
+            break;
+        }
+    }
+    let word: String = text.chars().take_while(char::is_ascii_alphabetic).collect();
+    ["create", "alter", "drop"].iter().any(|w| word.eq_ignore_ascii_case(w))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_ddl;
+
+    #[test]
+    fn schema_changes_are_told_from_writes() {
+        assert!(is_ddl("CREATE TABLE IF NOT EXISTS t (id TEXT PRIMARY KEY)"));
+        assert!(is_ddl("  -- the orders\n /* x */ create index i on t (a)"));
+        assert!(is_ddl("ALTER TABLE t ADD COLUMN b"));
+        assert!(!is_ddl("INSERT INTO created (a) VALUES (1)"));
+        assert!(!is_ddl("UPDATE t SET a = 1"));
+    }
+}
