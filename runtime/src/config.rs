@@ -108,11 +108,17 @@ pub fn hide_password(url: &str) -> String {
 pub struct DeciderConfig {
     /// Bytes of streams' states kept in memory (64 MiB by default).
     pub state_cache_bytes: usize,
+    /// How long a command's answer is kept under its idempotency key (24
+    /// hours by default; ADR 25).
+    pub answers_ttl: Duration,
+    /// Events folded past a stream's last snapshot before its state is
+    /// snapshotted again in the database (1,000 by default; 0: never; ADR 26).
+    pub snapshot_every: i64,
 }
 
 impl Default for DeciderConfig {
     fn default() -> Self {
-        Self { state_cache_bytes: 64 << 20 }
+        Self { state_cache_bytes: 64 << 20, answers_ttl: Duration::from_secs(24 * 3600), snapshot_every: 1000 }
     }
 }
 

@@ -282,6 +282,18 @@ struct ServeArgs {
     /// resuming from further back gets 410 and reads the read model afresh.
     #[arg(long, default_value_t = 86_400.0)]
     changes_retention: f64,
+    /// Memory for deciders' states of streams, in MiB (least recently used
+    /// go first).
+    #[arg(long, default_value_t = 64)]
+    decider_cache_mib: usize,
+    /// Events folded past a stream's last snapshot before a decider's state
+    /// of it is snapshotted again in the database (0: never).
+    #[arg(long, default_value_t = 1000)]
+    snapshot_every: u32,
+    /// How long a command's answer is kept under its Idempotency-Key, in
+    /// hours: the same key again within it gets the same answer.
+    #[arg(long, default_value_t = 24.0)]
+    idempotency_hours: f64,
 }
 
 impl ServeArgs {
@@ -341,6 +353,12 @@ impl ServeArgs {
             .ok()
             .filter(|t| !t.is_zero())
             .ok_or_else(|| anyhow::anyhow!("--request-timeout must be a positive number of seconds"))?;
+        config.deciders.state_cache_bytes = self.decider_cache_mib << 20;
+        config.deciders.snapshot_every = i64::from(self.snapshot_every);
+        config.deciders.answers_ttl = Duration::try_from_secs_f64(self.idempotency_hours * 3600.0)
+            .ok()
+            .filter(|t| !t.is_zero())
+            .ok_or_else(|| anyhow::anyhow!("--idempotency-hours must be a positive number of hours"))?;
         if let Some(file) = &self.tokens {
             config.tokens = Tokens::from_file(file).map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
         }

@@ -3,9 +3,15 @@
 //! (`projections/order`, the seed's Order aggregate) and appended with the
 //! stream's version: its rules, refusals that append nothing, concurrent
 //! clients racing on the same streams; the Python `order` (`projections/order-py`)
-//! answering every command as the Rust one does.
+//! answering every command as the Rust one does. Idempotency keys in
+//! `deciders/keys.rs`, states kept in memory and snapshots in
+//! `deciders/snapshots.rs`.
 
 mod common;
+#[path = "deciders/keys.rs"]
+mod keys;
+#[path = "deciders/snapshots.rs"]
+mod snapshots;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};

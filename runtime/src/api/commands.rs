@@ -3,24 +3,49 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::extract::{JsonBody, Path};
 use super::{ApiError, Services};
-use crate::decide::{CommandAnswer, CommandRequest, DeciderInfo};
+use crate::decide::{CommandRequest, DeciderInfo};
 use crate::source::Object;
 
+/// The request header naming a command's idempotency key (ADR 25).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// The response header of an answer given before under the same key.
+pub const REPLAYED: &str = "idempotent-replayed";
+
 /// Decide a command and append what it decides: 201 with the events, 200
-/// when the decider accepted it with nothing to append.
+/// when the decider accepted it with nothing to append. With an
+/// `Idempotency-Key`, a request answered before gets that answer again
+/// (marked `Idempotent-Replayed: true`) and appends nothing.
 pub async fn command(
     State(services): State<Services>,
     Path((decider, stream_id)): Path<(String, String)>,
+    headers: HeaderMap,
     JsonBody(Object(request)): JsonBody<Object<CommandRequest>>,
-) -> Result<(StatusCode, Json<CommandAnswer>), ApiError> {
-    let answer = services.deployments.deciders().command(&decider, &stream_id, request).await?;
-    let status = if answer.events.is_empty() { StatusCode::OK } else { StatusCode::CREATED };
-    Ok((status, Json(answer)))
+) -> Result<Response, ApiError> {
+    let key = match headers.get(IDEMPOTENCY_KEY).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(_)) => {
+            return Err(ApiError::bad_request("Idempotency-Key must be printable ASCII (a UUID, say)"));
+        }
+    };
+    let replied = services.deployments.deciders().command(&decider, &stream_id, request, key).await;
+    let mut response = match replied.result {
+        Ok(answer) => {
+            let status = if answer.events.is_empty() { StatusCode::OK } else { StatusCode::CREATED };
+            (status, Json(answer)).into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    if replied.replayed {
+        response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 /// `GET /deciders`: every decider in service.

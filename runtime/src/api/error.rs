@@ -141,6 +141,9 @@ impl From<CommandError> for ApiError {
             CommandError::Rejected(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", m),
             CommandError::InvalidCommand(m) => Self::new(StatusCode::BAD_REQUEST, "invalid_command", m),
             CommandError::Conflict { .. } => Self::new(StatusCode::CONFLICT, "command_conflict", e.to_string()),
+            CommandError::KeyReused(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", e.to_string())
+            }
             CommandError::Failed { .. } | CommandError::Decider(_) => {
                 tracing::warn!("{e}");
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "decider_failed", e.to_string())

@@ -151,6 +151,7 @@ pub async fn metrics(State(services): State<Services>) -> Result<impl IntoRespon
     }
     reactor_metrics(&mut out, &projections);
     super::sinks::metrics(&services, &mut out).await;
+    decider_metrics(&mut out, &services.deployments.deciders().list());
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }
 
@@ -177,6 +178,28 @@ fn reactor_metrics(out: &mut String, projections: &[ProjectionInfo]) {
             if let Some(r) = &p.reactor {
                 let _ = writeln!(out, "{metric}{{reactor=\"{}\"}} {}", p.name, value(r));
             }
+        }
+    }
+}
+
+/// Each decider's counts since start.
+fn decider_metrics(out: &mut String, deciders: &[crate::decide::DeciderInfo]) {
+    type Counter = (&'static str, &'static str, fn(&crate::decide::DeciderInfo) -> u64);
+    let counters: [Counter; 9] = [
+        ("reel_decider_commands_total", "Commands decided (accepted, rejected or failed).", |d| d.commands),
+        ("reel_decider_rejections_total", "Commands the decider rejected.", |d| d.rejections),
+        ("reel_decider_conflicts_total", "Appends that found the stream moved on (retried, or 409).", |d| d.conflicts),
+        ("reel_decider_retries_total", "Decisions taken again after a conflict.", |d| d.retries),
+        ("reel_decider_failures_total", "Commands the decider failed on (trap, deadline, bad output).", |d| d.failures),
+        ("reel_decider_replays_total", "Answers given again under an idempotency key (ADR 25).", |d| d.replays),
+        ("reel_decider_events_folded_total", "Events folded into states by evolve (ADR 26).", |d| d.events_folded),
+        ("reel_decider_snapshots_loaded_total", "States read from a snapshot in the database.", |d| d.snapshots_loaded),
+        ("reel_decider_snapshots_saved_total", "Snapshots of states written to the database.", |d| d.snapshots_saved),
+    ];
+    for (metric, help, value) in counters {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+        for d in deciders {
+            let _ = writeln!(out, "{metric}{{decider=\"{}\",version=\"{}\"}} {}", d.name, escape(&d.version), value(d));
         }
     }
 }

@@ -9,11 +9,12 @@ use reel_model::time::{format_micros, now_micros};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::keys::{self, Key};
 use super::state::Loaded;
 use super::{Deciders, Deployed};
 use crate::host::GuestFailure;
 use crate::host::decider::{Command, NewEvent, Rejection};
-use crate::source::{AppendRequest, SourceError};
+use crate::source::{AppendRequest, Outcome, SourceError};
 
 /// Decisions taken for one command at most: the first, and one per conflict.
 pub const MAX_ATTEMPTS: u32 = 8;
@@ -80,6 +81,12 @@ pub enum CommandError {
         /// What happened.
         message: String,
     },
+    /// The idempotency key came with another request before.
+    #[error(
+        "Idempotency-Key `{0}` was sent before with another request (another decider, stream, command type, data \
+         or metadata): a key stands for one request; send a new request with a new key"
+    )]
+    KeyReused(String),
     /// A call into the decider failed (named by [`Deciders::command`]).
     #[error("{0}")]
     Decider(GuestFailure),
@@ -91,18 +98,63 @@ pub enum CommandError {
     Internal(String),
 }
 
+/// A command's answer, and whether it is one given before under the same
+/// idempotency key (ADR 25).
+#[derive(Debug)]
+pub struct Replied {
+    /// The answer.
+    pub result: Result<CommandAnswer, CommandError>,
+    /// Given before: this request appended nothing.
+    pub replayed: bool,
+}
+
 impl Deciders {
     /// Decide `request` on `stream` with decider `name` and append what it
-    /// decides. `Ok(None)` events: accepted, nothing to append.
-    pub async fn command(
+    /// decides. With an idempotency `key`, a request answered before under
+    /// that key gets its answer again (ADR 25).
+    pub async fn command(&self, name: &str, stream: &str, request: CommandRequest, key: Option<&str>) -> Replied {
+        let (result, replayed) = match self.answer(name, stream, request, key).await {
+            Ok(answered) => answered,
+            Err(e) => (Err(e), false),
+        };
+        let result = result.map_err(|e| match e {
+            CommandError::Decider(failure) => {
+                CommandError::Failed { name: name.to_owned(), message: failure.to_string() }
+            }
+            other => other,
+        });
+        Replied { result, replayed }
+    }
+
+    /// The answer to a command, and whether it was given before.
+    async fn answer(
         &self,
         name: &str,
         stream: &str,
         request: CommandRequest,
-    ) -> Result<CommandAnswer, CommandError> {
+        key: Option<&str>,
+    ) -> Result<(Result<CommandAnswer, CommandError>, bool), CommandError> {
         let deployed = self.get(name)?;
+        let key = match key {
+            None => None,
+            Some(key) => {
+                keys::check(key)?;
+                let ttl = i64::try_from(self.inner.answers_ttl.as_micros()).unwrap_or(i64::MAX);
+                Some(Key {
+                    key: key.to_owned(),
+                    fingerprint: keys::fingerprint(name, stream, &request),
+                    expired_before: now_micros().saturating_sub(ttl),
+                })
+            }
+        };
+        if let Some(key) = &key {
+            if let Some(answer) = self.replay(&deployed, key).await? {
+                return Ok((answer, true));
+            }
+            self.purge_now_and_then(key.expired_before);
+        }
         deployed.counts.commands.fetch_add(1, Ordering::Relaxed);
-        let result = self.decide_and_append(&deployed, stream, request).await;
+        let result = self.decide_and_append(&deployed, stream, request, key.as_ref()).await;
         let counts = &deployed.counts;
         match &result {
             Err(CommandError::Rejected(_)) => counts.rejections.fetch_add(1, Ordering::Relaxed),
@@ -111,20 +163,44 @@ impl Deciders {
             }
             _ => 0,
         };
-        result.map_err(|e| match e {
-            CommandError::Decider(failure) => {
-                CommandError::Failed { name: name.to_owned(), message: failure.to_string() }
+        let Some(key) = &key else {
+            return Ok((result.map(|answer| answer.expect("only a key is answered elsewhere")), false));
+        };
+        // Answers that appended nothing are kept now; one that appended was
+        // kept with its events. Conflicts and failures are not kept: the
+        // same request may go otherwise next time.
+        let commands = self.inner.source.commands();
+        let keep =
+            |outcome, version, reason| commands.keep_answer(key.keyed(key.answer(outcome, stream, version, 0, reason)));
+        let kept = match &result {
+            Ok(None) => false,
+            Ok(Some(answer)) if answer.events.is_empty() => {
+                keep(Outcome::Nothing, answer.version, String::new()).await?
             }
-            other => other,
-        })
+            Ok(Some(_)) => true,
+            Err(CommandError::Rejected(reason)) => keep(Outcome::Rejected, 0, reason.clone()).await?,
+            Err(CommandError::InvalidCommand(reason)) => keep(Outcome::InvalidCommand, 0, reason.clone()).await?,
+            Err(_) => true,
+        };
+        if kept {
+            return Ok((result.map(|answer| answer.expect("answered here")), false));
+        }
+        // Another request with this key was answered first: its answer.
+        match self.replay(&deployed, key).await? {
+            Some(answer) => Ok((answer, true)),
+            None => Err(CommandError::Internal(format!("the answer kept under idempotency key `{}` is gone", key.key))),
+        }
     }
 
+    /// Decide and append; `None`: a request with the same key was answered
+    /// meanwhile, and this one appended nothing.
     async fn decide_and_append(
         &self,
         deployed: &Arc<Deployed>,
         stream: &str,
         request: CommandRequest,
-    ) -> Result<CommandAnswer, CommandError> {
+        key: Option<&Key>,
+    ) -> Result<Option<CommandAnswer>, CommandError> {
         let manifest = &deployed.module.manifest;
         if !manifest.command_types.contains(&request.command_type) {
             return Err(CommandError::Invalid(format!(
@@ -162,7 +238,7 @@ impl Deciders {
                 Err(Rejection::InvalidCommand(reason)) => return Err(CommandError::InvalidCommand(reason)),
             };
             if events.is_empty() {
-                return Ok(CommandAnswer { positions: vec![], version, events: vec![] });
+                return Ok(Some(CommandAnswer { positions: vec![], version, events: vec![] }));
             }
             let count = events.len();
             let append = AppendRequest {
@@ -178,10 +254,19 @@ impl Deciders {
                 name: manifest.name.clone(),
                 message: format!("it decided events reel cannot append: {e}"),
             })?;
-            match self.inner.source.append(append).await {
-                Ok(appended) => {
+            let appended = match key {
+                None => self.inner.source.append(append).await.map(Some),
+                Some(key) => {
+                    let answer = key.answer(Outcome::Appended, stream, version, count as i64, String::new());
+                    self.inner.source.commands().append_keyed(append, key.keyed(answer)).await
+                }
+            };
+            match appended {
+                Ok(None) => return Ok(None),
+                Ok(Some(appended)) => {
                     let events = self.inner.source.read_stream(stream, version, count).await?;
-                    return Ok(CommandAnswer { positions: appended.positions, version: appended.version, events });
+                    let answer = CommandAnswer { positions: appended.positions, version: appended.version, events };
+                    return Ok(Some(answer));
                 }
                 Err(SourceError::VersionConflict { .. }) => {
                     deployed.counts.conflicts.fetch_add(1, Ordering::Relaxed);
@@ -212,9 +297,9 @@ impl Deciders {
             .0)
     }
 
-    /// The stream's state (from the cache, then the events after it folded
-    /// in), and what the decider decides on it when given a command, in one
-    /// blocking call.
+    /// The stream's state (from the cache, else its snapshot, then the
+    /// events after it folded in), and what the decider decides on it when
+    /// given a command, in one blocking call per page of events.
     async fn load_and_decide(
         &self,
         deployed: &Arc<Deployed>,
@@ -223,11 +308,14 @@ impl Deciders {
     ) -> Result<(Loaded, Option<Result<Vec<NewEvent>, Rejection>>), CommandError> {
         let manifest = &deployed.module.manifest;
         let states = &self.inner.states;
-        let mut loaded =
-            states.get(&manifest.name, &manifest.version, stream).unwrap_or(Loaded { state: None, version: 0 });
+        let mut loaded = match states.get(&manifest.name, &manifest.version, stream) {
+            Some(loaded) => loaded,
+            None => self.load_snapshot(deployed, stream).await?,
+        };
         loop {
             let events = self.inner.source.read_stream(stream, loaded.version, EVOLVE_PAGE).await?;
             let last = events.len() < EVOLVE_PAGE;
+            deployed.counts.events_folded.fetch_add(events.len() as u64, Ordering::Relaxed);
             let decide = if last { command.clone() } else { None };
             let before = loaded.clone();
             let (after, decision) = deployed
@@ -235,7 +323,7 @@ impl Deciders {
                     let mut loaded = before;
                     if let Some(last) = events.last() {
                         let state = decider.evolve(loaded.state.as_deref(), &events)?;
-                        loaded = Loaded { state: Some(state.into()), version: last.version };
+                        loaded = Loaded { state: Some(state.into()), version: last.version, saved: loaded.saved };
                     }
                     let decision = match decide {
                         Some(command) => Some(decider.decide(&command, loaded.state.as_deref())?),
@@ -244,8 +332,11 @@ impl Deciders {
                     Ok((loaded, decision))
                 })
                 .await?;
-            states.put(&manifest.name, &manifest.version, stream, after.clone());
             loaded = after;
+            if last {
+                loaded = self.snapshot_if_due(deployed, stream, loaded).await;
+            }
+            states.put(&manifest.name, &manifest.version, stream, loaded.clone());
             if last {
                 return Ok((loaded, decision));
             }

@@ -2,22 +2,29 @@
 //! prefix; a command sent to it loads the stream's state (`state.rs`: cached,
 //! else folded from the log through `evolve`), asks `decide`, and appends the
 //! events with the stream's version as the expected version, reloading and
-//! asking again on a conflict (`command.rs`).
+//! asking again on a conflict (`command.rs`). A command sent with an
+//! idempotency key is answered once; the same key again gets that answer
+//! (`keys.rs`, ADR 25). States are also snapshotted in the database, so a
+//! long stream is not folded from its first event after a restart
+//! (`snapshots.rs`, ADR 26).
 //!
 //! Deciders are served by any reel process: a command needs no owner, the
 //! expected version on the append is what keeps two deciding processes apart.
 
 mod command;
+mod keys;
+mod snapshots;
 mod state;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use serde::Serialize;
 
-pub use command::{CommandAnswer, CommandError, CommandRequest};
+pub use command::{CommandError, CommandRequest};
 
 use crate::config::{Config, Limits};
 use crate::host::GuestFailure;
@@ -37,6 +44,13 @@ struct Inner {
     limits: Limits,
     registry: Mutex<BTreeMap<String, Arc<Deployed>>>,
     states: StateCache,
+    /// How long an answer is kept under its idempotency key.
+    answers_ttl: Duration,
+    /// Events folded past a stream's last snapshot before the next is
+    /// saved (0: none are).
+    snapshot_every: i64,
+    /// When expired answers were last forgotten (Unix µs).
+    last_purge: AtomicI64,
 }
 
 /// A decider in service.
@@ -56,6 +70,10 @@ struct Counts {
     conflicts: AtomicU64,
     retries: AtomicU64,
     failures: AtomicU64,
+    replays: AtomicU64,
+    events_folded: AtomicU64,
+    snapshots_loaded: AtomicU64,
+    snapshots_saved: AtomicU64,
 }
 
 /// A decider as `GET /deciders` shows it.
@@ -81,6 +99,16 @@ pub struct DeciderInfo {
     pub retries: u64,
     /// Commands that failed in the decider (trap, time-out, bad output).
     pub failures: u64,
+    /// Commands answered again under their idempotency key (not counted in
+    /// `commands`).
+    pub replays: u64,
+    /// Events folded into states by `evolve` (ADR 26: a cached state or a
+    /// snapshot spares folding a stream from its first event).
+    pub events_folded: u64,
+    /// States read from a snapshot in the database.
+    pub snapshots_loaded: u64,
+    /// Snapshots written.
+    pub snapshots_saved: u64,
 }
 
 impl Deciders {
@@ -92,6 +120,9 @@ impl Deciders {
                 limits: config.limits.clone(),
                 registry: Mutex::default(),
                 states: StateCache::new(config.deciders.state_cache_bytes),
+                answers_ttl: config.deciders.answers_ttl,
+                snapshot_every: config.deciders.snapshot_every,
+                last_purge: AtomicI64::new(0),
             }),
         }
     }
@@ -182,6 +213,10 @@ impl Deciders {
                     conflicts: c.conflicts.load(Ordering::Relaxed),
                     retries: c.retries.load(Ordering::Relaxed),
                     failures: c.failures.load(Ordering::Relaxed),
+                    replays: c.replays.load(Ordering::Relaxed),
+                    events_folded: c.events_folded.load(Ordering::Relaxed),
+                    snapshots_loaded: c.snapshots_loaded.load(Ordering::Relaxed),
+                    snapshots_saved: c.snapshots_saved.load(Ordering::Relaxed),
                 }
             })
             .collect()

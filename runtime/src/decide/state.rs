@@ -12,6 +12,9 @@ pub struct Loaded {
     pub state: Option<Arc<str>>,
     /// The stream's version the state includes.
     pub version: i64,
+    /// The version of the stream's latest snapshot this process knows of
+    /// (0: none): the next is saved once the state is far enough past it.
+    pub saved: i64,
 }
 
 /// Which state: decider, its version (a new version does not use an old
@@ -121,7 +124,7 @@ mod tests {
     use super::*;
 
     fn state(text: &str, version: i64) -> Loaded {
-        Loaded { state: Some(text.into()), version }
+        Loaded { state: Some(text.into()), version, saved: 0 }
     }
 
     #[test]

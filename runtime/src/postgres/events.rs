@@ -41,7 +41,7 @@ const POOL_SIZE: usize = 32;
 /// Pooled connections a request may find dead before it gives up: a server
 /// restart or `pg_terminate_backend` closes every idle one at once, and the
 /// pool hands them out until their end has been read (each fails at once).
-const DEAD_CONNECTIONS: usize = POOL_SIZE + 1;
+pub(super) const DEAD_CONNECTIONS: usize = POOL_SIZE + 1;
 
 /// `(connection, value)` of `$work`, a future using the pooled connection
 /// `$client`, run again on another connection when that one turns out dead.
@@ -67,6 +67,7 @@ macro_rules! on_a_live_connection {
         }
     }};
 }
+pub(super) use on_a_live_connection;
 
 /// The events table on PostgreSQL.
 pub struct PgSource {
@@ -75,17 +76,17 @@ pub struct PgSource {
     handle: Handle,
     /// Bumped on every notification; the listener holds it weakly and stops
     /// when the source is dropped.
-    wake: Arc<watch::Sender<u64>>,
+    pub(super) wake: Arc<watch::Sender<u64>>,
     /// Transaction ids of recent appends through reel, by position, so a
     /// read with `min_position` right after an append needs no query.
-    recent: std::sync::Mutex<RecentAppends>,
+    pub(super) recent: std::sync::Mutex<RecentAppends>,
     /// Set by [`PgSource::close`]: the listener stops.
     closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A bounded map of position to transaction id.
 #[derive(Default)]
-struct RecentAppends {
+pub(super) struct RecentAppends {
     order: std::collections::VecDeque<i64>,
     tx: HashMap<i64, i64>,
 }
@@ -94,7 +95,7 @@ struct RecentAppends {
 const RECENT_APPENDS: usize = 65_536;
 
 impl RecentAppends {
-    fn remember(&mut self, position: i64, tx: i64) {
+    pub(super) fn remember(&mut self, position: i64, tx: i64) {
         if self.order.len() == RECENT_APPENDS
             && let Some(old) = self.order.pop_front()
         {
@@ -160,7 +161,7 @@ impl PgSource {
         self.wake.subscribe()
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, SourceError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, SourceError> {
         self.pool.get().await.map_err(|e| SourceError::Unavailable(e.to_string()))
     }
 
@@ -179,7 +180,7 @@ impl PgSource {
         let mut attempts = 0;
         let (appended, tx) = loop {
             attempts += 1;
-            match append(&client, &statement, &request).await {
+            match append(&**client, &statement, &request).await {
                 Ok(Ok(appended)) => break appended,
                 Ok(Err(actual)) => return Err(conflict(&request, actual)),
                 Err(e) if is_conflict(&e) && request.expected_version.is_none() && attempts < 10 => continue,
@@ -417,11 +418,11 @@ impl EventLog for PgSource {
     }
 }
 
-fn is_conflict(e: &tokio_postgres::Error) -> bool {
+pub(super) fn is_conflict(e: &tokio_postgres::Error) -> bool {
     matches!(e.code(), Some(c) if *c == SqlState::UNIQUE_VIOLATION || *c == SqlState::T_R_SERIALIZATION_FAILURE)
 }
 
-fn conflict(request: &AppendRequest, actual: i64) -> SourceError {
+pub(super) fn conflict(request: &AppendRequest, actual: i64) -> SourceError {
     SourceError::VersionConflict {
         stream: request.stream_id.clone(),
         expected: request.expected_version.unwrap_or(actual),
@@ -433,7 +434,7 @@ fn conflict(request: &AppendRequest, actual: i64) -> SourceError {
 /// the stream is at `actual`, not the expected version; a concurrent append
 /// shows as a unique violation.
 /// The append: the version check and the insert in one statement.
-const APPEND: &str = "WITH current AS (SELECT coalesce(max(version), 0) AS version FROM public.events WHERE stream_id = $1) \
+pub(super) const APPEND: &str = "WITH current AS (SELECT coalesce(max(version), 0) AS version FROM public.events WHERE stream_id = $1) \
      INSERT INTO public.events (stream_id, version, event_type, data, metadata) \
      SELECT $1, current.version + u.n, u.t, u.d::jsonb, u.m::jsonb \
        FROM current, unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(t, d, m, n) \
@@ -443,14 +444,14 @@ const APPEND: &str = "WITH current AS (SELECT coalesce(max(version), 0) AS versi
 /// Whether `e` says the connection is gone: closed, broken, or its session
 /// ended by the server (class 57P: a shutdown, `pg_terminate_backend`;
 /// class 08: connection exceptions).
-fn connection_lost(e: &tokio_postgres::Error) -> bool {
+pub(super) fn connection_lost(e: &tokio_postgres::Error) -> bool {
     let io = std::error::Error::source(e).is_some_and(|cause| cause.is::<std::io::Error>());
     let ended = e.code().is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"));
     e.is_closed() || io || ended
 }
 
-async fn append(
-    client: &Client,
+pub(super) async fn append(
+    client: &impl tokio_postgres::GenericClient,
     statement: &tokio_postgres::Statement,
     request: &AppendRequest,
 ) -> Result<Result<(Appended, i64), i64>, tokio_postgres::Error> {

@@ -7,6 +7,7 @@
 //! `namespace.rs`: its roles), over shared connection plumbing (`client.rs`)
 //! and values in PostgreSQL's text format (`value.rs`).
 mod client;
+mod commands;
 mod connection;
 mod dump;
 mod events;

@@ -7,6 +7,7 @@
 //! filters and append requests. Both backends deliver each committed event
 //! exactly once, in an order that keeps every stream's versions ascending.
 
+mod commands;
 mod feed;
 mod filter;
 mod pages;
@@ -21,6 +22,7 @@ use reel_model::{Cursor, Emissions, Event, Forwarded};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+pub use commands::{CommandStore, KeptAnswer, Keyed, Outcome, Snapshot};
 pub use feed::{Feed, FeedItem};
 pub use filter::Filter;
 pub use prefetch::Prefetcher;
@@ -344,6 +346,8 @@ pub struct LagCause {
 #[derive(Clone)]
 pub struct Source {
     log: Arc<dyn EventLog>,
+    /// The same backend, as it keeps commands' answers (ADR 25).
+    commands: Arc<dyn CommandStore>,
     /// Readers serving pages to consumers ([`Source::read_page`]).
     pages: Arc<pages::ReaderPool>,
     /// The live tail feeds follow ([`Source::follow`]).
@@ -352,8 +356,14 @@ pub struct Source {
 
 impl Source {
     /// The event log `log`.
-    pub fn new(log: impl EventLog + 'static) -> Self {
-        Self { log: Arc::new(log), pages: Arc::default(), tail: Arc::default() }
+    pub fn new(log: impl EventLog + CommandStore + 'static) -> Self {
+        let log = Arc::new(log);
+        Self { log: Arc::clone(&log) as _, commands: log, pages: Arc::default(), tail: Arc::default() }
+    }
+
+    /// Commands' answers kept under idempotency keys (ADR 25).
+    pub fn commands(&self) -> &dyn CommandStore {
+        &*self.commands
     }
 
     /// Refuses a cursor this log could not have handed out as a token.

@@ -32,10 +32,10 @@ const WATCH_EVERY: Duration = Duration::from_millis(5);
 
 /// The events database of embedded mode.
 pub struct SqliteSource {
-    path: PathBuf,
+    pub(super) path: PathBuf,
     /// reel's own appends go through this one connection, one at a time.
-    writer: Arc<Mutex<Connection>>,
-    wake: watch::Sender<u64>,
+    pub(super) writer: Arc<Mutex<Connection>>,
+    pub(super) wake: watch::Sender<u64>,
     /// Stops the thread that watches for commits by other processes.
     watching: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -169,7 +169,7 @@ impl SqliteSource {
         })
     }
 
-    async fn with_reader<T: Send + 'static>(
+    pub(super) async fn with_reader<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, SourceError> + Send + 'static,
     ) -> Result<T, SourceError> {
@@ -197,7 +197,7 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, SourceErr
 
 /// An append SQLite could not write, named by what the data folder says:
 /// its disk full or the folder read-only (ADR 42).
-fn unwritable(e: SourceError, folder: &Path) -> SourceError {
+pub(super) fn unwritable(e: SourceError, folder: &Path) -> SourceError {
     match &e {
         SourceError::Sqlite(sqlite) if super::disk::cannot_write(&sqlite.to_string()) => {
             match super::disk::unwritable(folder) {
@@ -211,6 +211,13 @@ fn unwritable(e: SourceError, folder: &Path) -> SourceError {
 
 fn append_blocking(conn: &mut Connection, request: &AppendRequest) -> Result<Appended, SourceError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let appended = append_in(&tx, request)?;
+    tx.commit()?;
+    Ok(appended)
+}
+
+/// Append in `tx` (an immediate transaction), checking the expected version.
+pub(super) fn append_in(tx: &rusqlite::Transaction<'_>, request: &AppendRequest) -> Result<Appended, SourceError> {
     let current: i64 =
         tx.query_row("SELECT coalesce(max(version), 0) FROM events WHERE stream_id = ?1", [&request.stream_id], |r| {
             r.get(0)
@@ -243,7 +250,6 @@ fn append_blocking(conn: &mut Connection, request: &AppendRequest) -> Result<App
             positions.push(id);
         }
     }
-    tx.commit()?;
     Ok(Appended { version: current + request.events.len() as i64, positions })
 }
 

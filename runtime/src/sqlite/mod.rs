@@ -6,6 +6,7 @@
 //! WAL checkpoints off the writer's thread (`wal.rs`), and what a write that
 //! failed says of the disk (`disk.rs`).
 
+mod commands;
 mod convert;
 mod disk;
 mod events;
