@@ -2,7 +2,8 @@
 //! knows the other), the engine and its epoch clock,
 //! the deployments started, the read service, and HTTP served until shutdown.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -13,7 +14,7 @@ use crate::host::{Engine, EpochTicker};
 use crate::modules::Loader;
 use crate::postgres::{PgSource, PgStore};
 use crate::reads::Reads;
-use crate::source::Source;
+use crate::source::{Source, SourceError};
 use crate::sqlite::{SqliteSource, SqliteStore};
 use crate::store::Store;
 
@@ -26,8 +27,86 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let server = Server::start(config).await?;
-    serve(server, listener, shutdown).await
+    match Server::start(config.clone()).await {
+        Ok(server) => serve(server, listener, shutdown).await,
+        Err(e) if unreachable(&e) => serve_until_reachable(config, listener, shutdown, e).await,
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether start-up failed only because the database could not be reached.
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| matches!(cause.downcast_ref::<SourceError>(), Some(SourceError::Unreachable(_))))
+}
+
+/// The database was unreachable at start (ADR 43): serve anyway, every
+/// request answered `503` with what is wrong (`/healthz` included), and
+/// start again with backoff until it can be reached; then serve as usual.
+async fn serve_until_reachable(
+    config: Config,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    first: anyhow::Error,
+) -> anyhow::Result<()> {
+    use futures_util::FutureExt as _;
+    let shutdown = shutdown.boxed().shared();
+    let waiting = Arc::new(Waiting { since: std::time::Instant::now(), app: OnceLock::new() });
+    tracing::warn!("{first:#}; serving anyway, and starting again until the database answers");
+    tracing::info!("reel is serving http://{}", listener.local_addr()?);
+    let front = axum::Router::new().fallback(forward).with_state(Arc::clone(&waiting));
+    let front = front.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let http = tokio::spawn(axum::serve(listener, front).with_graceful_shutdown(shutdown.clone()).into_future());
+    let mut attempt = 0u32;
+    let server = loop {
+        let pause = Duration::from_millis(250).saturating_mul(1u32 << attempt.min(5)).min(Duration::from_secs(10));
+        tokio::select! {
+            () = shutdown.clone() => {
+                http.await??;
+                return Ok(());
+            }
+            () = tokio::time::sleep(pause) => {}
+        }
+        match Server::start(config.clone()).await {
+            Ok(server) => break server,
+            Err(e) if unreachable(&e) => {
+                attempt += 1;
+                tracing::warn!("{e:#}; trying again");
+            }
+            Err(e) => {
+                http.abort();
+                return Err(e);
+            }
+        }
+    };
+    tracing::info!("the database answers after {:.1?}: reel runs", waiting.since.elapsed());
+    let _ = waiting.app.set(api::app(server.services()));
+    let served = http.await;
+    server.shutdown().await;
+    Ok(served??)
+}
+
+/// What serves HTTP while the database is unreachable at start.
+struct Waiting {
+    since: std::time::Instant,
+    /// The API, once reel has started.
+    app: OnceLock<axum::Router>,
+}
+
+/// A request: to the API once reel has started, else `503`.
+async fn forward(
+    axum::extract::State(waiting): axum::extract::State<Arc<Waiting>>,
+    request: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    use tower::ServiceExt as _;
+    if let Some(app) = waiting.app.get() {
+        return app.clone().oneshot(request).await.into_response();
+    }
+    let message = format!(
+        "reel cannot reach its database (for {} s): it starts once the database answers; see the server log",
+        waiting.since.elapsed().as_secs()
+    );
+    api::unavailable(request.uri().path() == "/healthz", message)
 }
 
 /// Refuse to serve a non-loopback address without tokens, unless told

@@ -5,6 +5,9 @@
 //!   append sample events, print the URL and example requests.
 //! - `cargo xtask test`: everything CI runs: toolchains, formatting, lints,
 //!   the test suite on both backends, a smoke run of each benchmark.
+//! - `cargo xtask torture kill|restarts ...`: the long torture runs of
+//!   `runtime/tests/torture.rs` (CI runs them short), results in
+//!   docs/reliability.md.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,10 +23,11 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("guests") => build_guests(),
-        _ => Err(
-            "usage: cargo xtask demo [--listen ADDR] | cargo xtask test | cargo xtask guests (build every projection)"
-                .into(),
-        ),
+        Some("torture") => torture(&args[1..]),
+        _ => Err(format!(
+            "usage: cargo xtask demo [--listen ADDR] | cargo xtask test | cargo xtask guests (build every projection) \
+             | {TORTURE_USAGE}"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -325,6 +329,76 @@ fn test() -> Result {
         run(&cargo(), &["test", "--locked", "-p", "reel", "--bench", bench, "--", "--smoke"])?;
     }
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+const TORTURE_USAGE: &str = "cargo xtask torture kill [--backend sqlite|postgres|both] [--events N] [--kills K] \
+     [--live M] [--batch B] [--seed S] [--release] | cargo xtask torture restarts [--restarts R] [--events N] [--live M] \
+     [--seed S] [--release]";
+
+/// `cargo xtask torture kill|restarts ...`: the kill loop (on each backend
+/// asked for) or the PostgreSQL restarts of `runtime/tests/torture.rs`, with
+/// its knobs set from the flags.
+fn torture(args: &[String]) -> Result {
+    let usage = || format!("usage: {TORTURE_USAGE}");
+    let (test, rest) = match args.split_first() {
+        Some((what, rest)) if what == "kill" => ("kill_loop", rest),
+        Some((what, rest)) if what == "restarts" => ("restarts", rest),
+        _ => return Err(usage()),
+    };
+    let mut backends = vec!["sqlite", "postgres"];
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let mut release = false;
+    let mut it = rest.iter();
+    while let Some(flag) = it.next() {
+        let knob = match flag.as_str() {
+            "--release" => {
+                release = true;
+                continue;
+            }
+            "--backend" => {
+                backends = match it.next().map(String::as_str) {
+                    Some("sqlite") => vec!["sqlite"],
+                    Some("postgres") => vec!["postgres"],
+                    Some("both") => vec!["sqlite", "postgres"],
+                    _ => return Err(usage()),
+                };
+                continue;
+            }
+            "--events" => "REEL_TORTURE_EVENTS",
+            "--kills" => "REEL_TORTURE_KILLS",
+            "--live" => "REEL_TORTURE_LIVE",
+            "--batch" => "REEL_TORTURE_BATCH",
+            "--seed" => "REEL_TORTURE_SEED",
+            "--restarts" => "REEL_TORTURE_RESTARTS",
+            _ => return Err(usage()),
+        };
+        let value = it.next().filter(|v| v.replace('_', "").parse::<u64>().is_ok()).ok_or_else(usage)?;
+        env.push((knob, value.clone()));
+    }
+    ensure_postgres()?;
+    build_rust_guests()?;
+    // PostgreSQL restarts run on a private cluster: one run.
+    let names: Vec<String> = match test {
+        "restarts" => vec!["restarts::reel_rides_out_postgres_restarts_and_starts_without_it".into()],
+        _ => backends.iter().map(|backend| format!("{test}_{backend}")).collect(),
+    };
+    for name in names {
+        let mut command = Command::new(cargo());
+        command.args(["test", "--locked", "-p", "reel", "--test", "torture"]);
+        if release {
+            command.arg("--release");
+        }
+        command.args(["--", &name, "--exact", "--nocapture"]).current_dir(root()).envs(env.iter().cloned());
+        eprintln!(
+            "$ {} cargo test -p reel --test torture -- {name} --exact --nocapture",
+            env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+        );
+        let status = command.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err(format!("the torture run {name} failed ({status})"));
+        }
+    }
     Ok(())
 }
 

@@ -67,6 +67,17 @@ pub struct Services {
     pub access: std::sync::Arc<Access>,
 }
 
+/// The answer to any request while reel cannot start because its database
+/// is unreachable (ADR 43): `503`; `/healthz` (`healthz`) in its own shape.
+pub fn unavailable(healthz: bool, message: String) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    if healthz {
+        projections::unhealthy(message).into_response()
+    } else {
+        ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).into_response()
+    }
+}
+
 /// The router, over a started reel's [`Services`]: [`routes`] behind the
 /// scope check, so a route added there cannot escape it.
 pub fn app(services: Services) -> Router {

@@ -15,6 +15,7 @@ use super::extract::{Path, Query};
 use super::{ApiError, Services};
 use crate::deploy::{DeployError, FileStatus};
 use crate::reads::ProjectionInfo;
+use crate::source::SourceError;
 use crate::worker::Control;
 use crate::worker::WorkerError;
 
@@ -107,10 +108,27 @@ pub async fn modules(State(services): State<Services>) -> Json<Vec<FileStatus>> 
     Json(services.deployments.files())
 }
 
-/// `GET /healthz`: the event log answers.
-pub async fn healthz(State(services): State<Services>) -> Result<Json<Value>, ApiError> {
-    let head = services.source.head().await?;
-    Ok(Json(json!({ "status": "ok", "head": head })))
+/// `GET /healthz`: the event log answers (ADR 43: `503` with what is wrong
+/// when it does not; the database's own text goes to the log).
+pub async fn healthz(State(services): State<Services>) -> axum::response::Response {
+    match services.source.head().await {
+        Ok(head) => Json(json!({ "status": "ok", "head": head })).into_response(),
+        Err(e) => {
+            tracing::warn!("health check: {e}");
+            let message = match e {
+                SourceError::Storage(m) => m,
+                _ => "the event log's database does not answer; reel retries (see the server log)".to_owned(),
+            };
+            unhealthy(message).into_response()
+        }
+    }
+}
+
+/// `/healthz`'s answer when reel is not healthy: reel's error shape, and a
+/// `status` beside it as in the healthy answer.
+pub(super) fn unhealthy(message: String) -> (StatusCode, Json<Value>) {
+    let error = json!({ "status": 503, "code": "unavailable", "message": message });
+    (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unavailable", "error": error })))
 }
 
 /// A gauge: name, help text, value of a projection.

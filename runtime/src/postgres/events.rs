@@ -112,7 +112,10 @@ impl PgSource {
     pub async fn open(url: &str) -> Result<Self, SourceError> {
         let config: Config = url.parse().map_err(|e| SourceError::Invalid(format!("bad PostgreSQL URL: {e}")))?;
         let handle = Handle::current();
-        let admin = pg::connect(&config, &handle).await.map_err(|e| pg_error(&e))?;
+        let admin = pg::connect(&config, &handle).await.map_err(|e| match connection_lost(&e) {
+            true => SourceError::Unreachable(pg::with_cause(&e)),
+            false => pg_error(&e),
+        })?;
         admin.batch_execute("CREATE SCHEMA IF NOT EXISTS reel").await.map_err(|e| pg_error(&e))?;
         let options: sqlx::postgres::PgConnectOptions =
             url.parse().map_err(|e| SourceError::Invalid(format!("bad PostgreSQL URL: {e}")))?;

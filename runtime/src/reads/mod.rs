@@ -95,12 +95,15 @@ struct Inner {
     deployments: Deployments,
     source: Source,
     store: Store,
+    /// The log's head as last read, for the status while the log's
+    /// database does not answer (ADR 43).
+    last_head: std::sync::atomic::AtomicI64,
 }
 
 impl Reads {
     /// Reads of `deployments`' read models (in `store`) and of the log.
     pub fn new(config: Config, deployments: Deployments, source: Source, store: Store) -> Self {
-        Self { inner: Arc::new(Inner { config, deployments, source, store }) }
+        Self { inner: Arc::new(Inner { config, deployments, source, store, last_head: Default::default() }) }
     }
 
     fn config(&self) -> &Config {

@@ -6,7 +6,7 @@ use reel_model::{Cursor, OnError};
 use serde::Serialize;
 
 use super::{MAX_DEAD_LETTERS, ReadError, Reads};
-use crate::source::LagCause;
+use crate::source::{LagCause, SourceError};
 use crate::worker::State;
 use crate::worker::status::{AdminAction, ErrorReport};
 
@@ -34,6 +34,10 @@ pub struct ProjectionInfo {
     /// When committed events are held back by a transaction still open
     /// elsewhere in the cluster (PostgreSQL): that transaction.
     pub blocked_by: Option<LagCause>,
+    /// Set while the event log's database does not answer (ADR 43): what
+    /// reel met. `head` and `lag` are then as last seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_unreachable: Option<String>,
     /// Throughput over the last seconds.
     pub events_per_second: f64,
     /// Events applied since the worker started.
@@ -116,25 +120,49 @@ impl Reads {
         Ok(all)
     }
 
-    /// Status of one projection.
-    pub async fn info(&self, name: &str) -> Result<ProjectionInfo, ReadError> {
-        let (active, next) = self.inner.deployments.views(name).ok_or_else(|| ReadError::unknown(name))?;
+    /// The head, lag (events and seconds) and its cause for a projection at
+    /// `cursor`; the head remembered for when the log does not answer.
+    async fn lag(&self, cursor: Cursor) -> Result<(i64, i64, f64, Option<LagCause>), SourceError> {
         let head = self.source().head().await?;
-        let status = active.status.snapshot();
-        let lag = self.source().count_after(status.cursor).await?;
-        let lag_seconds = match self.source().oldest_after(status.cursor).await? {
+        self.inner.last_head.fetch_max(head, std::sync::atomic::Ordering::Relaxed);
+        let lag = self.source().count_after(cursor).await?;
+        let lag_seconds = match self.source().oldest_after(cursor).await? {
             Some(occurred_at) if lag > 0 => {
                 parse_micros(&occurred_at).map_or(0.0, |t| ((now_micros() - t).max(0)) as f64 / 1e6)
             }
             _ => 0.0,
         };
-        let blocked_by = if lag > 0 { self.source().lag_cause(status.cursor).await? } else { None };
+        let blocked_by = if lag > 0 { self.source().lag_cause(cursor).await? } else { None };
+        Ok((head, lag, lag_seconds, blocked_by))
+    }
+
+    fn last_head(&self) -> i64 {
+        self.inner.last_head.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Status of one projection.
+    pub async fn info(&self, name: &str) -> Result<ProjectionInfo, ReadError> {
+        let (active, next) = self.inner.deployments.views(name).ok_or_else(|| ReadError::unknown(name))?;
+        let status = active.status.snapshot();
+        let (head, lag, lag_seconds, blocked_by, log_unreachable) = match self.lag(status.cursor).await {
+            Ok((head, lag, lag_seconds, blocked_by)) => (head, lag, lag_seconds, blocked_by, None),
+            // The log's database does not answer: the status is still
+            // served, from memory, saying so (ADR 43).
+            Err(e @ (SourceError::Unavailable(_) | SourceError::Unreachable(_))) => {
+                let head = self.last_head().max(status.cursor.id);
+                (head, head - status.cursor.id, 0.0, None, Some(e.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
         let dead_letters =
             self.read(name, None, |ns| ns.dead_letters(0, MAX_DEAD_LETTERS)).await.map_or(0, |d| d.len());
         let rebuild = match next {
             Some(next) => {
                 let s = next.status.snapshot();
-                let lag = self.source().count_after(s.cursor).await?;
+                let lag = match &log_unreachable {
+                    None => self.source().count_after(s.cursor).await?,
+                    Some(_) => (head - s.cursor.id).max(0),
+                };
                 Some(RebuildInfo {
                     version: next.ns.version.clone(),
                     namespace: next.ns.slug(),
@@ -160,6 +188,7 @@ impl Reads {
             lag,
             lag_seconds,
             blocked_by,
+            log_unreachable,
             events_per_second: status.events_per_second,
             events_applied: status.events_applied,
             last_error: status.last_error,

@@ -219,6 +219,10 @@ pub enum SourceError {
     /// The database is unreachable or failed.
     #[error("events database: {0}")]
     Unavailable(String),
+    /// No connection could be made to the database (it is down, starting or
+    /// recovering): reel starts anyway and retries (ADR 43).
+    #[error("events database unreachable: {0}")]
+    Unreachable(String),
     /// Nothing can be written: the disk is full or the data folder
     /// read-only (named in the message).
     #[error("{0}")]
