@@ -51,6 +51,11 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// The total request timeout and the caps on requests in flight.
     pub requests: RequestLimits,
+    /// How long a connection may take over its headers, its body and its
+    /// silences, and how many are served at once.
+    pub connections: ConnectionLimits,
+    /// Serve HTTPS with this certificate and key; plain HTTP when `None`.
+    pub tls: Option<TlsFiles>,
     /// Settings of the deciders (the write side).
     pub deciders: DeciderConfig,
     /// Where sinks deliver: the brokers' addresses (ADR 31).
@@ -141,6 +146,43 @@ impl Default for RequestLimits {
     fn default() -> Self {
         Self { timeout: Duration::from_secs(30), reads: 1024, appends: 512, admin: 32, streams: 1024 }
     }
+}
+
+/// What one connection may take, and how many are served at once (ADR 35).
+/// These are enforced in reel's connection loop, below the router.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectionLimits {
+    /// From the first byte of a request (or the connection's opening, or the
+    /// start of a TLS handshake) to the end of its headers.
+    pub header_timeout: Duration,
+    /// From the end of a request's headers to the end of its body.
+    pub body_timeout: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle_timeout: Duration,
+    /// Connections served at once; past it reel stops accepting (they wait
+    /// in the kernel's backlog) until one closes.
+    pub max: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max: 4096,
+        }
+    }
+}
+
+/// A certificate chain and its private key, PEM files read at start and
+/// again whenever either changes on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// The certificate chain, the server's own certificate first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// What one projection may override.
@@ -258,6 +300,8 @@ impl Default for Config {
             insecure: false,
             allowed_hosts: Vec::new(),
             requests: RequestLimits::default(),
+            connections: ConnectionLimits::default(),
+            tls: None,
             deciders: DeciderConfig::default(),
             sinks: SinkConfig::default(),
             changes_retention: Duration::from_secs(24 * 3600),

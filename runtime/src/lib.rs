@@ -39,7 +39,8 @@
 //! 9. `api`: the HTTP API (axum): append, status, reads, control, and the
 //!    dashboard page at `/`.
 //! 10. `server`: start-up: [`run`] opens the backends, starts everything for
-//!     a [`Config`] and serves HTTP.
+//!     a [`Config`] and serves HTTP (or HTTPS) in its own connection loop:
+//!     header, body and idle timeouts, a connection cap, TLS.
 //! 11. `client`: a small HTTP client (the control subcommands, tests).
 //! 12. `cli`, `scaffold`: the subcommands of the `reel` command other than
 //!     `serve`, with `cli::workload`, the deterministic order workload of

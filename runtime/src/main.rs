@@ -294,6 +294,29 @@ struct ServeArgs {
     /// hours: the same key again within it gets the same answer.
     #[arg(long, default_value_t = 24.0)]
     idempotency_hours: f64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); reel
+    /// reads it again when it changes, so a renewal needs no restart.
+    #[arg(long, value_name = "FILE", env = "REEL_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", env = "REEL_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a client has to send a request's headers (from its first
+    /// byte, or from connecting, TLS handshake included); then reel closes
+    /// the connection.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a client has to send a request's body once its headers are
+    /// in; past it reel answers 408 body_timeout.
+    #[arg(long, default_value_t = 20.0)]
+    body_timeout: f64,
+    /// Seconds a keep-alive connection may sit with no request before reel
+    /// closes it.
+    #[arg(long, default_value_t = 60.0)]
+    idle_timeout: f64,
+    /// Connections served at once; more wait to be accepted until one closes.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
 }
 
 impl ServeArgs {
@@ -359,6 +382,22 @@ impl ServeArgs {
             .ok()
             .filter(|t| !t.is_zero())
             .ok_or_else(|| anyhow::anyhow!("--idempotency-hours must be a positive number of hours"))?;
+        let seconds = |flag: &str, value: f64| {
+            Duration::try_from_secs_f64(value)
+                .ok()
+                .filter(|t| !t.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("--{flag} must be a positive number of seconds"))
+        };
+        config.connections = reel::config::ConnectionLimits {
+            header_timeout: seconds("header-timeout", self.header_timeout)?,
+            body_timeout: seconds("body-timeout", self.body_timeout)?,
+            idle_timeout: seconds("idle-timeout", self.idle_timeout)?,
+            max: self.max_connections,
+        };
+        anyhow::ensure!(self.max_connections > 0, "--max-connections must be at least 1");
+        if let (Some(cert), Some(key)) = (self.tls_cert, self.tls_key) {
+            config.tls = Some(reel::config::TlsFiles { cert, key });
+        }
         if let Some(file) = &self.tokens {
             config.tokens = Tokens::from_file(file).map_err(|e| anyhow::anyhow!("--tokens: {e}"))?;
         }

@@ -68,7 +68,7 @@ impl Access {
         Arc::new(Self {
             tokens: config.tokens.clone(),
             metrics_open: config.metrics_open,
-            tls: false,
+            tls: config.tls.is_some(),
             request_timeout: r.timeout,
             classes: Classes::new(r.reads, r.appends, r.admin, r.streams),
             allowed_hosts: config.allowed_hosts.clone(),

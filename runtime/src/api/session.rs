@@ -1,7 +1,7 @@
 //! Signing a browser in (ADR 33, 34): `EventSource` cannot send an
 //! `Authorization` header, so a browser trades its token for an HttpOnly,
 //! SameSite=Strict cookie holding a random session id (never the token),
-//! `Secure` when reel's access settings say TLS (not served by reel yet),
+//! `Secure` when reel serves TLS (`--tls-cert`),
 //! checked like the header. A request
 //! that changes anything and is signed in only by the cookie must also
 //! carry `X-Reel-CSRF`: a header another site's page cannot add without a

@@ -1,6 +1,15 @@
 //! Start-up: the configured backend opened (above both backends, so neither
 //! knows the other), the engine and its epoch clock,
 //! the deployments started, the read service, and HTTP served until shutdown.
+//!
+//! - [`listen`]: the connection loop: the connection cap, header, body and
+//!   idle timeouts, TLS.
+//! - [`tls`]: rustls with a certificate reloaded when its files change.
+//! - [`watch`]: what a connection is doing, for its timeouts.
+
+mod listen;
+mod tls;
+mod watch;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -134,13 +143,26 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    tracing::info!("reel is serving http://{}", listener.local_addr()?);
-    let app = api::app(server.services());
-    // Connection info: admin actions record the client's address (ADR 21).
-    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let config = server.config();
+    let tls = match config.tls.as_ref().map(tls::Tls::new).transpose() {
+        Ok(tls) => tls,
+        Err(e) => {
+            server.shutdown().await;
+            return Err(e.context("cannot serve TLS (--tls-cert, --tls-key)"));
+        }
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("reel is serving {scheme}://{}", listener.local_addr()?);
+    let listen = listen::Listen {
+        router: api::app(server.services()),
+        limits: config.connections.clone(),
+        tls,
+        // Ordinary requests end within their timeout anyway.
+        grace: config.requests.timeout,
+    };
+    listen.run(listener, shutdown).await;
     server.shutdown().await;
-    Ok(served?)
+    Ok(())
 }
 
 /// A started reel: its backends, its deployments and the read service.
