@@ -48,6 +48,7 @@ const WIT: &[File] = &[
     file("wit/projection.wit", include_str!("../../wit/projection.wit")),
     file("wit/reactor.wit", include_str!("../../wit/reactor.wit")),
     file("wit/decider.wit", include_str!("../../wit/decider.wit")),
+    file("wit/sink.wit", include_str!("../../wit/sink.wit")),
 ];
 
 /// The test every scaffold starts with (`reel test`, ADR 38): the same
@@ -68,6 +69,7 @@ const RUST: &[File] = &[
     file("reel-guest-sdk/src/decider.rs", include_str!("../../guest-sdk/src/decider.rs")),
     file("reel-guest-sdk/src/event.rs", include_str!("../../guest-sdk/src/event.rs")),
     file("reel-guest-sdk/src/native.rs", include_str!("../../guest-sdk/src/native.rs")),
+    file("reel-guest-sdk/src/sink.rs", include_str!("../../guest-sdk/src/sink.rs")),
     file("reel-guest-sdk/src/wasm.rs", include_str!("../../guest-sdk/src/wasm.rs")),
     file("reel-model/Cargo.toml", include_str!("../templates/rust/reel-model.toml")),
     file("reel-model/src/lib.rs", include_str!("../../model/src/lib.rs")),
