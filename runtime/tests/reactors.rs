@@ -28,6 +28,22 @@ async fn log(h: &Harness) -> Vec<Value> {
     }
 }
 
+/// The log once it shows `count` relay emissions: on PostgreSQL `GET /events`
+/// shows a commit once no transaction that began before it is still open
+/// anywhere on the server (ADRs 07, 29), so a status that counted an emission can
+/// come a moment before the page that lists it.
+async fn log_with(h: &Harness, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let events = log(h).await;
+        let seen = events.iter().filter(|e| e["event_type"] == "relay.relayed").count();
+        if seen >= count || std::time::Instant::now() > deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The relay's emissions by their key (cause, and the version that made it):
 /// panics on a key seen twice.
 fn relayed(events: &[Value]) -> BTreeMap<i64, String> {
@@ -79,7 +95,7 @@ async fn a_reactor_emits_once_per_cause_across_restarts_and_a_new_version(backen
     let last = h.append("order-10", Some(0), json!([{ "event_type": "order.placed", "data": {} }])).await;
     placed.push(last["positions"][0].as_i64().unwrap());
     h.wait_status("relay", PATIENCE, |s| s["reactor"]["emitted"] == 1).await;
-    assert_eq!(relayed(&log(&h).await).keys().copied().collect::<Vec<_>>(), placed);
+    assert_eq!(relayed(&log_with(&h, placed.len()).await).keys().copied().collect::<Vec<_>>(), placed);
 
     // Version 2 rebuilds from position 0: history wins.
     h.install("fixture_relay_v2", "fixture_relay.wasm");
@@ -88,7 +104,7 @@ async fn a_reactor_emits_once_per_cause_across_restarts_and_a_new_version(backen
     placed.push(after["positions"][0].as_i64().unwrap());
     let status = h.wait_status("relay", PATIENCE, |s| s["reactor"]["emitted"] == 1).await;
     assert_eq!(status["reactor"]["dropped"], 11, "version 2's emissions for handled causes: {done:#} {status:#}");
-    let by_cause = relayed(&log(&h).await);
+    let by_cause = relayed(&log_with(&h, placed.len()).await);
     assert_eq!(by_cause.keys().copied().collect::<Vec<_>>(), placed, "nothing emitted again, nothing missing");
     assert_eq!(by_cause.values().filter(|by| *by == "relay@2").count(), 1, "{by_cause:?}");
     h.finish().await;
@@ -254,7 +270,7 @@ async fn an_emit_to_a_stream_written_concurrently_takes_the_next_version() {
     let written = writer.await.unwrap();
     assert_eq!(status["state"], "running", "{status:#}");
     assert!(status["last_error"].is_null(), "{status:#}");
-    let events = log(&h).await;
+    let events = log_with(&h, CAUSES).await;
     assert_eq!(relayed(&events).len(), CAUSES);
     let versions: Vec<i64> =
         events.iter().filter(|e| e["stream_id"] == "relay-order-c").map(|e| e["version"].as_i64().unwrap()).collect();
@@ -491,7 +507,7 @@ async fn a_retried_dead_letter_emits_once(backend: Backend) {
     assert_eq!(code, StatusCode::OK, "{answer}");
     let status = h.wait_status("relay", PATIENCE, |s| s["reactor"]["emitted"] == 2).await;
     assert_eq!(status["state"], "running", "{status:#}");
-    let by_cause = relayed(&log(&h).await);
+    let by_cause = relayed(&log_with(&h, 2).await);
     assert_eq!(by_cause.keys().copied().collect::<Vec<_>>(), [failed, created], "the retry emitted, once");
     let (code, answer) = h.call("POST", &retry, None).await;
     assert_eq!(code, StatusCode::NOT_FOUND, "{answer}");

@@ -16,7 +16,6 @@ use super::{ApiError, Services};
 use crate::deploy::{DeployError, FileStatus};
 use crate::reads::ProjectionInfo;
 use crate::source::SourceError;
-use crate::worker::Control;
 use crate::worker::WorkerError;
 
 /// `GET /projections`.
@@ -34,14 +33,14 @@ pub async fn show(
 
 /// `POST /projections/{name}/pause`.
 pub async fn pause(State(services): State<Services>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    services.deployments.control(&name, Control::Pause)?;
+    services.deployments.pause(&name).await?;
     Ok(Json(json!({ "projection": name, "requested": "pause" })))
 }
 
 /// `POST /projections/{name}/resume` (also retries a projection stopped at a
 /// poison event).
 pub async fn resume(State(services): State<Services>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    services.deployments.control(&name, Control::Resume)?;
+    services.deployments.resume(&name).await?;
     Ok(Json(json!({ "projection": name, "requested": "resume" })))
 }
 

@@ -314,8 +314,17 @@ impl Deployments {
     }
 
     /// Send a control message to the serving version's worker.
-    pub fn control(&self, name: &str, control: Control) -> Result<(), DeployError> {
-        self.control_version(name, false, control)
+    /// Pause the serving version: answered once its worker has stopped
+    /// taking batches (after the batch it is running, if any).
+    pub async fn pause(&self, name: &str) -> Result<(), DeployError> {
+        self.ask(name, false, |reply| Control::Pause { reply }).await
+    }
+
+    /// Resume the serving version (also retries a stopped projection):
+    /// answered once its worker runs again, so a read that waits for a later
+    /// position right after it does not find it paused.
+    pub async fn resume(&self, name: &str) -> Result<(), DeployError> {
+        self.ask(name, false, |reply| Control::Resume { reply }).await
     }
 
     /// Send a control message to the serving version's worker, or (with

@@ -45,10 +45,18 @@ const TIMER_CHECK: Duration = Duration::from_millis(500);
 pub enum Control {
     /// Run new code of the same name and version from the checkpoint.
     Swap(Program),
-    /// Stop taking batches.
-    Pause,
-    /// Take batches again (also retries a stopped projection).
-    Resume,
+    /// Stop taking batches; answered once the worker is paused, so a read
+    /// right after sees the state the request asked for.
+    Pause {
+        /// Answered when done.
+        reply: tokio::sync::oneshot::Sender<Result<(), WorkerError>>,
+    },
+    /// Take batches again (also retries a stopped projection); answered once
+    /// the worker runs again.
+    Resume {
+        /// Answered when done.
+        reply: tokio::sync::oneshot::Sender<Result<(), WorkerError>>,
+    },
     /// Apply a dead-lettered event again; it leaves the table on success.
     RetryDeadLetter {
         /// The event's position.
@@ -455,15 +463,17 @@ impl Worker {
         self.settle_behind();
         match control {
             Control::Exit => return Err(Halt::Exit),
-            Control::Pause => {
+            Control::Pause { reply } => {
                 self.paused = true;
                 self.status.set_state(State::Paused);
+                let _ = reply.send(Ok(()));
             }
-            Control::Resume => {
+            Control::Resume { reply } => {
                 self.paused = false;
                 self.halted = false;
                 self.poisoned = None;
                 self.status.set_state(State::Running);
+                let _ = reply.send(Ok(()));
             }
             Control::RetryDeadLetter { position, reply } => {
                 let _ = reply.send(self.retry_dead_letter(position));
