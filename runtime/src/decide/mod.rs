@@ -28,7 +28,7 @@ pub use command::{CommandError, CommandRequest};
 
 use crate::config::{Config, Limits};
 use crate::host::GuestFailure;
-use crate::host::decider::WasmDecider;
+use crate::host::decider::{DeciderCode, WasmDecider};
 use crate::modules::DeciderModule;
 use crate::source::Source;
 use state::StateCache;
@@ -166,6 +166,24 @@ impl Deciders {
         // New code, even at the same version, folds states afresh.
         self.inner.states.forget(&m.name);
         Ok(())
+    }
+
+    /// Serve a Rust decider compiled into reel (the benchmarks' baseline):
+    /// as if from a file named `native:{name}`, which [`Deciders::unload`]
+    /// takes to end it.
+    pub fn deploy_native<D: guest_sdk::Decider>(&self) -> Result<(), String> {
+        let code = DeciderCode::native::<D>();
+        let DeciderCode::Native(native) = &code else { unreachable!("native code") };
+        let manifest = DeciderCode::native_manifest(native);
+        let module = DeciderModule {
+            path: PathBuf::from(format!("native:{}", manifest.name)),
+            hash: String::new(),
+            manifest,
+            code,
+            compile_time: Duration::ZERO,
+            cached: false,
+        };
+        self.deploy(Arc::new(module))
     }
 
     /// The file at `path` is gone: the decider it provided leaves service.
