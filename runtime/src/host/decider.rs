@@ -76,16 +76,17 @@ impl DeciderCode {
 /// dropped: its memory may be in any state.
 pub enum WasmDecider {
     /// A component's instance.
-    Component {
-        /// Its store.
-        store: Box<Store<InstanceState>>,
-        /// Its exports.
-        bindings: Decider,
-        /// `batch_timeout` is each call's CPU deadline.
-        limits: Limits,
-    },
+    Component(Box<ComponentDecider>),
     /// Native code: nothing to instantiate.
     Native(NativeDecider),
+}
+
+/// A component decider's instance.
+pub struct ComponentDecider {
+    store: Store<InstanceState>,
+    bindings: Decider,
+    /// `batch_timeout` is each call's CPU deadline.
+    limits: Limits,
 }
 
 impl WasmDecider {
@@ -98,7 +99,7 @@ impl WasmDecider {
         let mut store = new_store(pre.engine(), name, None, limits);
         store.set_epoch_deadline(ticks(limits.batch_timeout));
         match pre.instantiate(&mut store) {
-            Ok(bindings) => Ok(Self::Component { store: Box::new(store), bindings, limits: limits.clone() }),
+            Ok(bindings) => Ok(Self::Component(Box::new(ComponentDecider { store, bindings, limits: limits.clone() }))),
             Err(e) => Err(classify(&e, &mut store, limits.batch_timeout)),
         }
     }
@@ -116,9 +117,8 @@ impl WasmDecider {
         &mut self,
         f: impl FnOnce(&Decider, &mut Store<InstanceState>) -> wasmtime::Result<T>,
     ) -> Result<T, GuestFailure> {
-        let Self::Component { store, bindings, limits } = self else {
-            unreachable!("native deciders are called directly")
-        };
+        let Self::Component(component) = self else { unreachable!("native deciders are called directly") };
+        let ComponentDecider { store, bindings, limits } = &mut **component;
         store.set_epoch_deadline(ticks(limits.batch_timeout));
         f(bindings, store).map_err(|e| classify(&e, store, limits.batch_timeout))
     }
@@ -127,7 +127,7 @@ impl WasmDecider {
     pub fn evolve(&mut self, state: Option<&str>, events: &[Event]) -> Result<String, GuestFailure> {
         let evolved = match self {
             Self::Native(native) => native_call(|| (native.evolve)(state, events))?.map_err(|e| e.to_string()),
-            Self::Component { .. } => self.call(|b, s| b.call_evolve(s, state, events))?.map_err(|e| e.to_string()),
+            Self::Component(_) => self.call(|b, s| b.call_evolve(s, state, events))?.map_err(|e| e.to_string()),
         };
         evolved.map_err(|e| {
             let at = events.first().map(|e| format!("events from version {} of `{}`: ", e.version, e.stream_id));
