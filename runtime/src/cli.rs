@@ -12,19 +12,23 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::client::Client;
+pub use crate::client::Trust;
 
-/// The server a command talks to, and the token it sends (`--server`,
-/// `--token`; `REEL_SERVER`, `REEL_TOKEN`).
+/// The server a command talks to, the token it sends and the certificates
+/// it trusts (`--server`, `--token`, `--ca`; `REEL_SERVER`, `REEL_TOKEN`,
+/// `REEL_CA`).
 pub struct Remote {
-    /// `http://host:port`.
+    /// `http://host:port` or `https://host:port`.
     pub url: String,
     /// An API token, if the server wants one.
     pub token: Option<String>,
+    /// What an `https://` server's certificate must chain to.
+    pub trust: crate::client::Trust,
 }
 
 impl Remote {
     fn connect(&self) -> Result<Client, String> {
-        Ok(Client::connect(&self.url)?.with_token(self.token.as_deref()))
+        Ok(Client::connect_trusting(&self.url, &self.trust)?.with_token(self.token.as_deref()))
     }
 }
 

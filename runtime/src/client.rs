@@ -3,15 +3,101 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// One keep-alive connection to a reel server.
+use tokio_rustls::rustls::{self, pki_types::CertificateDer, pki_types::ServerName, pki_types::pem::PemObject};
+
+/// One keep-alive connection to a reel server, over plain HTTP or HTTPS.
 pub struct Client {
     host: String,
     /// Sent as `Authorization: Bearer` on every request.
     token: Option<String>,
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    connection: BufReader<Connection>,
+}
+
+/// The bytes of a connection: a TCP stream, or TLS over one.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(s) => s.read(buf),
+            Connection::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Connection::Plain(s) => s.write(buf),
+            Connection::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Connection::Plain(s) => s.flush(),
+            Connection::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Which certificates an `https://` server may present: those that chain
+/// to the system's roots, or (`--ca FILE`, `REEL_CA`) to the certificates
+/// of a PEM file only: a private CA, or a self-signed server certificate.
+#[derive(Debug, Clone, Default)]
+pub struct Trust {
+    /// The PEM file; the system's roots when absent.
+    pub ca: Option<PathBuf>,
+}
+
+impl Trust {
+    fn roots(&self) -> Result<rustls::RootCertStore, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        match &self.ca {
+            Some(file) => {
+                let certificates = CertificateDer::pem_file_iter(file)
+                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                    .map_err(|e| format!("--ca {}: {e}", file.display()))?;
+                if certificates.is_empty() {
+                    return Err(format!("--ca {}: no certificate (PEM) in the file", file.display()));
+                }
+                for certificate in certificates {
+                    roots.add(certificate).map_err(|e| format!("--ca {}: {e}", file.display()))?;
+                }
+            }
+            None => {
+                let found = rustls_native_certs::load_native_certs();
+                roots.add_parsable_certificates(found.certs);
+                if roots.is_empty() {
+                    return Err(format!(
+                        "no trusted certificates found on this system ({}): give the server's certificate or its CA with --ca FILE",
+                        found.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+                    ));
+                }
+            }
+        }
+        Ok(roots)
+    }
+
+    fn config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        // The server's provider (ADR 35): ring.
+        #[allow(deprecated)]
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(self.roots()?)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
 }
 
 /// A response: status code and body text.
@@ -39,20 +125,45 @@ impl Response {
 }
 
 impl Client {
-    /// Connect to `base_url` (`http://host:port`).
+    /// Connect to `base_url` (`http://host:port`, or `https://host:port`
+    /// trusting the system's roots).
     pub fn connect(base_url: &str) -> Result<Self, String> {
-        let host = base_url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("the server URL must start with http://, not `{base_url}`"))?
-            .trim_end_matches('/')
-            .to_owned();
-        let stream = TcpStream::connect(&host).map_err(|e| format!("cannot reach reel at {host}: {e}"))?;
+        Self::connect_trusting(base_url, &Trust::default())
+    }
+
+    /// Connect to `base_url`; an `https://` server's certificate must chain
+    /// to what `trust` names.
+    pub fn connect_trusting(base_url: &str, trust: &Trust) -> Result<Self, String> {
+        let (tls, rest) = match base_url.split_once("://") {
+            Some(("http", rest)) => (false, rest),
+            Some(("https", rest)) => (true, rest),
+            _ => return Err(format!("the server URL must start with http:// or https://, not `{base_url}`")),
+        };
+        let host = rest.trim_end_matches('/').to_owned();
+        // Without a port: the scheme's.
+        let address = match host.rsplit_once(':') {
+            Some((_, port)) if !port.contains(']') => host.clone(),
+            _ => format!("{host}:{}", if tls { 443 } else { 80 }),
+        };
+        let stream = TcpStream::connect(&address).map_err(|e| format!("cannot reach reel at {address}: {e}"))?;
         stream.set_read_timeout(Some(Duration::from_secs(60))).map_err(|e| e.to_string())?;
         // A request is one write; with Nagle's algorithm on, the next one
         // waited for the delayed ACK of this one (~40 ms a request).
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
-        let writer = stream.try_clone().map_err(|e| e.to_string())?;
-        Ok(Self { host, token: None, reader: BufReader::new(stream), writer })
+        let connection = if tls {
+            let name = server_name(&host)?;
+            let tls = rustls::ClientConnection::new(trust.config()?, name).map_err(|e| e.to_string())?;
+            let mut stream = rustls::StreamOwned::new(tls, stream);
+            // Handshake now, so that an untrusted certificate is reported as
+            // such rather than as a failed request.
+            while stream.conn.is_handshaking() {
+                stream.conn.complete_io(&mut stream.sock).map_err(|e| handshake_failed(&address, trust, &e))?;
+            }
+            Connection::Tls(Box::new(stream))
+        } else {
+            Connection::Plain(stream)
+        };
+        Ok(Self { host, token: None, connection: BufReader::new(connection) })
     }
 
     /// Send `token` (an API token; ADR 33) with every request.
@@ -84,14 +195,21 @@ impl Client {
             self.host,
             body.len()
         );
-        self.writer.write_all(request.as_bytes()).map_err(|e| format!("sending to {}: {e}", self.host))?;
+        let connection = self.connection.get_mut();
+        connection
+            .write_all(request.as_bytes())
+            .and_then(|()| connection.flush())
+            .map_err(|e| format!("sending to {}: {e}", self.host))?;
         let mut line = String::new();
-        self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+        self.connection.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.is_empty() {
+            return Err(format!("{} closed the connection without an answer", self.host));
+        }
         let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("bad status line {line:?}"))?;
         let mut length = 0;
         loop {
             line.clear();
-            self.reader.read_line(&mut line).map_err(|e| e.to_string())?;
+            self.connection.read_line(&mut line).map_err(|e| e.to_string())?;
             let header = line.trim_end();
             if header.is_empty() {
                 break;
@@ -103,7 +221,26 @@ impl Client {
             }
         }
         let mut bytes = vec![0; length];
-        self.reader.read_exact(&mut bytes).map_err(|e| e.to_string())?;
+        self.connection.read_exact(&mut bytes).map_err(|e| e.to_string())?;
         Ok(Response { status, body: String::from_utf8_lossy(&bytes).into_owned() })
     }
+}
+
+/// The name the server's certificate must carry: `host` without its port
+/// (an IP address is checked against the certificate's addresses).
+fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if !port.contains(']') => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(name.to_owned()).map_err(|e| format!("`{name}` is not a host name: {e}"))
+}
+
+fn handshake_failed(address: &str, trust: &Trust, e: &std::io::Error) -> String {
+    let trusted = match &trust.ca {
+        Some(file) => format!("the certificates of {}", file.display()),
+        None => "the system's roots (give the server's certificate or its CA with --ca FILE)".to_owned(),
+    };
+    format!("TLS with {address} failed: {e}; trusting {trusted}")
 }

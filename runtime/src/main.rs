@@ -113,6 +113,10 @@ struct GenerateArgs {
     /// The API token to send with --server (needs scope `append`).
     #[arg(long, env = "REEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust an https:// --server whose certificate is in this PEM file or
+    /// signed by one in it, instead of the system's roots.
+    #[arg(long, value_name = "FILE", env = "REEL_CA")]
+    ca: Option<PathBuf>,
     /// Insert straight into this embedded data folder's events.db.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -147,17 +151,26 @@ struct TestArgs {
 
 #[derive(Args)]
 struct Target {
-    /// The reel server to talk to.
+    /// The reel server to talk to (http:// or https://).
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "REEL_SERVER")]
     server: String,
     /// The API token to send (see `reel token`).
     #[arg(long, env = "REEL_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Trust an https:// server whose certificate is in this PEM file or
+    /// signed by one in it (a private CA, or the server's own self-signed
+    /// certificate) instead of the system's roots.
+    #[arg(long, value_name = "FILE", env = "REEL_CA")]
+    ca: Option<PathBuf>,
 }
 
 impl Target {
     fn remote(&self) -> reel::cli::Remote {
-        reel::cli::Remote { url: self.server.clone(), token: self.token.clone() }
+        reel::cli::Remote {
+            url: self.server.clone(),
+            token: self.token.clone(),
+            trust: reel::cli::Trust { ca: self.ca.clone() },
+        }
     }
 }
 
@@ -317,6 +330,42 @@ struct ServeArgs {
     /// Connections served at once; more wait to be accepted until one closes.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
+    /// The log's format: `text` for a terminal, `json` for a collector (one
+    /// object a line, with a line per batch applied: target reel::batch).
+    /// RUST_LOG chooses what is logged in either.
+    #[arg(long, value_enum, default_value = "text", env = "REEL_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// How `reel serve` writes its log (ADR 46).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for a person; a batch's own line only when RUST_LOG asks for
+    /// `reel::batch`.
+    Text,
+    /// One JSON object a line, with a line per batch applied.
+    Json,
+}
+
+/// Set up the log: `format`, filtered by RUST_LOG when it is set. Without it,
+/// info and above, and the line per batch (`reel::batch`) only in JSON: a
+/// terminal would scroll with every append, a collector wants them.
+fn init_log(format: LogFormat, quiet: bool) {
+    let default_filter = match (quiet, format) {
+        (true, _) => "warn",
+        (false, LogFormat::Text) => "info,sqlx=warn,reel::batch=off",
+        (false, LogFormat::Json) => "info,sqlx=warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+        LogFormat::Text => {
+            // Colour codes only on a terminal: a log redirected to a file stays plain text.
+            let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
+            builder.with_ansi(colour).init()
+        }
+    }
 }
 
 impl ServeArgs {
@@ -451,19 +500,16 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // Colour codes only on a terminal: a log redirected to a file stays plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout()) && std::env::var_os("NO_COLOR").is_none();
     let parsed =
         reel::config::file::parse(Cli::command(), std::env::args_os(), FILE_COMMANDS).map_err(anyhow::Error::msg)?;
     let cli = Cli::from_arg_matches(&parsed.matches).unwrap_or_else(|e| e.exit());
+    let format = match &cli.command {
+        Command::Serve(args) => args.log_format,
+        Command::Config { serve, .. } => serve.log_format,
+        _ => LogFormat::Text,
+    };
     // `reel test` prints its verdict; the server inside it only its warnings.
-    let default_filter = if matches!(cli.command, Command::Test(_)) { "warn" } else { "info,sqlx=warn" };
-    tracing_subscriber::fmt()
-        .with_ansi(colour)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .init();
+    init_log(format, matches!(cli.command, Command::Test(_)));
     match cli.command {
         Command::Config { mut serve, client: _ } => {
             serve.settings = parsed.with_file_settings(serve.settings);
@@ -481,7 +527,11 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Generate(args) => {
             let target = match (args.server, args.data_dir, args.database) {
-                (Some(url), _, _) => reel::cli::Target::Server(reel::cli::Remote { url, token: args.token }),
+                (Some(url), _, _) => reel::cli::Target::Server(reel::cli::Remote {
+                    url,
+                    token: args.token,
+                    trust: reel::cli::Trust { ca: args.ca },
+                }),
                 (None, Some(dir), _) => reel::cli::Target::DataDir(dir),
                 (None, None, Some(url)) => reel::cli::Target::Database(url),
                 (None, None, None) => unreachable!("clap requires one of the target group"),

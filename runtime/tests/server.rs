@@ -96,7 +96,7 @@ async fn serves_a_real_socket_and_refuses_malformed_http() {
 struct Server {
     child: Child,
     addr: SocketAddr,
-    /// Its log lines after the one saying where it serves.
+    /// Its log lines (stdout).
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -106,31 +106,50 @@ impl Server {
     }
 
     fn start_with_env(dir: &std::path::Path, database: Option<&str>, env: &[(&str, &str)]) -> Self {
+        Self::start_with(dir, database, env, &[], Some("info"))
+    }
+
+    /// `reel serve` with `args` added, and RUST_LOG set to `rust_log` (unset
+    /// when `None`, for the log's own defaults).
+    fn start_with(
+        dir: &std::path::Path,
+        database: Option<&str>,
+        env: &[(&str, &str)],
+        args: &[&str],
+        rust_log: Option<&str>,
+    ) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_reel"));
-        command.env_remove("REEL_PERF_MAP").envs(env.iter().copied());
-        command.args(["serve", "--listen", "127.0.0.1:0", "--batch-size", "25", "--poll-ms", "20"]);
+        command.env_remove("REEL_PERF_MAP").env_remove("RUST_LOG").env_remove("NO_COLOR").envs(env.iter().copied());
+        command.args(["serve", "--listen", "127.0.0.1:0", "--batch-size", "25", "--poll-ms", "20"]).args(args);
         if let Some(url) = database {
             command.args(["--database", url]);
+        }
+        if let Some(filter) = rust_log {
+            command.env("RUST_LOG", filter);
         }
         let mut child = command
             .arg("--data-dir")
             .arg(dir.join("data"))
             .arg("--projections")
             .arg(dir.join("modules"))
-            .env("RUST_LOG", "info")
-            .env_remove("NO_COLOR")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut before = vec![];
         let addr = loop {
             let line = lines.next().expect("reel exited before serving").unwrap();
-            if let Some(url) = line.split("reel is serving http://").nth(1) {
-                break url.trim().parse().unwrap();
+            // `reel is serving http://ADDR` (or https://), in a text or a JSON line.
+            let serving = line.split("reel is serving ").nth(1).and_then(|url| url.split_once("://"));
+            let addr = serving.map(|(_, rest)| rest.split(|c: char| c == '"' || c.is_whitespace()).next().unwrap());
+            let addr = addr.map(|a| a.parse().unwrap());
+            before.push(line);
+            if let Some(addr) = addr {
+                break addr;
             }
         };
-        let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::default();
+        let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = std::sync::Arc::new(before.into());
         let kept = std::sync::Arc::clone(&log);
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| kept.lock().unwrap().push(l)));
         Self { child, addr, log }
@@ -434,4 +453,161 @@ fn reel_perf_map_names_the_guests_functions_for_perf() {
     let fields: Vec<&str> = line.splitn(3, ' ').collect();
     let hex = |field: &str| u64::from_str_radix(field.trim_start_matches("0x"), 16).is_ok();
     assert!(fields.len() == 3 && hex(fields[0]) && hex(fields[1]), "{line}");
+}
+
+#[test]
+fn a_json_log_has_a_line_per_batch_sqlite() {
+    json_log_has_a_line_per_batch(common::Backend::Sqlite);
+}
+
+#[test]
+fn a_json_log_has_a_line_per_batch_postgres() {
+    json_log_has_a_line_per_batch(common::Backend::Postgres);
+}
+
+/// `--log-format json` with the log's own defaults (no RUST_LOG): every line
+/// is a JSON object, each batch applied has a line with its projection,
+/// version, namespace, positions, events, durations and outcome, the
+/// committed ones cover every event once, and what the guest logs carries
+/// the projection and the positions of the batch it was handling (ADR 46).
+fn json_log_has_a_line_per_batch(backend: common::Backend) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let database = match backend {
+        common::Backend::Sqlite => None,
+        common::Backend::Postgres => Some(rt.block_on(common::create_database())),
+    };
+    let db = database.as_deref();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+    std::fs::copy(common::guest("fixture_echo_a"), dir.path().join("modules/echo.wasm")).unwrap();
+    let server = Server::start_with(dir.path(), db, &[], &["--log-format", "json"], None);
+    let mut last = 0;
+    let mut fault = 0;
+    for i in 0..40 {
+        let event = if i == 20 {
+            json!({ "event_type": "fault", "data": { "target": "*", "action": "log", "message": "the guest speaks" } })
+        } else {
+            json!({ "event_type": "tick", "data": { "i": i } })
+        };
+        let body = json!({ "stream_id": format!("s-{}", i % 7), "events": [event] });
+        let (status, appended) = http(server.addr, "POST", "/events", Some(&body));
+        assert_eq!(status, 201, "{appended}");
+        last = serde_json::from_str::<Value>(&appended).unwrap()["positions"][0].as_i64().unwrap();
+        if i == 20 {
+            fault = last;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.position("echo") < last {
+        assert!(Instant::now() < deadline, "echo did not reach {last}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, log) = server.terminate();
+    assert!(status.success(), "{log}");
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}"))).collect();
+    assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string()), "{log}");
+    assert!(lines.iter().any(|l| l["message"].as_str().is_some_and(|m| m.starts_with("reel is serving http://"))));
+
+    let batches: Vec<&Value> = lines.iter().filter(|l| l["target"] == "reel::batch").collect();
+    assert!(!batches.is_empty(), "no batch line in:\n{log}");
+    let mut seen = 0;
+    for b in &batches {
+        assert_eq!((&b["projection"], &b["version"], &b["namespace"]), (&json!("echo"), &json!("1"), &json!("echo@1")));
+        assert_eq!(b["outcome"], "committed", "{b}");
+        assert_eq!(b["message"], "batch committed", "{b}");
+        let (from, to, events) =
+            (b["from"].as_i64().unwrap(), b["to"].as_i64().unwrap(), b["events"].as_i64().unwrap());
+        assert!(1 <= from && from <= to && to <= last && events >= 1 && events <= to - from + 1, "{b}");
+        // The resume token after the batch: `tx.id` on PostgreSQL, `id` on SQLite.
+        let cursor = b["cursor"].as_str().and_then(|c| c.rsplit('.').next()?.parse::<i64>().ok());
+        assert!(cursor >= Some(to), "the checkpoint after {to}: {b}");
+        for field in ["duration_ms", "handle_ms", "commit_ms"] {
+            assert!(b[field].as_f64().is_some_and(|ms| ms >= 0.0), "{field}: {b}");
+        }
+        assert!(b["duration_ms"].as_f64() >= b["handle_ms"].as_f64(), "{b}");
+        seen += events;
+    }
+    assert_eq!(seen, 40, "every event in one committed batch: {batches:?}");
+
+    let guest = lines.iter().find(|l| l["target"] == "reel::guest").unwrap_or_else(|| panic!("no guest line:\n{log}"));
+    assert_eq!((&guest["message"], &guest["projection"]), (&json!("the guest speaks"), &json!("echo")), "{guest}");
+    let span = &guest["span"];
+    assert_eq!((&span["name"], &span["projection"], &span["version"]), (&json!("batch"), &json!("echo"), &json!("1")));
+    let (from, to) = (span["from"].as_i64().unwrap(), span["to"].as_i64().unwrap());
+    assert!(from <= fault && fault <= to, "the batch holding event {fault}: {guest}");
+    if let Some(url) = db {
+        rt.block_on(common::drop_database(url));
+    }
+}
+
+/// A self-signed certificate for `localhost`, written to `dir` as cert.pem
+/// and key.pem.
+fn certificate(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[test]
+fn the_cli_talks_to_a_tls_server_it_is_told_to_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+    std::fs::copy(common::guest("fixture_echo_a"), dir.path().join("modules/echo.wasm")).unwrap();
+    let (cert, key) = certificate(dir.path());
+    let token = "cli-admin-token-0123456789";
+    std::fs::write(dir.path().join("tokens"), format!("cli admin {token}\n")).unwrap();
+    let (cert, key, tokens) = (cert.to_str().unwrap(), key.to_str().unwrap(), dir.path().join("tokens"));
+    let args = ["--tls-cert", cert, "--tls-key", key, "--tokens", tokens.to_str().unwrap()];
+    let server = Server::start_with(dir.path(), None, &[], &args, Some("info"));
+    let port = server.addr.port();
+    let cli = |server_url: &str, extra: &[&str], args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_reel"))
+            .args(args)
+            .args(["--server", server_url])
+            .args(extra)
+            .env_remove("REEL_TOKEN")
+            .env_remove("REEL_CA")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+    let https = format!("https://localhost:{port}");
+    let trusted = ["--ca", cert, "--token", token];
+
+    let (ok, out) = cli(&https, &trusted, &["status"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("echo ")), "{out}");
+    let (ok, out) = cli(&https, &trusted, &["pause", "echo"]);
+    assert!(ok && out.contains("echo: pause done"), "{out}");
+    let (ok, out) = cli(&https, &trusted, &["status", "echo"]);
+    assert!(ok && out.contains("\"state\": \"paused\""), "{out}");
+    let (ok, out) = cli(&https, &trusted, &["resume", "echo"]);
+    assert!(ok && out.contains("echo: resume done"), "{out}");
+    // `generate` appends through the same client; REEL_CA works as --ca.
+    let output = Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(["generate", "--orders", "3", "--server", &https, "--token", token])
+        .env("REEL_CA", cert)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("appended 3 orders"), "{output:?}");
+
+    // Refusals: a certificate the CLI was not told to trust, a name the
+    // certificate does not carry, plain HTTP to the TLS port, no token.
+    let (ok, out) = cli(&https, &["--token", token], &["status"]);
+    assert!(!ok && out.contains("--ca"), "the system's roots do not know a self-signed certificate: {out}");
+    let other = tempfile::tempdir().unwrap();
+    let (stranger, _) = certificate(other.path());
+    let (ok, out) = cli(&https, &["--ca", stranger.to_str().unwrap(), "--token", token], &["status"]);
+    assert!(!ok && out.contains("TLS with localhost:"), "{out}");
+    let (ok, out) = cli(&format!("https://127.0.0.1:{port}"), &trusted, &["status"]);
+    assert!(!ok && out.contains("TLS with 127.0.0.1:"), "an address the certificate does not carry: {out}");
+    let (ok, out) = cli(&format!("http://localhost:{port}"), &trusted, &["status"]);
+    assert!(!ok && out.contains("use an https:// address"), "{out}");
+    let (ok, out) = cli(&https, &["--ca", cert], &["status"]);
+    assert!(!ok && out.to_lowercase().contains("token"), "{out}");
+    server.kill();
 }

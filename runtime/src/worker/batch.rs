@@ -116,9 +116,11 @@ impl Worker {
         match outcome {
             Ok(()) => {
                 self.status.committed(behind.events, behind.end);
+                behind.line.log(&self.ns, Ok(()));
                 true
             }
             Err(e) => {
+                behind.line.log(&self.ns, Err(&e));
                 tracing::warn!(projection = %self.ns, "a batch committed behind failed; applying it again: {e}");
                 self.cursor = behind.from;
                 self.persisted = behind.from;
@@ -139,12 +141,24 @@ impl Worker {
     ) -> Result<(), GuestFailure> {
         let from = self.persisted;
         let batch = self.ctx.batch;
+        let mut line = BatchLine::new(events, end);
+        // What the guest logs while it handles the batch, and reel's own
+        // lines about it, carry the projection and the batch's positions.
+        let span = tracing::info_span!(
+            "batch",
+            projection = %self.ns.name,
+            version = %self.ns.version,
+            from = line.from,
+            to = line.to,
+            events = line.events
+        );
         let guest = self.guest()?;
         guest.caps().begin()?;
         guest.caps().begin_batch(events, cursors);
         let started = Instant::now();
-        let handled = calls(&batch, events).try_for_each(|call| guest.handle(call));
+        let handled = span.in_scope(|| calls(&batch, events).try_for_each(|call| guest.handle(call)));
         let handle_time = started.elapsed();
+        line.handled = handle_time;
         // This batch stands on the one committed behind: that one first.
         // (A failure of the guest's own stays what it is: it may have left
         // the instance unusable.)
@@ -155,16 +169,10 @@ impl Worker {
                 .and(Err(GuestFailure::Store(StoreError::Database("the batch before this one did not commit".into()))))
         };
         let caps = self.guest.as_mut().expect("instantiated above").caps();
-        let result = result.and_then(|()| {
-            let pending =
-                if behind { caps.commit_behind(from, end)? } else { caps.commit(from, end).map(|()| false)? };
-            tracing::trace!(
-                handle_ms = handle_time.as_secs_f64() * 1e3,
-                commit_ms = (started.elapsed() - handle_time).as_secs_f64() * 1e3,
-                pending,
-                "applied"
-            );
-            Ok(pending)
+        let result = span.in_scope(|| {
+            result.and_then(|()| {
+                Ok(if behind { caps.commit_behind(from, end)? } else { caps.commit(from, end).map(|()| false)? })
+            })
         });
         match result {
             Ok(pending) => {
@@ -173,15 +181,17 @@ impl Worker {
                 self.last_persist = Instant::now();
                 self.forward();
                 if pending {
-                    self.behind = Some(Behind { from, end, events: events.len() });
+                    self.behind = Some(Behind { from, end, events: events.len(), line });
                 } else {
                     self.careful = false;
                     self.status.committed(events.len(), end);
+                    line.log(&self.ns, Ok(()));
                 }
                 self.tune(events.len(), started.elapsed());
                 Ok(())
             }
             Err(e) => {
+                line.log(&self.ns, Err(&e));
                 self.discard(&e);
                 Err(e)
             }
@@ -245,6 +255,63 @@ impl Worker {
         if next.abs_diff(self.batch_limit) * 4 >= self.batch_limit || next == batch.max_events {
             self.batch_limit = next;
         }
+    }
+}
+
+/// The line reel logs for each batch it applies, committed or not (target
+/// `reel::batch`, ADR 46): which projection, which events, how long, and how
+/// it ended. A batch committed behind the next one is logged when its commit
+/// is known.
+pub(super) struct BatchLine {
+    /// Position of its first event.
+    from: i64,
+    /// Position of its last event.
+    to: i64,
+    /// The checkpoint it moves to (a resume token: `tx.id` on PostgreSQL).
+    end: Cursor,
+    events: usize,
+    started: Instant,
+    /// Time in the guest's `handle` calls.
+    handled: Duration,
+}
+
+impl BatchLine {
+    fn new(events: &[Event], end: Cursor) -> Self {
+        let position = |e: Option<&Event>| e.map_or(0, |e| e.position);
+        BatchLine {
+            from: position(events.first()),
+            to: position(events.last()),
+            end,
+            events: events.len(),
+            started: Instant::now(),
+            handled: Duration::ZERO,
+        }
+    }
+
+    /// Log it, now that its outcome is known.
+    fn log(&self, ns: &crate::store::NamespaceId, outcome: Result<(), &dyn std::fmt::Display>) {
+        let took = self.started.elapsed();
+        let ms = |d: Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+        let (outcome, error) = match outcome {
+            Ok(()) => ("committed", None),
+            Err(e) => ("failed", Some(tracing::field::display(e))),
+        };
+        tracing::info!(
+            target: "reel::batch",
+            projection = %ns.name,
+            version = %ns.version,
+            namespace = %ns.slug(),
+            from = self.from,
+            to = self.to,
+            cursor = %self.end,
+            events = self.events,
+            duration_ms = ms(took),
+            handle_ms = ms(self.handled),
+            commit_ms = ms(took.saturating_sub(self.handled)),
+            outcome,
+            error,
+            "batch {outcome}"
+        );
     }
 }
 

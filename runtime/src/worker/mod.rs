@@ -242,6 +242,8 @@ struct Behind {
     end: Cursor,
     /// Its events.
     events: usize,
+    /// Logged once its commit is known.
+    line: batch::BatchLine,
 }
 
 /// The first batch's size, before the worker knows how fast the projection
