@@ -35,6 +35,10 @@ pub struct SqliteSource {
     pub(super) path: PathBuf,
     /// reel's own appends go through this one connection, one at a time.
     pub(super) writer: Arc<Mutex<Connection>>,
+    /// Read-only connections kept between reads (at most
+    /// [`IDLE_READERS`]): opening one costs more than most reads
+    /// (`min_position` asks the head on every read).
+    readers: Arc<Mutex<Vec<Connection>>>,
     pub(super) wake: watch::Sender<u64>,
     /// Stops the thread that watches for commits by other processes.
     watching: Arc<std::sync::atomic::AtomicBool>,
@@ -95,7 +99,13 @@ impl SqliteSource {
         let (wake, _) = watch::channel(0);
         let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
         watch_commits(path, wake.clone(), Arc::clone(&watching))?;
-        Ok(Self { path: path.to_owned(), writer: Arc::new(Mutex::new(writer)), wake, watching })
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Arc::new(Mutex::new(writer)),
+            readers: Arc::default(),
+            wake,
+            watching,
+        })
     }
 
     /// A reader with its own connection.
@@ -174,11 +184,31 @@ impl SqliteSource {
         f: impl FnOnce(&Connection) -> Result<T, SourceError> + Send + 'static,
     ) -> Result<T, SourceError> {
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || f(&open_connection(&path, true)?))
-            .await
-            .map_err(|e| SourceError::Internal(e.to_string()))?
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || {
+            let idle = readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+            let conn = match idle {
+                Some(conn) => conn,
+                None => open_connection(&path, true)?,
+            };
+            let result = f(&conn);
+            // Each read is one statement in autocommit, so a kept connection
+            // holds no snapshot; one whose read failed is not kept.
+            if result.is_ok() {
+                let mut idle = readers.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                if idle.len() < IDLE_READERS {
+                    idle.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(|e| SourceError::Internal(e.to_string()))?
     }
 }
+
+/// Read-only connections to the events database kept for the next read.
+const IDLE_READERS: usize = 8;
 
 fn open_connection(path: &Path, read_only: bool) -> Result<Connection, SourceError> {
     let flags = if read_only {
