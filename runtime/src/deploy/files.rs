@@ -1,7 +1,7 @@
 //! Module files: the folder loaded at start and watched, each file loaded
 //! (compiled off the hot path) and deployed, or refused with its reason.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -86,8 +86,10 @@ impl Deployments {
             .collect();
         files.sort();
         for file in files {
-            self.reload(file).await;
+            self.reload_file(file).await;
         }
+        // Once all are in: a file not loaded yet is not in use yet.
+        self.prune_compiled().await;
         Ok(())
     }
 
@@ -146,6 +148,12 @@ impl Deployments {
 
     /// A module file appeared, changed or disappeared.
     pub async fn reload(&self, path: PathBuf) {
+        self.reload_file(path).await;
+        self.prune_compiled().await;
+    }
+
+    /// [`reload`](Self::reload), leaving the compile cache as it is.
+    async fn reload_file(&self, path: PathBuf) {
         if !path.exists() {
             if let Some(name) = self.inner.deciders.unload(&path) {
                 tracing::info!("{} removed: decider `{name}` leaves service", path.display());
@@ -167,9 +175,20 @@ impl Deployments {
             for file in refused {
                 self.load(file).await;
             }
-            return;
+        } else {
+            self.load(path).await;
         }
-        self.load(path).await;
+    }
+
+    /// Drop the compiled code of module files no longer in use (replaced,
+    /// removed, refused) from the cache.
+    async fn prune_compiled(&self) {
+        let keep: HashSet<String> = self.registry().files.values().filter_map(|f| f.hash.clone()).collect();
+        let loader = self.inner.loader.clone();
+        let removed = tokio::task::spawn_blocking(move || loader.prune_cache(&keep)).await.unwrap_or(0);
+        if removed > 0 {
+            tracing::debug!("removed the compiled code of {removed} modules no longer in use");
+        }
     }
 
     /// Load the module file at `path` and deploy it, unless it is what

@@ -187,6 +187,14 @@ impl Loader {
         &self.engine
     }
 
+    /// Remove the cached compiled code of modules other than `keep` (SHA-256
+    /// hashes of the module files in use), but for code compiled or used
+    /// within the time a load of another file takes to finish (its link and
+    /// `describe` calls, each bounded by the CPU deadline). How many went.
+    pub fn prune_cache(&self, keep: &std::collections::HashSet<String>) -> usize {
+        self.cache.retain(keep, self.limits.batch_timeout * 2 + Duration::from_secs(5))
+    }
+
     /// Read, compile, link and describe the module at `path`. Blocking (and
     /// seconds long for big components): call it off the async threads.
     pub fn load(&self, path: &Path) -> Result<Loaded, ModuleError> {
