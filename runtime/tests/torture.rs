@@ -20,12 +20,16 @@ mod appender;
 #[path = "torture/check.rs"]
 mod check;
 mod common;
+#[path = "torture/fuzz.rs"]
+mod fuzz;
 #[path = "torture/postgres.rs"]
 mod postgres;
 #[path = "torture/process.rs"]
 mod process;
 #[path = "torture/restarts.rs"]
 mod restarts;
+#[path = "torture/soak.rs"]
+mod soak;
 
 use std::time::{Duration, Instant};
 

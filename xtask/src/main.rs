@@ -8,6 +8,10 @@
 //! - `cargo xtask torture kill|restarts ...`: the long torture runs of
 //!   `runtime/tests/torture.rs` (CI runs them short), results in
 //!   docs/reliability.md.
+//! - `cargo xtask torture fuzz --mutants N`: fuzzed modules dropped into a
+//!   running server (CI runs 30 on each backend).
+//! - `cargo xtask torture soak ...`: the soak (hours of appends, hot swaps and
+//!   rebuilds), its samples plotted to an SVG (`cargo xtask soak-plot`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -23,7 +27,12 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("guests") => build_guests(),
+        Some("torture") if args.get(1).is_some_and(|a| a == "soak") => soak(&args[2..]),
         Some("torture") => torture(&args[1..]),
+        Some("soak-plot") => match &args[1..] {
+            [csv, svg] => soak_plot(Path::new(csv), Path::new(svg)),
+            _ => Err("usage: cargo xtask soak-plot SAMPLES.csv PLOT.svg".into()),
+        },
         _ => Err(format!(
             "usage: cargo xtask demo [--listen ADDR] | cargo xtask test | cargo xtask guests (build every projection) \
              | {TORTURE_USAGE}"
@@ -334,7 +343,9 @@ fn test() -> Result {
 
 const TORTURE_USAGE: &str = "cargo xtask torture kill [--backend sqlite|postgres|both] [--events N] [--kills K] \
      [--live M] [--batch B] [--seed S] [--release] | cargo xtask torture restarts [--restarts R] [--events N] [--live M] \
-     [--seed S] [--release]";
+     [--seed S] [--release] | cargo xtask torture fuzz [--backend sqlite|postgres|both] [--mutants N] [--seed S] \
+     [--watch-ms W] [--release] | cargo xtask torture soak [--backend sqlite|postgres] [--secs N] [--rate R] \
+     [--swap-secs S] [--rebuild-secs S] [--seed S] [--release] [--out DIR]";
 
 /// `cargo xtask torture kill|restarts ...`: the kill loop (on each backend
 /// asked for) or the PostgreSQL restarts of `runtime/tests/torture.rs`, with
@@ -344,6 +355,7 @@ fn torture(args: &[String]) -> Result {
     let (test, rest) = match args.split_first() {
         Some((what, rest)) if what == "kill" => ("kill_loop", rest),
         Some((what, rest)) if what == "restarts" => ("restarts", rest),
+        Some((what, rest)) if what == "fuzz" => ("fuzz::fuzzed_modules", rest),
         _ => return Err(usage()),
     };
     let mut backends = vec!["sqlite", "postgres"];
@@ -371,6 +383,8 @@ fn torture(args: &[String]) -> Result {
             "--batch" => "REEL_TORTURE_BATCH",
             "--seed" => "REEL_TORTURE_SEED",
             "--restarts" => "REEL_TORTURE_RESTARTS",
+            "--mutants" => "REEL_FUZZ_MUTANTS",
+            "--watch-ms" => "REEL_FUZZ_WATCH_MS",
             _ => return Err(usage()),
         };
         let value = it.next().filter(|v| v.replace('_', "").parse::<u64>().is_ok()).ok_or_else(usage)?;
@@ -400,6 +414,163 @@ fn torture(args: &[String]) -> Result {
         }
     }
     Ok(())
+}
+
+/// `cargo xtask torture soak ...`: `soak::soak_BACKEND` of
+/// `runtime/tests/torture.rs` with its knobs set from the flags, its samples
+/// written to `DIR/soak-BACKEND.csv` and plotted to `DIR/soak-BACKEND.svg`
+/// (DIR: `--out`, else `target/soak`).
+fn soak(args: &[String]) -> Result {
+    let usage = || format!("usage: {TORTURE_USAGE}");
+    let mut backend = "sqlite";
+    let mut env: Vec<(&str, String)> = Vec::new();
+    let mut release = false;
+    let mut out = root().join("target/soak");
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let knob = match flag.as_str() {
+            "--release" => {
+                release = true;
+                continue;
+            }
+            "--backend" => {
+                backend = match it.next().map(String::as_str) {
+                    Some("sqlite") => "sqlite",
+                    Some("postgres") => "postgres",
+                    _ => return Err(usage()),
+                };
+                continue;
+            }
+            "--out" => {
+                out = PathBuf::from(it.next().ok_or_else(usage)?);
+                continue;
+            }
+            "--secs" => "REEL_SOAK_SECS",
+            "--rate" => "REEL_SOAK_RATE",
+            "--swap-secs" => "REEL_SOAK_SWAP_SECS",
+            "--rebuild-secs" => "REEL_SOAK_REBUILD_SECS",
+            "--sample-secs" => "REEL_SOAK_SAMPLE_SECS",
+            "--seed" => "REEL_TORTURE_SEED",
+            _ => return Err(usage()),
+        };
+        let value = it.next().filter(|v| v.replace('_', "").parse::<u64>().is_ok()).ok_or_else(usage)?;
+        env.push((knob, value.clone()));
+    }
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    let csv = out.join(format!("soak-{backend}.csv"));
+    env.push(("REEL_SOAK_CSV", csv.to_string_lossy().into_owned()));
+    if backend == "postgres" {
+        ensure_postgres()?;
+    }
+    build_rust_guests()?;
+    let name = format!("soak::soak_{backend}");
+    let mut command = Command::new(cargo());
+    command.args(["test", "--locked", "-p", "reel", "--test", "torture"]);
+    if release {
+        command.arg("--release");
+    }
+    command.args(["--", &name, "--exact", "--ignored", "--nocapture"]).current_dir(root()).envs(env.iter().cloned());
+    eprintln!(
+        "$ {} cargo test -p reel --test torture -- {name} --exact --ignored --nocapture",
+        env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    );
+    let status = command.status().map_err(|e| format!("cannot run cargo: {e}"))?;
+    let svg = out.join(format!("soak-{backend}.svg"));
+    if csv.exists() {
+        soak_plot(&csv, &svg)?;
+    }
+    if !status.success() {
+        return Err(format!("the soak failed ({status}); its samples are in {}", csv.display()));
+    }
+    Ok(())
+}
+
+/// Plot a soak's samples (the CSV `soak.rs` writes) as an SVG: memory, open
+/// descriptors, database connections and lag against time, one panel each.
+fn soak_plot(csv: &Path, svg: &Path) -> Result {
+    let text = std::fs::read_to_string(csv).map_err(|e| format!("reading {}: {e}", csv.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().ok_or("an empty CSV")?.split(',').collect();
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap_or(f64::NAN)).collect())
+        .filter(|r: &Vec<f64>| r.len() == header.len())
+        .collect();
+    let column = |name: &str| -> Result<Vec<f64>> {
+        let i =
+            header.iter().position(|h| *h == name).ok_or_else(|| format!("no column {name} in {}", csv.display()))?;
+        Ok(rows.iter().map(|r| r[i]).collect())
+    };
+    let t = column("t_s")?;
+    let panels = [
+        ("resident memory (MiB)", column("rss_mib")?),
+        ("open file descriptors", column("fds")?),
+        ("database connections", column("db_connections")?),
+        ("lag of the serving read models (s)", column("lag_s")?),
+    ];
+    let (width, panel_height, left, top) = (760.0, 150.0, 70.0, 30.0);
+    let plot_width = width - left - 20.0;
+    let t_max = t.iter().copied().fold(1.0, f64::max);
+    let mut out = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{}\" font-family=\"sans-serif\" \
+         font-size=\"11\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"13\">reel soak: {} samples over {:.0} minutes ({})</text>\n",
+        top + panels.len() as f64 * (panel_height + 40.0),
+        t.len(),
+        t_max / 60.0,
+        csv.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    );
+    for (i, (title, values)) in panels.iter().enumerate() {
+        let y0 = top + i as f64 * (panel_height + 40.0) + 20.0;
+        let max = values.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max);
+        let y_max = if max > 0.0 { nice_ceiling(max * 1.1) } else { 1.0 };
+        out += &format!(
+            "<text x=\"{left}\" y=\"{}\">{title}</text>\n<rect x=\"{left}\" y=\"{y0}\" width=\"{plot_width}\" \
+             height=\"{panel_height}\" fill=\"none\" stroke=\"#999\"/>\n",
+            y0 - 5.0
+        );
+        for k in 0..=4 {
+            let value = y_max * k as f64 / 4.0;
+            let y = y0 + panel_height - panel_height * k as f64 / 4.0;
+            out += &format!(
+                "<line x1=\"{left}\" x2=\"{}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/>\
+                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>\n",
+                left + plot_width,
+                left - 4.0,
+                y + 4.0,
+                if y_max >= 10.0 { format!("{value:.0}") } else { format!("{value:.2}") }
+            );
+        }
+        for k in 0..=6 {
+            let x = left + plot_width * k as f64 / 6.0;
+            out += &format!(
+                "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{:.0} min</text>\n",
+                y0 + panel_height + 13.0,
+                t_max * k as f64 / 6.0 / 60.0
+            );
+        }
+        let points: Vec<String> = t
+            .iter()
+            .zip(values)
+            .filter(|(_, v)| v.is_finite())
+            .map(|(t, v)| {
+                format!("{:.1},{:.1}", left + plot_width * t / t_max, y0 + panel_height - panel_height * v / y_max)
+            })
+            .collect();
+        out += &format!(
+            "<polyline fill=\"none\" stroke=\"#1f5fa8\" stroke-width=\"1.2\" points=\"{}\"/>\n",
+            points.join(" ")
+        );
+    }
+    out += "</svg>\n";
+    std::fs::write(svg, out).map_err(|e| format!("writing {}: {e}", svg.display()))?;
+    eprintln!("xtask: plotted {} to {}", csv.display(), svg.display());
+    Ok(())
+}
+
+/// The smallest 1, 2 or 5 times a power of ten at or above `v`.
+fn nice_ceiling(v: f64) -> f64 {
+    let power = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * power).find(|c| *c >= v).unwrap_or(10.0 * power)
 }
 
 fn demo(args: &[String]) -> Result {

@@ -63,6 +63,11 @@ impl Reel {
         Self { child, addr, log }
     }
 
+    /// Its process id (for `/proc/PID`: memory, open files).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether it still runs.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
