@@ -110,7 +110,7 @@ fn fuzz(backend: common::Backend) {
     let stop = Arc::new(AtomicBool::new(false));
     let prober = Prober::start(&base, &stop);
     let appender = {
-        let (base, stop) = (base.clone(), Arc::clone(&stop));
+        let (base, stop) = (base, Arc::clone(&stop));
         std::thread::spawn(move || append(&base, seed, &stop))
     };
 
