@@ -82,7 +82,7 @@ function toMessage(m) {
 ///   may hold `{stream_id}`, `{event_type}`, `{position}`, `{version}`);
 /// - `transform(event)` (optional): the event with its `data` parsed from
 ///   JSON (`rawData` keeps the text) -> a message, a list of them (several:
-///   their dedup ids are `position:index`), or null for none. A message is
+///   their dedup ids are `sink:position:index`), or null for none. A message is
 ///   `{ body, subject?, headers? }`: `body` a string, bytes or a value sent
 ///   as JSON; `subject` replaces the manifest's for this message. Without a
 ///   transform reel sends each event's data as it is, and never calls in.

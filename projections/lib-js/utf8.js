@@ -6,21 +6,19 @@ const REPLACEMENT = 0xfffd;
 /// TextEncoder.
 export function utf8Encode(text) {
   const n = text.length;
-  let ascii = true;
-  for (let i = 0; i < n; i++) {
-    if (text.charCodeAt(i) > 0x7f) {
-      ascii = false;
-      break;
-    }
+  // ASCII (most JSON) in one pass; the rest from the first other character.
+  const ascii = new Uint8Array(n);
+  let i = 0;
+  for (; i < n; i++) {
+    const c = text.charCodeAt(i);
+    if (c > 0x7f) break;
+    ascii[i] = c;
   }
-  if (ascii) {
-    const bytes = new Uint8Array(n);
-    for (let i = 0; i < n; i++) bytes[i] = text.charCodeAt(i);
-    return bytes;
-  }
+  if (i === n) return ascii;
   const out = new Uint8Array(n * 3);
-  let len = 0;
-  for (let i = 0; i < n; i++) {
+  out.set(ascii.subarray(0, i));
+  let len = i;
+  for (; i < n; i++) {
     let c = text.charCodeAt(i);
     if (c < 0x80) {
       out[len++] = c;

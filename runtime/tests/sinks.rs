@@ -155,31 +155,42 @@ fn header<'a>(headers: &'a async_nats::HeaderMap, name: &str) -> &'a str {
     headers.get(name).map(|v| v.as_str()).unwrap_or_else(|| panic!("no {name} header in {headers:?}"))
 }
 
-/// The messages are the sent events, each once: `Nats-Msg-Id` its position,
-/// its body the event's data, its subject `orders.{stream_id}`, and each
-/// stream's events in version order.
-fn check_jetstream(messages: &[jetstream::message::StreamMessage], sent: &BTreeMap<i64, Sent>) {
+/// The messages are the sent events, each once from each of `sinks`:
+/// `Nats-Msg-Id` the sink's name and the event's position, its body the
+/// event's data, its subject `orders.{stream_id}`, and each stream's events
+/// in version order.
+fn check_jetstream(messages: &[jetstream::message::StreamMessage], sent: &BTreeMap<i64, Sent>, sinks: &[&str]) {
     assert_eq!(
         messages.len(),
-        sent.len(),
-        "one message per event: {} messages for {} events",
+        sent.len() * sinks.len(),
+        "one message per event and sink: {} messages for {} events and {} sinks",
         messages.len(),
-        sent.len()
+        sent.len(),
+        sinks.len()
     );
-    let mut seen = BTreeSet::new();
-    let mut versions: BTreeMap<&str, i64> = BTreeMap::new();
-    for m in messages {
-        let id: i64 = header(&m.headers, "Nats-Msg-Id").parse().unwrap();
-        assert!(seen.insert(id), "event {id} published twice");
-        assert_eq!(header(&m.headers, "Reel-Position"), id.to_string());
-        let event = sent.get(&id).unwrap_or_else(|| panic!("message {id} is no event the sink takes"));
-        assert_eq!(m.subject.as_str(), format!("orders.{}", event.stream));
-        assert_eq!(header(&m.headers, "Reel-Event-Type"), event.event_type);
-        assert_eq!(header(&m.headers, "Reel-Version"), event.version.to_string());
-        let body: Value = serde_json::from_slice(&m.payload).unwrap();
-        assert_eq!(body, event.data, "message {id}'s body");
-        let last = versions.insert(&event.stream, event.version).unwrap_or(0);
-        assert_eq!(event.version, last + 1, "stream {} out of order at message {id}", event.stream);
+    for sink in sinks {
+        let mut seen = BTreeSet::new();
+        let mut versions: BTreeMap<&str, i64> = BTreeMap::new();
+        for m in messages {
+            let id = header(&m.headers, "Nats-Msg-Id");
+            let (name, position) = id.rsplit_once(':').unwrap_or_else(|| panic!("dedup id {id} names no sink"));
+            if name != *sink {
+                assert!(sinks.contains(&name), "message {id} from a sink not deployed here");
+                continue;
+            }
+            let id: i64 = position.parse().unwrap();
+            assert!(seen.insert(id), "event {id} published twice by {sink}");
+            assert_eq!(header(&m.headers, "Reel-Position"), id.to_string());
+            let event = sent.get(&id).unwrap_or_else(|| panic!("message {id} is no event the sink takes"));
+            assert_eq!(m.subject.as_str(), format!("orders.{}", event.stream));
+            assert_eq!(header(&m.headers, "Reel-Event-Type"), event.event_type);
+            assert_eq!(header(&m.headers, "Reel-Version"), event.version.to_string());
+            let body: Value = serde_json::from_slice(&m.payload).unwrap();
+            assert_eq!(body, event.data, "message {id}'s body");
+            let last = versions.insert(&event.stream, event.version).unwrap_or(0);
+            assert_eq!(event.version, last + 1, "stream {} out of order at message {id}", event.stream);
+        }
+        assert_eq!(seen.len(), sent.len(), "{sink} published each event once");
     }
 }
 
@@ -198,7 +209,7 @@ async fn events_reach_a_jetstream_stream_once_each_in_order(backend: Backend) {
     assert_eq!(status["broker"], "nats");
     assert_eq!(status["delivered_events"], sent.len(), "{status:#}");
     assert_eq!(status["lag_events"], 0, "{status:#}");
-    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
     let (_, metrics) = h.call("GET", "/metrics", None).await;
     let metrics = metrics.as_str().unwrap();
     assert!(
@@ -209,6 +220,29 @@ async fn events_reach_a_jetstream_stream_once_each_in_order(backend: Backend) {
     let modules = h.get("/modules").await;
     let file = modules.as_array().unwrap().iter().find(|f| f["kind"] == "sink").expect("the sink's file");
     assert_eq!(file["provides"], "order-sink@1", "{modules:#}");
+    h.finish().await;
+    js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
+}
+
+both_backends!(two_sinks_publishing_the_same_events_into_one_stream_both_arrive);
+
+/// order-sink and its twin (another name, the same events and subjects)
+/// publish into one JetStream stream: every event arrives twice, once from
+/// each, since a dedup id names its sink (ADR 31); with the position alone,
+/// the second sink's messages were dropped as the first's duplicates.
+async fn two_sinks_publishing_the_same_events_into_one_stream_both_arrive(backend: Backend) {
+    let run = run_id();
+    let (js, mut stream) = nats_stream(NATS, &run).await;
+    let h = Harness::start_with(backend, &["order_sink", "fixture_sink_twin"], |c| {
+        c.sinks.nats_url = Some(NATS.into());
+    })
+    .await;
+    let (sent, head) = append_orders(200, &run, async |s, e| through(&h, s, e).await).await;
+    for name in ["order-sink", "sink-twin"] {
+        let status = wait_sink(&h, name, |s| s["position"].as_i64() >= Some(head)).await;
+        assert_eq!(status["delivered_events"], sent.len(), "{status:#}");
+    }
+    check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink", "sink-twin"]);
     h.finish().await;
     js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
 }
@@ -311,7 +345,7 @@ async fn a_broker_restarted_mid_run_loses_nothing() {
     let (_, mut stream) = nats_stream_again(&nats.url(), &run).await;
     let mut sent = first;
     sent.extend(second);
-    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
     h.finish().await;
 }
 
@@ -359,7 +393,7 @@ async fn reel_killed_mid_delivery_still_publishes_each_event_once() {
         assert!(Instant::now() < deadline, "the sink did not finish after the restart: {sinks:#}");
         std::thread::sleep(Duration::from_millis(50));
     };
-    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
     // What it published again before the kill's checkpoint came back as duplicates.
     let published = status["published_messages"].as_u64().unwrap() + status["duplicate_messages"].as_u64().unwrap();
     assert!(published as i64 >= head - at_kill - head / 10, "{status:#}");
@@ -419,13 +453,14 @@ async fn a_javascript_transform_feeds_a_rabbitmq_queue(backend: Backend) {
         let lines = e.data["lines"].as_array().filter(|l| l.len() > 1 && e.event_type == "order.placed");
         match lines {
             None => {
-                expected.insert(position.to_string(), (format!("orders.{}", e.stream), message));
+                expected.insert(format!("order-sink-js:{position}"), (format!("orders.{}", e.stream), message));
             }
             Some(lines) => {
-                expected.insert(format!("{position}:0"), (format!("orders.{}", e.stream), message));
+                expected.insert(format!("order-sink-js:{position}:0"), (format!("orders.{}", e.stream), message));
                 for (i, line) in lines.iter().enumerate() {
                     let body = json!({ "order": e.stream, "line": line });
-                    expected.insert(format!("{position}:{}", i + 1), (format!("order-lines.{}", e.stream), body));
+                    let id = format!("order-sink-js:{position}:{}", i + 1);
+                    expected.insert(id, (format!("order-lines.{}", e.stream), body));
                 }
             }
         }
@@ -446,7 +481,8 @@ async fn a_javascript_transform_feeds_a_rabbitmq_queue(backend: Backend) {
             other => panic!("Reel-Version header: {other:?}"),
         };
         let key = delivery.routing_key.to_string();
-        order.entry(format!("{key}@{}", id.contains(':') && !id.ends_with(":0"))).or_default().push(version);
+        let line = id.matches(':').count() == 2 && !id.ends_with(":0");
+        order.entry(format!("{key}@{line}")).or_default().push(version);
         let body: Value = serde_json::from_slice(&delivery.data).unwrap();
         seen.insert(id, (key, body));
     }
@@ -548,7 +584,7 @@ async fn native_nats(js: &jetstream::Context, run: &str, sent: &BTreeMap<i64, Se
             let publish = jetstream::message::PublishMessage::build()
                 .payload(body)
                 .headers(headers)
-                .message_id(position.to_string());
+                .message_id(format!("order-sink:{position}"));
             acks.push(js.send_publish(format!("orders.{}", e.stream), publish).await.unwrap());
         }
         for ack in acks {
@@ -599,12 +635,12 @@ async fn native_amqp(channel: &lapin::Channel, sent: &BTreeMap<i64, Sent>) -> f6
     let mut messages = Vec::new();
     for (position, e) in sent {
         let body = json!({ "event": e.event_type, "order": e.stream, "version": e.version, "data": e.data });
-        messages.push((position.to_string(), format!("orders.{}", e.stream), e, body.to_string()));
+        messages.push((format!("order-sink-js:{position}"), format!("orders.{}", e.stream), e, body.to_string()));
         if let Some(lines) = e.data["lines"].as_array().filter(|l| l.len() > 1 && e.event_type == "order.placed") {
             for (i, line) in lines.iter().enumerate() {
                 let body = json!({ "order": e.stream, "line": line });
                 messages.push((
-                    format!("{position}:{}", i + 1),
+                    format!("order-sink-js:{position}:{}", i + 1),
                     format!("order-lines.{}", e.stream),
                     e,
                     body.to_string(),
@@ -617,7 +653,8 @@ async fn native_amqp(channel: &lapin::Channel, sent: &BTreeMap<i64, Sent>) -> f6
         let mut confirms = Vec::with_capacity(chunk.len());
         for (id, key, e, body) in chunk {
             let mut headers = FieldTable::default();
-            headers.insert("Reel-Position".into(), AMQPValue::LongString(id.as_str().into()));
+            let position = id.split(':').nth(1).unwrap();
+            headers.insert("Reel-Position".into(), AMQPValue::LongString(position.into()));
             headers.insert("Reel-Stream-Id".into(), AMQPValue::LongString(e.stream.as_str().into()));
             headers.insert("Reel-Version".into(), AMQPValue::LongString(e.version.to_string().as_str().into()));
             headers.insert("Reel-Event-Type".into(), AMQPValue::LongString(e.event_type.as_str().into()));
@@ -688,7 +725,7 @@ async fn one_process_delivers_a_sink_and_another_takes_over() {
     sent.extend(more);
     let status = process_sink(&second, |s| s["position"].as_i64() >= Some(head));
     assert_eq!(status["state"], "running", "{status:#}");
-    check_jetstream(&stream_messages(&mut stream).await, &sent);
+    check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
     second.kill();
     common::drop_database(&url).await;
     js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();

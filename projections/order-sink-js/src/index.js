@@ -4,7 +4,7 @@
 // compact JSON body naming the event, and an `X-Order-Event` header. An
 // `order.placed` event with several lines makes one more message per line,
 // routed to `order-lines.{stream_id}` (their dedup ids are
-// `position:index`). Events of other types make none.
+// `order-sink-js:position:index`). Events of other types make none.
 //
 // Deploy it with `reel serve --amqp-url amqp://guest:guest@127.0.0.1:5672/%2f`
 // and a queue bound to `amq.topic` with `orders.#` (and `order-lines.#`):

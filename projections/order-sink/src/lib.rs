@@ -2,8 +2,8 @@
 //! JetStream, one message per event on the subject `orders.{stream_id}`:
 //! the event's data as the body, reel's headers (`Reel-Position`,
 //! `Reel-Stream-Id`, `Reel-Version`, `Reel-Event-Type`, `Reel-Occurred-At`)
-//! and `Nats-Msg-Id` = the event's position. No transform: reel builds the
-//! messages without calling into the module.
+//! and `Nats-Msg-Id` = `order-sink:{position}`. No transform: reel builds
+//! the messages without calling into the module.
 //!
 //! Deploy it with `reel serve --nats-url nats://127.0.0.1:4222` and a
 //! JetStream stream that captures `orders.>`:

@@ -1,6 +1,7 @@
-//! The brokers: a connection that publishes a batch of messages and
-//! returns once the broker has confirmed every one (JetStream's publish
-//! acknowledgements; RabbitMQ's publisher confirms), or says why not.
+//! The brokers: a connection that publishes a batch of messages, and the
+//! batch in flight, which says once the broker has confirmed every one
+//! (JetStream's publish acknowledgements; RabbitMQ's publisher confirms),
+//! or why not.
 
 use std::time::Duration;
 
@@ -77,28 +78,49 @@ impl Publisher {
         }
     }
 
-    /// Publish `messages` in order and wait for the broker to confirm all
-    /// of them. An error means some may be stored and some not: the caller
-    /// publishes them all again (the dedup ids make that safe).
-    pub async fn publish(&mut self, messages: &[Outgoing]) -> Result<Confirmed, String> {
+    /// Publish `messages` in order, without waiting for the broker: what
+    /// [`InFlight::confirmed`] waits for. Several batches may be in flight
+    /// on the connection, each published after the one before it. An error
+    /// means some may be stored and some not: the caller publishes them all
+    /// again (the dedup ids make that safe).
+    pub async fn send(&mut self, messages: &[Outgoing]) -> Result<InFlight, String> {
         match self {
-            Publisher::Nats(context) => publish_nats(context, messages).await,
+            Publisher::Nats(context) => send_nats(context, messages).await,
             Publisher::Amqp { connection, channel, exchange } => {
                 if !connection.status().connected() {
                     return Err("RabbitMQ: the connection is closed".into());
                 }
-                publish_amqp(channel, exchange, messages).await
+                send_amqp(channel, exchange, messages).await
             }
         }
     }
 }
 
-async fn publish_nats(context: &jetstream::Context, messages: &[Outgoing]) -> Result<Confirmed, String> {
+/// A batch published and not yet confirmed.
+pub enum InFlight {
+    /// JetStream's publish acknowledgements, one per message.
+    Nats(Vec<jetstream::context::PublishAckFuture>),
+    /// RabbitMQ's publisher confirms, one per message, and the exchange.
+    Amqp(Vec<lapin::PublisherConfirm>, String),
+}
+
+impl InFlight {
+    /// Wait until the broker confirmed every message of the batch
+    /// (`messages`, as sent), or say why not.
+    pub async fn confirmed(self, messages: &[Outgoing]) -> Result<Confirmed, String> {
+        match self {
+            InFlight::Nats(acks) => confirm_nats(acks, messages).await,
+            InFlight::Amqp(confirms, exchange) => confirm_amqp(confirms, &exchange, messages).await,
+        }
+    }
+}
+
+async fn send_nats(context: &jetstream::Context, messages: &[Outgoing]) -> Result<InFlight, String> {
     let mut acks = Vec::with_capacity(messages.len());
     for m in messages {
         let mut headers = async_nats::HeaderMap::new();
         for (name, value) in &m.headers {
-            headers.append(name.as_str(), value.as_str());
+            headers.append(name.as_ref(), value.as_str());
         }
         let publish =
             jetstream::message::PublishMessage::build().payload(m.body.clone()).headers(headers).message_id(&m.id);
@@ -108,6 +130,13 @@ async fn publish_nats(context: &jetstream::Context, messages: &[Outgoing]) -> Re
             .map_err(|e| format!("NATS: publishing to `{}`: {e}", m.subject))?;
         acks.push(ack);
     }
+    Ok(InFlight::Nats(acks))
+}
+
+async fn confirm_nats(
+    acks: Vec<jetstream::context::PublishAckFuture>,
+    messages: &[Outgoing],
+) -> Result<Confirmed, String> {
     let mut confirmed = Confirmed::default();
     for (ack, m) in acks.into_iter().zip(messages) {
         let ack = ack.await.map_err(|e| match e.kind() {
@@ -127,7 +156,7 @@ async fn publish_nats(context: &jetstream::Context, messages: &[Outgoing]) -> Re
     Ok(confirmed)
 }
 
-async fn publish_amqp(channel: &lapin::Channel, exchange: &str, messages: &[Outgoing]) -> Result<Confirmed, String> {
+async fn send_amqp(channel: &lapin::Channel, exchange: &str, messages: &[Outgoing]) -> Result<InFlight, String> {
     let mut confirms = Vec::with_capacity(messages.len());
     for m in messages {
         let mut headers = FieldTable::default();
@@ -135,7 +164,7 @@ async fn publish_amqp(channel: &lapin::Channel, exchange: &str, messages: &[Outg
             if name.eq_ignore_ascii_case("Content-Type") {
                 continue;
             }
-            headers.insert(name.as_str().into(), AMQPValue::LongString(value.as_str().into()));
+            headers.insert(name.as_ref().into(), AMQPValue::LongString(value.as_str().into()));
         }
         let mut properties = BasicProperties::default()
             .with_message_id(m.id.as_str().into())
@@ -153,6 +182,14 @@ async fn publish_amqp(channel: &lapin::Channel, exchange: &str, messages: &[Outg
             .map_err(|e| format!("RabbitMQ: publishing to `{}`: {e}", m.subject))?;
         confirms.push(confirm);
     }
+    Ok(InFlight::Amqp(confirms, exchange.to_owned()))
+}
+
+async fn confirm_amqp(
+    confirms: Vec<lapin::PublisherConfirm>,
+    exchange: &str,
+    messages: &[Outgoing],
+) -> Result<Confirmed, String> {
     let mut confirmed = Confirmed::default();
     for (confirm, m) in confirms.into_iter().zip(messages) {
         let confirmation = tokio::time::timeout(TIMEOUT, confirm)

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, Event};
 
-use super::broker::Publisher;
+use super::broker::{InFlight, Publisher};
 use super::messages::{self, Outgoing};
 use crate::config::Limits;
 use crate::host::sink::{Broker, WasmSink};
@@ -89,6 +89,21 @@ pub struct Job {
     pub stop: watch::Receiver<bool>,
     /// The tasks of the code this one replaces: they end first.
     pub previous: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// A batch of events and its messages.
+struct Prepared {
+    batch: crate::source::Batch,
+    outgoing: Vec<Outgoing>,
+}
+
+/// A batch published, its confirmations awaited.
+struct Sent {
+    /// When it was published.
+    started: Instant,
+    batch: crate::source::Batch,
+    outgoing: Vec<Outgoing>,
+    pending: InFlight,
 }
 
 /// Why a delivery round ended.
@@ -170,6 +185,13 @@ impl Job {
     }
 
     /// Deliver from `cursor` while this process holds the sink.
+    ///
+    /// Batches go out back to back: batch n+1 is published on the
+    /// connection while batch n's confirmations come in, and batch n+2 is
+    /// read and made into messages meanwhile. The checkpoint moves past a
+    /// batch only once every message of it is confirmed, in log order; a
+    /// failure drops what is in flight and publishes again from the
+    /// checkpoint, on a new connection.
     async fn deliver_from(&mut self, mut cursor: Cursor) -> Ended {
         let module = Arc::clone(&self.module);
         let m = &module.manifest;
@@ -179,9 +201,19 @@ impl Job {
         let mut transform: Option<WasmSink> = None;
         let mut backoff = Backoff::default();
         let mut renewed = Instant::now();
-        let mut prepared: Option<(Cursor, crate::source::Batch, Vec<Outgoing>)> = None;
+        // The batch read and made into messages ahead, after its cursor.
+        let mut prepared: Option<(Cursor, Prepared)> = None;
+        // The batch published and not confirmed yet.
+        let mut in_flight: Option<Sent> = None;
         loop {
             if self.stopping() {
+                // The batch in flight is seen through first (a RabbitMQ
+                // queue would otherwise get it again from the next task).
+                if let Some(Sent { batch, outgoing, pending, .. }) = in_flight.take()
+                    && pending.confirmed(&outgoing).await.is_ok()
+                {
+                    let _ = self.advance(cursor, batch.next).await;
+                }
                 return Ended::Stopped;
             }
             if renewed.elapsed() > LEASE / 3 {
@@ -194,6 +226,7 @@ impl Job {
             // Connected first: a broker that is away shows in the status even
             // while there is nothing to publish.
             if publisher.is_none() {
+                in_flight = None;
                 match Publisher::connect(m.broker, &self.url, &m.exchange).await {
                     Ok(p) => {
                         publisher = Some(p);
@@ -209,15 +242,15 @@ impl Job {
                     }
                 }
             }
-            // The batch read and made into messages while the last one's
-            // confirmations came in, if it starts where the checkpoint is.
+            // The next batch starts where the one in flight ends.
+            let after = in_flight.as_ref().map_or(cursor, |sent| sent.batch.next);
             let ready = match prepared.take() {
-                Some((after, batch, outgoing)) if after == cursor => Some((batch, outgoing)),
+                Some((from, ready)) if from == after => Some(ready),
                 _ => None,
             };
             let (batch, ready) = match ready {
-                Some((batch, outgoing)) => (batch, Some(outgoing)),
-                None => match self.source.read_page(cursor, filter.clone(), self.batch_events).await {
+                Some(ready) => (ready.batch, Some(ready.outgoing)),
+                None => match self.source.read_page(after, filter.clone(), self.batch_events).await {
                     Ok(batch) => (batch, None),
                     Err(e) => {
                         self.failed("retrying", format!("reading the log: {e}"));
@@ -228,7 +261,7 @@ impl Job {
                     }
                 },
             };
-            if batch.events.is_empty() {
+            if batch.events.is_empty() && in_flight.is_none() {
                 // Past events it does not take.
                 if batch.next != cursor {
                     match self.advance(cursor, batch.next).await {
@@ -258,14 +291,17 @@ impl Job {
                 }
                 continue;
             }
-            let started = Instant::now();
+            // A batch to publish (none when the log has nothing more yet, or
+            // this one cannot be made into messages: the one in flight is
+            // confirmed first, and the failure met again after it).
             let made = match ready {
-                Some(outgoing) => Ok(outgoing),
-                None => self.messages(&batch.events, &mut transform).await,
+                _ if batch.events.is_empty() => None,
+                Some(outgoing) => Some(Ok(outgoing)),
+                None => Some(self.messages(&batch.events, &mut transform).await),
             };
-            let outgoing = match made {
-                Ok(outgoing) => outgoing,
-                Err(error) => {
+            let next = match made {
+                Some(Ok(outgoing)) => Some(Prepared { batch, outgoing }),
+                Some(Err(error)) if in_flight.is_none() => {
                     // The module cannot make this event into messages: wait
                     // at it (holding the lease), and try again now and then
                     // (a time-out under load passes) until new code replaces it.
@@ -275,16 +311,43 @@ impl Job {
                     }
                     continue;
                 }
+                _ => None,
             };
             let Some(connection) = publisher.as_mut() else { continue };
-            // While the broker confirms, the next batch is read and made
-            // into messages (published only after these are confirmed).
-            let (published, next) =
-                tokio::join!(connection.publish(&outgoing), self.prepare(batch.next, &filter, &mut transform));
-            match published {
+            let sent = match next {
+                Some(next) => match connection.send(&next.outgoing).await {
+                    Ok(pending) => {
+                        Some(Sent { started: Instant::now(), batch: next.batch, outgoing: next.outgoing, pending })
+                    }
+                    Err(e) => {
+                        publisher = None;
+                        self.failed("retrying", e);
+                        self.update(|s| s.connected = false);
+                        if !self.pause(backoff.wait()).await {
+                            return Ended::Stopped;
+                        }
+                        continue;
+                    }
+                },
+                None => None,
+            };
+            let Some(confirming) = std::mem::replace(&mut in_flight, sent) else {
+                continue;
+            };
+            // While the broker confirms, the batch after the one just sent
+            // is read and made into messages.
+            let ahead = in_flight.as_ref().map(|sent| sent.batch.next);
+            let Sent { started, batch, outgoing, pending } = confirming;
+            let (confirmed, next) = tokio::join!(pending.confirmed(&outgoing), async {
+                match ahead {
+                    Some(after) => self.prepare(after, &filter, &mut transform).await.map(|p| (after, p)),
+                    None => None,
+                }
+            });
+            prepared = next;
+            match confirmed {
                 Ok(confirmed) => match self.advance(cursor, batch.next).await {
                     Ok(true) => {
-                        prepared = next.map(|(b, o)| (batch.next, b, o));
                         cursor = batch.next;
                         renewed = Instant::now();
                         backoff = Backoff::default();
@@ -301,7 +364,8 @@ impl Job {
                     Ok(false) => return Ended::Fenced,
                     Err(()) => {
                         // Published, not recorded: published again (same
-                        // ids) once the database answers.
+                        // ids) from the checkpoint once the database answers.
+                        in_flight = None;
                         if !self.pause(backoff.wait()).await {
                             return Ended::Stopped;
                         }
@@ -309,8 +373,9 @@ impl Job {
                 },
                 Err(e) => {
                     // Reconnect: a connection that failed once may be
-                    // half-closed.
+                    // half-closed. What was sent after it goes again.
                     publisher = None;
+                    in_flight = None;
                     self.failed("retrying", e);
                     self.update(|s| s.connected = false);
                     if !self.pause(backoff.wait()).await {
@@ -324,18 +389,13 @@ impl Job {
     /// The batch after `after` and its messages, when there is one and
     /// nothing fails (a failure is met again, and reported, when the batch
     /// is read in turn).
-    async fn prepare(
-        &self,
-        after: Cursor,
-        filter: &Filter,
-        transform: &mut Option<WasmSink>,
-    ) -> Option<(crate::source::Batch, Vec<Outgoing>)> {
+    async fn prepare(&self, after: Cursor, filter: &Filter, transform: &mut Option<WasmSink>) -> Option<Prepared> {
         let batch = self.source.read_page(after, filter.clone(), self.batch_events).await.ok()?;
         if batch.events.is_empty() {
             return None;
         }
         let outgoing = self.messages(&batch.events, transform).await.ok()?;
-        Some((batch, outgoing))
+        Some(Prepared { batch, outgoing })
     }
 
     /// Move the checkpoint (renewing the lease). `Ok(false)`: fenced.

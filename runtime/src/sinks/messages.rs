@@ -1,6 +1,8 @@
 //! The messages of a batch of events: one per event with reel's headers, or
 //! what the module's `transform` makes of each, each with its dedup id.
 
+use std::borrow::Cow;
+
 use bytes::Bytes;
 
 use reel_model::Event;
@@ -12,11 +14,11 @@ use crate::host::sink::{Message, SinkManifest, render_template};
 pub struct Outgoing {
     /// The subject (NATS) or routing key (RabbitMQ).
     pub subject: String,
-    /// The dedup id: the event's position, `position:index` when the
-    /// transform made several messages of the event.
+    /// The dedup id: `sink:position`, `sink:position:index` when the
+    /// transform made several messages of the event (see [`dedup_id`]).
     pub id: String,
     /// Headers: reel's, then the module's.
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// The body.
     pub body: Bytes,
 }
@@ -36,10 +38,14 @@ fn reserved(name: &str) -> bool {
 
 /// A header value as brokers carry it: no line breaks or control characters.
 fn clean(value: &str) -> String {
+    if !value.chars().any(char::is_control) {
+        return value.to_owned();
+    }
     value.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
-fn reel_headers(event: &Event) -> Vec<(String, String)> {
+/// reel's headers of `event`, with room for `more`.
+fn reel_headers(event: &Event, more: usize) -> Vec<(Cow<'static, str>, String)> {
     let values = [
         event.position.to_string(),
         clean(&event.stream_id),
@@ -47,17 +53,33 @@ fn reel_headers(event: &Event) -> Vec<(String, String)> {
         clean(&event.event_type),
         event.occurred_at.clone(),
     ];
-    REEL_HEADERS.iter().zip(values).map(|(n, v)| ((*n).to_owned(), v)).collect()
+    let mut headers = Vec::with_capacity(REEL_HEADERS.len() + more);
+    headers.extend(REEL_HEADERS.iter().zip(values).map(|(n, v)| (Cow::Borrowed(*n), v)));
+    headers
+}
+
+/// A message's dedup id: the sink's name and the event's position, and the
+/// message's index when a transform made several of the event. The name
+/// keeps two sinks that publish the same event into one JetStream stream
+/// from dropping each other's messages as duplicates; it holds no `:` (a
+/// sink's name is `a-z`, `0-9`, `-`, `_`), so no two sinks' ids meet. Not
+/// the version: a new version continues from the checkpoint, and what it
+/// sends again must carry the ids the old one sent.
+pub fn dedup_id(sink: &str, position: i64, index: Option<usize>) -> String {
+    match index {
+        Some(index) => format!("{sink}:{position}:{index}"),
+        None => format!("{sink}:{position}"),
+    }
 }
 
 /// The one message of `event` when the sink has no transform: the event's
 /// data as the body.
 pub fn plain(manifest: &SinkManifest, event: &Event, nats: bool) -> Outgoing {
-    let mut headers = reel_headers(event);
-    headers.push(("Content-Type".into(), "application/json".into()));
+    let mut headers = reel_headers(event, 1);
+    headers.push((Cow::Borrowed("Content-Type"), "application/json".into()));
     Outgoing {
         subject: render_template(&manifest.subject, event, nats),
-        id: event.position.to_string(),
+        id: dedup_id(&manifest.name, event.position, None),
         headers,
         body: Bytes::copy_from_slice(event.data.as_bytes()),
     }
@@ -70,15 +92,19 @@ pub fn transformed(manifest: &SinkManifest, event: &Event, made: Vec<Message>, n
     made.into_iter()
         .enumerate()
         .map(|(index, message)| {
-            let mut headers = reel_headers(event);
+            let mut headers = reel_headers(event, message.headers.len());
             headers.extend(
-                message.headers.into_iter().filter(|h| !reserved(&h.name)).map(|h| (clean(&h.name), clean(&h.value))),
+                message
+                    .headers
+                    .into_iter()
+                    .filter(|h| !reserved(&h.name))
+                    .map(|h| (Cow::Owned(clean(&h.name)), clean(&h.value))),
             );
             let subject = match message.subject {
                 Some(subject) => subject,
                 None => render_template(&manifest.subject, event, nats),
             };
-            let id = if several { format!("{}:{index}", event.position) } else { event.position.to_string() };
+            let id = dedup_id(&manifest.name, event.position, several.then_some(index));
             Outgoing { subject, id, headers, body: Bytes::from(message.body) }
         })
         .collect()

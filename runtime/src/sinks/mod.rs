@@ -4,9 +4,10 @@
 //! after the sink's checkpoint, publishes them (`messages.rs` builds them,
 //! through the module's `transform` if it has one), and moves the
 //! checkpoint only once the broker has confirmed every message of the batch
-//! (`deliver.rs`, over `broker.rs`). Each message's dedup id is the event's
-//! position (`position:index` when a transform makes several of one event),
-//! as `Nats-Msg-Id` and as AMQP's `message-id`.
+//! (`deliver.rs`, over `broker.rs`). Each message's dedup id is the sink's
+//! name and the event's position (`sink:position`, `sink:position:index`
+//! when a transform makes several of one event), as `Nats-Msg-Id` and as
+//! AMQP's `message-id`.
 //!
 //! Delivery is at least once: a crash or a lost confirmation sends the
 //! messages after the checkpoint again, with the same ids (JetStream drops
