@@ -122,7 +122,7 @@ pub trait Sink {
 
     /// The messages of `event` (called only when the manifest says
     /// `transform`): none, one, or several (their dedup ids are
-    /// `position:index`). An error stops the sink at the event.
+    /// `sink:position:index`). An error stops the sink at the event.
     fn transform(event: &RawEvent) -> Result<Vec<Message>> {
         let _ = event;
         Ok(Vec::new())
