@@ -64,6 +64,16 @@ impl From<SourceError> for ApiError {
                 tracing::error!("{m}");
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)
             }
+            SourceError::OutcomeUnknown(_) => {
+                tracing::error!("{e}");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "outcome_unknown",
+                    "the connection to the database was lost while the append was committing: it may have been \
+                     appended or not. Send the same request again with the same Idempotency-Key to get its answer \
+                     (or read the stream to see); without a key, sending it again may append it twice",
+                )
+            }
             other => Self::unavailable(&other),
         }
     }

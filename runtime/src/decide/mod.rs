@@ -11,6 +11,7 @@
 //! Deciders are served by any reel process: a command needs no owner, the
 //! expected version on the append is what keeps two deciding processes apart.
 
+mod appends;
 mod command;
 mod keys;
 mod snapshots;

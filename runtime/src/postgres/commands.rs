@@ -7,7 +7,8 @@
 //! deciders' states in `reel.decider_snapshots` (ADR 26).
 
 use super::events::{
-    APPEND, DEAD_CONNECTIONS, PgSource, append, conflict, connection_lost, is_conflict, on_a_live_connection, pg_error,
+    APPEND, DEAD_CONNECTIONS, PgSource, append, conflict, connection_lost, is_conflict, on_a_live_connection,
+    outcome_unknown_if_lost, pg_error,
 };
 use crate::source::{
     AppendRequest, Appended, CommandStore, KeptAnswer, Keyed, LogFuture, Outcome, Snapshot, SourceError,
@@ -85,11 +86,15 @@ impl CommandStore for PgSource {
                 }
                 Err(e) => return Err(pg_error(&e)),
             };
+            let mut keyed = keyed;
+            keyed.answer.version = appended.version - request.events.len() as i64;
             if !keep(&*tx, &keyed).await.map_err(|e| pg_error(&e))? {
                 tx.rollback().await.map_err(|e| pg_error(&e))?;
                 return Ok(None);
             }
-            tx.commit().await.map_err(|e| pg_error(&e))?;
+            // A lost connection before this left nothing (the server rolls
+            // an unfinished transaction back); during the commit, either.
+            tx.commit().await.map_err(|e| outcome_unknown_if_lost(&e))?;
             self.wake.send_modify(|n| *n = n.wrapping_add(1));
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             for position in &appended.positions {

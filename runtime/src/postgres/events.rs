@@ -176,8 +176,9 @@ impl PgSource {
     /// The statement is prepared first, on its own: a connection the server
     /// closed fails there, before anything could be written, and the append
     /// moves to another connection. Once the insert is sent, a lost
-    /// connection is a 503: it may have committed, and sending it again
-    /// could append twice.
+    /// connection is [`SourceError::OutcomeUnknown`]: it may have committed
+    /// (the statement commits on its own), and sending it again could append
+    /// twice (ADR 43).
     pub async fn append(&self, request: AppendRequest) -> Result<Appended, SourceError> {
         let (client, statement) = on_a_live_connection!(self, |client| client.prepare(APPEND));
         let mut attempts = 0;
@@ -198,7 +199,7 @@ impl PgSource {
                         .get(0);
                     return Err(conflict(&request, actual));
                 }
-                Err(e) => return Err(pg_error(&e)),
+                Err(e) => return Err(outcome_unknown_if_lost(&e)),
             }
         };
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
@@ -479,6 +480,17 @@ pub(super) async fn append(
     ids.sort_unstable();
     let version = ids.last().map_or(0, |(v, _)| *v);
     Ok(Ok((Appended { positions: ids.into_iter().map(|(_, id)| id).collect(), version }, tx)))
+}
+
+/// An error of a statement that commits on its own, or of a `COMMIT`: when
+/// the connection was lost, the server may have committed before it went
+/// (a crash after the commit record was flushed, a network cut), so the
+/// outcome is unknown; any other error is the server's refusal.
+pub(super) fn outcome_unknown_if_lost(e: &tokio_postgres::Error) -> SourceError {
+    match connection_lost(e) {
+        true => SourceError::OutcomeUnknown(pg_error(e).to_string()),
+        false => pg_error(e),
+    }
 }
 
 pub(super) fn pg_error(e: &tokio_postgres::Error) -> SourceError {

@@ -91,9 +91,10 @@ pub trait CommandStore: Send + Sync {
     /// The answer kept under `key`, unless it expired (kept before
     /// `expired_before`, Unix µs).
     fn answer(&self, key: &str, expired_before: i64) -> LogFuture<'_, Option<KeptAnswer>>;
-    /// Append `request` (with its expected version) and keep `keyed` in the
-    /// same transaction. `None`: a live answer is kept under the key already,
-    /// and nothing was appended.
+    /// Append `request` and keep `keyed` in the same transaction, its
+    /// `version` set to the stream's version before the append (a `POST
+    /// /events` without an expected version learns it only there). `None`: a
+    /// live answer is kept under the key already, and nothing was appended.
     fn append_keyed(&self, request: AppendRequest, keyed: Keyed) -> LogFuture<'_, Option<Appended>>;
     /// Keep `keyed`, an answer that appended nothing; `false` when a live
     /// answer is kept under the key already (and stays).

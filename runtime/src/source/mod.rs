@@ -219,6 +219,11 @@ pub enum SourceError {
     /// The database is unreachable or failed.
     #[error("events database: {0}")]
     Unavailable(String),
+    /// The connection was lost after an append was sent and before its
+    /// answer came: it may have committed or not (ADR 43). Sending it again
+    /// without an idempotency key could append it twice.
+    #[error("events database: the connection was lost while the append was committing: {0}")]
+    OutcomeUnknown(String),
     /// No connection could be made to the database (it is down, starting or
     /// recovering): reel starts anyway and retries (ADR 43).
     #[error("events database unreachable: {0}")]

@@ -99,7 +99,15 @@ impl CommandStore for SqliteSource {
                     if !keep(tx, &keyed)? {
                         return Ok((false, None));
                     }
-                    Ok((true, Some(append_in(tx, &request)?)))
+                    let appended = append_in(tx, &request)?;
+                    let before = appended.version - request.events.len() as i64;
+                    if before != keyed.answer.version {
+                        tx.execute(
+                            "UPDATE reel_command_answers SET version = ?2 WHERE key = ?1",
+                            params![keyed.key, before],
+                        )?;
+                    }
+                    Ok((true, Some(appended)))
                 })
                 .await?;
             if appended.is_some() {

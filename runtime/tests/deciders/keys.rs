@@ -1,7 +1,9 @@
 //! Idempotency keys (ADR 25): a command sent again with its key gets its
 //! first answer and appends nothing, after a restart too, and from another
 //! reel process on the same PostgreSQL; a key sent with another request is
-//! refused; answers expire and are forgotten.
+//! refused; answers expire and are forgotten. The same for `POST /events`
+//! (ADR 43): an append sent again with its key, after a lost answer or a
+//! `503 outcome_unknown`, gets its first answer and is appended once.
 
 use std::time::Duration;
 
@@ -18,7 +20,107 @@ use crate::both_backends;
 both_backends!(
     a_command_sent_again_with_its_key_gets_its_first_answer_and_appends_nothing,
     answers_kept_under_keys_expire_and_are_forgotten,
+    an_append_sent_again_with_its_key_gets_its_first_answer_and_appends_nothing,
 );
+
+/// `POST /events` with `Idempotency-Key: key`: the status, the body, and
+/// whether the answer says it was given before.
+async fn append(h: &Harness, key: Option<&str>, body: &Value) -> (StatusCode, Value, bool) {
+    let mut request = Request::builder().method("POST").uri("/events").header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = h.app.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = response.status();
+    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap(), replayed)
+}
+
+fn placed(stream: &str, expected: Option<i64>, n: i64) -> Value {
+    let mut body = json!({ "stream_id": stream, "events": [
+        { "event_type": "order.placed", "data": { "n": n } },
+        { "event_type": "order.paid", "data": { "n": n }, "metadata": { "by": "test" } },
+    ] });
+    if let Some(expected) = expected {
+        body["expected_version"] = json!(expected);
+    }
+    body
+}
+
+async fn an_append_sent_again_with_its_key_gets_its_first_answer_and_appends_nothing(backend: Backend) {
+    let h = Harness::start(backend, &[]).await;
+    let first = append(&h, Some("a-1"), &placed("s-1", Some(0), 1)).await;
+    assert_eq!((first.0, first.2), (StatusCode::CREATED, false), "{}", first.1);
+    assert_eq!(first.1["version"], 2);
+    let again = append(&h, Some("a-1"), &placed("s-1", Some(0), 1)).await;
+    assert_eq!(again, (StatusCode::CREATED, first.1.clone(), true), "the first answer, not a 409");
+    // Without an expected version: the version before it is kept too.
+    assert_eq!(append(&h, None, &placed("s-2", None, 0)).await.0, StatusCode::CREATED);
+    let loose = append(&h, Some("a-2"), &placed("s-2", None, 2)).await;
+    assert_eq!((loose.0, &loose.1["version"]), (StatusCode::CREATED, &json!(4)), "{}", loose.1);
+    assert_eq!(append(&h, Some("a-2"), &placed("s-2", None, 2)).await, (StatusCode::CREATED, loose.1.clone(), true));
+    assert_eq!(event_count(&h).await, 6, "sent twice each, appended once");
+
+    // A key stands for one request: another stream, version or payload is refused.
+    for body in [placed("s-3", Some(0), 1), placed("s-1", Some(2), 1), placed("s-1", Some(0), 9)] {
+        let (status, answer, _) = append(&h, Some("a-1"), &body).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("idempotency_key_reused")),
+            "{answer}"
+        );
+    }
+    // A conflict is not kept: the key stays free.
+    let conflict = append(&h, Some("a-3"), &placed("s-1", Some(0), 3)).await;
+    assert_eq!((conflict.0, conflict.1["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("version_conflict")));
+    let (status, answer, replayed) = append(&h, Some("a-3"), &placed("s-1", Some(2), 3)).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false), "{answer}");
+    let (status, answer, _) = append(&h, Some(""), &placed("s-4", Some(0), 1)).await;
+    assert_eq!((status, answer["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("bad_request")));
+
+    // After a restart, the same answers.
+    let h = h.restart().await;
+    assert_eq!(append(&h, Some("a-1"), &placed("s-1", Some(0), 1)).await, (StatusCode::CREATED, first.1, true));
+    assert_eq!(append(&h, Some("a-2"), &placed("s-2", None, 2)).await, (StatusCode::CREATED, loose.1, true));
+    assert_eq!(event_count(&h).await, 8);
+    h.finish().await;
+}
+
+/// A connection to PostgreSQL lost while an append commits (here its own
+/// backend ended by a deferred trigger at the commit, after the insert) is
+/// `503 outcome_unknown`, not `unavailable` ("nothing was appended"): the
+/// append might have committed. Sent again with its key, it is appended once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_whose_commit_loses_its_connection_is_answered_outcome_unknown() {
+    let h = Harness::start(Backend::Postgres, &[]).await;
+    let db = h.postgres().await;
+    db.batch_execute(
+        "CREATE FUNCTION public.doom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.stream_id LIKE 'doomed%' THEN \
+             PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER doom AFTER INSERT ON public.events DEFERRABLE INITIALLY DEFERRED \
+           FOR EACH ROW EXECUTE FUNCTION public.doom();",
+    )
+    .await
+    .unwrap();
+    for (stream, key) in [("doomed-1", None), ("doomed-2", Some("d-2"))] {
+        let (status, answer, _) = append(&h, key, &placed(stream, Some(0), 1)).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("outcome_unknown")),
+            "{stream}: {answer}"
+        );
+        assert!(answer["error"]["message"].as_str().unwrap().contains("Idempotency-Key"), "{answer}");
+    }
+    assert_eq!(event_count(&h).await, 0, "the backend ended before its commit");
+    db.batch_execute("DROP TRIGGER doom ON public.events").await.unwrap();
+    let (status, answer, replayed) = append(&h, Some("d-2"), &placed("doomed-2", Some(0), 1)).await;
+    assert_eq!((status, replayed), (StatusCode::CREATED, false), "{answer}");
+    assert_eq!(append(&h, Some("d-2"), &placed("doomed-2", Some(0), 1)).await, (StatusCode::CREATED, answer, true));
+    assert_eq!(event_count(&h).await, 2);
+    h.finish().await;
+}
 
 /// `POST /commands/order/{stream}` with `Idempotency-Key: key`: the status,
 /// the body, and whether the answer says it was given before.
