@@ -1,7 +1,10 @@
 //! A client appending a workload through `POST /events` while reel is killed
-//! or loses its database: each event sent with its expected version and
-//! retried until it is in (a `409` after an answer was lost means the lost
-//! answer was a success: only this client writes these streams).
+//! or loses its database, as a careful user would: each event sent with its
+//! expected version and an `Idempotency-Key` of its own, and sent again with
+//! the same key until an answer comes (ADR 43): after a lost answer or a
+//! `503 outcome_unknown` the retry gets the first answer (`Idempotent-Replayed`)
+//! when the first attempt had appended. A `409` is never expected: only this
+//! client writes these streams, so it would mean an event lost or doubled.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,13 +27,17 @@ pub struct Appended {
     pub created: usize,
     /// Answers `503` (the database unavailable), retried.
     pub unavailable: usize,
+    /// Of those, `503 outcome_unknown` (the connection lost while the append
+    /// was committing), retried with the same key.
+    pub outcome_unknown: usize,
     /// Other answers that were retried (`5xx`), with the first seen.
     pub other_errors: usize,
     pub first_other: Option<String>,
     /// Requests sent whose answer never came (reel killed), retried.
     pub lost_answers: usize,
-    /// Of those, retries answered `409`: the lost answer was a `201`.
-    pub appended_unanswered: usize,
+    /// Answers given again under the key (`Idempotent-Replayed: true`): an
+    /// earlier attempt had appended, and its answer was lost or unknown.
+    pub replayed: usize,
     /// Connections refused (no reel serving), retried.
     pub refused: usize,
     /// The longest time one event took to go in.
@@ -88,6 +95,7 @@ fn run(
 ) -> Appended {
     let mut seen = Appended::default();
     for e in events {
+        let key = format!("{}@{}", e.stream_id, e.version);
         let body = json!({
             "stream_id": e.stream_id,
             "expected_version": e.version - 1,
@@ -95,7 +103,6 @@ fn run(
         })
         .to_string();
         let started = Instant::now();
-        let mut unanswered = false;
         loop {
             assert!(!stop.load(Ordering::Relaxed), "the run ended before the appender");
             assert!(started.elapsed() < Duration::from_secs(600), "{} not appended in 10 minutes", e.stream_id);
@@ -103,39 +110,33 @@ fn run(
                 std::thread::sleep(Duration::from_millis(10));
                 continue;
             };
-            match post(addr, &body) {
+            match post(addr, &key, &body) {
                 Sent::Refused => {
                     seen.refused += 1;
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 Sent::Unanswered => {
                     seen.lost_answers += 1;
-                    unanswered = true;
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                Sent::Answered(201, _) => {
+                Sent::Answered(201, replayed, _) => {
                     seen.created += 1;
+                    seen.replayed += usize::from(replayed);
                     break;
                 }
-                Sent::Answered(409, answer) => {
-                    assert!(
-                        unanswered,
-                        "{} version {}: 409 with no lost answer before: {answer}",
-                        e.stream_id, e.version
-                    );
-                    seen.appended_unanswered += 1;
-                    break;
-                }
-                Sent::Answered(503, _) => {
+                Sent::Answered(503, _, answer) => {
                     seen.unavailable += 1;
+                    seen.outcome_unknown += usize::from(answer.contains("\"outcome_unknown\""));
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Sent::Answered(status, answer) if status >= 500 => {
+                Sent::Answered(status, _, answer) if status >= 500 => {
                     seen.other_errors += 1;
                     seen.first_other.get_or_insert(format!("{status}: {answer}"));
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Sent::Answered(status, answer) => panic!("append of {} answered {status}: {answer}", e.stream_id),
+                Sent::Answered(status, _, answer) => {
+                    panic!("append of {} version {} answered {status}: {answer}", e.stream_id, e.version)
+                }
             }
         }
         seen.events += 1;
@@ -153,15 +154,16 @@ enum Sent {
     Refused,
     /// Sent, and the connection ended before an answer.
     Unanswered,
-    Answered(u16, String),
+    /// The status, whether it was marked `Idempotent-Replayed`, the body.
+    Answered(u16, bool, String),
 }
 
-fn post(addr: SocketAddr, body: &str) -> Sent {
+fn post(addr: SocketAddr, key: &str, body: &str) -> Sent {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else { return Sent::Refused };
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let request = format!(
         "POST /events HTTP/1.1\r\nHost: reel\r\nConnection: close\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\n\r\n{body}",
+         Idempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     if stream.write_all(request.as_bytes()).is_err() {
@@ -172,8 +174,10 @@ fn post(addr: SocketAddr, body: &str) -> Sent {
         return Sent::Unanswered;
     }
     let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let replayed = head.lines().any(|line| line.eq_ignore_ascii_case("idempotent-replayed: true"));
     match response.split(' ').nth(1).and_then(|s| s.parse().ok()) {
-        Some(status) => Sent::Answered(status, response.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned()),
+        Some(status) => Sent::Answered(status, replayed, body.to_owned()),
         None => Sent::Unanswered,
     }
 }
