@@ -45,9 +45,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::Backend;
+use common::keepalive::Http;
 use reel::Server;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 struct Args {
@@ -107,47 +106,6 @@ fn args() -> Args {
         }
     }
     args
-}
-
-/// A keep-alive HTTP/1.1 connection.
-struct Http {
-    stream: BufReader<TcpStream>,
-}
-
-impl Http {
-    async fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Self { stream: BufReader::new(stream) }
-    }
-
-    async fn request(&mut self, method: &str, path: &str, body: &str) -> (u16, String) {
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: reel\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        self.stream.get_mut().write_all(format!("{head}{body}").as_bytes()).await.unwrap();
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await.unwrap();
-        let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut length = 0;
-        loop {
-            line.clear();
-            self.stream.read_line(&mut line).await.unwrap();
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = header.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                length = v.trim().parse().unwrap();
-            }
-        }
-        let mut body = vec![0; length];
-        self.stream.read_exact(&mut body).await.unwrap();
-        (status, String::from_utf8_lossy(&body).into_owned())
-    }
 }
 
 const PLACE: &str =

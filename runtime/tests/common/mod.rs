@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod keepalive;
 pub mod process;
 pub mod sse;
 pub mod writers;
