@@ -76,15 +76,9 @@ fn fuzz(backend: common::Backend) {
     eprintln!("fuzz: seed {seed} (REEL_TORTURE_SEED), {mutants} mutants (REEL_FUZZ_MUTANTS)");
     let started = Instant::now();
 
-    let dir = tempfile::tempdir().unwrap();
-    let setup = tokio::runtime::Runtime::new().unwrap();
-    let database = match backend {
-        common::Backend::Sqlite => None,
-        common::Backend::Postgres => Some(setup.block_on(common::create_database())),
-    };
+    let (dir, setup, database) = super::scratch(backend);
     let db = database.as_deref();
     let modules = dir.path().join("modules");
-    std::fs::create_dir_all(&modules).unwrap();
     std::fs::copy(common::guest("customer_stats"), modules.join("customer_stats.wasm")).unwrap();
     let memory = MEMORY_MIB.to_string();
     let args = ["--memory-mib", &memory, "--batch-timeout", "2", "--batch-size", "200"];

@@ -105,15 +105,9 @@ fn soak(backend: common::Backend) {
     );
     let seed = Rng::from_env().next_u64();
 
-    let dir = tempfile::tempdir().unwrap();
-    let setup = tokio::runtime::Runtime::new().unwrap();
-    let database = match backend {
-        common::Backend::Sqlite => None,
-        common::Backend::Postgres => Some(setup.block_on(common::create_database())),
-    };
+    let (dir, setup, database) = super::scratch(backend);
     let db = database.as_deref();
     let modules = dir.path().join("modules");
-    std::fs::create_dir_all(&modules).unwrap();
     let order_summaries = std::fs::read(common::guest("order_summaries")).unwrap();
     let echo = [
         std::fs::read(common::guest("fixture_echo_a")).unwrap(),
