@@ -195,14 +195,8 @@ fn a_killed_process_resumes_exactly_once_postgres() {
 }
 
 fn killed_process_resumes_exactly_once(backend: common::Backend) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let database = match backend {
-        common::Backend::Sqlite => None,
-        common::Backend::Postgres => Some(rt.block_on(common::create_database())),
-    };
+    let (dir, rt, database) = common::scratch(backend);
     let db = database.as_deref();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
     for module in ["order_summaries", "customer_stats", "fixture_echo_a"] {
         std::fs::copy(common::guest(module), dir.path().join(format!("modules/{module}.wasm"))).unwrap();
     }
@@ -471,14 +465,8 @@ fn a_json_log_has_a_line_per_batch_postgres() {
 /// committed ones cover every event once, and what the guest logs carries
 /// the projection and the positions of the batch it was handling (ADR 46).
 fn json_log_has_a_line_per_batch(backend: common::Backend) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let database = match backend {
-        common::Backend::Sqlite => None,
-        common::Backend::Postgres => Some(rt.block_on(common::create_database())),
-    };
+    let (dir, rt, database) = common::scratch(backend);
     let db = database.as_deref();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
     std::fs::copy(common::guest("fixture_echo_a"), dir.path().join("modules/echo.wasm")).unwrap();
     let server = Server::start_with(dir.path(), db, &[], &["--log-format", "json"], None);
     let mut last = 0;

@@ -60,7 +60,7 @@ fn kill_loop(backend: common::Backend) {
     let seed = rng.next_u64();
     let started = Instant::now();
 
-    let (dir, setup, database) = scratch(backend);
+    let (dir, setup, database) = common::scratch(backend);
     let db = database.as_deref();
     for module in MODULES {
         std::fs::copy(common::guest(module), dir.path().join(format!("modules/{module}.wasm"))).unwrap();
@@ -191,20 +191,6 @@ fn kill_loop(backend: common::Backend) {
     if let Some(url) = db {
         setup.block_on(common::drop_database(url));
     }
-}
-
-/// A run's own place: a temporary folder holding an empty `modules` folder,
-/// a runtime for the setup's async calls, and on PostgreSQL a database of
-/// the run's own.
-fn scratch(backend: common::Backend) -> (tempfile::TempDir, tokio::runtime::Runtime, Option<String>) {
-    let dir = tempfile::tempdir().unwrap();
-    let setup = tokio::runtime::Runtime::new().unwrap();
-    let database = match backend {
-        common::Backend::Sqlite => None,
-        common::Backend::Postgres => Some(setup.block_on(common::create_database())),
-    };
-    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
-    (dir, setup, database)
 }
 
 /// Wait until every read model is at the head of the log, as reel reports it.

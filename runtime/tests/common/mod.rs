@@ -450,3 +450,17 @@ pub async fn stored_events(data_dir: &Path, database_url: Option<&str>) -> Vec<S
         }
     }
 }
+
+/// A run's own place: a temporary folder holding an empty `modules` folder,
+/// a runtime for the setup's async calls, and on PostgreSQL a database of
+/// the run's own.
+pub fn scratch(backend: Backend) -> (tempfile::TempDir, tokio::runtime::Runtime, Option<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = tokio::runtime::Runtime::new().unwrap();
+    let database = match backend {
+        Backend::Sqlite => None,
+        Backend::Postgres => Some(setup.block_on(create_database())),
+    };
+    std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+    (dir, setup, database)
+}

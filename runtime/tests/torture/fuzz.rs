@@ -76,7 +76,7 @@ fn fuzz(backend: common::Backend) {
     eprintln!("fuzz: seed {seed} (REEL_TORTURE_SEED), {mutants} mutants (REEL_FUZZ_MUTANTS)");
     let started = Instant::now();
 
-    let (dir, setup, database) = super::scratch(backend);
+    let (dir, setup, database) = super::common::scratch(backend);
     let db = database.as_deref();
     let modules = dir.path().join("modules");
     std::fs::copy(common::guest("customer_stats"), modules.join("customer_stats.wasm")).unwrap();

@@ -105,7 +105,7 @@ fn soak(backend: common::Backend) {
     );
     let seed = Rng::from_env().next_u64();
 
-    let (dir, setup, database) = super::scratch(backend);
+    let (dir, setup, database) = super::common::scratch(backend);
     let db = database.as_deref();
     let modules = dir.path().join("modules");
     let order_summaries = std::fs::read(common::guest("order_summaries")).unwrap();
