@@ -85,14 +85,7 @@ fn args() -> Args {
             "--rate" => args.rate = value().parse().expect("--rate N"),
             "--long-events" => args.long_events = value().parse().expect("--long-events N"),
             "--only" => args.only = Some(value()),
-            "--backend" => {
-                args.backends = match value().as_str() {
-                    "sqlite" => vec![Backend::Sqlite],
-                    "postgres" => vec![Backend::Postgres],
-                    "both" => vec![Backend::Sqlite, Backend::Postgres],
-                    other => panic!("unknown backend {other}"),
-                }
-            }
+            "--backend" => args.backends = common::backends(&value()),
             "--smoke" => {
                 args.rounds = 1;
                 args.streams = 300;

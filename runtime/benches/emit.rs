@@ -44,14 +44,7 @@ fn args() -> Args {
         match arg.as_str() {
             "--events" => args.events = value().parse().expect("--events N"),
             "--rounds" => args.rounds = value().parse().expect("--rounds N"),
-            "--backend" => {
-                args.backends = match value().as_str() {
-                    "sqlite" => vec![Backend::Sqlite],
-                    "postgres" => vec![Backend::Postgres],
-                    "both" => vec![Backend::Sqlite, Backend::Postgres],
-                    other => panic!("unknown backend {other}"),
-                }
-            }
+            "--backend" => args.backends = common::backends(&value()),
             "--smoke" => {
                 args.events = 5_000;
                 args.rounds = 1;

@@ -72,14 +72,7 @@ fn args() -> Args {
             "--only" => args.only = Some(value()),
             "--languages" => args.languages = true,
             "--changes" => args.changes = value().parse().expect("--changes ROUNDS"),
-            "--backend" => {
-                args.backends = match value().as_str() {
-                    "sqlite" => vec![Backend::Sqlite],
-                    "postgres" => vec![Backend::Postgres],
-                    "both" => vec![Backend::Sqlite, Backend::Postgres],
-                    other => panic!("unknown backend {other}"),
-                }
-            }
+            "--backend" => args.backends = common::backends(&value()),
             "--smoke" => {
                 args.events = 10_000;
                 args.handwritten = 2_000;

@@ -464,3 +464,13 @@ pub fn scratch(backend: Backend) -> (tempfile::TempDir, tokio::runtime::Runtime,
     std::fs::create_dir_all(dir.path().join("modules")).unwrap();
     (dir, setup, database)
 }
+
+/// The backends a benchmark's `--backend sqlite|postgres|both` names.
+pub fn backends(name: &str) -> Vec<Backend> {
+    match name {
+        "sqlite" => vec![Backend::Sqlite],
+        "postgres" => vec![Backend::Postgres],
+        "both" => vec![Backend::Sqlite, Backend::Postgres],
+        other => panic!("unknown backend {other}"),
+    }
+}
