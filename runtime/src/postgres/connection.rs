@@ -71,11 +71,23 @@ pub struct PgNamespace {
     pub(super) guest_session: bool,
     /// What the projection's SQL may hold and make.
     pub(super) bounds: SqlBounds,
-    /// A batch failed at the storage quota: the pages it wrote stay in the
-    /// files, rolled back but counted, until a `VACUUM` after the rollback.
     /// Change capture, when on for the projection (ADR 28).
     pub(super) capture: Option<crate::store::Capture>,
+    /// A batch failed at the storage quota: the pages it wrote stay in the
+    /// files, rolled back but counted, until a `VACUUM` after the rollback.
     pub(super) vacuum_due: bool,
+    /// reel wrote KV values in this transaction (the projection's SQL
+    /// running is `guest_in_tx`): with either, the batch may have grown the
+    /// read model, and may need the storage quota's check.
+    pub(super) kv_in_tx: bool,
+    /// When this connection last sent the storage quota's check; `None`
+    /// since it opened and after each rollback, so that the next writing
+    /// batch checks (ADR 20).
+    pub(super) storage_checked: Option<Instant>,
+    /// The end of the batch that failed at the quota most recently: every
+    /// writing batch ending at or before it is checked, so that narrowing
+    /// down finds the event that crossed the quota (ADR 20).
+    pub(super) over_quota_through: Option<reel_model::Cursor>,
 }
 
 pub(super) const BEGIN_WRITE: &str = "BEGIN";
@@ -150,6 +162,9 @@ impl PgNamespace {
             capture: bounds.changes.filter(|_| !read_only).map(crate::store::Capture::new),
             bounds,
             vacuum_due: false,
+            kv_in_tx: false,
+            storage_checked: None,
+            over_quota_through: None,
         };
         ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
         Ok(ns)
@@ -269,6 +284,7 @@ impl PgNamespace {
                 (Blame::Guest, Box::pin(flight))
             }
             Op::KvPut { insert, keys, values } => {
+                self.kv_in_tx = true;
                 let (s, blame) = if insert {
                     (KV_INSERT, Blame::KvInsert { after_guest })
                 } else {
@@ -278,14 +294,16 @@ impl PgNamespace {
                 (blame, Box::pin(async move { client.execute(&s, &[&keys, &values]).await }))
             }
             Op::KvDelete { keys } => {
+                self.kv_in_tx = true;
                 let s = statement(KV_DELETE);
                 (Blame::Host { after_guest }, Box::pin(async move { client.execute(&s, &[&keys]).await }))
             }
-            Op::CheckStorage => {
+            Op::CheckStorage { to } => {
                 let s = statement(CHECK_STORAGE);
                 let (schema, quota) =
                     (self.info.schema.clone(), i64::try_from(self.bounds.storage_bytes).unwrap_or(i64::MAX));
-                (Blame::Storage { after_guest }, Box::pin(async move { client.execute(&s, &[&schema, &quota]).await }))
+                let flight = async move { client.execute(&s, &[&schema, &quota]).await };
+                (Blame::Storage { after_guest, to }, Box::pin(flight))
             }
             Op::Watch => {
                 let s = statement(WATCH);
@@ -360,33 +378,6 @@ impl PgNamespace {
         }
     }
 
-    /// After a batch failed at the storage quota, give back what its rolled
-    /// back rows hold at the end of the projection's own tables (reel's
-    /// `_reel_kv` is not the role's to vacuum; its dead rows are reused).
-    pub(super) fn vacuum(&mut self) {
-        self.vacuum_due = false;
-        let client = &self.client;
-        let schema = self.info.schema.clone();
-        let vacuumed = block_on_with_deadline(&self.handle, client, Some(self.deadline), async {
-            let tables = client
-                .query(
-                    "SELECT format('VACUUM %I.%I', n.nspname, c.relname) FROM pg_catalog.pg_class c \
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE n.nspname = $1 AND c.relkind = 'r' AND pg_catalog.pg_has_role(c.relowner, 'USAGE')",
-                    &[&schema],
-                )
-                .await
-                .map_err(|e| database_error(&e))?;
-            for table in tables {
-                client.batch_execute(table.get::<_, &str>(0)).await.map_err(|e| database_error(&e))?;
-            }
-            Ok(())
-        });
-        if let Err(e) = vacuumed {
-            tracing::warn!(namespace = %self.info.slug, "vacuum after the storage quota failed: {e}");
-        }
-    }
-
     /// Send `RESET ALL` if the projection's SQL ran since the last one: what
     /// it set with `set_config` ends before reel's own next statement, and
     /// so never outlives its batch (the commit is one of reel's). Pipelined:
@@ -432,7 +423,7 @@ impl PgNamespace {
             None => Ok(()),
             Some((blame, e)) => {
                 let error = failure_error(blame, &e);
-                self.vacuum_due |= matches!(blame, Blame::Storage { .. }) && matches!(error, StoreError::Limit(_));
+                self.note_failure(blame, &error);
                 self.failed = Some(error.clone());
                 Err(error)
             }
@@ -460,8 +451,7 @@ impl PgNamespace {
                     Ok(None) => Behind::Clear,
                     Ok(Some((blame, e))) => {
                         let error = failure_error(blame, &e);
-                        self.vacuum_due |=
-                            matches!(blame, Blame::Storage { .. }) && matches!(error, StoreError::Limit(_));
+                        self.note_failure(blame, &error);
                         Behind::Failed(error)
                     }
                     Err(_) => Behind::Failed(pipeline_stopped()),

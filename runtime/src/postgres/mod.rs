@@ -4,8 +4,9 @@
 //! creating, listing, dropping; `connection.rs`: a namespace's connection and
 //! the statements reel sends on it; `execs.rs`: its writes sent as
 //! `EXECUTE`s; `pipeline.rs`: the task that keeps its requests flowing;
-//! `namespace.rs`: its roles), over shared connection plumbing (`client.rs`)
-//! and values in PostgreSQL's text format (`value.rs`).
+//! `quota.rs`: its storage quota; `namespace.rs`: its roles), over shared
+//! connection plumbing (`client.rs`) and values in PostgreSQL's text format
+//! (`value.rs`).
 mod client;
 mod commands;
 mod connection;
@@ -14,6 +15,7 @@ mod events;
 mod execs;
 mod namespace;
 mod pipeline;
+mod quota;
 mod reader;
 mod store;
 mod value;

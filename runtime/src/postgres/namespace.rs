@@ -44,7 +44,7 @@ impl Snapshot for PgNamespace {
         self.failed = None;
         self.execs.clear();
         self.exec_count = 0;
-        self.guest_in_tx = false;
+        (self.guest_in_tx, self.kv_in_tx) = (false, false);
         self.in_tx = true;
         self.started = Instant::now();
         self.dispatch(Op::Begin)
@@ -56,7 +56,10 @@ impl Snapshot for PgNamespace {
         let _ = self.sync();
         self.failed = None;
         // The rollback undoes what the projection set in the transaction.
-        (self.guest_ran, self.guest_in_tx) = (false, false);
+        (self.guest_ran, self.guest_in_tx, self.kv_in_tx) = (false, false, false);
+        // The next writing batch checks the quota: a retry, or the first
+        // part of a batch being narrowed down (ADR 20).
+        self.storage_checked = None;
         if self.in_tx {
             self.in_tx = false;
             let client = &self.client;
@@ -246,6 +249,7 @@ impl Commits for PgNamespace {
         }
         if !self.read_only {
             self.capture_changes(to)?;
+            self.check_storage(to)?;
             self.dispatch(Op::Advance { from, to })?;
         }
         self.dispatch(Op::Commit)?;
@@ -268,6 +272,7 @@ impl Commits for PgNamespace {
             self.dispatch(Op::Release)?;
         }
         self.capture_changes(to)?;
+        self.check_storage(to)?;
         self.dispatch(Op::Advance { from, to })?;
         self.dispatch(Op::Commit)?;
         let answer = self.send_sync()?;

@@ -33,11 +33,11 @@ pub(super) enum Op {
     KvDelete {
         keys: ArrayParam,
     },
-    /// The storage quota, checked before the checkpoint moves. Not sent for
-    /// now: with it a projection catching up stalled in lifecycle's hostile
-    /// test (ADR 20, open).
-    #[allow(dead_code)]
-    CheckStorage,
+    /// The storage quota, checked before the checkpoint moves to `to`, in
+    /// the writing batches `PgNamespace::check_storage` picks (ADR 20).
+    CheckStorage {
+        to: Cursor,
+    },
     /// Release what the projection's SQL left in the session (temporary
     /// objects, advisory locks): sent before the commit when it ran.
     Release,
@@ -73,8 +73,9 @@ pub(super) enum Blame {
     Host { after_guest: bool },
     /// The insert of KV keys taken for new.
     KvInsert { after_guest: bool },
-    /// The storage quota's check (`RL413` past it).
-    Storage { after_guest: bool },
+    /// The storage quota's check (`RL413` past it) in the batch that ends
+    /// at `to`.
+    Storage { after_guest: bool, to: Cursor },
 }
 
 pub(super) type Flight =
@@ -156,7 +157,7 @@ pub(super) fn failure_error(blame: Blame, e: &tokio_postgres::Error) -> StoreErr
         (Blame::Storage { .. }, Some(OVER_QUOTA)) => {
             StoreError::Limit(e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_owned()))
         }
-        (Blame::Host { after_guest } | Blame::KvInsert { after_guest } | Blame::Storage { after_guest }, _) => {
+        (Blame::Host { after_guest } | Blame::KvInsert { after_guest } | Blame::Storage { after_guest, .. }, _) => {
             own_error(e, after_guest)
         }
         _ => database_error(e),
