@@ -366,7 +366,6 @@ fn rss() -> u64 {
 }
 
 async fn hostile_projections_are_stopped_by_their_limits(backend: Backend) {
-    let _alone = HOSTILE.write().await;
     let hostile = [
         ("bomb", "alloc", "out of memory"),
         ("hog", "big-value", "kv value of 4194304 bytes for key `big` is over the 1048576-byte limit"),
@@ -416,15 +415,7 @@ async fn hostile_projections_are_stopped_by_their_limits(backend: Backend) {
     h.finish().await;
 }
 
-/// On PostgreSQL an open transaction anywhere on the server holds back
-/// every projection's reading of the log (ADR 07's xmin bound): the hostile
-/// test's long-running batches would hold this test's events past its read
-/// wait. A known limit, in the closing note of 2026-12-06, not a flake of
-/// pause and resume: the two do not run at once.
-static HOSTILE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
 async fn pause_resume_and_rebuild_through_the_api(backend: Backend) {
-    let _beside = HOSTILE.read().await;
     let h = Harness::start(backend, &["fixture_echo_a"]).await;
     let at = ticks(&h, "a", 10).await;
     h.get(&format!("/projections/echo/kv?limit=1&min_position={at}")).await;

@@ -325,6 +325,74 @@ async fn an_open_writing_transaction_delays_delivery_and_status_names_it() {
     h.finish().await;
 }
 
+/// Transactions that cannot insert into reel's events hold back no one (ADR
+/// 39): one in another database of the cluster (another application's long
+/// `COPY`, a `CREATE DATABASE`) and a projection's own batch, however long it
+/// runs, while a transaction that could write events still does (the test
+/// above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_that_cannot_write_events_do_not_delay_delivery() {
+    let h = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
+    h.wait_status("echo", Duration::from_secs(30), |s| s["state"] == "running").await;
+    let elsewhere_url = create_database().await;
+    let elsewhere = connect(&elsewhere_url).await;
+    elsewhere.batch_execute("BEGIN; CREATE TABLE filler (x int); INSERT INTO filler VALUES (1)").await.unwrap();
+    let admin = h.postgres().await;
+    let row =
+        admin.query_one("SELECT role_name, role_password FROM reel.namespaces WHERE name = 'echo'", &[]).await.unwrap();
+    let mut config: tokio_postgres::Config = h.config.database_url.as_ref().unwrap().parse().unwrap();
+    config.user(row.get::<_, &str>(0)).password(row.get::<_, &str>(1));
+    let (module, connection) = config.connect(NoTls).await.unwrap();
+    tokio::spawn(connection);
+    module.batch_execute("BEGIN").await.unwrap();
+    let mut xids = Vec::new();
+    for client in [&elsewhere, &module] {
+        let xid: String = client.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
+        xids.push(xid);
+    }
+    let mut positions = Vec::new();
+    for i in 0..5 {
+        let body = h.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await;
+        positions.push(body["positions"][0].as_i64().unwrap());
+    }
+    let last = *positions.last().unwrap();
+    let seen = h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={last}")).await;
+    let got: Vec<i64> = seen["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap()["seen/".len()..].parse().unwrap())
+        .collect();
+    assert_eq!(got, positions, "delivered while transactions {xids:?} stay open");
+    let status = h.status("echo").await;
+    assert!(status["blocked_by"].is_null(), "{status:#}");
+    module.batch_execute("COMMIT").await.unwrap();
+    elsewhere.batch_execute("COMMIT").await.unwrap();
+    drop(elsewhere);
+    h.finish().await;
+    drop_database(&elsewhere_url).await;
+}
+
+/// A burst of reads queues for a version's read connections rather than
+/// opening one each: with the projection's role allowed 10 connections (its
+/// writer and a pool of 8 readers fit), 64 reads at once all answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_reads_shares_a_bounded_set_of_connections() {
+    let h = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
+    let body = h.append("s", Some(0), json!([{ "event_type": "tick", "data": {} }])).await;
+    let at = body["positions"][0].as_i64().unwrap();
+    h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={at}")).await;
+    let admin = h.postgres().await;
+    let role: String =
+        admin.query_one("SELECT role_name FROM reel.namespaces WHERE name = 'echo'", &[]).await.unwrap().get(0);
+    admin.batch_execute(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 10")).await.unwrap();
+    let reads = (0..64).map(|_| h.call("GET", "/projections/echo/kv?prefix=seen/", None));
+    let answers = futures_util::future::join_all(reads).await;
+    let refused: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+    assert!(refused.is_empty(), "{} of 64 reads refused, first: {:?}", refused.len(), refused.first());
+    h.finish().await;
+}
+
 /// Events and positions committed so far, in delivery order.
 async fn committed(client: &Client) -> Vec<(i64, String, i32)> {
     client

@@ -3,13 +3,14 @@
 //!
 //! Ids are drawn before commit, so under concurrent writers they commit out
 //! of order and a plain `id > last` reader skips events. reel reads only rows
-//! of transactions below its snapshot's `xmin` (all of which have finished),
+//! of transactions below its horizon (all of which have finished: the
+//! snapshot's `xmin`, but for transactions that cannot write events, ADR 39),
 //! in `(transaction_id, id)` order, and keeps that pair as the cursor: nothing
 //! committed later can sort before it.
 //!
-//! Consequences (see docs/postgres.md): a long writing transaction anywhere in
-//! the cluster delays delivery until it ends ([`PgSource::lag_cause`] names
-//! it); per-stream order holds for appends at REPEATABLE READ or whose event
+//! Consequences (see docs/postgres.md): a long transaction in this database
+//! that may write events delays delivery until it ends ([`PgSource::lag_cause`]
+//! names it); per-stream order holds for appends at REPEATABLE READ or whose event
 //! insert is the transaction's first write; a restore into a new cluster makes
 //! transaction ids go backwards, which [`PgSource::open`] detects and refuses.
 
@@ -28,7 +29,7 @@ use reel_model::time::format_micros;
 use reel_model::{Cursor, Event, Value};
 
 use super::client as pg;
-use super::reader::PgReader;
+use super::reader::{HORIZON, PgReader};
 use super::value::column;
 use crate::source::{AppendRequest, Appended, EventLog, EventReader, LagCause, LogFuture, SourceError, TimersFired};
 
@@ -281,20 +282,27 @@ impl PgSource {
     /// When committed events after `cursor` are held back by an open
     /// transaction, the backend holding it.
     pub async fn lag_cause(&self, cursor: Cursor) -> Result<Option<LagCause>, SourceError> {
-        let held = "SELECT EXISTS (SELECT 1 FROM public.events WHERE (transaction_id, id) > ($1::text::xid8, $2) \
-                    AND transaction_id >= pg_snapshot_xmin(pg_current_snapshot()))";
-        let holder = "SELECT pid, backend_xid::text, age(backend_xid), state, \
-                             extract(epoch FROM now() - xact_start)::float8, usename::text, application_name, \
-                             left(query, 200) \
-                        FROM pg_stat_activity WHERE backend_xid IS NOT NULL \
-                       ORDER BY age(backend_xid) DESC LIMIT 1";
+        let held = format!(
+            "WITH {HORIZON} SELECT EXISTS (SELECT 1 FROM public.events, snap \
+              WHERE (transaction_id, id) > ($1::text::xid8, $2) AND transaction_id >= snap.xmin)"
+        );
+        // The transaction at the horizon, else the oldest that may write here.
+        let holder = format!(
+            "WITH {HORIZON} SELECT pid, backend_xid::text, age(backend_xid), state, \
+                    extract(epoch FROM now() - xact_start)::float8, usename::text, application_name, \
+                    left(query, 200) \
+               FROM pg_stat_activity, snap \
+              WHERE backend_xid IS NOT NULL AND datname = current_database() \
+                AND usename::text NOT IN (SELECT role_name FROM reel.namespaces WHERE coalesce(emit_prefix, '') = '') \
+              ORDER BY backend_xid = snap.xmin::xid DESC, age(backend_xid) DESC LIMIT 1"
+        );
         let tx = cursor.tx.to_string();
         let (_, row) = on_a_live_connection!(self, |c| async {
-            let held: bool = c.query_one(held, &[&tx, &cursor.id]).await?.get(0);
+            let held: bool = c.query_one(&held, &[&tx, &cursor.id]).await?.get(0);
             if !held {
                 return Ok(None);
             }
-            c.query_opt(holder, &[]).await
+            c.query_opt(&holder, &[]).await
         });
         Ok(row.map(|r| LagCause {
             pid: r.get(0),

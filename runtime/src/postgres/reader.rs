@@ -1,5 +1,6 @@
 //! A worker's reader of the PostgreSQL event log: pages of events after a
-//! cursor, below the snapshot's `xmin`, in `(transaction_id, id)` order.
+//! cursor, below the tail's horizon ([`HORIZON`]), in `(transaction_id, id)`
+//! order.
 
 use std::collections::HashMap;
 
@@ -34,6 +35,26 @@ const READER_SETTINGS: &str = "SET enable_bitmapscan = off; SET enable_seqscan =
 /// settings above a single query still spilled its final sort to disk; a
 /// page's rows are ordered in memory (docs/benchmarks.md, item 8).
 const PAGE: usize = 5_000;
+
+/// The tail's horizon, as a one-row `snap(xmin)` relation (ADR 39): every
+/// event with a smaller `transaction_id` has committed, or never will, as of
+/// the statement's snapshot. It is the snapshot's `xmin`, but for the
+/// transactions that cannot insert into this database's `events`: those of
+/// sessions in another database, and those of namespaces that may not emit
+/// (a projection's batch, however long it runs, holds back no one). A
+/// transaction still in progress is excluded only if `pg_stat_activity` shows
+/// whose it is (it needs `pg_read_all_stats` or the role's privileges); one
+/// that ended since the snapshot holds the horizon for this read only.
+pub(super) const HORIZON: &str = "snap AS ( \
+     SELECT coalesce((SELECT min(x) FROM pg_snapshot_xip(cur.s) x \
+                       WHERE x::xid NOT IN ( \
+                           SELECT a.backend_xid FROM pg_stat_activity a \
+                            WHERE a.backend_xid IS NOT NULL \
+                              AND (a.datname IS DISTINCT FROM current_database() \
+                                   OR a.usename::text IN (SELECT role_name FROM reel.namespaces \
+                                                           WHERE coalesce(emit_prefix, '') = '')))), \
+                     pg_snapshot_xmax(cur.s)) AS xmin \
+       FROM (SELECT pg_current_snapshot() AS s) cur)";
 
 impl EventReader for PgReader {
     fn read_batch(&mut self, after: Cursor, filter: &Filter, limit: usize) -> Result<Batch, SourceError> {
@@ -72,7 +93,7 @@ impl PgReader {
             if !statements.contains_key(filter) {
                 let condition = filter.condition(4, |n| format!("${n}"));
                 let sql = format!(
-                    "WITH snap AS (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
+                    "WITH {HORIZON}, \
                      head AS (SELECT e.transaction_id, e.id FROM public.events e, snap \
                               WHERE e.transaction_id < snap.xmin ORDER BY e.transaction_id DESC, e.id DESC LIMIT 1) \
                      SELECT (SELECT transaction_id::text FROM head), (SELECT id FROM head), \
