@@ -9,21 +9,30 @@ use crate::modules::Program;
 use crate::store::{NamespaceId, Reader, Store};
 use crate::worker::{self, Control, State, Status, WorkerContext, WorkerHandle};
 
-/// Idle items a pool keeps.
+/// Idle items a pool keeps, and how many may be in use at once.
 const POOL_SIZE: usize = 8;
 
 /// Reusable items (read connections, query instances).
 pub struct Pool<T> {
     items: Mutex<Vec<T>>,
+    /// Turns to use an item, `POOL_SIZE` of them: a burst of reads queues
+    /// for one rather than opening a connection each (64 concurrent reads
+    /// on PostgreSQL opened 64 connections and met the server's limit).
+    turns: Arc<tokio::sync::Semaphore>,
 }
 
 impl<T> Default for Pool<T> {
     fn default() -> Self {
-        Self { items: Mutex::new(Vec::new()) }
+        Self { items: Mutex::new(Vec::new()), turns: Arc::new(tokio::sync::Semaphore::new(POOL_SIZE)) }
     }
 }
 
 impl<T> Pool<T> {
+    /// Wait for a turn to use an item; it ends when the permit drops.
+    pub async fn turn(&self) -> tokio::sync::OwnedSemaphorePermit {
+        Arc::clone(&self.turns).acquire_owned().await.expect("a pool's semaphore is never closed")
+    }
+
     /// An idle item, if any.
     pub fn take(&self) -> Option<T> {
         self.items.lock().unwrap_or_else(|p| p.into_inner()).pop()

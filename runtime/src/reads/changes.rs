@@ -4,8 +4,8 @@
 
 use reel_model::Cursor;
 
-use super::{ReadError, Reads, run_blocking};
-use crate::store::{ChangePage, NamespaceId, StoreError};
+use super::{ReadError, Reads};
+use crate::store::{ChangePage, NamespaceId};
 
 /// Where a change-feed client is: after `seq` in namespace `slug`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,23 +85,8 @@ impl Reads {
             None => (ChangePoint::start(&view.ns), false),
         };
         let position = view.status.snapshot().cursor;
-        let store = self.store().clone();
-        let deadline = self.config().limits_for(name).query_timeout;
         let seq = from.seq;
-        let page = run_blocking(move || {
-            let mut reader = match view.readers.take() {
-                Some(reader) => reader,
-                None => store
-                    .open_reader(&view.ns, deadline)?
-                    .ok_or_else(|| StoreError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?,
-            };
-            let result = reader.changes(seq, limit);
-            if result.is_ok() {
-                view.readers.put(reader);
-            }
-            Ok(result?)
-        })
-        .await?;
+        let page = self.on_reader(view, move |reader| reader.changes(seq, limit)).await?;
         Ok(ChangeRead { from, reset, page, position })
     }
 

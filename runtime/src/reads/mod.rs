@@ -219,9 +219,21 @@ impl Reads {
             self.wait_for(name, position).await?;
         }
         let view = self.started_view(name).await?;
+        self.on_reader(view, f).await
+    }
+
+    /// Run `f` on a reader of `view`: an idle one, else a new one, in one of
+    /// the version's turns (at most so many readers at once).
+    async fn on_reader<T, F>(&self, view: View, f: F) -> Result<T, ReadError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
+    {
         let store = self.store().clone();
-        let deadline = self.config().limits_for(name).query_timeout;
+        let deadline = self.config().limits_for(&view.ns.name).query_timeout;
+        let turn = view.readers.turn().await;
         run_blocking(move || {
+            let _turn = turn;
             let mut reader = match view.readers.take() {
                 Some(reader) => reader,
                 None => store
