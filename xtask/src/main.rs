@@ -12,12 +12,16 @@
 //!   running server (CI runs 30 on each backend).
 //! - `cargo xtask torture soak ...`: the soak (hours of appends, hot swaps and
 //!   rebuilds), its samples plotted to an SVG (`cargo xtask soak-plot`).
+//! - `cargo xtask schemathesis`: the HTTP API against its OpenAPI document
+//!   (`schemathesis.rs`); part of `cargo xtask test`.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod schemathesis;
 
 type Result<T = ()> = std::result::Result<T, String>;
 
@@ -27,6 +31,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(),
         Some("guests") => build_guests(),
+        Some("schemathesis") => schemathesis::schemathesis(&args[1..], true),
         Some("torture") if args.get(1).is_some_and(|a| a == "soak") => soak(&args[2..]),
         Some("torture") => torture(&args[1..]),
         Some("soak-plot") => match &args[1..] {
@@ -35,7 +40,7 @@ fn main() -> ExitCode {
         },
         _ => Err(format!(
             "usage: cargo xtask demo [--listen ADDR] | cargo xtask test | cargo xtask guests (build every projection) \
-             | {TORTURE_USAGE}"
+             | cargo xtask schemathesis [--max-examples N] [--seed S] | {TORTURE_USAGE}"
         )),
     };
     match result {
@@ -337,6 +342,8 @@ fn test() -> Result {
     for bench in ["rebuild", "boundary", "latency", "slow_clients", "reads", "emit", "commands"] {
         run(&cargo(), &["test", "--locked", "-p", "reel", "--bench", bench, "--", "--smoke"])?;
     }
+    // The HTTP API against its OpenAPI document.
+    schemathesis::schemathesis(&[], false)?;
     eprintln!("xtask: all checks passed in {:.0?}", started.elapsed());
     Ok(())
 }

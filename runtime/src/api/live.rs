@@ -45,6 +45,8 @@ pub async fn live(
     headers: HeaderMap,
     Query(params): Query<LiveParams>,
 ) -> Result<Sse<impl Stream<Item = Result<Message, Infallible>>>, ApiError> {
+    // A malformed `after` is refused even when `Last-Event-ID` wins over it.
+    after(params.after.as_deref())?;
     let after = after(resume_token(&headers, params.after.as_deref())?)?;
     services.source.check_token(after)?;
     let filter = filter(params.types.as_deref(), params.stream_prefix.as_deref());
