@@ -369,7 +369,10 @@ async fn a_client_too_slow_for_its_buffer_is_cut_and_resumes_from_the_log(backen
 
 async fn a_resume_token_reel_did_not_hand_out_is_refused(backend: Backend) {
     let h = Harness::start(backend, &[]).await;
-    for (uri, last_id) in [("/events/live?after=abc", None), ("/events/live", Some("1.2.3"))] {
+    // A malformed `after` is refused even beside a `Last-Event-ID`, which wins over it.
+    let cases =
+        [("/events/live?after=abc", None), ("/events/live", Some("1.2.3")), ("/events/live?after=abc", Some("0"))];
+    for (uri, last_id) in cases {
         let (status, _, stream) = sse::open(&h.app, uri, last_id).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let body: Value = serde_json::from_str(&stream.text().await).unwrap();
