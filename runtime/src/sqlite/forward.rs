@@ -34,18 +34,18 @@ pub(super) fn forward(
     let handled_elsewhere = |cause: i64| owner != namespace && cause <= furthest;
     let mut out = Forwarded::default();
     let occurred_at = format_micros(now_micros());
+    // Cached: a catch-up forwards thousands of emissions per transaction.
+    let mut seen_by =
+        tx.prepare_cached("SELECT namespace FROM reel_emitted WHERE reactor = ?1 AND cause = ?2 AND idx = ?3")?;
+    let mut key = tx.prepare_cached(
+        "INSERT INTO reel_emitted (reactor, cause, idx, namespace, position) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
     for e in &emissions.events {
         if handled_elsewhere(e.cause) {
             out.dropped += 1;
             continue;
         }
-        let seen: Option<String> = tx
-            .query_row(
-                "SELECT namespace FROM reel_emitted WHERE reactor = ?1 AND cause = ?2 AND idx = ?3",
-                params![reactor, e.cause, e.index],
-                |r| r.get(0),
-            )
-            .optional()?;
+        let seen: Option<String> = seen_by.query_row(params![reactor, e.cause, e.index], |r| r.get(0)).optional()?;
         match seen {
             // Forwarded before (a crash after the events file committed).
             Some(by) if by == namespace => continue,
@@ -56,12 +56,10 @@ pub(super) fn forward(
             None => {}
         }
         let position = append(&tx, &e.stream_id, &e.event_type, &e.data, &e.metadata, &occurred_at)?;
-        tx.execute(
-            "INSERT INTO reel_emitted (reactor, cause, idx, namespace, position) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![reactor, e.cause, e.index, namespace, position],
-        )?;
+        key.execute(params![reactor, e.cause, e.index, namespace, position])?;
         out.emitted += 1;
     }
+    drop((seen_by, key));
     for change in &emissions.timers {
         match change {
             TimerChange::Cancel { key } => {
@@ -148,14 +146,13 @@ fn append(
     metadata: &str,
     occurred_at: &str,
 ) -> Result<i64, SourceError> {
-    let version: i64 =
-        tx.query_row("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = ?1", [stream_id], |r| {
-            r.get(0)
-        })?;
-    Ok(tx.query_row(
-        "INSERT INTO events (stream_id, version, event_type, data, metadata, occurred_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-        params![stream_id, version, event_type, data, metadata, occurred_at],
-        |r| r.get(0),
-    )?)
+    let version: i64 = tx
+        .prepare_cached("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = ?1")?
+        .query_row([stream_id], |r| r.get(0))?;
+    Ok(tx
+        .prepare_cached(
+            "INSERT INTO events (stream_id, version, event_type, data, metadata, occurred_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+        )?
+        .query_row(params![stream_id, version, event_type, data, metadata, occurred_at], |r| r.get(0))?)
 }
