@@ -142,6 +142,9 @@ fn soak(backend: common::Backend) {
     writeln!(csv, "{}", Sample::HEADER).unwrap();
     let mut samples = Vec::new();
     let (mut swaps, mut rebuilds) = (0u64, 0u64);
+    // The contents of order_summaries.wasm seen loaded in `GET /modules`:
+    // each swap writes a new one, sampled 12 times before the next.
+    let mut swapped_in = std::collections::HashSet::new();
     let mut next_sample = started;
     let mut rebuild_started: Option<(Instant, &str)> = None;
     let mut rebuild_times = Vec::new();
@@ -166,6 +169,9 @@ fn soak(backend: common::Backend) {
             next_sample += sample_every;
             assert!(reel.running(), "reel died: {}", reel.log_tail());
             let (sample, list) = monitor.sample(&base, elapsed.as_secs_f64(), counts.done.load(Ordering::Relaxed));
+            if let Some(hash) = monitor.loaded(&base, "order_summaries.wasm") {
+                swapped_in.insert(hash);
+            }
             if let Some((at, version)) = rebuild_started {
                 let echo = list.as_array().and_then(|all| all.iter().find(|p| p["name"] == "echo"));
                 if echo.is_some_and(|e| e["version"] == version && e["rebuild"].is_null()) {
@@ -204,11 +210,10 @@ fn soak(backend: common::Backend) {
         })
     });
     let catch_up = caught_up.elapsed();
-    let loads = std::fs::read_to_string(dir.path().join("reel.log"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("order_summaries.wasm as order-summaries@"))
-        .count() as u64;
+    if let Some(hash) = monitor.loaded(&base, "order_summaries.wasm") {
+        swapped_in.insert(hash);
+    }
+    let loads = swapped_in.len() as u64;
     reel.terminate();
 
     let summary = Summary::of(&samples, secs as f64);
@@ -414,6 +419,17 @@ impl<'a> Monitor<'a> {
             }
         }
         panic!("GET {path}: no answer");
+    }
+
+    /// The content hash of module file `file` as `GET /modules` shows it,
+    /// when it is loaded (compiled, in use, no error).
+    fn loaded(&mut self, base: &str, file: &str) -> Option<String> {
+        let (status, body, _) = self.get(base, "/modules");
+        assert_eq!(status, 200, "GET /modules: {body}");
+        let files: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let entry = files.as_array()?.iter().find(|f| f["path"].as_str().is_some_and(|p| p.ends_with(file)))?;
+        let loaded = entry["provides"].is_string() && entry["error"].is_null() && entry["compiling"] == false;
+        loaded.then(|| entry["hash"].as_str().map(str::to_owned)).flatten()
     }
 
     fn sample(&mut self, base: &str, t: f64, appended: u64) -> (Sample, serde_json::Value) {
