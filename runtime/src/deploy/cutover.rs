@@ -2,12 +2,14 @@
 //! with the serving one, checked every [`SUPERVISE_EVERY`]; what it replaces
 //! is stopped and dropped off the registry lock.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
+use super::deployment::Pool;
 use super::{Deployment, Deployments};
-use crate::store::NamespaceId;
+use crate::store::{NamespaceId, Reader};
 use crate::worker::{State, WorkerHandle};
 
 /// How often rebuilding versions are checked for cutover.
@@ -20,6 +22,8 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(50);
 pub(super) struct Cleanup {
     pub(super) stop: Vec<WorkerHandle>,
     pub(super) drop: Vec<NamespaceId>,
+    /// Read pools of the versions dropped: reads under way end first.
+    pub(super) readers: Vec<Arc<Pool<Box<dyn Reader>>>>,
 }
 
 impl Cleanup {
@@ -27,6 +31,7 @@ impl Cleanup {
     pub(super) fn retire(&mut self, mut deployment: Deployment) {
         self.stop.extend(deployment.worker.take());
         self.drop.push(deployment.ns);
+        self.readers.push(deployment.readers);
     }
 }
 
@@ -89,6 +94,11 @@ impl Deployments {
     pub(super) async fn clean_up(&self, cleanup: Cleanup) {
         if cleanup.stop.is_empty() && cleanup.drop.is_empty() {
             return;
+        }
+        // A read that took the old version before the switch finishes on
+        // it; one that comes later finds it retired and reads the new one.
+        for readers in &cleanup.readers {
+            readers.retire().await;
         }
         let store = self.inner.store.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -29,8 +29,19 @@ impl<T> Default for Pool<T> {
 
 impl<T> Pool<T> {
     /// Wait for a turn to use an item; it ends when the permit drops.
-    pub async fn turn(&self) -> tokio::sync::OwnedSemaphorePermit {
-        Arc::clone(&self.turns).acquire_owned().await.expect("a pool's semaphore is never closed")
+    /// `None` once the pool is retired: its version no longer serves.
+    pub async fn turn(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        Arc::clone(&self.turns).acquire_owned().await.ok()
+    }
+
+    /// Wait for the turns taken to end, then refuse new ones, and drop
+    /// every idle item: after this nothing uses the version's storage.
+    pub async fn retire(&self) {
+        if let Ok(all) = self.turns.acquire_many(POOL_SIZE as u32).await {
+            all.forget();
+        }
+        self.turns.close();
+        self.clear();
     }
 
     /// An idle item, if any.

@@ -78,7 +78,7 @@ impl Reads {
         after: Option<&ChangePoint>,
         limit: usize,
     ) -> Result<ChangeRead, ReadError> {
-        let view = self.started_view(name).await?;
+        let (view, turn) = self.serving(name).await?;
         let (from, reset) = match after {
             Some(point) if point.slug == view.ns.slug() => (point.clone(), false),
             Some(_) => (ChangePoint::start(&view.ns), true),
@@ -86,7 +86,7 @@ impl Reads {
         };
         let position = view.status.snapshot().cursor;
         let seq = from.seq;
-        let page = self.on_reader(view, move |reader| reader.changes(seq, limit)).await?;
+        let page = self.on_reader(view, turn, move |reader| reader.changes(seq, limit)).await?;
         Ok(ChangeRead { from, reset, page, position })
     }
 

@@ -218,20 +218,30 @@ impl Reads {
         if let Some(position) = min_position {
             self.wait_for(name, position).await?;
         }
-        let view = self.started_view(name).await?;
-        self.on_reader(view, f).await
+        let (view, turn) = self.serving(name).await?;
+        self.on_reader(view, turn, f).await
     }
 
-    /// Run `f` on a reader of `view`: an idle one, else a new one, in one of
-    /// the version's turns (at most so many readers at once).
-    async fn on_reader<T, F>(&self, view: View, f: F) -> Result<T, ReadError>
+    /// The serving version of `name` and a turn to read it (at most so many
+    /// readers at once). A version retired meanwhile (a cut-over) has no
+    /// turns left: the read goes to the version that replaced it.
+    async fn serving(&self, name: &str) -> Result<(View, tokio::sync::OwnedSemaphorePermit), ReadError> {
+        loop {
+            let view = self.started_view(name).await?;
+            if let Some(turn) = view.readers.turn().await {
+                return Ok((view, turn));
+            }
+        }
+    }
+
+    /// Run `f` on a reader of `view` in its `turn`: an idle one, else a new one.
+    async fn on_reader<T, F>(&self, view: View, turn: tokio::sync::OwnedSemaphorePermit, f: F) -> Result<T, ReadError>
     where
         T: Send + 'static,
         F: FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
     {
         let store = self.store().clone();
         let deadline = self.config().limits_for(&view.ns.name).query_timeout;
-        let turn = view.readers.turn().await;
         run_blocking(move || {
             let _turn = turn;
             let mut reader = match view.readers.take() {
