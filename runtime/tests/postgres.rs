@@ -289,6 +289,27 @@ async fn a_rolled_back_insert_leaves_a_gap_but_no_stall() {
     drop_database(&url).await;
 }
 
+/// Append five `tick`s to stream `s`; their positions.
+async fn five_ticks(h: &Harness) -> Vec<i64> {
+    let mut positions = Vec::new();
+    for i in 0..5 {
+        let body = h.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await;
+        positions.push(body["positions"][0].as_i64().unwrap());
+    }
+    positions
+}
+
+/// The positions the echo fixture has seen, once it has applied `last`.
+async fn echo_seen(h: &Harness, last: i64) -> Vec<i64> {
+    let seen = h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={last}")).await;
+    seen["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["key"].as_str().unwrap()["seen/".len()..].parse().unwrap())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_writing_transaction_delays_delivery_and_status_names_it() {
     let h = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
@@ -297,11 +318,7 @@ async fn an_open_writing_transaction_delays_delivery_and_status_names_it() {
     blocker.batch_execute("BEGIN").await.unwrap();
     let pid: i32 = blocker.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let xid: String = blocker.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
-    let mut positions = Vec::new();
-    for i in 0..5 {
-        let body = h.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await;
-        positions.push(body["positions"][0].as_i64().unwrap());
-    }
+    let positions = five_ticks(&h).await;
     // The oldest open transaction in the cluster is named: ours, once
     // the short transactions of concurrent tests have come and gone.
     let status = h.wait_status("echo", Duration::from_secs(10), |s| s["blocked_by"]["pid"] == pid).await;
@@ -311,14 +328,7 @@ async fn an_open_writing_transaction_delays_delivery_and_status_names_it() {
     assert_eq!(status["blocked_by"]["xid"], xid);
     assert_eq!(status["blocked_by"]["state"], "idle in transaction");
     blocker.batch_execute("COMMIT").await.unwrap();
-    let last = *positions.last().unwrap();
-    let seen = h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={last}")).await;
-    let got: Vec<i64> = seen["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["key"].as_str().unwrap()["seen/".len()..].parse().unwrap())
-        .collect();
+    let got = echo_seen(&h, *positions.last().unwrap()).await;
     assert_eq!(got, positions);
     let status = h.status("echo").await;
     assert!(status["blocked_by"].is_null());
@@ -350,19 +360,8 @@ async fn transactions_that_cannot_write_events_do_not_delay_delivery() {
         let xid: String = client.query_one("SELECT pg_current_xact_id()::text", &[]).await.unwrap().get(0);
         xids.push(xid);
     }
-    let mut positions = Vec::new();
-    for i in 0..5 {
-        let body = h.append("s", Some(i), json!([{ "event_type": "tick", "data": {} }])).await;
-        positions.push(body["positions"][0].as_i64().unwrap());
-    }
-    let last = *positions.last().unwrap();
-    let seen = h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={last}")).await;
-    let got: Vec<i64> = seen["entries"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["key"].as_str().unwrap()["seen/".len()..].parse().unwrap())
-        .collect();
+    let positions = five_ticks(&h).await;
+    let got = echo_seen(&h, *positions.last().unwrap()).await;
     assert_eq!(got, positions, "delivered while transactions {xids:?} stay open");
     let status = h.status("echo").await;
     assert!(status["blocked_by"].is_null(), "{status:#}");
