@@ -20,37 +20,9 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use common::keepalive::Http;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// One request on a keep-alive connection: status and body.
-async fn request(stream: &mut BufReader<TcpStream>, method: &str, path: &str, body: &str) -> (u16, String) {
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: reel\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.get_mut().write_all(format!("{head}{body}").as_bytes()).await.unwrap();
-    let mut line = String::new();
-    stream.read_line(&mut line).await.unwrap();
-    let status = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let mut length = 0;
-    loop {
-        line.clear();
-        stream.read_line(&mut line).await.unwrap();
-        let header = line.trim_end();
-        if header.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = header.split_once(':')
-            && k.eq_ignore_ascii_case("content-length")
-        {
-            length = v.trim().parse().unwrap();
-        }
-    }
-    let mut body = vec![0; length];
-    stream.read_exact(&mut body).await.unwrap();
-    (status, String::from_utf8_lossy(&body).into_owned())
-}
 
 /// A slow client: how long after connecting the server cut it, if it did
 /// within `give_up`.
@@ -133,17 +105,16 @@ fn main() {
         std::fs::create_dir_all(&config.modules_dir).unwrap();
         std::fs::copy(common::guest("customer_stats"), config.modules_dir.join("customer_stats.wasm")).unwrap();
         let (mut server, addr) = serve(&config, &["--header-timeout", &timeout.to_string()]);
-        let mut reads = BufReader::new(TcpStream::connect(addr).await.unwrap());
-        reads.get_mut().set_nodelay(true).unwrap();
+        let mut reads = Http::connect(addr).await;
         let data = r#"{"orderId":"o-1","customerId":"c-0001","items":[],"total":9.5}"#;
         let body = format!(
             r#"{{"stream_id":"order-o-1","expected_version":0,"events":[{{"event_type":"order.placed","data":{data}}}]}}"#
         );
-        let (status, answer) = request(&mut reads, "POST", "/events", &body).await;
+        let (status, answer) = reads.request("POST", "/events", &body).await;
         assert_eq!(status, 201, "{answer}");
         let position = serde_json::from_str::<serde_json::Value>(&answer).unwrap()["positions"][0].as_i64().unwrap();
         let path = "/projections/customer-stats/kv/customer/c-0001";
-        let (status, answer) = request(&mut reads, "GET", &format!("{path}?min_position={position}"), "").await;
+        let (status, answer) = reads.request("GET", &format!("{path}?min_position={position}"), "").await;
         assert_eq!(status, 200, "{answer}");
 
         println!(
@@ -156,7 +127,7 @@ fn main() {
         let mut latencies = Vec::new();
         while started.elapsed().as_secs_f64() < seconds {
             let asked = Instant::now();
-            let (status, answer) = request(&mut reads, "GET", path, "").await;
+            let (status, answer) = reads.request("GET", path, "").await;
             assert_eq!(status, 200, "{answer}");
             latencies.push(asked.elapsed());
             tokio::time::sleep(Duration::from_millis(20)).await;
