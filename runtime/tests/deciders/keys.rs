@@ -26,7 +26,13 @@ both_backends!(
 /// `POST /events` with `Idempotency-Key: key`: the status, the body, and
 /// whether the answer says it was given before.
 async fn append(h: &Harness, key: Option<&str>, body: &Value) -> (StatusCode, Value, bool) {
-    let mut request = Request::builder().method("POST").uri("/events").header("content-type", "application/json");
+    post_keyed(h, "/events", key, body).await
+}
+
+/// `POST uri` with `Idempotency-Key: key`: the status, the body, and
+/// whether the answer says it was given before.
+async fn post_keyed(h: &Harness, uri: &str, key: Option<&str>, body: &Value) -> (StatusCode, Value, bool) {
+    let mut request = Request::builder().method("POST").uri(uri).header("content-type", "application/json");
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
@@ -125,18 +131,7 @@ async fn an_append_whose_commit_loses_its_connection_is_answered_outcome_unknown
 /// `POST /commands/order/{stream}` with `Idempotency-Key: key`: the status,
 /// the body, and whether the answer says it was given before.
 async fn send(h: &Harness, stream: &str, key: Option<&str>, body: &Value) -> (StatusCode, Value, bool) {
-    let mut request = Request::builder()
-        .method("POST")
-        .uri(format!("/commands/order/{stream}"))
-        .header("content-type", "application/json");
-    if let Some(key) = key {
-        request = request.header("Idempotency-Key", key);
-    }
-    let response = h.app.clone().oneshot(request.body(Body::from(body.to_string())).unwrap()).await.unwrap();
-    let status = response.status();
-    let replayed = response.headers().get("idempotent-replayed").is_some_and(|v| v == "true");
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap(), replayed)
+    post_keyed(h, &format!("/commands/order/{stream}"), key, body).await
 }
 
 fn items() -> Value {
