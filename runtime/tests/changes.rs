@@ -3,7 +3,9 @@
 //! `Last-Event-ID` get every change once, in order, and applying them to an
 //! empty copy gives the read model (its table and its KV entries); a resume
 //! point past the retention window answers 410 with where to resume after
-//! reading afresh; a rebuild's cut-over sends `reset` first.
+//! reading afresh; a rebuild's cut-over sends `reset` first. A client that
+//! joins after a rebuild caught up (whose catch-up is not in the history,
+//! ADR 30) gets each row once as a snapshot, then the changes.
 
 mod common;
 
@@ -20,12 +22,20 @@ const PROJECTIONS: [&str; 2] = ["order-summaries", "customer-stats"];
 
 /// A server capturing the changes of both example projections.
 async fn start(backend: Backend, retention: Option<Duration>) -> Harness {
+    start_batched(backend, retention, None).await
+}
+
+/// The same, with batches of at most `batch` events.
+async fn start_batched(backend: Backend, retention: Option<Duration>, batch: Option<usize>) -> Harness {
     Harness::start_with(backend, &["order_summaries", "customer_stats"], |c| {
         for name in PROJECTIONS {
             c.projections.entry(name.into()).or_default().changes = true;
         }
         if let Some(retention) = retention {
             c.changes_retention = retention;
+        }
+        if let Some(batch) = batch {
+            c.batch.max_events = batch;
         }
     })
     .await
@@ -78,6 +88,8 @@ impl Replica {
 #[derive(Default)]
 struct Seen {
     ids: Vec<String>,
+    /// Every change's data, in order.
+    changes: Vec<Value>,
     copy: Replica,
     resets: usize,
     connections: usize,
@@ -119,8 +131,10 @@ async fn follow(
             last_id = message.id.clone().or(last_id);
             match message.event.as_str() {
                 "message" => {
+                    let change: Value = serde_json::from_str(&message.data).unwrap();
                     seen.ids.push(message.id.clone().unwrap());
-                    seen.copy.apply(&serde_json::from_str(&message.data).unwrap());
+                    seen.copy.apply(&change);
+                    seen.changes.push(change);
                 }
                 "reset" => {
                     seen.resets += 1;
@@ -268,9 +282,11 @@ async fn a_resume_point_past_retention_answers_410_and_where_to_read_on(backend:
     for id in &rest.ids {
         assert!(id.split_once(':').unwrap().0.parse::<i64>().unwrap() > 0);
     }
+    // From no resume point: the history no longer holds the start, so a
+    // snapshot, then the history (ADR 30).
+    let fresh = follow(&h, "order-summaries", None, 30, 6, Duration::from_secs(1), &ALWAYS).await;
+    assert_eq!(fresh.copy.rows, read_model(&h).await.rows, "a snapshot where the history was pruned");
     // Applying the rest onto the fresh read gives the read model.
-    let (status, _) = h.call("GET", "/projections/order-summaries/changes", None).await;
-    assert_eq!(status, StatusCode::GONE, "from the start: the history no longer holds it");
     let mut applied = copy;
     for (key, row) in rest.copy.rows {
         applied.rows.insert(key, row);
@@ -300,6 +316,91 @@ async fn a_rebuild_sends_reset_before_the_new_namespace_s_changes(backend: Backe
     h.finish().await;
 }
 
+/// The messages of each key in `changes`: a snapshot row at most once, and
+/// only as the key's first message (a key changed since the snapshot began
+/// comes as its changes alone).
+fn each_row_once(changes: &[Value]) {
+    let mut seen: BTreeMap<(Option<String>, String), usize> = BTreeMap::new();
+    for change in changes {
+        let key = (change["table"].as_str().map(str::to_owned), change["key"].to_string());
+        let before = seen.entry(key.clone()).or_default();
+        if change["snapshot"] == true {
+            assert_eq!(*before, 0, "a snapshot row of {key:?} after other messages of it");
+        }
+        *before += 1;
+    }
+}
+
+/// Rebuilds both projections and waits for their cut-over.
+async fn rebuild_both(h: &Harness, last: i64) {
+    for name in PROJECTIONS {
+        let serving = h.status(name).await["namespace"].clone();
+        let (status, body) = h.call("POST", &format!("/projections/{name}/rebuild"), None).await;
+        assert!(status.is_success(), "{body}");
+        h.wait_status(name, Duration::from_secs(60), |s| {
+            s["namespace"] != serving && s["rebuild"].is_null() && s["position"].as_i64().is_some_and(|c| c >= last)
+        })
+        .await;
+    }
+}
+
+async fn a_client_joining_after_a_rebuild_gets_each_row_once_then_the_changes(backend: Backend) {
+    // Batches of 100 events: the rebuild has a catch-up to leave out of its
+    // history (a first batch that reaches the head on an empty read model
+    // is captured, ADR 30).
+    let h = start_batched(backend, None, Some(100)).await;
+    let events = generate(&OrderWorkload::new(1200, 13));
+    let split = events.len() * 2 / 3;
+    let last = h.append_workload(&events[..split]).await;
+    caught_up(&h, last).await;
+    // The rebuilt versions catch up on all of it before their history starts.
+    rebuild_both(&h, last).await;
+    let quiet = Duration::from_millis(1500);
+    let orders = follow(&h, "order-summaries", None, u64::MAX, 1, quiet, &ALWAYS).await;
+    let customers = follow(&h, "customer-stats", None, u64::MAX, 2, quiet, &ALWAYS).await;
+    let model = read_model(&h).await;
+    assert!(orders.copy.rows == model.rows, "the snapshot: {:#?}", differ(&orders.copy.rows, &model.rows));
+    assert_eq!(customers.copy.kv, model.kv);
+    // Each row and entry once: the read model, not the history of the rebuild.
+    assert_eq!(orders.changes.len(), model.rows.len(), "one message per row");
+    assert_eq!(customers.changes.len(), model.kv.len(), "one message per entry");
+    // Now live changes, while these two read on and two more clients join,
+    // all of them dropped at random and resumed.
+    let done = AtomicBool::new(false);
+    let appending = async {
+        let last = h.append_workload(&events[split..]).await;
+        caught_up(&h, last).await;
+        done.store(true, Ordering::SeqCst);
+    };
+    let quiet = Duration::from_secs(3);
+    let ((), orders_on, customers_on, joined_orders, joined_customers) = tokio::join!(
+        appending,
+        follow(&h, "order-summaries", orders.ids.last().cloned(), 40, 3, quiet, &done),
+        follow(&h, "customer-stats", customers.ids.last().cloned(), 40, 4, quiet, &done),
+        follow(&h, "order-summaries", None, 40, 5, quiet, &done),
+        follow(&h, "customer-stats", None, 25, 6, quiet, &done),
+    );
+    let model = read_model(&h).await;
+    let (mut orders_copy, mut customers_copy) = (orders.copy, customers.copy);
+    orders_on.changes.iter().for_each(|c| orders_copy.apply(c));
+    customers_on.changes.iter().for_each(|c| customers_copy.apply(c));
+    assert!(orders_copy.rows == model.rows, "snapshot + changes: {:#?}", differ(&orders_copy.rows, &model.rows));
+    assert_eq!(customers_copy.kv, model.kv);
+    assert!(
+        joined_orders.copy.rows == model.rows,
+        "joined while changes came: {:#?}",
+        differ(&joined_orders.copy.rows, &model.rows)
+    );
+    assert!(joined_orders.connections > 1 && joined_customers.connections > 1);
+    assert_eq!(joined_customers.copy.kv, model.kv);
+    for seen in [&joined_orders, &joined_customers] {
+        each_row_once(&seen.changes);
+        let ids: std::collections::HashSet<&String> = seen.ids.iter().collect();
+        assert_eq!(ids.len(), seen.ids.len(), "no message twice");
+    }
+    h.finish().await;
+}
+
 async fn changes_not_captured_are_refused_and_bad_tokens_too(backend: Backend) {
     let h = Harness::start(backend, &["order_summaries"]).await;
     let (status, body) = h.call("GET", "/projections/order-summaries/changes", None).await;
@@ -321,5 +422,6 @@ both_backends!(
     clients_resumed_at_random_rebuild_the_read_model_from_the_changes,
     a_resume_point_past_retention_answers_410_and_where_to_read_on,
     a_rebuild_sends_reset_before_the_new_namespace_s_changes,
+    a_client_joining_after_a_rebuild_gets_each_row_once_then_the_changes,
     changes_not_captured_are_refused_and_bad_tokens_too,
 );

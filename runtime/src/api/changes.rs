@@ -5,8 +5,10 @@
 //! client's pace, so a slow client costs one page, never a queue: it falls
 //! behind until the retention window passes it, and is then told to read
 //! the read model afresh (`gone`). A cut-over to another version (or a
-//! rebuild) sends `reset` before the new namespace's changes, from its
-//! first.
+//! rebuild) sends `reset` before the new namespace's read model: its
+//! changes from its first when its history holds them all, else a snapshot
+//! of its rows as `insert`s, then its changes (ADR 30). A client with no
+//! resume point gets the same, without the `reset`.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -67,7 +69,7 @@ pub async fn changes(
         ));
     }
     let first = reads.changes(&name, point.as_ref(), PAGE).await?;
-    if first.gone() && !first.reset {
+    if first.gone && !first.reset {
         return Ok(gone_response(&reads, &name, &first));
     }
     let mut feed = Feed { reads, name, at: first.from.clone(), queue: VecDeque::new(), done: false };
@@ -81,11 +83,10 @@ pub async fn changes(
 
 /// `410 Gone`: the history no longer reaches back to the resume point.
 fn gone_response(reads: &Reads, name: &str, read: &ChangeRead) -> Response {
-    let resume = ChangePoint { slug: read.from.slug.clone(), seq: read.page.last };
     let message = gone_message(reads, name, read);
     let body = json!({
         "error": { "status": 410, "code": "changes_gone", "message": message },
-        "resume_after": resume.token(),
+        "resume_after": read.resume().token(),
         "position": read.position.id,
     });
     (StatusCode::GONE, Json(body)).into_response()
@@ -94,10 +95,10 @@ fn gone_response(reads: &Reads, name: &str, read: &ChangeRead) -> Response {
 fn gone_message(reads: &Reads, name: &str, read: &ChangeRead) -> String {
     format!(
         "the changes of `{name}` after this resume point are no longer kept (retention {:?}): read the read model \
-         afresh (with ?min_position={}) and resume with Last-Event-ID {}",
+         afresh (with ?min_position={}) and resume with Last-Event-ID {}, or reconnect without one for a snapshot",
         reads.changes_retention(),
         read.position.id,
-        ChangePoint { slug: read.from.slug.clone(), seq: read.page.last }.token()
+        read.resume().token()
     )
 }
 
@@ -112,30 +113,29 @@ struct Feed {
 }
 
 impl Feed {
-    /// Queue what `read` holds.
-    fn take(&mut self, read: ChangeRead) {
+    /// Queue what `read` holds; whether it held nothing new.
+    fn take(&mut self, read: ChangeRead) -> bool {
         if read.reset {
-            self.at = read.from.clone();
             let data = json!({ "position": read.position.id, "message": "the projection's serving version changed: \
                 empty your copy and apply the changes that follow" });
-            self.queue.push_back(Message::default().event("reset").id(self.at.token()).data(data.to_string()));
+            self.queue.push_back(Message::default().event("reset").id(read.from.token()).data(data.to_string()));
         }
-        if read.gone() {
-            let resume = ChangePoint { slug: read.from.slug.clone(), seq: read.page.last };
+        if read.gone {
             let data = json!({
-                "resume_after": resume.token(),
+                "resume_after": read.resume().token(),
                 "position": read.position.id,
                 "message": gone_message(&self.reads, &self.name, &read),
             });
-            self.queue.push_back(Message::default().event("gone").id(resume.token()).data(data.to_string()));
+            self.queue.push_back(Message::default().event("gone").id(read.resume().token()).data(data.to_string()));
             self.done = true;
-            return;
+            return false;
         }
-        for change in read.page.changes {
-            self.at.seq = change.seq;
-            let data = change_json(&change).to_string();
-            self.queue.push_back(Message::default().id(self.at.token()).data(data));
+        let idle = !read.reset && read.changes.is_empty() && read.next == self.at;
+        for (change, point) in read.changes {
+            self.queue.push_back(Message::default().id(point.token()).data(change_json(&change).to_string()));
         }
+        self.at = read.next;
+        idle
     }
 
     async fn next(&mut self) -> Option<Message> {
@@ -157,9 +157,7 @@ impl Feed {
                     return None;
                 }
             };
-            let idle = read.page.changes.is_empty() && !read.reset && !read.gone();
-            self.take(read);
-            if idle {
+            if self.take(read) {
                 match applied.as_mut() {
                     Some(applied) => {
                         let _ = tokio::time::timeout(IDLE_LOOK, applied.changed()).await;
@@ -180,7 +178,7 @@ fn change_json(change: &Change) -> Value {
             if let Some(value) = &change.value {
                 data["value"] = value_json(value);
             }
-            data
+            snapshot_row(data, change)
         }
         Some(table) => {
             let mut data = json!({
@@ -192,7 +190,15 @@ fn change_json(change: &Change) -> Value {
             if let Some(row) = &change.row {
                 data["row"] = parse(row);
             }
-            data
+            snapshot_row(data, change)
         }
     }
+}
+
+/// A row of a snapshot says so (it has no place in the history: `seq` 0).
+fn snapshot_row(mut data: Value, change: &Change) -> Value {
+    if change.seq == 0 {
+        data["snapshot"] = Value::Bool(true);
+    }
+    data
 }

@@ -73,6 +73,9 @@ pub struct PgNamespace {
     pub(super) bounds: SqlBounds,
     /// Change capture, when on for the projection (ADR 28).
     pub(super) capture: Option<crate::store::Capture>,
+    /// reel's own connections, for what a capture's start does as reel's
+    /// user (ADR 30); set on a writer whose changes are captured.
+    pub(super) admin: Option<deadpool_postgres::Pool>,
     /// A batch failed at the storage quota: the pages it wrote stay in the
     /// files, rolled back but counted, until a `VACUUM` after the rollback.
     pub(super) vacuum_due: bool,
@@ -160,6 +163,7 @@ impl PgNamespace {
             guest_in_tx: false,
             guest_session: false,
             capture: bounds.changes.filter(|_| !read_only).map(crate::store::Capture::new),
+            admin: None,
             bounds,
             vacuum_due: false,
             kv_in_tx: false,

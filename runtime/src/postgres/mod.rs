@@ -4,9 +4,11 @@
 //! creating, listing, dropping; `connection.rs`: a namespace's connection and
 //! the statements reel sends on it; `execs.rs`: its writes sent as
 //! `EXECUTE`s; `pipeline.rs`: the task that keeps its requests flowing;
-//! `quota.rs`: its storage quota; `namespace.rs`: its roles), over shared
+//! `quota.rs`: its storage quota; `namespace.rs`: its roles; `changes.rs`:
+//! its change capture and history), over shared
 //! connection plumbing (`client.rs`) and values in PostgreSQL's text format
 //! (`value.rs`).
+mod changes;
 mod client;
 mod commands;
 mod connection;

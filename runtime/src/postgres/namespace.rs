@@ -10,8 +10,8 @@ use super::client::{block_on, block_on_with_deadline, database_error};
 use super::value::{ArrayParam, Param, column};
 use crate::store::sql_text::{quote_ident, reserved_name};
 use crate::store::{
-    Change, ChangePage, ChangeReads, Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite,
-    KvWrites, Snapshot, SqlReads, SqlWrites, StoreError, TableRead, TableReads,
+    Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
+    StoreError, TableRead, TableReads,
 };
 use crate::store::{Emissions, Forwarded};
 
@@ -220,7 +220,7 @@ impl SqlWrites for PgNamespace {
             return Err(StoreError::Refused("sql.execute is not allowed in a query: reads are read-only".into()));
         }
         self.check(statement)?;
-        let ddl = self.capture.is_some() && crate::store::is_ddl(statement);
+        let ddl = self.capture.is_some_and(|c| c.started) && crate::store::is_ddl(statement);
         self.dispatch(Op::Statement { sql: statement.to_owned(), params })?;
         if ddl {
             self.dispatch(Op::Watch)?;
@@ -288,6 +288,10 @@ impl Commits for PgNamespace {
         outcome
     }
 
+    fn start_capture(&mut self, at: Cursor, only_if_empty: bool) -> Result<bool, StoreError> {
+        self.start_capture_here(at, only_if_empty)
+    }
+
     /// reel.emit appends in this transaction, as reel's user: the role
     /// itself cannot write `events` (ADR 23). The handled cursor moves with
     /// the checkpoint, in reel.advance.
@@ -297,70 +301,6 @@ impl Commits for PgNamespace {
         let rows = self.fetch(EMIT, &[&slug, &events, &timers], false)?;
         let count = |i: usize| rows.first().map_or(0, |r| r.get::<_, i32>(i) as u64);
         Ok(Some(Forwarded { emitted: count(0), dropped: count(1) }))
-    }
-}
-
-impl PgNamespace {
-    /// The batch's changes, before its checkpoint moves to `to` (ADR 28).
-    fn capture_changes(&mut self, to: Cursor) -> Result<(), StoreError> {
-        let Some(capture) = self.capture.as_mut() else { return Ok(()) };
-        let prune_before = capture.prune_before();
-        self.dispatch(Op::Capture { to, prune_before })
-    }
-
-    /// Watch the namespace's tables for change capture, at opening.
-    pub(super) fn watch_tables(&mut self) -> Result<(), StoreError> {
-        if self.capture.is_none() {
-            return Ok(());
-        }
-        let client = &self.client;
-        block_on(&self.handle, client.batch_execute(super::connection::WATCH)).map_err(|e| database_error(&e))
-    }
-}
-
-impl ChangeReads for PgNamespace {
-    fn changes(&mut self, after: i64, limit: usize) -> Result<ChangePage, StoreError> {
-        let client = &self.client;
-        let limit = limit as i64;
-        let page = block_on(
-            &self.handle,
-            client.query(
-                "SELECT seq, tx, \"position\", kind, tbl, key, \"row\", value FROM _reel_changes \
-                 WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[&after, &limit],
-            ),
-        );
-        let rows = match page {
-            Ok(rows) => rows,
-            // A namespace from before change capture has no history.
-            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
-                return Ok(ChangePage::default());
-            }
-            Err(e) => return Err(database_error(&e)),
-        };
-        let changes = rows
-            .iter()
-            .map(|r| Change {
-                seq: r.get(0),
-                cursor: Cursor { tx: r.get(1), id: r.get(2) },
-                kind: r.get(3),
-                table: r.get(4),
-                key: r.get(5),
-                row: r.get(6),
-                value: r.get(7),
-            })
-            .collect();
-        // Read after the page: a pruning in between shows here.
-        let bounds = block_on(
-            &self.handle,
-            client.query_one(
-                "SELECT p.through, coalesce((SELECT max(seq) FROM _reel_changes), p.through) \
-                 FROM (SELECT coalesce((SELECT through FROM _reel_changes_pruned WHERE id = 1), 0) AS through) p",
-                &[],
-            ),
-        )
-        .map_err(|e| database_error(&e))?;
-        Ok(ChangePage { changes, pruned_through: bounds.get(0), last: bounds.get(1) })
     }
 }
 

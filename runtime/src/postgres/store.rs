@@ -153,13 +153,46 @@ impl PgStore {
             .application_name(format!("reel {}", info.slug))
             .options(options.trim_start());
         let bounds = (self.bounds)(&ns.name);
+        let mut started = false;
         if !read_only {
-            // Capture's tables, and its triggers on or off (ADR 28).
-            let (schema, role, on) = (info.schema.clone(), info.role.clone(), bounds.changes.is_some());
-            self.admin(async |c| c.execute("SELECT reel.capture_setup($1, $2, $3)", &[&schema, &role, &on]).await)?;
+            // Capture's tables, and its triggers on or off (ADR 28): on once
+            // capture has started (its history has a row, or had), else
+            // they go on when the version reaches the head (ADR 30).
+            let (schema, role, captured) = (info.schema.clone(), info.role.clone(), bounds.changes.is_some());
+            started = self.admin(async |c| {
+                let quoted = quote_ident(&schema);
+                let exists: bool = c
+                    .query_one("SELECT to_regclass(format('%I._reel_changes', $1::text)) IS NOT NULL", &[&schema])
+                    .await?
+                    .get(0);
+                let started = captured
+                    && exists
+                    && c.query_one(
+                        &format!(
+                            "SELECT EXISTS (SELECT 1 FROM {quoted}._reel_changes) \
+                             OR EXISTS (SELECT 1 FROM {quoted}._reel_changes_pruned)"
+                        ),
+                        &[],
+                    )
+                    .await?
+                    .get::<_, bool>(0);
+                c.execute("SELECT reel.capture_setup($1, $2, $3)", &[&schema, &role, &started]).await?;
+                if captured {
+                    // A snapshot looks up the rows changed since it began.
+                    c.batch_execute(&format!(
+                        "CREATE INDEX IF NOT EXISTS _reel_changes_key ON {quoted}._reel_changes (tbl, key)"
+                    ))
+                    .await?;
+                }
+                Ok(started)
+            })?;
         }
         let client = connect_blocking(&config, &self.handle)?;
         let mut ns = PgNamespace::new(client, self.handle.clone(), info, read_only, deadline, bounds)?;
+        if let Some(capture) = ns.capture.as_mut() {
+            capture.started = started;
+            ns.admin = Some(self.pool.clone());
+        }
         ns.watch_tables()?;
         Ok(Some(ns))
     }

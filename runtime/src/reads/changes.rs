@@ -1,61 +1,94 @@
 //! Reads of a projection's change history (ADR 28), for the change feed:
 //! a page after a resume point, from the serving version's namespace,
-//! saying when that is another namespace than the point's (a cut-over).
+//! saying when that is another namespace than the point's (a cut-over);
+//! for a client that needs the read model from empty, the history from its
+//! first change when it holds them all, else a snapshot streamed as
+//! changes a step at a time, then the history after it (ADR 30).
 
 use reel_model::Cursor;
 
 use super::{ReadError, Reads};
-use crate::store::{ChangePage, NamespaceId};
+use crate::store::{Change, HistoryStart, NamespaceId, SnapshotAt};
 
-/// Where a change-feed client is: after `seq` in namespace `slug`.
+/// Where a change-feed client is: after `seq` in namespace `slug`, or
+/// somewhere in a snapshot of it (ADR 30).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChangePoint {
     /// The namespace's slug ([`NamespaceId::slug`]).
     pub slug: String,
     /// The last change the client had (0: none).
     pub seq: i64,
+    /// Where its snapshot stands, if it is in one.
+    pub snapshot: Option<SnapshotAt>,
 }
 
 impl ChangePoint {
     /// The point before every change of `ns`.
     pub fn start(ns: &NamespaceId) -> Self {
-        Self { slug: ns.slug(), seq: 0 }
+        Self { slug: ns.slug(), seq: 0, snapshot: None }
     }
 
-    /// The resume token: `seq:slug`.
+    /// The resume token: `seq:slug`, or in a snapshot `s` and the point's
+    /// JSON in hex, then `:slug`.
     pub fn token(&self) -> String {
-        format!("{}:{}", self.seq, self.slug)
+        match &self.snapshot {
+            None => format!("{}:{}", self.seq, self.slug),
+            Some(at) => {
+                let json = serde_json::to_vec(at).unwrap_or_default();
+                let hex: String = json.iter().map(|b| format!("{b:02x}")).collect();
+                format!("s{hex}:{}", self.slug)
+            }
+        }
     }
 
     /// Parse a [`token`](Self::token).
     pub fn parse(token: &str) -> Option<Self> {
-        let (seq, slug) = token.split_once(':')?;
-        let seq = seq.parse().ok().filter(|s: &i64| *s >= 0 && seq.bytes().all(|b| b.is_ascii_digit()))?;
+        let (head, slug) = token.split_once(':')?;
         NamespaceId::from_slug(slug)?;
-        Some(Self { slug: slug.to_owned(), seq })
+        if let Some(encoded) = head.strip_prefix('s') {
+            let bytes = (0..encoded.len())
+                .step_by(2)
+                .map(|i| encoded.get(i..i + 2).and_then(|x| u8::from_str_radix(x, 16).ok()))
+                .collect::<Option<Vec<u8>>>()?;
+            let at: SnapshotAt = serde_json::from_slice(&bytes).ok()?;
+            if at.from < 0 || at.at < at.from {
+                return None;
+            }
+            return Some(Self { slug: slug.to_owned(), seq: at.at, snapshot: Some(at) });
+        }
+        let seq = head.parse().ok().filter(|s: &i64| *s >= 0 && head.bytes().all(|b| b.is_ascii_digit()))?;
+        Some(Self { slug: slug.to_owned(), seq, snapshot: None })
     }
 }
 
-/// A page of changes of the serving version.
+/// What the feed sends next, read from the serving version.
 #[derive(Debug)]
 pub struct ChangeRead {
-    /// Where the page starts: the asked-for point, or the start of the
+    /// Where the read starts: the asked-for point, or the start of the
     /// serving namespace when the point was in another (`reset`).
     pub from: ChangePoint,
-    /// The point was in another namespace than the serving one: the
-    /// version changed (or the projection was rebuilt) since.
+    /// Send `reset` first: the client's copy is to be emptied (its point
+    /// was in another namespace, the version changed or the projection
+    /// was rebuilt, or before the history's start).
     pub reset: bool,
-    /// The changes and the history's bounds.
-    pub page: ChangePage,
+    /// The changes (and snapshot rows), each with the point after it.
+    pub changes: Vec<(Change, ChangePoint)>,
+    /// Where the client is once it has them all.
+    pub next: ChangePoint,
+    /// The history no longer holds what follows `from`: the retention
+    /// window dropped it.
+    pub gone: bool,
+    /// The history's last seq (a client that reads the read model afresh
+    /// resumes after it).
+    pub last: i64,
     /// The serving version's applied position now.
     pub position: Cursor,
 }
 
 impl ChangeRead {
-    /// The history no longer holds what follows `from`: the retention
-    /// window dropped it.
-    pub fn gone(&self) -> bool {
-        self.from.seq < self.page.pruned_through
+    /// The point a client that reads the read model now resumes after.
+    pub fn resume(&self) -> ChangePoint {
+        ChangePoint { slug: self.next.slug.clone(), seq: self.last, snapshot: None }
     }
 }
 
@@ -71,7 +104,10 @@ impl Reads {
     }
 
     /// Up to `limit` changes of the serving version of `name` after `after`
-    /// (`None`: from the start of its history).
+    /// (`None`: a client with an empty copy). A client that needs the read
+    /// model from empty gets the history from its first change if it holds
+    /// every change from the empty read model, else a snapshot streamed as
+    /// changes, then the history after it (ADR 30).
     pub async fn changes(
         &self,
         name: &str,
@@ -79,15 +115,65 @@ impl Reads {
         limit: usize,
     ) -> Result<ChangeRead, ReadError> {
         let (view, turn) = self.serving(name).await?;
-        let (from, reset) = match after {
-            Some(point) if point.slug == view.ns.slug() => (point.clone(), false),
-            Some(_) => (ChangePoint::start(&view.ns), true),
-            None => (ChangePoint::start(&view.ns), false),
-        };
+        let slug = view.ns.slug();
         let position = view.status.snapshot().cursor;
-        let seq = from.seq;
-        let page = self.on_reader(view, turn, move |reader| reader.changes(seq, limit)).await?;
-        Ok(ChangeRead { from, reset, page, position })
+        let same = after.filter(|p| p.slug == slug).cloned();
+        // A token of another namespace: empty the copy, then from empty.
+        let reset = after.is_some() && same.is_none();
+        let (changes, next, gone, last, reset) = self
+            .on_reader(view, turn, move |reader| {
+                let page = reader.changes(same.as_ref().map_or(0, |p| p.seq), limit)?;
+                let (pruned, last, start) = (page.pruned_through, page.last, page.start);
+                let plan = match &same {
+                    None => Plan::FromEmpty { reset },
+                    // The window passed the snapshot's start: a new one.
+                    Some(ChangePoint { snapshot: Some(at), .. }) if at.from < pruned => Plan::FromEmpty { reset: true },
+                    Some(ChangePoint { snapshot: Some(at), .. }) => Plan::Snapshot(at.clone()),
+                    Some(point) if point.seq < pruned => Plan::Gone(point.clone()),
+                    // A point from before the history's start (capture
+                    // started after the client's copy was made).
+                    Some(point) if matches!(start, HistoryStart::After(first) if point.seq < first) => {
+                        Plan::FromEmpty { reset: true }
+                    }
+                    Some(_) => Plan::History,
+                };
+                let plan = match plan {
+                    Plan::FromEmpty { reset } => match start {
+                        HistoryStart::NotYet | HistoryStart::Empty => {
+                            let page = if same.as_ref().map_or(0, |p| p.seq) == 0 {
+                                page
+                            } else {
+                                reader.changes(0, limit)?
+                            };
+                            return Ok((history_items(&slug, 0, page.changes), false, last, reset));
+                        }
+                        HistoryStart::After(_) => {
+                            return Ok((
+                                snapshot_items(&slug, reader, &SnapshotAt::begin(last), limit)?,
+                                false,
+                                last,
+                                reset,
+                            ));
+                        }
+                    },
+                    plan => plan,
+                };
+                Ok(match plan {
+                    Plan::Snapshot(at) => (snapshot_items(&slug, reader, &at, limit)?, false, last, false),
+                    Plan::Gone(point) => ((Vec::new(), point), true, last, false),
+                    _ => {
+                        let seq = same.as_ref().map_or(0, |p| p.seq);
+                        (history_items(&slug, seq, page.changes), false, last, false)
+                    }
+                })
+            })
+            .await
+            .map(|((changes, next), gone, last, reset)| (changes, next, gone, last, reset))?;
+        let from = match after {
+            Some(point) if !reset => point.clone(),
+            _ => ChangePoint { slug: next.slug.clone(), seq: 0, snapshot: None },
+        };
+        Ok(ChangeRead { from, reset, changes, next, gone, last, position })
     }
 
     /// Wakes when the serving version of `name` commits a batch (a
@@ -97,15 +183,63 @@ impl Reads {
     }
 }
 
+/// What a read hands out.
+enum Plan {
+    /// The read model from empty (`reset` first if the client had a copy).
+    FromEmpty { reset: bool },
+    /// The next step of the client's snapshot.
+    Snapshot(SnapshotAt),
+    /// The history after the client's point.
+    History,
+    /// The history no longer reaches back to the client's point.
+    Gone(ChangePoint),
+}
+
+/// Changes, each with the point after it, and the point after them all.
+type Items = (Vec<(Change, ChangePoint)>, ChangePoint);
+
+/// History changes after `seq`, each with the point after it.
+fn history_items(slug: &str, seq: i64, changes: Vec<Change>) -> Items {
+    let mut next = ChangePoint { slug: slug.to_owned(), seq, snapshot: None };
+    let items = changes
+        .into_iter()
+        .map(|change| {
+            next.seq = change.seq;
+            (change, next.clone())
+        })
+        .collect();
+    (items, next)
+}
+
+/// A step of the snapshot at `at`: its items, each with the point after
+/// it; past its last row, the point in the history after it.
+fn snapshot_items(
+    slug: &str,
+    reader: &mut dyn crate::store::Reader,
+    at: &SnapshotAt,
+    limit: usize,
+) -> Result<Items, crate::store::StoreError> {
+    let step = reader.snapshot(at, limit)?;
+    let point = |at: Option<SnapshotAt>, seq: i64| ChangePoint { slug: slug.to_owned(), seq, snapshot: at };
+    let items = step.items.into_iter().map(|(change, after)| (change, point(Some(after.clone()), after.at))).collect();
+    Ok((items, point(step.next, step.at)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn tokens_round_trip_and_refuse_what_reel_did_not_hand_out() {
-        let point = ChangePoint { slug: NamespaceId::new("orders", "2").next_generation().slug(), seq: 42 };
+        let point =
+            ChangePoint { slug: NamespaceId::new("orders", "2").next_generation().slug(), seq: 42, snapshot: None };
         assert_eq!(point.token(), "42:orders@2+g1");
-        assert_eq!(ChangePoint::parse(&point.token()), Some(point));
+        assert_eq!(ChangePoint::parse(&point.token()), Some(point.clone()));
+        let at = SnapshotAt { from: 40, at: 42, table: "orders:x".into(), key: Some("[\"a:b\"]".into()) };
+        let inside = ChangePoint { snapshot: Some(at), ..point };
+        assert_eq!(ChangePoint::parse(&inside.token()), Some(inside));
+        assert_eq!(ChangePoint::parse("s6e6f74206a736f6e:orders@2"), None);
+        assert_eq!(ChangePoint::parse("s7:orders@2"), None);
         assert_eq!(ChangePoint::parse("42"), None);
         assert_eq!(ChangePoint::parse("-1:orders@2"), None);
         assert_eq!(ChangePoint::parse("x:orders@2"), None);

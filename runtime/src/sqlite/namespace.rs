@@ -24,7 +24,7 @@ mod changes;
 mod dead_letters;
 mod dump;
 
-pub(super) use changes::watch_tables;
+pub(super) use changes::{capture_started, watch_tables};
 
 /// One namespace through one connection.
 pub struct SqliteNamespace {
@@ -302,7 +302,7 @@ impl SqlReads for SqliteNamespace {
             }
             Ok(Ok(Rows { columns, rows: out }))
         });
-        if self.capture.is_some() && crate::store::is_ddl(&statement) {
+        if self.capture.is_some_and(|c| c.started) && crate::store::is_ddl(&statement) {
             let watched = self.conn().and_then(|conn| watch_tables(conn).map_err(db));
             if let Err(e) = watched {
                 self.failed = Some(e.clone());
@@ -399,6 +399,10 @@ impl SqlWrites for SqliteNamespace {
 }
 
 impl Commits for SqliteNamespace {
+    fn start_capture(&mut self, at: Cursor, only_if_empty: bool) -> Result<bool, StoreError> {
+        self.start_capture_here(at, only_if_empty)
+    }
+
     fn commit(&mut self, from: Cursor, to: Cursor) -> Result<(), StoreError> {
         self.settle()?;
         if let Some(failed) = self.failed.take() {

@@ -59,6 +59,7 @@ CREATE TABLE IF NOT EXISTS _reel_changes (
     value    BLOB
 );
 CREATE INDEX IF NOT EXISTS _reel_changes_at ON _reel_changes (at);
+CREATE INDEX IF NOT EXISTS _reel_changes_key ON _reel_changes (tbl, key);
 CREATE TABLE IF NOT EXISTS _reel_changes_pruned (
     id      INTEGER PRIMARY KEY CHECK (id = 1),
     through INTEGER NOT NULL
@@ -135,13 +136,19 @@ impl SqliteStore {
                 // A REPLACE deleting a row under another unique key fires
                 // the delete trigger only with recursive triggers on.
                 conn.pragma_update(None, "recursive_triggers", true).map_err(db)?;
-                super::namespace::watch_tables(&conn).map_err(db)?;
-                Some(crate::store::Capture::new(retention))
+                let mut capture = crate::store::Capture::new(retention);
+                // Capture that started goes on from the first batch; else
+                // it starts at the head (ADR 30).
+                capture.started = super::namespace::capture_started(&conn).map_err(db)?;
+                if capture.started {
+                    super::namespace::watch_tables(&conn).map_err(db)?;
+                }
+                Some(capture)
             }
             _ => None,
         };
         let guest = Arc::new(Guest::new(bounds.value_bytes));
-        guest.capture.store(capture.is_some(), Ordering::Relaxed);
+        guest.capture.store(capture.is_some_and(|c| c.started), Ordering::Relaxed);
         let flag = Arc::clone(&guest);
         conn.authorizer(Some(move |ctx: AuthContext<'_>| {
             if flag.on.load(Ordering::Relaxed) { authorize_guest(&ctx) } else { Authorization::Allow }

@@ -25,7 +25,9 @@ use std::time::Duration;
 
 use reel_model::{Cursor, SqlError, Value};
 
-pub use changes::{Capture, Change, ChangePage, ChangeReads, is_ddl};
+pub use changes::{
+    Capture, Change, ChangePage, ChangeReads, HistoryStart, START, START_EMPTY, SnapshotAt, SnapshotStep, is_ddl,
+};
 pub use dump::{Checksum, DumpSink, Dumps, ReadModelSum};
 pub use namespace::{
     Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrites, Reader, Snapshot, SqlReads, SqlWrites, TableReads,

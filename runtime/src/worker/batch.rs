@@ -35,7 +35,8 @@ impl Worker {
                 return self.read_failed(&e);
             }
         };
-        self.status.set_at_head(batch.events.len() < limit);
+        let at_head = batch.events.len() < limit;
+        self.status.set_at_head(at_head);
         if batch.events.is_empty() {
             if !self.settle_behind() {
                 return Ok(true);
@@ -47,13 +48,23 @@ impl Worker {
                     return Ok(false);
                 }
             }
+            self.start_capture(false);
             return Ok(false);
         }
         let read = started.elapsed();
         // A full batch has more behind it: commit it without waiting, and
         // apply the next one meanwhile.
         let behind = batch.events.len() == limit && !self.careful;
+        // The batch that reached the head is the catch-up's last: captured
+        // only if the read model is empty before it (then the history holds
+        // every change from empty).
+        if at_head {
+            self.start_capture(true);
+        }
         self.process(&batch.events, &batch.cursors, batch.next, ATTEMPTS, behind)?;
+        if at_head {
+            self.start_capture(false);
+        }
         tracing::debug!(
             projection = %self.ns,
             events = batch.events.len(),
@@ -62,6 +73,29 @@ impl Worker {
             "batch"
         );
         Ok(true)
+    }
+
+    /// Once the version has reached the head of the log: its changes, if
+    /// captured, are captured from here on (ADR 30); with `only_if_empty`,
+    /// only if its read model is empty. A failure is retried at the next
+    /// read that finds the head.
+    fn start_capture(&mut self, only_if_empty: bool) {
+        // Before a batch, a batch committed behind stays pending (the batch
+        // settles it, and a failure of it is the batch's); after one, or
+        // after an empty read, nothing is pending.
+        if self.capture_started || (only_if_empty && self.behind.is_some()) || !self.settle_behind() {
+            return;
+        }
+        let at = self.persisted;
+        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps(),
+            (None, Some(caps)) => caps,
+            (None, None) => return,
+        };
+        match caps.writer().and_then(|ns| ns.start_capture(at, only_if_empty)) {
+            Ok(started) => self.capture_started = started,
+            Err(e) => tracing::warn!(projection = %self.ns, "starting change capture: {e}"),
+        }
     }
 
     pub(super) fn read_failed(&mut self, e: &dyn std::fmt::Display) -> Result<bool, Halt> {

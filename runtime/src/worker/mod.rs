@@ -164,6 +164,7 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         batch_limit,
         behind: None,
         careful: false,
+        capture_started: false,
         paused: false,
         halted: false,
         poisoned: None,
@@ -220,6 +221,9 @@ struct Worker {
     /// A batch committed behind failed: commit the next one in the
     /// foreground, so that its failure is retried and narrowed down.
     careful: bool,
+    /// The namespace was told the version reached the head, so that its
+    /// changes (if captured) are captured from there on (ADR 30).
+    capture_started: bool,
     paused: bool,
     halted: bool,
     /// The event it stopped at (policy `stop`) and the cursor after it, for
@@ -395,6 +399,7 @@ impl Worker {
         self.persisted = checkpoint.cursor;
         self.behind = None;
         self.careful = false;
+        self.capture_started = false;
         self.status.advanced(self.cursor);
         self.reader = Some(self.ctx.source.prefetching_reader().map_err(|e| StoreError::Database(e.to_string()))?);
         Ok(true)
