@@ -4,6 +4,7 @@
 //! generate a workload, and test a projection against a snapshot
 //! ([`snapshot`], `reel test`).
 
+pub mod replay;
 pub mod snapshot;
 pub mod workload;
 

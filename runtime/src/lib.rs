@@ -46,7 +46,8 @@
 //!     `serve`, with `cli::workload`, the deterministic order workload of
 //!     `reel generate` (and of the tests and benchmarks), and
 //!     `cli::snapshot`, `reel test` (a read model built from a fixture on a
-//!     scratch store, compared with a snapshot); `reel new`, a projection
+//!     scratch store, compared with a snapshot), `cli::replay`, `reel replay`
+//!     (a poison event's record run again, with no database); `reel new`, a projection
 //!     folder in Rust, JavaScript, Python or C.
 //! 13. `testing`: what reel's own tests and benchmarks reach inside the
 //!     library (hidden from the docs; not an API).

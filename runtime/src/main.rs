@@ -22,7 +22,7 @@ struct Cli {
 /// The commands whose flags `reel.toml` sets (ADR 46): the server's, and the
 /// server address and token of the commands that talk to it.
 const FILE_COMMANDS: &[&str] =
-    &["serve", "config", "status", "pause", "resume", "rebuild", "delete", "skip", "discard", "dead-letters"];
+    &["serve", "config", "status", "pause", "resume", "rebuild", "delete", "skip", "discard", "dead-letters", "replay"];
 
 #[derive(Subcommand)]
 enum Command {
@@ -82,6 +82,13 @@ enum Command {
     /// store and compare it with a snapshot: exit code 1 and a diff when it
     /// differs (or the projection fails).
     Test(TestArgs),
+    /// Run a poison event again from its record (kept when an event stops a
+    /// projection or goes to its dead letters): the recorded module on the
+    /// recorded host-call answers, with no database; exit code 0 when it
+    /// reproduces the recorded error and log lines, 1 when it differs. With
+    /// --module, that module applies the event on the read model as it was
+    /// before it: 0 when it passes, 1 when it fails. 2: no usable record.
+    Replay(ReplayArgs),
     /// Create a projection folder that builds and deploys as it is.
     New {
         /// The projection's name (a-z, 0-9, `-`, `_`).
@@ -123,6 +130,31 @@ struct GenerateArgs {
     /// COPY straight into this PostgreSQL database's events table.
     #[arg(long)]
     database: Option<String>,
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("record").required(true).args(["name", "file"])))]
+struct ReplayArgs {
+    /// The projection, to fetch the record from the server
+    /// (GET /projections/NAME/replays/POSITION, scope admin).
+    #[arg(requires = "position")]
+    name: Option<String>,
+    /// The poison event's position (`stopped_at` in `reel status NAME`, or a
+    /// dead letter's).
+    position: Option<i64>,
+    /// A record file instead of the server (exported from that route, or
+    /// written by --save).
+    #[arg(long, conflicts_with = "name")]
+    file: Option<PathBuf>,
+    /// Apply the event with this module (.wasm) on the record's read model
+    /// in a temporary SQLite store, instead of replaying the recorded module.
+    #[arg(long)]
+    module: Option<PathBuf>,
+    /// Write the record fetched from the server to this file.
+    #[arg(long, conflicts_with = "file")]
+    save: Option<PathBuf>,
+    #[command(flatten)]
+    target: Target,
 }
 
 #[derive(Args)]
@@ -350,11 +382,11 @@ enum LogFormat {
 /// Set up the log: `format`, filtered by RUST_LOG when it is set. Without it,
 /// info and above, and the line per batch (`reel::batch`) only in JSON: a
 /// terminal would scroll with every append, a collector wants them.
-fn init_log(format: LogFormat, quiet: bool) {
+fn init_log(format: LogFormat, quiet: Option<&'static str>) {
     let default_filter = match (quiet, format) {
-        (true, _) => "warn",
-        (false, LogFormat::Text) => "info,sqlx=warn,reel::batch=off",
-        (false, LogFormat::Json) => "info,sqlx=warn",
+        (Some(filter), _) => filter,
+        (None, LogFormat::Text) => "info,sqlx=warn,reel::batch=off",
+        (None, LogFormat::Json) => "info,sqlx=warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
@@ -508,8 +540,14 @@ async fn main() -> anyhow::Result<()> {
         Command::Config { serve, .. } => serve.log_format,
         _ => LogFormat::Text,
     };
-    // `reel test` prints its verdict; the server inside it only its warnings.
-    init_log(format, matches!(cli.command, Command::Test(_)));
+    // `reel test` prints its verdict; the server inside it only its
+    // warnings. `reel replay` prints the guest's log lines itself.
+    let quiet = match cli.command {
+        Command::Test(_) => Some("warn"),
+        Command::Replay(_) => Some("warn,reel::guest=off"),
+        _ => None,
+    };
+    init_log(format, quiet);
     match cli.command {
         Command::Config { mut serve, client: _ } => {
             serve.settings = parsed.with_file_settings(serve.settings);
@@ -571,6 +609,29 @@ async fn main() -> anyhow::Result<()> {
             match reel::cli::snapshot::run(&test).await?.verdict {
                 reel::cli::snapshot::Verdict::Differs => std::process::exit(1),
                 _ => Ok(()),
+            }
+        }
+        Command::Replay(args) => {
+            let record = match (&args.file, &args.name, args.position) {
+                (Some(file), _, _) => reel::cli::replay::read(file),
+                (None, Some(name), Some(position)) => reel::cli::replay::fetch(&args.target.remote(), name, position)
+                    .and_then(|(record, text)| {
+                        if let Some(save) = &args.save {
+                            std::fs::write(save, text)
+                                .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", save.display()))?;
+                            eprintln!("reel replay: record saved to {}", save.display());
+                        }
+                        Ok(record)
+                    }),
+                _ => unreachable!("clap requires a file or a name and a position"),
+            };
+            let verdict = record.and_then(|record| reel::cli::replay::run(&record, args.module.as_deref(), None));
+            match verdict {
+                Ok(verdict) => std::process::exit(verdict.exit_code()),
+                Err(e) => {
+                    eprintln!("reel replay: {e:#}");
+                    std::process::exit(2)
+                }
             }
         }
         Command::New { name, lang, dir } => {

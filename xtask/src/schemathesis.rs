@@ -54,6 +54,8 @@ const SKIP_POSITION: i64 = RETRY_POSITION + 3;
 
 /// The control routes: the second pass, one at a time, in this order.
 const CONTROL: &[(&str, &str)] = &[
+    // The record of the event `order-summaries` stopped at (ADR 49).
+    ("GET", "/projections/{name}/replays/{position}"),
     ("POST", "/projections/{name}/pause"),
     ("POST", "/projections/{name}/resume"),
     ("POST", "/projections/{name}/skip/{position}"),

@@ -8,7 +8,8 @@
 //! - [`changes`]: `GET /projections/{name}/changes`, read-model changes as server-sent events.
 //! - [`commands`]: `POST /commands/{decider}/{stream_id}`, deciders and their states.
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
-//! - [`admin`]: skip the event a stopped projection halted at, discard a dead letter.
+//! - [`admin`]: skip the event a stopped projection halted at, discard a dead
+//!   letter, export a poison event's replay record.
 //! - [`reads`]: KV, tables, custom queries and checksums, with `min_position` waits.
 //! - [`streams`]: `GET /streams/{id}`, one stream's events in version order.
 //! - [`sinks`]: `GET /sinks`, delivery to message brokers.
@@ -119,6 +120,7 @@ fn routes() -> Router<Services> {
         .route("/projections/{name}/dead-letters/{position}", delete(admin::discard))
         .route("/projections/{name}/dead-letters/{position}/retry", post(projections::retry_dead_letter))
         .route("/projections/{name}/skip/{position}", post(admin::skip))
+        .route("/projections/{name}/replays/{position}", get(admin::replay))
         .route("/projections/{name}/kv", get(reads::kv_scan))
         .route("/projections/{name}/kv/{*key}", get(reads::kv_get))
         .route("/projections/{name}/tables", get(reads::tables))

@@ -95,6 +95,7 @@ impl Deployments {
             poll_interval: config.poll_interval,
             on_error: None,
             handle: tokio::runtime::Handle::current(),
+            data_dir: config.data_dir.clone(),
         };
         let deployments = Deployments {
             inner: Arc::new(Inner {
@@ -113,6 +114,20 @@ impl Deployments {
         deployments.spawn_watcher()?;
         deployments.spawn_supervisor();
         Ok(deployments)
+    }
+
+    /// The record of projection `name`'s poison event at `position`, kept
+    /// for a replay (ADR 49): its JSON text, `None` when there is none.
+    pub async fn replay_record(&self, name: &str, position: i64) -> std::io::Result<Option<String>> {
+        if !reel_model::is_projection_name(name) {
+            return Ok(None);
+        }
+        let path = crate::worker::record::path(&self.inner.config.data_dir, name, position);
+        match tokio::fs::read_to_string(path).await {
+            Ok(text) => Ok(Some(text)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The deciders the module files provide.

@@ -4,6 +4,7 @@
 use reel_model::{Cursor, Emitted, Event, Rows, Timer, Value};
 
 use super::emitter::Emitter;
+use super::tape::{HostCall, Tape};
 use crate::config::Limits;
 use crate::store::kv_cache::KvCache;
 use crate::store::{Forwarded, Reader, StoreError, Writer};
@@ -52,6 +53,9 @@ pub struct Capabilities {
     emitter: Option<Emitter>,
     /// What the last commit appended (PostgreSQL) or left in the outbox.
     forwarded: Option<Forwarded>,
+    /// Host calls recorded for a replay, or answered from one (ADR 49);
+    /// `None` on the normal path, which then costs one test a call.
+    tape: Option<Box<Tape>>,
 }
 
 impl Capabilities {
@@ -72,7 +76,33 @@ impl Capabilities {
             log_lines: 0,
             emitter: None,
             forwarded: None,
+            tape: None,
         })
+    }
+
+    /// Record the guest's host calls from now on, or answer them from a
+    /// recording (ADR 49); `None`: neither.
+    pub fn set_tape(&mut self, tape: Option<Tape>) {
+        self.tape = tape.map(Box::new);
+    }
+
+    /// The tape, done with.
+    pub fn take_tape(&mut self) -> Option<Tape> {
+        self.tape.take().map(|t| *t)
+    }
+
+    /// The recorded answer to `asked`, when playing a tape back; a call the
+    /// recording does not have is refused (the call ends).
+    fn played(&mut self, asked: impl FnOnce() -> HostCall) -> Option<Result<HostCall, Fault>> {
+        let tape = self.tape.as_mut().filter(|t| t.is_playing())?;
+        Some(tape.answer(&asked()).or_else(|why| self.fail(Fault::Refused(why))))
+    }
+
+    /// Keep `call` when recording.
+    fn recorded(&mut self, call: impl FnOnce() -> HostCall) {
+        if let Some(tape) = &mut self.tape {
+            tape.record(call());
+        }
     }
 
     /// Make these a reactor's capabilities: `emit` and `timers` go to `emitter`.
@@ -268,11 +298,28 @@ impl Capabilities {
     /// `kv.get`.
     pub fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, Fault> {
         self.check_text("key", key)?;
+        if self.tape.is_some() {
+            return self.kv_get_taped(key);
+        }
         let result = match &mut self.access {
             Access::Write(ns) => self.kv.get(key, &mut **ns),
             Access::Read(ns) => ns.kv_get(key),
         };
         self.store(result)
+    }
+
+    /// `kv.get`, recorded or played back.
+    fn kv_get_taped(&mut self, key: &str) -> Result<Option<Vec<u8>>, Fault> {
+        if let Some(answer) = self.played(|| HostCall::KvGet { key: key.to_owned(), value: None }) {
+            let HostCall::KvGet { value, .. } = answer? else { unreachable!("answers match their calls") };
+            return Ok(value);
+        }
+        let tape = self.tape.take();
+        let value = self.kv_get(key);
+        self.tape = tape;
+        let value = value?;
+        self.recorded(|| HostCall::KvGet { key: key.to_owned(), value: value.clone() });
+        Ok(value)
     }
 
     /// `kv.set`.
@@ -305,10 +352,25 @@ impl Capabilities {
         if let Some(after) = after {
             self.check_text("key", after)?;
         }
-        let limit = (limit as usize).min(self.limits.query_rows);
+        let asked = || HostCall::KvScan {
+            prefix: prefix.to_owned(),
+            after: after.map(str::to_owned),
+            limit,
+            entries: Vec::new(),
+        };
+        if let Some(answer) = self.played(asked) {
+            let HostCall::KvScan { entries, .. } = answer? else { unreachable!("answers match their calls") };
+            return Ok(entries);
+        }
+        let max = (limit as usize).min(self.limits.query_rows);
         self.flush_kv()?;
-        let result = self.namespace().kv_scan(prefix, after, limit);
-        self.store(result)
+        let result = self.namespace().kv_scan(prefix, after, max);
+        let entries = self.store(result)?;
+        self.recorded(|| {
+            let HostCall::KvScan { prefix, after, limit, .. } = asked() else { unreachable!("asked a scan") };
+            HostCall::KvScan { prefix, after, limit, entries: entries.clone() }
+        });
+        Ok(entries)
     }
 
     /// `sql.dialect`.
@@ -337,6 +399,28 @@ impl Capabilities {
     /// fails the batch); an unavailable database, or the batch's deadline
     /// passed, is a fault that ends the call.
     pub fn sql_query(
+        &mut self,
+        statement: &str,
+        params: Vec<Value>,
+    ) -> Result<Result<Rows, guest_sdk::SqlError>, Fault> {
+        if self.tape.is_none() {
+            return self.sql_query_untaped(statement, params);
+        }
+        let asked = || HostCall::SqlQuery {
+            statement: statement.to_owned(),
+            params: params.clone(),
+            result: Ok(Rows::default()),
+        };
+        if let Some(answer) = self.played(asked) {
+            let HostCall::SqlQuery { result, .. } = answer? else { unreachable!("answers match their calls") };
+            return Ok(result);
+        }
+        let result = self.sql_query_untaped(statement, params.clone())?;
+        self.recorded(|| HostCall::SqlQuery { statement: statement.to_owned(), params, result: result.clone() });
+        Ok(result)
+    }
+
+    fn sql_query_untaped(
         &mut self,
         statement: &str,
         params: Vec<Value>,
@@ -398,6 +482,9 @@ impl Capabilities {
             return;
         }
         let message = truncate(message, LOG_LINE_BYTES);
+        if let Some(tape) = &mut self.tape {
+            tape.log(level, message);
+        }
         let projection = &self.projection;
         match level {
             guest_sdk::Level::Trace => tracing::trace!(target: "reel::guest", projection, "{message}"),

@@ -7,6 +7,8 @@
 //!   component and native guests.
 //! - `kv`, `sql`, `log`, `emit`: the generated import traits, one file each;
 //!   [`emitter`]: a reactor's emissions and timers within a batch.
+//! - [`tape`]: a guest's host-call answers, recorded for a replay of a poison
+//!   event or answered from one (ADR 49).
 //! - [`wasi`]: the inert WASI a toolchain's output may import.
 //! - [`instance`]: a component instance and its calls, with CPU deadlines and
 //!   memory limits; [`native`]: the same calls on a natively compiled projection.
@@ -26,6 +28,7 @@ mod log;
 pub mod native;
 pub mod sink;
 mod sql;
+pub mod tape;
 pub mod wasi;
 
 pub use caps::{Access, Capabilities};

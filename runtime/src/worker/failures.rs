@@ -96,6 +96,7 @@ impl Worker {
     /// `event` keeps failing (`attempts` in a row): stop at it, or set it
     /// aside and move on.
     fn poison(&mut self, event: &Event, end: Cursor, failure: &GuestFailure, attempts: u32) -> Result<(), Halt> {
+        self.record(event, end, failure);
         let policy = self.ctx.on_error.unwrap_or(self.program.manifest().on_error);
         let mut message = failure.to_string();
         if self.swapped {

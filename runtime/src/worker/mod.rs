@@ -1,10 +1,13 @@
 //! One worker thread per projection version: read a batch after the cursor,
 //! hand it to the guest, commit its writes and the new checkpoint in one
 //! transaction. Failures roll back; persistent ones are narrowed down to the
-//! poison event, which the projection's policy stops at or skips.
+//! poison event, which the projection's policy stops at or skips, recorded
+//! first for a replay (ADR 49).
 
 mod batch;
 mod failures;
+pub mod record;
+mod recording;
 pub mod status;
 
 use std::sync::Arc;
@@ -117,6 +120,8 @@ pub struct WorkerContext {
     pub on_error: Option<OnError>,
     /// The tokio runtime that drives connections and timers (a multi-threaded one).
     pub handle: tokio::runtime::Handle,
+    /// The data folder: records of poison events go to its `replays/` (ADR 49).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// The handle on a worker thread.
