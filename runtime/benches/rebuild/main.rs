@@ -6,7 +6,7 @@
 //! cargo bench -p reel --bench rebuild -- --events 200000 --backend postgres
 //! cargo test  -p reel --bench rebuild -- --smoke           # 10,000 events, what CI runs
 //! cargo bench -p reel --bench rebuild -- --events 100000 --backend sqlite --languages
-//! cargo bench -p reel --bench rebuild -- --only wasm --changes 2   # change capture's cost
+//! cargo bench -p reel --bench rebuild -- --only wasm --changes 5 --events 100000   # change capture's cost
 //! ```
 //!
 //! Variants: the two example projections as components (WASM), the same two
@@ -250,12 +250,20 @@ async fn changes_cost(
             on.push(rebuild(&capturing, &with, Variant::Wasm(crate_name), events, head, expected).await.0);
         }
         let best = |rates: &[f64]| rates.iter().copied().fold(0.0, f64::max);
+        let median = |rates: &[f64]| {
+            let mut sorted = rates.to_vec();
+            sorted.sort_by(f64::total_cmp);
+            let mid = sorted.len() / 2;
+            if sorted.len().is_multiple_of(2) { (sorted[mid - 1] + sorted[mid]) / 2.0 } else { sorted[mid] }
+        };
         let shown = |rates: &[f64]| rates.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
         println!(
-            "{label} (wasm): {} events/s without change capture, {} with; best with/best without {:.2}",
+            "{label} (wasm): {} events/s without change capture, {} with; best with/best without {:.2}, \
+             median with/median without {:.2}",
             shown(&off),
             shown(&on),
-            best(&on) / best(&off)
+            best(&on) / best(&off),
+            median(&on) / median(&off)
         );
     }
     capturing.shutdown().await;
