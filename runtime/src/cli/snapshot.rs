@@ -130,7 +130,7 @@ fn default_snapshot(events: &Path) -> PathBuf {
 /// The read model a run built, and what it read from it.
 struct Built {
     name: String,
-    dump: render::JsonDump,
+    dump: crate::store::whole::WholeModel,
     queries: Vec<(Query, serde_json::Value)>,
     checksum: crate::store::ReadModelSum,
 }
@@ -186,7 +186,7 @@ async fn read_back(server: &Server, fixture: &Fixture, last: i64) -> anyhow::Res
     caught_up(server, &name, last).await?;
     let dump = reads
         .read(&name, None, |reader| {
-            let mut dump = render::JsonDump::default();
+            let mut dump = crate::store::whole::WholeModel::default();
             reader.dump(&mut dump)?;
             Ok(dump)
         })

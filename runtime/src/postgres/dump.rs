@@ -14,6 +14,15 @@ use super::value::column;
 use crate::store::sql_text::quote_ident;
 use crate::store::{Checkpoint, DumpSink, Dumps, StoreError};
 
+/// A table's primary key columns, in the key's order (from the catalog:
+/// `information_schema` shows constraints only to a table's owner).
+const PRIMARY_KEY: &str = "SELECT a.attname::text FROM pg_catalog.pg_constraint c \
+    JOIN pg_catalog.pg_class t ON t.oid = c.conrelid \
+    JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace \
+    CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, ord) \
+    JOIN pg_catalog.pg_attribute a ON a.attrelid = t.oid AND a.attnum = k.attnum \
+    WHERE n.nspname = current_schema() AND t.relname = $1 AND c.contype = 'p' ORDER BY k.ord";
+
 const NO_PARAMS: [&(dyn ToSql + Sync); 0] = [];
 
 impl Dumps for PgNamespace {
@@ -70,6 +79,11 @@ async fn walk(client: &Client, slug: &str, sink: &mut dyn DumpSink) -> Result<()
             .map(|r| r.get(0))
             .collect();
         sink.table(table, &columns);
+        let key: Vec<String> =
+            client.query(PRIMARY_KEY, &[table]).await.map_err(failed)?.iter().map(|r| r.get(0)).collect();
+        if !key.is_empty() {
+            sink.key(&key);
+        }
         let quoted: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
         let sql = format!("SELECT {} FROM {}", quoted.join(", "), quote_ident(table));
         let rows = client.query_raw(sql.as_str(), NO_PARAMS).await.map_err(failed)?;

@@ -24,6 +24,11 @@ pub trait DumpSink {
     fn checkpoint(&mut self, checkpoint: Checkpoint);
     /// A table begins: its name and columns, in the database's order.
     fn table(&mut self, name: &str, columns: &[String]);
+    /// The primary key of the table begun last, when it has one: its
+    /// columns in the key's order. Before the table's rows.
+    fn key(&mut self, columns: &[String]) {
+        let _ = columns;
+    }
     /// A row of the table begun last, its values in that table's column order.
     fn row(&mut self, values: &[Value]);
     /// A KV entry.

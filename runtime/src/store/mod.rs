@@ -11,13 +11,16 @@
 //! (`namespace.rs`), the [`Namespaces`] a backend implements (`crate::sqlite`,
 //! `crate::postgres`), the [`Store`] reel holds, the KV write buffer and
 //! cache, the checks of projection SQL text, and a whole namespace read at
-//! once with its checksum (`dump.rs`).
+//! once with its checksum (`dump.rs`), kept in memory (`whole.rs`) and
+//! compared with another (`diff.rs`).
 
 mod changes;
+pub mod diff;
 mod dump;
 pub mod kv_cache;
 mod namespace;
 pub mod sql_text;
+pub mod whole;
 
 use std::fmt;
 use std::sync::Arc;

@@ -7,53 +7,19 @@
 //! answers) has its objects' keys sorted: languages write them in different
 //! orders, the snapshot holds the values.
 
-use std::cmp::Ordering;
-
 use serde_json::{Map, Value as Json};
 
-use reel_model::Value;
-
 use super::fixture::Query;
-use crate::store::{Checkpoint, DumpSink};
-
-/// A [`DumpSink`] that keeps everything, for a snapshot.
-#[derive(Debug, Default)]
-pub struct JsonDump {
-    /// Tables by name: columns, rows.
-    tables: Vec<(String, Vec<String>, Vec<Vec<Value>>)>,
-    /// KV entries, in key order.
-    kv: Vec<(String, Vec<u8>)>,
-}
-
-impl DumpSink for JsonDump {
-    fn checkpoint(&mut self, _: Checkpoint) {}
-
-    fn table(&mut self, name: &str, columns: &[String]) {
-        self.tables.push((name.to_owned(), columns.to_vec(), Vec::new()));
-    }
-
-    fn row(&mut self, values: &[Value]) {
-        if let Some((_, _, rows)) = self.tables.last_mut() {
-            rows.push(values.iter().map(canonical).collect());
-        }
-    }
-
-    fn kv(&mut self, key: &str, value: &[u8]) {
-        self.kv.push((key.to_owned(), value.to_vec()));
-    }
-}
+use crate::store::whole::{WholeModel, compare_rows, kv_json, sorted};
 
 /// The snapshot's text: pretty JSON, two spaces, a newline at the end.
-pub fn snapshot(dump: &JsonDump, queries: &[(Query, Json)]) -> String {
+pub fn snapshot(dump: &WholeModel, queries: &[(Query, Json)]) -> String {
     let mut tables = Map::new();
-    for (name, columns, rows) in &dump.tables {
-        let mut rows = rows.clone();
+    for table in &dump.tables {
+        let mut rows: Vec<&Vec<reel_model::Value>> = table.rows.iter().collect();
         rows.sort_by(|a, b| compare_rows(a, b));
-        let rows = rows
-            .iter()
-            .map(|row| Json::Object(columns.iter().cloned().zip(row.iter().map(value_json)).collect()))
-            .collect();
-        tables.insert(name.clone(), Json::Array(rows));
+        let rows = rows.iter().map(|row| table.row_json(row)).collect();
+        tables.insert(table.name.clone(), Json::Array(rows));
     }
     let kv: Map<String, Json> = dump.kv.iter().map(|(k, v)| (k.clone(), kv_json(v))).collect();
     let mut top = Map::new();
@@ -74,81 +40,15 @@ pub fn snapshot(dump: &JsonDump, queries: &[(Query, Json)]) -> String {
     text
 }
 
-/// An integral real an `i64` holds is that integer (ADR 37).
-fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Real(r) if r.fract() == 0.0 && *r >= -9.223_372_036_854_776e18 && *r < 9.223_372_036_854_776e18 => {
-            Value::Integer(*r as i64)
-        }
-        other => other.clone(),
-    }
-}
-
-fn value_json(value: &Value) -> Json {
-    match value {
-        Value::Blob(bytes) => serde_json::json!({ "hex": hex(bytes) }),
-        other => other.to_json(),
-    }
-}
-
-fn kv_json(bytes: &[u8]) -> Json {
-    if let Ok(json) = serde_json::from_slice::<Json>(bytes) {
-        return sorted(json);
-    }
-    match std::str::from_utf8(bytes) {
-        Ok(text) => Json::String(text.to_owned()),
-        Err(_) => serde_json::json!({ "hex": hex(bytes) }),
-    }
-}
-
-/// `json` with every object's keys in order.
-fn sorted(json: Json) -> Json {
-    match json {
-        Json::Object(map) => {
-            let mut entries: Vec<(String, Json)> = map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            Json::Object(entries.into_iter().collect())
-        }
-        Json::Array(items) => Json::Array(items.into_iter().map(sorted).collect()),
-        other => other,
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Rows by their values, column by column: NULL, then numbers, text
-/// (bytewise), blobs, as SQLite orders them.
-fn compare_rows(a: &[Value], b: &[Value]) -> Ordering {
-    a.iter().zip(b).map(|(x, y)| compare(x, y)).find(|o| o.is_ne()).unwrap_or(a.len().cmp(&b.len()))
-}
-
-fn compare(a: &Value, b: &Value) -> Ordering {
-    let rank = |v: &Value| match v {
-        Value::Null => 0,
-        Value::Integer(_) | Value::Real(_) => 1,
-        Value::Text(_) => 2,
-        Value::Blob(_) => 3,
-    };
-    match (a, b) {
-        (Value::Integer(x), Value::Integer(y)) => x.cmp(y),
-        (Value::Integer(x), Value::Real(y)) => (*x as f64).total_cmp(y),
-        (Value::Real(x), Value::Integer(y)) => x.total_cmp(&(*y as f64)),
-        (Value::Real(x), Value::Real(y)) => x.total_cmp(y),
-        (Value::Text(x), Value::Text(y)) => x.as_bytes().cmp(y.as_bytes()),
-        (Value::Blob(x), Value::Blob(y)) => x.cmp(y),
-        _ => rank(a).cmp(&rank(b)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::DumpSink;
+    use reel_model::Value;
 
     #[test]
     fn rows_are_sorted_and_values_written_as_the_checksum_sees_them() {
-        let mut dump = JsonDump::default();
+        let mut dump = WholeModel::default();
         dump.table("t", &["id".into(), "total".into(), "raw".into()]);
         dump.row(&[Value::Text("b".into()), Value::Real(2.0), Value::Null]);
         dump.row(&[Value::Text("a".into()), Value::Real(0.5), Value::Blob(vec![0, 255])]);

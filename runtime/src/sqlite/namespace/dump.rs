@@ -36,6 +36,13 @@ fn walk(conn: &Connection, sink: &mut dyn DumpSink) -> Result<(), StoreError> {
     for table in &tables {
         let columns = table_columns(conn, table)?;
         sink.table(table, &columns);
+        let key: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk")
+            .and_then(|mut s| s.query_map([table], |r| r.get(0))?.collect())
+            .map_err(db)?;
+        if !key.is_empty() {
+            sink.key(&key);
+        }
         let quoted: Vec<String> = columns.iter().map(|c| crate::store::sql_text::quote_ident(c)).collect();
         let sql = format!("SELECT {} FROM {}", quoted.join(", "), crate::store::sql_text::quote_ident(table));
         let mut stmt = conn.prepare(&sql).map_err(db)?;
