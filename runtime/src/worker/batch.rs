@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use reel_model::{Cursor, Event};
 
-use super::{ATTEMPTS, Behind, Halt, MIN_BATCH, PERSIST_SKIPS_EVERY, State, Worker, backoff};
+use super::{ATTEMPTS, Behind, Halt, MIN_BATCH, PERSIST_SKIPS_EVERY, State, Worker, WorkerError, backoff};
 use crate::config::BatchConfig;
 use crate::host::GuestFailure;
+use crate::source::Batch;
 use crate::store::StoreError;
 
 impl Worker {
@@ -16,6 +17,10 @@ impl Worker {
     pub(super) fn step(&mut self) -> Result<bool, Halt> {
         if self.connection_closed() {
             return Err(Halt::Reconnect);
+        }
+        if self.hold.is_some_and(|at| self.cursor >= at) {
+            self.reach_hold();
+            return Ok(false);
         }
         let limit = self.batch_limit;
         let reader = match &mut self.reader {
@@ -27,7 +32,10 @@ impl Worker {
         };
         let started = Instant::now();
         let batch = match reader.read_batch(self.cursor, &self.filter, limit) {
-            Ok(batch) => batch,
+            Ok(batch) => match self.hold {
+                Some(at) => held(batch, at),
+                None => batch,
+            },
             // The reader's connection may be what failed: the next read
             // gets a new reader.
             Err(e) => {
@@ -96,6 +104,25 @@ impl Worker {
             Ok(started) => self.capture_started = started,
             Err(e) => tracing::warn!(projection = %self.ns, "starting change capture: {e}"),
         }
+    }
+
+    /// Held and there: the checkpoint committed at the hold, and whoever
+    /// waits for it told.
+    pub(super) fn reach_hold(&mut self) {
+        let Some(at) = self.hold.filter(|at| self.cursor >= *at) else { return };
+        if self.hold_reply.is_none() {
+            return;
+        }
+        let reached = if !self.settle_behind() {
+            // The batch committed behind failed: the cursor went back.
+            return;
+        } else if self.persisted < self.cursor {
+            self.persist().map_err(WorkerError::Guest)
+        } else {
+            Ok(())
+        };
+        let reply = self.hold_reply.take().expect("checked");
+        let _ = reply.send(reached.map(|()| at));
     }
 
     pub(super) fn read_failed(&mut self, e: &dyn std::fmt::Display) -> Result<bool, Halt> {
@@ -290,6 +317,15 @@ impl Worker {
             self.batch_limit = next;
         }
     }
+}
+
+/// `batch` without its events past `at` (a hold): the read goes no further.
+fn held(batch: Batch, at: Cursor) -> Batch {
+    if batch.next <= at {
+        return batch;
+    }
+    let keep = batch.cursors.iter().take_while(|c| **c <= at).count();
+    Batch { next: at, ..batch.truncated(keep) }
 }
 
 /// The line reel logs for each batch it applies, committed or not (target

@@ -79,6 +79,18 @@ pub enum Control {
         /// The outcome.
         reply: tokio::sync::oneshot::Sender<Result<(), WorkerError>>,
     },
+    /// Read no event past `at` (`None`: past where the worker is now);
+    /// answered with the checkpoint, committed, once the worker is there. A
+    /// shadow run compares two versions at one position this way (ADR 48).
+    Hold {
+        /// The last position to apply.
+        at: Option<Cursor>,
+        /// The committed checkpoint, exactly `at`; refused if the worker is
+        /// past it already.
+        reply: tokio::sync::oneshot::Sender<Result<Cursor, WorkerError>>,
+    },
+    /// Go on past a hold.
+    Release,
     /// Finish the current batch and exit.
     Exit,
 }
@@ -175,6 +187,8 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         poisoned: None,
         swapped: false,
         timer_check: Instant::now(),
+        hold: None,
+        hold_reply: None,
     };
     let thread = std::thread::Builder::new()
         .name(format!("reel-{}", worker.ns))
@@ -239,6 +253,10 @@ struct Worker {
     swapped: bool,
     /// When a reactor looks for due timers next.
     timer_check: Instant,
+    /// The last position to apply, while held ([`Control::Hold`]).
+    hold: Option<Cursor>,
+    /// Who waits for the worker to reach its hold.
+    hold_reply: Option<tokio::sync::oneshot::Sender<Result<Cursor, WorkerError>>>,
 }
 
 /// A batch whose commit was sent and not yet answered: the worker applies
@@ -492,6 +510,23 @@ impl Worker {
             }
             Control::Admin { action, position, by, reply } => {
                 let _ = reply.send(self.admin(action, position, by));
+            }
+            Control::Hold { at, reply } => {
+                let at = at.unwrap_or(self.cursor);
+                if self.cursor > at {
+                    let _ = reply.send(Err(WorkerError::Conflict(format!(
+                        "{} is at {} already, past {at}",
+                        self.ns, self.cursor
+                    ))));
+                } else {
+                    self.hold = Some(at);
+                    self.hold_reply = Some(reply);
+                    self.reach_hold();
+                }
+            }
+            Control::Release => {
+                self.hold = None;
+                self.hold_reply = None;
             }
             Control::Swap(program) => {
                 tracing::info!(
