@@ -1,12 +1,15 @@
 //! What the `reel` subcommands other than `serve` do: control a running
 //! server over its API (`status`, `pause`, `resume`, `rebuild`, `delete`,
-//! `skip`, `discard`, `dead-letters`),
+//! `skip`, `discard`, `dead-letters`, `shadow`),
 //! generate a workload, and test a projection against a snapshot
 //! ([`snapshot`], `reel test`).
 
 pub mod replay;
+mod shadow;
 pub mod snapshot;
 pub mod workload;
+
+pub use shadow::{ShadowAction, shadow};
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -195,6 +198,12 @@ pub fn rebuild(server: &Remote, name: &str, wait: bool) -> Result<(), String> {
     if !wait {
         return Ok(());
     }
+    wait_for_switch(&mut client, name, &target)
+}
+
+/// Show the progress of the version `target` being built beside the serving
+/// one until reads switch to it.
+fn wait_for_switch(client: &mut Client, name: &str, target: &str) -> Result<(), String> {
     let mut stderr = std::io::stderr();
     let mut told = String::new();
     // The position moves a batch (about a second of work) at a time; the
@@ -207,7 +216,7 @@ pub fn rebuild(server: &Remote, name: &str, wait: bool) -> Result<(), String> {
             return Err(status.message());
         }
         let status = status.json()?;
-        if status["namespace"] == target.as_str() {
+        if status["namespace"] == target {
             let _ = writeln!(
                 stderr,
                 "\r{}",

@@ -187,17 +187,26 @@ impl Client {
         self.request("DELETE", path, None)
     }
 
+    /// `POST path` with a body of `content_type` (a module's bytes).
+    pub fn post_bytes(&mut self, path: &str, body: &[u8], content_type: &str) -> Result<Response, String> {
+        self.send("POST", path, body, content_type)
+    }
+
     fn request(&mut self, method: &str, path: &str, body: Option<&str>) -> Result<Response, String> {
-        let body = body.unwrap_or("");
+        self.send(method, path, body.unwrap_or("").as_bytes(), "application/json")
+    }
+
+    fn send(&mut self, method: &str, path: &str, body: &[u8], content_type: &str) -> Result<Response, String> {
         let authorization = self.token.as_ref().map_or_else(String::new, |t| format!("Authorization: Bearer {t}\r\n"));
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{authorization}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             self.host,
             body.len()
         );
         let connection = self.connection.get_mut();
         connection
-            .write_all(request.as_bytes())
+            .write_all(head.as_bytes())
+            .and_then(|()| connection.write_all(body))
             .and_then(|()| connection.flush())
             .map_err(|e| format!("sending to {}: {e}", self.host))?;
         let mut line = String::new();

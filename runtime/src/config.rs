@@ -205,12 +205,15 @@ pub struct ProjectionSettings {
     /// Capture the read model's changes for `GET /projections/{name}/changes`
     /// (ADR 28): off unless set.
     pub changes: bool,
+    /// A new build of the serving version is swapped in only once a shadow
+    /// run of it shows the same read model (`swap=shadow`, ADR 48).
+    pub swap_shadow: bool,
 }
 
 impl ProjectionSettings {
     /// Apply `key=value` (`on-error`, `batch-timeout` in seconds,
     /// `memory-mib`, `kv-value-kib`, `query-rows`, `sql-value-mib`, `storage-mib`,
-    /// `changes` on or off).
+    /// `changes` on or off, `swap` direct or shadow).
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         let number = |v: &str| match v.parse::<f64>() {
             Ok(n) if n > 0.0 => Ok(n),
@@ -242,10 +245,17 @@ impl ProjectionSettings {
                     other => return Err(format!("changes is `on` or `off`, not `{other}`")),
                 }
             }
+            "swap" => {
+                self.swap_shadow = match value {
+                    "shadow" => true,
+                    "direct" => false,
+                    other => return Err(format!("swap is `direct` or `shadow`, not `{other}`")),
+                }
+            }
             other => {
                 return Err(format!(
                     "unknown setting `{other}`; use on-error, batch-timeout, memory-mib, kv-value-kib, query-rows, \
-                     sql-value-mib, storage-mib or changes"
+                     sql-value-mib, storage-mib, changes or swap"
                 ));
             }
         }
@@ -272,6 +282,12 @@ impl Config {
     /// captured (`--set NAME.changes=on`, ADR 28).
     pub fn changes_for(&self, name: &str) -> Option<Duration> {
         self.projections.get(name).filter(|s| s.changes).map(|_| self.changes_retention)
+    }
+
+    /// Whether a new build of the serving version of `name` must pass a
+    /// shadow run before it is swapped in (`--set NAME.swap=shadow`).
+    pub fn swap_shadow_for(&self, name: &str) -> bool {
+        self.projections.get(name).is_some_and(|s| s.swap_shadow)
     }
 
     /// The failure policy configured for projection `name`, if any.

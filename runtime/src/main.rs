@@ -21,8 +21,20 @@ struct Cli {
 
 /// The commands whose flags `reel.toml` sets (ADR 46): the server's, and the
 /// server address and token of the commands that talk to it.
-const FILE_COMMANDS: &[&str] =
-    &["serve", "config", "status", "pause", "resume", "rebuild", "delete", "skip", "discard", "dead-letters", "replay"];
+const FILE_COMMANDS: &[&str] = &[
+    "serve",
+    "config",
+    "status",
+    "pause",
+    "resume",
+    "rebuild",
+    "delete",
+    "skip",
+    "discard",
+    "dead-letters",
+    "replay",
+    "shadow",
+];
 
 #[derive(Subcommand)]
 enum Command {
@@ -69,6 +81,24 @@ enum Command {
     Discard(PositionArgs),
     /// List the events a projection set aside (policy skip) and why.
     DeadLetters(NameArgs),
+    /// Build a module beside a projection's serving version (a shadow run),
+    /// then list what differs between their read models at one position
+    /// (exit code 1 when something does); promote or discard it after.
+    #[command(group(ArgGroup::new("shadow_action").args(["file", "promote", "discard"])))]
+    Shadow {
+        #[command(flatten)]
+        projection: NameArgs,
+        /// The module (.wasm) to build as the shadow; without it, the
+        /// differences of the shadow running are shown.
+        file: Option<PathBuf>,
+        /// Switch reads to the shadow, as at a version's cut-over, and wait
+        /// until they have.
+        #[arg(long)]
+        promote: bool,
+        /// Stop the shadow and drop its read model.
+        #[arg(long)]
+        discard: bool,
+    },
     /// Make a random API token and the line that lets `reel serve --tokens
     /// FILE` accept it (reel keeps only its SHA-256).
     Token {
@@ -653,6 +683,21 @@ async fn main() -> anyhow::Result<()> {
                 "Give the token to its holder (REEL_TOKEN=... for the CLI, `Authorization: Bearer ...` over HTTP); \
                  add the line to the --tokens file or REEL_TOKENS. reel keeps only the hash: the token cannot be shown again."
             );
+            Ok(())
+        }
+        Command::Shadow { projection, file, promote, discard } => {
+            use reel::cli::ShadowAction;
+            let action = match (file, promote, discard) {
+                (Some(file), _, _) => ShadowAction::Start(file),
+                (None, true, _) => ShadowAction::Promote,
+                (None, false, true) => ShadowAction::Discard,
+                (None, false, false) => ShadowAction::Show,
+            };
+            let same =
+                reel::cli::shadow(&projection.target.remote(), &projection.name, action).map_err(anyhow::Error::msg)?;
+            if !same {
+                std::process::exit(1);
+            }
             Ok(())
         }
         Command::Rebuild { projection, no_wait } => {

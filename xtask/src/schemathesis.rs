@@ -10,11 +10,15 @@
 //! `customer-stats` and the `order` decider deployed, sample orders in the log
 //! and a few events that leave dead letters and a stopped projection behind,
 //! so the document's examples name things that exist: every operation must
-//! answer 2xx at least once, or the run fails.
+//! answer 2xx at least once, or the run fails. A shadow run of
+//! `customer-stats` (its own module again) is started and compared before
+//! the passes, and again before it is discarded: no generated body is a
+//! component, so the `POST /projections/{name}/shadow` counted is that one.
 //!
 //! Three passes on one server, because some operations change what the
 //! others read: everything but the control routes (the `admin` ones); then
-//! pause, resume, skip, discard, retry and rebuild, one at a time; then, with
+//! pause, resume, skip, discard, retry, rebuild and the shadow run's compare,
+//! promote, discard and start, one at a time; then, with
 //! `order-summaries`' module file removed, `DELETE /projections/{name}`. One
 //! worker each: with two, CPython 3.11's `ast.parse` (which hypothesis calls
 //! to describe a filter) failed once with "AST constructor recursion depth
@@ -62,7 +66,17 @@ const CONTROL: &[(&str, &str)] = &[
     ("DELETE", "/projections/{name}/dead-letters/{position}"),
     ("POST", "/projections/{name}/dead-letters/{position}/retry"),
     ("POST", "/projections/{name}/rebuild"),
+    ("POST", "/projections/{name}/shadow/compare"),
+    ("POST", "/projections/{name}/shadow/promote"),
+    ("DELETE", "/projections/{name}/shadow"),
+    ("POST", "/projections/{name}/shadow"),
 ];
+
+/// The shadow run's operations: the one whose success `prepare_shadow`
+/// gives, and the one that needs a shadow again (the promotion before it
+/// took the first).
+const START_SHADOW: (&str, &str) = ("POST", "/projections/{name}/shadow");
+const DISCARD_SHADOW: (&str, &str) = ("DELETE", "/projections/{name}/shadow");
 
 /// `DELETE /projections/{name}`: the third pass, once the module is removed.
 const DELETE: (&str, &str) = ("DELETE", "/projections/{name}");
@@ -106,6 +120,7 @@ pub fn schemathesis(args: &[String], build: bool) -> Result {
     let token = random_token()?;
     let server = Server::start(&reel, &dir, &token)?;
     server.prepare()?;
+    let mut shadow_started = server.prepare_shadow(&modules)?;
 
     let url = format!("http://{}/openapi.json", server.addr);
     let config = root().join("xtask/schemathesis.toml");
@@ -135,6 +150,9 @@ pub fn schemathesis(args: &[String], build: bool) -> Result {
     let others = ["--exclude-by".to_owned(), "/x-reel-scope == admin".to_owned()];
     reports.push(st_run("reads-and-appends", "1", &others)?);
     for &operation in CONTROL {
+        if operation == DISCARD_SHADOW {
+            shadow_started = server.prepare_shadow(&modules)?;
+        }
         reports.push(st_run(&format!("control {} {}", operation.0, operation.1), "1", &only(operation))?);
     }
     std::fs::remove_file(modules.join("order_summaries.wasm")).map_err(|e| format!("removing a module: {e}"))?;
@@ -148,6 +166,8 @@ pub fn schemathesis(args: &[String], build: bool) -> Result {
 
     let mut statuses = statuses(&reports)?;
     *statuses.entry("GET /openapi.json".to_owned()).or_default().entry(document).or_default() += 1;
+    let start_shadow = format!("{} {}", START_SHADOW.0, START_SHADOW.1);
+    *statuses.entry(start_shadow).or_default().entry(shadow_started).or_default() += 1;
     let operations = operations()?;
     let mut missing = Vec::new();
     for operation in &operations {
@@ -319,6 +339,23 @@ impl Server {
         Ok(())
     }
 
+    /// Start a shadow run of `customer-stats` with its own module (the
+    /// examples name it), and wait until it is compared: the shadow routes'
+    /// examples find it. The status of the start.
+    fn prepare_shadow(&self, modules: &Path) -> Result<u16> {
+        let path = "/projections/customer-stats/shadow";
+        let module =
+            std::fs::read(modules.join("customer_stats.wasm")).map_err(|e| format!("reading a module: {e}"))?;
+        let (status, body) = self.send("POST", path, "application/wasm", &module)?;
+        if status != 202 {
+            return Err(format!("POST {path}: {status} {body}"));
+        }
+        self.wait_for("customer-stats' shadow to be compared", || {
+            Ok(self.get_json("/projections/customer-stats")?["shadow"]["comparison"]["state"] == "compared")
+        })?;
+        Ok(status)
+    }
+
     /// Poll `done` every 50 ms for up to 60 s.
     fn wait_for(&self, what: &str, mut done: impl FnMut() -> Result<bool>) -> Result {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -341,17 +378,23 @@ impl Server {
 
     /// One request with the token: (status, body).
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String)> {
+        let body = body.map(Value::to_string).unwrap_or_default();
+        self.send(method, path, "application/json", body.as_bytes())
+    }
+
+    /// One request with the token and a body of `content_type`: (status, body).
+    fn send(&self, method: &str, path: &str, content_type: &str, body: &[u8]) -> Result<(u16, String)> {
         let mut stream = TcpStream::connect(&self.addr).map_err(|e| e.to_string())?;
         stream.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
-        let body = body.map(Value::to_string).unwrap_or_default();
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+             Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             self.addr,
             self.token,
             body.len()
         )
+        .and_then(|()| stream.write_all(body))
         .map_err(|e| e.to_string())?;
         let mut response = String::new();
         stream.read_to_string(&mut response).map_err(|e| e.to_string())?;

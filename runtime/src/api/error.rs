@@ -133,6 +133,7 @@ impl From<DeployError> for ApiError {
         match e {
             DeployError::Unknown(_) => Self::not_found(e.to_string()),
             DeployError::Conflict(m) => Self::new(StatusCode::CONFLICT, "conflict", m),
+            DeployError::Invalid(m) => Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_module", m),
             DeployError::Store(e) => e.into(),
             DeployError::Worker(WorkerError::NotFound(m)) => Self::not_found(m),
             DeployError::Worker(WorkerError::Conflict(m)) => Self::new(StatusCode::CONFLICT, "conflict", m),

@@ -10,6 +10,7 @@
 //! - [`projections`]: status, control, dead letters, modules, health, metrics.
 //! - [`admin`]: skip the event a stopped projection halted at, discard a dead
 //!   letter, export a poison event's replay record.
+//! - [`shadow`]: shadow runs: a module built beside the serving version, compared, promoted or discarded.
 //! - [`reads`]: KV, tables, custom queries and checksums, with `min_position` waits.
 //! - [`streams`]: `GET /streams/{id}`, one stream's events in version order.
 //! - [`sinks`]: `GET /sinks`, delivery to message brokers.
@@ -34,6 +35,7 @@ mod origin;
 mod projections;
 mod reads;
 mod session;
+mod shadow;
 mod sinks;
 mod streams;
 
@@ -116,6 +118,16 @@ fn routes() -> Router<Services> {
         .route("/projections/{name}/resume", post(projections::resume))
         .route("/projections/{name}/rebuild", post(projections::rebuild))
         .route("/projections/{name}/changes", get(changes::changes))
+        .route(
+            "/projections/{name}/shadow",
+            post(shadow::start)
+                .layer(DefaultBodyLimit::max(shadow::MODULE_LIMIT))
+                .get(shadow::show)
+                .delete(shadow::discard),
+        )
+        .route("/projections/{name}/shadow/diff", get(shadow::diff))
+        .route("/projections/{name}/shadow/compare", post(shadow::compare))
+        .route("/projections/{name}/shadow/promote", post(shadow::promote))
         .route("/projections/{name}/dead-letters", get(projections::dead_letters))
         .route("/projections/{name}/dead-letters/{position}", delete(admin::discard))
         .route("/projections/{name}/dead-letters/{position}/retry", post(projections::retry_dead_letter))

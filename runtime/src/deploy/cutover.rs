@@ -24,6 +24,8 @@ pub(super) struct Cleanup {
     pub(super) drop: Vec<NamespaceId>,
     /// Read pools of the versions dropped: reads under way end first.
     pub(super) readers: Vec<Arc<Pool<Box<dyn Reader>>>>,
+    /// Module files of shadows discarded (ADR 48).
+    pub(super) shadows: Vec<std::path::PathBuf>,
 }
 
 impl Cleanup {
@@ -103,6 +105,15 @@ impl Deployments {
         let store = self.inner.store.clone();
         let result = tokio::task::spawn_blocking(move || {
             cleanup.stop.into_iter().for_each(WorkerHandle::stop);
+            for file in cleanup.shadows {
+                if let Err(e) = std::fs::remove_file(&file)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!("cannot remove {}: {e}", file.display());
+                }
+                // The folder goes with its last shadow (this fails while one is left).
+                let _ = file.parent().map(std::fs::remove_dir);
+            }
             for ns in cleanup.drop {
                 if let Err(e) = store.drop_namespace(&ns) {
                     tracing::warn!("cannot drop {ns}: {e}");

@@ -56,7 +56,7 @@ impl FileStatus {
     }
 
     /// A file loaded as a module of `kind`, providing `name@version`.
-    fn loaded(
+    pub(super) fn loaded(
         path: &Path,
         kind: &'static str,
         provides: String,
@@ -231,6 +231,14 @@ impl Deployments {
                 let provides = format!("{}@{}", module.manifest.name, module.manifest.version);
                 let mut status =
                     FileStatus::loaded(&path, "projection", provides, &module.hash, module.compile_time, module.cached);
+                if self.swap_waits_for_shadow(&module) {
+                    // Listed first: the shadow's verdict is written into it.
+                    self.registry().files.insert(path.clone(), status);
+                    if let Err(error) = self.swap_after_shadow(&path, module).await {
+                        self.file_failed(&path, None, error);
+                    }
+                    return;
+                }
                 match self.deploy(Program::Wasm(module), Some(path.clone())) {
                     Ok(cleanup) => {
                         let (released, names) = self.release(&path, Some(&name));

@@ -1,11 +1,14 @@
 //! The registry of deployments: a worker per projection version, module
 //! files deployed as they appear, change and go (`files.rs`), a new version
 //! rebuilt beside the serving one and reads switched to it once it has
-//! caught up (blue/green, `cutover.rs`), and the control of each worker.
+//! caught up (blue/green, `cutover.rs`), a module built beside the serving
+//! version and compared with it (a shadow run, `shadow.rs`), and the control
+//! of each worker.
 
 mod cutover;
 mod deployment;
 mod files;
+mod shadow;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,7 @@ use tokio::sync::watch;
 
 pub use deployment::{Deployment, View};
 pub use files::FileStatus;
+pub use shadow::{DiffPage, ShadowView, Stage};
 
 use crate::config::Config;
 use crate::decide::Deciders;
@@ -36,6 +40,9 @@ pub enum DeployError {
     /// Not possible in the projection's current state.
     #[error("{0}")]
     Conflict(String),
+    /// What was sent cannot be used (a module that is not a projection's).
+    #[error("{0}")]
+    Invalid(String),
     /// Read-model storage failed.
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -74,10 +81,12 @@ struct Registry {
     files: BTreeMap<PathBuf, FileStatus>,
 }
 
-/// A projection: the version serving reads, and maybe a version rebuilding.
+/// A projection: the version serving reads, maybe a version rebuilding,
+/// and maybe a shadow built to be compared with it.
 struct Projection {
     active: Deployment,
     next: Option<Deployment>,
+    shadow: Option<shadow::Shadow>,
 }
 
 impl Deployments {
@@ -111,6 +120,7 @@ impl Deployments {
         };
         deployments.restore()?;
         deployments.load_folder().await?;
+        deployments.restore_shadows().await;
         deployments.spawn_watcher()?;
         deployments.spawn_supervisor();
         Ok(deployments)
@@ -149,7 +159,13 @@ impl Deployments {
             registry
                 .projections
                 .values_mut()
-                .flat_map(|p| [p.active.worker.take(), p.next.as_mut().and_then(|n| n.worker.take())])
+                .flat_map(|p| {
+                    [
+                        p.active.worker.take(),
+                        p.next.as_mut().and_then(|n| n.worker.take()),
+                        p.shadow.as_mut().and_then(|s| s.deployment.worker.take()),
+                    ]
+                })
                 .flatten()
                 .collect()
         };
@@ -180,7 +196,9 @@ impl Deployments {
             .collect();
         let mut registry = self.registry();
         for deployment in deployments {
-            registry.projections.insert(deployment.ns.name.clone(), Projection { active: deployment, next: None });
+            registry
+                .projections
+                .insert(deployment.ns.name.clone(), Projection { active: deployment, next: None, shadow: None });
         }
         Ok(())
     }
@@ -246,7 +264,7 @@ impl Deployments {
         let Some(projection) = registry.projections.get_mut(&manifest.name) else {
             let ns = NamespaceId::new(&manifest.name, &manifest.version);
             let deployment = Deployment::start(&workers, ns, program, file);
-            registry.projections.insert(manifest.name, Projection { active: deployment, next: None });
+            registry.projections.insert(manifest.name, Projection { active: deployment, next: None, shadow: None });
             return Ok(cleanup);
         };
         for d in std::iter::once(&projection.active).chain(projection.next.as_ref()) {
@@ -450,6 +468,10 @@ impl Deployments {
             cleanup.retire(projection.active);
             if let Some(next) = projection.next {
                 cleanup.retire(next);
+            }
+            if let Some(shadow) = projection.shadow {
+                cleanup.shadows.push(shadow.module);
+                cleanup.retire(shadow.deployment);
             }
             cleanup
         };

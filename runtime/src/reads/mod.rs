@@ -13,7 +13,7 @@ use std::sync::Arc;
 use reel_model::DeadLetter;
 
 pub use changes::{ChangePoint, ChangeRead};
-pub use status::{ProjectionInfo, ReactorInfo};
+pub use status::{ProjectionInfo, ReactorInfo, ShadowInfo};
 
 use crate::config::Config;
 use crate::deploy::{Deployments, View};

@@ -6,6 +6,7 @@ use reel_model::{Cursor, OnError};
 use serde::Serialize;
 
 use super::{MAX_DEAD_LETTERS, ReadError, Reads};
+use crate::deploy::{ShadowView, Stage, View};
 use crate::source::{LagCause, SourceError};
 use crate::worker::State;
 use crate::worker::status::{AdminAction, ErrorReport};
@@ -64,6 +65,37 @@ pub struct ProjectionInfo {
     pub module_error: Option<String>,
     /// A new version being built beside it.
     pub rebuild: Option<RebuildInfo>,
+    /// A module built beside it to be compared with it (a shadow run, ADR 48).
+    pub shadow: Option<ShadowInfo>,
+}
+
+/// A shadow run: its progress and its comparison with the serving version.
+#[derive(Debug, Serialize)]
+pub struct ShadowInfo {
+    /// Its version, namespace, state and progress.
+    #[serde(flatten)]
+    pub progress: RebuildInfo,
+    /// The module file whose hot swap waits for it (`swap=shadow`).
+    pub swap: Option<String>,
+    /// Its comparison with the serving version.
+    pub comparison: ComparisonInfo,
+}
+
+/// Where a shadow run's comparison is.
+#[derive(Debug, Serialize)]
+pub struct ComparisonInfo {
+    /// `building` (until it has caught up), `comparing`, `compared` or `failed`.
+    pub state: &'static str,
+    /// The position both read models were read at (`compared`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub position: Option<i64>,
+    /// How many rows and keys differ (`compared`): see
+    /// `GET /projections/{name}/shadow/diff`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<usize>,
+    /// Why it could not be made (`failed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The code of a projection version.
@@ -157,24 +189,11 @@ impl Reads {
         let dead_letters =
             self.read(name, None, |ns| ns.dead_letters(0, MAX_DEAD_LETTERS)).await.map_or(0, |d| d.len());
         let rebuild = match next {
-            Some(next) => {
-                let s = next.status.snapshot();
-                let lag = match &log_unreachable {
-                    None => self.source().count_after(s.cursor).await?,
-                    Some(_) => (head - s.cursor.id).max(0),
-                };
-                Some(RebuildInfo {
-                    version: next.ns.version.clone(),
-                    namespace: next.ns.slug(),
-                    state: s.state,
-                    position: s.cursor.id,
-                    lag,
-                    events_per_second: s.events_per_second,
-                    eta_seconds: (s.events_per_second > 0.0).then(|| lag as f64 / s.events_per_second),
-                    last_error: s.last_error,
-                    stopped_at: s.stopped_at,
-                })
-            }
+            Some(next) => Some(self.progress(&next, head, log_unreachable.is_some()).await?),
+            None => None,
+        };
+        let shadow = match self.inner.deployments.shadow_view(name) {
+            Some(shadow) => Some(self.shadow_info(shadow, head, log_unreachable.is_some()).await?),
             None => None,
         };
         Ok(ProjectionInfo {
@@ -219,7 +238,57 @@ impl Reads {
             }),
             module_error: active.module_error.clone(),
             rebuild,
+            shadow,
         })
+    }
+
+    /// How far a version built beside the serving one has come.
+    async fn progress(&self, next: &View, head: i64, log_unreachable: bool) -> Result<RebuildInfo, ReadError> {
+        let s = next.status.snapshot();
+        let lag = match log_unreachable {
+            false => self.source().count_after(s.cursor).await?,
+            true => (head - s.cursor.id).max(0),
+        };
+        Ok(RebuildInfo {
+            version: next.ns.version.clone(),
+            namespace: next.ns.slug(),
+            state: s.state,
+            position: s.cursor.id,
+            lag,
+            events_per_second: s.events_per_second,
+            eta_seconds: (s.events_per_second > 0.0).then(|| lag as f64 / s.events_per_second),
+            last_error: s.last_error,
+            stopped_at: s.stopped_at,
+        })
+    }
+
+    async fn shadow_info(&self, shadow: ShadowView, head: i64, log_unreachable: bool) -> Result<ShadowInfo, ReadError> {
+        let progress = self.progress(&shadow.view, head, log_unreachable).await?;
+        let comparison = match shadow.stage {
+            Stage::Building => ComparisonInfo { state: "building", position: None, differences: None, error: None },
+            Stage::Comparing => ComparisonInfo { state: "comparing", position: None, differences: None, error: None },
+            Stage::Compared(c) => ComparisonInfo {
+                state: "compared",
+                position: Some(c.cursor.id),
+                differences: Some(c.differences.len()),
+                error: None,
+            },
+            Stage::Failed(why) => {
+                ComparisonInfo { state: "failed", position: None, differences: None, error: Some(why) }
+            }
+        };
+        Ok(ShadowInfo { progress, swap: shadow.swap.map(|f| f.display().to_string()), comparison })
+    }
+
+    /// The shadow run of projection `name` (ADR 48).
+    pub async fn shadow(&self, name: &str) -> Result<ShadowInfo, ReadError> {
+        let shadow = self.inner.deployments.shadow_view(name).ok_or_else(|| {
+            ReadError::NotFound(format!(
+                "projection `{name}` has no shadow run (start one with reel shadow {name} FILE)"
+            ))
+        })?;
+        let head = self.source().head().await?;
+        self.shadow_info(shadow, head, false).await
     }
 }
 
