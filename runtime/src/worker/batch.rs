@@ -444,6 +444,24 @@ mod tests {
     }
 
     #[test]
+    fn a_hold_cuts_a_read_at_its_cursor() {
+        let at = |id| Cursor { tx: 0, id };
+        let read = || Batch {
+            events: vec![event(2, 10), event(5, 10), event(9, 10)],
+            cursors: vec![at(2), at(5), at(9)],
+            next: at(12),
+        };
+        let cut = held(read(), at(6));
+        assert_eq!(cut.events.iter().map(|e| e.position).collect::<Vec<_>>(), [2, 5]);
+        assert_eq!((cut.cursors, cut.next), (vec![at(2), at(5)], at(6)), "the read goes to the hold, no further");
+        let cut = held(read(), at(1));
+        assert!(cut.events.is_empty());
+        assert_eq!(cut.next, at(1));
+        let whole = held(read(), at(12));
+        assert_eq!((whole.events.len(), whole.next), (3, at(12)));
+    }
+
+    #[test]
     fn calls_hold_at_most_their_events_and_bytes() {
         let small: Vec<_> = (0..10).map(|i| event(i, 100)).collect();
         assert_eq!(sizes(&small, 100, 1 << 20), [10], "a batch is one call");
