@@ -159,8 +159,8 @@ pub struct ConnectionLimits {
     pub body_timeout: Duration,
     /// A keep-alive connection with no request in flight is closed after this.
     pub idle_timeout: Duration,
-    /// Connections served at once; past it reel stops accepting (they wait
-    /// in the kernel's backlog) until one closes.
+    /// Connections served at once; past it the keep-alive connection idle
+    /// the longest is closed for a new one, or new ones wait until one closes.
     pub max: usize,
 }
 

@@ -389,7 +389,8 @@ struct ServeArgs {
     /// closes it.
     #[arg(long, default_value_t = 60.0)]
     idle_timeout: f64,
-    /// Connections served at once; more wait to be accepted until one closes.
+    /// Connections served at once; past it the keep-alive connection idle the
+    /// longest is closed to make room, or new ones wait until one closes.
     #[arg(long, default_value_t = 4096)]
     max_connections: usize,
     /// The log's format: `text` for a terminal, `json` for a collector (one

@@ -308,14 +308,14 @@ async fn a_live_feed_stays_connected_past_the_total_request_timeout(backend: Bac
 both_backends!(a_live_feed_stays_connected_past_the_total_request_timeout);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_connections_are_served_at_once_and_the_cap_holds_the_rest() {
+async fn a_thousand_connections_are_served_at_once_and_at_the_cap_idle_keep_alives_give_way() {
     let served = serve(Backend::Sqlite, |_| {}).await;
     let mut open = Vec::new();
     for _ in 0..1000 {
         open.push(TcpStream::connect(served.addr).await.unwrap());
     }
     let answers = futures_util::future::join_all(open.iter_mut().map(|stream| async move {
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        stream.write_all(HEALTHZ).await.unwrap();
         response(stream).await
     }))
     .await;
@@ -327,22 +327,49 @@ async fn a_thousand_connections_are_served_at_once_and_the_cap_holds_the_rest() 
     drop(open);
     served.finish().await;
 
+    // Four idle keep-alive connections hold the cap of 4: a fifth client is
+    // served at once, and the connection idle the longest is the one closed.
     let served = serve(Backend::Sqlite, |c| c.connections.max = 4).await;
-    let mut open = Vec::new();
+    let mut idle = Vec::new();
     for _ in 0..4 {
         let mut stream = TcpStream::connect(served.addr).await.unwrap();
-        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+        stream.write_all(HEALTHZ).await.unwrap();
         assert!(response(&mut stream).await.starts_with("HTTP/1.1 200"));
-        open.push(stream);
+        idle.push(stream);
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // The fifth waits in the backlog until one of the four leaves.
     let mut fifth = TcpStream::connect(served.addr).await.unwrap();
-    fifth.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n").await.unwrap();
+    fifth.write_all(HEALTHZ).await.unwrap();
+    let served_fifth = tokio::time::timeout(Duration::from_secs(2), response(&mut fifth)).await;
+    assert!(served_fifth.is_ok_and(|a| a.starts_with("HTTP/1.1 200")), "the fifth client was not served");
+    let oldest = tokio::time::timeout(Duration::from_secs(1), closed(&mut idle[0])).await;
+    assert!(oldest.is_ok(), "the connection idle the longest was not closed");
+    for stream in &mut idle[1..] {
+        stream.write_all(HEALTHZ).await.unwrap();
+        assert!(response(stream).await.starts_with("HTTP/1.1 200"), "a younger keep-alive was closed");
+    }
+    drop((idle, fifth));
+    served.finish().await;
+
+    // Four connections sending their headers slowly are not idle: a fifth
+    // waits until one of them leaves.
+    let served = serve(Backend::Sqlite, |c| c.connections.max = 4).await;
+    let mut busy = Vec::new();
+    for _ in 0..4 {
+        let mut stream = TcpStream::connect(served.addr).await.unwrap();
+        stream.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+        busy.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut fifth = TcpStream::connect(served.addr).await.unwrap();
+    fifth.write_all(HEALTHZ).await.unwrap();
     let mut buf = [0u8; 64];
     let early = tokio::time::timeout(Duration::from_millis(500), fifth.read(&mut buf)).await;
     assert!(early.is_err(), "a fifth connection was served past the cap of 4: {early:?}");
-    drop(open.pop());
+    drop(busy.pop());
     assert!(response(&mut fifth).await.starts_with("HTTP/1.1 200"));
-    drop(open);
+    drop(busy);
     served.finish().await;
 }
+
+const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";

@@ -11,6 +11,9 @@
 //! `REEL_TORTURE_KILLS`, `REEL_TORTURE_SEED`, `REEL_TORTURE_BATCH` (reel's
 //! `--batch-size`; 0: its default).
 //!
+//! Connection abuse (`torture/connections.rs`): a thousand idle keep-alive
+//! connections past the connection cap while two hundred clients read.
+//!
 //! PostgreSQL restarts (`torture/restarts.rs`): a private cluster stopped
 //! with `-m immediate` under reel and started again, and reel started while
 //! it is down.
@@ -20,6 +23,8 @@ mod appender;
 #[path = "torture/check.rs"]
 mod check;
 mod common;
+#[path = "torture/connections.rs"]
+mod connections;
 #[path = "torture/fuzz.rs"]
 mod fuzz;
 #[path = "torture/postgres.rs"]

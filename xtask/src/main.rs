@@ -10,6 +10,8 @@
 //!   docs/reliability.md.
 //! - `cargo xtask torture fuzz --mutants N`: fuzzed modules dropped into a
 //!   running server (CI runs 30 on each backend).
+//! - `cargo xtask torture connections --idle N --active M`: idle keep-alive
+//!   connections past the connection cap while readers read (CI: 1,000 and 200).
 //! - `cargo xtask torture soak ...`: the soak (hours of appends, hot swaps and
 //!   rebuilds), its samples plotted to an SVG (`cargo xtask soak-plot`).
 //! - `cargo xtask schemathesis`: the HTTP API against its OpenAPI document
@@ -351,11 +353,13 @@ fn test() -> Result {
 const TORTURE_USAGE: &str = "cargo xtask torture kill [--backend sqlite|postgres|both] [--events N] [--kills K] \
      [--live M] [--batch B] [--seed S] [--release] | cargo xtask torture restarts [--restarts R] [--events N] [--live M] \
      [--seed S] [--release] | cargo xtask torture fuzz [--backend sqlite|postgres|both] [--mutants N] [--seed S] \
-     [--watch-ms W] [--release] | cargo xtask torture soak [--backend sqlite|postgres] [--secs N] [--rate R] \
+     [--watch-ms W] [--release] | cargo xtask torture connections [--backend sqlite|postgres|both] [--idle N] \
+     [--active N] [--secs S] [--cap C] [--release] | cargo xtask torture soak [--backend sqlite|postgres] [--secs N] [--rate R] \
      [--swap-secs S] [--rebuild-secs S] [--seed S] [--release] [--out DIR]";
 
-/// `cargo xtask torture kill|restarts ...`: the kill loop (on each backend
-/// asked for) or the PostgreSQL restarts of `runtime/tests/torture.rs`, with
+/// `cargo xtask torture kill|restarts|fuzz|connections ...`: the kill loop,
+/// the fuzzed modules or the connection abuse (on each backend asked for),
+/// or the PostgreSQL restarts of `runtime/tests/torture.rs`, with
 /// its knobs set from the flags.
 fn torture(args: &[String]) -> Result {
     let usage = || format!("usage: {TORTURE_USAGE}");
@@ -363,6 +367,7 @@ fn torture(args: &[String]) -> Result {
         Some((what, rest)) if what == "kill" => ("kill_loop", rest),
         Some((what, rest)) if what == "restarts" => ("restarts", rest),
         Some((what, rest)) if what == "fuzz" => ("fuzz::fuzzed_modules", rest),
+        Some((what, rest)) if what == "connections" => ("connections::connection_abuse", rest),
         _ => return Err(usage()),
     };
     let mut backends = vec!["sqlite", "postgres"];
@@ -392,6 +397,10 @@ fn torture(args: &[String]) -> Result {
             "--restarts" => "REEL_TORTURE_RESTARTS",
             "--mutants" => "REEL_FUZZ_MUTANTS",
             "--watch-ms" => "REEL_FUZZ_WATCH_MS",
+            "--idle" => "REEL_ABUSE_IDLE",
+            "--active" => "REEL_ABUSE_ACTIVE",
+            "--secs" => "REEL_ABUSE_SECS",
+            "--cap" => "REEL_ABUSE_CAP",
             _ => return Err(usage()),
         };
         let value = it.next().filter(|v| v.replace('_', "").parse::<u64>().is_ok()).ok_or_else(usage)?;

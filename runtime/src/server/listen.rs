@@ -1,14 +1,17 @@
-//! The connection loop (ADR 35): accept while under the connection cap,
-//! serve each connection with hyper's HTTP/1 (over TLS when configured),
+//! The connection loop (ADR 35): accept, and serve while under the
+//! connection cap (at the cap, the keep-alive connection idle the longest
+//! gives way to the new one, or the new one waits for a place), serve each
+//! connection with hyper's HTTP/1 (over TLS when configured),
 //! and end it when the client is too slow: its headers (or TLS handshake)
 //! not in by the header timeout, or silent past the idle timeout between
 //! requests. A request's body late past the body timeout answers `408`.
 //! Timeouts of whole requests and caps per route class are the router's
 //! (ADR 33).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,7 +21,7 @@ use axum::response::{IntoResponse as _, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tower_service::Service as _;
 
@@ -46,20 +49,37 @@ impl Listen {
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) {
         let this = Arc::new(self);
         let permits = Arc::new(Semaphore::new(this.limits.max.max(1)));
+        let open = Arc::new(Open::default());
         let (stop, stopping) = watch::channel(false);
         let mut connections = JoinSet::new();
+        let mut next_id = 0_u64;
         tokio::pin!(shutdown);
         loop {
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-                accepted = accept(&listener, &permits) => accepted,
+                accepted = listener.accept() => accepted,
             };
-            let Some((tcp, addr, permit)) = accepted else { continue };
-            let this = this.clone();
-            let stopping = stopping.clone();
+            let (tcp, addr) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // As hyper's and axum's loops do: EMFILE and the like pass.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = room(&permits, &open) => permit,
+            };
+            next_id += 1;
+            let (id, activity) = (next_id, Activity::new(&this.limits));
+            open.insert(id, activity.clone());
+            let (this, stopping, open) = (this.clone(), stopping.clone(), open.clone());
             connections.spawn(async move {
-                this.connection(tcp, addr, stopping).await;
+                this.connection(tcp, addr, activity, stopping).await;
+                open.remove(id);
                 drop(permit);
             });
         }
@@ -76,8 +96,13 @@ impl Listen {
         }
     }
 
-    async fn connection(&self, tcp: TcpStream, addr: SocketAddr, stopping: watch::Receiver<bool>) {
-        let activity = Activity::new(&self.limits);
+    async fn connection(
+        &self,
+        tcp: TcpStream,
+        addr: SocketAddr,
+        activity: Arc<Activity>,
+        stopping: watch::Receiver<bool>,
+    ) {
         let _ = tcp.set_nodelay(true);
         let io = Watched::new(tcp, activity.clone());
         match &self.tls {
@@ -147,21 +172,78 @@ impl Listen {
     }
 }
 
-/// The next connection once there is room for one; `None` after an error
-/// (such as running out of file descriptors), after a pause.
-async fn accept(
-    listener: &TcpListener,
-    permits: &Arc<Semaphore>,
-) -> Option<(TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit)> {
-    let permit = permits.clone().acquire_owned().await.expect("never closed");
-    match listener.accept().await {
-        Ok((tcp, addr)) => Some((tcp, addr, permit)),
-        Err(e) => {
-            // As hyper's and axum's loops do: EMFILE and the like pass.
-            tracing::warn!("cannot accept a connection: {e}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            None
+/// The connections being served, for the loop to find an idle one at the cap.
+#[derive(Default)]
+struct Open(Mutex<HashMap<u64, Arc<Activity>>>);
+
+impl Open {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn insert(&self, id: u64, activity: Arc<Activity>) {
+        self.map().insert(id, activity);
+    }
+
+    fn remove(&self, id: u64) {
+        self.map().remove(&id);
+    }
+
+    /// Close the keep-alive connection idle the longest; whether there was one.
+    fn reclaim_one(&self) -> bool {
+        let map = self.map();
+        let mut idle: Vec<_> = map.values().filter_map(|a| a.idle_until().map(|until| (until, a))).collect();
+        idle.sort_by_key(|(until, _)| *until);
+        idle.into_iter().any(|(_, activity)| activity.reclaim())
+    }
+}
+
+/// A place under the cap for a connection just accepted: a free one, or the
+/// one of the keep-alive connection idle the longest (closed for it), or the
+/// first to come free (every connection busy, or reading its headers).
+async fn room(permits: &Arc<Semaphore>, open: &Open) -> OwnedSemaphorePermit {
+    loop {
+        if let Ok(permit) = permits.clone().try_acquire_owned() {
+            return permit;
         }
+        open.reclaim_one();
+        // A reclaimed connection closes at once; a connection that turns
+        // idle meanwhile is looked for again.
+        let wait = tokio::time::timeout(Duration::from_millis(100), permits.clone().acquire_owned());
+        if let Ok(permit) = wait.await {
+            return permit.expect("never closed");
+        }
+    }
+}
+
+/// Let the process hold `cap` connections besides its own files (databases,
+/// modules, logs): the soft limit on open files raised to the cap plus 1,024
+/// as far as the hard limit allows, with a warning when it cannot be.
+pub fn raise_open_files(cap: usize) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let want = u64::try_from(cap).unwrap_or(u64::MAX).saturating_add(1024);
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.unwrap_or(u64::MAX);
+    if current >= want {
+        return;
+    }
+    let reachable = limit.maximum.map_or(want, |hard| hard.min(want));
+    let raised = if reachable > current {
+        match setrlimit(Resource::Nofile, Rlimit { current: Some(reachable), maximum: limit.maximum }) {
+            Ok(()) => reachable,
+            Err(e) => {
+                tracing::warn!("cannot raise the open files limit from {current} to {reachable}: {e}");
+                current
+            }
+        }
+    } else {
+        current
+    };
+    if raised < want {
+        tracing::warn!(
+            "open files are limited to {raised} (ulimit -n): fewer than the {cap} connections of the cap \
+             (--max-connections) and reel's own files; past it, connections wait to be accepted"
+        );
     }
 }
 

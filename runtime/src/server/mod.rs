@@ -153,6 +153,7 @@ pub async fn serve(
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!("reel is serving {scheme}://{}", listener.local_addr()?);
+    listen::raise_open_files(config.connections.max);
     let listen = listen::Listen {
         router: api::app(server.services()),
         limits: config.connections.clone(),

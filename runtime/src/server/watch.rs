@@ -51,6 +51,8 @@ struct State {
     deadline: Instant,
     /// Requests whose responses are not yet sent.
     in_flight: usize,
+    /// Closed while idle to make room for a new connection at the cap.
+    reclaimed: bool,
 }
 
 impl Activity {
@@ -61,6 +63,7 @@ impl Activity {
                 phase: Phase::Headers,
                 deadline: Instant::now() + limits.header_timeout,
                 in_flight: 0,
+                reclaimed: false,
             }),
             changed: Notify::new(),
             header_timeout: limits.header_timeout,
@@ -74,10 +77,11 @@ impl Activity {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Bytes arrived: an idle connection is now reading a request's headers.
+    /// Bytes arrived: an idle connection is now reading a request's headers
+    /// (unless it was reclaimed: it closes whatever the client sends).
     fn read(&self) {
         let mut state = self.state();
-        if state.phase == Phase::Idle {
+        if state.phase == Phase::Idle && !state.reclaimed {
             state.phase = Phase::Headers;
             state.deadline = Instant::now() + self.header_timeout;
             drop(state);
@@ -94,17 +98,43 @@ impl Activity {
         InFlight(self.clone())
     }
 
+    /// When an idle keep-alive connection's idle timeout ends it (`None` for
+    /// a connection reading headers, serving, or already reclaimed): the
+    /// earliest is the one idle the longest.
+    pub fn idle_until(&self) -> Option<Instant> {
+        let state = self.state();
+        (state.phase == Phase::Idle && !state.reclaimed).then_some(state.deadline)
+    }
+
+    /// Close the connection now if it is idle between requests, as its idle
+    /// timeout would (RFC 9112 §9.3.1 lets a server close an idle
+    /// connection; a client that sent a request at that moment retries it
+    /// on a new one). Whether it was idle.
+    pub fn reclaim(&self) -> bool {
+        let mut state = self.state();
+        if state.phase != Phase::Idle || state.reclaimed {
+            return false;
+        }
+        state.reclaimed = true;
+        drop(state);
+        self.changed.notify_one();
+        true
+    }
+
     /// Resolves when the deadline of the current phase has passed, with
-    /// that phase (never while busy).
+    /// that phase (never while busy), or at once for a reclaimed connection.
     pub async fn expired(&self) -> Phase {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let (phase, deadline) = {
+            let (phase, deadline, reclaimed) = {
                 let state = self.state();
-                (state.phase, state.deadline)
+                (state.phase, state.deadline, state.reclaimed)
             };
+            if reclaimed {
+                return Phase::Idle;
+            }
             if phase == Phase::Busy {
                 changed.await;
                 continue;
