@@ -373,8 +373,10 @@ async fn transactions_that_cannot_write_events_do_not_delay_delivery() {
 }
 
 /// A burst of reads queues for a version's read connections rather than
-/// opening one each: with the projection's role allowed 10 connections (its
-/// writer and a pool of 8 readers fit), 64 reads at once all answer.
+/// opening one each, and so does a burst of queries for its query instances
+/// (each holds a connection): with the projection's role allowed 18
+/// connections (its writer, 8 readers and 8 query instances fit), 64 reads
+/// at once all answer, then 64 queries at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_reads_shares_a_bounded_set_of_connections() {
     let h = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
@@ -384,11 +386,53 @@ async fn a_burst_of_reads_shares_a_bounded_set_of_connections() {
     let admin = h.postgres().await;
     let role: String =
         admin.query_one("SELECT role_name FROM reel.namespaces WHERE name = 'echo'", &[]).await.unwrap().get(0);
-    admin.batch_execute(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 10")).await.unwrap();
-    let reads = (0..64).map(|_| h.call("GET", "/projections/echo/kv?prefix=seen/", None));
-    let answers = futures_util::future::join_all(reads).await;
-    let refused: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
-    assert!(refused.is_empty(), "{} of 64 reads refused, first: {:?}", refused.len(), refused.first());
+    admin.batch_execute(&format!("ALTER ROLE \"{role}\" CONNECTION LIMIT 18")).await.unwrap();
+    for (what, uri) in [("reads", "/projections/echo/kv?prefix=seen/"), ("queries", "/projections/echo/query/seen")] {
+        let calls = (0..64).map(|_| h.call("GET", uri, None));
+        let answers = futures_util::future::join_all(calls).await;
+        let refused: Vec<_> = answers.iter().filter(|(status, _)| *status != 200).collect();
+        assert!(refused.is_empty(), "{} of 64 {what} refused, first: {:?}", refused.len(), refused.first());
+    }
+    let open: i64 =
+        admin.query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&role]).await.unwrap().get(0);
+    assert!(open <= 17, "{open} connections of the projection's role are open");
+    h.finish().await;
+}
+
+/// A read that finds every turn of its kind taken waits at most the read
+/// wait, then gets `503 busy`; the other kind is not held
+/// up: with 8 queries running long, a 9th query is refused and a KV read
+/// answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_waiting_past_the_read_wait_for_a_turn_is_refused_as_busy() {
+    let h = Harness::start_with(Backend::Postgres, &["fixture_echo_a"], |config| {
+        config.read_wait = Duration::from_secs(1);
+        config.limits.query_timeout = Duration::from_secs(4);
+    })
+    .await;
+    let body = h.append("s", Some(0), json!([{ "event_type": "tick", "data": {} }])).await;
+    let at = body["positions"][0].as_i64().unwrap();
+    h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={at}")).await;
+    let slow = (0..8).map(|_| h.call("GET", "/projections/echo/query/slow-sql", None));
+    let slow = futures_util::future::join_all(slow);
+    let probe = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let started = Instant::now();
+        let ninth = h.call("GET", "/projections/echo/query/seen", None).await;
+        let waited = started.elapsed();
+        let read = h.call("GET", "/projections/echo/kv?prefix=seen/", None).await;
+        (ninth, waited, read)
+    };
+    let (slow, ((status, body), waited, read)) = tokio::join!(slow, probe);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "busy", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("query instances"), "{body}");
+    assert!(waited >= Duration::from_millis(900) && waited < Duration::from_secs(5), "{waited:?}");
+    assert_eq!(read.0, 200, "{}", read.1);
+    // The slow queries ran into their own deadline, not into the turns.
+    assert!(slow.iter().all(|(status, _)| *status == 504), "{slow:?}");
+    // Once they are done, a query gets a turn again.
+    assert_eq!(h.get("/projections/echo/query/seen").await, json!(1));
     h.finish().await;
 }
 

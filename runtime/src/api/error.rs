@@ -3,7 +3,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::http::StatusCode;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -51,7 +51,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({ "error": { "status": self.status.as_u16(), "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if self.code == "busy" {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -100,6 +104,7 @@ impl From<ReadError> for ApiError {
             ReadError::Timeout(m) => Self::new(StatusCode::GATEWAY_TIMEOUT, "timeout", m),
             ReadError::Stopped(m) => Self::new(StatusCode::CONFLICT, "projection_stopped", m),
             ReadError::Paused(m) => Self::new(StatusCode::CONFLICT, "projection_paused", m),
+            ReadError::Busy(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
             ReadError::PositionUnknown(m) => Self::new(StatusCode::BAD_REQUEST, "position_unknown", m),
             ReadError::Store(e) => e.into(),
             ReadError::Source(e) => e.into(),

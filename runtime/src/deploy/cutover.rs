@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use super::deployment::Pool;
 use super::{Deployment, Deployments};
+use crate::host::Guest;
 use crate::store::{NamespaceId, Reader};
 use crate::worker::{State, WorkerHandle};
 
@@ -24,6 +25,8 @@ pub(super) struct Cleanup {
     pub(super) drop: Vec<NamespaceId>,
     /// Read pools of the versions dropped: reads under way end first.
     pub(super) readers: Vec<Arc<Pool<Box<dyn Reader>>>>,
+    /// Their query pools: queries under way end first too.
+    pub(super) queries: Vec<Arc<Pool<Box<dyn Guest>>>>,
     /// Module files of shadows discarded (ADR 48).
     pub(super) shadows: Vec<std::path::PathBuf>,
 }
@@ -34,6 +37,7 @@ impl Cleanup {
         self.stop.extend(deployment.worker.take());
         self.drop.push(deployment.ns);
         self.readers.push(deployment.readers);
+        self.queries.push(deployment.queries);
     }
 }
 
@@ -101,6 +105,9 @@ impl Deployments {
         // it; one that comes later finds it retired and reads the new one.
         for readers in &cleanup.readers {
             readers.retire().await;
+        }
+        for queries in &cleanup.queries {
+            queries.retire().await;
         }
         let store = self.inner.store.clone();
         let result = tokio::task::spawn_blocking(move || {

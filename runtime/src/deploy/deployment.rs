@@ -10,14 +10,15 @@ use crate::store::{NamespaceId, Reader, Store};
 use crate::worker::{self, Control, State, Status, WorkerContext, WorkerHandle};
 
 /// Idle items a pool keeps, and how many may be in use at once.
-const POOL_SIZE: usize = 8;
+pub const POOL_SIZE: usize = 8;
 
 /// Reusable items (read connections, query instances).
 pub struct Pool<T> {
     items: Mutex<Vec<T>>,
-    /// Turns to use an item, `POOL_SIZE` of them: a burst of reads queues
-    /// for one rather than opening a connection each (64 concurrent reads
-    /// on PostgreSQL opened 64 connections and met the server's limit).
+    /// Turns to use an item, `POOL_SIZE` of them: a burst of reads (or of
+    /// queries, each an instance with a connection of its own) queues for
+    /// one rather than opening a connection each (64 concurrent reads on
+    /// PostgreSQL opened 64 connections and met the server's limit).
     turns: Arc<tokio::sync::Semaphore>,
 }
 

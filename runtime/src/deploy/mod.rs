@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::watch;
 
-pub use deployment::{Deployment, View};
+pub use deployment::{Deployment, POOL_SIZE, Pool, View};
 pub use files::FileStatus;
 pub use shadow::{DiffPage, ShadowView, Stage};
 

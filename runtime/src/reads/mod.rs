@@ -16,7 +16,7 @@ pub use changes::{ChangePoint, ChangeRead};
 pub use status::{ProjectionInfo, ReactorInfo, ShadowInfo};
 
 use crate::config::Config;
-use crate::deploy::{Deployments, View};
+use crate::deploy::{Deployments, POOL_SIZE, Pool, View};
 use crate::host::{Access, Capabilities, GuestFailure};
 use crate::source::{Source, SourceError};
 use crate::store::{Checksum, ReadModelSum, Reader, Store, StoreError};
@@ -44,6 +44,10 @@ pub enum ReadError {
     /// `min_position` will not be reached: the projection is paused.
     #[error("{0}")]
     Paused(String),
+    /// Every read connection (or query instance) of the projection stayed
+    /// in use for the read wait.
+    #[error("{0}")]
+    Busy(String),
     /// `min_position` names a position the log never handed out.
     #[error("{0}")]
     PositionUnknown(String),
@@ -226,10 +230,31 @@ impl Reads {
     /// readers at once). A version retired meanwhile (a cut-over) has no
     /// turns left: the read goes to the version that replaced it.
     async fn serving(&self, name: &str) -> Result<(View, tokio::sync::OwnedSemaphorePermit), ReadError> {
+        self.turn_on(name, |view| &view.readers, "read connections").await
+    }
+
+    /// The serving version of `name` and a turn on its `pool`, waiting for
+    /// one at most the read wait: past it, [`ReadError::Busy`] (the server
+    /// is not asked for more connections than the pool's turns).
+    async fn turn_on<T>(
+        &self,
+        name: &str,
+        pool: impl Fn(&View) -> &Arc<Pool<T>>,
+        what: &str,
+    ) -> Result<(View, tokio::sync::OwnedSemaphorePermit), ReadError> {
+        let wait = self.config().read_wait;
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
             let view = self.started_view(name).await?;
-            if let Some(turn) = view.readers.turn().await {
-                return Ok((view, turn));
+            match tokio::time::timeout_at(deadline, pool(&view).turn()).await {
+                Ok(Some(turn)) => return Ok((view, turn)),
+                Ok(None) => continue,
+                Err(_) => {
+                    return Err(ReadError::Busy(format!(
+                        "projection `{name}`: all {POOL_SIZE} of its {what} stayed in use for {wait:?}; \
+                         try again in a moment"
+                    )));
+                }
             }
         }
     }
@@ -272,7 +297,9 @@ impl Reads {
         if let Some(position) = min_position {
             self.wait_for(name, position).await?;
         }
-        let view = self.started_view(name).await?;
+        // Each instance holds a connection of its own: as many at once as
+        // the version's query turns.
+        let (view, turn) = self.turn_on(name, |view| &view.queries, "query instances").await?;
         let Some(program) = view.program.clone() else {
             return Err(ReadError::Conflict(format!("projection `{name}` has no module loaded to run queries")));
         };
@@ -280,6 +307,7 @@ impl Reads {
         let mut limits = self.config().limits_for(name);
         limits.batch_timeout = limits.query_timeout;
         run_blocking(move || {
+            let _turn = turn;
             let mut guest = match view.queries.take() {
                 Some(guest) => guest,
                 None => {
