@@ -87,8 +87,12 @@ curl() {
     n=$(( ${n:-0} + 1 )); tries=0
     while :; do
         code=$(command curl -sS -o "$OUT/$n.body" -w '%{http_code}' "$@") || { echo "curl failed ($?): curl $*" >&2; exit 90; }
+        # A module just dropped in answers 404 until it is loaded, then `[]`
+        # until it has caught up with the events before it (read models are
+        # eventually consistent; a user runs the query again).
         case "$code" in
             404|503) [ "$tries" -lt 600 ] || break; tries=$(( tries + 1 )); sleep 0.1 ;;
+            200) [ "$(cat "$OUT/$n.body")" = "[]" ] && [ "$tries" -lt 600 ] || break; tries=$(( tries + 1 )); sleep 0.1 ;;
             *) break ;;
         esac
     done
