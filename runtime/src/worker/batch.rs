@@ -242,7 +242,6 @@ impl Worker {
         // deleted by this batch's commit, and forwards go in order.
         self.forward();
         self.settle_forward(false);
-        self.fire_timers();
         let caps = self.guest.as_mut().expect("instantiated above").caps();
         let result = span.in_scope(|| {
             result.and_then(|()| {

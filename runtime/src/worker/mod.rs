@@ -472,11 +472,6 @@ impl Worker {
         if self.program.emits().is_none() || Instant::now() < self.timer_check {
             return;
         }
-        // The events file's writer is the forward's until it is done: the
-        // batch fires them once it has waited for the forward (ADR 50).
-        if self.forwarding.as_ref().is_some_and(|f| !f.task.is_finished()) {
-            return;
-        }
         let now = reel_model::time::now_micros();
         let fired = self.ctx.handle.block_on(self.ctx.source.fire_timers(self.ns.name.clone(), now));
         let next = match fired {
