@@ -77,19 +77,7 @@ impl Emissions {
     /// index, stream_id, event_type, data, metadata}]`, data and metadata
     /// as JSON values.
     pub fn events_json(&self) -> String {
-        // Written out, data and metadata as they are (checked JSON when
-        // emitted): a catch-up's batch holds thousands, and parsing each
-        // into a value to print it again cost the worker's thread.
-        let mut out = String::with_capacity(self.events.iter().map(|e| e.data.len() + e.metadata.len() + 160).sum());
-        out.push('[');
-        for (n, e) in self.events.iter().enumerate() {
-            if n > 0 {
-                out.push(',');
-            }
-            e.write_json(&mut out);
-        }
-        out.push(']');
-        out
+        serde_json::Value::Array(self.events.iter().map(Emission::to_json).collect()).to_string()
     }
 
     /// The timer changes as one JSON array: `[{key, due_micros, event}]` or
@@ -106,27 +94,6 @@ impl Emissions {
 }
 
 impl Emission {
-    /// [`Self::to_json`], written to `out` without parsing data and
-    /// metadata into values (text that is not JSON is `null`, as there).
-    fn write_json(&self, out: &mut String) {
-        use std::fmt::Write as _;
-        let raw = |out: &mut String, text: &str| match serde_json::from_str::<&serde_json::value::RawValue>(text) {
-            Ok(raw) => out.push_str(raw.get()),
-            Err(_) => out.push_str("null"),
-        };
-        let quoted = |out: &mut String, text: &str| out.push_str(&serde_json::Value::from(text).to_string());
-        let (cause, tx, index) = (self.cause, self.cause_cursor.tx, self.index);
-        let _ = write!(out, r#"{{"cause":{cause},"cause_tx":{tx},"index":{index},"stream_id":"#);
-        quoted(out, &self.stream_id);
-        out.push_str(r#","event_type":"#);
-        quoted(out, &self.event_type);
-        out.push_str(r#","data":"#);
-        raw(out, &self.data);
-        out.push_str(r#","metadata":"#);
-        raw(out, &self.metadata);
-        out.push('}');
-    }
-
     fn to_json(&self) -> serde_json::Value {
         let parse = |text: &str| serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
         serde_json::json!({
@@ -138,36 +105,5 @@ impl Emission {
             "data": parse(&self.data),
             "metadata": parse(&self.metadata),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_events_array_written_out_is_the_one_built_from_values() {
-        let emission = |n: i64, data: &str, metadata: &str| Emission {
-            cause: n,
-            cause_cursor: Cursor { tx: n * 7, id: n },
-            index: n as u32,
-            stream_id: format!("relay-\"q\"\\{n}\u{e9}"),
-            event_type: "relay.relayed\n".into(),
-            data: data.into(),
-            metadata: metadata.into(),
-        };
-        let emissions = Emissions {
-            reactor: "relay".into(),
-            events: vec![
-                emission(1, r#"{"from": 1, "by": "1"}"#, r#"{"causation_id":1}"#),
-                emission(2, " [1, 2.5, null] ", "{}"),
-                emission(3, "not json", ""),
-            ],
-            timers: vec![],
-        };
-        let built = serde_json::Value::Array(emissions.events.iter().map(Emission::to_json).collect());
-        let written: serde_json::Value = serde_json::from_str(&emissions.events_json()).unwrap();
-        assert_eq!(written, built);
-        assert_eq!(Emissions::default().events_json(), "[]");
     }
 }

@@ -586,46 +586,6 @@ fn loops_and_floods_stop_at_the_limits_the_flags_set() {
     p.kill();
 }
 
-/// A clean shutdown in the middle of a reactor's catch-up (SQLite, where a
-/// batch's emissions are forwarded from the outbox off the worker's thread
-/// while the next batch is handled, ADR 50) waits for the forward: the outbox
-/// is left empty, and the log holds exactly one emission for each cause up to
-/// the reactor's checkpoint, none past it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_clean_shutdown_mid_catch_up_leaves_the_outbox_forwarded() {
-    const ORDERS: i64 = 4000;
-    let h = Harness::start_with(Backend::Sqlite, &[], |c| c.batch.max_events = 40).await;
-    let mut placed = Vec::new();
-    for chunk in 0..ORDERS / 100 {
-        let events: Vec<Value> = (0..100).map(|_| json!({ "event_type": "order.placed", "data": {} })).collect();
-        let body = h.append(&format!("order-{chunk}"), Some(0), json!(events)).await;
-        placed.extend(body["positions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()));
-    }
-    h.install("fixture_relay", "fixture_relay.wasm");
-    h.wait_status("relay", PATIENCE, |s| s["reactor"]["emitted"].as_i64() >= Some(200)).await;
-    let (active, _) = h.server.deployments().views("relay").expect("relay runs");
-    let namespace = h.config.data_dir.join(format!("projections/{}.db", active.ns.slug()));
-    let Harness { server, config, .. } = h;
-    server.shutdown().await;
-
-    let conn = rusqlite::Connection::open(namespace).unwrap();
-    let outbox: i64 = conn.query_row("SELECT count(*) FROM _reel_outbox", [], |r| r.get(0)).unwrap();
-    let checkpoint: i64 = conn.query_row("SELECT position FROM _reel_checkpoint", [], |r| r.get(0)).unwrap();
-    assert_eq!(outbox, 0, "nothing left in the outbox at checkpoint {checkpoint}");
-    assert!(checkpoint < placed[placed.len() - 1], "stopped mid catch-up (at {checkpoint}); make the backlog bigger");
-    let events = rusqlite::Connection::open(config.data_dir.join("events.db")).unwrap();
-    let mut causes: Vec<i64> = events
-        .prepare("SELECT json_extract(metadata, '$.causation_id') FROM events WHERE event_type = 'relay.relayed'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    causes.sort_unstable();
-    let handled: Vec<i64> = placed.into_iter().filter(|p| *p <= checkpoint).collect();
-    assert_eq!(causes, handled, "one emission per cause through the checkpoint, none past it");
-}
-
 /// reel killed with SIGKILL at random moments while a reactor catches up
 /// (small batches: many a kill lands between a batch's commit and the
 /// forward of its outbox on SQLite): in the end every cause emitted once,

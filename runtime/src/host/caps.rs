@@ -7,7 +7,7 @@ use super::emitter::Emitter;
 use super::tape::{HostCall, Tape};
 use crate::config::Limits;
 use crate::store::kv_cache::KvCache;
-use crate::store::{Emissions, Forwarded, Reader, StoreError, Stored, Writer};
+use crate::store::{Forwarded, Reader, StoreError, Writer};
 
 /// Most log lines a projection may write per call; the rest are counted.
 const LOG_LINES_PER_CALL: u32 = 1000;
@@ -37,27 +37,6 @@ pub enum Fault {
     Refused(String),
 }
 
-/// A reactor's outbox entry (SQLite), with its emissions still in memory.
-#[derive(Debug)]
-pub struct Outboxed {
-    /// The entry's id in the namespace's outbox.
-    pub id: i64,
-    /// The cursor its batch was handled through.
-    pub handled: Cursor,
-    /// What the batch emitted.
-    pub emissions: Emissions,
-}
-
-/// What a committed reactor transaction stored (ADR 50).
-#[derive(Debug)]
-pub enum Committed {
-    /// Appended in the transaction: the counts, set once the database
-    /// answered (for a transaction committed behind, once it settled).
-    Appended(std::sync::Arc<std::sync::OnceLock<Forwarded>>),
-    /// In the outbox, to forward.
-    Outbox(Outboxed),
-}
-
 /// Per-instance state behind the `kv`, `sql` and `log` imports.
 pub struct Capabilities {
     projection: String,
@@ -72,18 +51,8 @@ pub struct Capabilities {
     /// A reactor's emissions; `None` for a projection (whose batches then
     /// cost nothing for emitting).
     emitter: Option<Emitter>,
-    /// Where the open transaction's emissions went, until it commits.
-    stored: Option<Stored>,
-    /// The emissions the open transaction wrote to the outbox, until it
-    /// commits.
-    outboxing: Option<Outboxed>,
-    /// What committed transactions stored, oldest first, until the worker
-    /// takes it: appended (PostgreSQL) or in the outbox, with the emissions
-    /// still in memory (SQLite).
-    committed: Vec<Committed>,
-    /// Outbox entries forwarded to the log, deleted in the next transaction
-    /// that commits.
-    forwarded: Vec<i64>,
+    /// What the last commit appended (PostgreSQL) or left in the outbox.
+    forwarded: Option<Forwarded>,
     /// Host calls recorded for a replay, or answered from one (ADR 49);
     /// `None` on the normal path, which then costs one test a call.
     tape: Option<Box<Tape>>,
@@ -106,10 +75,7 @@ impl Capabilities {
             sql_failed: None,
             log_lines: 0,
             emitter: None,
-            stored: None,
-            outboxing: None,
-            committed: Vec::new(),
-            forwarded: Vec::new(),
+            forwarded: None,
             tape: None,
         })
     }
@@ -157,33 +123,10 @@ impl Capabilities {
         }
     }
 
-    /// What the transactions committed since the last call stored, oldest
-    /// first (ADR 50).
-    pub fn take_committed(&mut self) -> Vec<Committed> {
-        std::mem::take(&mut self.committed)
-    }
-
-    /// Outbox entries `ids` are in the log: the next transaction that
-    /// commits deletes them.
-    pub fn outbox_forwarded(&mut self, ids: impl IntoIterator<Item = i64>) {
-        self.forwarded.extend(ids);
-    }
-
-    /// Forget what [`Self::take_committed`] returned and what waits for
-    /// deletion: the outbox is read back from the database instead.
-    pub fn forget_outbox(&mut self) {
-        self.committed.clear();
-        self.forwarded.clear();
-    }
-
-    /// Delete the forwarded outbox entries now, outside a batch.
-    pub fn delete_forwarded(&mut self) -> Result<(), StoreError> {
-        if self.forwarded.is_empty() {
-            return Ok(());
-        }
-        let ids = std::mem::take(&mut self.forwarded);
-        let Access::Write(ns) = &mut self.access else { return Ok(()) };
-        ns.outbox_done(&ids)
+    /// What the last commit appended, on a backend that appends in the
+    /// batch's transaction (taken once).
+    pub fn take_forwarded(&mut self) -> Option<Forwarded> {
+        self.forwarded.take()
     }
 
     /// The namespace, to read (the worker's checkpoint, dead letters).
@@ -219,8 +162,6 @@ impl Capabilities {
         if let Some(emitter) = &mut self.emitter {
             emitter.take();
         }
-        self.stored = None;
-        self.outboxing = None;
     }
 
     /// Send buffered writes and surface deferred SQL errors.
@@ -250,32 +191,12 @@ impl Capabilities {
     /// A reactor's emissions go into the transaction (appended, or to the
     /// outbox) before its checkpoint; every batch, so that the reactor's
     /// handled position is known even where it emitted nothing (ADR 23).
-    /// Forwarded outbox entries are deleted in the same transaction.
     fn send_emissions(&mut self, to: Cursor) -> Result<(), StoreError> {
         let Some(emitter) = &mut self.emitter else { return Ok(()) };
         let emissions = emitter.take();
         let Access::Write(ns) = &mut self.access else { return Ok(()) };
-        if !self.forwarded.is_empty() {
-            ns.outbox_done(&self.forwarded)?;
-        }
-        let stored = ns.emit(&emissions, to)?;
-        if let Stored::Outbox(id) = stored {
-            self.outboxing = Some(Outboxed { id, handled: to, emissions });
-        }
-        self.stored = Some(stored);
+        self.forwarded = ns.emit(&emissions, to)?;
         Ok(())
-    }
-
-    /// The transaction committed: what it stored waits for the worker, and
-    /// the outbox entries it deleted are gone.
-    fn emissions_committed(&mut self) {
-        let Some(stored) = self.stored.take() else { return };
-        self.forwarded.clear();
-        self.committed.push(match (stored, self.outboxing.take()) {
-            (Stored::Outbox(_), Some(entry)) => Committed::Outbox(entry),
-            (Stored::Appended(counts), _) => Committed::Appended(counts),
-            (Stored::Outbox(id), None) => unreachable!("outbox entry {id} is kept with its emissions"),
-        });
     }
 
     /// Flush, move the checkpoint `from` -> `to` and commit.
@@ -286,7 +207,6 @@ impl Capabilities {
         let committed = self.writer().and_then(|ns| ns.commit(from, to));
         self.watch(committed)?;
         self.kv.committed();
-        self.emissions_committed();
         Ok(())
     }
 
@@ -305,9 +225,6 @@ impl Capabilities {
         } else {
             self.kv.committed();
         }
-        // Pending or not, what it stored is the worker's to count (a batch
-        // behind that fails is handled again, and so emits again).
-        self.emissions_committed();
         Ok(pending)
     }
 

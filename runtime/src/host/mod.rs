@@ -31,6 +31,6 @@ mod sql;
 pub mod tape;
 pub mod wasi;
 
-pub use caps::{Access, Capabilities, Committed};
+pub use caps::{Access, Capabilities};
 pub use engine::{Engine, EpochTicker};
 pub use instance::{Guest, GuestFailure};

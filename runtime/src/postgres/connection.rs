@@ -102,9 +102,6 @@ pub(super) const KV_UPSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * F
 pub(super) const KV_INSERT: &str = "INSERT INTO _reel_kv (key, value) SELECT * FROM unnest($1::text[], $2::bytea[])";
 pub(super) const KV_DELETE: &str = "DELETE FROM _reel_kv WHERE key = ANY($1::text[])";
 pub(super) const ADVANCE: &str = "SELECT reel.advance($1, $2, $3, $4, $5)";
-/// A reactor batch's emissions, before its checkpoint (prepared by a
-/// reactor's connection only: the function is granted to reactors' roles).
-pub(super) const EMIT: &str = "SELECT emitted, dropped FROM reel.emit($1, $2::text::jsonb, $3::text::jsonb)";
 pub(super) const DEAD_LETTER: &str = "SELECT reel.add_dead_letter($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 /// Back to the settings the connection opened with (which pin what reel
 /// relies on: `store.rs`), whatever the projection's SQL set.
@@ -332,17 +329,6 @@ impl PgNamespace {
                 let slug = self.info.slug.clone();
                 let flight = async move { client.execute(&s, &[&slug, &from.tx, &from.id, &to.tx, &to.id]).await };
                 (Blame::Advance(from), Box::pin(flight))
-            }
-            Op::Emit { events, timers, counts } => {
-                let s = statement(EMIT);
-                let slug = self.info.slug.clone();
-                let flight = async move {
-                    let rows = client.query(&s, &[&slug, &events, &timers]).await?;
-                    let count = |i: usize| rows.first().map_or(0, |r| r.get::<_, i32>(i) as u64);
-                    let _ = counts.set(reel_model::Forwarded { emitted: count(0), dropped: count(1) });
-                    Ok(rows.len() as u64)
-                };
-                (Blame::Host { after_guest }, Box::pin(flight))
             }
             Op::DeadLetter { event, error } => {
                 let s = statement(DEAD_LETTER);

@@ -1,6 +1,5 @@
 //! The [`Namespace`] operations on PostgreSQL.
 
-use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio_postgres::types::{ToSql, Type};
@@ -14,9 +13,9 @@ use crate::store::{
     Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
     StoreError, TableRead, TableReads,
 };
-use crate::store::{Emissions, Stored};
+use crate::store::{Emissions, Forwarded};
 
-use super::connection::{Behind, EMIT, PgNamespace};
+use super::connection::{Behind, PgNamespace};
 use super::pipeline::{Op, unsendable};
 
 impl Snapshot for PgNamespace {
@@ -296,20 +295,17 @@ impl Commits for PgNamespace {
     /// reel.emit appends in this transaction, as reel's user: the role
     /// itself cannot write `events` (ADR 23). The handled cursor moves with
     /// the checkpoint, in reel.advance.
-    /// Pipelined like the batch's other writes (ADR 50): sent now, answered
-    /// by the time the transaction's commit is, so that a batch committed
-    /// behind the next one has its emissions appended behind it too.
-    fn emit(&mut self, emissions: &Emissions, _to: Cursor) -> Result<Stored, StoreError> {
-        if !self.statements.contains_key(EMIT) {
-            self.sync()?;
-            self.prepare_all(vec![EMIT.to_owned()], false)?;
-        }
-        let counts = Arc::new(OnceLock::new());
+    fn emit(&mut self, emissions: &Emissions, _to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+        let slug = self.info.slug.clone();
         let (events, timers) = (emissions.events_json(), emissions.timers_json());
-        self.dispatch(Op::Emit { events, timers, counts: Arc::clone(&counts) })?;
-        Ok(Stored::Appended(counts))
+        let rows = self.fetch(EMIT, &[&slug, &events, &timers], false)?;
+        let count = |i: usize| rows.first().map_or(0, |r| r.get::<_, i32>(i) as u64);
+        Ok(Some(Forwarded { emitted: count(0), dropped: count(1) }))
     }
 }
+
+/// A reactor batch's emissions, before its checkpoint.
+const EMIT: &str = "SELECT emitted, dropped FROM reel.emit($1, $2::text::jsonb, $3::text::jsonb)";
 
 impl KvWrites for PgNamespace {
     fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {

@@ -2,7 +2,7 @@
 
 use tokio_postgres::Statement;
 
-use reel_model::{Cursor, Event, Forwarded, Value};
+use reel_model::{Cursor, Event, Value};
 
 use super::client::{database_error, statement_error};
 use super::value::{ArrayParam, unfit};
@@ -51,14 +51,6 @@ pub(super) enum Op {
     Advance {
         from: Cursor,
         to: Cursor,
-    },
-    /// A reactor batch's emissions, appended by `reel.emit` before its
-    /// checkpoint (ADR 23, 47), as JSON arrays; what it appended and dropped
-    /// goes to `counts` when the server answers (ADR 50).
-    Emit {
-        events: String,
-        timers: String,
-        counts: std::sync::Arc<std::sync::OnceLock<Forwarded>>,
     },
     DeadLetter {
         event: Box<Event>,

@@ -98,11 +98,9 @@ pub trait Commits: SqlWrites {
     /// A reactor's batch, handled through `to`: record what it emitted in
     /// the open transaction, so that it commits with the checkpoint. On a
     /// backend whose namespace and event log share the transaction the
-    /// events are appended here ([`Stored::Appended`], counted once the
-    /// database answers: the statement may be pipelined); otherwise they
-    /// wait in the namespace's outbox ([`Stored::Outbox`]) to be forwarded
-    /// (ADR 23, ADR 50).
-    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Stored, StoreError> {
+    /// events are appended here (`Some`); otherwise they wait in the
+    /// namespace's outbox (`None`) for [`outbox`](Commits::outbox) (ADR 23).
+    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Option<Forwarded>, StoreError> {
         let _ = (emissions, to);
         Err(StoreError::Refused("this backend cannot store a reactor's emissions yet".into()))
     }
@@ -123,24 +121,11 @@ pub trait Commits: SqlWrites {
         let _ = (at, only_if_empty);
         Ok(true)
     }
-    /// Remove the outbox entries `ids` (forwarded to the log), in the open
-    /// transaction if there is one.
-    fn outbox_done(&mut self, ids: &[i64]) -> Result<(), StoreError> {
-        let _ = ids;
+    /// Remove outbox entries up to `id` (forwarded to the log).
+    fn outbox_done(&mut self, id: i64) -> Result<(), StoreError> {
+        let _ = id;
         Ok(())
     }
-}
-
-/// Where a reactor batch's emissions went in its transaction.
-#[derive(Debug)]
-pub enum Stored {
-    /// Appended to the log in the transaction: what was appended and
-    /// dropped, set when the database has answered (read it once the
-    /// transaction has committed).
-    Appended(std::sync::Arc<std::sync::OnceLock<Forwarded>>),
-    /// Written to the namespace's outbox as entry `id`, to forward once the
-    /// transaction has committed.
-    Outbox(i64),
 }
 
 /// Writes to the namespace's KV table.

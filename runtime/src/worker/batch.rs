@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 
 use reel_model::{Cursor, Event};
 
-use super::{
-    ATTEMPTS, Behind, Forwarding, Halt, InFlight, MIN_BATCH, PERSIST_SKIPS_EVERY, State, Worker, WorkerError, backoff,
-};
+use super::{ATTEMPTS, Behind, Halt, MIN_BATCH, PERSIST_SKIPS_EVERY, State, Worker, WorkerError, backoff};
 use crate::config::BatchConfig;
-use crate::host::{Capabilities, Committed, GuestFailure};
+use crate::host::GuestFailure;
 use crate::source::Batch;
 use crate::store::StoreError;
 
@@ -51,8 +49,6 @@ impl Worker {
             if !self.settle_behind() {
                 return Ok(true);
             }
-            // The position reported next is past the last batch's emissions.
-            self.settle_forward(true);
             if batch.next > self.cursor {
                 self.cursor = batch.next;
                 self.status.advanced(self.cursor);
@@ -125,9 +121,6 @@ impl Worker {
         } else {
             Ok(())
         };
-        // Held means applied and, for a reactor, its emissions in the log.
-        self.forward();
-        self.settle_forward(true);
         let reply = self.hold_reply.take().expect("checked");
         let _ = reply.send(reached.map(|()| at));
     }
@@ -185,7 +178,6 @@ impl Worker {
             Ok(()) => {
                 self.status.committed(behind.events, behind.end);
                 behind.line.log(&self.ns, Ok(()));
-                self.forward_committed(behind.stored);
                 true
             }
             Err(e) => {
@@ -237,11 +229,6 @@ impl Worker {
             handled
                 .and(Err(GuestFailure::Store(StoreError::Database("the batch before this one did not commit".into()))))
         };
-        // What committed before this batch goes first, and the forward in
-        // flight (SQLite) is waited for: the outbox entries it appended are
-        // deleted by this batch's commit, and forwards go in order.
-        self.forward();
-        self.settle_forward(false);
         let caps = self.guest.as_mut().expect("instantiated above").caps();
         let result = span.in_scope(|| {
             result.and_then(|()| {
@@ -253,18 +240,12 @@ impl Worker {
                 self.cursor = end;
                 self.persisted = end;
                 self.last_persist = Instant::now();
+                self.forward();
                 if pending {
-                    // Counted once it is known to have committed.
-                    let stored = self.caps().map(Capabilities::take_committed).unwrap_or_default();
-                    self.behind = Some(Behind { from, end, events: events.len(), line, stored });
+                    self.behind = Some(Behind { from, end, events: events.len(), line });
                 } else {
-                    self.forward();
                     self.careful = false;
-                    match &mut self.forwarding {
-                        // Counted once its emissions are in the log.
-                        Some(in_flight) => in_flight.applied = Some((events.len(), end)),
-                        None => self.status.committed(events.len(), end),
-                    }
+                    self.status.committed(events.len(), end);
                     line.log(&self.ns, Ok(()));
                 }
                 self.tune(events.len(), started.elapsed());
@@ -278,108 +259,23 @@ impl Worker {
         }
     }
 
-    /// A reactor's committed emissions (ADR 23, ADR 50): count what
-    /// committed transactions appended (PostgreSQL), or forward what they
-    /// left in the namespace's outbox (SQLite) off the worker's thread, from
-    /// the emissions still in memory. After a start, or a forward that
-    /// failed, the outbox is read back and forwarded here first; a failed
-    /// forward stays in the outbox for the next try, and the log's keys make
-    /// a second forward append nothing twice.
+    /// A reactor's committed emissions: count what the batch's transaction
+    /// appended (PostgreSQL), or append what waits in the namespace's outbox
+    /// (SQLite). A failed forward stays in the outbox for the next try; the
+    /// log's keys make a second forward append nothing twice (ADR 23).
     pub(super) fn forward(&mut self) {
-        let Some(caps) = self.caps() else { return };
+        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
+            (Some(guest), _) => guest.caps(),
+            (None, Some(caps)) => caps,
+            (None, None) => return,
+        };
         if !caps.is_reactor() {
             return;
         }
-        let committed = caps.take_committed();
-        self.forward_committed(committed);
-    }
-
-    /// Forward (or count) `committed`, taken from the capabilities.
-    fn forward_committed(&mut self, committed: Vec<Committed>) {
-        let mut entries = Vec::new();
-        for c in committed {
-            match c {
-                Committed::Appended(counts) => {
-                    if let Some(f) = counts.get() {
-                        self.status.forwarded(f.emitted, f.dropped);
-                    }
-                }
-                Committed::Outbox(entry) => entries.push(entry),
-            }
-        }
-        if entries.is_empty() && self.outbox_clean {
+        if let Some(f) = caps.take_forwarded() {
+            self.status.forwarded(f.emitted, f.dropped);
             return;
         }
-        // Forwards go in order: the one in flight first.
-        self.settle_forward(false);
-        if !self.outbox_clean {
-            return self.forward_outbox();
-        }
-        self.status.outbox(entries.len() as u64);
-        let source = self.ctx.source.clone();
-        let namespace = self.ns.slug();
-        let task = self.ctx.handle.spawn(async move {
-            let mut out = Forwarding::default();
-            for entry in entries {
-                match source.forward(namespace.clone(), entry.handled, entry.emissions).await {
-                    Ok(f) => {
-                        out.forwarded.emitted += f.emitted;
-                        out.forwarded.dropped += f.dropped;
-                        out.done.push(entry.id);
-                    }
-                    Err(e) => {
-                        out.error = Some(e.to_string());
-                        break;
-                    }
-                }
-            }
-            out
-        });
-        self.forwarding = Some(InFlight { task, applied: None });
-    }
-
-    /// Wait for the forward in flight, if any, and count it; its outbox
-    /// entries are deleted by the next transaction, or now if
-    /// `delete_now` (outside a batch). A failed forward leaves the outbox to
-    /// be read back.
-    pub(super) fn settle_forward(&mut self, delete_now: bool) {
-        if let Some(InFlight { task, applied }) = self.forwarding.take() {
-            let out = self.ctx.handle.block_on(task).unwrap_or_else(|e| Forwarding {
-                error: Some(format!("the forward's task failed: {e}")),
-                ..Forwarding::default()
-            });
-            self.status.forwarded(out.forwarded.emitted, out.forwarded.dropped);
-            // Committed in the namespace either way; a failed forward shows
-            // as the outbox's depth until it is forwarded.
-            if let Some((events, end)) = applied {
-                self.status.committed(events, end);
-            }
-            match out.error {
-                None => self.status.outbox(0),
-                Some(e) => {
-                    tracing::warn!(projection = %self.ns, "forwarding the outbox: {e}");
-                    self.outbox_clean = false;
-                }
-            }
-            match self.caps() {
-                Some(caps) => caps.outbox_forwarded(out.done),
-                None => self.outbox_clean = false,
-            }
-        }
-        if delete_now
-            && let Some(caps) = self.caps()
-            && let Err(e) = caps.delete_forwarded()
-        {
-            tracing::warn!(projection = %self.ns, "deleting forwarded outbox entries: {e}");
-        }
-    }
-
-    /// Forward what waits in the namespace's outbox, read back from the
-    /// database, on the worker's thread (after a start or a failure).
-    fn forward_outbox(&mut self) {
-        let Some(caps) = caps_of(&mut self.guest, &mut self.spare) else { return };
-        // The outbox holds all of it.
-        caps.forget_outbox();
         let pending = match caps.writer().and_then(|ns| ns.outbox()) {
             Ok(pending) => pending,
             Err(e) => return tracing::warn!(projection = %self.ns, "reading the outbox: {e}"),
@@ -389,7 +285,7 @@ impl Worker {
         for (id, handled, emissions) in pending {
             let forwarded = self.ctx.handle.block_on(self.ctx.source.forward(self.ns.slug(), handled, emissions));
             match forwarded.map_err(|e| e.to_string()).and_then(|f| {
-                caps.writer().and_then(|ns| ns.outbox_done(&[id])).map_err(|e| e.to_string())?;
+                caps.writer().and_then(|ns| ns.outbox_done(id)).map_err(|e| e.to_string())?;
                 Ok(f)
             }) {
                 Ok(f) => {
@@ -400,12 +296,6 @@ impl Worker {
                 Err(e) => return tracing::warn!(projection = %self.ns, "forwarding the outbox: {e}"),
             }
         }
-        self.outbox_clean = true;
-    }
-
-    /// The capabilities, in the instance or spare.
-    pub(super) fn caps(&mut self) -> Option<&mut Capabilities> {
-        caps_of(&mut self.guest, &mut self.spare)
     }
 
     /// Size the next batch from how long a full one took: about the target
@@ -426,18 +316,6 @@ impl Worker {
         if next.abs_diff(self.batch_limit) * 4 >= self.batch_limit || next == batch.max_events {
             self.batch_limit = next;
         }
-    }
-}
-
-/// The capabilities, in the instance or spare.
-fn caps_of<'a>(
-    guest: &'a mut Option<Box<dyn crate::host::Guest>>,
-    spare: &'a mut Option<Capabilities>,
-) -> Option<&'a mut Capabilities> {
-    match (guest.as_mut(), spare.as_mut()) {
-        (Some(guest), _) => Some(guest.caps()),
-        (None, Some(caps)) => Some(caps),
-        (None, None) => None,
     }
 }
 

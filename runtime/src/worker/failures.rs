@@ -131,8 +131,6 @@ impl Worker {
     /// Put `event` in the dead-letter table and move the checkpoint to
     /// `end`, the cursor after it, in one transaction.
     fn set_aside(&mut self, event: &Event, end: Cursor, message: &str) -> Result<(), StoreError> {
-        // A reactor's batches before it are counted first, in order.
-        self.settle_forward(false);
         let from = self.persisted;
         let caps = match self.guest() {
             Ok(guest) => guest.caps(),

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 pub use batch::calls;
 pub use status::{Admin, State, Status};
 
-use reel_model::{Cursor, Event, Forwarded, OnError};
+use reel_model::{Cursor, Event, OnError};
 
 use crate::config::{BatchConfig, Limits};
 use crate::host::emitter::Emitter;
@@ -189,8 +189,6 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         timer_check: Instant::now(),
         hold: None,
         hold_reply: None,
-        forwarding: None,
-        outbox_clean: true,
     };
     let thread = std::thread::Builder::new()
         .name(format!("reel-{}", worker.ns))
@@ -259,32 +257,6 @@ struct Worker {
     hold: Option<Cursor>,
     /// Who waits for the worker to reach its hold.
     hold_reply: Option<tokio::sync::oneshot::Sender<Result<Cursor, WorkerError>>>,
-    /// A reactor's forward of committed outbox entries, running off this
-    /// thread (SQLite, ADR 50).
-    forwarding: Option<InFlight>,
-    /// Every outbox entry committed is known to this worker (in flight,
-    /// forwarded, or in the capabilities): false after a start or a failed
-    /// forward, until the outbox has been read back and forwarded.
-    outbox_clean: bool,
-}
-
-/// A forward running off the worker's thread.
-struct InFlight {
-    task: tokio::task::JoinHandle<Forwarding>,
-    /// The batch it forwards, counted applied (events, end) once its
-    /// emissions are in the log: a reactor's position never runs ahead of
-    /// its emissions.
-    applied: Option<(usize, Cursor)>,
-}
-
-/// What a forward off the worker's thread did.
-#[derive(Default)]
-struct Forwarding {
-    forwarded: Forwarded,
-    /// The outbox entries it appended (or found appended).
-    done: Vec<i64>,
-    /// Why it stopped short.
-    error: Option<String>,
 }
 
 /// A batch whose commit was sent and not yet answered: the worker applies
@@ -299,9 +271,6 @@ struct Behind {
     events: usize,
     /// Logged once its commit is known.
     line: batch::BatchLine,
-    /// A reactor's: what its transaction appended, counted once it is known
-    /// to have committed.
-    stored: Vec<crate::host::Committed>,
 }
 
 /// The first batch's size, before the worker knows how fast the projection
@@ -412,9 +381,6 @@ impl Worker {
         if self.cursor > self.persisted {
             let _ = self.persist();
         }
-        // A reactor's outbox is forwarded before it goes.
-        self.forward();
-        self.settle_forward(true);
         tracing::info!(projection = %self.ns, "worker stopped");
     }
 
@@ -451,8 +417,6 @@ impl Worker {
             }
         }
         // What a crash left in a reactor's outbox goes first.
-        self.settle_forward(false);
-        self.outbox_clean = self.program.emits().is_none();
         self.forward();
         self.cursor = checkpoint.cursor;
         self.persisted = checkpoint.cursor;
@@ -590,10 +554,6 @@ impl Worker {
     /// messages. `Err` when told to exit.
     fn wait(&mut self, timeout: Duration) -> Result<(), Halt> {
         self.settle_behind();
-        // Idle: a reactor's emissions are in the log before it sleeps (an
-        // outbox a forward failed on is read back and tried again).
-        self.forward();
-        self.settle_forward(true);
         let deadline = tokio::time::Instant::now() + timeout;
         let handle = self.ctx.handle.clone();
         let message = handle.block_on(async {
