@@ -389,8 +389,11 @@ fn get(client: &mut Client, path: &str) -> Value {
 
 /// Append orders, 100 events a second, until `stop`; how many.
 fn append(base: &str, seed: u64, stop: &AtomicBool) -> usize {
-    let mut client = Client::connect(base).unwrap();
     let events = generate(&OrderWorkload::new(200_000, seed ^ 0xf022));
+    // Connected once the events are made: a connection that sends nothing
+    // for the header timeout (10 s; generating took longer on a loaded
+    // machine) is closed by reel, and the first append met a broken pipe.
+    let mut client = Client::connect(base).unwrap();
     let started = Instant::now();
     for (n, e) in events.iter().enumerate() {
         if stop.load(Ordering::Relaxed) {
