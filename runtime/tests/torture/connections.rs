@@ -44,6 +44,13 @@ fn abuse(backend: Backend) {
     let secs = knob("REEL_ABUSE_SECS", 5) as u64;
     let cap = knob("REEL_ABUSE_CAP", idle + active / 2);
 
+    // The clients' sockets are this process's files too.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    if limit.current.is_some_and(|current| current < (idle + active + 1024) as u64) {
+        let raised = rustix::process::Rlimit { current: limit.maximum, maximum: limit.maximum };
+        let _ = rustix::process::setrlimit(rustix::process::Resource::Nofile, raised);
+    }
+
     let (dir, setup, database) = common::scratch(backend);
     let db = database.as_deref();
     std::fs::copy(common::guest("customer_stats"), dir.path().join("modules/customer_stats.wasm")).unwrap();
