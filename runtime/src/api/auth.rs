@@ -271,14 +271,13 @@ async fn limited(access: &Access, scope: Option<Scope>, streaming: bool, request
         Some(Scope::Read) | None => &access.classes.read,
     };
     let Ok(permit) = class.clone().try_acquire_owned() else {
-        let mut response = ApiError::new(
+        // `busy` answers carry `Retry-After` (api/error.rs).
+        return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "busy",
             "too many requests of this kind in flight; try again in a moment",
         )
         .into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
     };
     if streaming {
         // The permit lives as long as the stream does.

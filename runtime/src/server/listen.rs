@@ -189,12 +189,15 @@ impl Open {
         self.map().remove(&id);
     }
 
-    /// Close the keep-alive connection idle the longest; whether there was one.
-    fn reclaim_one(&self) -> bool {
+    /// Close the keep-alive connection idle the longest, if there is one
+    /// (one that turns busy meanwhile is not closed: the caller looks again).
+    fn reclaim_one(&self) {
         let map = self.map();
-        let mut idle: Vec<_> = map.values().filter_map(|a| a.idle_until().map(|until| (until, a))).collect();
-        idle.sort_by_key(|(until, _)| *until);
-        idle.into_iter().any(|(_, activity)| activity.reclaim())
+        let oldest =
+            map.values().filter_map(|a| a.idle_until().map(|until| (until, a))).min_by_key(|(until, _)| *until);
+        if let Some((_, activity)) = oldest {
+            activity.reclaim();
+        }
     }
 }
 

@@ -109,16 +109,15 @@ impl Activity {
     /// Close the connection now if it is idle between requests, as its idle
     /// timeout would (RFC 9112 §9.3.1 lets a server close an idle
     /// connection; a client that sent a request at that moment retries it
-    /// on a new one). Whether it was idle.
-    pub fn reclaim(&self) -> bool {
+    /// on a new one). A connection no longer idle is left alone.
+    pub fn reclaim(&self) {
         let mut state = self.state();
         if state.phase != Phase::Idle || state.reclaimed {
-            return false;
+            return;
         }
         state.reclaimed = true;
         drop(state);
         self.changed.notify_one();
-        true
     }
 
     /// Resolves when the deadline of the current phase has passed, with
