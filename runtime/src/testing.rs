@@ -11,7 +11,7 @@ pub use crate::host::caps::Fault;
 pub use crate::host::instance::{Code, WasmGuest};
 pub use crate::host::{Access, Capabilities, Engine, Guest};
 pub use crate::postgres::{PgSource, PgStore};
-pub use crate::source::{EventReader, Filter, LIVE_BUFFER, Source};
+pub use crate::source::{EventReader, Filter, LIVE_BUFFER, LOG_READERS, Source};
 pub use crate::sqlite::{SqliteStore, wal};
 pub use crate::store::{
     BoundsFor, Checksum, DumpSink, Dumps, NamespaceId, ReadModelSum, SqlBounds, Store, StoreError, TableRead,

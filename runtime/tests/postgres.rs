@@ -14,7 +14,7 @@ use reel::model::Value;
 use reel::testing::PgSource;
 use reel::testing::PgStore;
 use reel::testing::{Access, Capabilities};
-use reel::testing::{EventReader, Filter, Source};
+use reel::testing::{EventReader, Filter, LOG_READERS, Source};
 use reel::testing::{NamespaceId, Store, StoreError};
 use serde_json::json;
 use tokio_postgres::{Client, NoTls};
@@ -434,6 +434,87 @@ async fn a_read_waiting_past_the_read_wait_for_a_turn_is_refused_as_busy() {
     // Once they are done, a query gets a turn again.
     assert_eq!(h.get("/projections/echo/query/seen").await, json!(1));
     h.finish().await;
+}
+
+/// A database owned by a login role of its own for reel: not a superuser,
+/// so a `CONNECTION LIMIT` on it holds. It may see other sessions'
+/// transactions (docs/postgres.md). Returns reel's URL and the role.
+async fn database_of_its_own_role() -> (String, String) {
+    let url = create_database().await;
+    let database = url.rsplit('/').next().unwrap().to_owned();
+    let role = format!("{database}_reel");
+    connect(&common::postgres_admin_url())
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN; ALTER DATABASE {database} OWNER TO {role}; GRANT pg_read_all_stats TO {role}"
+        ))
+        .await
+        .unwrap();
+    (url.replacen("://postgres@", &format!("://{role}@"), 1), role)
+}
+
+/// A burst of `GET /events` queues for the log readers instead of opening a
+/// connection each: with reel's role allowed only its idle connections and
+/// the log readers (and 2 to spare), 64 page reads at once each answer their
+/// page (or `503 busy`), and no more than [`LOG_READERS`] connections are
+/// opened for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_log_reads_opens_no_more_than_the_log_readers() {
+    let (url, role) = database_of_its_own_role().await;
+    let h = Harness::start_with(Backend::Postgres, &[], |config| config.database_url = Some(url)).await;
+    for (stream, n) in [("order-1", 7), ("cart-2", 5), ("order-3", 6)] {
+        let events: Vec<_> =
+            (0..n).map(|i| json!({ "event_type": if i % 2 == 0 { "a" } else { "b" }, "data": { "i": i } })).collect();
+        h.append(stream, Some(0), json!(events)).await;
+    }
+    // Each query, and which events its page holds.
+    type Keeps = fn(&serde_json::Value) -> bool;
+    let queries: [(&str, Keeps); 3] = [
+        ("/events?limit=100", |_| true),
+        ("/events?limit=100&types=a", |e| e["event_type"] == "a"),
+        ("/events?limit=100&stream_prefix=order-", |e| e["stream_id"].as_str().unwrap().starts_with("order-")),
+    ];
+    let admin = connect(&common::postgres_admin_url()).await;
+    let of_role = "SELECT pid FROM pg_stat_activity WHERE usename = $1";
+    let before: BTreeSet<i32> = admin.query(of_role, &[&role]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    let all = h.get("/events?limit=1000").await["events"].as_array().unwrap().clone();
+    assert_eq!(all.len(), 18);
+    let limit = before.len() + LOG_READERS + 2;
+    admin.batch_execute(&format!("ALTER ROLE {role} CONNECTION LIMIT {limit}")).await.unwrap();
+
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let burst = async {
+        let calls = (0..64).map(|i| h.call("GET", queries[i % 3].0, None));
+        let answers = futures_util::future::join_all(calls).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        answers
+    };
+    let watch = async {
+        let mut most = 0;
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let rows = admin.query(of_role, &[&role]).await.unwrap();
+            most = most.max(rows.iter().filter(|r| !before.contains(&r.get::<_, i32>(0))).count());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        most
+    };
+    let (answers, most) = tokio::join!(burst, watch);
+    let mut busy = 0;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        let (uri, keep) = queries[i % 3];
+        match status.as_u16() {
+            200 => {
+                let want: Vec<_> = all.iter().filter(|e| keep(e)).cloned().collect();
+                assert_eq!(body["events"].as_array().unwrap(), &want, "GET {uri}");
+            }
+            503 if body["error"]["code"] == "busy" => busy += 1,
+            _ => panic!("GET {uri}: {status} {body}"),
+        }
+    }
+    assert!(busy < 64, "every page read was refused as busy");
+    assert!(most <= LOG_READERS, "{most} connections opened for 64 page reads, more than {LOG_READERS}");
+    h.finish().await;
+    connect(&common::postgres_admin_url()).await.batch_execute(&format!("DROP ROLE {role}")).await.unwrap();
 }
 
 /// Events and positions committed so far, in delivery order.

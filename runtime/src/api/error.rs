@@ -64,6 +64,7 @@ impl From<SourceError> for ApiError {
         match e {
             SourceError::VersionConflict { .. } => Self::new(StatusCode::CONFLICT, "version_conflict", e.to_string()),
             SourceError::Invalid(m) => Self::bad_request(m),
+            SourceError::Busy(m) => Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", m),
             SourceError::Storage(m) => {
                 tracing::error!("{m}");
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage", m)

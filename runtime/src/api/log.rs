@@ -66,6 +66,6 @@ pub async fn read(State(services): State<Services>, Query(params): Query<LogPara
     let after = after(params.after.as_deref())?;
     let limit = limit(params.limit.as_deref())?;
     let filter = filter(params.types.as_deref(), params.stream_prefix.as_deref());
-    let batch = services.source.read_page(after, filter, limit).await?;
+    let batch = services.reads.log_page(after, filter, limit).await?;
     Ok(Json(Page { events: batch.events, next: batch.next.to_string() }))
 }

@@ -36,6 +36,10 @@ const READER_SETTINGS: &str = "SET enable_bitmapscan = off; SET enable_seqscan =
 /// page's rows are ordered in memory (docs/benchmarks.md, item 8).
 const PAGE: usize = 5_000;
 
+/// Prepared batch queries a reader keeps at most (one per filter: a
+/// worker's reader has one, a reader of `GET /events` one per filter asked).
+const STATEMENTS: usize = 16;
+
 /// The tail's horizon, as a one-row `snap(xmin)` relation (ADR 39): every
 /// event with a smaller `transaction_id` has committed, or never will, as of
 /// the statement's snapshot. It is the snapshot's `xmin`, but for the
@@ -91,6 +95,11 @@ impl PgReader {
         let statements = &mut self.statements;
         pg::block_on(&self.handle, async {
             if !statements.contains_key(filter) {
+                if statements.len() >= STATEMENTS {
+                    // Ad-hoc filters of `GET /events`: dropped statements
+                    // are closed on the server.
+                    statements.clear();
+                }
                 let condition = filter.condition(4, |n| format!("${n}"));
                 let sql = format!(
                     "WITH {HORIZON}, \

@@ -1,9 +1,11 @@
 //! Reads of the log itself: one stream's events, in version order
-//! (`GET /streams/{id}`), straight from the event log, no projection between.
+//! (`GET /streams/{id}`), and pages of the whole log (`GET /events`),
+//! straight from the event log, no projection between.
 
-use reel_model::Event;
+use reel_model::{Cursor, Event};
 
 use super::{ReadError, Reads};
+use crate::source::{Batch, Filter};
 
 /// A page of one stream's events.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +41,14 @@ impl Reads {
             events.last().map_or(from_version, |e| e.version)
         });
         Ok(StreamPage { events, next })
+    }
+
+    /// Up to `limit` events matching `filter` after `after`, in delivery
+    /// order, once one of the log readers is free: after the read wait,
+    /// `busy` ([`crate::source::SourceError::Busy`]: the server is not asked for more
+    /// connections).
+    pub async fn log_page(&self, after: Cursor, filter: Filter, limit: usize) -> Result<Batch, ReadError> {
+        Ok(self.source().read_page_within(after, filter, limit, self.config().read_wait).await?)
     }
 
     /// Wait (bounded by the read wait) until the event at `position` is

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 pub use commands::{CommandStore, KeptAnswer, Keyed, Outcome, Snapshot};
 pub use feed::{Feed, FeedItem};
 pub use filter::Filter;
+pub use pages::LOG_READERS;
 pub use prefetch::Prefetcher;
 pub use tail::{LIVE_BUFFER, Span};
 
@@ -232,6 +233,10 @@ pub enum SourceError {
     /// read-only (named in the message).
     #[error("{0}")]
     Storage(String),
+    /// Every log reader stayed in use for the read wait
+    /// ([`Source::read_page_within`]).
+    #[error("{0}")]
+    Busy(String),
     /// A blocking task died.
     #[error("internal: {0}")]
     Internal(String),
@@ -388,9 +393,23 @@ impl Source {
 
     /// Up to `limit` events matching `filter` after `after`, in delivery
     /// order, as a worker reads them (for consumers: `GET /events`, feeds).
+    /// It waits for one of the [`LOG_READERS`] as long as it takes.
     pub async fn read_page(&self, after: Cursor, filter: Filter, limit: usize) -> Result<Batch, SourceError> {
         self.check_token(after)?;
-        self.pages.read(&self.log, after, filter, limit).await
+        self.pages.read(&self.log, after, filter, limit, None).await
+    }
+
+    /// [`Source::read_page`] for a request, waiting at most `wait` for one
+    /// of the [`LOG_READERS`]: past it, [`SourceError::Busy`].
+    pub async fn read_page_within(
+        &self,
+        after: Cursor,
+        filter: Filter,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Batch, SourceError> {
+        self.check_token(after)?;
+        self.pages.read(&self.log, after, filter, limit, Some(wait)).await
     }
 
     /// A reader with its own connection, for one worker.
