@@ -436,6 +436,56 @@ async fn a_read_waiting_past_the_read_wait_for_a_turn_is_refused_as_busy() {
     h.finish().await;
 }
 
+/// A request through the router: the status, the `Retry-After` header if
+/// any, and the JSON body.
+async fn call_with_retry_after(h: &Harness, uri: &str) -> (u16, Option<String>, serde_json::Value) {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = axum::http::Request::get(uri).body(axum::body::Body::empty()).unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, retry_after, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// A `busy` answer says when to try again, `Retry-After: 1`, whichever
+/// readers were all in use: a version's read connections (a KV read) or the
+/// log readers (`GET /events`). Each kind is held by 8 reads blocked on a
+/// table lock; the 9th waits the read wait (1 s), then is refused. The 8
+/// answer once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_answer_says_when_to_try_again() {
+    let h = Harness::start_with(Backend::Postgres, &["fixture_echo_a"], |config| {
+        config.read_wait = Duration::from_secs(1);
+        config.limits.query_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let body = h.append("s", Some(0), json!([{ "event_type": "tick", "data": {} }])).await;
+    let at = body["positions"][0].as_i64().unwrap();
+    h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={at}")).await;
+    let admin = h.postgres().await;
+    let kv = kv_table(&admin, "echo").await;
+    for (what, table, uri, turns) in [
+        ("KV read", kv.as_str(), "/projections/echo/kv?prefix=seen/", 8),
+        ("log page", "public.events", "/events?limit=10", LOG_READERS),
+    ] {
+        admin.batch_execute(&format!("BEGIN; LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")).await.unwrap();
+        let held = futures_util::future::join_all((0..turns).map(|_| h.call("GET", uri, None)));
+        let ninth = async {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let answer = call_with_retry_after(&h, uri).await;
+            admin.batch_execute("ROLLBACK").await.unwrap();
+            answer
+        };
+        let (held, (status, retry_after, body)) = tokio::join!(held, ninth);
+        assert_eq!((status, body["error"]["code"].as_str()), (503, Some("busy")), "{what}: {body}");
+        assert_eq!(retry_after.as_deref(), Some("1"), "{what}: Retry-After");
+        assert!(held.iter().all(|(status, _)| *status == 200), "{what}: {held:?}");
+    }
+    h.finish().await;
+}
+
 /// A database owned by a login role of its own for reel: not a superuser,
 /// so a `CONNECTION LIMIT` on it holds. It may see other sessions'
 /// transactions (docs/postgres.md). Returns reel's URL and the role.
