@@ -567,6 +567,33 @@ async fn a_burst_of_log_reads_opens_no_more_than_the_log_readers() {
     connect(&common::postgres_admin_url()).await.batch_execute(&format!("DROP ROLE {role}")).await.unwrap();
 }
 
+/// An idle projection reads the log when woken or polled (every 50 ms in
+/// tests), not in a loop: at the head for 3 s, its reader's reads (each a
+/// transaction of the database) number a few dozen. It read in a loop
+/// before, a read as soon as the last one answered: thousands, and half a
+/// core for 7 idle projections (docs/benchmarks.md, "Idle").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_projection_does_not_read_the_log_in_a_loop() {
+    let h = Harness::start(Backend::Postgres, &["fixture_echo_a"]).await;
+    let body = h.append("s", Some(0), json!([{ "event_type": "tick", "data": {} }])).await;
+    let at = body["positions"][0].as_i64().unwrap();
+    h.get(&format!("/projections/echo/kv?prefix=seen/&min_position={at}")).await;
+    let admin = h.postgres().await;
+    let before = commits(&admin).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = commits(&admin).await - before;
+    assert!(during < 400, "{during} transactions in 4 s while idle");
+    h.finish().await;
+}
+
+/// Transactions committed in the database so far, a second from now (a
+/// backend reports its own at most once a second).
+async fn commits(admin: &Client) -> i64 {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let sql = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()";
+    admin.query_one(sql, &[]).await.unwrap().get(0)
+}
+
 /// Events and positions committed so far, in delivery order.
 async fn committed(client: &Client) -> Vec<(i64, String, i32)> {
     client

@@ -309,8 +309,7 @@ impl Worker {
             match self.step() {
                 Ok(true) => {}
                 Ok(false) => {
-                    let timers = self.timer_check.saturating_duration_since(Instant::now());
-                    if self.wait(self.ctx.poll_interval.min(timers)).is_err() {
+                    if self.wait(self.idle_wait()).is_err() {
                         break;
                     }
                 }
@@ -450,6 +449,18 @@ impl Worker {
             }
         };
         self.timer_check = Instant::now() + next;
+    }
+
+    /// How long to wait for a wake-up at the head of the log: the poll
+    /// interval, or less when a reactor's next look for due timers comes
+    /// sooner. (A projection has no timers: bounded by its never-updated
+    /// `timer_check` too, it read the log in a loop while idle: docs/benchmarks.md, "Idle".)
+    fn idle_wait(&self) -> Duration {
+        let poll = self.ctx.poll_interval;
+        match self.program.emits() {
+            Some(_) => poll.min(self.timer_check.saturating_duration_since(Instant::now())),
+            None => poll,
+        }
     }
 
     /// The live instance, creating one if needed.
