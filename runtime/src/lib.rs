@@ -63,6 +63,24 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Giving memory that reel freed back to the system once a worker is idle
+/// (ADR 12): mimalloc keeps a thread's freed pages for that thread's next
+/// allocations and purges them only as it allocates, so a thread that goes
+/// quiet after a burst (a catch-up, the start's loading) would hold them for
+/// as long as it stays quiet.
+#[allow(unsafe_code)]
+pub(crate) fn give_back_freed_memory() {
+    unsafe extern "C" {
+        /// mimalloc's `mi_collect`: with `force`, the calling thread's freed
+        /// pages, pages abandoned by threads that ended, and the arenas'
+        /// free ranges go back to the system.
+        fn mi_collect(force: bool);
+    }
+    // SAFETY: mi_collect takes no pointer and may be called from any thread
+    // at any time; it only frees memory no allocation holds.
+    unsafe { mi_collect(true) }
+}
+
 // A library user needs what is `pub` here: `run`/`serve`/`Server` with a
 // `Config`, and the shared `model`. `cli` and `scaffold` serve src/main.rs;
 // reel's own tests and benchmarks reach further in through `testing` alone.

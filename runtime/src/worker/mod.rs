@@ -189,6 +189,7 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         timer_check: Instant::now(),
         hold: None,
         hold_reply: None,
+        busy_at: Some(Instant::now()),
     };
     let thread = std::thread::Builder::new()
         .name(format!("reel-{}", worker.ns))
@@ -257,7 +258,15 @@ struct Worker {
     hold: Option<Cursor>,
     /// Who waits for the worker to reach its hold.
     hold_reply: Option<tokio::sync::oneshot::Sender<Result<Cursor, WorkerError>>>,
+    /// When it last applied a batch, if it has not given back the memory it
+    /// freed since (`IDLE_GIVE_BACK`).
+    busy_at: Option<Instant>,
 }
+
+/// How long a worker is idle before it gives the memory it freed back to
+/// the system: longer than the gaps between a live feed's batches, so that
+/// a busy worker does not pay for it.
+const IDLE_GIVE_BACK: Duration = Duration::from_secs(2);
 
 /// A batch whose commit was sent and not yet answered: the worker applies
 /// the next batch meanwhile, on the connection behind it, so the guest runs
@@ -307,8 +316,12 @@ impl Worker {
             }
             self.fire_timers();
             match self.step() {
-                Ok(true) => {}
+                Ok(true) => self.busy_at = Some(Instant::now()),
                 Ok(false) => {
+                    if self.busy_at.is_some_and(|at| at.elapsed() >= IDLE_GIVE_BACK) {
+                        crate::give_back_freed_memory();
+                        self.busy_at = None;
+                    }
                     if self.wait(self.idle_wait()).is_err() {
                         break;
                     }
