@@ -54,7 +54,7 @@ impl Rng {
 }
 
 /// A client's copy of a read model, built from the feed alone.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug, Default, Clone, PartialEq)]
 struct Replica {
     rows: BTreeMap<(String, String), Value>,
     kv: BTreeMap<String, Value>,
@@ -92,6 +92,9 @@ struct Seen {
     changes: Vec<Value>,
     copy: Replica,
     resets: usize,
+    /// Each `complete` (a snapshot ended): its position, the copy then and
+    /// how many changes came before it.
+    completes: Vec<(i64, Replica, usize)>,
     connections: usize,
 }
 
@@ -139,6 +142,10 @@ async fn follow(
                 "reset" => {
                     seen.resets += 1;
                     seen.copy = Replica::default();
+                }
+                "complete" => {
+                    let data: Value = serde_json::from_str(&message.data).unwrap();
+                    seen.completes.push((data["position"].as_i64().unwrap(), seen.copy.clone(), seen.changes.len()));
                 }
                 other => panic!("unexpected {other}: {}", message.data),
             }
@@ -364,6 +371,10 @@ async fn a_client_joining_after_a_rebuild_gets_each_row_once_then_the_changes(ba
     // Each row and entry once: the read model, not the history of the rebuild.
     assert_eq!(orders.changes.len(), model.rows.len(), "one message per row");
     assert_eq!(customers.changes.len(), model.kv.len(), "one message per entry");
+    for seen in [&orders, &customers] {
+        let positions: Vec<i64> = seen.completes.iter().map(|c| c.0).collect();
+        assert_eq!(positions, [last], "the snapshot ends with `complete` at the position it is read at");
+    }
     // Now live changes, while these two read on and two more clients join,
     // all of them dropped at random and resumed.
     let done = AtomicBool::new(false);

@@ -7,7 +7,8 @@
 //! the read model afresh (`gone`). A cut-over to another version (or a
 //! rebuild) sends `reset` before the new namespace's read model: its
 //! changes from its first when its history holds them all, else a snapshot
-//! of its rows as `insert`s, then its changes (ADR 30). A client with no
+//! of its rows as `insert`s ending with `complete` (the position the copy
+//! is then the read model at), then its changes (ADR 30). A client with no
 //! resume point gets the same, without the `reset`.
 
 use std::collections::VecDeque;
@@ -44,8 +45,9 @@ pub struct ChangesParams {
 }
 
 /// The feed: `410` when the resume point is past the retention window,
-/// else a stream of changes (`message`), `reset` at a cut-over and a last
-/// `gone` when the window passes a client mid-stream.
+/// else a stream of changes (`message`), `complete` at the end of a
+/// snapshot, `reset` at a cut-over and a last `gone` when the window passes
+/// a client mid-stream.
 pub async fn changes(
     State(services): State<Services>,
     Path(name): Path<String>,
@@ -133,6 +135,11 @@ impl Feed {
         let idle = !read.reset && read.changes.is_empty() && read.next == self.at;
         for (change, point) in read.changes {
             self.queue.push_back(Message::default().id(point.token()).data(change_json(&change).to_string()));
+        }
+        if let Some(position) = read.complete {
+            let data = json!({ "position": position.id, "message": format!("the snapshot is complete: your copy \
+                is the read model at position {}; the changes that follow are its history", position.id) });
+            self.queue.push_back(Message::default().event("complete").id(read.next.token()).data(data.to_string()));
         }
         self.at = read.next;
         idle

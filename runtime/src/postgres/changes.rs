@@ -202,6 +202,7 @@ async fn snapshot_step(client: &Client, slug: &str, at: &SnapshotAt, limit: usiz
     let checkpoint =
         client.query_one("SELECT tx, position FROM reel.read_checkpoint($1)", &[&slug]).await.map_err(db)?;
     let position = Cursor { tx: checkpoint.get(0), id: checkpoint.get(1) };
+    step.position = Some(position);
     let mut tables: Vec<String> = client.query(TABLES, &[]).await.map_err(db)?.iter().map(|r| r.get(0)).collect();
     tables.push(String::new());
     tables.sort();

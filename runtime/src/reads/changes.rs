@@ -83,6 +83,10 @@ pub struct ChangeRead {
     pub last: i64,
     /// The serving version's applied position now.
     pub position: Cursor,
+    /// The client's snapshot ended in this read: once it has these
+    /// changes, its copy is the read model at this applied position, and
+    /// what follows is the history (ADR 30).
+    pub complete: Option<Cursor>,
 }
 
 impl ChangeRead {
@@ -120,7 +124,7 @@ impl Reads {
         let same = after.filter(|p| p.slug == slug).cloned();
         // A token of another namespace: empty the copy, then from empty.
         let reset = after.is_some() && same.is_none();
-        let (changes, next, gone, last, reset) = self
+        let (changes, next, complete, gone, last, reset) = self
             .on_reader(view, turn, move |reader| {
                 let page = reader.changes(same.as_ref().map_or(0, |p| p.seq), limit)?;
                 let (pruned, last, start) = (page.pruned_through, page.last, page.start);
@@ -160,7 +164,7 @@ impl Reads {
                 };
                 Ok(match plan {
                     Plan::Snapshot(at) => (snapshot_items(&slug, reader, &at, limit)?, false, last, false),
-                    Plan::Gone(point) => ((Vec::new(), point), true, last, false),
+                    Plan::Gone(point) => ((Vec::new(), point, None), true, last, false),
                     _ => {
                         let seq = same.as_ref().map_or(0, |p| p.seq);
                         (history_items(&slug, seq, page.changes), false, last, false)
@@ -168,12 +172,12 @@ impl Reads {
                 })
             })
             .await
-            .map(|((changes, next), gone, last, reset)| (changes, next, gone, last, reset))?;
+            .map(|((changes, next, complete), gone, last, reset)| (changes, next, complete, gone, last, reset))?;
         let from = match after {
             Some(point) if !reset => point.clone(),
             _ => ChangePoint { slug: next.slug.clone(), seq: 0, snapshot: None },
         };
-        Ok(ChangeRead { from, reset, changes, next, gone, last, position })
+        Ok(ChangeRead { from, reset, changes, next, gone, last, position, complete })
     }
 
     /// Wakes when the serving version of `name` commits a batch (a
@@ -195,8 +199,9 @@ enum Plan {
     Gone(ChangePoint),
 }
 
-/// Changes, each with the point after it, and the point after them all.
-type Items = (Vec<(Change, ChangePoint)>, ChangePoint);
+/// Changes, each with the point after it, the point after them all, and
+/// the applied position a snapshot that ended with them is at.
+type Items = (Vec<(Change, ChangePoint)>, ChangePoint, Option<Cursor>);
 
 /// History changes after `seq`, each with the point after it.
 fn history_items(slug: &str, seq: i64, changes: Vec<Change>) -> Items {
@@ -208,11 +213,12 @@ fn history_items(slug: &str, seq: i64, changes: Vec<Change>) -> Items {
             (change, next.clone())
         })
         .collect();
-    (items, next)
+    (items, next, None)
 }
 
 /// A step of the snapshot at `at`: its items, each with the point after
-/// it; past its last row, the point in the history after it.
+/// it; past its last row, the point in the history after it and the
+/// position the snapshot is complete at.
 fn snapshot_items(
     slug: &str,
     reader: &mut dyn crate::store::Reader,
@@ -222,7 +228,8 @@ fn snapshot_items(
     let step = reader.snapshot(at, limit)?;
     let point = |at: Option<SnapshotAt>, seq: i64| ChangePoint { slug: slug.to_owned(), seq, snapshot: at };
     let items = step.items.into_iter().map(|(change, after)| (change, point(Some(after.clone()), after.at))).collect();
-    Ok((items, point(step.next, step.at)))
+    let complete = if step.next.is_none() { step.position } else { None };
+    Ok((items, point(step.next, step.at), complete))
 }
 
 #[cfg(test)]

@@ -122,6 +122,10 @@ pub struct SnapshotStep {
     pub at: i64,
     /// As in [`ChangePage`].
     pub pruned_through: i64,
+    /// The applied position the step's rows are read at (`None`: it read
+    /// no rows, only history). With `next` at `None`, the client's copy is
+    /// the read model at this position.
+    pub position: Option<Cursor>,
 }
 
 /// Reads of the change history.

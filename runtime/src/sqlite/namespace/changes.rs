@@ -420,6 +420,7 @@ fn snapshot_step(conn: &Connection, at: &SnapshotAt, limit: usize) -> Result<Sna
             Ok(Cursor { tx: r.get(0)?, id: r.get(1)? })
         })
         .map_err(db)?;
+    step.position = Some(position);
     let tables = snapshot_tables(conn).map_err(db)?;
     loop {
         // The point's table, or the next one (a table dropped meanwhile).
