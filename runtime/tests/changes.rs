@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::{Backend, Harness, sse};
 use reel::testing::workload::{OrderWorkload, generate};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 const PROJECTIONS: [&str; 2] = ["order-summaries", "customer-stats"];
 
@@ -412,6 +412,181 @@ async fn a_client_joining_after_a_rebuild_gets_each_row_once_then_the_changes(ba
     h.finish().await;
 }
 
+/// The churn fixture's tables and their keys (`projections/fixtures/churn`).
+const CHURN_TABLES: [(&str, &[&str]); 2] = [("items", &["id"]), ("pairs", &["a", "b"])];
+
+/// A server capturing the changes of the churn fixture, in batches of at
+/// most 100 events, with `tweak` on top.
+async fn start_churn(backend: Backend, tweak: impl FnOnce(&mut reel::Config)) -> Harness {
+    Harness::start_with(backend, &["fixture_churn"], |c| {
+        c.projections.entry("churn".into()).or_default().changes = true;
+        c.batch.max_events = 100;
+        tweak(c);
+    })
+    .await
+}
+
+/// Appends `churn.tick` events `i` = `from`, `from + 1`, ... (`total` of
+/// them) through `app`, 1 to 40 to an append, to 8 streams. Returns the
+/// last position.
+async fn append_ticks(app: &axum::Router, from: i64, total: i64, seed: u64) -> i64 {
+    let (mut rng, mut i, mut last) = (Rng(seed), from, 0);
+    while i < from + total {
+        let n = (1 + rng.below(40) as i64).min(from + total - i);
+        let events: Vec<Value> =
+            (i..i + n).map(|i| json!({ "event_type": "churn.tick", "data": { "i": i } })).collect();
+        let body = json!({ "stream_id": format!("churn-{}", rng.below(8)), "events": events });
+        let (status, body) = common::oneshot(app, "POST", "/events", Some(&body.to_string())).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        last = body["positions"].as_array().unwrap().last().unwrap().as_i64().unwrap();
+        i += n;
+    }
+    last
+}
+
+/// The first tick, alone, applied: the batch that reaches the head of the
+/// log then finds the read model empty, so its history holds every change
+/// from empty (ADR 30; a first batch of 100 would not reach the head).
+async fn first_tick(h: &Harness) {
+    let last = append_ticks(&h.app, 0, 1, 20).await;
+    churn_caught_up(h, last).await;
+}
+
+/// Waits until the churn fixture applied everything through `last`.
+async fn churn_caught_up(h: &Harness, last: i64) {
+    h.wait_status("churn", Duration::from_secs(60), |s| s["position"].as_i64().is_some_and(|c| c >= last)).await;
+}
+
+/// The churn fixture's whole read model over HTTP, in the copy's shape:
+/// every table (the list is checked, so none is left out) with its rows
+/// keyed by primary key as the feed keys them, and every KV entry.
+async fn churn_model(h: &Harness) -> Replica {
+    let names: Vec<&str> = CHURN_TABLES.iter().map(|(t, _)| *t).collect();
+    assert_eq!(h.get("/projections/churn/tables").await, json!(names), "every table is compared");
+    let mut rows = BTreeMap::new();
+    for (table, keys) in CHURN_TABLES {
+        let read = h.get(&format!("/projections/churn/tables/{table}?limit=10000")).await;
+        let read = read.as_array().unwrap();
+        assert!(read.len() < 10_000, "read whole");
+        for row in read {
+            let key: serde_json::Map<String, Value> = keys.iter().map(|k| ((*k).to_owned(), row[*k].clone())).collect();
+            rows.insert((table.to_owned(), Value::Object(key).to_string()), row.clone());
+        }
+    }
+    Replica { rows, kv: kv_entries(h, "churn").await }
+}
+
+/// The copy equals the read model, table by table and in the KV entries.
+fn same_model(copy: &Replica, model: &Replica, what: &str) {
+    assert!(copy.rows == model.rows, "{what}: the rows differ: {:#?}", differ(&copy.rows, &model.rows));
+    assert!(copy.kv == model.kv, "{what}: the KV entries differ: {:#?}", differ(&copy.kv, &model.kv));
+}
+
+/// The (table or `kv`, kind) pairs of `changes`, and how many of each.
+fn kinds(changes: &[Value]) -> BTreeMap<(String, String), usize> {
+    let mut out = BTreeMap::new();
+    for change in changes {
+        let table = change["table"].as_str().unwrap_or("kv").to_owned();
+        *out.entry((table, change["kind"].as_str().unwrap().to_owned())).or_default() += 1;
+    }
+    out
+}
+
+async fn a_feed_of_deletes_updates_and_rekeyed_rows_rebuilds_every_table_and_kv_entry(backend: Backend) {
+    let h = start_churn(backend, |_| {}).await;
+    first_tick(&h).await;
+    // Two clients from empty while the ticks commit: one never drops its
+    // connection, one is dropped at random and resumes with Last-Event-ID.
+    let done = AtomicBool::new(false);
+    let appending = async {
+        let last = append_ticks(&h.app, 1, 2999, 21).await;
+        churn_caught_up(&h, last).await;
+        done.store(true, Ordering::SeqCst);
+        last
+    };
+    let quiet = Duration::from_secs(3);
+    let (last, whole, resumed) = tokio::join!(
+        appending,
+        follow(&h, "churn", None, u64::MAX, 1, quiet, &done),
+        follow(&h, "churn", None, 60, 2, quiet, &done),
+    );
+    let model = churn_model(&h).await;
+    assert!(model.rows.len() > 500 && !model.kv.is_empty(), "{} rows", model.rows.len());
+    // The feed carries what the update hook would miss: deletes (many rows
+    // to a statement), updates, a key changed, the table WITHOUT ROWID.
+    let seen = kinds(&whole.changes);
+    for (table, kind) in [
+        ("kv", "set"),
+        ("kv", "unset"),
+        ("items", "insert"),
+        ("items", "update"),
+        ("items", "delete"),
+        ("pairs", "insert"),
+        ("pairs", "update"),
+        ("pairs", "delete"),
+    ] {
+        assert!(seen.contains_key(&(table.into(), kind.into())), "no {kind} of {table} in the feed: {seen:?}");
+    }
+    in_order(&whole.ids);
+    assert!(whole.completes.is_empty(), "a history from the empty read model is no snapshot");
+    same_model(&whole.copy, &model, "the feed from empty, applied to an empty copy");
+    assert!(resumed.connections > 1);
+    assert_eq!(resumed.ids, whole.ids, "every change once, in order, over {} connections", resumed.connections);
+    same_model(&resumed.copy, &model, "the feed resumed at random");
+
+    // After a rebuild the history starts at the head (ADR 30): a client
+    // from empty gets a snapshot (the pairs paged by their two-column key),
+    // interleaved with the changes of ticks committing meanwhile; one with
+    // a token of the old namespace gets `reset`, then the same.
+    let serving = h.status("churn").await["namespace"].clone();
+    let (status, body) = h.call("POST", "/projections/churn/rebuild", None).await;
+    assert!(status.is_success(), "{body}");
+    let before = model;
+    let position = h
+        .wait_status("churn", Duration::from_secs(60), |s| {
+            s["namespace"] != serving && s["rebuild"].is_null() && s["position"].as_i64().is_some_and(|c| c >= last)
+        })
+        .await["position"]
+        .as_i64()
+        .unwrap();
+    // On a quiet log the snapshot ends with `complete` at the position
+    // the read model is at, and the copy is the read model then.
+    let quiet_snapshot = follow(&h, "churn", None, u64::MAX, 5, Duration::from_millis(1500), &ALWAYS).await;
+    assert_eq!(quiet_snapshot.completes.len(), 1, "one `complete`");
+    let (at, copy, _) = &quiet_snapshot.completes[0];
+    assert_eq!(*at, position, "the position the snapshot is complete at");
+    same_model(copy, &before, "the copy when the snapshot is complete");
+    assert!(quiet_snapshot.changes.iter().all(|c| c["snapshot"] == true), "nothing but the snapshot");
+    let pairs = quiet_snapshot.changes.iter().filter(|c| c["table"] == "pairs").count();
+    assert!(pairs > 500, "the pairs in more than one step (500 rows), paged by their two-column key: {pairs}");
+    let done = AtomicBool::new(false);
+    let appending = async {
+        let last = append_ticks(&h.app, 3000, 1000, 22).await;
+        churn_caught_up(&h, last).await;
+        done.store(true, Ordering::SeqCst);
+    };
+    let ((), fresh, reset) = tokio::join!(
+        appending,
+        follow(&h, "churn", None, 80, 3, quiet, &done),
+        follow(&h, "churn", whole.ids.last().cloned(), 80, 4, quiet, &done),
+    );
+    let model = churn_model(&h).await;
+    assert_ne!(model, before, "the ticks after the rebuild changed the read model");
+    same_model(&fresh.copy, &model, "a snapshot and the changes after it, applied to an empty copy");
+    assert_eq!(reset.resets, 1, "one reset at the cut-over");
+    same_model(&reset.copy, &model, "after the reset");
+    for seen in [&fresh, &reset] {
+        assert_eq!(seen.completes.len(), 1, "one `complete`, however often the client reconnected");
+        let (_, _, sent) = &seen.completes[0];
+        assert!(seen.changes[..*sent].iter().any(|c| c["snapshot"] == true), "the snapshot comes before it");
+        assert!(seen.changes[*sent..].iter().all(|c| c["snapshot"].is_null()), "and only the history after it");
+        each_row_once(&seen.changes);
+        let ids: std::collections::HashSet<&String> = seen.ids.iter().collect();
+        assert_eq!(ids.len(), seen.ids.len(), "no message twice");
+    }
+    h.finish().await;
+}
+
 async fn changes_not_captured_are_refused_and_bad_tokens_too(backend: Backend) {
     let h = Harness::start(backend, &["order_summaries"]).await;
     let (status, body) = h.call("GET", "/projections/order-summaries/changes", None).await;
@@ -429,10 +604,98 @@ async fn changes_not_captured_are_refused_and_bad_tokens_too(backend: Backend) {
     h.finish().await;
 }
 
+/// Every committed event's position, in delivery order, paging `GET /events`.
+async fn log_positions(h: &Harness) -> Vec<i64> {
+    let (mut out, mut after) = (Vec::new(), String::new());
+    loop {
+        let page = h.get(&format!("/events?limit=1000&after={}", common::urlencode(&after))).await;
+        let events = page["events"].as_array().unwrap();
+        out.extend(events.iter().map(|e| e["position"].as_i64().unwrap()));
+        after = page["next"].as_str().unwrap().to_owned();
+        if events.len() < 1000 {
+            return out;
+        }
+    }
+}
+
+/// Follows `GET /events/live` from `start` until `want` events came,
+/// dropping the connection after a random number of messages (at most
+/// `disconnect_every`) and resuming with `Last-Event-ID`: the positions.
+async fn follow_live(h: &Harness, start: Option<String>, want: usize, disconnect_every: u64, seed: u64) -> Vec<i64> {
+    let (mut got, mut last_id, mut rng) = (Vec::new(), start, Rng(seed));
+    while got.len() < want {
+        let (status, _, mut stream) = sse::open(&h.app, "/events/live", last_id.as_deref()).await;
+        assert_eq!(status, StatusCode::OK, "{}", stream.text().await);
+        let quota = 1 + rng.below(disconnect_every);
+        for _ in 0..quota {
+            if got.len() == want {
+                break;
+            }
+            let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
+            let Ok(message) = next else { panic!("the live feed stopped after {} of {want} events", got.len()) };
+            let message = message.expect("the live feed stays open");
+            assert_eq!(message.event, "message", "{message:?}");
+            last_id = message.id.clone().or(last_id);
+            got.push(serde_json::from_str::<Value>(&message.data).unwrap()["position"].as_i64().unwrap());
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_does_not_own_the_projection_serves_its_changes_and_the_live_log() {
+    let a = start_churn(Backend::Postgres, |_| {}).await;
+    let url = a.config.database_url.clone().unwrap();
+    a.wait_status("churn", Duration::from_secs(30), |s| s["state"] == "running").await;
+    let b = start_churn(Backend::Postgres, |c| c.database_url = Some(url.clone())).await;
+    b.wait_status("churn", Duration::from_secs(30), |s| s["state"] == "standby").await;
+    // A client of the owner reads the first changes; the log is read there too.
+    first_tick(&a).await;
+    let last = append_ticks(&a.app, 1, 499, 31).await;
+    churn_caught_up(&a, last).await;
+    let early = follow(&a, "churn", None, u64::MAX, 1, Duration::from_millis(800), &ALWAYS).await;
+    assert!(!early.ids.is_empty());
+    let page = a.get("/events?limit=200").await;
+    let live_start = page["next"].as_str().unwrap().to_owned();
+    // While the owner applies more, clients of the other process resume
+    // with the owner's tokens (and one starts from empty), dropped at random.
+    let done = AtomicBool::new(false);
+    let appending = async {
+        let last = append_ticks(&a.app, 500, 1500, 32).await;
+        churn_caught_up(&a, last).await;
+        done.store(true, Ordering::SeqCst);
+    };
+    let quiet = Duration::from_secs(3);
+    let ((), resumed, fresh, live) = tokio::join!(
+        appending,
+        follow(&b, "churn", early.ids.last().cloned(), 40, 2, quiet, &done),
+        follow(&b, "churn", None, 40, 3, quiet, &done),
+        follow_live(&b, Some(live_start), 2000 - 200, 300, 4),
+    );
+    assert_eq!(b.status("churn").await["state"], "standby", "the other process never owned the projection");
+    // The owner's feed from empty is the reference.
+    let model = churn_model(&a).await;
+    let whole = follow(&a, "churn", None, u64::MAX, 5, Duration::from_secs(1), &ALWAYS).await;
+    same_model(&whole.copy, &model, "the owner's feed");
+    assert!(resumed.connections > 1 && fresh.connections > 1);
+    assert_eq!(resumed.ids, whole.ids[early.ids.len()..], "resumed at the other process: every change once, in order");
+    assert_eq!(fresh.ids, whole.ids, "from empty at the other process");
+    same_model(&fresh.copy, &model, "the other process's feed from empty");
+    let mut copy = early.copy;
+    resumed.changes.iter().for_each(|c| copy.apply(c));
+    same_model(&copy, &model, "the owner's changes, then the other process's");
+    let log = log_positions(&a).await;
+    assert_eq!(log.len(), 2000);
+    assert!(live == log[200..], "the live log at the other process: every event once, in order");
+    a.server.shutdown().await;
+    b.finish().await;
+}
+
 both_backends!(
     clients_resumed_at_random_rebuild_the_read_model_from_the_changes,
     a_resume_point_past_retention_answers_410_and_where_to_read_on,
     a_rebuild_sends_reset_before_the_new_namespace_s_changes,
     a_client_joining_after_a_rebuild_gets_each_row_once_then_the_changes,
     changes_not_captured_are_refused_and_bad_tokens_too,
+    a_feed_of_deletes_updates_and_rekeyed_rows_rebuilds_every_table_and_kv_entry,
 );
