@@ -699,3 +699,55 @@ both_backends!(
     changes_not_captured_are_refused_and_bad_tokens_too,
     a_feed_of_deletes_updates_and_rekeyed_rows_rebuilds_every_table_and_kv_entry,
 );
+
+/// Resident memory of this process (the server runs in it), in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<f64>().unwrap() / 1024.0
+}
+
+/// A measurement, not a CI test (`cargo test -p reel --test changes --
+/// --ignored --nocapture stalled`, on each backend): 50 change-feed clients
+/// that stop reading after their first change while 20,000 ticks of the
+/// churn fixture commit (some 60,000 changes); prints the resident memory
+/// as it goes. The feed reads the history at the client's pace (ADR 28): a
+/// stalled client holds at most a page, and is never cut.
+async fn stalled_change_feed_clients_keep_the_servers_memory_flat(backend: Backend) {
+    let h = start_churn(backend, |_| {}).await;
+    first_tick(&h).await;
+    // Tick 0 leaves nothing (what it writes it deletes): a few more.
+    churn_caught_up(&h, append_ticks(&h.app, 1, 10, 39).await).await;
+    let mut streams = Vec::new();
+    // `REEL_STALLED_CLIENTS=0` for the same run without them.
+    let clients = std::env::var("REEL_STALLED_CLIENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(50);
+    for _ in 0..clients {
+        let (_, _, mut stream) = sse::open(&h.app, "/projections/churn/changes", None).await;
+        stream.next().await.unwrap();
+        streams.push(stream);
+    }
+    eprintln!("before: {:.0} MiB", rss_mib());
+    for round in 0..10 {
+        let last = append_ticks(&h.app, 11 + round * 2000, 2000, 40 + round as u64).await;
+        churn_caught_up(&h, last).await;
+        eprintln!("after {} ticks: {:.0} MiB", (round + 1) * 2000, rss_mib());
+    }
+    // Each stalled client reads on from where it stopped.
+    for stream in &mut streams {
+        assert_eq!(stream.next().await.unwrap().event, "message");
+    }
+    eprintln!("all {clients} read on: {:.0} MiB", rss_mib());
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn stalled_change_feed_clients_keep_the_servers_memory_flat_on_sqlite() {
+    stalled_change_feed_clients_keep_the_servers_memory_flat(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn stalled_change_feed_clients_keep_the_servers_memory_flat_on_postgres() {
+    stalled_change_feed_clients_keep_the_servers_memory_flat(Backend::Postgres).await;
+}
