@@ -8,7 +8,7 @@
 
 use super::events::{
     APPEND, DEAD_CONNECTIONS, PgSource, append, conflict, connection_lost, is_conflict, on_a_live_connection,
-    outcome_unknown_if_lost, pg_error,
+    outcome_unknown_if_lost, pg_error, query_cached,
 };
 use crate::source::{
     AppendRequest, Appended, CommandStore, KeptAnswer, Keyed, LogFuture, Outcome, Snapshot, SourceError,
@@ -52,8 +52,8 @@ impl CommandStore for PgSource {
         Box::pin(async move {
             let sql = "SELECT fingerprint, outcome, stream_id, version, count, reason FROM reel.command_answers \
                        WHERE key = $1 AND created_micros >= $2";
-            let (_, row) = on_a_live_connection!(self, |c| c.query_opt(sql, &[&key, &expired_before]));
-            row.map(|r| {
+            let (_, rows) = on_a_live_connection!(self, |c| query_cached(&c, sql, &[&key, &expired_before]));
+            rows.first().map(|r| {
                 let outcome: String = r.get(1);
                 let outcome = Outcome::parse(&outcome)
                     .ok_or_else(|| SourceError::Internal(format!("an answer kept as `{outcome}`")))?;
@@ -126,8 +126,8 @@ impl CommandStore for PgSource {
         Box::pin(async move {
             let sql = "SELECT version, state FROM reel.decider_snapshots \
                        WHERE decider = $1 AND stream_id = $2 AND code = $3";
-            let (_, row) = on_a_live_connection!(self, |c| c.query_opt(sql, &[&decider, &stream, &code]));
-            Ok(row.map(|r| Snapshot { decider, code, stream_id: stream, version: r.get(0), state: r.get(1) }))
+            let (_, rows) = on_a_live_connection!(self, |c| query_cached(&c, sql, &[&decider, &stream, &code]));
+            Ok(rows.first().map(|r| Snapshot { decider, code, stream_id: stream, version: r.get(0), state: r.get(1) }))
         })
     }
 

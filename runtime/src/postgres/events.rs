@@ -218,7 +218,8 @@ impl PgSource {
     pub async fn read_stream(&self, stream: &str, after_version: i64, limit: usize) -> Result<Vec<Event>, SourceError> {
         let sql = "SELECT id, stream_id, version::bigint, event_type, data::text, metadata::text, occurred_at \
                      FROM public.events WHERE stream_id = $1 AND version > $2::bigint ORDER BY version LIMIT $3";
-        let (_, rows) = on_a_live_connection!(self, |c| c.query(sql, &[&stream, &after_version, &(limit as i64)]));
+        let (_, rows) =
+            on_a_live_connection!(self, |c| query_cached(&c, sql, &[&stream, &after_version, &(limit as i64)]));
         Ok(rows
             .iter()
             .map(|row| Event {
@@ -452,6 +453,20 @@ pub(super) const APPEND: &str = "WITH current AS (SELECT coalesce(max(version), 
        FROM current, unnest($3::text[], $4::text[], $5::text[]) WITH ORDINALITY AS u(t, d, m, n) \
       WHERE $2::bigint IS NULL OR current.version = $2 \
      RETURNING id, version::bigint, transaction_id::text";
+
+/// `sql`'s rows, its statement prepared once per pooled connection: one
+/// round trip to the server instead of two (a statement given as text is
+/// prepared, then run). For reads, which a lost connection repeats
+/// elsewhere; an append prepares its statement anew, to find a dead
+/// connection before anything is written ([`PgSource::append`]).
+pub(super) async fn query_cached(
+    client: &deadpool_postgres::Object,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.query(&statement, params).await
+}
 
 /// Whether `e` says the connection is gone: closed, broken, or its session
 /// ended by the server (class 57P: a shutdown, `pg_terminate_backend`;
