@@ -53,20 +53,21 @@ impl CommandStore for PgSource {
             let sql = "SELECT fingerprint, outcome, stream_id, version, count, reason FROM reel.command_answers \
                        WHERE key = $1 AND created_micros >= $2";
             let (_, rows) = on_a_live_connection!(self, |c| query_cached(&c, sql, &[&key, &expired_before]));
-            rows.first().map(|r| {
-                let outcome: String = r.get(1);
-                let outcome = Outcome::parse(&outcome)
-                    .ok_or_else(|| SourceError::Internal(format!("an answer kept as `{outcome}`")))?;
-                Ok(KeptAnswer {
-                    fingerprint: r.get(0),
-                    outcome,
-                    stream_id: r.get(2),
-                    version: r.get(3),
-                    count: r.get(4),
-                    reason: r.get(5),
+            rows.first()
+                .map(|r| {
+                    let outcome: String = r.get(1);
+                    let outcome = Outcome::parse(&outcome)
+                        .ok_or_else(|| SourceError::Internal(format!("an answer kept as `{outcome}`")))?;
+                    Ok(KeptAnswer {
+                        fingerprint: r.get(0),
+                        outcome,
+                        stream_id: r.get(2),
+                        version: r.get(3),
+                        count: r.get(4),
+                        reason: r.get(5),
+                    })
                 })
-            })
-            .transpose()
+                .transpose()
         })
     }
 
