@@ -137,7 +137,7 @@ impl Worker {
             Ok(guest) => guest.caps(),
             Err(_) => self.spare.as_mut().expect("capabilities are spare when no instance exists"),
         };
-        let mut attempt = |caps: &mut Capabilities| {
+        let attempt = |caps: &mut Capabilities| {
             let result = caps
                 .begin()
                 .and_then(|()| caps.writer()?.dead_letter(event, message))
