@@ -7,7 +7,7 @@
 
 use reel_model::{Cursor, Event, OnError};
 
-use crate::host::{Capabilities, GuestFailure};
+use crate::host::GuestFailure;
 use crate::store::StoreError;
 
 use super::{ATTEMPTS, Admin, Halt, State, Worker, WorkerError, backoff};
@@ -132,27 +132,17 @@ impl Worker {
     /// `end`, the cursor after it, in one transaction.
     fn set_aside(&mut self, event: &Event, end: Cursor, message: &str) -> Result<(), StoreError> {
         let from = self.persisted;
-        let projection = self.ns.to_string();
         let caps = match self.guest() {
             Ok(guest) => guest.caps(),
             Err(_) => self.spare.as_mut().expect("capabilities are spare when no instance exists"),
         };
-        let attempt = |caps: &mut Capabilities| {
-            let result = caps
-                .begin()
-                .and_then(|()| caps.writer()?.dead_letter(event, message))
-                .and_then(|()| caps.commit(from, end));
-            if result.is_err() {
-                let _ = caps.rollback();
-            }
-            result
-        };
-        // Once more after a rollback: a transaction the failed batch (or the
-        // poison event's recording run) left aborted on the connection fails
-        // the first attempt (PostgreSQL 25P02), not the second.
-        if let Err(e) = attempt(caps) {
-            tracing::warn!(projection, position = event.position, "dead-lettering, again after: {e}");
-            attempt(caps)?;
+        let result = caps
+            .begin()
+            .and_then(|()| caps.writer()?.dead_letter(event, message))
+            .and_then(|()| caps.commit(from, end));
+        if let Err(e) = result {
+            let _ = caps.rollback();
+            return Err(e);
         }
         self.cursor = end;
         self.persisted = end;
