@@ -335,6 +335,45 @@ async fn an_open_writing_transaction_delays_delivery_and_status_names_it() {
     h.finish().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_the_database_cannot_take_yet_is_set_aside_once_it_can() {
+    // The dead-letter table is locked: setting the poison event aside runs
+    // past the batch deadline. The projection says so (retrying) and, once
+    // the lock is gone, sets the event aside and goes on.
+    let h = Harness::start_with(Backend::Postgres, &[], |c| c.limits.batch_timeout = Duration::from_secs(2)).await;
+    let blocker = h.postgres().await;
+    blocker.batch_execute("BEGIN; LOCK TABLE reel.dead_letters IN SHARE MODE").await.unwrap();
+    let mut positions = five_ticks(&h).await;
+    let fault = json!([{ "event_type": "fault", "data": { "target": "skipper", "action": "error" } }]);
+    let poison = h.append("fault", Some(0), fault).await["positions"][0].as_i64().unwrap();
+    let tail =
+        h.append("tail", Some(0), serde_json::Value::Array(vec![json!({ "event_type": "tick", "data": {} }); 3])).await;
+    positions.extend(tail["positions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()));
+    let last = *positions.last().unwrap();
+    h.install("fixture_skipper", "skipper.wasm");
+    let refused = h
+        .wait_status("skipper", Duration::from_secs(60), |s| {
+            s["state"] == "retrying"
+                && s["last_error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with(&format!("dead-lettering event {poison}")))
+        })
+        .await;
+    assert_eq!(refused["dead_letters"], 0, "{refused:#}");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    let status = h.wait_status("skipper", Duration::from_secs(60), |s| s["position"] == last).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+    let letters = h.get("/projections/skipper/dead-letters").await;
+    let letters: Vec<i64> = letters.as_array().unwrap().iter().map(|l| l["position"].as_i64().unwrap()).collect();
+    assert_eq!(letters, vec![poison]);
+    let mut seen: Vec<i64> =
+        h.kv_bytes("skipper", "seen/").await.into_keys().map(|k| k["seen/".len()..].parse().unwrap()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, positions, "every other event applied");
+    assert_eq!(h.kv_bytes("skipper", "duplicate/").await.len(), 0, "no event applied twice");
+    h.finish().await;
+}
+
 /// Transactions that cannot insert into reel's events hold back no one (ADR
 /// 39): one in another database of the cluster (another application's long
 /// `COPY`, a `CREATE DATABASE`) and a projection's own batch, however long it
@@ -840,6 +879,47 @@ async fn kv_writes_insert_the_keys_known_new_and_a_wrong_guess_costs_one_attempt
     batch(&mut w, 5, &[("e", "1")]).unwrap();
     assert_eq!(kv_rows(&admin, "kv").await, want(&[("a", "4"), ("b", "2"), ("c", "2"), ("d", "ours"), ("e", "1")]));
     assert_eq!(w.namespace().checkpoint().unwrap().cursor, at(5));
+    drop(w);
+    drop_database(&url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_before_sending_rolls_back_everything_it_had_sent() {
+    // A statement whose parameters cannot be sent fails its batch in reel,
+    // while the batch's `BEGIN` and first write may still be queued for the
+    // server. The rollback must end what they start: a `ROLLBACK` that
+    // overtook them would end nothing, and the next batch's commit would
+    // keep the failed batch's write.
+    let (url, store, _source) = store().await;
+    let admin = connect(&url).await;
+    let mut w = writer(&store, "refused");
+    const INSERT: &str = "INSERT INTO marks (n) VALUES ($1)";
+    w.begin().unwrap();
+    w.sql_execute("CREATE TABLE marks (n BIGINT)", vec![]).unwrap();
+    w.sql_execute(INSERT, vec![Value::Integer(0)]).unwrap();
+    w.commit(at(0), at(1)).unwrap();
+    let rounds = 200;
+    for round in 1..=rounds {
+        w.begin().unwrap();
+        w.sql_execute(INSERT, vec![Value::Integer(1)]).unwrap();
+        w.sql_execute(INSERT, vec![]).unwrap(); // one parameter short: refused unsent
+        let failed = w.commit(at(round), at(round + 1)).unwrap_err();
+        assert!(failed.to_string().contains("parameters"), "{failed:?}");
+        w.rollback().unwrap();
+        w.begin().unwrap();
+        w.sql_execute(INSERT, vec![Value::Integer(2)]).unwrap();
+        w.commit(at(round), at(round + 1)).unwrap();
+    }
+    let schema: String =
+        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'refused'", &[]).await.unwrap().get(0);
+    let counts: BTreeMap<i64, i64> = admin
+        .query(&format!("SELECT n, count(*) FROM \"{schema}\".marks GROUP BY n"), &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(counts, BTreeMap::from([(0, 1), (2, rounds)]), "no write of a failed batch is kept");
     drop(w);
     drop_database(&url).await;
 }

@@ -412,25 +412,26 @@ impl PgNamespace {
 
     pub(super) fn sync_own(&mut self) -> Result<(), StoreError> {
         self.send_execs()?;
-        if let Some(failed) = &self.failed {
-            return Err(failed.clone());
-        }
-        if self.in_flight == 0 {
-            return Ok(());
-        }
-        self.in_flight = 0;
-        let answer = self.send_sync()?;
-        let failure = block_on_with_deadline(&self.handle, &self.client, self.remaining(), async {
-            answer.await.map_err(|_| pipeline_stopped())
-        })?;
-        match failure {
-            None => Ok(()),
-            Some((blame, e)) => {
+        // Waited for even when the transaction has failed already (a
+        // statement refused before it was sent): what is queued may not
+        // have reached the server yet, and a `ROLLBACK` sent past it would
+        // end nothing, then the queued `BEGIN` and writes would run after it
+        // and land in the next batch's commit (ADR 7).
+        if self.in_flight > 0 {
+            self.in_flight = 0;
+            let answer = self.send_sync()?;
+            let failure = block_on_with_deadline(&self.handle, &self.client, self.remaining(), async {
+                answer.await.map_err(|_| pipeline_stopped())
+            })?;
+            if let Some((blame, e)) = failure {
                 let error = failure_error(blame, &e);
                 self.note_failure(blame, &error);
-                self.failed = Some(error.clone());
-                Err(error)
+                self.failed.get_or_insert(error);
             }
+        }
+        match &self.failed {
+            Some(failed) => Err(failed.clone()),
+            None => Ok(()),
         }
     }
 
