@@ -123,7 +123,10 @@ impl Worker {
                     1,
                 );
                 self.wait(backoff(3))?;
-                Err(Halt::Stopped)
+                // The database's fault, not the event's: start over from the
+                // committed checkpoint, which narrows down to the event and
+                // sets it aside again.
+                Err(Halt::Retry)
             }
         }
     }

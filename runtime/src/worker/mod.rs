@@ -213,6 +213,10 @@ enum Halt {
     Fenced,
     /// The namespace's connection is gone: open it again.
     Reconnect,
+    /// A write of reel's own failed where the batch cannot be retried in
+    /// place (a dead letter): open the namespace again and go on from the
+    /// committed checkpoint.
+    Retry,
 }
 
 struct Worker {
@@ -338,11 +342,16 @@ impl Worker {
                         break;
                     }
                 }
-                Err(Halt::Reconnect) => {
+                Err(halt @ (Halt::Reconnect | Halt::Retry)) => {
                     // The server closed the connection (a restart, a failover,
-                    // an administrator): open the namespace again, and go on
-                    // from its committed checkpoint.
-                    tracing::warn!(projection = %self.ns, "the read-model connection is closed; reconnecting");
+                    // an administrator), or a dead letter could not be
+                    // written: open the namespace again, and go on from its
+                    // committed checkpoint.
+                    if matches!(halt, Halt::Reconnect) {
+                        tracing::warn!(projection = %self.ns, "the read-model connection is closed; reconnecting");
+                    } else {
+                        tracing::warn!(projection = %self.ns, "going on again from the committed checkpoint");
+                    }
                     self.guest = None;
                     self.spare = None;
                     self.reader = None;
