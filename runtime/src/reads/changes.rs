@@ -124,7 +124,7 @@ impl Reads {
         let same = after.filter(|p| p.slug == slug).cloned();
         // A token of another namespace: empty the copy, then from empty.
         let reset = after.is_some() && same.is_none();
-        let (changes, next, complete, gone, last, reset) = self
+        let ((changes, next, complete), gone, last, reset) = self
             .on_reader(view, turn, move |reader| {
                 let page = reader.changes(same.as_ref().map_or(0, |p| p.seq), limit)?;
                 let (pruned, last, start) = (page.pruned_through, page.last, page.start);
@@ -171,8 +171,7 @@ impl Reads {
                     }
                 })
             })
-            .await
-            .map(|((changes, next, complete), gone, last, reset)| (changes, next, complete, gone, last, reset))?;
+            .await?;
         let from = match after {
             Some(point) if !reset => point.clone(),
             _ => ChangePoint { slug: next.slug.clone(), seq: 0, snapshot: None },
