@@ -6,8 +6,8 @@
 
 use std::collections::HashSet;
 
-use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, ToStatement};
 
 use reel_model::Cursor;
 use reel_model::time::now_micros;
@@ -53,8 +53,12 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     database_error(&e)
 }
 
-async fn bounds(client: &Client) -> Result<(i64, i64, HistoryStart), StoreError> {
-    let row = client.query_one(BOUNDS, &[]).await.map_err(db)?;
+/// `statement`: [`BOUNDS`], as text or prepared.
+async fn bounds<S: ToStatement + ?Sized>(
+    client: &Client,
+    statement: &S,
+) -> Result<(i64, i64, HistoryStart), StoreError> {
+    let row = client.query_one(statement, &[]).await.map_err(db)?;
     let (pruned_through, last): (i64, i64) = (row.get(0), row.get(1));
     let first: Option<(i64, String, String)> =
         row.get::<_, Option<i64>>(2).map(|seq| (seq, row.get::<_, String>(3), row.get::<_, String>(4)));
@@ -62,8 +66,14 @@ async fn bounds(client: &Client) -> Result<(i64, i64, HistoryStart), StoreError>
     Ok((pruned_through, last, start))
 }
 
-async fn history(client: &Client, after: i64, limit: usize) -> Result<Vec<Change>, StoreError> {
-    let rows = client.query(HISTORY, &[&after, &(limit as i64)]).await.map_err(db)?;
+/// `statement`: [`HISTORY`], as text or prepared.
+async fn history<S: ToStatement + ?Sized>(
+    client: &Client,
+    statement: &S,
+    after: i64,
+    limit: usize,
+) -> Result<Vec<Change>, StoreError> {
+    let rows = client.query(statement, &[&after, &(limit as i64)]).await.map_err(db)?;
     Ok(rows
         .iter()
         .map(|r| Change {
@@ -183,10 +193,10 @@ async fn chunk(
 /// A step of the snapshot at `at`, in the read transaction the caller
 /// opened (the steps are those of the SQLite store's `snapshot_step`).
 async fn snapshot_step(client: &Client, slug: &str, at: &SnapshotAt, limit: usize) -> Result<SnapshotStep, StoreError> {
-    let (pruned_through, last, _) = bounds(client).await?;
+    let (pruned_through, last, _) = bounds(client, BOUNDS).await?;
     let mut step = SnapshotStep { pruned_through, at: at.at, ..SnapshotStep::default() };
     let mut point = at.clone();
-    let changes = history(client, at.at, limit).await?;
+    let changes = history(client, HISTORY, at.at, limit).await?;
     let full = changes.len() == limit;
     for change in changes {
         point.at = change.seq;
@@ -305,16 +315,22 @@ impl PgNamespace {
 
 impl ChangeReads for PgNamespace {
     fn changes(&mut self, after: i64, limit: usize) -> Result<ChangePage, StoreError> {
-        let client = &self.client;
-        let page = block_on(&self.handle, history(client, after, limit));
-        let changes = match page {
-            Ok(changes) => changes,
+        // Prepared once per connection and sent together: one round trip
+        // for each client's read of every batch (a feed's clients each read
+        // on their own).
+        match self.prepare_all(vec![HISTORY.to_owned(), BOUNDS.to_owned()], false) {
+            Ok(()) => {}
             // A namespace from before change capture has no history.
             Err(StoreError::Database(e)) if e.starts_with("42P01") => return Ok(ChangePage::default()),
             Err(e) => return Err(e),
-        };
-        // Read after the page: a pruning in between shows here.
-        let (pruned_through, last, start) = block_on(&self.handle, bounds(client))?;
+        }
+        let (page, ends) = (&self.statements[HISTORY], &self.statements[BOUNDS]);
+        let client = &self.client;
+        // The bounds are read after the page (the server runs them in the
+        // order sent): a pruning in between shows there.
+        let (changes, (pruned_through, last, start)) = block_on(&self.handle, async {
+            futures_util::future::try_join(history(client, page, after, limit), bounds(client, ends)).await
+        })?;
         Ok(ChangePage { changes, pruned_through, last, start })
     }
 
