@@ -114,15 +114,20 @@ impl Worker {
         }
         tracing::warn!(projection = %self.ns, position = event.position, "dead-lettering: {message}");
         match self.set_aside(event, end, &message) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.dead_letter_failures = 0;
+                Ok(())
+            }
             Err(e) => {
+                self.dead_letter_failures += 1;
+                let failures = self.dead_letter_failures;
                 self.status.failed(
                     State::Retrying,
                     format!("dead-lettering event {}: {e}", event.position),
                     Some(event.position),
-                    1,
+                    failures,
                 );
-                self.wait(backoff(3))?;
+                self.wait(backoff(2 + failures))?;
                 // The database's fault, not the event's: start over from the
                 // committed checkpoint, which narrows down to the event and
                 // sets it aside again.
@@ -134,6 +139,8 @@ impl Worker {
     /// Put `event` in the dead-letter table and move the checkpoint to
     /// `end`, the cursor after it, in one transaction.
     fn set_aside(&mut self, event: &Event, end: Cursor, message: &str) -> Result<(), StoreError> {
+        // PostgreSQL's text takes no NUL, which a projection's error may hold.
+        let message = message.replace('\0', "\u{FFFD}");
         let from = self.persisted;
         let caps = match self.guest() {
             Ok(guest) => guest.caps(),
@@ -141,7 +148,7 @@ impl Worker {
         };
         let result = caps
             .begin()
-            .and_then(|()| caps.writer()?.dead_letter(event, message))
+            .and_then(|()| caps.writer()?.dead_letter(event, &message))
             .and_then(|()| caps.commit(from, end));
         if let Err(e) = result {
             let _ = caps.rollback();

@@ -190,6 +190,7 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         hold: None,
         hold_reply: None,
         busy_at: Some(Instant::now()),
+        dead_letter_failures: 0,
     };
     let thread = std::thread::Builder::new()
         .name(format!("reel-{}", worker.ns))
@@ -265,6 +266,9 @@ struct Worker {
     /// When it last applied a batch, if it has not given back the memory it
     /// freed since (`IDLE_GIVE_BACK`).
     busy_at: Option<Instant>,
+    /// Dead letters the database refused in a row: each wait before trying
+    /// again is longer (`Halt::Retry`).
+    dead_letter_failures: u32,
 }
 
 /// How long a worker is idle before it gives the memory it freed back to
