@@ -155,7 +155,14 @@ impl Feed {
             }
             // Subscribe before reading: a commit in between still wakes us.
             let mut applied = self.reads.applied(&self.name).ok();
-            let read = match self.reads.changes(&self.name, Some(&self.at), PAGE).await {
+            // In the history, clients woken by the same commit at the same
+            // point share one read.
+            let shared = applied.as_ref().filter(|_| self.at.snapshot.is_none()).map(|a| *a.borrow());
+            let read = match shared {
+                Some(seen) => self.reads.shared_history(&self.name, &self.at, PAGE, seen).await,
+                None => self.reads.changes(&self.name, Some(&self.at), PAGE).await.map_err(|e| e.to_string()),
+            };
+            let read = match read {
                 Ok(read) => read,
                 Err(e) => {
                     // The client reconnects after its last id, as after any

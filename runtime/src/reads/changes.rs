@@ -5,6 +5,9 @@
 //! first change when it holds them all, else a snapshot streamed as
 //! changes a step at a time, then the history after it (ADR 30).
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use reel_model::Cursor;
 
 use super::{ReadError, Reads};
@@ -62,7 +65,7 @@ impl ChangePoint {
 }
 
 /// What the feed sends next, read from the serving version.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ChangeRead {
     /// Where the read starts: the asked-for point, or the start of the
     /// serving namespace when the point was in another (`reset`).
@@ -88,6 +91,18 @@ pub struct ChangeRead {
     /// what follows is the history (ADR 30).
     pub complete: Option<Cursor>,
 }
+
+/// A read of the history shared by the clients at the same point, woken
+/// by the same applied position: `(slug, seq, limit, applied)`.
+type HistoryKey = (String, i64, usize, Cursor);
+type SharedRead = Arc<tokio::sync::OnceCell<Result<Arc<ChangeRead>, String>>>;
+
+/// The history reads in flight. The feed's clients are mostly at the same
+/// point, and each commit wakes them all at once: one read serves every
+/// client that asks for the same page after the same commit, instead of
+/// one each (on PostgreSQL a round trip each).
+#[derive(Default)]
+pub(super) struct HistoryReads(Mutex<HashMap<HistoryKey, SharedRead>>);
 
 impl ChangeRead {
     /// The point a client that reads the read model now resumes after.
@@ -177,6 +192,42 @@ impl Reads {
             _ => ChangePoint { slug: next.slug.clone(), seq: 0, snapshot: None },
         };
         Ok(ChangeRead { from, reset, changes, next, gone, last, position, complete })
+    }
+
+    /// Up to `limit` changes of the history after `after` (a point in the
+    /// history, not in a snapshot), for a client that saw `applied` as the
+    /// serving version's applied position when it asked: a read started
+    /// since by another client at the same point, which sees every change
+    /// up to `applied`, serves both. The error as text.
+    pub async fn shared_history(
+        &self,
+        name: &str,
+        after: &ChangePoint,
+        limit: usize,
+        applied: Cursor,
+    ) -> Result<ChangeRead, String> {
+        let key = (after.slug.clone(), after.seq, limit, applied);
+        let reads = &self.inner.history_reads.0;
+        let cell = {
+            let mut reads = reads.lock().expect("history reads");
+            if reads.len() >= 1024 {
+                // Left by clients that went away mid-read, none waiting.
+                reads.retain(|_, cell| Arc::strong_count(cell) > 1);
+            }
+            Arc::clone(reads.entry(key.clone()).or_default())
+        };
+        let read = cell
+            .get_or_init(|| async {
+                let read = self.changes(name, Some(after), limit).await.map(Arc::new).map_err(|e| e.to_string());
+                // Done: later clients read afresh.
+                let mut reads = reads.lock().expect("history reads");
+                if reads.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+                    reads.remove(&key);
+                }
+                read
+            })
+            .await;
+        read.as_ref().map(|r| ChangeRead::clone(r)).map_err(String::clone)
     }
 
     /// Wakes when the serving version of `name` commits a batch (a

@@ -102,12 +102,22 @@ struct Inner {
     /// The log's head as last read, for the status while the log's
     /// database does not answer (ADR 43).
     last_head: std::sync::atomic::AtomicI64,
+    /// Change-history reads in flight, shared by the feed's clients.
+    history_reads: changes::HistoryReads,
 }
 
 impl Reads {
     /// Reads of `deployments`' read models (in `store`) and of the log.
     pub fn new(config: Config, deployments: Deployments, source: Source, store: Store) -> Self {
-        Self { inner: Arc::new(Inner { config, deployments, source, store, last_head: Default::default() }) }
+        let inner = Inner {
+            config,
+            deployments,
+            source,
+            store,
+            last_head: Default::default(),
+            history_reads: Default::default(),
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     fn config(&self) -> &Config {
