@@ -125,16 +125,11 @@ async fn run(addr: SocketAddr, config: &reel::Config, path: Path, rate: u64, sec
     for _ in 0..lanes {
         readers.push(Arc::new(Mutex::new(Http::connect(addr).await)));
     }
-    let total = (rate as f64 * seconds) as u64;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for n in 0..total {
-        tokio::time::sleep_until((started + interval.mul_f64(n as f64)).into()).await;
+    let (latencies, achieved) = paced(rate, seconds, |n| {
         let writer = Arc::clone(&writers[n as usize % lanes]);
         let reader = Arc::clone(&readers[n as usize % lanes]);
         let i = start + n;
-        tasks.push(tokio::spawn(async move {
+        async move {
             let position = writer.lock().await.append(i).await;
             let committed = Instant::now();
             let (status, body) = reader
@@ -148,13 +143,32 @@ async fn run(addr: SocketAddr, config: &reel::Config, path: Path, rate: u64, sec
                 .await;
             assert_eq!(status, 200, "{body}");
             committed.elapsed()
-        }));
+        }
+    })
+    .await;
+    Run { achieved, latencies }
+}
+
+/// `task(n)` spawned for n in 0..rate × seconds, at a steady `rate` per
+/// second: what each gave, in order, and the rate achieved.
+async fn paced<T: Send + 'static, F: std::future::Future<Output = T> + Send + 'static>(
+    rate: u64,
+    seconds: f64,
+    mut task: impl FnMut(u64) -> F,
+) -> (Vec<T>, f64) {
+    let total = (rate as f64 * seconds) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate as f64);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    for n in 0..total {
+        tokio::time::sleep_until((started + interval.mul_f64(n as f64)).into()).await;
+        tasks.push(tokio::spawn(task(n)));
     }
-    let mut latencies = Vec::with_capacity(tasks.len());
+    let mut outputs = Vec::with_capacity(tasks.len());
     for task in tasks {
-        latencies.push(task.await.unwrap());
+        outputs.push(task.await.unwrap());
     }
-    Run { achieved: total as f64 / started.elapsed().as_secs_f64(), latencies }
+    (outputs, total as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Start `reel serve` for `config`; its address once it listens.
@@ -352,24 +366,15 @@ async fn feed_run(addr: SocketAddr, feed: Feed, clients: usize, rate: u64, secon
     for _ in 0..lanes {
         writers.push(Arc::new(Mutex::new(Writer::Api(Http::connect(addr).await))));
     }
-    let total = (rate as f64 * seconds) as u64;
-    let interval = Duration::from_secs_f64(1.0 / rate as f64);
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(total as usize);
-    for n in 0..total {
-        tokio::time::sleep_until((started + interval.mul_f64(n as f64)).into()).await;
+    let (committed, achieved) = paced(rate, seconds, |n| {
         let writer = Arc::clone(&writers[n as usize % lanes]);
-        tasks.push(tokio::spawn(async move {
+        async move {
             let position = writer.lock().await.append(start + n).await;
             (position, (start + n) as i64, Instant::now())
-        }));
-    }
-    let mut committed = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        committed.push(task.await.unwrap());
-    }
-    let achieved = total as f64 / started.elapsed().as_secs_f64();
-    wanted.store(total as i64, Ordering::Relaxed);
+        }
+    })
+    .await;
+    wanted.store(committed.len() as i64, Ordering::Relaxed);
     let (mut latencies, mut early) = (Vec::with_capacity(committed.len() * clients), 0);
     for follower in followers {
         let seen = tokio::time::timeout(Duration::from_secs(60), follower).await.expect("a client keeps up").unwrap();
