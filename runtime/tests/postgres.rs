@@ -588,19 +588,26 @@ async fn a_burst_of_log_reads_opens_no_more_than_the_log_readers() {
         most
     };
     let (answers, most) = tokio::join!(burst, watch);
-    let mut busy = 0;
+    let (mut busy, mut whole) = (0, 0);
     for (i, (status, body)) in answers.iter().enumerate() {
         let (uri, keep) = queries[i % 3];
         match status.as_u16() {
             200 => {
                 let want: Vec<_> = all.iter().filter(|e| keep(e)).cloned().collect();
-                assert_eq!(body["events"].as_array().unwrap(), &want, "GET {uri}");
+                // A page may end early: a transaction of another database
+                // (another test's) that ended while the page was read holds
+                // the horizon for that read (ADR 39), and the client pages
+                // on. What it holds is the log's start, in order.
+                let got = body["events"].as_array().unwrap();
+                assert_eq!(got[..], want[..got.len().min(want.len())], "GET {uri}");
+                whole += usize::from(got.len() == want.len());
             }
             503 if body["error"]["code"] == "busy" => busy += 1,
             _ => panic!("GET {uri}: {status} {body}"),
         }
     }
     assert!(busy < 64, "every page read was refused as busy");
+    assert!(whole > 0, "no page read reached the end of the log");
     assert!(most <= LOG_READERS, "{most} connections opened for 64 page reads, more than {LOG_READERS}");
     h.finish().await;
     connect(&common::postgres_admin_url()).await.batch_execute(&format!("DROP ROLE {role}")).await.unwrap();
