@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 
 use common::Backend;
 use common::keepalive::Http;
+use common::sse;
 use tokio::sync::Mutex;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -238,13 +239,6 @@ struct SseClient {
     chunk: Vec<u8>,
 }
 
-/// A message: its `id`, `event` and `data` lines.
-struct SseMessage {
-    id: Option<String>,
-    event: Option<String>,
-    data: Option<String>,
-}
-
 impl SseClient {
     /// `GET uri`, resuming after `last_id` when given.
     async fn open(addr: SocketAddr, uri: &str, last_id: Option<&str>) -> Self {
@@ -273,7 +267,7 @@ impl SseClient {
 
     /// The messages of the next chunk, with when it arrived; `None` if none
     /// came within `wait`.
-    async fn next_chunk(&mut self, wait: Duration) -> Option<(Vec<SseMessage>, Instant)> {
+    async fn next_chunk(&mut self, wait: Duration) -> Option<(Vec<sse::Message>, Instant)> {
         use tokio::io::{AsyncBufReadExt, AsyncReadExt};
         // Only the wait for the first bytes has a timeout: a read cut off
         // midway would lose what it had read (`fill_buf` loses nothing).
@@ -286,12 +280,7 @@ impl SseClient {
         self.stream.read_exact(&mut self.chunk).await.unwrap();
         let arrived = Instant::now();
         self.text.push_str(std::str::from_utf8(&self.chunk[..size]).unwrap());
-        let mut messages = Vec::new();
-        while let Some(end) = self.text.find("\n\n") {
-            let block: String = self.text.drain(..end + 2).collect();
-            let field = |name: &str| block.lines().find_map(|l| l.strip_prefix(name)).map(str::to_owned);
-            messages.push(SseMessage { id: field("id: "), event: field("event: "), data: field("data: ") });
-        }
+        let messages = std::iter::from_fn(|| sse::take(&mut self.text)).collect();
         Some((messages, arrived))
     }
 }
@@ -320,7 +309,7 @@ async fn head_token(addr: SocketAddr, feed: Feed) -> String {
                 let Some((messages, _)) = client.next_chunk(Duration::from_secs(60)).await else {
                     panic!("no complete within a minute")
                 };
-                if let Some(complete) = messages.into_iter().find(|m| m.event.as_deref() == Some("complete")) {
+                if let Some(complete) = messages.into_iter().find(|m| m.event == "complete") {
                     return complete.id.unwrap();
                 }
             }
@@ -338,9 +327,8 @@ async fn follow(addr: SocketAddr, feed: Feed, token: Arc<str>, wanted: Arc<Atomi
     while (seen.len() as i64) < wanted.load(Ordering::Relaxed) {
         let Some((messages, arrived)) = client.next_chunk(Duration::from_millis(100)).await else { continue };
         for message in messages {
-            let Some(data) = message.data else { continue };
-            let Some(at) = data.find(feed.marker()) else { continue };
-            let digits: String = data[at + feed.marker().len()..]
+            let Some(at) = message.data.find(feed.marker()) else { continue };
+            let digits: String = message.data[at + feed.marker().len()..]
                 .chars()
                 .skip_while(|c| *c == ' ')
                 .take_while(char::is_ascii_digit)

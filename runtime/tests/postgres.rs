@@ -723,8 +723,7 @@ async fn a_projection_reaches_nothing_but_its_own_schema() {
     neighbour.sql_execute("CREATE TABLE secrets (v TEXT)", vec![]).unwrap();
     neighbour.sql_execute("INSERT INTO secrets VALUES ('hush')", vec![]).unwrap();
     neighbour.commit(Cursor::START, Cursor::START).unwrap();
-    let neighbour_schema: String =
-        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'neighbour'", &[]).await.unwrap().get(0);
+    let neighbour_schema = schema_of(&admin, "neighbour").await;
 
     let mut p = writer(&store, "nosy");
     let attempts = [
@@ -814,11 +813,14 @@ async fn two_writers_never_both_commit_a_batch() {
     drop_database(&url).await;
 }
 
+/// The schema of namespace `name`.
+async fn schema_of(admin: &Client, name: &str) -> String {
+    admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = $1", &[&name]).await.unwrap().get(0)
+}
+
 /// The namespace's KV table, named for the database's owner.
 async fn kv_table(admin: &Client, name: &str) -> String {
-    let schema: String =
-        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = $1", &[&name]).await.unwrap().get(0);
-    format!("\"{schema}\"._reel_kv")
+    format!("\"{}\"._reel_kv", schema_of(admin, name).await)
 }
 
 /// The namespace's KV rows, read as the database's owner.
@@ -917,8 +919,7 @@ async fn a_batch_refused_before_sending_rolls_back_everything_it_had_sent() {
         w.sql_execute(INSERT, vec![Value::Integer(2)]).unwrap();
         w.commit(at(round), at(round + 1)).unwrap();
     }
-    let schema: String =
-        admin.query_one("SELECT schema_name FROM reel.namespaces WHERE name = 'refused'", &[]).await.unwrap().get(0);
+    let schema = schema_of(&admin, "refused").await;
     let counts: BTreeMap<i64, i64> = admin
         .query(&format!("SELECT n, count(*) FROM \"{schema}\".marks GROUP BY n"), &[])
         .await

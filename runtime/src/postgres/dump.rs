@@ -35,16 +35,9 @@ impl Dumps for PgNamespace {
         // Past the deadline the server cancels the running statement; the
         // future then fails and rolls back.
         block_on_with_deadline(&self.handle, &client, Some(self.deadline), async {
-            // Ended by a ROLLBACK whatever fails, the BEGIN too: a BEGIN
-            // refused inside a transaction the server still holds (one this
-            // connection's state had as ended) leaves that transaction aborted,
-            // and the next one of the namespace, a dead letter's, would meet
-            // `25P02` (lifecycle.rs, database_errors_found_after_...).
             let begin = client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await;
-            let result = match begin.map_err(|e| database_error(&e)) {
-                Ok(()) => walk(&client, &slug, sink).await,
-                Err(e) => Err(e),
-            };
+            begin.map_err(|e| database_error(&e))?;
+            let result = walk(&client, &slug, sink).await;
             let ended = client.batch_execute("ROLLBACK").await.map_err(|e| database_error(&e));
             result.and(ended)
         })

@@ -95,7 +95,7 @@ pub struct ChangeRead {
 /// A read of the history shared by the clients at the same point, woken
 /// by the same applied position: `(slug, seq, limit, applied)`.
 type HistoryKey = (String, i64, usize, Cursor);
-type SharedRead = Arc<tokio::sync::OnceCell<Result<Arc<ChangeRead>, String>>>;
+type SharedRead = Arc<tokio::sync::OnceCell<Result<ChangeRead, String>>>;
 
 /// The history reads in flight. The feed's clients are mostly at the same
 /// point, and each commit wakes them all at once: one read serves every
@@ -218,7 +218,7 @@ impl Reads {
         };
         let read = cell
             .get_or_init(|| async {
-                let read = self.changes(name, Some(after), limit).await.map(Arc::new).map_err(|e| e.to_string());
+                let read = self.changes(name, Some(after), limit).await.map_err(|e| e.to_string());
                 // Done: later clients read afresh.
                 let mut reads = reads.lock().expect("history reads");
                 if reads.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
@@ -227,7 +227,7 @@ impl Reads {
                 read
             })
             .await;
-        read.as_ref().map(|r| ChangeRead::clone(r)).map_err(String::clone)
+        read.clone()
     }
 
     /// Wakes when the serving version of `name` commits a batch (a

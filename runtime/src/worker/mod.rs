@@ -339,33 +339,38 @@ impl Worker {
                 Err(Halt::Fenced) => {
                     // Someone else committed: step back, then start over from
                     // the database's checkpoint (or stand by).
-                    self.guest = None;
-                    self.spare = None;
-                    self.reader = None;
-                    if self.wait(FENCED_PAUSE).is_err() || !self.start() {
+                    if !self.start_over(FENCED_PAUSE) {
                         break;
                     }
                 }
-                Err(halt @ (Halt::Reconnect | Halt::Retry)) => {
+                Err(Halt::Reconnect) => {
                     // The server closed the connection (a restart, a failover,
-                    // an administrator), or a dead letter could not be
-                    // written: open the namespace again, and go on from its
-                    // committed checkpoint.
-                    if matches!(halt, Halt::Reconnect) {
-                        tracing::warn!(projection = %self.ns, "the read-model connection is closed; reconnecting");
-                    } else {
-                        tracing::warn!(projection = %self.ns, "going on again from the committed checkpoint");
+                    // an administrator).
+                    tracing::warn!(projection = %self.ns, "the read-model connection is closed; reconnecting");
+                    if !self.start_over(Duration::ZERO) {
+                        break;
                     }
-                    self.guest = None;
-                    self.spare = None;
-                    self.reader = None;
-                    if !self.start() {
+                }
+                Err(Halt::Retry) => {
+                    // A dead letter could not be written (after its backoff).
+                    tracing::warn!(projection = %self.ns, "going on again from the committed checkpoint");
+                    if !self.start_over(Duration::ZERO) {
                         break;
                     }
                 }
             }
         }
         self.exit();
+    }
+
+    /// Drop the instance, the connections and the reader, wait `pause`, and
+    /// open the namespace again, going on from its committed checkpoint (or
+    /// standing by); false when told to exit meanwhile.
+    fn start_over(&mut self, pause: Duration) -> bool {
+        self.guest = None;
+        self.spare = None;
+        self.reader = None;
+        (pause.is_zero() || self.wait(pause).is_ok()) && self.start()
     }
 
     /// Open the namespace until it works (or the worker is told to exit).

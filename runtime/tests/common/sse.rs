@@ -37,31 +37,39 @@ pub async fn open(app: &Router, uri: &str, last_id: Option<&str>) -> (StatusCode
     (status, content_type, Stream { body: response.into_body(), buffer: String::new() })
 }
 
+/// The first whole message of `buffer`, taken out of it; comments
+/// (keep-alives) are skipped. `None` until a message is whole.
+pub fn take(buffer: &mut String) -> Option<Message> {
+    while let Some(end) = buffer.find("\n\n") {
+        let block: String = buffer.drain(..end + 2).collect();
+        let mut message = Message { event: "message".into(), ..Message::default() };
+        let mut data = Vec::new();
+        let mut fields = 0;
+        for line in block.lines() {
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => message.id = Some(value.to_owned()),
+                "event" => message.event = value.to_owned(),
+                "data" => data.push(value),
+                _ => continue,
+            }
+            fields += 1;
+        }
+        if fields > 0 {
+            message.data = data.join("\n");
+            return Some(message);
+        }
+    }
+    None
+}
+
 impl Stream {
     /// The next message; `None` when the server ended the stream. Comments
     /// (keep-alives) are skipped.
     pub async fn next(&mut self) -> Option<Message> {
         loop {
-            if let Some(end) = self.buffer.find("\n\n") {
-                let block: String = self.buffer.drain(..end + 2).collect();
-                let mut message = Message { event: "message".into(), ..Message::default() };
-                let mut data = Vec::new();
-                let mut fields = 0;
-                for line in block.lines() {
-                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
-                    let value = value.strip_prefix(' ').unwrap_or(value);
-                    match field {
-                        "id" => message.id = Some(value.to_owned()),
-                        "event" => message.event = value.to_owned(),
-                        "data" => data.push(value),
-                        _ => continue,
-                    }
-                    fields += 1;
-                }
-                if fields == 0 {
-                    continue;
-                }
-                message.data = data.join("\n");
+            if let Some(message) = take(&mut self.buffer) {
                 return Some(message);
             }
             let frame = self.body.frame().await?.expect("the stream reads");
