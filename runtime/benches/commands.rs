@@ -45,8 +45,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::Backend;
 use common::keepalive::Http;
+use common::{Backend, median};
 use reel::Server;
 use tokio::sync::Mutex;
 
@@ -283,13 +283,6 @@ async fn bench_backend(backend: Backend, args: &Args) {
     if let Some(url) = &config.database_url {
         common::drop_database(url).await;
     }
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
 /// `place` on `args.streams` fresh streams by `args.clients` clients: commands/s.

@@ -26,7 +26,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::Backend;
+use common::{Backend, median};
 use reel::Server;
 use reel::testing::workload::{OrderEvent, OrderWorkload, generate};
 
@@ -126,19 +126,13 @@ async fn bench_backend(backend: Backend, args: &Args, source: &[OrderEvent]) {
             }
         }
     }
-    let (q, r) = (median(&mut quiet), median(&mut reactor));
+    let (q, r) = (median(&quiet), median(&reactor));
     println!(
         "{backend:?} medians: projection {q:.0} events/s, reactor {r:.0} events/s; reactor/projection {:.2}x \
          (target >= 0.5x: {})",
         r / q,
         if r / q >= 0.5 { "met" } else { "NOT met" }
     );
-}
-
-fn median(rates: &mut [f64]) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    let n = rates.len();
-    if n % 2 == 1 { rates[n / 2] } else { (rates[n / 2 - 1] + rates[n / 2]) / 2.0 }
 }
 
 /// One catch-up of `variant` on a fresh log of `source`: events/s.

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::Backend;
+use common::{Backend, median};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 
@@ -150,11 +150,6 @@ async fn plain(
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// What a run measures: rounds, seconds per measurement after its warm-up,
@@ -329,10 +324,10 @@ fn run(backend: Backend, plan: &Plan) {
         println!(
             "{:<30} {:>10.0} {:>8.2} {:>8.2} {:>12.2}",
             kind.name,
-            median(samples.iter().map(|s| s.requests_per_s).collect()),
-            median(samples.iter().map(|s| s.p50.as_secs_f64() * 1e3).collect()),
-            median(samples.iter().map(|s| s.p99.as_secs_f64() * 1e3).collect()),
-            median(ratios),
+            median(&samples.iter().map(|s| s.requests_per_s).collect::<Vec<_>>()),
+            median(&samples.iter().map(|s| s.p50.as_secs_f64() * 1e3).collect::<Vec<_>>()),
+            median(&samples.iter().map(|s| s.p99.as_secs_f64() * 1e3).collect::<Vec<_>>()),
+            median(&ratios),
         );
     }
 

@@ -1,8 +1,8 @@
 //! Sinks (issue 25, docs/adr/31-sinks.md): the log delivered to NATS
 //! JetStream and RabbitMQ, with the real brokers (NATS with JetStream on
 //! 127.0.0.1:4222, RabbitMQ on 127.0.0.1:5672; `cargo xtask test` starts
-//! them). Each test uses subjects, streams and queues of its own; the test
-//! that restarts a broker starts a private `nats-server`.
+//! them). Each test uses subjects, streams and queues of its own; the tests
+//! that restart a broker start a private `nats-server` or `rabbitmq-server`.
 //!
 //! `REEL_SINK_EVENTS` sets how many events the delivery tests append
 //! (2,000 by default; the issue's acceptance run used 50,000).
@@ -10,132 +10,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
+use common::brokers::{PrivateNats, PrivateRabbit, spare_port};
+use common::sinks::{AMQP, NATS, PATIENCE, Sent, append_orders, nats_stream, run_id, sink, through, wait_sink};
 use common::{Backend, Harness};
 use serde_json::{Value, json};
-
-const PATIENCE: Duration = Duration::from_secs(180);
-const NATS: &str = "nats://127.0.0.1:4222";
-const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 /// Events the delivery tests append.
 fn events_wanted() -> usize {
     std::env::var("REEL_SINK_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(2_000)
-}
-
-/// A name for this test's streams, subjects and queues.
-fn run_id() -> String {
-    let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes).unwrap();
-    format!("t{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
-}
-
-/// One appended event, as the test expects to see it published.
-#[derive(Debug, Clone)]
-struct Sent {
-    stream: String,
-    version: i64,
-    event_type: String,
-    data: Value,
-}
-
-/// Append about `total` events over 20 streams `{run}.order-{i}` (placed,
-/// then shipped ones, interleaved across streams, a few per append), plus
-/// one `customer.noted` event per 10 that no sink here takes. Returns the
-/// events by position, and the head.
-async fn append_orders(
-    total: usize,
-    run: &str,
-    mut append: impl AsyncFnMut(&str, Value) -> Vec<i64>,
-) -> (BTreeMap<i64, Sent>, i64) {
-    let streams = 20;
-    let per_append = 5;
-    let mut sent = BTreeMap::new();
-    let mut versions = vec![0i64; streams];
-    let mut head = 0;
-    let mut n = 0;
-    while n < total {
-        for (s, version) in versions.iter_mut().enumerate() {
-            let stream = format!("{run}.order-{s}");
-            let events: Vec<(String, Value)> = (0..per_append)
-                .map(|k| {
-                    let v = *version + 1 + k as i64;
-                    if v == 1 {
-                        let lines: Vec<Value> =
-                            (0..1 + s % 3).map(|l| json!({ "sku": format!("sku-{l}"), "qty": l + 1 })).collect();
-                        ("order.placed".to_owned(), json!({ "order": stream, "lines": lines, "total": 12.5 }))
-                    } else {
-                        (
-                            "order.shipped".to_owned(),
-                            json!({ "order": stream, "parcel": v, "note": "fragile \"glass\"" }),
-                        )
-                    }
-                })
-                .collect();
-            let body: Vec<Value> = events.iter().map(|(t, d)| json!({ "event_type": t, "data": d })).collect();
-            let positions = append(&stream, Value::Array(body)).await;
-            for (k, ((event_type, data), position)) in events.into_iter().zip(&positions).enumerate() {
-                let version = *version + 1 + k as i64;
-                sent.insert(*position, Sent { stream: stream.clone(), version, event_type, data });
-            }
-            *version += per_append as i64;
-            head = head.max(*positions.last().unwrap());
-            n += per_append;
-            if n % 50 == 0 {
-                let other = format!("{run}.customer-{s}");
-                let positions = append(&other, json!([{ "event_type": "customer.noted", "data": {} }])).await;
-                head = head.max(positions[0]);
-            }
-        }
-    }
-    (sent, head)
-}
-
-/// Append through a harness's router.
-async fn through(h: &Harness, stream: &str, events: Value) -> Vec<i64> {
-    let body = h.append(stream, None, events).await;
-    body["positions"].as_array().unwrap().iter().map(|p| p.as_i64().unwrap()).collect()
-}
-
-/// The sink `name` as `GET /sinks` shows it.
-async fn sink(h: &Harness, name: &str) -> Value {
-    let sinks = h.get("/sinks").await;
-    sinks.as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap_or(Value::Null)
-}
-
-/// Wait until `check` holds for sink `name`'s status.
-async fn wait_sink(h: &Harness, name: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let status = sink(h, name).await;
-        if check(&status) {
-            return status;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting on sink {name}; last status: {status:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A JetStream stream capturing `orders.{run}.>`, with a 2-minute duplicate
-/// window, on the server at `url`.
-async fn nats_stream(url: &str, run: &str) -> (jetstream::Context, jetstream::stream::Stream) {
-    let client = async_nats::connect(url).await.unwrap_or_else(|e| panic!("NATS is needed at {url}: {e}"));
-    let js = jetstream::new(client);
-    let stream = js
-        .create_stream(jetstream::stream::Config {
-            name: format!("REEL_{}", run.to_uppercase()),
-            subjects: vec![format!("orders.{run}.>")],
-            duplicate_window: Duration::from_secs(120),
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    (js, stream)
 }
 
 /// Every message of a JetStream stream, in stream order.
@@ -263,55 +148,6 @@ async fn a_sink_without_its_broker_address_is_refused_by_name() {
     h.finish().await;
 }
 
-/// A private `nats-server` with JetStream, on a spare port and a store of
-/// its own; killed when dropped.
-struct PrivateNats {
-    child: Child,
-    port: u16,
-}
-
-impl PrivateNats {
-    fn start(store: &Path, port: u16) -> Self {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (Debian package nats-server) is needed for this test");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the private nats-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Stop it as a restart does (SIGTERM): JetStream writes what it
-    /// acknowledged (a SIGKILL could lose acknowledged messages that its
-    /// file store had not written yet, which is the broker's durability, not
-    /// the sink's).
-    fn stop(&mut self) {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for PrivateNats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spare_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// The broker stopped mid-run and started again (a private instance): the
 /// sink says it is retrying and why, then delivers everything, each event
 /// once and in order; nothing is lost or skipped.
@@ -346,6 +182,109 @@ async fn a_broker_restarted_mid_run_loses_nothing() {
     let mut sent = first;
     sent.extend(second);
     check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
+    h.finish().await;
+}
+
+/// RabbitMQ killed (SIGKILL) mid-run and started again (a private
+/// instance): the sink says it is retrying and why, publishes again what
+/// the broker had not confirmed, and a consumer that drops message ids it
+/// has seen gets every event once, each stream in order; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rabbitmq_broker_killed_mid_run_loses_nothing() {
+    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+
+    let folder = tempfile::tempdir().unwrap();
+    let port = spare_port();
+    let mut rabbit = PrivateRabbit::start(folder.path(), port);
+    let run = run_id();
+    let queue = format!("reel-{run}");
+    let declare = async |url: &str| {
+        let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        channel.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.unwrap();
+        let key = format!("orders.{run}.#");
+        let bind = QueueBindOptions::default();
+        channel
+            .queue_bind(queue.as_str().into(), "amq.topic".into(), key.into(), bind, FieldTable::default())
+            .await
+            .unwrap();
+        (connection, channel)
+    };
+    drop(declare(&rabbit.url()).await);
+    let url = rabbit.url();
+    let h = Harness::start_with(Backend::Sqlite, &[], |c| {
+        c.sinks.amqp_url = Some(url);
+        c.sinks.batch_events = 100;
+    })
+    .await;
+    let total = events_wanted();
+    // A backlog, so that the broker dies while batches are in flight.
+    let (first, first_head) = append_orders(total / 2, &run, async |s, e| through(&h, s, e).await).await;
+    h.install("fixture_amqp_sink", "amqp-sink.wasm");
+    // Watched closely: a backlog of this size goes out within tens of ms.
+    let deadline = Instant::now() + PATIENCE;
+    let at_kill = loop {
+        let status = sink(&h, "amqp-sink").await;
+        if status["position"].as_i64() > Some(0) {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the sink never delivered: {status:#}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    };
+    rabbit.kill();
+    // Appends go on while the broker is away.
+    let (second, head) = append_orders(total / 2, &format!("{run}.b"), async |s, e| through(&h, s, e).await).await;
+    let down = wait_sink(&h, "amqp-sink", |s| s["state"] == "retrying").await;
+    assert_eq!(down["connected"], false, "{down:#}");
+    assert!(down["last_error"].as_str().unwrap().contains("RabbitMQ"), "{down:#}");
+    assert!(down["position"].as_i64() < Some(head), "{down:#}");
+    let rabbit = PrivateRabbit::start(folder.path(), port);
+    let status = wait_sink(&h, "amqp-sink", |s| s["position"].as_i64() >= Some(head)).await;
+    assert!(status["retries"].as_u64() > Some(0), "{status:#}");
+    assert_eq!(status["state"], "running", "{status:#}");
+
+    let (_connection, channel) = declare(&rabbit.url()).await;
+    let mut sent = first;
+    sent.extend(second);
+    let mut seen: BTreeSet<i64> = BTreeSet::new();
+    let mut versions: BTreeMap<String, i64> = BTreeMap::new();
+    let mut again = 0;
+    while let Some(got) = channel.basic_get(queue.as_str().into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+        let delivery = got.delivery;
+        let id = delivery.properties.message_id().clone().expect("a message-id").to_string();
+        let position: i64 = id.strip_prefix("amqp-sink:").unwrap_or_else(|| panic!("message id {id}")).parse().unwrap();
+        if !seen.insert(position) {
+            again += 1;
+            continue;
+        }
+        let event = sent.get(&position).unwrap_or_else(|| panic!("message {id} is no event the sink takes"));
+        assert_eq!(delivery.routing_key.as_str(), format!("orders.{}", event.stream));
+        let headers = delivery.properties.headers().clone().unwrap_or_default();
+        let version = match headers.inner().get("Reel-Version") {
+            Some(AMQPValue::LongString(v)) => String::from_utf8_lossy(v.as_bytes()).parse::<i64>().unwrap(),
+            other => panic!("Reel-Version header: {other:?}"),
+        };
+        assert_eq!(version, event.version, "message {id}");
+        let body: Value = serde_json::from_slice(&delivery.data).unwrap();
+        assert_eq!(body, event.data, "message {id}'s body");
+        let last = versions.insert(event.stream.clone(), version).unwrap_or(0);
+        assert_eq!(version, last + 1, "stream {} out of order at message {id}", event.stream);
+    }
+    let missing: Vec<&i64> = sent.keys().filter(|p| !seen.contains(p)).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} events never reached the queue, first {missing:?}",
+        sent.len() - seen.len(),
+        sent.len()
+    );
+    eprintln!(
+        "{} events, each once after dropping {again} messages published again; the broker was killed with the sink \
+         at {} of a backlog to {first_head}",
+        sent.len(),
+        at_kill["position"]
+    );
     h.finish().await;
 }
 
@@ -495,218 +434,6 @@ async fn a_javascript_transform_feeds_a_rabbitmq_queue(backend: Backend) {
     assert!(duplicates > 0, "the retries published messages again (RabbitMQ keeps no dedup window)");
     h.finish().await;
     channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await.unwrap();
-}
-
-/// Sink throughput beside a native publisher sending the same messages
-/// (body, headers, `Nats-Msg-Id`) in the same run, in batches of the same
-/// size, each batch's acknowledgements awaited: for docs/benchmarks.md.
-/// `cargo test -p reel --release --test sinks -- --ignored --nocapture
-/// throughput` (REEL_SINK_EVENTS, 50,000 here; SQLite).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a benchmark: run it by name"]
-async fn throughput_against_a_native_publisher() {
-    let total = std::env::var("REEL_SINK_EVENTS").ok().and_then(|n| n.parse().ok()).unwrap_or(50_000);
-    for broker in ["nats", "amqp", "amqp-js"] {
-        let run = run_id();
-        let h = Harness::start_with(Backend::Sqlite, &[], |c| {
-            c.sinks.nats_url = Some(NATS.into());
-            c.sinks.amqp_url = Some(AMQP.into());
-        })
-        .await;
-        let (sent, head) = append_orders(total, &run, async |s, e| through(&h, s, e).await).await;
-        let (native, sink_rate) = match broker {
-            "nats" => {
-                let (js, stream) = nats_stream(NATS, &run).await;
-                let native = native_nats(&js, &run, &sent).await;
-                let name = stream.cached_info().config.name.clone();
-                js.delete_stream(&name).await.unwrap();
-                let (js, stream) = nats_stream(NATS, &run).await;
-                let rate = timed_sink(&h, "order_sink", "order-sink", "order_sink.wasm", head, sent.len()).await;
-                js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
-                (native, rate)
-            }
-            "amqp" => {
-                let queue = format!("reel-{run}");
-                let channel = amqp_queue(&queue, &run).await;
-                let native = native_amqp_plain(&sent).await;
-                purge(&channel, &queue).await;
-                let rate = timed_sink(&h, "fixture_amqp_sink", "amqp-sink", "amqp-sink.wasm", head, sent.len()).await;
-                purge(&channel, &queue).await;
-                let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
-                (native, rate)
-            }
-            _ => {
-                let queue = format!("reel-{run}");
-                let channel = amqp_queue(&queue, &run).await;
-                let native = native_amqp(&sent).await;
-                purge(&channel, &queue).await;
-                let wasm = common::language_guest("order-sink-js");
-                std::fs::copy(&wasm, h.dir.path().join("order-sink-js.wasm")).unwrap();
-                let rate = timed_sink(&h, "", "order-sink-js", "order-sink-js.wasm", head, sent.len()).await;
-                purge(&channel, &queue).await;
-                let _ = channel.queue_delete(queue.as_str().into(), Default::default()).await;
-                (native, rate)
-            }
-        };
-        println!(
-            "{broker}: {} events: sink {sink_rate:.0} messages/s, native publisher {native:.0} messages/s: {:.2}x",
-            sent.len(),
-            sink_rate / native
-        );
-        h.finish().await;
-    }
-}
-
-/// Deploy the sink (`crate_name`'s component, or the file `file` in the
-/// test folder when `crate_name` is empty) and time it from its first
-/// confirmed batch to the head: messages per second.
-async fn timed_sink(h: &Harness, crate_name: &str, name: &str, file: &str, head: i64, events: usize) -> f64 {
-    if crate_name.is_empty() {
-        std::fs::rename(h.dir.path().join(file), h.config.modules_dir.join(file)).unwrap();
-    } else {
-        h.install(crate_name, file);
-    }
-    let first = wait_sink(h, name, |s| s["position"].as_i64() > Some(0)).await;
-    let started = Instant::now();
-    let done = wait_sink(h, name, |s| s["position"].as_i64() >= Some(head)).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let messages = |s: &Value| s["published_messages"].as_u64().unwrap() + s["duplicate_messages"].as_u64().unwrap();
-    assert_eq!(done["delivered_events"].as_u64().unwrap() as usize, events, "{done:#}");
-    (messages(&done) - messages(&first)) as f64 / seconds
-}
-
-/// The messages order-sink would send, published with async-nats in
-/// batches of 1,000, each batch's acknowledgements awaited: messages/s.
-async fn native_nats(js: &jetstream::Context, run: &str, sent: &BTreeMap<i64, Sent>) -> f64 {
-    let _ = run;
-    let started = Instant::now();
-    let events: Vec<(&i64, &Sent)> = sent.iter().collect();
-    for chunk in events.chunks(1000) {
-        let mut acks = Vec::with_capacity(chunk.len());
-        for (position, e) in chunk {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.append("Reel-Position", position.to_string().as_str());
-            headers.append("Reel-Stream-Id", e.stream.as_str());
-            headers.append("Reel-Version", e.version.to_string().as_str());
-            headers.append("Reel-Event-Type", e.event_type.as_str());
-            headers.append("Content-Type", "application/json");
-            let body = bytes::Bytes::from(e.data.to_string());
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(body)
-                .headers(headers)
-                .message_id(format!("order-sink:{position}"));
-            acks.push(js.send_publish(format!("orders.{}", e.stream), publish).await.unwrap());
-        }
-        for ack in acks {
-            ack.await.unwrap();
-        }
-    }
-    sent.len() as f64 / started.elapsed().as_secs_f64()
-}
-
-/// A queue bound to `amq.topic` for the run's order and line messages.
-async fn amqp_queue(queue: &str, run: &str) -> lapin::Channel {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
-    use lapin::types::FieldTable;
-    let connection = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-    for key in [format!("orders.{run}.#"), format!("order-lines.{run}.#")] {
-        channel
-            .queue_bind(
-                queue.into(),
-                "amq.topic".into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
-    // The channel keeps the connection open.
-    std::mem::forget(connection);
-    channel
-}
-
-async fn purge(channel: &lapin::Channel, queue: &str) {
-    channel.queue_purge(queue.into(), Default::default()).await.unwrap();
-}
-
-/// The messages amqp-sink sends (one per order event, its data as the
-/// body, reel's headers), published with lapin with confirms in batches of
-/// 1,000: messages/s.
-async fn native_amqp_plain(sent: &BTreeMap<i64, Sent>) -> f64 {
-    let messages = sent
-        .iter()
-        .map(|(position, e)| (format!("amqp-sink:{position}"), format!("orders.{}", e.stream), e, e.data.to_string()))
-        .collect::<Vec<_>>();
-    publish_amqp(&messages, Some("application/json")).await
-}
-
-/// The messages order-sink-js would send (one per event; the lines'
-/// messages too), published with lapin with confirms in batches of 1,000:
-/// messages/s.
-async fn native_amqp(sent: &BTreeMap<i64, Sent>) -> f64 {
-    let mut messages = Vec::new();
-    for (position, e) in sent {
-        let body = json!({ "event": e.event_type, "order": e.stream, "version": e.version, "data": e.data });
-        messages.push((format!("order-sink-js:{position}"), format!("orders.{}", e.stream), e, body.to_string()));
-        if let Some(lines) = e.data["lines"].as_array().filter(|l| l.len() > 1 && e.event_type == "order.placed") {
-            for (i, line) in lines.iter().enumerate() {
-                let body = json!({ "order": e.stream, "line": line });
-                messages.push((
-                    format!("order-sink-js:{position}:{}", i + 1),
-                    format!("order-lines.{}", e.stream),
-                    e,
-                    body.to_string(),
-                ));
-            }
-        }
-    }
-    publish_amqp(&messages, None).await
-}
-
-/// `messages` (dedup id, routing key, event, body) published to `amq.topic`
-/// with reel's headers, as the sink publishes them: messages/s.
-async fn publish_amqp(messages: &[(String, String, &Sent, String)], content_type: Option<&str>) -> f64 {
-    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-    use lapin::types::{AMQPValue, FieldTable};
-    let confirming = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
-    let publisher = confirming.create_channel().await.unwrap();
-    publisher.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
-    let started = Instant::now();
-    for chunk in messages.chunks(1000) {
-        let mut confirms = Vec::with_capacity(chunk.len());
-        for (id, key, e, body) in chunk {
-            let mut headers = FieldTable::default();
-            let position = id.split(':').nth(1).unwrap();
-            headers.insert("Reel-Position".into(), AMQPValue::LongString(position.into()));
-            headers.insert("Reel-Stream-Id".into(), AMQPValue::LongString(e.stream.as_str().into()));
-            headers.insert("Reel-Version".into(), AMQPValue::LongString(e.version.to_string().as_str().into()));
-            headers.insert("Reel-Event-Type".into(), AMQPValue::LongString(e.event_type.as_str().into()));
-            // reel's fifth header: a time of the same length (the events'
-            // own are not kept here).
-            headers.insert("Reel-Occurred-At".into(), AMQPValue::LongString("2026-12-06T23:59:59.123456Z".into()));
-            let mut properties = lapin::BasicProperties::default()
-                .with_message_id(id.as_str().into())
-                .with_delivery_mode(2)
-                .with_headers(headers);
-            if let Some(content_type) = content_type {
-                properties = properties.with_content_type(content_type.into());
-            }
-            let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-            confirms.push(
-                publisher
-                    .basic_publish("amq.topic".into(), key.as_str().into(), options, body.as_bytes(), properties)
-                    .await
-                    .unwrap(),
-            );
-        }
-        for confirm in confirms {
-            assert!(confirm.await.unwrap().is_ack());
-        }
-    }
-    messages.len() as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Append through a `reel serve` process.

@@ -4,8 +4,10 @@
 //! its projections rebuild from a backlog, then while a client appends
 //! through it; after each kill the log and every read model at its
 //! checkpoint equal the fold of the log up to there (`torture/check.rs`),
-//! and at the end every appended event is in the log once, in order, and
-//! every read model is at the head. The CI runs are short; the knobs make
+//! and the sink's JetStream stream holds each order event it passed once
+//! (`torture/sink.rs`); at the end every appended event is in the log once,
+//! in order, every read model is at the head, and the stream holds every
+//! order event once. The CI runs are short; the knobs make
 //! them long (`cargo xtask torture kill --help`):
 //! `REEL_TORTURE_EVENTS` (backlog), `REEL_TORTURE_LIVE` (appended live),
 //! `REEL_TORTURE_KILLS`, `REEL_TORTURE_SEED`, `REEL_TORTURE_BATCH` (reel's
@@ -33,6 +35,8 @@ mod postgres;
 mod process;
 #[path = "torture/restarts.rs"]
 mod restarts;
+#[path = "torture/sink.rs"]
+mod sink;
 #[path = "torture/soak.rs"]
 mod soak;
 
@@ -67,10 +71,15 @@ fn kill_loop(backend: common::Backend) {
 
     let (dir, setup, database) = common::scratch(backend);
     let db = database.as_deref();
-    for module in MODULES {
+    for module in MODULES.into_iter().chain([sink::MODULE]) {
         std::fs::copy(common::guest(module), dir.path().join(format!("modules/{module}.wasm"))).unwrap();
     }
-    let args: Vec<&str> = if batch == "0" { vec![] } else { vec!["--batch-size", &batch] };
+    let mut sink = sink::Sink::start();
+    let nats = sink.url();
+    let mut args: Vec<&str> = vec!["--nats-url", &nats];
+    if batch != "0" {
+        args.extend(["--batch-size", &batch]);
+    }
     // Started once to create the events table, which gets the backlog the
     // way another service would write it.
     Reel::start(dir.path(), db, &args).kill();
@@ -113,15 +122,18 @@ fn kill_loop(backend: common::Backend) {
             assert!(reel.running(), "reel died on its own: {}", reel.log_tail());
             std::thread::sleep(Duration::from_millis(5));
         };
+        let delivered = sink_position(&reel);
         reel.kill();
         done += 1;
         world.read_log(); // the relay's emissions
         let covered = world.check(false);
+        let published = sink.check(&world.log, delivered, false);
         // (Events covered: at most the position reached.)
         let models = ["order-summaries", "customer-stats"].map(|name| covered.get(name).copied().unwrap_or(0));
         resumed_at = models.into_iter().min().unwrap_or(0) as i64;
         eprintln!(
-            "torture: kill {done} at position {reached} (aimed at {target} of {last_id}): read models cover {covered:?}"
+            "torture: kill {done} at position {reached} (aimed at {target} of {last_id}): read models cover {covered:?}; \
+             the sink passed {delivered}, {published} messages"
         );
         if covered.values().copied().min().unwrap_or(0) >= head {
             eprintln!("torture: the rebuild ended before kill {done}: the rest go to the live appends");
@@ -150,13 +162,16 @@ fn kill_loop(backend: common::Backend) {
         }
         let appending = !appender.done();
         *address.lock().unwrap() = None;
+        let delivered = sink_position(&reel);
         reel.kill();
         done += 1;
         live_kills += usize::from(appending);
         world.read_log();
         let covered = world.check(false);
+        let published = sink.check(&world.log, delivered, false);
         eprintln!(
-            "torture: kill {done} after {} of {} live appends: read models cover {covered:?} of {}",
+            "torture: kill {done} after {} of {} live appends: read models cover {covered:?} of {}; the sink passed \
+             {delivered}, {published} messages",
             appender.progress(),
             more.len(),
             world.log.len()
@@ -175,11 +190,12 @@ fn kill_loop(backend: common::Backend) {
     world.check(true);
     world.check_appended(&backlog);
     world.check_appended(&more);
+    let published = sink.check(&world.log, i64::MAX, true);
     let stats = format!(
         "{backend:?}: {head} events rebuilt under {mid_rebuild} kills in {rebuild_time:.1?}; {} appended live under \
          {live_kills} kills in {live_time:.1?} ({} refused connections, {} lost answers, {} first answers given again \
          under their keys, {} x 503, longest append {:.1?}); log {} events; all read models equal the fold after every \
-         kill; {:.0?} in all",
+         kill; the sink's stream holds each of the {published} order events once, in order; {:.0?} in all",
         appended.events,
         appended.refused,
         appended.lost_answers,
@@ -204,17 +220,25 @@ fn wait_caught_up(reel: &Reel) {
     let mut settled = 0;
     loop {
         let list = get(reel, "/projections");
+        let sinks = get(reel, "/sinks");
         let caught_up = list.as_array().is_some_and(|all| {
             all.len() == check::NAMES.len() && all.iter().all(|p| p["lag"] == 0 && p["position"] == p["head"])
-        });
+        }) && sinks.as_array().is_some_and(|all| all.len() == 1 && all[0]["lag_events"] == 0);
         settled = if caught_up { settled + 1 } else { 0 };
         // Twice in a row: the relay's emissions move the head once more.
         if settled == 3 {
             return;
         }
-        assert!(Instant::now() < deadline, "not caught up: {list:#}\n{}", reel.log_tail());
+        assert!(Instant::now() < deadline, "not caught up: {list:#}\n{sinks:#}\n{}", reel.log_tail());
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The sink's position (the last event the broker confirmed; its
+/// checkpoint, which the kill may find further on, is at least there).
+fn sink_position(reel: &Reel) -> i64 {
+    let sinks = get(reel, "/sinks");
+    sinks.get(0).and_then(|s| s["position"].as_i64()).unwrap_or(0)
 }
 
 /// The positions of the projections (not the reactor, whose position

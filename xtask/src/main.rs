@@ -341,7 +341,7 @@ fn test() -> Result {
     run_in(&projections.join("lib-c"), "bash", &["test.sh"])?;
     // The benchmarks, small, so they cannot rot: each verifies its read
     // models (or answers) and fails loudly.
-    for bench in ["rebuild", "boundary", "latency", "slow_clients", "reads", "emit", "commands"] {
+    for bench in ["rebuild", "boundary", "latency", "slow_clients", "reads", "emit", "commands", "sinks"] {
         run(&cargo(), &["test", "--locked", "-p", "reel", "--bench", bench, "--", "--smoke"])?;
     }
     // The HTTP API against its OpenAPI document.

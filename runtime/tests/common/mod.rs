@@ -3,9 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod client;
 pub mod keepalive;
 pub mod process;
+pub mod sinks;
 pub mod sse;
 pub mod writers;
 
@@ -466,6 +468,14 @@ pub fn scratch(backend: Backend) -> (tempfile::TempDir, tokio::runtime::Runtime,
 }
 
 /// The backends a benchmark's `--backend sqlite|postgres|both` names.
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
+}
+
 pub fn backends(name: &str) -> Vec<Backend> {
     match name {
         "sqlite" => vec![Backend::Sqlite],
