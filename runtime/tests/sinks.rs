@@ -297,9 +297,10 @@ async fn nats_stream_again(url: &str, run: &str) -> (jetstream::Context, jetstre
 }
 
 /// `reel serve` killed with SIGKILL while its sink delivers a backlog: once
-/// started again it publishes from its checkpoint, and the JetStream
-/// consumer still sees each event once (the messages sent again carry the
-/// same `Nats-Msg-Id` and are dropped as duplicates).
+/// started again it publishes from its checkpoint (at once, though the dead
+/// process's lease has an hour left), and the JetStream consumer still sees
+/// each event once (the messages sent again carry the same `Nats-Msg-Id`
+/// and are dropped as duplicates).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reel_killed_mid_delivery_still_publishes_each_event_once() {
     let run = run_id();
@@ -322,6 +323,12 @@ async fn reel_killed_mid_delivery_still_publishes_each_event_once() {
     };
     reel.kill();
     assert!(at_kill < head, "the sink had delivered everything before the kill ({at_kill} of {head})");
+    // The dead owner's lease says an hour more: the restarted process takes
+    // the sink at once all the same, its hold having died with the process.
+    let events = rusqlite::Connection::open(dir.path().join("data/events.db")).unwrap();
+    let in_an_hour = "UPDATE reel_sinks SET lease_until = (unixepoch('now', '+1 hour') * 1000000)";
+    assert_eq!(events.execute(in_an_hour, []).unwrap(), 1);
+    drop(events);
     let reel = common::process::Process::start(dir.path(), None, &args);
     let deadline = Instant::now() + PATIENCE;
     let status = loop {
@@ -459,8 +466,9 @@ fn process_sink(reel: &common::process::Process, check: impl Fn(&Value) -> bool)
 
 /// Two reel processes on one PostgreSQL, both with the sink: one delivers,
 /// the other stands by; the first killed, the second takes the sink over
-/// once the lease runs out, from the checkpoint, and the JetStream stream
-/// holds each event once.
+/// from the checkpoint as soon as it sees the first's hold gone, though the
+/// dead owner's lease has an hour left, and the JetStream stream holds each
+/// event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_delivers_a_sink_and_another_takes_over() {
     let run = run_id();
@@ -479,6 +487,14 @@ async fn one_process_delivers_a_sink_and_another_takes_over() {
     let (mut sent, head) = append_orders(events_wanted() / 2, &run, async |s, e| process_append(&first, s, e)).await;
     process_sink(&first, |s| s["position"].as_i64() >= Some(head));
     first.kill();
+    // The dead owner's lease says an hour more: the sink's hold, which died
+    // with the process, is what lets the second take it.
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let in_an_hour =
+        "UPDATE reel.sinks SET lease_until = (extract(epoch FROM now() + interval '1 hour') * 1e6)::bigint";
+    assert_eq!(db.execute(in_an_hour, &[]).await.unwrap(), 1);
+    drop(db);
     let (more, head) =
         append_orders(events_wanted() / 2, &format!("{run}.b"), async |s, e| process_append(&second, s, e)).await;
     sent.extend(more);

@@ -31,7 +31,9 @@ use reel_model::{Cursor, Event, Value};
 use super::client as pg;
 use super::reader::{HORIZON, PgReader};
 use super::value::column;
-use crate::source::{AppendRequest, Appended, EventLog, EventReader, LagCause, LogFuture, SourceError, TimersFired};
+use crate::source::{
+    AppendRequest, Appended, EventLog, EventReader, LagCause, LogFuture, SinkHold, SourceError, TimersFired,
+};
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -378,21 +380,26 @@ impl EventLog for PgSource {
         })
     }
 
-    fn claim_sink(
-        &self,
-        name: String,
-        owner: String,
-        now_micros: i64,
-        until_micros: i64,
-    ) -> LogFuture<'_, Option<Cursor>> {
+    fn claim_sink(&self, name: String, owner: String, until_micros: i64) -> LogFuture<'_, Option<(Cursor, SinkHold)>> {
         Box::pin(async move {
+            // The hold: an advisory lock of a session of its own, which the
+            // owner keeps open while it delivers; PostgreSQL lets the lock go
+            // when the session ends, however its process ended.
+            let failed = |e: tokio_postgres::Error| match connection_lost(&e) {
+                true => SourceError::Unreachable(pg::with_cause(&e)),
+                false => pg_error(&e),
+            };
+            let hold = pg::connect(&self.config, &self.handle).await.map_err(failed)?;
+            let lock = "SELECT pg_try_advisory_lock(hashtextextended('reel.sink/' || $1, 0))";
+            let locked: bool = hold.query_one(lock, &[&name]).await.map_err(failed)?.get(0);
+            if !locked {
+                return Ok(None);
+            }
             let insert = "INSERT INTO reel.sinks (name) VALUES ($1) ON CONFLICT DO NOTHING";
-            let _ = on_a_live_connection!(self, |c| c.execute(insert, &[&name]));
-            let claim = "UPDATE reel.sinks SET owner = $2, lease_until = $4 \
-                         WHERE name = $1 AND (owner IS NULL OR owner = $2 OR lease_until < $3) RETURNING tx, position";
-            let (_, rows) =
-                on_a_live_connection!(self, |c| c.query(claim, &[&name, &owner, &now_micros, &until_micros]));
-            Ok(rows.first().map(|r| Cursor { tx: r.get(0), id: r.get(1) }))
+            hold.execute(insert, &[&name]).await.map_err(failed)?;
+            let claim = "UPDATE reel.sinks SET owner = $2, lease_until = $3 WHERE name = $1 RETURNING tx, position";
+            let row = hold.query_one(claim, &[&name, &owner, &until_micros]).await.map_err(failed)?;
+            Ok(Some((Cursor { tx: row.get(0), id: row.get(1) }, SinkHold::new(hold))))
         })
     }
 

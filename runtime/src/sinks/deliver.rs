@@ -18,9 +18,14 @@ use crate::host::sink::{Broker, WasmSink};
 use crate::modules::SinkModule;
 use crate::source::{Filter, Source};
 
-/// How long a claim on a sink lasts unless renewed: a dead process's sinks
-/// are taken over within it.
+/// The lease an owner writes in the sink's row and renews every third of
+/// it while delivering (each renewal also tells it whether another process
+/// took the sink). Who may take a sink is decided by its hold (ADR 31), not
+/// by the lease: the row shows when its owner last renewed.
 const LEASE: Duration = Duration::from_secs(10);
+/// How often a standby tries to take the sink's hold (free once the
+/// process holding it is gone).
+const STANDBY_CHECK: Duration = Duration::from_secs(2);
 /// The longest wait between two attempts after a failure.
 const MAX_BACKOFF: Duration = Duration::from_secs(3);
 
@@ -149,14 +154,20 @@ impl Job {
             let _ = tokio::time::timeout(Duration::from_secs(30), previous).await;
         }
         let mut backoff = Backoff::default();
+        // The hold on the sink while this task delivers it (dropped when it
+        // is fenced, and after the sink is given up at the end).
+        let mut held = None;
         while !self.stopping() {
-            let now = now_micros();
-            let until = now + LEASE.as_micros() as i64;
-            let cursor = match self.source.claim_sink(self.name(), &self.owner, now, until).await {
-                Ok(Some(cursor)) => cursor,
+            held = None;
+            let until = now_micros() + LEASE.as_micros() as i64;
+            let cursor = match self.source.claim_sink(self.name(), &self.owner, until).await {
+                Ok(Some((cursor, hold))) => {
+                    held = Some(hold);
+                    cursor
+                }
                 Ok(None) => {
                     self.update(|s| s.state = "standby");
-                    if !self.pause(LEASE / 3).await {
+                    if !self.pause(STANDBY_CHECK).await {
                         break;
                     }
                     continue;
@@ -182,6 +193,7 @@ impl Job {
         }
         self.update(|s| s.connected = false);
         let _ = self.source.release_sink(self.name(), &self.owner).await;
+        drop(held);
     }
 
     /// Deliver from `cursor` while this process holds the sink.

@@ -251,6 +251,19 @@ pub trait EventReader: Send {
 /// A future an [`EventLog`] returns.
 pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> + Send + 'a>>;
 
+/// What the owner of a sink keeps while it delivers (see
+/// [`EventLog::claim_sink`]): dropped, the hold is free for another process.
+pub struct SinkHold {
+    _keep: Box<dyn Send + Sync>,
+}
+
+impl SinkHold {
+    /// A hold kept by `keep` (a lock file, a connection holding a lock).
+    pub fn new(keep: impl Send + Sync + 'static) -> Self {
+        Self { _keep: Box::new(keep) }
+    }
+}
+
 /// What a backend's event log does (`sqlite::SqliteSource`,
 /// `postgres::PgSource`); reel holds it as a [`Source`].
 pub trait EventLog: Send + Sync {
@@ -289,17 +302,14 @@ pub trait EventLog: Send + Sync {
     /// is removed and its event appended in one transaction, keyed like an
     /// emission, so it fires once however many callers race (ADR 24).
     fn fire_timers(&self, reactor: String, now_micros: i64) -> LogFuture<'_, TimersFired>;
-    /// Claim sink `name` for `owner` until `until_micros` (Unix µs), unless
-    /// another owner's lease runs past `now_micros` (ADR 31). The sink's
-    /// checkpoint when claimed (the start for a new sink), `None` when
-    /// another owner holds it.
-    fn claim_sink(
-        &self,
-        name: String,
-        owner: String,
-        now_micros: i64,
-        until_micros: i64,
-    ) -> LogFuture<'_, Option<Cursor>>;
+    /// Claim sink `name` for `owner`, its lease until `until_micros` (Unix
+    /// µs) (ADR 31): first take the sink's hold, a lock that its owner keeps while it
+    /// lives (an advisory lock of a connection on PostgreSQL, a file lock on
+    /// SQLite), so that one taken means no live process owns the sink, and
+    /// the claim then ignores the lease a dead owner left behind. The sink's
+    /// checkpoint when claimed (the start for a new sink) and the hold, to
+    /// keep while delivering; `None` when another live process holds it.
+    fn claim_sink(&self, name: String, owner: String, until_micros: i64) -> LogFuture<'_, Option<(Cursor, SinkHold)>>;
     /// Move sink `name`'s checkpoint from `from` to `to` and extend the
     /// lease to `until_micros`, if `owner` still holds it there. `false`:
     /// it no longer does, and nothing moved.
@@ -480,10 +490,9 @@ impl Source {
         &self,
         name: &str,
         owner: &str,
-        now_micros: i64,
         until_micros: i64,
-    ) -> Result<Option<Cursor>, SourceError> {
-        self.log.claim_sink(name.to_owned(), owner.to_owned(), now_micros, until_micros).await
+    ) -> Result<Option<(Cursor, SinkHold)>, SourceError> {
+        self.log.claim_sink(name.to_owned(), owner.to_owned(), until_micros).await
     }
 
     /// Move a sink's checkpoint (see [`EventLog::advance_sink`]).

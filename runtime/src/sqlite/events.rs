@@ -18,7 +18,8 @@ use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, Event};
 
 use crate::source::{
-    AppendRequest, Appended, Batch, EventLog, EventReader, Filter, LagCause, LogFuture, SourceError, TimersFired,
+    AppendRequest, Appended, Batch, EventLog, EventReader, Filter, LagCause, LogFuture, SinkHold, SourceError,
+    TimersFired,
 };
 use reel_model::{Emissions, Forwarded};
 
@@ -358,26 +359,22 @@ impl EventLog for SqliteSource {
         })
     }
 
-    fn claim_sink(
-        &self,
-        name: String,
-        owner: String,
-        now_micros: i64,
-        until_micros: i64,
-    ) -> LogFuture<'_, Option<Cursor>> {
+    fn claim_sink(&self, name: String, owner: String, until_micros: i64) -> LogFuture<'_, Option<(Cursor, SinkHold)>> {
+        let locks = self.path.with_file_name("sinks");
         self.with_writer(move |conn| {
+            // The hold: a lock on a file of the sink's, which the kernel
+            // lets go when its process ends, however it ends.
+            let hold = sink_lock(&locks, &name)?;
+            let Some(hold) = hold else { return Ok(None) };
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("INSERT INTO reel_sinks (name) VALUES (?1) ON CONFLICT DO NOTHING", [&name])?;
-            let claimed = tx
-                .query_row(
-                    "UPDATE reel_sinks SET owner = ?2, lease_until = ?4 \
-                     WHERE name = ?1 AND (owner IS NULL OR owner = ?2 OR lease_until < ?3) RETURNING tx, position",
-                    rusqlite::params![name, owner, now_micros, until_micros],
-                    |r| Ok(Cursor { tx: r.get(0)?, id: r.get(1)? }),
-                )
-                .optional()?;
+            let cursor = tx.query_row(
+                "UPDATE reel_sinks SET owner = ?2, lease_until = ?3 WHERE name = ?1 RETURNING tx, position",
+                rusqlite::params![name, owner, until_micros],
+                |r| Ok(Cursor { tx: r.get(0)?, id: r.get(1)? }),
+            )?;
             tx.commit()?;
-            Ok(claimed)
+            Ok(Some((cursor, SinkHold::new(hold))))
         })
     }
 
@@ -486,5 +483,33 @@ fn text(value: ValueRef<'_>) -> String {
         ValueRef::Integer(i) => i.to_string(),
         ValueRef::Real(f) => f.to_string(),
         ValueRef::Text(t) | ValueRef::Blob(t) => crate::text::lossy(t),
+    }
+}
+
+/// Lock sink `name`'s file in `dir` (made if missing), without waiting: the
+/// open file holding the lock, `None` when another open file holds it (a
+/// live process delivering the sink).
+fn sink_lock(dir: &Path, name: &str) -> Result<Option<std::fs::File>, SourceError> {
+    let failed =
+        |e: std::io::Error| SourceError::Internal(format!("locking sink `{name}`'s file in {}: {e}", dir.display()));
+    std::fs::create_dir_all(dir).map_err(failed)?;
+    // A sink's name is a module name; anything outside [A-Za-z0-9._-] is
+    // written as its code, so that no name reaches outside the folder.
+    let file: String = name
+        .chars()
+        .map(
+            |c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c.to_string() } else { format!("%{:x}", c as u32) },
+        )
+        .collect();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(format!("{file}.lock")))
+        .map_err(failed)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(failed(e)),
     }
 }
