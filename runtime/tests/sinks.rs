@@ -239,7 +239,8 @@ async fn a_rabbitmq_broker_killed_mid_run_loses_nothing() {
     let down = wait_sink(&h, "amqp-sink", |s| s["state"] == "retrying").await;
     assert_eq!(down["connected"], false, "{down:#}");
     assert!(down["last_error"].as_str().unwrap().contains("RabbitMQ"), "{down:#}");
-    assert!(down["position"].as_i64() < Some(head), "{down:#}");
+    // The broker died with batches of the first backlog still to confirm.
+    assert!(down["position"].as_i64() < Some(first_head), "{down:#}");
     let rabbit = PrivateRabbit::start(folder.path(), port);
     let status = wait_sink(&h, "amqp-sink", |s| s["position"].as_i64() >= Some(head)).await;
     assert!(status["retries"].as_u64() > Some(0), "{status:#}");
@@ -281,9 +282,10 @@ async fn a_rabbitmq_broker_killed_mid_run_loses_nothing() {
     );
     eprintln!(
         "{} events, each once after dropping {again} messages published again; the broker was killed with the sink \
-         at {} of a backlog to {first_head}",
+         past {} and confirmed to {} of a backlog to {first_head}",
         sent.len(),
-        at_kill["position"]
+        at_kill["position"],
+        down["position"]
     );
     h.finish().await;
 }
@@ -486,20 +488,25 @@ async fn one_process_delivers_a_sink_and_another_takes_over() {
     process_sink(&second, |s| s["state"] == "standby");
     let (mut sent, head) = append_orders(events_wanted() / 2, &run, async |s, e| process_append(&first, s, e)).await;
     process_sink(&first, |s| s["position"].as_i64() >= Some(head));
-    first.kill();
-    // The dead owner's lease says an hour more: the sink's hold, which died
-    // with the process, is what lets the second take it.
+    // The first, frozen (it keeps its hold), gets a lease an hour long, then
+    // is killed: its hold, which died with it, is what lets the second take
+    // the sink.
+    first.freeze();
     let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let in_an_hour =
-        "UPDATE reel.sinks SET lease_until = (extract(epoch FROM now() + interval '1 hour') * 1e6)::bigint";
-    assert_eq!(db.execute(in_an_hour, &[]).await.unwrap(), 1);
-    drop(db);
+    let owner: String = db.query_one("SELECT owner FROM reel.sinks", &[]).await.unwrap().get(0);
+    let in_an_hour = "UPDATE reel.sinks SET lease_until = (extract(epoch FROM now() + interval '1 hour') * 1e6)::bigint \
+                      WHERE owner = $1";
+    assert_eq!(db.execute(in_an_hour, &[&owner]).await.unwrap(), 1);
+    first.kill();
     let (more, head) =
         append_orders(events_wanted() / 2, &format!("{run}.b"), async |s, e| process_append(&second, s, e)).await;
     sent.extend(more);
     let status = process_sink(&second, |s| s["position"].as_i64() >= Some(head));
     assert_eq!(status["state"], "running", "{status:#}");
+    let now_owner: String = db.query_one("SELECT owner FROM reel.sinks", &[]).await.unwrap().get(0);
+    assert_ne!(now_owner, owner, "the second process delivers under its own name");
+    drop(db);
     check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
     second.kill();
     common::drop_database(&url).await;

@@ -380,7 +380,13 @@ impl EventLog for PgSource {
         })
     }
 
-    fn claim_sink(&self, name: String, owner: String, until_micros: i64) -> LogFuture<'_, Option<(Cursor, SinkHold)>> {
+    fn claim_sink(
+        &self,
+        name: String,
+        owner: String,
+        now_micros: i64,
+        until_micros: i64,
+    ) -> LogFuture<'_, Option<(Cursor, Option<SinkHold>)>> {
         Box::pin(async move {
             // The hold: an advisory lock of a session of its own, which the
             // owner keeps open while it delivers; PostgreSQL lets the lock go
@@ -389,17 +395,19 @@ impl EventLog for PgSource {
                 true => SourceError::Unreachable(pg::with_cause(&e)),
                 false => pg_error(&e),
             };
-            let hold = pg::connect(&self.config, &self.handle).await.map_err(failed)?;
+            let session = pg::connect(&self.config, &self.handle).await.map_err(failed)?;
             let lock = "SELECT pg_try_advisory_lock(hashtextextended('reel.sink/' || $1, 0))";
-            let locked: bool = hold.query_one(lock, &[&name]).await.map_err(failed)?.get(0);
-            if !locked {
-                return Ok(None);
-            }
+            let locked: bool = session.query_one(lock, &[&name]).await.map_err(failed)?.get(0);
             let insert = "INSERT INTO reel.sinks (name) VALUES ($1) ON CONFLICT DO NOTHING";
-            hold.execute(insert, &[&name]).await.map_err(failed)?;
-            let claim = "UPDATE reel.sinks SET owner = $2, lease_until = $3 WHERE name = $1 RETURNING tx, position";
-            let row = hold.query_one(claim, &[&name, &owner, &until_micros]).await.map_err(failed)?;
-            Ok(Some((Cursor { tx: row.get(0), id: row.get(1) }, SinkHold::new(hold))))
+            session.execute(insert, &[&name]).await.map_err(failed)?;
+            // Held: whatever the lease says. Not: once it ran out.
+            let claim = "UPDATE reel.sinks SET owner = $2, lease_until = $4 \
+                         WHERE name = $1 AND ($5 OR owner IS NULL OR lease_until < $3) RETURNING tx, position";
+            let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+                [&name, &owner, &now_micros, &until_micros, &locked];
+            let rows = session.query(claim, &params).await.map_err(failed)?;
+            let hold = locked.then(|| SinkHold::new(session));
+            Ok(rows.first().map(|r| (Cursor { tx: r.get(0), id: r.get(1) }, hold)))
         })
     }
 
@@ -620,5 +628,11 @@ async fn listen(config: Config, wake: std::sync::Weak<watch::Sender<u64>>, close
             Err(e) => tracing::warn!("cannot connect for LISTEN: {e}; polling meanwhile"),
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl crate::source::Keep for Client {
+    fn alive(&self) -> bool {
+        !self.is_closed()
     }
 }

@@ -16,12 +16,12 @@ use super::messages::{self, Outgoing};
 use crate::config::Limits;
 use crate::host::sink::{Broker, WasmSink};
 use crate::modules::SinkModule;
-use crate::source::{Filter, Source};
+use crate::source::{Filter, SinkHold, Source};
 
-/// The lease an owner writes in the sink's row and renews every third of
-/// it while delivering (each renewal also tells it whether another process
-/// took the sink). Who may take a sink is decided by its hold (ADR 31), not
-/// by the lease: the row shows when its owner last renewed.
+/// How long a claim on a sink lasts unless renewed (every third of it,
+/// while delivering; each renewal also tells the owner whether another
+/// process took the sink). Whoever takes the sink's hold claims it at once
+/// (ADR 31); without the hold, a sink is claimed once its lease ran out.
 const LEASE: Duration = Duration::from_secs(10);
 /// How often a standby tries to take the sink's hold (free once the
 /// process holding it is gone).
@@ -159,10 +159,11 @@ impl Job {
         let mut held = None;
         while !self.stopping() {
             held = None;
-            let until = now_micros() + LEASE.as_micros() as i64;
-            let cursor = match self.source.claim_sink(self.name(), &self.owner, until).await {
+            let now = now_micros();
+            let until = now + LEASE.as_micros() as i64;
+            let cursor = match self.source.claim_sink(self.name(), &self.owner, now, until).await {
                 Ok(Some((cursor, hold))) => {
-                    held = Some(hold);
+                    held = hold;
                     cursor
                 }
                 Ok(None) => {
@@ -186,7 +187,7 @@ impl Job {
                 s.checkpoint = Some(cursor);
                 s.position = cursor.id;
             });
-            match self.deliver_from(cursor).await {
+            match self.deliver_from(cursor, held.as_ref()).await {
                 Ended::Stopped => break,
                 Ended::Fenced => continue,
             }
@@ -204,7 +205,7 @@ impl Job {
     /// batch only once every message of it is confirmed, in log order; a
     /// failure drops what is in flight and publishes again from the
     /// checkpoint, on a new connection.
-    async fn deliver_from(&mut self, mut cursor: Cursor) -> Ended {
+    async fn deliver_from(&mut self, mut cursor: Cursor, hold: Option<&SinkHold>) -> Ended {
         let module = Arc::clone(&self.module);
         let m = &module.manifest;
         let filter = Filter::new(&m.event_types, &m.stream_prefixes);
@@ -227,6 +228,11 @@ impl Job {
                     let _ = self.advance(cursor, batch.next).await;
                 }
                 return Ended::Stopped;
+            }
+            if hold.is_some_and(|h| !h.alive()) {
+                // Another process may take the sink now: claim it again.
+                self.failed("retrying", "the sink's hold ended (its database session closed)".into());
+                return Ended::Fenced;
             }
             if renewed.elapsed() > LEASE / 3 {
                 match self.advance(cursor, cursor).await {

@@ -254,13 +254,28 @@ pub type LogFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SourceError>> 
 /// What the owner of a sink keeps while it delivers (see
 /// [`EventLog::claim_sink`]): dropped, the hold is free for another process.
 pub struct SinkHold {
-    _keep: Box<dyn Send + Sync>,
+    keep: Box<dyn Keep>,
 }
 
+/// What holds a sink's hold: a locked file, a session holding a lock.
+pub trait Keep: Send + Sync {
+    /// Whether it still holds it (a session can end under its owner).
+    fn alive(&self) -> bool {
+        true
+    }
+}
+
+impl Keep for std::fs::File {}
+
 impl SinkHold {
-    /// A hold kept by `keep` (a lock file, a connection holding a lock).
-    pub fn new(keep: impl Send + Sync + 'static) -> Self {
-        Self { _keep: Box::new(keep) }
+    /// A hold kept by `keep`.
+    pub fn new(keep: impl Keep + 'static) -> Self {
+        Self { keep: Box::new(keep) }
+    }
+
+    /// Whether the hold is still held.
+    pub fn alive(&self) -> bool {
+        self.keep.alive()
     }
 }
 
@@ -303,13 +318,22 @@ pub trait EventLog: Send + Sync {
     /// emission, so it fires once however many callers race (ADR 24).
     fn fire_timers(&self, reactor: String, now_micros: i64) -> LogFuture<'_, TimersFired>;
     /// Claim sink `name` for `owner`, its lease until `until_micros` (Unix
-    /// µs) (ADR 31): first take the sink's hold, a lock that its owner keeps while it
-    /// lives (an advisory lock of a connection on PostgreSQL, a file lock on
-    /// SQLite), so that one taken means no live process owns the sink, and
-    /// the claim then ignores the lease a dead owner left behind. The sink's
-    /// checkpoint when claimed (the start for a new sink) and the hold, to
-    /// keep while delivering; `None` when another live process holds it.
-    fn claim_sink(&self, name: String, owner: String, until_micros: i64) -> LogFuture<'_, Option<(Cursor, SinkHold)>>;
+    /// µs) (ADR 31). First it tries to take the sink's hold, a lock that its
+    /// owner keeps while it lives (an advisory lock of a session of its own
+    /// on PostgreSQL, a file lock on SQLite): taken, no live process owns
+    /// the sink, and the claim ignores the lease a dead owner left behind.
+    /// Not taken, the sink is claimed only when the row has no owner or its
+    /// lease ran out before `now_micros` (an owner stuck, or whose host is
+    /// gone without its session ending yet). The sink's checkpoint when
+    /// claimed (the start for a new sink) and the hold if taken, to keep
+    /// while delivering; `None` when another process holds the sink.
+    fn claim_sink(
+        &self,
+        name: String,
+        owner: String,
+        now_micros: i64,
+        until_micros: i64,
+    ) -> LogFuture<'_, Option<(Cursor, Option<SinkHold>)>>;
     /// Move sink `name`'s checkpoint from `from` to `to` and extend the
     /// lease to `until_micros`, if `owner` still holds it there. `false`:
     /// it no longer does, and nothing moved.
@@ -490,9 +514,10 @@ impl Source {
         &self,
         name: &str,
         owner: &str,
+        now_micros: i64,
         until_micros: i64,
-    ) -> Result<Option<(Cursor, SinkHold)>, SourceError> {
-        self.log.claim_sink(name.to_owned(), owner.to_owned(), until_micros).await
+    ) -> Result<Option<(Cursor, Option<SinkHold>)>, SourceError> {
+        self.log.claim_sink(name.to_owned(), owner.to_owned(), now_micros, until_micros).await
     }
 
     /// Move a sink's checkpoint (see [`EventLog::advance_sink`]).

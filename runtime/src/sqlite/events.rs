@@ -359,22 +359,27 @@ impl EventLog for SqliteSource {
         })
     }
 
-    fn claim_sink(&self, name: String, owner: String, until_micros: i64) -> LogFuture<'_, Option<(Cursor, SinkHold)>> {
+    fn claim_sink(
+        &self,
+        name: String,
+        owner: String,
+        now_micros: i64,
+        until_micros: i64,
+    ) -> LogFuture<'_, Option<(Cursor, Option<SinkHold>)>> {
         let locks = self.path.with_file_name("sinks");
         self.with_writer(move |conn| {
             // The hold: a lock on a file of the sink's, which the kernel
             // lets go when its process ends, however it ends.
             let hold = sink_lock(&locks, &name)?;
-            let Some(hold) = hold else { return Ok(None) };
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("INSERT INTO reel_sinks (name) VALUES (?1) ON CONFLICT DO NOTHING", [&name])?;
-            let cursor = tx.query_row(
-                "UPDATE reel_sinks SET owner = ?2, lease_until = ?3 WHERE name = ?1 RETURNING tx, position",
-                rusqlite::params![name, owner, until_micros],
-                |r| Ok(Cursor { tx: r.get(0)?, id: r.get(1)? }),
-            )?;
+            // Held: whatever the lease says. Not: once it ran out.
+            let claim = "UPDATE reel_sinks SET owner = ?2, lease_until = ?4 \
+                         WHERE name = ?1 AND (?5 OR owner IS NULL OR lease_until < ?3) RETURNING tx, position";
+            let params = rusqlite::params![name, owner, now_micros, until_micros, hold.is_some()];
+            let cursor = tx.query_row(claim, params, |r| Ok(Cursor { tx: r.get(0)?, id: r.get(1)? })).optional()?;
             tx.commit()?;
-            Ok(Some((cursor, SinkHold::new(hold))))
+            Ok(cursor.map(|cursor| (cursor, hold.map(SinkHold::new))))
         })
     }
 

@@ -1,8 +1,11 @@
 //! Private broker instances for the tests that stop one: a `nats-server`
 //! with JetStream or a `rabbitmq-server`, on a spare port, with its state in
-//! a folder of its own.
+//! a folder of its own. Each runs in a process group of its own, killed
+//! whole when the instance is dropped (a failed test leaves no broker
+//! behind).
 
-use std::path::Path;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -11,6 +14,8 @@ use std::time::{Duration, Instant};
 pub struct PrivateNats {
     child: Child,
     port: u16,
+    /// Running (once stopped and reaped, its pid may name another process).
+    running: bool,
 }
 
 impl PrivateNats {
@@ -20,14 +25,12 @@ impl PrivateNats {
             .arg(store)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .process_group(0)
             .spawn()
             .expect("nats-server (Debian package nats-server) is needed for this test");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "the private nats-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
+        let nats = Self { child, port, running: true };
+        wait_for_port(port, Duration::from_secs(20), "nats-server", || None);
+        nats
     }
 
     pub fn url(&self) -> String {
@@ -41,13 +44,15 @@ impl PrivateNats {
     pub fn stop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
+        self.running = false;
     }
 }
 
 impl Drop for PrivateNats {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.running {
+            kill_group(&mut self.child);
+        }
     }
 }
 
@@ -60,8 +65,10 @@ pub fn spare_port() -> u16 {
 /// Erlang cookie in a folder of its own; killed when dropped.
 pub struct PrivateRabbit {
     child: Child,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
     port: u16,
+    /// Running (once killed and reaped, its pid may name another process).
+    running: bool,
 }
 
 impl PrivateRabbit {
@@ -72,7 +79,7 @@ impl PrivateRabbit {
             .unwrap();
         std::fs::write(dir.join("enabled_plugins"), "[].").unwrap();
         let log = std::fs::File::create(dir.join("server.out")).unwrap();
-        let mut child = Command::new(program)
+        let child = Command::new(program)
             .env("HOME", dir)
             .env("RABBITMQ_NODENAME", format!("reel{port}@localhost"))
             .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
@@ -86,44 +93,44 @@ impl PrivateRabbit {
             .env("RABBITMQ_ADVANCED_CONFIG_FILE", dir.join("advanced.config"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .expect("rabbitmq-server (Debian package rabbitmq-server) is needed for this test");
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let out = std::fs::read_to_string(dir.join("server.out")).unwrap_or_default();
-                panic!("the private rabbitmq-server exited ({status}):\n{out}");
-            }
-            assert!(Instant::now() < deadline, "the private rabbitmq-server did not start on port {port}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self { child, dir: dir.to_owned(), port }
+        let mut rabbit = Self { child, dir: dir.to_owned(), port, running: true };
+        let out = rabbit.dir.join("server.out");
+        let child = &mut rabbit.child;
+        wait_for_port(port, Duration::from_secs(90), "rabbitmq-server", || {
+            let exited = child.try_wait().ok().flatten()?;
+            Some(format!("it exited ({exited}):\n{}", std::fs::read_to_string(&out).unwrap_or_default()))
+        });
+        rabbit
     }
 
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
 
-    /// Kill the broker's Erlang VM with SIGKILL, a crash: what it had
-    /// confirmed (persistent messages in a durable queue) is on its disk.
+    /// Kill the broker with SIGKILL, a crash (its whole process group: the
+    /// start script and the Erlang VM): what it had confirmed (persistent
+    /// messages in a durable queue) is on its disk.
     pub fn kill(&mut self) {
+        if !self.running {
+            return;
+        }
+        self.running = false;
+        kill_group(&mut self.child);
+        // The VM's own pid, should it have left the group.
         let pid = std::fs::read_to_string(self.dir.join("pid")).unwrap_or_default();
         let pid = pid.trim();
         if !pid.is_empty() {
-            let _ = Command::new("kill").args(["-KILL", pid]).status();
-            // (The VM may be the spawned process itself, which stays a
-            // zombie until it is waited for.)
-            let alive = |child: &mut Child| {
-                let _ = child.try_wait();
-                Command::new("kill").args(["-0", pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-            };
-            while alive(&mut self.child) {
+            let _ = Command::new("kill").args(["-KILL", pid]).stderr(Stdio::null()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Command::new("kill").args(["-0", pid]).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+                assert!(Instant::now() < deadline, "the private rabbitmq-server (pid {pid}) outlived SIGKILL");
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
         let _ = std::fs::remove_file(self.dir.join("pid"));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -131,4 +138,24 @@ impl Drop for PrivateRabbit {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Wait until something listens on `port`, panicking after `patience` or
+/// when `gone` says why the server will not come.
+fn wait_for_port(port: u16, patience: Duration, server: &str, mut gone: impl FnMut() -> Option<String>) {
+    let deadline = Instant::now() + patience;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(why) = gone() {
+            panic!("the private {server} did not start on port {port}: {why}");
+        }
+        assert!(Instant::now() < deadline, "the private {server} did not start on port {port} within {patience:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGKILL to `child`'s process group (it leads one of its own), then reap it.
+fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]).stderr(Stdio::null()).status();
+    let _ = child.kill();
+    let _ = child.wait();
 }

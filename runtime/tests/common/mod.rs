@@ -467,7 +467,6 @@ pub fn scratch(backend: Backend) -> (tempfile::TempDir, tokio::runtime::Runtime,
     (dir, setup, database)
 }
 
-/// The backends a benchmark's `--backend sqlite|postgres|both` names.
 /// The median of `values` (the mean of the middle two for an even count).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();
@@ -476,6 +475,7 @@ pub fn median(values: &[f64]) -> f64 {
     if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 }
 }
 
+/// The backends a benchmark's `--backend sqlite|postgres|both` names.
 pub fn backends(name: &str) -> Vec<Backend> {
     match name {
         "sqlite" => vec![Backend::Sqlite],

@@ -69,6 +69,13 @@ impl Process {
     }
 
     /// Kill it with SIGKILL: no shutdown, no flush.
+    /// Stop the process with SIGSTOP: it holds what it holds (locks,
+    /// sessions) and does nothing until killed.
+    pub fn freeze(&self) {
+        let status = std::process::Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "could not stop reel with SIGSTOP");
+    }
+
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
