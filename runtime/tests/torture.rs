@@ -183,7 +183,7 @@ fn kill_loop(backend: common::Backend) {
     *address.lock().unwrap() = Some(reel.addr);
     let appended = appender.join();
     let live_time = live_started.elapsed();
-    wait_caught_up(&reel);
+    wait_caught_up(&reel, 1);
     *address.lock().unwrap() = None;
     reel.terminate();
     world.read_log();
@@ -214,22 +214,24 @@ fn kill_loop(backend: common::Backend) {
     }
 }
 
-/// Wait until every read model is at the head of the log, as reel reports it.
-fn wait_caught_up(reel: &Reel) {
+/// Wait until every read model is at the head of the log, as reel reports it,
+/// and each of the `sinks` deployed has delivered up to it.
+fn wait_caught_up(reel: &Reel, sinks: usize) {
     let deadline = Instant::now() + Duration::from_secs(1800);
     let mut settled = 0;
     loop {
         let list = get(reel, "/projections");
-        let sinks = get(reel, "/sinks");
-        let caught_up = list.as_array().is_some_and(|all| {
-            all.len() == check::NAMES.len() && all.iter().all(|p| p["lag"] == 0 && p["position"] == p["head"])
-        }) && sinks.as_array().is_some_and(|all| all.len() == 1 && all[0]["lag_events"] == 0);
+        let delivery = get(reel, "/sinks");
+        let caught_up =
+            list.as_array().is_some_and(|all| {
+                all.len() == check::NAMES.len() && all.iter().all(|p| p["lag"] == 0 && p["position"] == p["head"])
+            }) && delivery.as_array().is_some_and(|all| all.len() == sinks && all.iter().all(|s| s["lag_events"] == 0));
         settled = if caught_up { settled + 1 } else { 0 };
         // Twice in a row: the relay's emissions move the head once more.
         if settled == 3 {
             return;
         }
-        assert!(Instant::now() < deadline, "not caught up: {list:#}\n{sinks:#}\n{}", reel.log_tail());
+        assert!(Instant::now() < deadline, "not caught up: {list:#}\n{delivery:#}\n{}", reel.log_tail());
         std::thread::sleep(Duration::from_millis(200));
     }
 }

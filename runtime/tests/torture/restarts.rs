@@ -62,7 +62,7 @@ fn reel_rides_out_postgres_restarts_and_starts_without_it() {
         outages.push((outage, back));
     }
     let appended = appender.join();
-    super::wait_caught_up(&reel);
+    super::wait_caught_up(&reel, 0);
     reel.terminate();
 
     // Down when reel starts: it serves, says so, and catches up when it comes.
@@ -77,7 +77,7 @@ fn reel_rides_out_postgres_restarts_and_starts_without_it() {
     pg.up();
     let back = recovered(&reel);
     let late = late.join();
-    super::wait_caught_up(&reel);
+    super::wait_caught_up(&reel, 0);
     reel.terminate();
 
     world.read_log();
