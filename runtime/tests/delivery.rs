@@ -286,7 +286,19 @@ async fn follow_live(
         let mut read = 0;
         while read < quota && got.len() < want {
             let next = tokio::time::timeout(Duration::from_secs(30), stream.next()).await;
-            let message = next.expect("the feed goes on").expect("the feed stays open");
+            let Ok(message) = next else {
+                // What the log says past the client's place, to tell a
+                // feed that stalls from a log that held the events back.
+                let after = last_id.as_deref().map_or(String::new(), |id| format!("&after={id}"));
+                let (code, page) = h.call("GET", &format!("/events?limit=5{after}"), None).await;
+                let (_, health) = h.call("GET", "/healthz", None).await;
+                panic!(
+                    "the feed went silent for 30 s after {} of {want} events ({connections} connections, last id \
+                     {last_id:?}); GET /events past it: {code} {page}; /healthz: {health}",
+                    got.len()
+                );
+            };
+            let message = message.expect("the feed stays open");
             last_id = message.id.clone().or(last_id);
             match (message.event.as_str(), message.data.as_str()) {
                 ("message", "") => {} // progress: the id moved on
