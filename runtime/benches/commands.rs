@@ -74,10 +74,8 @@ fn args() -> Args {
         long_events: 100_000,
         only: None,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
+    common::bench_args(|flag, value| {
+        match flag {
             "--rounds" => args.rounds = value().parse().expect("--rounds N"),
             "--streams" => args.streams = value().parse().expect("--streams N"),
             "--hot-commands" => args.hot_commands = value().parse().expect("--hot-commands N"),
@@ -95,10 +93,10 @@ fn args() -> Args {
                 args.rate = 200;
                 args.long_events = 3_000;
             }
-            "--bench" | "--nocapture" => {}
-            other => panic!("unknown argument {other}"),
+            _ => return false,
         }
-    }
+        true
+    });
     args
 }
 
@@ -172,13 +170,10 @@ fn wasm_file(config: &reel::Config, name: &str) -> PathBuf {
 }
 
 fn main() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .try_init();
     let args = args();
     // Built (or found up to date) before anything is timed.
     common::guests();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = common::bench_runtime();
     println!(
         "commands benchmark: {} clients, {} distinct streams, {} commands on one hot stream, {}/s for {} s, a stream \
          of {} events; {} round(s) alternated; {} cores, reel {}",

@@ -38,10 +38,8 @@ struct Args {
 
 fn args() -> Args {
     let mut args = Args { events: 100_000, rounds: 3, backends: vec![Backend::Sqlite, Backend::Postgres] };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
+    common::bench_args(|flag, value| {
+        match flag {
             "--events" => args.events = value().parse().expect("--events N"),
             "--rounds" => args.rounds = value().parse().expect("--rounds N"),
             "--backend" => args.backends = common::backends(&value()),
@@ -49,10 +47,10 @@ fn args() -> Args {
                 args.events = 5_000;
                 args.rounds = 1;
             }
-            "--bench" | "--nocapture" => {}
-            other => panic!("unknown argument {other}"),
+            _ => return false,
         }
-    }
+        true
+    });
     args
 }
 
@@ -88,13 +86,10 @@ impl Variant {
 }
 
 fn main() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .try_init();
     let args = args();
     // Built (or found up to date) before anything is timed.
     common::guests();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = common::bench_runtime();
     println!(
         "emit benchmark: {} source events (order.placed), {} round(s) alternated, {} cores, reel {}",
         args.events,

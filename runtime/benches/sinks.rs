@@ -49,10 +49,8 @@ const PAIRS: [&str; 3] = ["nats", "amqp", "amqp-js"];
 
 fn args() -> Args {
     let mut args = Args { events: 50_000, rounds: 3, pairs: PAIRS.to_vec() };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
+    common::bench_args(|flag, value| {
+        match flag {
             "--events" => args.events = value().parse().expect("--events N"),
             "--rounds" => args.rounds = value().parse().expect("--rounds N"),
             "--pair" => {
@@ -63,22 +61,19 @@ fn args() -> Args {
                 args.events = 2_000;
                 args.rounds = 1;
             }
-            "--bench" | "--nocapture" => {}
-            other => panic!("unknown argument {other}"),
+            _ => return false,
         }
-    }
+        true
+    });
     args
 }
 
 fn main() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .try_init();
     let args = args();
     // Built (or found up to date) before anything is timed.
     common::guests();
     common::language_guest("order-sink-js");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = common::bench_runtime();
     println!(
         "sinks benchmark: {} events, {} round(s) alternated, {} cores, reel {}",
         args.events,
@@ -235,22 +230,13 @@ async fn native_nats(js: &jetstream::Context, sent: &BTreeMap<i64, Sent>) -> f64
 
 /// A queue bound to `amq.topic` for the run's order and line messages.
 async fn amqp_queue(queue: &str, run: &str) -> lapin::Channel {
-    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::QueueDeclareOptions;
     use lapin::types::FieldTable;
     let connection = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await.unwrap();
     let channel = connection.create_channel().await.unwrap();
     channel.queue_declare(queue.into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
     for key in [format!("orders.{run}.#"), format!("order-lines.{run}.#")] {
-        channel
-            .queue_bind(
-                queue.into(),
-                "amq.topic".into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        common::sinks::bind_topic(&channel, queue, key).await;
     }
     // The channel keeps the connection open.
     std::mem::forget(connection);

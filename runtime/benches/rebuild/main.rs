@@ -61,10 +61,8 @@ fn args() -> Args {
         languages: false,
         changes: 0,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
-        match arg.as_str() {
+    common::bench_args(|flag, value| {
+        match flag {
             "--events" => args.events = value().parse().expect("--events N"),
             "--handwritten" => args.handwritten = value().parse().expect("--handwritten N"),
             "--batch" => args.batch = value().parse().expect("--batch N"),
@@ -78,19 +76,16 @@ fn args() -> Args {
                 args.handwritten = 2_000;
                 args.changes = 1;
             }
-            "--bench" | "--nocapture" => {}
-            other => panic!("unknown argument {other}"),
+            _ => return false,
         }
-    }
+        true
+    });
     args
 }
 
 fn main() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
-        .try_init();
     let args = args();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = common::bench_runtime();
     println!(
         "rebuild benchmark: {} events, batches of {}, {} cores, reel {}",
         args.events,

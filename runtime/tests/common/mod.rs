@@ -467,6 +467,28 @@ pub fn scratch(backend: Backend) -> (tempfile::TempDir, tokio::runtime::Runtime,
     (dir, setup, database)
 }
 
+/// A benchmark's own arguments: `each(flag, value)` takes a flag it knows
+/// (calling `value` for the flag's value) and says whether it did; cargo's
+/// `--bench` and `--nocapture` are passed over, anything else refused.
+pub fn bench_args(mut each: impl FnMut(&str, &mut dyn FnMut() -> String) -> bool) {
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        if !each(&arg, &mut value) && !matches!(arg.as_str(), "--bench" | "--nocapture") {
+            panic!("unknown argument {arg}");
+        }
+    }
+}
+
+/// A benchmark's logging (as `RUST_LOG` says, warnings otherwise) and the
+/// runtime it drives reel with.
+pub fn bench_runtime() -> tokio::runtime::Runtime {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .try_init();
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
 /// The median of `values` (the mean of the middle two for an even count).
 pub fn median(values: &[f64]) -> f64 {
     let mut v = values.to_vec();

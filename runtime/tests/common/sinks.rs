@@ -108,6 +108,16 @@ pub async fn wait_sink(h: &Harness, name: &str, check: impl Fn(&Value) -> bool) 
     }
 }
 
+/// Bind queue `queue` to `amq.topic` for routing key `key`.
+pub async fn bind_topic(channel: &lapin::Channel, queue: &str, key: String) {
+    use lapin::options::QueueBindOptions;
+    use lapin::types::FieldTable;
+    channel
+        .queue_bind(queue.into(), "amq.topic".into(), key.into(), QueueBindOptions::default(), FieldTable::default())
+        .await
+        .unwrap();
+}
+
 /// A JetStream stream capturing `orders.{run}.>`, with a 2-minute duplicate
 /// window, on the server at `url`.
 pub async fn nats_stream(url: &str, run: &str) -> (jetstream::Context, jetstream::stream::Stream) {
