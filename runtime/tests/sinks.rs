@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use common::brokers::{PrivateNats, PrivateRabbit, spare_port};
-use common::sinks::{AMQP, NATS, PATIENCE, Sent, append_orders, nats_stream, run_id, sink, through, wait_sink};
+use common::sinks::{
+    AMQP, NATS, PATIENCE, Sent, append_orders, bind_topic, nats_stream, run_id, sink, through, wait_sink,
+};
 use common::{Backend, Harness};
 use serde_json::{Value, json};
 
@@ -109,6 +111,39 @@ async fn events_reach_a_jetstream_stream_once_each_in_order(backend: Backend) {
     js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
 }
 
+/// The hold's session ended under its owner (PostgreSQL: the backend
+/// terminated, as `idle_session_timeout` or an administrator would): the
+/// owner sees it before its next batch, claims again (taking a new hold) and
+/// goes on from its checkpoint; each event still reaches the stream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_hold_ended_claims_again_and_goes_on() {
+    let run = run_id();
+    let (js, mut stream) = nats_stream(NATS, &run).await;
+    let h = Harness::start_with(Backend::Postgres, &["order_sink"], |c| c.sinks.nats_url = Some(NATS.into())).await;
+    let (mut sent, head) = append_orders(events_wanted() / 2, &run, async |s, e| through(&h, s, e).await).await;
+    wait_sink(&h, "order-sink", |s| s["position"].as_i64() >= Some(head)).await;
+    let url = h.config.database_url.clone().unwrap();
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let holders = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' \
+                   AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+    let pids: Vec<i32> = db.query(holders, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(pids.len(), 1, "one hold, the sink's");
+    db.execute("SELECT pg_terminate_backend($1)", &[&pids[0]]).await.unwrap();
+    let (more, head) =
+        append_orders(events_wanted() / 2, &format!("{run}.b"), async |s, e| through(&h, s, e).await).await;
+    sent.extend(more);
+    let status = wait_sink(&h, "order-sink", |s| s["position"].as_i64() >= Some(head)).await;
+    assert_eq!(status["state"], "running", "{status:#}");
+    assert!(status["last_error"].as_str().unwrap_or("").contains("hold ended"), "{status:#}");
+    let again: Vec<i32> = db.query(holders, &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
+    assert!(again.len() == 1 && again != pids, "a new hold: {again:?} (the ended one: {pids:?})");
+    drop(db);
+    check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
+    h.finish().await;
+    js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
+}
+
 both_backends!(two_sinks_publishing_the_same_events_into_one_stream_both_arrive);
 
 /// order-sink and its twin (another name, the same events and subjects)
@@ -191,7 +226,7 @@ async fn a_broker_restarted_mid_run_loses_nothing() {
 /// has seen gets every event once, each stream in order; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rabbitmq_broker_killed_mid_run_loses_nothing() {
-    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions};
     use lapin::types::{AMQPValue, FieldTable};
 
     let folder = tempfile::tempdir().unwrap();
@@ -204,12 +239,7 @@ async fn a_rabbitmq_broker_killed_mid_run_loses_nothing() {
         let channel = connection.create_channel().await.unwrap();
         let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         channel.queue_declare(queue.as_str().into(), durable, FieldTable::default()).await.unwrap();
-        let key = format!("orders.{run}.#");
-        let bind = QueueBindOptions::default();
-        channel
-            .queue_bind(queue.as_str().into(), "amq.topic".into(), key.into(), bind, FieldTable::default())
-            .await
-            .unwrap();
+        bind_topic(&channel, &queue, format!("orders.{run}.#")).await;
         (connection, channel)
     };
     drop(declare(&rabbit.url()).await);
@@ -342,7 +372,8 @@ async fn reel_killed_mid_delivery_still_publishes_each_event_once() {
         std::thread::sleep(Duration::from_millis(50));
     };
     check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
-    // What it published again before the kill's checkpoint came back as duplicates.
+    // Published by this process, new or dropped by id as a duplicate (what
+    // the first one published past its checkpoint): about the rest of the log.
     let published = status["published_messages"].as_u64().unwrap() + status["duplicate_messages"].as_u64().unwrap();
     assert!(published as i64 >= head - at_kill - head / 10, "{status:#}");
     reel.kill();
@@ -358,7 +389,7 @@ both_backends!(a_javascript_transform_feeds_a_rabbitmq_queue);
 /// and says why, and skips nothing. A consumer that drops message ids it has
 /// seen gets each message once, each stream in order.
 async fn a_javascript_transform_feeds_a_rabbitmq_queue(backend: Backend) {
-    use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions};
+    use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
     use lapin::types::{AMQPValue, FieldTable};
 
     let wasm = common::language_guest("order-sink-js");
@@ -369,19 +400,7 @@ async fn a_javascript_transform_feeds_a_rabbitmq_queue(backend: Backend) {
         .unwrap_or_else(|e| panic!("RabbitMQ is needed at {AMQP}: {e}"));
     let channel = connection.create_channel().await.unwrap();
     channel.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), FieldTable::default()).await.unwrap();
-    let bind = async |key: String| {
-        channel
-            .queue_bind(
-                queue.as_str().into(),
-                "amq.topic".into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    };
-    bind(format!("orders.{run}.#")).await;
+    bind_topic(&channel, &queue, format!("orders.{run}.#")).await;
 
     let h = Harness::start_with(backend, &[], |c| c.sinks.amqp_url = Some(AMQP.into())).await;
     std::fs::copy(&wasm, h.config.modules_dir.join("order-sink-js.wasm")).unwrap();
@@ -390,7 +409,7 @@ async fn a_javascript_transform_feeds_a_rabbitmq_queue(backend: Backend) {
     assert!(stuck["last_error"].as_str().unwrap().contains("no queue is bound"), "{stuck:#}");
     assert!(stuck["position"].as_i64() < Some(head), "{stuck:#}");
     assert_eq!(stuck["transform"], true);
-    bind(format!("order-lines.{run}.#")).await;
+    bind_topic(&channel, &queue, format!("order-lines.{run}.#")).await;
     let status = wait_sink(&h, "order-sink-js", |s| s["position"].as_i64() >= Some(head)).await;
     assert_eq!(status["state"], "running", "{status:#}");
 
@@ -466,6 +485,73 @@ fn process_sink(reel: &common::process::Process, check: impl Fn(&Value) -> bool)
     }
 }
 
+/// Two `reel serve` processes on PostgreSQL `url`, each with `order-sink`:
+/// the first delivering it, the second standing by (and their folders).
+fn delivering_and_standing_by(
+    url: &str,
+) -> ([tempfile::TempDir; 2], common::process::Process, common::process::Process) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for dir in &dirs {
+        std::fs::create_dir_all(dir.path().join("modules")).unwrap();
+        std::fs::copy(common::guest("order_sink"), dir.path().join("modules/order_sink.wasm")).unwrap();
+    }
+    let args = ["--nats-url", NATS];
+    let first = common::process::Process::start(dirs[0].path(), Some(url), &args);
+    process_sink(&first, |s| s["state"] == "running");
+    let second = common::process::Process::start(dirs[1].path(), Some(url), &args);
+    process_sink(&second, |s| s["state"] == "standby");
+    (dirs, first, second)
+}
+
+/// The owner of a sink (PostgreSQL).
+async fn sink_owner(db: &tokio_postgres::Client) -> String {
+    db.query_one("SELECT owner FROM reel.sinks", &[]).await.unwrap().get(0)
+}
+
+/// A process stuck past its lease (frozen for longer than the 10 s lease,
+/// its session and so its hold alive) is taken over by the standby, which
+/// delivers on the lease alone; when it wakes it finds the sink taken and
+/// stands by, letting its hold go, and the new owner takes the hold: the
+/// sink stays with the new owner, and each event reaches the stream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_owner_taken_over_stands_by_when_it_wakes() {
+    let run = run_id();
+    let (js, mut stream) = nats_stream(NATS, &run).await;
+    let url = common::create_database().await;
+    let (_dirs, first, second) = delivering_and_standing_by(&url);
+    let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let (mut sent, head) = append_orders(events_wanted() / 4, &run, async |s, e| process_append(&first, s, e)).await;
+    process_sink(&first, |s| s["position"].as_i64() >= Some(head));
+    let stuck = sink_owner(&db).await;
+    first.freeze();
+    process_sink(&second, |s| s["state"] == "running");
+    let taken_by = sink_owner(&db).await;
+    assert_ne!(taken_by, stuck);
+    let (more, head) =
+        append_orders(events_wanted() / 4, &format!("{run}.b"), async |s, e| process_append(&second, s, e)).await;
+    sent.extend(more);
+    process_sink(&second, |s| s["position"].as_i64() >= Some(head));
+    first.thaw();
+    process_sink(&first, |s| s["state"] == "standby");
+    // Longer than the woken process's stand-by and a standby's check.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(sink_owner(&db).await, taken_by, "the woken process took the sink back");
+    let (more, head) =
+        append_orders(events_wanted() / 4, &format!("{run}.c"), async |s, e| process_append(&second, s, e)).await;
+    sent.extend(more);
+    let status = process_sink(&second, |s| s["position"].as_i64() >= Some(head));
+    assert_eq!(status["state"], "running", "{status:#}");
+    assert_eq!(process_sink(&first, |_| true)["state"], "standby");
+    assert_eq!(sink_owner(&db).await, taken_by);
+    drop(db);
+    check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
+    first.kill();
+    second.kill();
+    common::drop_database(&url).await;
+    js.delete_stream(stream.cached_info().config.name.clone()).await.unwrap();
+}
+
 /// Two reel processes on one PostgreSQL, both with the sink: one delivers,
 /// the other stands by; the first killed, the second takes the sink over
 /// from the checkpoint as soon as it sees the first's hold gone, though the
@@ -476,16 +562,7 @@ async fn one_process_delivers_a_sink_and_another_takes_over() {
     let run = run_id();
     let (js, mut stream) = nats_stream(NATS, &run).await;
     let url = common::create_database().await;
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    for dir in &dirs {
-        std::fs::create_dir_all(dir.path().join("modules")).unwrap();
-        std::fs::copy(common::guest("order_sink"), dir.path().join("modules/order_sink.wasm")).unwrap();
-    }
-    let args = ["--nats-url", NATS];
-    let first = common::process::Process::start(dirs[0].path(), Some(&url), &args);
-    process_sink(&first, |s| s["state"] == "running");
-    let second = common::process::Process::start(dirs[1].path(), Some(&url), &args);
-    process_sink(&second, |s| s["state"] == "standby");
+    let (_dirs, first, second) = delivering_and_standing_by(&url);
     let (mut sent, head) = append_orders(events_wanted() / 2, &run, async |s, e| process_append(&first, s, e)).await;
     process_sink(&first, |s| s["position"].as_i64() >= Some(head));
     // The first, frozen (it keeps its hold), gets a lease an hour long, then
@@ -494,7 +571,7 @@ async fn one_process_delivers_a_sink_and_another_takes_over() {
     first.freeze();
     let (db, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let owner: String = db.query_one("SELECT owner FROM reel.sinks", &[]).await.unwrap().get(0);
+    let owner = sink_owner(&db).await;
     let in_an_hour = "UPDATE reel.sinks SET lease_until = (extract(epoch FROM now() + interval '1 hour') * 1e6)::bigint \
                       WHERE owner = $1";
     assert_eq!(db.execute(in_an_hour, &[&owner]).await.unwrap(), 1);
@@ -504,8 +581,7 @@ async fn one_process_delivers_a_sink_and_another_takes_over() {
     sent.extend(more);
     let status = process_sink(&second, |s| s["position"].as_i64() >= Some(head));
     assert_eq!(status["state"], "running", "{status:#}");
-    let now_owner: String = db.query_one("SELECT owner FROM reel.sinks", &[]).await.unwrap().get(0);
-    assert_ne!(now_owner, owner, "the second process delivers under its own name");
+    assert_ne!(sink_owner(&db).await, owner, "the second process delivers under its own name");
     drop(db);
     check_jetstream(&stream_messages(&mut stream).await, &sent, &["order-sink"]);
     second.kill();

@@ -400,9 +400,10 @@ impl EventLog for PgSource {
             let locked: bool = session.query_one(lock, &[&name]).await.map_err(failed)?.get(0);
             let insert = "INSERT INTO reel.sinks (name) VALUES ($1) ON CONFLICT DO NOTHING";
             session.execute(insert, &[&name]).await.map_err(failed)?;
-            // Held: whatever the lease says. Not: once it ran out.
+            // Held: whatever the lease says. Not: its owner's own, or once
+            // the lease ran out.
             let claim = "UPDATE reel.sinks SET owner = $2, lease_until = $4 \
-                         WHERE name = $1 AND ($5 OR owner IS NULL OR lease_until < $3) RETURNING tx, position";
+                         WHERE name = $1 AND ($5 OR owner IS NULL OR owner = $2 OR lease_until < $3) RETURNING tx, position";
             let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
                 [&name, &owner, &now_micros, &until_micros, &locked];
             let rows = session.query(claim, &params).await.map_err(failed)?;

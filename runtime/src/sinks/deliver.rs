@@ -115,8 +115,11 @@ struct Sent {
 enum Ended {
     /// Asked to stop.
     Stopped,
-    /// The lease was lost: claim again.
+    /// The hold ended: claim again.
     Fenced,
+    /// Another process owns the sink now (this one was stuck past its
+    /// lease): stand by.
+    Taken,
 }
 
 impl Job {
@@ -187,9 +190,18 @@ impl Job {
                 s.checkpoint = Some(cursor);
                 s.position = cursor.id;
             });
-            match self.deliver_from(cursor, held.as_ref()).await {
+            match self.deliver_from(cursor, &mut held).await {
                 Ended::Stopped => break,
                 Ended::Fenced => continue,
+                Ended::Taken => {
+                    // Let the hold go and give the new owner time to take it,
+                    // rather than take the sink straight back with it.
+                    held = None;
+                    self.update(|s| s.state = "standby");
+                    if !self.pause(2 * STANDBY_CHECK).await {
+                        break;
+                    }
+                }
             }
         }
         self.update(|s| s.connected = false);
@@ -205,7 +217,7 @@ impl Job {
     /// batch only once every message of it is confirmed, in log order; a
     /// failure drops what is in flight and publishes again from the
     /// checkpoint, on a new connection.
-    async fn deliver_from(&mut self, mut cursor: Cursor, hold: Option<&SinkHold>) -> Ended {
+    async fn deliver_from(&mut self, mut cursor: Cursor, hold: &mut Option<SinkHold>) -> Ended {
         let module = Arc::clone(&self.module);
         let m = &module.manifest;
         let filter = Filter::new(&m.event_types, &m.stream_prefixes);
@@ -214,6 +226,7 @@ impl Job {
         let mut transform: Option<WasmSink> = None;
         let mut backoff = Backoff::default();
         let mut renewed = Instant::now();
+        let mut hold_tried = Instant::now();
         // The batch read and made into messages ahead, after its cursor.
         let mut prepared: Option<(Cursor, Prepared)> = None;
         // The batch published and not confirmed yet.
@@ -229,15 +242,31 @@ impl Job {
                 }
                 return Ended::Stopped;
             }
-            if hold.is_some_and(|h| !h.alive()) {
+            if hold.as_ref().is_some_and(|h| !h.alive()) {
                 // Another process may take the sink now: claim it again.
                 self.failed("retrying", "the sink's hold ended (its database session closed)".into());
                 return Ended::Fenced;
             }
+            if hold.is_none() && hold_tried.elapsed() > STANDBY_CHECK {
+                // Delivering on the lease alone (the hold was someone
+                // else's when this process claimed): take the hold once it is
+                // free, so that no standby takes the sink over with it.
+                hold_tried = Instant::now();
+                let now = now_micros();
+                let until = now + LEASE.as_micros() as i64;
+                match self.source.claim_sink(self.name(), &self.owner, now, until).await {
+                    Ok(Some((_, taken))) => {
+                        *hold = taken;
+                        renewed = Instant::now();
+                    }
+                    Ok(None) => return Ended::Taken,
+                    Err(_) => {}
+                }
+            }
             if renewed.elapsed() > LEASE / 3 {
                 match self.advance(cursor, cursor).await {
                     Ok(true) => renewed = Instant::now(),
-                    Ok(false) => return Ended::Fenced,
+                    Ok(false) => return Ended::Taken,
                     Err(()) => {}
                 }
             }
@@ -287,7 +316,7 @@ impl Job {
                             cursor = batch.next;
                             renewed = Instant::now();
                         }
-                        Ok(false) => return Ended::Fenced,
+                        Ok(false) => return Ended::Taken,
                         Err(()) => {
                             if !self.pause(backoff.wait()).await {
                                 return Ended::Stopped;
@@ -379,7 +408,7 @@ impl Job {
                             s.events_per_second = events as f64 / seconds;
                         });
                     }
-                    Ok(false) => return Ended::Fenced,
+                    Ok(false) => return Ended::Taken,
                     Err(()) => {
                         // Published, not recorded: published again (same
                         // ids) from the checkpoint once the database answers.

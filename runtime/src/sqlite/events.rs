@@ -373,9 +373,10 @@ impl EventLog for SqliteSource {
             let hold = sink_lock(&locks, &name)?;
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute("INSERT INTO reel_sinks (name) VALUES (?1) ON CONFLICT DO NOTHING", [&name])?;
-            // Held: whatever the lease says. Not: once it ran out.
+            // Held: whatever the lease says. Not: its owner's own, or once
+            // the lease ran out.
             let claim = "UPDATE reel_sinks SET owner = ?2, lease_until = ?4 \
-                         WHERE name = ?1 AND (?5 OR owner IS NULL OR lease_until < ?3) RETURNING tx, position";
+                         WHERE name = ?1 AND (?5 OR owner IS NULL OR owner = ?2 OR lease_until < ?3) RETURNING tx, position";
             let params = rusqlite::params![name, owner, now_micros, until_micros, hold.is_some()];
             let cursor = tx.query_row(claim, params, |r| Ok(Cursor { tx: r.get(0)?, id: r.get(1)? })).optional()?;
             tx.commit()?;

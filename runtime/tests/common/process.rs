@@ -68,14 +68,23 @@ impl Process {
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
-    /// Kill it with SIGKILL: no shutdown, no flush.
     /// Stop the process with SIGSTOP: it holds what it holds (locks,
-    /// sessions) and does nothing until killed.
+    /// sessions) and does nothing until killed or thawed.
     pub fn freeze(&self) {
-        let status = std::process::Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status();
-        assert!(status.is_ok_and(|s| s.success()), "could not stop reel with SIGSTOP");
+        self.signal("-STOP");
     }
 
+    /// Let a frozen process go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "could not send {signal} to reel");
+    }
+
+    /// Kill it with SIGKILL: no shutdown, no flush.
     pub fn kill(mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
