@@ -21,6 +21,7 @@ mod messages;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use serde::Serialize;
@@ -44,8 +45,10 @@ struct Inner {
     config: SinkConfig,
     limits: Limits,
     poll_interval: std::time::Duration,
-    /// This process's name in sink leases.
+    /// This process's name in sink leases (each task adds its number).
     owner: String,
+    /// Delivery tasks started so far.
+    tasks: AtomicU64,
     registry: Mutex<BTreeMap<String, Running>>,
 }
 
@@ -107,6 +110,7 @@ impl Sinks {
                 limits: config.limits.clone(),
                 poll_interval: config.poll_interval,
                 owner: format!("{host}:{}:{id}", std::process::id()),
+                tasks: AtomicU64::new(0),
                 registry: Mutex::default(),
             }),
         }
@@ -173,7 +177,10 @@ impl Sinks {
             limits: self.inner.limits.clone(),
             batch_events: self.inner.config.batch_events,
             poll_interval: self.inner.poll_interval,
-            owner: self.inner.owner.clone(),
+            // Each task its own name: a task that replaces another of this
+            // process (a new file) must not pass the claim as the old one's
+            // owner while the old one still delivers.
+            owner: format!("{}/{}", self.inner.owner, self.inner.tasks.fetch_add(1, Ordering::Relaxed)),
             state: Arc::clone(&state),
             stop: stopped,
             previous,
