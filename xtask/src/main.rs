@@ -517,12 +517,16 @@ fn soak_plot(csv: &Path, svg: &Path) -> Result {
         Ok(rows.iter().map(|r| r[i]).collect())
     };
     let t = column("t_s")?;
-    let panels = [
-        ("resident memory (MiB)", column("rss_mib")?),
+    let mut panels = vec![("resident memory (MiB)", column("rss_mib")?)];
+    // Samples since the metric was there.
+    if let Ok(kv) = column("kv_cache_mib") {
+        panels.push(("of which, as counted, the read models' KV caches (MiB)", kv));
+    }
+    panels.extend([
         ("open file descriptors", column("fds")?),
         ("database connections", column("db_connections")?),
         ("lag of the serving read models (s)", column("lag_s")?),
-    ];
+    ]);
     let (width, panel_height, left, top) = (760.0, 150.0, 70.0, 30.0);
     let plot_width = width - left - 20.0;
     let t_max = t.iter().copied().fold(1.0, f64::max);

@@ -140,6 +140,12 @@ pub async fn metrics(State(services): State<Services>) -> Result<impl IntoRespon
     let head = services.source.head().await?;
     let _ = writeln!(out, "# HELP reel_head_position Position of the last committed event.");
     let _ = writeln!(out, "# TYPE reel_head_position gauge\nreel_head_position {head}");
+    let _ = writeln!(
+        out,
+        "# HELP reel_kv_cache_bytes Bytes the read models' KV caches hold (keys, values and 112 a key), \
+         at most 256 MiB a writer.\n# TYPE reel_kv_cache_bytes gauge\nreel_kv_cache_bytes {}",
+        crate::store::kv_cache::cached_bytes()
+    );
     let gauges: [Gauge; 5] = [
         ("reel_projection_position", "Last position applied.", |p| p.position as f64),
         ("reel_projection_lag_events", "Committed events not applied yet.", |p| p.lag as f64),

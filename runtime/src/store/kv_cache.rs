@@ -20,6 +20,7 @@
 //! four or five times per batch: docs/benchmarks.md).
 
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 // foldhash, not SipHash: a KV projection looks up every key it touches
 // (docs/benchmarks.md has what SipHash cost).
@@ -31,6 +32,16 @@ use super::{KvWrite, StoreError, Writer};
 /// Bytes a known key costs beyond its key and value: its slot and its
 /// place in the table.
 const ENTRY_OVERHEAD: usize = 112;
+
+/// Bytes every cache of the process knows, as of each one's last batch
+/// (`reel_kv_cache_bytes` in `/metrics`).
+static CACHED: AtomicUsize = AtomicUsize::new(0);
+
+/// Bytes the process's KV caches hold, as they count them (keys, values and
+/// [`ENTRY_OVERHEAD`] a key), as of each one's last batch.
+pub fn cached_bytes() -> usize {
+    CACHED.load(Ordering::Relaxed)
+}
 
 /// Buffered KV writes plus a cache of committed values.
 #[derive(Debug)]
@@ -54,6 +65,9 @@ pub struct KvCache {
     bytes: usize,
     /// Most bytes the cache may know; past it, it forgets what is committed.
     budget: usize,
+    /// `bytes` as last added to [`CACHED`] (at the end of a batch: no
+    /// shared counter on the path of each write).
+    reported: usize,
 }
 
 /// One key: what is committed, and what the current batch did to it.
@@ -114,7 +128,18 @@ impl KvCache {
             undo: Vec::new(),
             bytes: 0,
             budget,
+            reported: 0,
         }
+    }
+
+    /// Bring [`CACHED`] up to date with this cache.
+    fn report(&mut self) {
+        if self.bytes > self.reported {
+            CACHED.fetch_add(self.bytes - self.reported, Ordering::Relaxed);
+        } else {
+            CACHED.fetch_sub(self.reported - self.bytes, Ordering::Relaxed);
+        }
+        self.reported = self.bytes;
     }
 
     /// The value as this batch sees it.
@@ -247,6 +272,7 @@ impl KvCache {
         if self.bytes > self.budget {
             self.forget_committed();
         }
+        self.report();
     }
 
     /// The batch committed behind is answered: `Ok` keeps its values; a
@@ -261,6 +287,7 @@ impl KvCache {
             if self.bytes > self.budget {
                 self.forget_committed();
             }
+            self.report();
         }
         self.undo.clear();
     }
@@ -279,6 +306,7 @@ impl KvCache {
     pub fn forget(&mut self) {
         self.rolled_back();
         self.forget_committed();
+        self.report();
     }
 
     /// Forget every committed value, keeping the batch's writes: the cache
@@ -325,6 +353,13 @@ impl KvCache {
         let after = known.bytes().map_or(0, |b| b + key_cost);
         self.bytes = self.bytes + after - before;
         std::mem::replace(&mut slot.committed, known)
+    }
+}
+
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        self.bytes = 0;
+        self.report();
     }
 }
 
@@ -387,6 +422,10 @@ mod tests {
         assert_eq!(kv.get("a", &mut *ns).unwrap(), bytes("4"));
         assert_eq!(ns.kv_get("a").unwrap(), bytes("4"));
         assert_eq!(ns.kv_get("c").unwrap(), bytes("5"));
+        // What `/metrics` shows, as of the batch's end: `a` and `c` (key, value,
+        // slot) and `b`, known absent (key, slot).
+        let held = 2 * (1 + 1 + ENTRY_OVERHEAD) + 1 + ENTRY_OVERHEAD;
+        assert_eq!((kv.reported, kv.bytes), (held, held));
     }
 
     #[test]
@@ -460,5 +499,6 @@ mod tests {
         commit(&mut kv, &mut *ns, 3, 4);
         kv.committed();
         assert_eq!(ns.kv_get("k4").unwrap(), bytes("w"));
+        assert_eq!(kv.reported, kv.bytes, "what /metrics shows follows the cache past its budget");
     }
 }

@@ -44,14 +44,16 @@ pub struct Sample {
     pub read_ms: f64,
     /// Milliseconds `/healthz` took.
     pub health_ms: f64,
+    /// What the read models' KV caches hold (`reel_kv_cache_bytes`), MiB.
+    pub kv_cache_mib: f64,
 }
 
 impl Sample {
-    const HEADER: &str = "t_s,rss_mib,fds,db_connections,lag_s,lag_events,appended,read_ms,health_ms";
+    const HEADER: &str = "t_s,rss_mib,fds,db_connections,lag_s,lag_events,appended,read_ms,health_ms,kv_cache_mib";
 
     fn csv(&self) -> String {
         format!(
-            "{:.1},{:.1},{},{},{:.3},{},{},{:.2},{:.2}",
+            "{:.1},{:.1},{},{},{:.3},{},{},{:.2},{:.2},{:.1}",
             self.t,
             self.rss_mib,
             self.fds,
@@ -60,7 +62,8 @@ impl Sample {
             self.lag_events,
             self.appended,
             self.read_ms,
-            self.health_ms
+            self.health_ms,
+            self.kv_cache_mib
         )
     }
 }
@@ -181,10 +184,11 @@ fn soak(backend: common::Backend) {
                 }
             }
             eprintln!(
-                "soak: {:>6.0} s  rss {:>6.1} MiB  fds {:>4}  db {:>3}  lag {:>6.2} s / {:>6} events  appended {:>8}  \
+                "soak: {:>6.0} s  rss {:>6.1} MiB (kv caches {:>6.1})  fds {:>4}  db {:>3}  lag {:>6.2} s / {:>6} events  appended {:>8}  \
                  read {:>6.2} ms  healthz {:>6.2} ms",
                 sample.t,
                 sample.rss_mib,
+                sample.kv_cache_mib,
                 sample.fds,
                 sample.db_connections,
                 sample.lag_s,
@@ -444,6 +448,13 @@ impl<'a> Monitor<'a> {
         let lag_s = all.iter().filter_map(|p| p["lag_seconds"].as_f64()).fold(0.0, f64::max);
         let lag_events = all.iter().filter_map(|p| p["lag"].as_i64()).max().unwrap_or(0);
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, Iterator::count);
+        let (status, metrics, _) = self.get(base, "/metrics");
+        assert_eq!(status, 200, "/metrics: {metrics}");
+        let kv_cache_bytes: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("reel_kv_cache_bytes "))
+            .and_then(|v| v.parse().ok())
+            .expect("reel_kv_cache_bytes in /metrics");
         let sample = Sample {
             t,
             rss_mib: rss_mib(self.pid),
@@ -454,6 +465,7 @@ impl<'a> Monitor<'a> {
             appended,
             read_ms,
             health_ms,
+            kv_cache_mib: kv_cache_bytes / (1 << 20) as f64,
         };
         (sample, list)
     }
@@ -484,6 +496,7 @@ impl Summary {
         };
         let lines = vec![
             spread("rss MiB", after.iter().map(|s| s.rss_mib).collect()),
+            spread("kv caches MiB", after.iter().map(|s| s.kv_cache_mib).collect()),
             spread("fds", after.iter().map(|s| s.fds as f64).collect()),
             spread("db connections", after.iter().map(|s| s.db_connections as f64).collect()),
         ];
