@@ -1,7 +1,7 @@
 //! What a projection instance can reach: its own namespace through the
 //! batch's transaction, within its limits.
 
-use reel_model::{Cursor, Emitted, Event, Rows, Timer, Value};
+use reel_model::{Cursor, Emissions, Emitted, Event, Rows, Timer, Value};
 
 use super::emitter::Emitter;
 use super::tape::{HostCall, Tape};
@@ -53,6 +53,10 @@ pub struct Capabilities {
     emitter: Option<Emitter>,
     /// What the last commit appended (PostgreSQL) or left in the outbox.
     forwarded: Option<Forwarded>,
+    /// The outbox (SQLite) as the worker knows it: the entry the current
+    /// batch sent and, once committed, what it holds, so that a forward
+    /// need not read back and parse what was just written.
+    outbox: Outbox,
     /// Host calls recorded for a replay, or answered from one (ADR 49);
     /// `None` on the normal path, which then costs one test a call.
     tape: Option<Box<Tape>>,
@@ -76,6 +80,7 @@ impl Capabilities {
             log_lines: 0,
             emitter: None,
             forwarded: None,
+            outbox: Outbox::default(),
             tape: None,
         })
     }
@@ -196,7 +201,23 @@ impl Capabilities {
         let emissions = emitter.take();
         let Access::Write(ns) = &mut self.access else { return Ok(()) };
         self.forwarded = ns.emit(&emissions, to)?;
+        if self.forwarded.is_none() {
+            self.outbox.sent(to, emissions);
+        }
         Ok(())
+    }
+
+    /// The one entry in the outbox and what it holds, when that is known:
+    /// the outbox was empty before the last commit, which left it (taken
+    /// once). `None`: read the outbox.
+    pub fn take_committed_entry(&mut self) -> Option<(Cursor, Emissions)> {
+        self.outbox.take()
+    }
+
+    /// The outbox was found empty (`true`, after a forward of all it held)
+    /// or may hold what is not known (`false`, after a failed forward).
+    pub fn set_outbox_empty(&mut self, empty: bool) {
+        self.outbox.empty = empty;
     }
 
     /// Flush, move the checkpoint `from` -> `to` and commit.
@@ -205,7 +226,12 @@ impl Capabilities {
         let sent = self.send_emissions(to);
         self.watch(sent)?;
         let committed = self.writer().and_then(|ns| ns.commit(from, to));
+        if committed.is_err() {
+            // Committed or not, the outbox is not known now.
+            self.outbox.empty = false;
+        }
         self.watch(committed)?;
+        self.outbox.committed();
         self.kv.committed();
         Ok(())
     }
@@ -219,10 +245,15 @@ impl Capabilities {
             .send_writes()
             .and_then(|()| self.send_emissions(to))
             .and_then(|()| self.writer()?.commit_behind(from, to));
+        if sent.is_err() {
+            self.outbox.empty = false;
+        }
         let pending = self.watch(sent)?;
         if pending {
+            // PostgreSQL appends in the transaction: it has no outbox.
             self.kv.committed_behind();
         } else {
+            self.outbox.committed();
             self.kv.committed();
         }
         Ok(pending)
@@ -241,6 +272,8 @@ impl Capabilities {
         self.kv.rolled_back();
         self.sql_failed = None;
         self.drop_emissions();
+        self.outbox.sent = None;
+        self.outbox.empty = false;
         self.namespace().rollback()
     }
 
@@ -557,5 +590,80 @@ impl guest_sdk::Host for Capabilities {
 
     fn cancel_timer(&mut self, key: &str) {
         let _ = Capabilities::cancel_timer(self, key.to_owned());
+    }
+}
+
+/// What the worker knows of a reactor's outbox (SQLite, ADR 23).
+#[derive(Default)]
+struct Outbox {
+    /// It held nothing after the last forward, and at most the entry in
+    /// `committed` since.
+    empty: bool,
+    /// The entry the open batch sent (not committed yet).
+    sent: Option<(Cursor, Emissions)>,
+    /// The entry the last commit left.
+    committed: Option<(Cursor, Emissions)>,
+}
+
+impl Outbox {
+    /// A batch sent its entry: an entry sent before it and not committed,
+    /// or committed and not forwarded, leaves the outbox unknown.
+    fn sent(&mut self, handled: Cursor, emissions: Emissions) {
+        if self.sent.is_some() || self.committed.take().is_some() {
+            self.empty = false;
+        }
+        self.sent = Some((handled, emissions));
+    }
+
+    fn committed(&mut self) {
+        if let Some(entry) = self.sent.take() {
+            self.committed = Some(entry);
+        }
+    }
+
+    /// The committed entry, when it is the only one.
+    fn take(&mut self) -> Option<(Cursor, Emissions)> {
+        self.committed.take().filter(|_| self.empty)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: i64) -> (Cursor, Emissions) {
+        (Cursor { tx: 0, id }, Emissions { reactor: "r".into(), ..Emissions::default() })
+    }
+
+    #[test]
+    fn the_outbox_s_entry_is_given_back_only_when_it_is_the_only_one() {
+        let mut outbox = Outbox::default();
+        // Not known at start: the worker reads the outbox.
+        let (at, emissions) = entry(1);
+        outbox.sent(at, emissions);
+        outbox.committed();
+        assert!(outbox.take().is_none());
+        // Read and forwarded in full: the next committed entry is the only one.
+        outbox.empty = true;
+        let (at, emissions) = entry(2);
+        outbox.sent(at, emissions);
+        outbox.committed();
+        assert_eq!(outbox.take().map(|(at, _)| at.id), Some(2));
+        // An entry committed and not forwarded (a checkpoint's own commit),
+        // then another: two in the outbox, so it is read.
+        for id in [3, 4] {
+            let (at, emissions) = entry(id);
+            outbox.sent(at, emissions);
+            outbox.committed();
+        }
+        assert!(outbox.take().is_none());
+        // A sent entry whose commit was never seen: the same.
+        outbox.empty = true;
+        let (at, emissions) = entry(5);
+        outbox.sent(at, emissions);
+        let (at, emissions) = entry(6);
+        outbox.sent(at, emissions);
+        outbox.committed();
+        assert!(outbox.take().is_none());
     }
 }

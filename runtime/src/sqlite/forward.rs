@@ -5,7 +5,10 @@
 //! (reactor, cause, index) is there already: forwarding twice (a crash
 //! between the two commits) appends nothing twice.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use rusqlite::{CachedStatement, Connection, TransactionBehavior, params};
 
 use reel_model::Cursor;
 use reel_model::time::{format_micros, now_micros};
@@ -34,9 +37,12 @@ pub(super) fn forward(
     let handled_elsewhere = |cause: i64| owner != namespace && cause <= furthest;
     let mut out = Forwarded::default();
     let occurred_at = format_micros(now_micros());
+    let seen = keys_in_log(&tx, emissions)?;
+    // A stream's next version, once asked: a saga's emissions often go to
+    // the same few streams.
+    let mut next_version: HashMap<&str, i64> = HashMap::new();
+    let mut appends = Appends::new(&tx)?;
     // Cached: a catch-up forwards thousands of emissions per transaction.
-    let mut seen_by =
-        tx.prepare_cached("SELECT namespace FROM reel_emitted WHERE reactor = ?1 AND cause = ?2 AND idx = ?3")?;
     let mut key = tx.prepare_cached(
         "INSERT INTO reel_emitted (reactor, cause, idx, namespace, position) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
@@ -45,8 +51,7 @@ pub(super) fn forward(
             out.dropped += 1;
             continue;
         }
-        let seen: Option<String> = seen_by.query_row(params![reactor, e.cause, e.index], |r| r.get(0)).optional()?;
-        match seen {
+        match seen.get(&(e.cause, e.index)) {
             // Forwarded before (a crash after the events file committed).
             Some(by) if by == namespace => continue,
             Some(_) => {
@@ -55,11 +60,16 @@ pub(super) fn forward(
             }
             None => {}
         }
-        let position = append(&tx, &e.stream_id, &e.event_type, &e.data, &e.metadata, &occurred_at)?;
+        let version = match next_version.entry(e.stream_id.as_str()) {
+            Entry::Occupied(next) => next.into_mut(),
+            Entry::Vacant(first) => first.insert(appends.next_version(&e.stream_id)?),
+        };
+        let position = appends.insert(e, *version, &e.metadata, &occurred_at)?;
+        *version += 1;
         key.execute(params![reactor, e.cause, e.index, namespace, position])?;
         out.emitted += 1;
     }
-    drop((seen_by, key));
+    drop((key, appends));
     for change in &emissions.timers {
         match change {
             TimerChange::Cancel { key } => {
@@ -120,7 +130,7 @@ pub(super) fn fire_timers(conn: &mut Connection, reactor: &str, now: i64) -> Res
             serde_json::from_str(&event.metadata).unwrap_or_default();
         metadata.insert("timer".into(), serde_json::Value::from(key));
         let metadata = serde_json::Value::Object(metadata).to_string();
-        let position = append(&tx, &event.stream_id, &event.event_type, &event.data, &metadata, &occurred_at)?;
+        let position = Appends::new(&tx)?.append(&event, &metadata, &occurred_at)?;
         tx.execute(
             "UPDATE reel_emitted SET position = ?4 WHERE reactor = ?1 AND cause = ?2 AND idx = ?3",
             params![reactor, event.cause, event.index, position],
@@ -137,22 +147,63 @@ pub(super) fn fire_timers(conn: &mut Connection, reactor: &str, now: i64) -> Res
     Ok(out)
 }
 
-/// Append one event at the stream's next version; its position.
-fn append(
+/// The keys (cause, index) of `emissions` already in the log, and the
+/// namespace that appended each: one look at the range of their causes (it
+/// finds none, but after a crash between the two commits or where an older
+/// version handled the causes).
+fn keys_in_log(
     tx: &rusqlite::Transaction<'_>,
-    stream_id: &str,
-    event_type: &str,
-    data: &str,
-    metadata: &str,
-    occurred_at: &str,
-) -> Result<i64, SourceError> {
-    let version: i64 = tx
-        .prepare_cached("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = ?1")?
-        .query_row([stream_id], |r| r.get(0))?;
-    Ok(tx
-        .prepare_cached(
-            "INSERT INTO events (stream_id, version, event_type, data, metadata, occurred_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
-        )?
-        .query_row(params![stream_id, version, event_type, data, metadata, occurred_at], |r| r.get(0))?)
+    emissions: &Emissions,
+) -> Result<HashMap<(i64, u32), String>, SourceError> {
+    let mut seen = HashMap::new();
+    let (Some(low), Some(high)) =
+        (emissions.events.iter().map(|e| e.cause).min(), emissions.events.iter().map(|e| e.cause).max())
+    else {
+        return Ok(seen);
+    };
+    let mut select = tx.prepare_cached(
+        "SELECT cause, idx, namespace FROM reel_emitted WHERE reactor = ?1 AND cause BETWEEN ?2 AND ?3",
+    )?;
+    let rows = select.query_map(params![emissions.reactor, low, high], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
+    for row in rows {
+        let (key, by) = row?;
+        seen.insert(key, by);
+    }
+    Ok(seen)
+}
+
+/// The statements an append takes, prepared once for a transaction's
+/// appends.
+struct Appends<'t> {
+    version: CachedStatement<'t>,
+    insert: CachedStatement<'t>,
+}
+
+impl<'t> Appends<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self, SourceError> {
+        Ok(Self {
+            version: tx.prepare_cached("SELECT coalesce(max(version), 0) + 1 FROM events WHERE stream_id = ?1")?,
+            insert: tx.prepare_cached(
+                "INSERT INTO events (stream_id, version, event_type, data, metadata, occurred_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
+            )?,
+        })
+    }
+
+    /// The version the next event of `stream_id` takes.
+    fn next_version(&mut self, stream_id: &str) -> Result<i64, SourceError> {
+        Ok(self.version.query_row([stream_id], |r| r.get(0))?)
+    }
+
+    /// Append one event at the stream's next version; its position.
+    fn append(&mut self, e: &Emission, metadata: &str, occurred_at: &str) -> Result<i64, SourceError> {
+        let version = self.next_version(&e.stream_id)?;
+        self.insert(e, version, metadata, occurred_at)
+    }
+
+    /// Insert `e` as version `version` of its stream; its position.
+    fn insert(&mut self, e: &Emission, version: i64, metadata: &str, occurred_at: &str) -> Result<i64, SourceError> {
+        let values = params![e.stream_id, version, e.event_type, e.data, metadata, occurred_at];
+        Ok(self.insert.query_row(values, |r| r.get(0))?)
+    }
 }

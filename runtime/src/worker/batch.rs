@@ -276,9 +276,18 @@ impl Worker {
             self.status.forwarded(f.emitted, f.dropped);
             return;
         }
-        let pending = match caps.writer().and_then(|ns| ns.outbox()) {
-            Ok(pending) => pending,
-            Err(e) => return tracing::warn!(projection = %self.ns, "reading the outbox: {e}"),
+        // The entry just committed, when it is the outbox's only one: no
+        // need to read back and parse what was just written.
+        let pending = match caps.take_committed_entry() {
+            // Its id is not known; being the only one, it is every id.
+            Some((handled, emissions)) => vec![(i64::MAX, handled, emissions)],
+            None => match caps.writer().and_then(|ns| ns.outbox()) {
+                Ok(pending) => pending,
+                Err(e) => {
+                    caps.set_outbox_empty(false);
+                    return tracing::warn!(projection = %self.ns, "reading the outbox: {e}");
+                }
+            },
         };
         let mut left = pending.len() as u64;
         self.status.outbox(left);
@@ -293,9 +302,13 @@ impl Worker {
                     self.status.outbox(left);
                     self.status.forwarded(f.emitted, f.dropped);
                 }
-                Err(e) => return tracing::warn!(projection = %self.ns, "forwarding the outbox: {e}"),
+                Err(e) => {
+                    caps.set_outbox_empty(false);
+                    return tracing::warn!(projection = %self.ns, "forwarding the outbox: {e}");
+                }
             }
         }
+        caps.set_outbox_empty(true);
     }
 
     /// Size the next batch from how long a full one took: about the target
