@@ -7,7 +7,7 @@ use super::emitter::Emitter;
 use super::tape::{HostCall, Tape};
 use crate::config::Limits;
 use crate::store::kv_cache::KvCache;
-use crate::store::{Forwarded, Reader, StoreError, Writer};
+use crate::store::{Forwarded, Reader, StoreError, Stored, Writer};
 
 /// Most log lines a projection may write per call; the rest are counted.
 const LOG_LINES_PER_CALL: u32 = 1000;
@@ -200,17 +200,18 @@ impl Capabilities {
         let Some(emitter) = &mut self.emitter else { return Ok(()) };
         let emissions = emitter.take();
         let Access::Write(ns) = &mut self.access else { return Ok(()) };
-        self.forwarded = ns.emit(&emissions, to)?;
-        if self.forwarded.is_none() {
-            self.outbox.sent(to, emissions);
+        match ns.emit(&emissions, to)? {
+            Stored::Appended(forwarded) => self.forwarded = Some(forwarded),
+            Stored::Outbox(id) => self.outbox.sent(id, to, emissions),
         }
         Ok(())
     }
 
-    /// The one entry in the outbox and what it holds, when that is known:
-    /// the outbox was empty before the last commit, which left it (taken
-    /// once). `None`: read the outbox.
-    pub fn take_committed_entry(&mut self) -> Option<(Cursor, Emissions)> {
+    /// The one entry in the outbox (its id, the cursor it was handled
+    /// through, its emissions), when that is known: the outbox was empty
+    /// before the last commit, which left it (taken once). `None`: read the
+    /// outbox.
+    pub fn take_committed_entry(&mut self) -> Option<(i64, Cursor, Emissions)> {
         self.outbox.take()
     }
 
@@ -599,20 +600,21 @@ struct Outbox {
     /// It held nothing after the last forward, and at most the entry in
     /// `committed` since.
     empty: bool,
-    /// The entry the open batch sent (not committed yet).
-    sent: Option<(Cursor, Emissions)>,
+    /// The entry the open batch sent (not committed yet): its id, the
+    /// cursor it was handled through and its emissions.
+    sent: Option<(i64, Cursor, Emissions)>,
     /// The entry the last commit left.
-    committed: Option<(Cursor, Emissions)>,
+    committed: Option<(i64, Cursor, Emissions)>,
 }
 
 impl Outbox {
     /// A batch sent its entry: an entry sent before it and not committed,
     /// or committed and not forwarded, leaves the outbox unknown.
-    fn sent(&mut self, handled: Cursor, emissions: Emissions) {
+    fn sent(&mut self, id: i64, handled: Cursor, emissions: Emissions) {
         if self.sent.is_some() || self.committed.take().is_some() {
             self.empty = false;
         }
-        self.sent = Some((handled, emissions));
+        self.sent = Some((id, handled, emissions));
     }
 
     fn committed(&mut self) {
@@ -622,7 +624,7 @@ impl Outbox {
     }
 
     /// The committed entry, when it is the only one.
-    fn take(&mut self) -> Option<(Cursor, Emissions)> {
+    fn take(&mut self) -> Option<(i64, Cursor, Emissions)> {
         self.committed.take().filter(|_| self.empty)
     }
 }
@@ -631,38 +633,38 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn entry(id: i64) -> (Cursor, Emissions) {
-        (Cursor { tx: 0, id }, Emissions { reactor: "r".into(), ..Emissions::default() })
+    fn entry(id: i64) -> (i64, Cursor, Emissions) {
+        (id, Cursor { tx: 0, id: id * 10 }, Emissions { reactor: "r".into(), ..Emissions::default() })
     }
 
     #[test]
     fn the_outbox_s_entry_is_given_back_only_when_it_is_the_only_one() {
         let mut outbox = Outbox::default();
         // Not known at start: the worker reads the outbox.
-        let (at, emissions) = entry(1);
-        outbox.sent(at, emissions);
+        let (id, at, emissions) = entry(1);
+        outbox.sent(id, at, emissions);
         outbox.committed();
         assert!(outbox.take().is_none());
         // Read and forwarded in full: the next committed entry is the only one.
         outbox.empty = true;
-        let (at, emissions) = entry(2);
-        outbox.sent(at, emissions);
+        let (id, at, emissions) = entry(2);
+        outbox.sent(id, at, emissions);
         outbox.committed();
-        assert_eq!(outbox.take().map(|(at, _)| at.id), Some(2));
+        assert_eq!(outbox.take().map(|(id, at, _)| (id, at.id)), Some((2, 20)));
         // An entry committed and not forwarded (a checkpoint's own commit),
         // then another: two in the outbox, so it is read.
         for id in [3, 4] {
-            let (at, emissions) = entry(id);
-            outbox.sent(at, emissions);
+            let (id, at, emissions) = entry(id);
+            outbox.sent(id, at, emissions);
             outbox.committed();
         }
         assert!(outbox.take().is_none());
         // A sent entry whose commit was never seen: the same.
         outbox.empty = true;
-        let (at, emissions) = entry(5);
-        outbox.sent(at, emissions);
-        let (at, emissions) = entry(6);
-        outbox.sent(at, emissions);
+        let (id, at, emissions) = entry(5);
+        outbox.sent(id, at, emissions);
+        let (id, at, emissions) = entry(6);
+        outbox.sent(id, at, emissions);
         outbox.committed();
         assert!(outbox.take().is_none());
     }

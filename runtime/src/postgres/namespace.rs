@@ -13,7 +13,7 @@ use crate::store::{
     Checkpoint, Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites,
     StoreError, TableRead, TableReads,
 };
-use crate::store::{Emissions, Forwarded};
+use crate::store::{Emissions, Forwarded, Stored};
 
 use super::connection::{Behind, PgNamespace};
 use super::pipeline::{Op, unsendable};
@@ -295,12 +295,12 @@ impl Commits for PgNamespace {
     /// reel.emit appends in this transaction, as reel's user: the role
     /// itself cannot write `events` (ADR 23). The handled cursor moves with
     /// the checkpoint, in reel.advance.
-    fn emit(&mut self, emissions: &Emissions, _to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+    fn emit(&mut self, emissions: &Emissions, _to: Cursor) -> Result<Stored, StoreError> {
         let slug = self.info.slug.clone();
         let (events, timers) = (emissions.events_json(), emissions.timers_json());
         let rows = self.fetch(EMIT, &[&slug, &events, &timers], false)?;
         let count = |i: usize| rows.first().map_or(0, |r| r.get::<_, i32>(i) as u64);
-        Ok(Some(Forwarded { emitted: count(0), dropped: count(1) }))
+        Ok(Stored::Appended(Forwarded { emitted: count(0), dropped: count(1) }))
     }
 }
 

@@ -16,7 +16,7 @@ use crate::store::{
     Checkpoint, Commits, KvReads, KvWrite, KvWrites, Snapshot, SqlReads, SqlWrites, StoreError, TableRead, TableReads,
     scan_range,
 };
-use crate::store::{Emissions, Forwarded};
+use crate::store::{Emissions, Stored};
 
 use super::convert::{Guest, Param, as_guest, db, to_value};
 
@@ -436,14 +436,15 @@ impl Commits for SqliteNamespace {
     /// The events file is another database: the batch's emissions wait in
     /// this namespace's outbox, committed with the checkpoint, until the
     /// worker forwards them (ADR 23).
-    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Stored, StoreError> {
         let text = serde_json::to_string(emissions).map_err(|e| StoreError::Database(e.to_string()))?;
         let conn = self.conn()?;
         conn.execute_batch(OUTBOX).map_err(db)?;
-        conn.prepare_cached("INSERT INTO _reel_outbox (handled, emissions) VALUES (?1, ?2)")
-            .and_then(|mut s| s.execute(params![to.id, text]))
+        let id = conn
+            .prepare_cached("INSERT INTO _reel_outbox (handled, emissions) VALUES (?1, ?2) RETURNING id")
+            .and_then(|mut s| s.query_row(params![to.id, text], |r| r.get(0)))
             .map_err(db)?;
-        Ok(None)
+        Ok(Stored::Outbox(id))
     }
 
     fn outbox(&mut self) -> Result<Vec<(i64, Cursor, Emissions)>, StoreError> {

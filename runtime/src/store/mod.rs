@@ -33,8 +33,8 @@ pub use changes::{
 };
 pub use dump::{Checksum, DumpSink, Dumps, ReadModelSum};
 pub use namespace::{
-    Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrites, Reader, Snapshot, SqlReads, SqlWrites, TableReads,
-    Writer,
+    Commits, DeadLetterReads, DeadLetterWrites, KvReads, KvWrites, Reader, Snapshot, SqlReads, SqlWrites, Stored,
+    TableReads, Writer,
 };
 pub use reel_model::{Emission, Emissions, Forwarded, TimerChange};
 

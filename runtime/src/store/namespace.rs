@@ -68,6 +68,15 @@ pub trait SqlWrites {
     fn flush(&mut self) -> Result<(), StoreError>;
 }
 
+/// Where a reactor batch's emissions went in its transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Appended to the log (the backend shares the transaction with it).
+    Appended(Forwarded),
+    /// Into the namespace's outbox, as the entry of this id.
+    Outbox(i64),
+}
+
 /// Owning and committing the namespace: the worker's side of a transaction.
 pub trait Commits: SqlWrites {
     /// Try to become the one writer of this namespace among all runtimes
@@ -98,9 +107,9 @@ pub trait Commits: SqlWrites {
     /// A reactor's batch, handled through `to`: record what it emitted in
     /// the open transaction, so that it commits with the checkpoint. On a
     /// backend whose namespace and event log share the transaction the
-    /// events are appended here (`Some`); otherwise they wait in the
-    /// namespace's outbox (`None`) for [`outbox`](Commits::outbox) (ADR 23).
-    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Option<Forwarded>, StoreError> {
+    /// events are appended here; otherwise they wait in the namespace's
+    /// outbox for [`outbox`](Commits::outbox) (ADR 23).
+    fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Stored, StoreError> {
         let _ = (emissions, to);
         Err(StoreError::Refused("this backend cannot store a reactor's emissions yet".into()))
     }

@@ -279,8 +279,7 @@ impl Worker {
         // The entry just committed, when it is the outbox's only one: no
         // need to read back and parse what was just written.
         let pending = match caps.take_committed_entry() {
-            // Its id is not known; being the only one, it is every id.
-            Some((handled, emissions)) => vec![(i64::MAX, handled, emissions)],
+            Some(entry) => vec![entry],
             None => match caps.writer().and_then(|ns| ns.outbox()) {
                 Ok(pending) => pending,
                 Err(e) => {

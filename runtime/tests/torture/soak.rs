@@ -83,23 +83,43 @@ struct Appends {
     first_failure: std::sync::Mutex<Option<String>>,
 }
 
+/// How long a soak runs, how fast it appends, and how often it swaps and
+/// rebuilds (each overridden by its `REEL_SOAK_*` variable).
+struct Knobs {
+    secs: usize,
+    rate: usize,
+    swap_secs: usize,
+    rebuild_secs: usize,
+}
+
+/// The soak's own knobs: a minute unless told (the hour is `cargo xtask
+/// torture soak --secs 3600`).
+const FULL: Knobs = Knobs { secs: 60, rate: 500, swap_secs: 60, rebuild_secs: 600 };
+
 #[test]
 #[ignore = "an hour long at full size: cargo xtask torture soak (docs/reliability.md)"]
 fn soak_sqlite() {
-    soak(common::Backend::Sqlite);
+    soak(common::Backend::Sqlite, FULL);
 }
 
 #[test]
 #[ignore = "an hour long at full size: cargo xtask torture soak --backend postgres (docs/reliability.md)"]
 fn soak_postgres() {
-    soak(common::Backend::Postgres);
+    soak(common::Backend::Postgres, FULL);
 }
 
-fn soak(backend: common::Backend) {
-    let secs = knob("REEL_SOAK_SECS", 60) as u64;
-    let rate = knob("REEL_SOAK_RATE", 500) as u64;
-    let swap_every = Duration::from_secs(knob("REEL_SOAK_SWAP_SECS", 60) as u64);
-    let rebuild_every = Duration::from_secs(knob("REEL_SOAK_REBUILD_SECS", 600) as u64);
+/// The short version CI runs: 40 s at 200 appends a second, a hot swap
+/// every 10 s, a version rebuild at 20 s; the same checks as the hour.
+#[test]
+fn soak_short_sqlite() {
+    soak(common::Backend::Sqlite, Knobs { secs: 40, rate: 200, swap_secs: 10, rebuild_secs: 20 });
+}
+
+fn soak(backend: common::Backend, knobs: Knobs) {
+    let secs = knob("REEL_SOAK_SECS", knobs.secs) as u64;
+    let rate = knob("REEL_SOAK_RATE", knobs.rate) as u64;
+    let swap_every = Duration::from_secs(knob("REEL_SOAK_SWAP_SECS", knobs.swap_secs) as u64);
+    let rebuild_every = Duration::from_secs(knob("REEL_SOAK_REBUILD_SECS", knobs.rebuild_secs) as u64);
     let sample_every = Duration::from_secs(knob("REEL_SOAK_SAMPLE_SECS", 5) as u64);
     let backend_name = format!("{backend:?}").to_lowercase();
     let csv_path = std::env::var("REEL_SOAK_CSV").map_or_else(
@@ -236,6 +256,7 @@ fn soak(backend: common::Backend) {
     );
     assert_eq!(failed, 0, "appends failed: {:?}", counts.first_failure.lock().unwrap());
     assert_eq!(loads, swaps + 1, "every hot swap is loaded");
+    assert!(summary.lag_median < 5.0, "the serving read models' lag: median {:.2} s (at most 5 s)", summary.lag_median);
     drop(monitor);
     if let Some(url) = db {
         setup.block_on(common::drop_database(url));
