@@ -41,9 +41,19 @@ impl PrivateNats {
     /// acknowledged (a SIGKILL could lose acknowledged messages that its
     /// file store had not written yet, which is the broker's durability, not
     /// the sink's).
+    ///
+    /// A server that has not ended 30 s after SIGTERM fails the test (it is
+    /// then killed with its group when dropped).
     pub fn stop(&mut self) {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let _ = self.child.wait();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the private nats-server did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         self.running = false;
     }
 }
