@@ -142,8 +142,10 @@ pub async fn metrics(State(services): State<Services>) -> Result<impl IntoRespon
     let _ = writeln!(out, "# TYPE reel_head_position gauge\nreel_head_position {head}");
     let _ = writeln!(
         out,
-        "# HELP reel_kv_cache_bytes Bytes the read models' KV caches hold (keys, values and 112 a key), \
-         at most 256 MiB a writer.\n# TYPE reel_kv_cache_bytes gauge\nreel_kv_cache_bytes {}",
+        "# HELP reel_kv_cache_bytes Bytes the read models' KV caches hold (keys, values and {} a key), \
+         at most {} MiB a writer.\n# TYPE reel_kv_cache_bytes gauge\nreel_kv_cache_bytes {}",
+        crate::store::kv_cache::ENTRY_OVERHEAD,
+        crate::host::caps::KV_CACHE_BYTES >> 20,
         crate::store::kv_cache::cached_bytes()
     );
     let gauges: [Gauge; 5] = [

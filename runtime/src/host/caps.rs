@@ -14,7 +14,7 @@ const LOG_LINES_PER_CALL: u32 = 1000;
 /// Longest log line kept.
 const LOG_LINE_BYTES: usize = 4096;
 /// Bytes of committed KV values a worker caches.
-const KV_CACHE_BYTES: usize = 256 << 20;
+pub(crate) const KV_CACHE_BYTES: usize = 256 << 20;
 
 /// The namespace an instance reaches, and whether it builds the read model
 /// or serves reads of it.
@@ -218,7 +218,7 @@ impl Capabilities {
     /// The outbox was found empty (`true`, after a forward of all it held)
     /// or may hold what is not known (`false`, after a failed forward).
     pub fn set_outbox_empty(&mut self, empty: bool) {
-        self.outbox.empty = empty;
+        if empty { self.outbox.empty = true } else { self.outbox.lost_track() }
     }
 
     /// Flush, move the checkpoint `from` -> `to` and commit.
@@ -229,7 +229,7 @@ impl Capabilities {
         let committed = self.writer().and_then(|ns| ns.commit(from, to));
         if committed.is_err() {
             // Committed or not, the outbox is not known now.
-            self.outbox.empty = false;
+            self.outbox.lost_track();
         }
         self.watch(committed)?;
         self.outbox.committed();
@@ -247,7 +247,7 @@ impl Capabilities {
             .and_then(|()| self.send_emissions(to))
             .and_then(|()| self.writer()?.commit_behind(from, to));
         if sent.is_err() {
-            self.outbox.empty = false;
+            self.outbox.lost_track();
         }
         let pending = self.watch(sent)?;
         if pending {
@@ -274,7 +274,7 @@ impl Capabilities {
         self.sql_failed = None;
         self.drop_emissions();
         self.outbox.sent = None;
-        self.outbox.empty = false;
+        self.outbox.lost_track();
         self.namespace().rollback()
     }
 
@@ -612,9 +612,14 @@ impl Outbox {
     /// or committed and not forwarded, leaves the outbox unknown.
     fn sent(&mut self, id: i64, handled: Cursor, emissions: Emissions) {
         if self.sent.is_some() || self.committed.take().is_some() {
-            self.empty = false;
+            self.lost_track();
         }
         self.sent = Some((id, handled, emissions));
+    }
+
+    /// What it holds is no longer known: the next forward reads it.
+    fn lost_track(&mut self) {
+        self.empty = false;
     }
 
     fn committed(&mut self) {
@@ -633,39 +638,33 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn entry(id: i64) -> (i64, Cursor, Emissions) {
-        (id, Cursor { tx: 0, id: id * 10 }, Emissions { reactor: "r".into(), ..Emissions::default() })
+    /// Entry `id` sent, and committed when `commit`.
+    fn send(outbox: &mut Outbox, id: i64, commit: bool) {
+        outbox.sent(id, Cursor { tx: 0, id: id * 10 }, Emissions { reactor: "r".into(), ..Emissions::default() });
+        if commit {
+            outbox.committed();
+        }
     }
 
     #[test]
     fn the_outbox_s_entry_is_given_back_only_when_it_is_the_only_one() {
         let mut outbox = Outbox::default();
         // Not known at start: the worker reads the outbox.
-        let (id, at, emissions) = entry(1);
-        outbox.sent(id, at, emissions);
-        outbox.committed();
+        send(&mut outbox, 1, true);
         assert!(outbox.take().is_none());
         // Read and forwarded in full: the next committed entry is the only one.
         outbox.empty = true;
-        let (id, at, emissions) = entry(2);
-        outbox.sent(id, at, emissions);
-        outbox.committed();
+        send(&mut outbox, 2, true);
         assert_eq!(outbox.take().map(|(id, at, _)| (id, at.id)), Some((2, 20)));
         // An entry committed and not forwarded (a checkpoint's own commit),
         // then another: two in the outbox, so it is read.
-        for id in [3, 4] {
-            let (id, at, emissions) = entry(id);
-            outbox.sent(id, at, emissions);
-            outbox.committed();
-        }
+        send(&mut outbox, 3, true);
+        send(&mut outbox, 4, true);
         assert!(outbox.take().is_none());
         // A sent entry whose commit was never seen: the same.
         outbox.empty = true;
-        let (id, at, emissions) = entry(5);
-        outbox.sent(id, at, emissions);
-        let (id, at, emissions) = entry(6);
-        outbox.sent(id, at, emissions);
-        outbox.committed();
+        send(&mut outbox, 5, false);
+        send(&mut outbox, 6, true);
         assert!(outbox.take().is_none());
     }
 }

@@ -31,7 +31,7 @@ use super::{KvWrite, StoreError, Writer};
 
 /// Bytes a known key costs beyond its key and value: its slot and its
 /// place in the table.
-const ENTRY_OVERHEAD: usize = 112;
+pub(crate) const ENTRY_OVERHEAD: usize = 112;
 
 /// Bytes every cache of the process knows, as of each one's last batch
 /// (`reel_kv_cache_bytes` in `/metrics`).
