@@ -320,8 +320,17 @@ async fn head_token(addr: SocketAddr, feed: Feed) -> String {
 /// A client of `feed` from `token` on: the number that names the append in
 /// each message (`Feed::marker`), with when it arrived, until it has seen
 /// `wanted` of them (set once the appends are done: on PostgreSQL the
-/// highest position need not come last).
-async fn follow(addr: SocketAddr, feed: Feed, token: Arc<str>, wanted: Arc<AtomicI64>) -> Vec<(i64, Instant)> {
+/// highest position need not come last). Numbers below `first` are not
+/// this run's: the change feed's head is where the projection had applied
+/// when its snapshot completed, and the changes of earlier appends it had
+/// not yet applied come after it.
+async fn follow(
+    addr: SocketAddr,
+    feed: Feed,
+    token: Arc<str>,
+    first: i64,
+    wanted: Arc<AtomicI64>,
+) -> Vec<(i64, Instant)> {
     let mut client = SseClient::open(addr, feed.uri(), Some(&token)).await;
     let mut seen = Vec::new();
     while (seen.len() as i64) < wanted.load(Ordering::Relaxed) {
@@ -333,7 +342,10 @@ async fn follow(addr: SocketAddr, feed: Feed, token: Arc<str>, wanted: Arc<Atomi
                 .skip_while(|c| *c == ' ')
                 .take_while(char::is_ascii_digit)
                 .collect();
-            seen.push((digits.parse().unwrap(), arrived));
+            let number: i64 = digits.parse().unwrap();
+            if number >= first {
+                seen.push((number, arrived));
+            }
         }
     }
     seen
@@ -345,8 +357,11 @@ async fn follow(addr: SocketAddr, feed: Feed, token: Arc<str>, wanted: Arc<Atomi
 async fn feed_run(addr: SocketAddr, feed: Feed, clients: usize, rate: u64, seconds: f64, start: u64) -> FeedRun {
     let wanted = Arc::new(AtomicI64::new(i64::MAX));
     let token: Arc<str> = head_token(addr, feed).await.into();
-    let followers: Vec<_> =
-        (0..clients).map(|_| tokio::spawn(follow(addr, feed, Arc::clone(&token), Arc::clone(&wanted)))).collect();
+    // The live log's head is its end; the change feed's names orders.
+    let first = if matches!(feed, Feed::Live) { 0 } else { start as i64 };
+    let followers: Vec<_> = (0..clients)
+        .map(|_| tokio::spawn(follow(addr, feed, Arc::clone(&token), first, Arc::clone(&wanted))))
+        .collect();
     // The clients are in before the first append.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lanes = 8;
