@@ -6,6 +6,13 @@
 //! entry is recompiled, never loaded. Entries of modules no longer in use are
 //! removed ([`CompileCache::retain`]): without that the folder grew by every
 //! version ever loaded (a hot swap a minute is a megabyte or more a minute).
+//!
+//! A module runs from its entry mapped into memory, not from a copy (ADR 50):
+//! the code and the data a JavaScript or Python component starts from are
+//! read from the file as they are first touched and can be dropped again by
+//! the kernel, so an idle module holds what it ran, not its whole compiled
+//! size. The checksum is the file's last 32 bytes, after the code: the code
+//! starts at the file's first byte, as the mapping needs it to.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -26,7 +33,9 @@ pub struct CompileCache {
 impl CompileCache {
     /// Cache under `dir` for `engine`'s configuration.
     pub fn new(dir: &Path, engine: &Engine) -> Self {
-        Self { dir: dir.to_owned(), engine_key: engine.compatibility_key() }
+        // `m`: the entry's layout (code, then its checksum); entries laid
+        // out otherwise by an earlier reel have other names.
+        Self { dir: dir.to_owned(), engine_key: format!("{}m", engine.compatibility_key()) }
     }
 
     /// The compiled component for `bytes` (whose hash is `hash`), and whether
@@ -48,8 +57,11 @@ impl CompileCache {
         let component = engine.compile(bytes)?;
         if let Err(e) = self.store(&component, &path) {
             tracing::warn!("cannot cache compiled code at {}: {e:#}", path.display());
+            return Ok((component, false));
         }
-        Ok((component, false))
+        // Run from the entry just written, as after a restart: the compiled
+        // copy in memory goes.
+        Ok((self.load(engine, &path).unwrap_or(component), false))
     }
 
     /// Remove the entries of this engine configuration whose module hash is
@@ -79,30 +91,100 @@ impl CompileCache {
     }
 
     fn load(&self, engine: &Engine, path: &Path) -> Option<Component> {
-        let data = std::fs::read(path).ok()?;
-        let (sum, code) = data.split_at_checked(32)?;
-        if Sha256::digest(code)[..] != *sum {
+        if !checksum_holds(path)? {
             tracing::warn!("ignoring corrupt compile cache entry {}", path.display());
             return None;
         }
-        // SAFETY: `code` is exactly what `Component::serialize` produced for
-        // this engine configuration (the file name carries the engine's
-        // compatibility hash, the checksum rules out truncation or damage),
-        // and the cache folder belongs to reel.
+        // SAFETY: the file holds exactly what `Component::serialize` produced
+        // for this engine configuration, then its checksum (the file name
+        // carries the engine's compatibility hash, the checksum rules out
+        // truncation or damage); the cache folder belongs to reel, whose
+        // entries are written whole under another name and renamed into
+        // place, never written in place, so the mapped file does not change
+        // while a module runs from it (a rename or a removal leaves the
+        // mapping as it was).
         #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize(engine.wasmtime(), code) };
+        let component = unsafe { Component::deserialize_file(engine.wasmtime(), path) };
         component.map_err(|e| tracing::warn!("ignoring unusable cache entry {}: {e:#}", path.display())).ok()
     }
 
     fn store(&self, component: &Component, path: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let code = component.serialize()?;
-        let mut data = Sha256::digest(&code).to_vec();
-        data.extend_from_slice(&code);
-        // Write then rename: a reader never sees half a file.
+        let mut data = component.serialize()?;
+        let sum = Sha256::digest(&data);
+        data.extend_from_slice(&sum);
+        // Write then rename: a reader never sees half a file, and a module
+        // running from the file it replaces keeps its mapping of that one.
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, &data)?;
         std::fs::rename(&tmp, path)?;
         Ok(())
+    }
+}
+
+/// Whether the entry at `path` ends with the checksum of what precedes it
+/// (`None`: no such entry). Read in pieces: the entry is not held in memory.
+fn checksum_holds(path: &Path) -> Option<bool> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut file = std::fs::File::open(path).ok()?;
+    let Some(code) = file.metadata().ok()?.len().checked_sub(32) else { return Some(false) };
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut (&mut file).take(code), &mut hasher).ok()?;
+    let mut sum = [0u8; 32];
+    file.seek(SeekFrom::Start(code)).ok()?;
+    file.read_exact(&mut sum).ok()?;
+    Some(hasher.finalize()[..] == sum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(component)`: the smallest component there is.
+    const EMPTY: [u8; 8] = [0, b'a', b's', b'm', 0x0d, 0, 1, 0];
+
+    fn mapped(path: &Path) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+        maps.lines().any(|line| line.ends_with(&*path.to_string_lossy()))
+    }
+
+    fn get(cache: &CompileCache, engine: &Engine) -> (Component, bool, bool) {
+        let mut compiled = false;
+        let (component, cached) = cache.get_or_compile(engine, "empty", &EMPTY, || compiled = true).unwrap();
+        (component, cached, compiled)
+    }
+
+    #[test]
+    fn a_module_runs_from_its_entry_mapped_not_from_a_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new().unwrap();
+        let cache = CompileCache::new(dir.path(), &engine);
+        let (first, cached, compiled) = get(&cache, &engine);
+        assert!(!cached && compiled);
+        let entry = dir.path().join(format!("empty-{}.cwasm", cache.engine_key));
+        assert!(mapped(&entry), "the compiled code runs from {}", entry.display());
+        drop(first);
+        let (again, cached, compiled) = get(&cache, &engine);
+        assert!(cached && !compiled, "loaded from the cache, not compiled again");
+        assert!(mapped(&entry));
+        drop(again);
+    }
+
+    #[test]
+    fn a_damaged_or_truncated_entry_is_compiled_again_never_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new().unwrap();
+        let cache = CompileCache::new(dir.path(), &engine);
+        drop(get(&cache, &engine));
+        let entry = dir.path().join(format!("empty-{}.cwasm", cache.engine_key));
+        let whole = std::fs::read(&entry).unwrap();
+        let mut damaged = whole.clone();
+        damaged[whole.len() / 2] ^= 0x40;
+        for bad in [damaged, whole[..whole.len() - 1].to_vec(), whole[..16].to_vec(), Vec::new()] {
+            std::fs::write(&entry, &bad).unwrap();
+            let (_, cached, compiled) = get(&cache, &engine);
+            assert!(!cached && compiled, "an entry of {} bytes was loaded", bad.len());
+            assert_eq!(std::fs::read(&entry).unwrap(), whole, "written again whole");
+        }
     }
 }
