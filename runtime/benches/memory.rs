@@ -106,6 +106,16 @@ impl Reel {
         Rss::of(self.child.id())
     }
 
+    /// A gauge of `/metrics` in MiB: what the read models' KV caches
+    /// (`reel_kv_cache_bytes`) and SQLite's page caches
+    /// (`reel_sqlite_memory_bytes`) hold is data kept for the next batches,
+    /// not memory held for nothing.
+    fn metric_mib(&self, name: &str) -> f64 {
+        let metrics = self.client().get("/metrics").unwrap().body;
+        let line = metrics.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+        line[name.len()..].trim().parse::<f64>().unwrap() / (1024.0 * 1024.0)
+    }
+
     /// The module files' status, once none is compiling; panics on a file
     /// that failed.
     fn modules_loaded(&self, count: usize) -> Vec<serde_json::Value> {
@@ -178,7 +188,8 @@ fn with_custom_section(component: &[u8]) -> Vec<u8> {
 fn idle(label: &str, reel: &Reel) -> Rss {
     std::thread::sleep(Duration::from_secs(5));
     let rss = reel.rss();
-    println!("{label:<52} {}", rss.line());
+    let (kv, sqlite) = (reel.metric_mib("reel_kv_cache_bytes"), reel.metric_mib("reel_sqlite_memory_bytes"));
+    println!("{label:<52} {}; KV caches {kv:.1} MiB, SQLite {sqlite:.1} MiB", rss.line());
     rss
 }
 

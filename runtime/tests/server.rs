@@ -88,6 +88,9 @@ async fn serves_a_real_socket_and_refuses_malformed_http() {
         // customer-stats cached the key it wrote: what the writers hold is seen.
         let cached = body.lines().find_map(|l| l.strip_prefix("reel_kv_cache_bytes ")).expect("reel_kv_cache_bytes");
         assert!(cached.parse::<u64>().unwrap() > 0, "{body}");
+        // And SQLite holds the page caches of its read model (SQLite here).
+        let sqlite = body.lines().find_map(|l| l.strip_prefix("reel_sqlite_memory_bytes ")).expect("SQLite's memory");
+        assert!(sqlite.parse::<u64>().unwrap() > 0, "{body}");
     })
     .await;
     let _ = stop.send(());

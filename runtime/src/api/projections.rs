@@ -148,6 +148,13 @@ pub async fn metrics(State(services): State<Services>) -> Result<impl IntoRespon
         crate::host::caps::KV_CACHE_BYTES >> 20,
         crate::store::kv_cache::cached_bytes()
     );
+    let _ = writeln!(
+        out,
+        "# HELP reel_sqlite_memory_bytes Bytes SQLite holds in this process: page caches (a read model's \
+         writer keeps up to 256 MiB of its file), statements, schemas.\n# TYPE reel_sqlite_memory_bytes gauge\n\
+         reel_sqlite_memory_bytes {}",
+        crate::sqlite::memory_used()
+    );
     let gauges: [Gauge; 5] = [
         ("reel_projection_position", "Last position applied.", |p| p.position as f64),
         ("reel_projection_lag_events", "Committed events not applied yet.", |p| p.lag as f64),

@@ -18,3 +18,13 @@ mod writer;
 
 pub use events::SqliteSource;
 pub use store::SqliteStore;
+
+/// Bytes SQLite's allocations hold in this process now: every connection's
+/// page cache (a namespace's writer keeps up to 256 MiB), statements and
+/// schemas, whichever backend the events are on.
+#[allow(unsafe_code)]
+pub(crate) fn memory_used() -> i64 {
+    // SAFETY: takes nothing and reads a counter SQLite keeps under its own
+    // mutex (memory statistics are on in the bundled build's defaults).
+    unsafe { rusqlite::ffi::sqlite3_memory_used() }
+}
