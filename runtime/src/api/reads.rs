@@ -82,7 +82,7 @@ pub async fn kv_get(
     no_nul("key", &key)?;
     let min_position = min_position(params.min_position.as_deref())?;
     let wanted = key.clone();
-    let value = services.reads.read(&name, min_position, move |ns| ns.kv_get(&wanted)).await?;
+    let value = services.reads.read_key(&name, min_position, move |ns| ns.kv_get(&wanted)).await?;
     match value {
         Some(bytes) => Ok(Json(value_json(&bytes))),
         None => Err(ApiError::not_found(format!("projection `{name}` has no key `{key}`"))),

@@ -193,6 +193,10 @@ impl SqliteStore {
 }
 
 impl Namespaces for SqliteStore {
+    fn reads_in_process(&self) -> bool {
+        true
+    }
+
     fn open_writer(&self, ns: &NamespaceId, deadline: Duration) -> Result<Box<dyn Writer>, StoreError> {
         Ok(Box::new(self.open(ns, false, deadline)?))
     }

@@ -311,6 +311,11 @@ pub trait Namespaces: Send + Sync {
     fn set_active(&self, ns: &NamespaceId) -> Result<(), StoreError>;
     /// Forget a projection (after its namespaces are dropped).
     fn forget(&self, name: &str) -> Result<(), StoreError>;
+    /// Whether an idle reader answers a read of one key in microseconds,
+    /// without a server to wait for (SQLite: a file read in this process).
+    fn reads_in_process(&self) -> bool {
+        false
+    }
     /// Record `ns` as a reactor's, emitting under `prefix`: only such a
     /// namespace may append, and only under it (ADR 23). Where the log is
     /// in another database than the namespaces, nothing to do.
