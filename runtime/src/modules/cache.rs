@@ -16,6 +16,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -28,14 +29,22 @@ use crate::host::Engine;
 pub struct CompileCache {
     dir: PathBuf,
     engine_key: String,
+    /// The name's ending of this engine's entries in the layout before
+    /// ADR 50 (the checksum first): no longer read, so pruned.
+    earlier_layout: String,
 }
+
+/// Numbers the temporary files of this process's writes: each write has a
+/// file of its own, so a file renamed into place is never written again.
+static WRITES: AtomicU64 = AtomicU64::new(0);
 
 impl CompileCache {
     /// Cache under `dir` for `engine`'s configuration.
     pub fn new(dir: &Path, engine: &Engine) -> Self {
         // `m`: the entry's layout (code, then its checksum); entries laid
         // out otherwise by an earlier reel have other names.
-        Self { dir: dir.to_owned(), engine_key: format!("{}m", engine.compatibility_key()) }
+        let key = engine.compatibility_key();
+        Self { dir: dir.to_owned(), engine_key: format!("{key}m"), earlier_layout: format!("-{key}.cwasm") }
     }
 
     /// The compiled component for `bytes` (whose hash is `hash`), and whether
@@ -67,15 +76,21 @@ impl CompileCache {
     /// Remove the entries of this engine configuration whose module hash is
     /// not in `keep` (the module files in use) and that were not written or
     /// used in the last `grace` (a module loading beside is not in `keep`
-    /// yet: it has that long to get there). How many went.
+    /// yet: it has that long to get there), with this engine's entries of
+    /// the earlier layout and temporary files a crash left, as old. How
+    /// many went.
     pub fn retain(&self, keep: &HashSet<String>, grace: Duration) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
         let suffix = format!("-{}.cwasm", self.engine_key);
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(hash) = name.to_str().and_then(|n| n.strip_suffix(&suffix)) else { continue };
-            if keep.contains(hash) {
+            let Some(name) = name.to_str() else { continue };
+            let unused = match name.strip_suffix(&suffix) {
+                Some(hash) => !keep.contains(hash),
+                None => name.ends_with(&self.earlier_layout) || name.contains(&format!("-{}.tmp", self.engine_key)),
+            };
+            if !unused {
                 continue;
             }
             let age = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
@@ -115,9 +130,12 @@ impl CompileCache {
         data.extend_from_slice(&sum);
         // Write then rename: a reader never sees half a file, and a module
         // running from the file it replaces keeps its mapping of that one.
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, &data)?;
-        std::fs::rename(&tmp, path)?;
+        let tmp = path.with_extension(format!("tmp{}-{}", std::process::id(), WRITES.fetch_add(1, Ordering::Relaxed)));
+        let mut file = std::fs::File::options().write(true).create_new(true).open(&tmp)?;
+        if let Err(e) = std::io::Write::write_all(&mut file, &data).and_then(|()| std::fs::rename(&tmp, path)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
         Ok(())
     }
 }
@@ -168,6 +186,26 @@ mod tests {
         assert!(cached && !compiled, "loaded from the cache, not compiled again");
         assert!(mapped(&entry));
         drop(again);
+    }
+
+    #[test]
+    fn pruning_removes_entries_of_the_earlier_layout_and_left_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::new().unwrap();
+        let cache = CompileCache::new(dir.path(), &engine);
+        drop(get(&cache, &engine));
+        let key = engine.compatibility_key();
+        let earlier = dir.path().join(format!("old-{key}.cwasm"));
+        let left = dir.path().join(format!("empty-{}.tmp99-0", cache.engine_key));
+        let other_engine = dir.path().join("old-0123456789abcdef.cwasm");
+        for file in [&earlier, &left, &other_engine] {
+            std::fs::write(file, b"x").unwrap();
+        }
+        let keep: HashSet<String> = ["empty".to_owned()].into();
+        assert_eq!(cache.retain(&keep, Duration::ZERO), 2);
+        assert!(!earlier.exists() && !left.exists(), "the earlier layout's entry and the temporary file went");
+        assert!(other_engine.exists(), "another engine's entry stays (another reel may use it)");
+        assert!(dir.path().join(format!("empty-{}.cwasm", cache.engine_key)).exists(), "the entry in use stays");
     }
 
     #[test]

@@ -239,7 +239,9 @@ impl Reads {
     /// A read of one key by `f`, as [`read`](Self::read); where the
     /// backend reads in process and an idle reader is at hand, on this
     /// thread: a keyed read there takes microseconds, less than the
-    /// hand-over to a blocking thread and back (two thread wake-ups).
+    /// hand-over to a blocking thread and back (two thread wake-ups). An
+    /// open SQLite reader in WAL mode waits for no writer and no (passive)
+    /// checkpoint; a page no cache holds is a disk read here.
     pub async fn read_key<T, F>(&self, name: &str, min_position: Option<i64>, f: F) -> Result<T, ReadError>
     where
         T: Send + 'static,
