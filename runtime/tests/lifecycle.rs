@@ -365,7 +365,12 @@ fn rss() -> u64 {
     kib * 1024
 }
 
+/// One backend's hostile projections at a time: the memory they may take
+/// is measured for the whole test process.
+static HOSTILE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn hostile_projections_are_stopped_by_their_limits(backend: Backend) {
+    let _alone = HOSTILE.lock().await;
     let hostile = [
         ("bomb", "alloc", "out of memory"),
         ("hog", "big-value", "kv value of 4194304 bytes for key `big` is over the 1048576-byte limit"),
@@ -411,6 +416,17 @@ async fn hostile_projections_are_stopped_by_their_limits(backend: Backend) {
         }
     }
     let grown = rss().saturating_sub(before);
+    let (_, metrics) = h.call("GET", "/metrics", None).await;
+    let gauge = |name: &str| -> u64 {
+        let text = metrics.as_str().unwrap_or_default();
+        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or(0) >> 20
+    };
+    eprintln!(
+        "{backend:?}: the test process grew by {} MiB; SQLite holds {} MiB, KV caches {} MiB",
+        grown >> 20,
+        gauge("reel_sqlite_memory_bytes "),
+        gauge("reel_kv_cache_bytes ")
+    );
     assert!(grown < 1 << 30, "host memory stays bounded: grew by {} MiB", grown >> 20);
     h.finish().await;
 }
