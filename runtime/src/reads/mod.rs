@@ -229,10 +229,7 @@ impl Reads {
         T: Send + 'static,
         F: FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
     {
-        if let Some(position) = min_position {
-            self.wait_for(name, position).await?;
-        }
-        let (view, turn) = self.serving(name).await?;
+        let (view, turn) = self.serving_at(name, min_position).await?;
         self.on_reader(view, turn, f).await
     }
 
@@ -247,21 +244,27 @@ impl Reads {
         T: Send + 'static,
         F: FnOnce(&mut dyn Reader) -> Result<T, StoreError> + Send + 'static,
     {
+        let (view, turn) = self.serving_at(name, min_position).await?;
+        if self.store().reads_in_process()
+            && let Some(reader) = view.readers.take()
+        {
+            let _turn = turn;
+            return read_with(&view, reader, f);
+        }
+        self.on_reader(view, turn, f).await
+    }
+
+    /// The serving version of `name` once it has applied `min_position`
+    /// (if given), and a turn to read it.
+    async fn serving_at(
+        &self,
+        name: &str,
+        min_position: Option<i64>,
+    ) -> Result<(View, tokio::sync::OwnedSemaphorePermit), ReadError> {
         if let Some(position) = min_position {
             self.wait_for(name, position).await?;
         }
-        let (view, turn) = self.serving(name).await?;
-        if self.store().reads_in_process()
-            && let Some(mut reader) = view.readers.take()
-        {
-            let result = f(&mut *reader);
-            if !matches!(result, Err(StoreError::Database(_) | StoreError::Deadline(_))) {
-                view.readers.put(reader);
-            }
-            drop(turn);
-            return Ok(result?);
-        }
-        self.on_reader(view, turn, f).await
+        self.serving(name).await
     }
 
     /// The serving version of `name` and a turn to read it (at most so many
@@ -307,19 +310,13 @@ impl Reads {
         let deadline = self.config().limits_for(&view.ns.name).query_timeout;
         run_blocking(move || {
             let _turn = turn;
-            let mut reader = match view.readers.take() {
+            let reader = match view.readers.take() {
                 Some(reader) => reader,
                 None => store
                     .open_reader(&view.ns, deadline)?
                     .ok_or_else(|| StoreError::NotFound(format!("projection `{}` has no data yet", view.ns.name)))?,
             };
-            let result = f(&mut *reader);
-            // After a deadline the server may still act on the cancel it was
-            // sent and cancel the next statement: a fresh reader is safer.
-            if !matches!(result, Err(StoreError::Database(_) | StoreError::Deadline(_))) {
-                view.readers.put(reader);
-            }
-            Ok(result?)
+            read_with(&view, reader, f)
         })
         .await
     }
@@ -400,6 +397,22 @@ impl Reads {
     pub async fn dead_letters(&self, name: &str, after: i64, limit: usize) -> Result<Vec<DeadLetter>, ReadError> {
         self.read(name, None, move |ns| ns.dead_letters(after, limit.min(MAX_DEAD_LETTERS))).await
     }
+}
+
+/// `f` on `reader` of `view`, which goes back to the view's pool unless the
+/// read failed in the database or past its deadline: after a deadline the
+/// server may still act on the cancel it was sent and cancel the next
+/// statement, so a fresh reader is safer.
+fn read_with<T>(
+    view: &View,
+    mut reader: Box<dyn Reader>,
+    f: impl FnOnce(&mut dyn Reader) -> Result<T, StoreError>,
+) -> Result<T, ReadError> {
+    let result = f(&mut *reader);
+    if !matches!(result, Err(StoreError::Database(_) | StoreError::Deadline(_))) {
+        view.readers.put(reader);
+    }
+    Ok(result?)
 }
 
 async fn run_blocking<T: Send + 'static>(
