@@ -112,8 +112,7 @@ impl Reel {
     /// not memory held for nothing.
     fn metric_mib(&self, name: &str) -> f64 {
         let metrics = self.client().get("/metrics").unwrap().body;
-        let line = metrics.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
-        line[name.len()..].trim().parse::<f64>().unwrap() / (1024.0 * 1024.0)
+        common::gauge(&metrics, name).unwrap_or_else(|| panic!("no {name}")) / (1024.0 * 1024.0)
     }
 
     /// The module files' status, once none is compiling; panics on a file

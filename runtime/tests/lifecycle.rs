@@ -417,15 +417,12 @@ async fn hostile_projections_are_stopped_by_their_limits(backend: Backend) {
     }
     let grown = rss().saturating_sub(before);
     let (_, metrics) = h.call("GET", "/metrics", None).await;
-    let gauge = |name: &str| -> u64 {
-        let text = metrics.as_str().unwrap_or_default();
-        text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok()).unwrap_or(0) >> 20
-    };
+    let mib = |name| common::gauge(metrics.as_str().unwrap_or_default(), name).unwrap_or(0.0) / (1 << 20) as f64;
     eprintln!(
-        "{backend:?}: the test process grew by {} MiB; SQLite holds {} MiB, KV caches {} MiB",
+        "{backend:?}: the test process grew by {} MiB; SQLite holds {:.0} MiB, KV caches {:.0} MiB",
         grown >> 20,
-        gauge("reel_sqlite_memory_bytes "),
-        gauge("reel_kv_cache_bytes ")
+        mib("reel_sqlite_memory_bytes"),
+        mib("reel_kv_cache_bytes")
     );
     assert!(grown < 1 << 30, "host memory stays bounded: grew by {} MiB", grown >> 20);
     h.finish().await;

@@ -86,11 +86,9 @@ async fn serves_a_real_socket_and_refuses_malformed_http() {
         assert_eq!(status, 200);
         assert!(body.contains("reel_projection_position{projection=\"customer-stats\",version=\"1\"} 1"), "{body}");
         // customer-stats cached the key it wrote: what the writers hold is seen.
-        let cached = body.lines().find_map(|l| l.strip_prefix("reel_kv_cache_bytes ")).expect("reel_kv_cache_bytes");
-        assert!(cached.parse::<u64>().unwrap() > 0, "{body}");
+        assert!(common::gauge(&body, "reel_kv_cache_bytes").expect("reel_kv_cache_bytes") > 0.0, "{body}");
         // And SQLite holds the page caches of its read model (SQLite here).
-        let sqlite = body.lines().find_map(|l| l.strip_prefix("reel_sqlite_memory_bytes ")).expect("SQLite's memory");
-        assert!(sqlite.parse::<u64>().unwrap() > 0, "{body}");
+        assert!(common::gauge(&body, "reel_sqlite_memory_bytes").expect("SQLite's memory") > 0.0, "{body}");
     })
     .await;
     let _ = stop.send(());

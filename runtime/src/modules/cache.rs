@@ -28,11 +28,14 @@ use crate::host::Engine;
 #[derive(Clone)]
 pub struct CompileCache {
     dir: PathBuf,
+    /// The engine's compatibility key.
     engine_key: String,
-    /// The name's ending of this engine's entries in the layout before
-    /// ADR 50 (the checksum first): no longer read, so pruned.
-    earlier_layout: String,
 }
+
+/// Marks the entry's layout in its name, after the engine's key (ADR 50:
+/// the code, then its checksum); entries laid out otherwise by an earlier
+/// reel have other names.
+const LAYOUT: &str = "m";
 
 /// Numbers the temporary files of this process's writes: each write has a
 /// file of its own, so a file renamed into place is never written again.
@@ -41,10 +44,12 @@ static WRITES: AtomicU64 = AtomicU64::new(0);
 impl CompileCache {
     /// Cache under `dir` for `engine`'s configuration.
     pub fn new(dir: &Path, engine: &Engine) -> Self {
-        // `m`: the entry's layout (code, then its checksum); entries laid
-        // out otherwise by an earlier reel have other names.
-        let key = engine.compatibility_key();
-        Self { dir: dir.to_owned(), engine_key: format!("{key}m"), earlier_layout: format!("-{key}.cwasm") }
+        Self { dir: dir.to_owned(), engine_key: engine.compatibility_key() }
+    }
+
+    /// Where the entry of the module whose hash is `hash` is.
+    fn entry(&self, hash: &str) -> PathBuf {
+        self.dir.join(format!("{hash}-{}{LAYOUT}.cwasm", self.engine_key))
     }
 
     /// The compiled component for `bytes` (whose hash is `hash`), and whether
@@ -56,7 +61,7 @@ impl CompileCache {
         bytes: &[u8],
         compiling: impl FnOnce(),
     ) -> wasmtime::Result<(Component, bool)> {
-        let path = self.dir.join(format!("{hash}-{}.cwasm", self.engine_key));
+        let path = self.entry(hash);
         if let Some(component) = self.load(engine, &path) {
             // In use again: not to be pruned as unused while it is deployed.
             let _ = std::fs::File::options().write(true).open(&path).and_then(|f| f.set_modified(SystemTime::now()));
@@ -70,7 +75,7 @@ impl CompileCache {
         }
         // Run from the entry just written, as after a restart: the compiled
         // copy in memory goes.
-        Ok((self.load(engine, &path).unwrap_or(component), false))
+        Ok((map(engine, &path).unwrap_or(component), false))
     }
 
     /// Remove the entries of this engine configuration whose module hash is
@@ -81,14 +86,16 @@ impl CompileCache {
     /// many went.
     pub fn retain(&self, keep: &HashSet<String>, grace: Duration) -> usize {
         let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
-        let suffix = format!("-{}.cwasm", self.engine_key);
+        let key = &self.engine_key;
+        let (suffix, earlier, temporary) =
+            (format!("-{key}{LAYOUT}.cwasm"), format!("-{key}.cwasm"), format!("-{key}{LAYOUT}.tmp"));
         let mut removed = 0;
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let unused = match name.strip_suffix(&suffix) {
                 Some(hash) => !keep.contains(hash),
-                None => name.ends_with(&self.earlier_layout) || name.contains(&format!("-{}.tmp", self.engine_key)),
+                None => name.ends_with(&earlier) || name.contains(&temporary),
             };
             if !unused {
                 continue;
@@ -110,17 +117,7 @@ impl CompileCache {
             tracing::warn!("ignoring corrupt compile cache entry {}", path.display());
             return None;
         }
-        // SAFETY: the file holds exactly what `Component::serialize` produced
-        // for this engine configuration, then its checksum (the file name
-        // carries the engine's compatibility hash, the checksum rules out
-        // truncation or damage); the cache folder belongs to reel, whose
-        // entries are written whole under another name and renamed into
-        // place, never written in place, so the mapped file does not change
-        // while a module runs from it (a rename or a removal leaves the
-        // mapping as it was).
-        #[allow(unsafe_code)]
-        let component = unsafe { Component::deserialize_file(engine.wasmtime(), path) };
-        component.map_err(|e| tracing::warn!("ignoring unusable cache entry {}: {e:#}", path.display())).ok()
+        map(engine, path)
     }
 
     fn store(&self, component: &Component, path: &Path) -> anyhow::Result<()> {
@@ -138,6 +135,22 @@ impl CompileCache {
         }
         Ok(())
     }
+}
+
+/// The component of the entry at `path`, mapped into memory: its checksum
+/// was checked, or the entry was just written.
+fn map(engine: &Engine, path: &Path) -> Option<Component> {
+    // SAFETY: the file holds exactly what `Component::serialize` produced
+    // for this engine configuration, then its checksum (the file name
+    // carries the engine's compatibility hash, the checksum rules out
+    // truncation or damage); the cache folder belongs to reel, whose
+    // entries are written whole under another name and renamed into place,
+    // never written in place, so the mapped file does not change while a
+    // module runs from it (a rename or a removal leaves the mapping as it
+    // was).
+    #[allow(unsafe_code)]
+    let component = unsafe { Component::deserialize_file(engine.wasmtime(), path) };
+    component.map_err(|e| tracing::warn!("ignoring unusable cache entry {}: {e:#}", path.display())).ok()
 }
 
 /// Whether the entry at `path` ends with the checksum of what precedes it
@@ -172,14 +185,20 @@ mod tests {
         (component, cached, compiled)
     }
 
-    #[test]
-    fn a_module_runs_from_its_entry_mapped_not_from_a_copy() {
+    /// A cache in a folder of its own, and its engine.
+    fn fresh() -> (tempfile::TempDir, Engine, CompileCache) {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::new().unwrap();
         let cache = CompileCache::new(dir.path(), &engine);
+        (dir, engine, cache)
+    }
+
+    #[test]
+    fn a_module_runs_from_its_entry_mapped_not_from_a_copy() {
+        let (_dir, engine, cache) = fresh();
         let (first, cached, compiled) = get(&cache, &engine);
         assert!(!cached && compiled);
-        let entry = dir.path().join(format!("empty-{}.cwasm", cache.engine_key));
+        let entry = cache.entry("empty");
         assert!(mapped(&entry), "the compiled code runs from {}", entry.display());
         drop(first);
         let (again, cached, compiled) = get(&cache, &engine);
@@ -190,13 +209,11 @@ mod tests {
 
     #[test]
     fn pruning_removes_entries_of_the_earlier_layout_and_left_temporary_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new().unwrap();
-        let cache = CompileCache::new(dir.path(), &engine);
+        let (dir, engine, cache) = fresh();
         drop(get(&cache, &engine));
         let key = engine.compatibility_key();
         let earlier = dir.path().join(format!("old-{key}.cwasm"));
-        let left = dir.path().join(format!("empty-{}.tmp99-0", cache.engine_key));
+        let left = dir.path().join(format!("empty-{key}{LAYOUT}.tmp99-0"));
         let other_engine = dir.path().join("old-0123456789abcdef.cwasm");
         for file in [&earlier, &left, &other_engine] {
             std::fs::write(file, b"x").unwrap();
@@ -205,16 +222,14 @@ mod tests {
         assert_eq!(cache.retain(&keep, Duration::ZERO), 2);
         assert!(!earlier.exists() && !left.exists(), "the earlier layout's entry and the temporary file went");
         assert!(other_engine.exists(), "another engine's entry stays (another reel may use it)");
-        assert!(dir.path().join(format!("empty-{}.cwasm", cache.engine_key)).exists(), "the entry in use stays");
+        assert!(cache.entry("empty").exists(), "the entry in use stays");
     }
 
     #[test]
     fn a_damaged_or_truncated_entry_is_compiled_again_never_loaded() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::new().unwrap();
-        let cache = CompileCache::new(dir.path(), &engine);
+        let (_dir, engine, cache) = fresh();
         drop(get(&cache, &engine));
-        let entry = dir.path().join(format!("empty-{}.cwasm", cache.engine_key));
+        let entry = cache.entry("empty");
         let whole = std::fs::read(&entry).unwrap();
         let mut damaged = whole.clone();
         damaged[whole.len() / 2] ^= 0x40;

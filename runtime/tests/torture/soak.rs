@@ -471,11 +471,7 @@ impl<'a> Monitor<'a> {
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid)).map_or(0, Iterator::count);
         let (status, metrics, _) = self.get(base, "/metrics");
         assert_eq!(status, 200, "/metrics: {metrics}");
-        let kv_cache_bytes: f64 = metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("reel_kv_cache_bytes "))
-            .and_then(|v| v.parse().ok())
-            .expect("reel_kv_cache_bytes in /metrics");
+        let kv_cache_bytes = common::gauge(&metrics, "reel_kv_cache_bytes").expect("reel_kv_cache_bytes in /metrics");
         let sample = Sample {
             t,
             rss_mib: rss_mib(self.pid),
