@@ -424,7 +424,9 @@ async fn hostile_projections_are_stopped_by_their_limits(backend: Backend) {
         mib("reel_sqlite_memory_bytes"),
         mib("reel_kv_cache_bytes")
     );
-    assert!(grown < 1 << 30, "host memory stays bounded: grew by {} MiB", grown >> 20);
+    // 640-965 MiB on SQLite when a replay recording kept every host call of
+    // `chatter` (ADR 49, the tape bound).
+    assert!(grown < 384 << 20, "host memory stays bounded: grew by {} MiB", grown >> 20);
     h.finish().await;
 }
 

@@ -18,6 +18,58 @@ const PATIENCE: Duration = Duration::from_secs(90);
 
 both_backends!(a_poison_event_replays_from_its_exported_record_without_the_database);
 
+/// A guest that calls `kv.get` in a loop until its deadline makes millions
+/// of calls: its record keeps them up to the tape's bound and counts the
+/// rest, and a replay that runs past that cut says so (exit 2), instead of
+/// calling the module not deterministic. Without the bound the record held
+/// every call, hundreds of MiB in memory and on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_looping_on_host_calls_leaves_a_cut_record() {
+    let h =
+        Harness::start_with(Backend::Sqlite, &["fixture_chatter"], |c| c.limits.batch_timeout = Duration::from_secs(1))
+            .await;
+    let fault = json!([{ "event_type": "fault", "data": { "target": "chatter", "action": "host-calls" } }]);
+    let poison = h.append("fault", None, fault).await["positions"][0].as_i64().unwrap();
+    let stopped = h.wait_status("chatter", PATIENCE, |s| s["state"] == "stopped").await;
+    assert_eq!(stopped["stopped_at"], poison, "{stopped:#}");
+    let (code, record) = h.call("GET", &format!("/projections/chatter/replays/{poison}"), None).await;
+    assert_eq!(code, StatusCode::OK, "{record}");
+    h.finish().await;
+    let text = record.to_string();
+    let calls = record["calls"].as_array().unwrap();
+    let (kept, dropped) = (calls.len(), record["calls_dropped"].as_u64().unwrap());
+    // The fixture looks its event up, then asks for `seen/0` until its
+    // deadline; each get kept weighs 64 bytes and its key: 16 MiB of them.
+    let first = format!("seen/{poison:020}");
+    assert_eq!(calls[0]["kv_get"]["key"], first.as_str(), "{}", &text[..text.len().min(2000)]);
+    let other = calls[1..].iter().find(|c| c["kv_get"]["key"] != "seen/0");
+    assert!(other.is_none(), "{other:?}");
+    assert_eq!(kept, 1 + ((16 << 20) - (64 + first.len())) / (64 + 6));
+    assert!(dropped > 0, "the loop went on past the bound");
+    assert!(text.len() < 64 << 20, "the record is {} bytes", text.len());
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chatter.json");
+    std::fs::write(&file, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_reel")).args(["replay", "--file"]).arg(&file).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(2), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "replay: the module called kv.get(\"seen/0\") after the {kept} host calls and log lines the record \
+             kept; the record was cut there ({dropped} more were made when it was recorded)"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "reel replay: the record cannot be replayed to its end: its host calls were cut at 16777216 bytes \
+             when it was recorded ({dropped} more were made), and the module ran past the cut"
+        )),
+        "{stderr}"
+    );
+}
+
 /// `reel replay ARGS`: exit code and standard output.
 fn replay(args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_reel")).arg("replay").args(args).output().unwrap();

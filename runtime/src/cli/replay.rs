@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use reel_model::Cursor;
 
 use crate::config::Limits;
-use crate::host::tape::{HostCall, Tape};
+use crate::host::tape::{HostCall, Recorded, TAPE_BYTES, Tape};
 use crate::host::{Access, Capabilities, Engine, Guest, GuestFailure};
 use crate::modules::{Loaded, Loader, Module, Program};
 use crate::store::{KvWrite, NamespaceId, Namespaces as _, StoreError};
@@ -117,7 +117,7 @@ fn replay(record: &Record, module: &std::sync::Arc<Module>, limits: &Limits) -> 
     let access = Access::Write(Box::new(detached::Detached { dialect }));
     let mut caps = Capabilities::new(&record.projection, access, limits.clone())?;
     reactor(&mut caps, module, limits);
-    caps.set_tape(Some(Tape::playing(record.calls.clone())));
+    caps.set_tape(Some(Tape::playing(Recorded { calls: record.calls.clone(), dropped: record.calls_dropped })));
     let mut guest = instantiate(module, caps, limits)?;
     let event = std::slice::from_ref(&record.event);
     guest.caps().begin()?;
@@ -133,9 +133,19 @@ fn replay(record: &Record, module: &std::sync::Arc<Module>, limits: &Limits) -> 
     for line in &logs {
         println!("{line}");
     }
+
     match &outcome {
         Some(error) => println!("error: {error}"),
         None => println!("passed: no error"),
+    }
+    if tape.ran_past_cut() {
+        bail!(
+            "the record cannot be replayed to its end: its host calls were cut at {TAPE_BYTES} bytes when it \
+             was recorded ({} more were made), and the module ran past the cut, so what it did after and the \
+             recorded error ({}) cannot be checked",
+            record.calls_dropped,
+            record.error
+        );
     }
     let recorded_logs: Vec<String> = record.logs().iter().map(|(l, m)| format!("{} {m}", level_name(*l))).collect();
     let recorded_error = (record.failed_in != FailedIn::Nowhere).then(|| record.error.clone());
@@ -198,11 +208,14 @@ fn on_snapshot(
         let to = Cursor { tx: 0, id: record.event.position };
         guest.caps().commit(at, to).map_err(GuestFailure::Store)
     });
-    let calls = guest.caps().take_tape().map(Tape::into_calls).unwrap_or_default();
-    for call in &calls {
+    let recorded = guest.caps().take_tape().map(Tape::into_recorded).unwrap_or_default();
+    for call in &recorded.calls {
         if let HostCall::Log { level, message } = call {
             println!("{} {message}", level_name(*level));
         }
+    }
+    if recorded.dropped > 0 {
+        println!("({} more host calls and log lines, past {TAPE_BYTES} bytes, not shown)", recorded.dropped);
     }
     match handled {
         Ok(()) => {

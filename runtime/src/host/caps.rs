@@ -106,7 +106,7 @@ impl Capabilities {
     /// Keep `call` when recording.
     fn recorded(&mut self, call: impl FnOnce() -> HostCall) {
         if let Some(tape) = &mut self.tape {
-            tape.record(call());
+            tape.record(call);
         }
     }
 

@@ -182,8 +182,12 @@ pub struct Record {
     pub event: Event,
     /// The module that failed.
     pub module: RecordedModule,
-    /// The guest's host calls and log lines, in order.
+    /// The guest's host calls and log lines, in order, up to the tape's
+    /// bound ([`crate::host::tape::TAPE_BYTES`]).
     pub calls: Vec<HostCall>,
+    /// How many calls and log lines came past that bound and are not in
+    /// `calls` (0: the record has them all).
+    pub calls_dropped: u64,
     /// The error, as the projection's status shows it.
     pub error: String,
     /// Where it failed.
@@ -252,11 +256,14 @@ impl Record {
                 "kv_value_bytes": self.limits.kv_value_bytes,
                 "kv_key_bytes": self.limits.kv_key_bytes,
             },
-            "calls": self.calls.iter().map(call_json).collect::<Vec<_>>(),
+            "calls_dropped": self.calls_dropped,
             "snapshot": snapshot,
             "snapshot_missing": self.snapshot_missing,
             "module": module,
         });
+        // The calls are written one at a time, not built as one JSON value
+        // first: a tape's worth of them as values is several times its size.
+        let record = WithCalls { head: record, calls: Calls(&self.calls) };
         let mut text = serde_json::to_string_pretty(&record).expect("JSON values serialize");
         text.push('\n');
         text
@@ -309,6 +316,11 @@ impl Record {
                 },
             },
             calls,
+            // Records written before the tape had a bound have them all.
+            calls_dropped: match json.get("calls_dropped") {
+                None | Some(Json::Null) => 0,
+                Some(n) => n.as_u64().ok_or("calls_dropped: not a count")?,
+            },
             error: text_of(&json, "error")?,
             failed_in: FailedIn::parse(&text_of(&json, "failed_in")?)
                 .ok_or("failed_in: not handle, commit or nowhere")?,
@@ -321,6 +333,23 @@ impl Record {
             snapshot,
             snapshot_missing: json.get("snapshot_missing").and_then(Json::as_str).map(str::to_owned),
         })
+    }
+}
+
+/// A record's JSON, its calls after the rest.
+#[derive(serde::Serialize)]
+struct WithCalls<'a> {
+    #[serde(flatten)]
+    head: Json,
+    calls: Calls<'a>,
+}
+
+/// Host calls, serialized as a list one call at a time.
+struct Calls<'a>(&'a [HostCall]);
+
+impl serde::Serialize for Calls<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(call_json))
     }
 }
 
@@ -559,6 +588,7 @@ mod tests {
                     result: Err(SqlError { code: "1".into(), message: "no such column: x".into() }),
                 },
             ],
+            calls_dropped: 12,
             error: "event 7: no".into(),
             failed_in: FailedIn::Handle,
             limits: RecordedLimits { timeout_ms: 1500, memory_bytes: 1 << 20, kv_value_bytes: 10, kv_key_bytes: 5 },

@@ -14,7 +14,7 @@ use reel_model::{Cursor, Event};
 use super::Worker;
 use super::record::{self, FailedIn, Record, RecordedLimits, RecordedModule, SNAPSHOT_BYTES, SnapshotSink};
 use crate::host::GuestFailure;
-use crate::host::tape::Tape;
+use crate::host::tape::{Recorded, TAPE_BYTES, Tape};
 
 /// Records kept per projection; the oldest go first.
 const RECORDS_KEPT: usize = 64;
@@ -25,9 +25,15 @@ impl Worker {
     pub(super) fn record(&mut self, event: &Event, end: Cursor, failure: &GuestFailure) {
         let position = event.position;
         match self.recorded(event, end, failure) {
-            Ok(path) => tracing::info!(
+            Ok((path, 0)) => tracing::info!(
                 projection = %self.ns, position,
                 "recorded event {position} for a replay: {} (export: GET /projections/{}/replays/{position})",
+                path.display(), self.ns.name
+            ),
+            Ok((path, dropped)) => tracing::info!(
+                projection = %self.ns, position,
+                "recorded event {position} for a replay, its host calls cut at {TAPE_BYTES} bytes ({dropped} more \
+                 not kept): {} (export: GET /projections/{}/replays/{position})",
                 path.display(), self.ns.name
             ),
             Err(e) => {
@@ -36,7 +42,8 @@ impl Worker {
         }
     }
 
-    fn recorded(&mut self, event: &Event, end: Cursor, failure: &GuestFailure) -> Result<PathBuf, String> {
+    /// The record's path, and how many host calls it could not keep.
+    fn recorded(&mut self, event: &Event, end: Cursor, failure: &GuestFailure) -> Result<(PathBuf, u64), String> {
         let Some(module) = self.program.module().cloned() else {
             return Err("a projection compiled into reel has no module to replay".into());
         };
@@ -57,7 +64,7 @@ impl Worker {
             },
             Err(e) => (None, Some(format!("reading the read model: {e}"))),
         };
-        let (calls, error, failed_in) = self.rerun(event, end).map_err(|e| format!("running it again: {e}"))?;
+        let (recorded, error, failed_in) = self.rerun(event, end).map_err(|e| format!("running it again: {e}"))?;
         let (error, failed_in) = match (error, failed_in) {
             (Some(error), failed_in) => (error, failed_in),
             (None, _) => (failure.to_string(), FailedIn::Nowhere),
@@ -73,7 +80,8 @@ impl Worker {
                 file: module.path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
                 bytes,
             },
-            calls,
+            calls: recorded.calls,
+            calls_dropped: recorded.dropped,
             error,
             failed_in,
             limits: RecordedLimits::of(&self.ctx.limits),
@@ -82,16 +90,12 @@ impl Worker {
         };
         let path = record::path(&self.ctx.data_dir, &self.ns.name, event.position);
         save(&path, &record.to_json()).map_err(|e| format!("writing {}: {e}", path.display()))?;
-        Ok(path)
+        Ok((path, record.calls_dropped))
     }
 
     /// Run `event` alone on a recording host and roll back: the host calls,
     /// the error (`None`: it passed) and where it came.
-    fn rerun(
-        &mut self,
-        event: &Event,
-        end: Cursor,
-    ) -> Result<(Vec<crate::host::tape::HostCall>, Option<String>, FailedIn), GuestFailure> {
+    fn rerun(&mut self, event: &Event, end: Cursor) -> Result<(Recorded, Option<String>, FailedIn), GuestFailure> {
         // On a fresh instance, as a replay runs it.
         if let Some(guest) = self.guest.take() {
             self.spare = Some(guest.into_caps());
@@ -105,13 +109,13 @@ impl Worker {
             Err(e) => Err((e, FailedIn::Handle)),
             Ok(()) => guest.caps().flush().map_err(|e| (GuestFailure::Store(e), FailedIn::Commit)),
         };
-        let calls = guest.caps().take_tape().map(Tape::into_calls).unwrap_or_default();
+        let recorded = guest.caps().take_tape().map(Tape::into_recorded).unwrap_or_default();
         let (error, failed_in, failure) = match outcome {
             Ok(()) => (None, FailedIn::Nowhere, GuestFailure::Refused("recorded".into())),
             Err((e, failed_in)) => (Some(e.to_string()), failed_in, e),
         };
         self.discard(&failure);
-        Ok((calls, error, failed_in))
+        Ok((recorded, error, failed_in))
     }
 }
 
