@@ -181,13 +181,23 @@ fn fuzz(backend: common::Backend) {
         let file = file_status(&mut client, &stats);
         file["hash"] != before && file["compiling"] == false && file["error"].is_null()
     });
-    let compiled: Vec<String> = std::fs::read_dir(dir.path().join("data/compiled"))
+    // Each entry with the seconds since it was written or last used, to
+    // tell a late load from a pruning that did not run.
+    let compiled: Vec<(String, f64)> = std::fs::read_dir(dir.path().join("data/compiled"))
         .unwrap()
         .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".cwasm"))
+        .map(|e| {
+            let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            (e.file_name().to_string_lossy().into_owned(), age.map_or(-1.0, |a| a.as_secs_f64()))
+        })
+        .filter(|(name, _)| name.ends_with(".cwasm"))
         .collect();
-    assert_eq!(compiled.len(), 2, "compiled code of modules no longer in use stays in the cache: {compiled:#?}");
+    assert_eq!(
+        compiled.len(),
+        2,
+        "compiled code of modules no longer in use stays in the cache: {compiled:#?}\nmodules: {:#}",
+        get(&mut client, "/modules")
+    );
 
     stop.store(true, Ordering::Relaxed);
     let appended = appender.join().expect("the appender panicked");
