@@ -22,6 +22,9 @@ struct Cause {
     cursor: Cursor,
     /// Its metadata (JSON text), read only when it causes something.
     metadata: String,
+    /// What its emissions inherit from it, read from `metadata` once: their
+    /// causation depth and their correlation id (JSON).
+    inherited: Option<(u64, String)>,
     /// Emits (and timers) it caused so far in this batch.
     count: u32,
     bytes: usize,
@@ -32,6 +35,8 @@ pub struct Emitter {
     reactor: String,
     /// `name@version`, the metadata's `emitted_by`.
     by: String,
+    /// The same as JSON text.
+    by_json: String,
     prefix: String,
     limits: EmitLimits,
     causes: HashMap<i64, Cause>,
@@ -45,6 +50,7 @@ impl Emitter {
         Self {
             reactor: name.to_owned(),
             by: format!("{name}@{version}"),
+            by_json: Value::from(format!("{name}@{version}")).to_string(),
             prefix: emits.stream_prefix.clone(),
             limits,
             causes: HashMap::new(),
@@ -63,7 +69,8 @@ impl Emitter {
     pub fn begin(&mut self, events: &[Event], cursors: &[Cursor]) {
         self.causes.clear();
         for (event, cursor) in events.iter().zip(cursors) {
-            let cause = Cause { cursor: *cursor, metadata: event.metadata.clone(), count: 0, bytes: 0 };
+            let cause =
+                Cause { cursor: *cursor, metadata: event.metadata.clone(), inherited: None, count: 0, bytes: 0 };
             self.causes.insert(event.position, cause);
         }
         self.out = Emissions { reactor: self.reactor.clone(), ..Emissions::default() };
@@ -128,21 +135,27 @@ impl Emitter {
                 shown(&event_type).escape_default()
             ));
         }
-        let data_value: Value =
-            serde_json::from_str(&data).map_err(|e| format!("{what} of `{event_type}`: data is not JSON: {e}"))?;
-        if data.contains("u0000") && holds_nul(&data_value) {
+        // Checked without building it; built only to look for an escaped NUL.
+        serde_json::from_str::<serde::de::IgnoredAny>(&data)
+            .map_err(|e| format!("{what} of `{event_type}`: data is not JSON: {e}"))?;
+        if data.contains("u0000") && serde_json::from_str(&data).is_ok_and(|v: Value| holds_nul(&v)) {
             return Err(format!("{what} of `{event_type}`: data holds a NUL character, which PostgreSQL cannot store"));
         }
-        let mut meta = match metadata.trim() {
-            "" => Map::new(),
+        let meta = match metadata.trim() {
+            "" => None,
             text => match serde_json::from_str(text) {
-                Ok(Value::Object(map)) => map,
+                Ok(Value::Object(map)) => Some(map),
                 Ok(_) => return Err(format!("{what} of `{event_type}`: metadata must be a JSON object")),
                 Err(e) => return Err(format!("{what} of `{event_type}`: metadata is not JSON: {e}")),
             },
         };
-        let cause_meta: Map<String, Value> = serde_json::from_str(&c.metadata).unwrap_or_default();
-        let depth = cause_meta.get("causation_depth").and_then(Value::as_u64).unwrap_or(0) + 1;
+        let (depth, correlation) = c.inherited.get_or_insert_with(|| {
+            let cause_meta: Map<String, Value> = serde_json::from_str(&c.metadata).unwrap_or_default();
+            let depth = cause_meta.get("causation_depth").and_then(Value::as_u64).unwrap_or(0) + 1;
+            let correlation = cause_meta.get("correlation_id").cloned().unwrap_or(Value::from(cause)).to_string();
+            (depth, correlation)
+        });
+        let depth = *depth;
         if depth > u64::from(limits.max_depth) {
             return Err(format!(
                 "causation depth limit: emitting `{event_type}` for the event at position {cause} would be \
@@ -150,12 +163,21 @@ impl Emitter {
                 limits.max_depth
             ));
         }
-        let correlation = cause_meta.get("correlation_id").cloned().unwrap_or(Value::from(cause));
-        meta.insert("causation_id".into(), Value::from(cause));
-        meta.insert("correlation_id".into(), correlation);
-        meta.insert("emitted_by".into(), Value::from(self.by.clone()));
-        meta.insert("causation_depth".into(), Value::from(depth));
-        let metadata = Value::Object(meta).to_string();
+        let metadata = match meta {
+            // The usual case, written as the object below would be.
+            None => format!(
+                r#"{{"causation_id":{cause},"correlation_id":{correlation},"emitted_by":{},"causation_depth":{depth}}}"#,
+                self.by_json
+            ),
+            Some(mut meta) => {
+                let correlation = serde_json::from_str(correlation).expect("written as JSON above");
+                meta.insert("causation_id".into(), Value::from(cause));
+                meta.insert("correlation_id".into(), correlation);
+                meta.insert("emitted_by".into(), Value::from(self.by.clone()));
+                meta.insert("causation_depth".into(), Value::from(depth));
+                Value::Object(meta).to_string()
+            }
+        };
         let bytes = data.len() + metadata.len();
         c.count += 1;
         c.bytes += bytes;
@@ -196,5 +218,58 @@ fn holds_nul(value: &Value) -> bool {
         Value::Array(items) => items.iter().any(holds_nul),
         Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
         Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emitted(cause: i64, data: &str, metadata: &str) -> Emitted {
+        Emitted {
+            cause,
+            stream_id: "r-1".into(),
+            event_type: "r.done".into(),
+            data: data.into(),
+            metadata: metadata.into(),
+        }
+    }
+
+    #[test]
+    fn reel_s_metadata_is_the_same_whether_the_guest_gave_some_or_none() {
+        let emits = Emits { stream_prefix: "r-".into() };
+        let mut emitter = Emitter::new("r", "1", &emits, EmitLimits::default());
+        let cause = Event {
+            position: 7,
+            stream_id: "s".into(),
+            version: 1,
+            event_type: "t".into(),
+            data: "{}".into(),
+            metadata: r#"{"correlation_id":"order-9","causation_depth":2}"#.into(),
+            occurred_at: "z".into(),
+        };
+        let plain = Event { position: 8, metadata: "{}".into(), ..cause.clone() };
+        emitter.begin(&[cause, plain], &[Cursor { tx: 0, id: 7 }, Cursor { tx: 0, id: 8 }]);
+        emitter.emit(emitted(7, r#"{"a":1}"#, "")).unwrap();
+        emitter.emit(emitted(7, r#"{"a":2}"#, "{}")).unwrap();
+        emitter.emit(emitted(7, "[]", r#"{"mine":true,"causation_id":1}"#)).unwrap();
+        emitter.emit(emitted(8, "1", "")).unwrap();
+        let refused = emitter.emit(emitted(7, "{", "")).unwrap_err();
+        assert!(refused.starts_with("emit of `r.done`: data is not JSON"), "{refused}");
+        let nul = emitter.emit(emitted(7, r#"{"a":"\u0000"}"#, "")).unwrap_err();
+        assert!(nul.contains("data holds a NUL character"), "{nul}");
+        let out = emitter.take();
+        let metadata: Vec<&str> = out.events.iter().map(|e| e.metadata.as_str()).collect();
+        let inherited = r#"{"causation_id":7,"correlation_id":"order-9","emitted_by":"r@1","causation_depth":3}"#;
+        assert_eq!(
+            metadata,
+            [
+                inherited,
+                inherited,
+                r#"{"mine":true,"causation_id":7,"correlation_id":"order-9","emitted_by":"r@1","causation_depth":3}"#,
+                r#"{"causation_id":8,"correlation_id":8,"emitted_by":"r@1","causation_depth":1}"#,
+            ]
+        );
+        assert_eq!(out.events.iter().map(|e| e.index).collect::<Vec<_>>(), [0, 1, 2, 0]);
     }
 }

@@ -180,6 +180,8 @@ pub fn spawn(ctx: WorkerContext, ns: NamespaceId, program: Program) -> WorkerHan
         last_persist: Instant::now(),
         batch_limit,
         behind: None,
+        forwarding: None,
+        forwards_behind: false,
         careful: false,
         capture_started: false,
         paused: false,
@@ -243,6 +245,11 @@ struct Worker {
     batch_limit: usize,
     /// The last batch, if its commit was sent without waiting for it.
     behind: Option<Behind>,
+    /// A reactor's outbox entry being appended to the log meanwhile (SQLite).
+    forwarding: Option<Forwarding>,
+    /// Its outbox entries are appended while it goes on: its batches are
+    /// kept smaller (`batch::FORWARDED_BATCH`).
+    forwards_behind: bool,
     /// A batch committed behind failed: commit the next one in the
     /// foreground, so that its failure is retried and narrowed down.
     careful: bool,
@@ -275,6 +282,15 @@ struct Worker {
 /// the system: longer than the gaps between a live feed's batches, so that
 /// a busy worker does not pay for it.
 const IDLE_GIVE_BACK: Duration = Duration::from_secs(2);
+
+/// A reactor's outbox entry being appended to the log (SQLite) while the
+/// worker handles the next batch (ADR 23).
+struct Forwarding {
+    /// The entry's id in the outbox.
+    id: i64,
+    /// Its append.
+    task: tokio::task::JoinHandle<Result<reel_model::Forwarded, crate::source::SourceError>>,
+}
 
 /// A batch whose commit was sent and not yet answered: the worker applies
 /// the next batch meanwhile, on the connection behind it, so the guest runs
@@ -367,6 +383,7 @@ impl Worker {
     /// open the namespace again, going on from its committed checkpoint (or
     /// standing by); false when told to exit meanwhile.
     fn start_over(&mut self, pause: Duration) -> bool {
+        self.settle_forward();
         self.guest = None;
         self.spare = None;
         self.reader = None;
@@ -408,6 +425,7 @@ impl Worker {
 
     fn exit(mut self) {
         self.settle_behind();
+        self.settle_forward();
         if self.cursor > self.persisted {
             let _ = self.persist();
         }
@@ -466,6 +484,9 @@ impl Worker {
         if self.program.emits().is_none() || Instant::now() < self.timer_check {
             return;
         }
+        // What the last batch scheduled or cancelled reaches the timers
+        // with its forward: a timer it cancelled must not fire meanwhile.
+        self.settle_forward();
         let now = reel_model::time::now_micros();
         let fired = self.ctx.handle.block_on(self.ctx.source.fire_timers(self.ns.name.clone(), now));
         let next = match fired {
@@ -596,6 +617,7 @@ impl Worker {
     /// messages. `Err` when told to exit.
     fn wait(&mut self, timeout: Duration) -> Result<(), Halt> {
         self.settle_behind();
+        self.settle_forward();
         let deadline = tokio::time::Instant::now() + timeout;
         let handle = self.ctx.handle.clone();
         let message = handle.block_on(async {
