@@ -135,10 +135,11 @@ impl Emitter {
                 shown(&event_type).escape_default()
             ));
         }
-        // Checked without building it; built only to look for an escaped NUL.
-        serde_json::from_str::<serde::de::IgnoredAny>(&data)
-            .map_err(|e| format!("{what} of `{event_type}`: data is not JSON: {e}"))?;
-        if data.contains("u0000") && serde_json::from_str(&data).is_ok_and(|v: Value| holds_nul(&v)) {
+        // Parsed whole: nesting, surrogates and numbers are checked as
+        // PostgreSQL's `jsonb` would refuse them (an `IgnoredAny` does not).
+        let data_value: Value =
+            serde_json::from_str(&data).map_err(|e| format!("{what} of `{event_type}`: data is not JSON: {e}"))?;
+        if data.contains("u0000") && holds_nul(&data_value) {
             return Err(format!("{what} of `{event_type}`: data holds a NUL character, which PostgreSQL cannot store"));
         }
         let meta = match metadata.trim() {
@@ -258,6 +259,10 @@ mod tests {
         assert!(refused.starts_with("emit of `r.done`: data is not JSON"), "{refused}");
         let nul = emitter.emit(emitted(7, r#"{"a":"\u0000"}"#, "")).unwrap_err();
         assert!(nul.contains("data holds a NUL character"), "{nul}");
+        for bad in [r#"{"b":1e400}"#, r#""\ud800""#, &format!("{}1{}", "[".repeat(200), "]".repeat(200))] {
+            let refused = emitter.emit(emitted(7, bad, "")).unwrap_err();
+            assert!(refused.contains("data is not JSON"), "{bad}: {refused}");
+        }
         let out = emitter.take();
         let metadata: Vec<&str> = out.events.iter().map(|e| e.metadata.as_str()).collect();
         let inherited = r#"{"causation_id":7,"correlation_id":"order-9","emitted_by":"r@1","causation_depth":3}"#;

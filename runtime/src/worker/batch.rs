@@ -113,6 +113,7 @@ impl Worker {
         if self.hold_reply.is_none() {
             return;
         }
+        self.settle_forward();
         let reached = if !self.settle_behind() {
             // The batch committed behind failed: the cursor went back.
             return;
@@ -340,10 +341,11 @@ impl Worker {
             Ok(f)
         });
         match done {
+            // The outbox held this entry alone when its forward started
+            // (`empty`); what was committed since says for itself.
             Ok(f) => {
                 self.status.outbox(0);
                 self.status.forwarded(f.emitted, f.dropped);
-                caps.set_outbox_empty(true);
             }
             Err(e) => {
                 caps.set_outbox_empty(false);

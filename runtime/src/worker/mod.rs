@@ -383,7 +383,11 @@ impl Worker {
     /// open the namespace again, going on from its committed checkpoint (or
     /// standing by); false when told to exit meanwhile.
     fn start_over(&mut self, pause: Duration) -> bool {
-        self.settle_forward();
+        // Its outcome waited for, but the outbox left as it is: the worker
+        // may have been fenced, and the next start forwards what it holds.
+        if let Some(forwarding) = self.forwarding.take() {
+            let _ = self.ctx.handle.block_on(forwarding.task);
+        }
         self.guest = None;
         self.spare = None;
         self.reader = None;
