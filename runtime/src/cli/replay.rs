@@ -133,7 +133,6 @@ fn replay(record: &Record, module: &std::sync::Arc<Module>, limits: &Limits) -> 
     for line in &logs {
         println!("{line}");
     }
-
     match &outcome {
         Some(error) => println!("error: {error}"),
         None => println!("passed: no error"),

@@ -23,8 +23,8 @@ struct Cause {
     /// Its metadata (JSON text), read only when it causes something.
     metadata: String,
     /// What its emissions inherit from it, read from `metadata` once: their
-    /// causation depth and their correlation id (JSON).
-    inherited: Option<(u64, String)>,
+    /// causation depth and their correlation id.
+    inherited: Option<(u64, Value)>,
     /// Emits (and timers) it caused so far in this batch.
     count: u32,
     bytes: usize,
@@ -153,7 +153,7 @@ impl Emitter {
         let (depth, correlation) = c.inherited.get_or_insert_with(|| {
             let cause_meta: Map<String, Value> = serde_json::from_str(&c.metadata).unwrap_or_default();
             let depth = cause_meta.get("causation_depth").and_then(Value::as_u64).unwrap_or(0) + 1;
-            let correlation = cause_meta.get("correlation_id").cloned().unwrap_or(Value::from(cause)).to_string();
+            let correlation = cause_meta.get("correlation_id").cloned().unwrap_or(Value::from(cause));
             (depth, correlation)
         });
         let depth = *depth;
@@ -171,9 +171,8 @@ impl Emitter {
                 self.by_json
             ),
             Some(mut meta) => {
-                let correlation = serde_json::from_str(correlation).expect("written as JSON above");
                 meta.insert("causation_id".into(), Value::from(cause));
-                meta.insert("correlation_id".into(), correlation);
+                meta.insert("correlation_id".into(), correlation.clone());
                 meta.insert("emitted_by".into(), Value::from(self.by.clone()));
                 meta.insert("causation_depth".into(), Value::from(depth));
                 Value::Object(meta).to_string()

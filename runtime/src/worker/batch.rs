@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use reel_model::{Cursor, Event};
 
-use super::{ATTEMPTS, Behind, Forwarding, Halt, MIN_BATCH, PERSIST_SKIPS_EVERY, State, Worker, WorkerError, backoff};
+use super::{
+    ATTEMPTS, Behind, Forwarding, Halt, MIN_BATCH, PERSIST_SKIPS_EVERY, State, Worker, WorkerError, backoff, open_caps,
+};
 use crate::config::BatchConfig;
 use crate::host::GuestFailure;
 use crate::source::Batch;
@@ -95,11 +97,7 @@ impl Worker {
             return;
         }
         let at = self.persisted;
-        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps(),
-            (None, Some(caps)) => caps,
-            (None, None) => return,
-        };
+        let Some(caps) = open_caps(&mut self.guest, &mut self.spare) else { return };
         match caps.writer().and_then(|ns| ns.start_capture(at, only_if_empty)) {
             Ok(started) => self.capture_started = started,
             Err(e) => tracing::warn!(projection = %self.ns, "starting change capture: {e}"),
@@ -145,11 +143,7 @@ impl Worker {
     /// Commit a cursor that only moved past unsubscribed events.
     pub(super) fn persist(&mut self) -> Result<(), GuestFailure> {
         let to = self.cursor;
-        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps(),
-            (None, Some(caps)) => caps,
-            (None, None) => return Ok(()),
-        };
+        let Some(caps) = open_caps(&mut self.guest, &mut self.spare) else { return Ok(()) };
         caps.begin()?;
         match caps.commit(self.persisted, to) {
             Ok(()) => {
@@ -269,11 +263,7 @@ impl Worker {
     /// make a second forward append nothing twice (ADR 23).
     pub(super) fn forward(&mut self) {
         self.settle_forward();
-        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps(),
-            (None, Some(caps)) => caps,
-            (None, None) => return,
-        };
+        let Some(caps) = open_caps(&mut self.guest, &mut self.spare) else { return };
         if !caps.is_reactor() {
             return;
         }
@@ -289,7 +279,7 @@ impl Worker {
             let task = self.ctx.handle.spawn(async move { source.forward(namespace, handled, emissions).await });
             self.forwarding = Some(Forwarding { id, task });
             self.forwards_behind = true;
-            self.batch_limit = self.batch_limit.min(FORWARDED_BATCH);
+            self.batch_limit = self.batch_limit.min(self.max_batch());
             return;
         }
         let pending = match caps.writer().and_then(|ns| ns.outbox()) {
@@ -331,11 +321,7 @@ impl Worker {
     pub(super) fn settle_forward(&mut self) {
         let Some(Forwarding { id, task }) = self.forwarding.take() else { return };
         let forwarded = self.ctx.handle.block_on(task);
-        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps(),
-            (None, Some(caps)) => caps,
-            (None, None) => return,
-        };
+        let Some(caps) = open_caps(&mut self.guest, &mut self.spare) else { return };
         let done = forwarded.map_err(|e| e.to_string()).and_then(|f| f.map_err(|e| e.to_string())).and_then(|f| {
             caps.writer().and_then(|ns| ns.outbox_done(id)).map_err(|e| e.to_string())?;
             Ok(f)
@@ -354,6 +340,13 @@ impl Worker {
         }
     }
 
+    /// Most events in a batch: the configured most, or fewer for a reactor
+    /// whose outbox is forwarded while it goes on.
+    fn max_batch(&self) -> usize {
+        let max = self.ctx.batch.max_events;
+        if self.forwards_behind { max.min(FORWARDED_BATCH) } else { max }
+    }
+
     /// Size the next batch from how long a full one took: about the target
     /// time (and well inside the batch's deadline), at most twice the last
     /// size, within [`MIN_BATCH`] and the maximum. Smaller batches (live
@@ -366,7 +359,7 @@ impl Worker {
         let batch = &self.ctx.batch;
         let target = batch.target.min(self.ctx.limits.batch_timeout / 2);
         let fitting = events as f64 * target.as_secs_f64() / took.as_secs_f64().max(1e-4);
-        let max = if self.forwards_behind { batch.max_events.min(FORWARDED_BATCH) } else { batch.max_events };
+        let max = self.max_batch();
         let next = (fitting as usize).min(self.batch_limit.saturating_mul(2)).clamp(MIN_BATCH.min(max), max.max(1));
         if next.abs_diff(self.batch_limit) * 4 >= self.batch_limit || next == max {
             self.batch_limit = next;

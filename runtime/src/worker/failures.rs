@@ -10,7 +10,7 @@ use reel_model::{Cursor, Event, OnError};
 use crate::host::GuestFailure;
 use crate::store::StoreError;
 
-use super::{ATTEMPTS, Admin, Halt, State, Worker, WorkerError, backoff};
+use super::{ATTEMPTS, Admin, Halt, State, Worker, WorkerError, backoff, open_caps};
 
 impl Worker {
     /// Apply `events` (with `cursors[i]` the cursor after `events[i]`),
@@ -212,10 +212,8 @@ impl Worker {
             return Err(WorkerError::Conflict("the projection has not started yet".into()));
         }
         let at = self.persisted;
-        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps(),
-            (None, Some(caps)) => caps,
-            (None, None) => return Err(WorkerError::Conflict("the projection has not started yet".into())),
+        let Some(caps) = open_caps(&mut self.guest, &mut self.spare) else {
+            return Err(WorkerError::Conflict("the projection has not started yet".into()));
         };
         caps.begin()?;
         let result = (|| {

@@ -283,6 +283,17 @@ struct Worker {
 /// a busy worker does not pay for it.
 const IDLE_GIVE_BACK: Duration = Duration::from_secs(2);
 
+/// The open namespace's capabilities, with the instance or without it.
+fn open_caps<'a>(
+    guest: &'a mut Option<Box<dyn Guest>>,
+    spare: &'a mut Option<Capabilities>,
+) -> Option<&'a mut Capabilities> {
+    match (guest, spare) {
+        (Some(guest), _) => Some(guest.caps()),
+        (None, spare) => spare.as_mut(),
+    }
+}
+
 /// A reactor's outbox entry being appended to the log (SQLite) while the
 /// worker handles the next batch (ADR 23).
 struct Forwarding {

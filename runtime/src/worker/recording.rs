@@ -11,8 +11,8 @@ use sha2::{Digest, Sha256};
 use reel_model::time::{format_micros, now_micros};
 use reel_model::{Cursor, Event};
 
-use super::Worker;
 use super::record::{self, FailedIn, Record, RecordedLimits, RecordedModule, SNAPSHOT_BYTES, SnapshotSink};
+use super::{Worker, open_caps};
 use crate::host::GuestFailure;
 use crate::host::tape::{Recorded, TAPE_BYTES, Tape};
 
@@ -51,10 +51,8 @@ impl Worker {
         // The read model as the event found it: what is committed now (every
         // event before it is).
         let mut sink = SnapshotSink::new(SNAPSHOT_BYTES);
-        let caps = match (self.guest.as_mut(), self.spare.as_mut()) {
-            (Some(guest), _) => guest.caps(),
-            (None, Some(caps)) => caps,
-            (None, None) => return Err("the namespace is not open".into()),
+        let Some(caps) = open_caps(&mut self.guest, &mut self.spare) else {
+            return Err("the namespace is not open".into());
         };
         let dialect = caps.sql_dialect().to_owned();
         let (snapshot, snapshot_missing) = match caps.namespace().dump(&mut sink) {
