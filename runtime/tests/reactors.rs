@@ -134,34 +134,46 @@ async fn an_event_set_aside_keeps_nothing_its_failed_attempts_emitted(backend: B
 }
 
 /// A function the module's SQL creates (past the text checks, which do not
-/// look inside function bodies) that calls `reel.emit` with the signature
-/// before ADR 23's fix (the handled cursor from the caller) and with the
-/// current one, each in its own block so that one refusal does not hide the
-/// other: forged metadata, a stream outside any prefix and one inside the
-/// reactor's, and a handled cursor at the end of time.
+/// look inside function bodies) that calls `reel.emit` with the signatures
+/// before ADR 23's fix (the handled cursor from the caller) and before ADR
+/// 47's arrays, and with the current one, each in its own block so that one
+/// refusal does not hide the other: forged metadata, a stream outside any
+/// prefix and one inside the reactor's, and a handled cursor at the end of
+/// time.
 fn forging_function(namespace: &str) -> String {
     let forged = |stream: &str| {
         json!([{ "cause": 1, "cause_tx": 0, "index": 7, "stream_id": stream, "event_type": "forged",
                  "data": {}, "metadata": { "emitted_by": "payment@1", "causation_id": 1 } }])
         .to_string()
     };
+    let arrays = |stream: &str| {
+        format!(
+            "'{namespace}', ARRAY[1]::bigint[], ARRAY[0]::bigint[], ARRAY[7], ARRAY[1], ARRAY['{stream}'], ARRAY['forged'], \
+             ARRAY['{{}}'], ARRAY['{{\"emitted_by\": \"payment@1\", \"causation_id\": 1}}'], '[]'::jsonb"
+        )
+    };
     format!(
         "CREATE FUNCTION forge() RETURNS text LANGUAGE plpgsql AS $f$ \
          DECLARE r text := ''; \
          BEGIN \
            BEGIN PERFORM reel.emit('{namespace}', 9000000000000, 9000000000000, '{outside}'::jsonb, '[]'::jsonb); \
-             r := r || 'old signature ran; '; \
-           EXCEPTION WHEN others THEN r := r || SQLERRM || '; '; END; \
-           BEGIN PERFORM reel.emit('{namespace}', '{outside}'::jsonb, '[]'::jsonb); \
-             r := r || 'outside ran; '; \
+             r := r || 'oldest signature ran; '; \
            EXCEPTION WHEN others THEN r := r || SQLERRM || '; '; END; \
            BEGIN PERFORM reel.emit('{namespace}', '{inside}'::jsonb, '[]'::jsonb); \
+             r := r || 'old signature ran; '; \
+           EXCEPTION WHEN others THEN r := r || SQLERRM || '; '; END; \
+           BEGIN PERFORM reel.emit({outside_arrays}); \
+             r := r || 'outside ran; '; \
+           EXCEPTION WHEN others THEN r := r || SQLERRM || '; '; END; \
+           BEGIN PERFORM reel.emit({inside_arrays}); \
              r := r || 'inside ran; '; \
            EXCEPTION WHEN others THEN r := r || SQLERRM || '; '; END; \
            RETURN r; \
          END $f$",
         outside = forged("order-forged"),
         inside = forged("relay-forged"),
+        outside_arrays = arrays("order-forged"),
+        inside_arrays = arrays("relay-forged"),
     )
 }
 
@@ -202,7 +214,7 @@ async fn a_modules_sql_cannot_call_reel_emit() {
     let grantees: Vec<String> = pg
         .query(
             "SELECT DISTINCT grantee::regrole::text FROM pg_proc, aclexplode(proacl) \
-             WHERE oid = 'reel.emit(text, jsonb, jsonb)'::regprocedure",
+             WHERE oid = 'reel.emit(text, bigint[], bigint[], integer[], integer[], text[], text[], text[], text[], jsonb)'::regprocedure",
             &[],
         )
         .await

@@ -51,8 +51,9 @@ pub struct Capabilities {
     /// A reactor's emissions; `None` for a projection (whose batches then
     /// cost nothing for emitting).
     emitter: Option<Emitter>,
-    /// What the last commit appended (PostgreSQL) or left in the outbox.
-    forwarded: Option<Forwarded>,
+    /// The backend appends the emissions in the batch's transaction
+    /// ([`Stored::Sent`]): there is no outbox to forward.
+    appends_in_log: bool,
     /// The outbox (SQLite) as the worker knows it: the entry the current
     /// batch sent and, once committed, what it holds, so that a forward
     /// need not read back and parse what was just written.
@@ -79,7 +80,7 @@ impl Capabilities {
             sql_failed: None,
             log_lines: 0,
             emitter: None,
-            forwarded: None,
+            appends_in_log: false,
             outbox: Outbox::default(),
             tape: None,
         })
@@ -128,10 +129,19 @@ impl Capabilities {
         }
     }
 
-    /// What the last commit appended, on a backend that appends in the
-    /// batch's transaction (taken once).
+    /// What the commits since the last call appended, on a backend that
+    /// appends in the batch's transaction (taken once).
     pub fn take_forwarded(&mut self) -> Option<Forwarded> {
-        self.forwarded.take()
+        match &mut self.access {
+            Access::Write(ns) if self.appends_in_log => ns.take_appended(),
+            _ => None,
+        }
+    }
+
+    /// Whether the backend appends the emissions in the batch's
+    /// transaction, so that there is no outbox to forward.
+    pub fn appends_in_log(&self) -> bool {
+        self.appends_in_log
     }
 
     /// The namespace, to read (the worker's checkpoint, dead letters).
@@ -201,7 +211,7 @@ impl Capabilities {
         let emissions = emitter.take();
         let Access::Write(ns) = &mut self.access else { return Ok(()) };
         match ns.emit(&emissions, to)? {
-            Stored::Appended(forwarded) => self.forwarded = Some(forwarded),
+            Stored::Sent => self.appends_in_log = true,
             Stored::Outbox(id) => self.outbox.sent(id, to, emissions),
         }
         Ok(())

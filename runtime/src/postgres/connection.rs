@@ -14,7 +14,9 @@ use super::value::{Param, RawSize, write_literal};
 use crate::store::sql_text::{Checked, refusal, reserved_name};
 use crate::store::{SqlBounds, StoreError};
 
-use super::pipeline::{Blame, Flight, Message, Op, SyncReply, failure_error, own_error, pipeline_stopped, unsendable};
+use super::pipeline::{
+    Blame, Counts, Flight, Message, Op, SyncReply, failure_error, own_error, pipeline_stopped, unsendable,
+};
 use super::store::NamespaceInfo;
 
 /// The transaction committed behind the current one on a connection.
@@ -91,6 +93,14 @@ pub struct PgNamespace {
     /// writing batch ending at or before it is checked, so that narrowing
     /// down finds the event that crossed the quota (ADR 20).
     pub(super) over_quota_through: Option<reel_model::Cursor>,
+    /// What the open transaction's `reel.emit` appended, once it answers.
+    pub(super) emitting: Option<Counts>,
+    /// The same, of the transaction committed behind.
+    pub(super) emitting_behind: Option<Counts>,
+    /// What the emissions of the transactions committed since the last
+    /// [`Commits::take_appended`](crate::store::Commits::take_appended)
+    /// appended and dropped.
+    pub(super) appended: Option<reel_model::Forwarded>,
 }
 
 pub(super) const BEGIN_WRITE: &str = "BEGIN";
@@ -114,6 +124,10 @@ pub(super) const RELEASE: &str = "SELECT reel.release_session($1)";
 pub(super) const WATCH: &str = "SELECT reel.capture_tables()";
 /// The batch's changes, before its checkpoint (ADR 28).
 pub(super) const CAPTURE: &str = "SELECT reel.capture_commit($1, $2, $3, $4)";
+/// A reactor batch's emissions, before its checkpoint (ADR 47). Prepared
+/// when a reactor first emits: only a reactor's role may execute it.
+pub(super) const EMIT: &str =
+    "SELECT emitted, dropped FROM reel.emit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)";
 /// reel's own statements, prepared when the connection opens.
 const OWN_STATEMENTS: [&str; 13] = [
     BEGIN_WRITE,
@@ -169,6 +183,9 @@ impl PgNamespace {
             kv_in_tx: false,
             storage_checked: None,
             over_quota_through: None,
+            emitting: None,
+            emitting_behind: None,
+            appended: None,
         };
         ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
         Ok(ns)
@@ -330,6 +347,41 @@ impl PgNamespace {
                 let flight = async move { client.execute(&s, &[&slug, &from.tx, &from.id, &to.tx, &to.id]).await };
                 (Blame::Advance(from), Box::pin(flight))
             }
+            Op::Emit { columns, timers, counts } => {
+                let s = statement(EMIT);
+                // Refused before it is sent, the emissions would be missing
+                // from a transaction that goes on to commit: it fails here.
+                if let Some(refusal) = columns.unfit(&s) {
+                    self.failed = Some(StoreError::Database(refusal));
+                    return Ok(());
+                }
+                let slug = self.info.slug.clone();
+                let flight = async move {
+                    let c = &*columns;
+                    let row = client
+                        .query_one(
+                            &s,
+                            &[
+                                &slug,
+                                &c.causes,
+                                &c.cause_txs,
+                                &c.indexes,
+                                &c.nths,
+                                &c.streams,
+                                &c.types,
+                                &c.data,
+                                &c.metadata,
+                                &timers,
+                            ],
+                        )
+                        .await?;
+                    let count = |i: usize| row.get::<_, i32>(i) as u64;
+                    let forwarded = reel_model::Forwarded { emitted: count(0), dropped: count(1) };
+                    *counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(forwarded);
+                    Ok(1)
+                };
+                (Blame::Host { after_guest }, Box::pin(flight))
+            }
             Op::DeadLetter { event, error } => {
                 let s = statement(DEAD_LETTER);
                 let slug = self.info.slug.clone();
@@ -453,13 +505,20 @@ impl PgNamespace {
                 // the cancel counts as committed, not as failed.
                 let (reply, _) = block_on_cancelling_past(&self.handle, &self.client, left, answer);
                 match reply {
-                    Ok(None) => Behind::Clear,
+                    Ok(None) => {
+                        self.emitted(true);
+                        Behind::Clear
+                    }
                     Ok(Some((blame, e))) => {
+                        self.emitting_behind = None;
                         let error = failure_error(blame, &e);
                         self.note_failure(blame, &error);
                         Behind::Failed(error)
                     }
-                    Err(_) => Behind::Failed(pipeline_stopped()),
+                    Err(_) => {
+                        self.emitting_behind = None;
+                        Behind::Failed(pipeline_stopped())
+                    }
                 }
             }
             other => other,
@@ -468,6 +527,18 @@ impl PgNamespace {
             Behind::Failed(e) => Err(e.clone()),
             _ => Ok(()),
         }
+    }
+
+    /// The emissions of the transaction that just committed (`behind`: the
+    /// one committed behind) appended what their `reel.emit` answered.
+    pub(super) fn emitted(&mut self, behind: bool) {
+        let counts = if behind { self.emitting_behind.take() } else { self.emitting.take() };
+        let Some(f) = counts.and_then(|c| c.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()) else {
+            return;
+        };
+        let total = self.appended.get_or_insert_default();
+        total.emitted += f.emitted;
+        total.dropped += f.dropped;
     }
 
     pub(super) fn check(&mut self, statement: &str) -> Result<(), StoreError> {

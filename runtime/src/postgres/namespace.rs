@@ -15,8 +15,9 @@ use crate::store::{
 };
 use crate::store::{Emissions, Forwarded, Stored};
 
+use super::connection::EMIT;
 use super::connection::{Behind, PgNamespace};
-use super::pipeline::{Op, unsendable};
+use super::pipeline::{Counts, EmitColumns, Op, unsendable};
 
 impl Snapshot for PgNamespace {
     fn is_closed(&self) -> bool {
@@ -51,6 +52,7 @@ impl Snapshot for PgNamespace {
     }
 
     fn rollback(&mut self) -> Result<(), StoreError> {
+        self.emitting = None;
         self.execs.clear(); // never sent: nothing to undo
         self.exec_count = 0;
         let _ = self.sync();
@@ -258,6 +260,7 @@ impl Commits for PgNamespace {
             let _ = self.rollback();
         } else {
             self.in_tx = false;
+            self.emitted(false);
         }
         result
     }
@@ -276,6 +279,7 @@ impl Commits for PgNamespace {
         self.dispatch(Op::Advance { from, to })?;
         self.dispatch(Op::Commit)?;
         let answer = self.send_sync()?;
+        self.emitting_behind = self.emitting.take();
         self.in_flight = 0;
         self.in_tx = false;
         self.behind = Behind::Pending(answer, self.started);
@@ -293,19 +297,23 @@ impl Commits for PgNamespace {
     }
 
     /// reel.emit appends in this transaction, as reel's user: the role
-    /// itself cannot write `events` (ADR 23). The handled cursor moves with
-    /// the checkpoint, in reel.advance.
+    /// itself cannot write `events` (ADR 23). Sent down the pipeline, not
+    /// waited for: the batch commits behind it, and what it appended is
+    /// known once the transaction has committed (ADR 47). The handled
+    /// cursor moves with the checkpoint, in reel.advance.
     fn emit(&mut self, emissions: &Emissions, _to: Cursor) -> Result<Stored, StoreError> {
-        let slug = self.info.slug.clone();
-        let (events, timers) = (emissions.events_json(), emissions.timers_json());
-        let rows = self.fetch(EMIT, &[&slug, &events, &timers], false)?;
-        let count = |i: usize| rows.first().map_or(0, |r| r.get::<_, i32>(i) as u64);
-        Ok(Stored::Appended(Forwarded { emitted: count(0), dropped: count(1) }))
+        self.prepare_all(vec![EMIT.to_owned()], false)?;
+        let counts = Counts::default();
+        self.emitting = Some(counts.clone());
+        let columns = Box::new(EmitColumns::new(emissions));
+        self.dispatch(Op::Emit { columns, timers: emissions.timers_json(), counts })?;
+        Ok(Stored::Sent)
+    }
+
+    fn take_appended(&mut self) -> Option<Forwarded> {
+        self.appended.take()
     }
 }
-
-/// A reactor batch's emissions, before its checkpoint.
-const EMIT: &str = "SELECT emitted, dropped FROM reel.emit($1, $2::text::jsonb, $3::text::jsonb)";
 
 impl KvWrites for PgNamespace {
     fn kv_write(&mut self, writes: &[KvWrite<'_>]) -> Result<(), StoreError> {

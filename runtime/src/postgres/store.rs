@@ -284,7 +284,10 @@ impl Namespaces for PgStore {
             return Err(StoreError::Database(format!("namespace {ns} does not exist")));
         };
         let (slug, prefix) = (info.slug, prefix.to_owned());
-        let grant = format!("GRANT EXECUTE ON FUNCTION reel.emit(text, jsonb, jsonb) TO {}", quote_ident(&info.role));
+        let grant = format!(
+            "GRANT EXECUTE ON FUNCTION reel.emit(text, bigint[], bigint[], integer[], integer[], text[], text[], text[], text[], jsonb) TO {}",
+            quote_ident(&info.role)
+        );
         self.admin(async |c| {
             let tx = c.transaction().await?;
             tx.batch_execute(CATALOG_LOCK).await?;

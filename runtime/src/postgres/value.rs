@@ -118,17 +118,25 @@ pub struct ArrayParam {
 }
 
 impl ArrayParam {
-    /// An empty array of `element` (`TEXT` or `BYTEA`).
+    /// An empty array of `element` (`TEXT`, `BYTEA`, or a number type whose
+    /// elements are pushed in its binary form, such as `INT8` big-endian).
     pub fn new(element: Type) -> Self {
         Self { element, len: 0, bytes: Vec::new() }
     }
 
-    /// Append an element: for `TEXT`, UTF-8 text.
+    /// Append an element: for `TEXT`, UTF-8 text; for a number, its
+    /// big-endian bytes.
     pub fn push(&mut self, element: &[u8]) {
         let len = i32::try_from(element.len()).expect("an array element under 2 GiB");
         self.bytes.extend_from_slice(&len.to_be_bytes());
         self.bytes.extend_from_slice(element);
         self.len += 1;
+    }
+
+    /// Whether it can fill a parameter of type `ty` (what
+    /// [`ToSql::to_sql_checked`] would check before sending it).
+    pub fn fits(&self, ty: &Type) -> bool {
+        <Self as ToSql>::accepts(ty) && *ty.kind() == tokio_postgres::types::Kind::Array(self.element.clone())
     }
 
     /// No elements.
@@ -154,7 +162,7 @@ impl ToSql for ArrayParam {
     }
 
     fn accepts(ty: &Type) -> bool {
-        matches!(*ty, Type::TEXT_ARRAY | Type::BYTEA_ARRAY)
+        matches!(*ty, Type::TEXT_ARRAY | Type::BYTEA_ARRAY | Type::INT8_ARRAY | Type::INT4_ARRAY)
     }
 
     to_sql_checked!();

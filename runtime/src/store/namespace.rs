@@ -71,8 +71,10 @@ pub trait SqlWrites {
 /// Where a reactor batch's emissions went in its transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stored {
-    /// Appended to the log (the backend shares the transaction with it).
-    Appended(Forwarded),
+    /// Sent to be appended in the transaction (the backend shares it with
+    /// the log); what it appended is known once the transaction has
+    /// committed ([`Commits::take_appended`]).
+    Sent,
     /// Into the namespace's outbox, as the entry of this id.
     Outbox(i64),
 }
@@ -112,6 +114,11 @@ pub trait Commits: SqlWrites {
     fn emit(&mut self, emissions: &Emissions, to: Cursor) -> Result<Stored, StoreError> {
         let _ = (emissions, to);
         Err(StoreError::Refused("this backend cannot store a reactor's emissions yet".into()))
+    }
+    /// What the emissions sent by transactions committed since the last
+    /// call appended and dropped ([`Stored::Sent`]); `None`: nothing.
+    fn take_appended(&mut self) -> Option<Forwarded> {
+        None
     }
     /// Committed batches waiting in the outbox, oldest first: their outbox
     /// id, the cursor they were handled through, and their emissions.

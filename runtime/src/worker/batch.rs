@@ -173,6 +173,10 @@ impl Worker {
             Ok(()) => {
                 self.status.committed(behind.events, behind.end);
                 behind.line.log(&self.ns, Ok(()));
+                // What its emissions appended, now that it has committed.
+                if let Some(f) = open_caps(&mut self.guest, &mut self.spare).and_then(|caps| caps.take_forwarded()) {
+                    self.status.forwarded(f.emitted, f.dropped);
+                }
                 true
             }
             Err(e) => {
@@ -267,8 +271,16 @@ impl Worker {
         if !caps.is_reactor() {
             return;
         }
-        if let Some(f) = caps.take_forwarded() {
-            self.status.forwarded(f.emitted, f.dropped);
+        // Appended in the batch's transaction (PostgreSQL): counted once
+        // committed, here or when a batch committed behind is settled. Its
+        // appends go on while the worker handles the next batch, like a
+        // forward: the batches are kept as small.
+        if caps.appends_in_log() {
+            if let Some(f) = caps.take_forwarded() {
+                self.status.forwarded(f.emitted, f.dropped);
+            }
+            self.forwards_behind = true;
+            self.batch_limit = self.batch_limit.min(self.max_batch());
             return;
         }
         // The entry just committed, when it is the outbox's only one: no
@@ -367,9 +379,10 @@ impl Worker {
     }
 }
 
-/// Most events in a batch of a reactor whose outbox is forwarded while it
-/// handles the next batch (SQLite): the last batch's forward has nothing to
-/// go on beside, and a catch-up waits for it (docs/benchmarks.md, reactors).
+/// Most events in a batch of a reactor whose emissions are appended while it
+/// handles the next batch (SQLite's forward, PostgreSQL's commit behind):
+/// the last batch's appends have nothing to go on beside, and a catch-up
+/// waits for them (docs/benchmarks.md, reactors).
 const FORWARDED_BATCH: usize = 10_000;
 
 /// `batch` without its events past `at` (a hold): the read goes no further.

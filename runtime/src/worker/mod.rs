@@ -247,8 +247,8 @@ struct Worker {
     behind: Option<Behind>,
     /// A reactor's outbox entry being appended to the log meanwhile (SQLite).
     forwarding: Option<Forwarding>,
-    /// Its outbox entries are appended while it goes on: its batches are
-    /// kept smaller (`batch::FORWARDED_BATCH`).
+    /// Its emissions are appended while it goes on (an outbox forwarded, a
+    /// commit behind): its batches are kept smaller (`batch::FORWARDED_BATCH`).
     forwards_behind: bool,
     /// A batch committed behind failed: commit the next one in the
     /// foreground, so that its failure is retried and narrowed down.
