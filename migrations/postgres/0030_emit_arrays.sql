@@ -2,11 +2,12 @@
 -- field is read from its array, and only an emission's data and metadata are
 -- parsed as JSON (once, into the events row), instead of the whole batch as
 -- one JSON array whose elements are taken apart field by field.
--- It also skips the probe of reel.emitted per emission when the calling
--- namespace is the one furthest in the log (reel.reactor_handled): a key for
--- a cause past its own checkpoint can then only be there through an error of
--- reel's, and the table's primary key still refuses it: the append is undone
--- (a subtransaction) and tried again with the probes. Otherwise the
+-- It also skips the probe of reel.emitted per emission, and the sorts, when
+-- the calling namespace is the one furthest in the log (reel.reactor_handled)
+-- and every cause is past where it has handled: a key for such a cause can
+-- then only be there through an error of reel's, and the table's primary key
+-- still refuses it: the append is undone (a subtransaction) and tried again
+-- with the probes. Otherwise the
 -- guarantees are those of 0029 (ADR 23). The JSON signature is dropped: reel
 -- calls only this one, and a reactor role is granted only this one.
 
@@ -59,18 +60,24 @@ BEGIN
         RAISE EXCEPTION 'emit to stream % refused: reactor % declared the stream prefix %',
             v_stream, v_reactor, v_prefix USING ERRCODE = '42501';
     END IF;
-    -- The namespace furthest in the log appends past its own checkpoint:
-    -- none of its emissions' keys can be in reel.emitted (no other
-    -- namespace appends causes past the furthest one's), so the first
-    -- attempt does not look; the primary key would refuse one anyway.
-    v_probe := h.namespace IS DISTINCT FROM p_namespace;
+    -- Causes past where the reactor's furthest namespace has handled, of
+    -- that namespace: no key of theirs can be in reel.emitted (a key is
+    -- written with its cause's batch, which moves the furthest position past
+    -- it), so the first attempt does not look; the primary key would refuse
+    -- one anyway. Any other call looks (another namespace, a dead letter
+    -- retried, a checkpoint moved back).
+    v_probe := h.namespace IS DISTINCT FROM p_namespace
+        OR EXISTS (SELECT 1 FROM unnest(p_cause_txs, p_causes) AS x(cause_tx, cause)
+                    WHERE (x.cause_tx, x.cause) <= (h.tx, h.position));
     FOR attempt IN 1..100 LOOP
-        -- Nothing to append (a batch replaying what another namespace or an
-        -- earlier attempt emitted): no insert, so no wake-up for the readers.
-        -- Otherwise this stops at the first emission to append.
-        IF NOT EXISTS (SELECT 1 FROM unnest(p_causes, p_cause_txs, p_indexes) AS x(cause, cause_tx, idx)
-                        WHERE (h.namespace = p_namespace OR (x.cause_tx, x.cause) > (h.tx, h.position))
-                          AND (NOT v_probe OR NOT EXISTS (SELECT 1 FROM reel.emitted k
+        -- Nothing to append (no emissions, or a batch replaying what
+        -- another namespace or an earlier attempt emitted): no insert, so no
+        -- wake-up for the readers. Not looking, every emission is appended:
+        -- there is nothing to ask.
+        IF n_given = 0 OR (v_probe AND NOT EXISTS (
+               SELECT 1 FROM unnest(p_causes, p_cause_txs, p_indexes) AS x(cause, cause_tx, idx)
+                WHERE (h.namespace = p_namespace OR (x.cause_tx, x.cause) > (h.tx, h.position))
+                  AND NOT EXISTS (SELECT 1 FROM reel.emitted k
                                    WHERE k.reactor = v_reactor AND k.cause = x.cause AND k.idx = x.idx))) THEN
             n_emitted := 0;
             EXIT;
@@ -111,10 +118,10 @@ BEGIN
                 CONTINUE;
             END;
         END IF;
-        -- One statement, no joins (the planner cannot count an array's
-        -- elements, and a nested loop over two would be quadratic): the
-        -- emissions neither handled by another namespace nor keyed in
-        -- reel.emitted (an index probe each, when v_probe); each stream's
+        -- Looking: one statement, no joins (the planner cannot count an
+        -- array's elements, and a nested loop over two would be quadratic):
+        -- the emissions neither handled by another namespace nor keyed in
+        -- reel.emitted (an index probe each); each stream's
         -- last version read once, at its first emission, and spread over its
         -- others by a window; positions drawn in emission order (volatile
         -- functions run after ORDER BY), so that both inserts know them.
@@ -127,15 +134,18 @@ BEGIN
                 SELECT g.*, row_number() OVER (PARTITION BY g.stream_id ORDER BY g.ord) AS nth
                   FROM given g
                  WHERE (h.namespace = p_namespace OR (g.cause_tx, g.cause) > (h.tx, h.position))
-                   AND (NOT v_probe OR NOT EXISTS (SELECT 1 FROM reel.emitted k
-                                   WHERE k.reactor = v_reactor AND k.cause = g.cause AND k.idx = g.idx))
+                   AND NOT EXISTS (SELECT 1 FROM reel.emitted k
+                                    WHERE k.reactor = v_reactor AND k.cause = g.cause AND k.idx = g.idx)
             ), based AS (
                 SELECT f.*, CASE WHEN f.nth = 1 THEN
                            coalesce((SELECT max(v.version) FROM public.events v WHERE v.stream_id = f.stream_id), 0)
                        END AS at_version
                   FROM fresh f
             ), numbered AS (
-                SELECT b.*, max(b.at_version) OVER (PARTITION BY b.stream_id) + b.nth AS new_version
+                -- Not b.*: the planner would copy the subquery above into
+                -- each use of at_version, and run it twice.
+                SELECT b.ord, b.cause, b.idx, b.stream_id, b.event_type, b.data, b.metadata,
+                       max(b.at_version) OVER (PARTITION BY b.stream_id) + b.nth AS new_version
                   FROM based b
             ), positioned AS (
                 SELECT nb.*, nextval(v_ids) AS id FROM numbered nb ORDER BY nb.ord
@@ -152,9 +162,7 @@ BEGIN
             EXIT;
         EXCEPTION WHEN unique_violation THEN
             -- A writer outside reel committed one of the versions (or, in a
-            -- race, one of the keys): the next attempt reads what it left,
-            -- and looks the keys up.
-            v_probe := true;
+            -- race, one of the keys): the next attempt reads what it left.
             IF attempt = 100 THEN
                 RAISE EXCEPTION 'reactor %''s streams kept changing under 100 appends in a row', v_reactor
                     USING ERRCODE = '40001';

@@ -73,13 +73,6 @@ pub struct Forwarded {
 }
 
 impl Emissions {
-    /// The events as one JSON array for the database: `[{cause, cause_tx,
-    /// index, stream_id, event_type, data, metadata}]`, data and metadata
-    /// as JSON values.
-    pub fn events_json(&self) -> String {
-        serde_json::Value::Array(self.events.iter().map(Emission::to_json).collect()).to_string()
-    }
-
     /// The timer changes as one JSON array: `[{key, due_micros, event}]` or
     /// `[{key, cancel: true}]`.
     pub fn timers_json(&self) -> String {

@@ -444,7 +444,10 @@ impl ServeArgs {
         anyhow::ensure!(self.emit_per_event > 0, "--emit-per-event must be at least 1");
         anyhow::ensure!(self.emit_kib_per_event > 0, "--emit-kib-per-event must be at least 1");
         anyhow::ensure!(self.emit_per_batch > 0, "--emit-per-batch must be at least 1");
-        anyhow::ensure!(self.emit_mib_per_batch > 0, "--emit-mib-per-batch must be at least 1");
+        anyhow::ensure!(
+            (1..=1024).contains(&self.emit_mib_per_batch),
+            "--emit-mib-per-batch must be 1 to 1024 (PostgreSQL takes no value over 1 GiB)"
+        );
         anyhow::ensure!(self.sink_batch > 0, "--sink-batch must be at least 1");
         let mut config = Config {
             data_dir: self.data_dir,

@@ -131,7 +131,7 @@ impl Capabilities {
 
     /// What the commits since the last call appended, on a backend that
     /// appends in the batch's transaction (taken once).
-    pub fn take_forwarded(&mut self) -> Option<Forwarded> {
+    pub fn take_appended(&mut self) -> Option<Forwarded> {
         match &mut self.access {
             Access::Write(ns) if self.appends_in_log => ns.take_appended(),
             _ => None,

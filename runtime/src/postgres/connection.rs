@@ -14,9 +14,8 @@ use super::value::{Param, RawSize, write_literal};
 use crate::store::sql_text::{Checked, refusal, reserved_name};
 use crate::store::{SqlBounds, StoreError};
 
-use super::pipeline::{
-    Blame, Counts, Flight, Message, Op, SyncReply, failure_error, own_error, pipeline_stopped, unsendable,
-};
+use super::emit::{Counts, EMIT};
+use super::pipeline::{Blame, Flight, Message, Op, SyncReply, failure_error, own_error, pipeline_stopped, unsendable};
 use super::store::NamespaceInfo;
 
 /// The transaction committed behind the current one on a connection.
@@ -124,10 +123,6 @@ pub(super) const RELEASE: &str = "SELECT reel.release_session($1)";
 pub(super) const WATCH: &str = "SELECT reel.capture_tables()";
 /// The batch's changes, before its checkpoint (ADR 28).
 pub(super) const CAPTURE: &str = "SELECT reel.capture_commit($1, $2, $3, $4)";
-/// A reactor batch's emissions, before its checkpoint (ADR 47). Prepared
-/// when a reactor first emits: only a reactor's role may execute it.
-pub(super) const EMIT: &str =
-    "SELECT emitted, dropped FROM reel.emit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::text::jsonb)";
 /// reel's own statements, prepared when the connection opens.
 const OWN_STATEMENTS: [&str; 13] = [
     BEGIN_WRITE,
@@ -347,7 +342,7 @@ impl PgNamespace {
                 let flight = async move { client.execute(&s, &[&slug, &from.tx, &from.id, &to.tx, &to.id]).await };
                 (Blame::Advance(from), Box::pin(flight))
             }
-            Op::Emit { columns, timers, counts } => {
+            Op::Emit { columns, counts } => {
                 let s = statement(EMIT);
                 // Refused before it is sent, the emissions would be missing
                 // from a transaction that goes on to commit: it fails here.
@@ -355,32 +350,7 @@ impl PgNamespace {
                     self.failed = Some(StoreError::Database(refusal));
                     return Ok(());
                 }
-                let slug = self.info.slug.clone();
-                let flight = async move {
-                    let c = &*columns;
-                    let row = client
-                        .query_one(
-                            &s,
-                            &[
-                                &slug,
-                                &c.causes,
-                                &c.cause_txs,
-                                &c.indexes,
-                                &c.nths,
-                                &c.streams,
-                                &c.types,
-                                &c.data,
-                                &c.metadata,
-                                &timers,
-                            ],
-                        )
-                        .await?;
-                    let count = |i: usize| row.get::<_, i32>(i) as u64;
-                    let forwarded = reel_model::Forwarded { emitted: count(0), dropped: count(1) };
-                    *counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(forwarded);
-                    Ok(1)
-                };
-                (Blame::Host { after_guest }, Box::pin(flight))
+                (Blame::Host { after_guest }, columns.flight(client, s, self.info.slug.clone(), counts))
             }
             Op::DeadLetter { event, error } => {
                 let s = statement(DEAD_LETTER);

@@ -4,6 +4,7 @@
 //! creating, listing, dropping; `connection.rs`: a namespace's connection and
 //! the statements reel sends on it; `execs.rs`: its writes sent as
 //! `EXECUTE`s; `pipeline.rs`: the task that keeps its requests flowing;
+//! `emit.rs`: a reactor batch's emissions;
 //! `quota.rs`: its storage quota; `namespace.rs`: its roles; `changes.rs`:
 //! its change capture and history), over shared
 //! connection plumbing (`client.rs`) and values in PostgreSQL's text format
@@ -13,6 +14,7 @@ mod client;
 mod commands;
 mod connection;
 mod dump;
+mod emit;
 mod events;
 mod execs;
 mod namespace;

@@ -15,9 +15,9 @@ use crate::store::{
 };
 use crate::store::{Emissions, Forwarded, Stored};
 
-use super::connection::EMIT;
 use super::connection::{Behind, PgNamespace};
-use super::pipeline::{Counts, EmitColumns, Op, unsendable};
+use super::emit::{Counts, EMIT, EmitColumns};
+use super::pipeline::{Op, unsendable};
 
 impl Snapshot for PgNamespace {
     fn is_closed(&self) -> bool {
@@ -302,11 +302,17 @@ impl Commits for PgNamespace {
     /// known once the transaction has committed (ADR 47). The handled
     /// cursor moves with the checkpoint, in reel.advance.
     fn emit(&mut self, emissions: &Emissions, _to: Cursor) -> Result<Stored, StoreError> {
-        self.prepare_all(vec![EMIT.to_owned()], false)?;
+        let columns = Box::new(EmitColumns::new(emissions).map_err(StoreError::Limit)?);
+        if !self.statements.contains_key(EMIT) {
+            // Prepared once, in a session the projection's SQL has not
+            // changed (its search_path, say), after what it sent.
+            self.reset_session()?;
+            self.sync()?;
+            self.prepare_all(vec![EMIT.to_owned()], false)?;
+        }
         let counts = Counts::default();
         self.emitting = Some(counts.clone());
-        let columns = Box::new(EmitColumns::new(emissions));
-        self.dispatch(Op::Emit { columns, timers: emissions.timers_json(), counts })?;
+        self.dispatch(Op::Emit { columns, counts })?;
         Ok(Stored::Sent)
     }
 

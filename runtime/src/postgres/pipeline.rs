@@ -59,89 +59,10 @@ pub(super) enum Op {
     /// A reactor batch's emissions, appended by `reel.emit` (ADR 23, 47);
     /// what it appended and dropped goes to `counts` when it answers.
     Emit {
-        columns: Box<EmitColumns>,
-        timers: String,
-        counts: Counts,
+        columns: Box<super::emit::EmitColumns>,
+        counts: super::emit::Counts,
     },
     Commit,
-}
-
-/// Each emission's rank among those to its stream, 1 first, in order.
-fn stream_ranks(events: &[reel_model::Emission]) -> Vec<i32> {
-    let mut ranks: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
-    events
-        .iter()
-        .map(|e| {
-            let nth = ranks.entry(e.stream_id.as_str()).or_default();
-            *nth += 1;
-            *nth
-        })
-        .collect()
-}
-
-/// Where an [`Op::Emit`] leaves what it appended and dropped.
-pub(super) type Counts = std::sync::Arc<std::sync::Mutex<Option<reel_model::Forwarded>>>;
-
-/// A batch's emissions as `reel.emit` takes them: one array per field, in
-/// emission order.
-pub(super) struct EmitColumns {
-    pub causes: ArrayParam,
-    pub cause_txs: ArrayParam,
-    pub indexes: ArrayParam,
-    /// Each emission's rank among the batch's emissions to its stream, 1
-    /// first: its version is the stream's last plus this.
-    pub nths: ArrayParam,
-    pub streams: ArrayParam,
-    pub types: ArrayParam,
-    pub data: ArrayParam,
-    pub metadata: ArrayParam,
-}
-
-impl EmitColumns {
-    pub fn new(emissions: &reel_model::Emissions) -> Self {
-        use tokio_postgres::types::Type;
-        let mut c = Self {
-            causes: ArrayParam::new(Type::INT8),
-            cause_txs: ArrayParam::new(Type::INT8),
-            indexes: ArrayParam::new(Type::INT4),
-            nths: ArrayParam::new(Type::INT4),
-            streams: ArrayParam::new(Type::TEXT),
-            types: ArrayParam::new(Type::TEXT),
-            data: ArrayParam::new(Type::TEXT),
-            metadata: ArrayParam::new(Type::TEXT),
-        };
-        for (e, nth) in emissions.events.iter().zip(stream_ranks(&emissions.events)) {
-            c.nths.push(&nth.to_be_bytes());
-            c.causes.push(&e.cause.to_be_bytes());
-            c.cause_txs.push(&e.cause_cursor.tx.to_be_bytes());
-            c.indexes.push(&i32::try_from(e.index).unwrap_or(i32::MAX).to_be_bytes());
-            c.streams.push(e.stream_id.as_bytes());
-            c.types.push(e.event_type.as_bytes());
-            c.data.push(e.data.as_bytes());
-            c.metadata.push(e.metadata.as_bytes());
-        }
-        c
-    }
-
-    /// Why these cannot fill `statement`'s array parameters, `$2` to `$9`
-    /// (what the client library would refuse without sending them).
-    pub fn unfit(&self, statement: &Statement) -> Option<String> {
-        let columns = [
-            &self.causes,
-            &self.cause_txs,
-            &self.indexes,
-            &self.nths,
-            &self.streams,
-            &self.types,
-            &self.data,
-            &self.metadata,
-        ];
-        let Some(types) = statement.params().get(1..=columns.len()) else {
-            return Some(format!("reel.emit takes {} parameters", statement.params().len()));
-        };
-        let (n, (_, ty)) = columns.iter().zip(types).enumerate().find(|(_, (column, ty))| !column.fits(ty))?;
-        Some(format!("reel.emit's parameter ${} is of type {ty}", n + 2))
-    }
 }
 
 /// How to read an operation's failure.
@@ -262,31 +183,5 @@ pub(super) fn own_error(e: &tokio_postgres::Error, after_guest: bool) -> StoreEr
             message: format!("reel's own statement failed after the projection's SQL in this batch: {message}"),
         },
         other => other,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use reel_model::{Cursor, Emission};
-
-    fn to(stream: &str) -> Emission {
-        Emission {
-            cause: 1,
-            cause_cursor: Cursor { tx: 0, id: 1 },
-            index: 0,
-            stream_id: stream.into(),
-            event_type: "t".into(),
-            data: "{}".into(),
-            metadata: "{}".into(),
-        }
-    }
-
-    /// A stream's emissions in a batch take its next versions in order:
-    /// each one's rank among them, whatever comes in between.
-    #[test]
-    fn ranks_count_each_streams_emissions_in_order() {
-        let events: Vec<Emission> = ["a", "b", "a", "c", "a", "b"].into_iter().map(to).collect();
-        assert_eq!(super::stream_ranks(&events), [1, 1, 2, 1, 3, 2]);
-        assert!(super::stream_ranks(&[]).is_empty());
     }
 }

@@ -174,7 +174,7 @@ impl Worker {
                 self.status.committed(behind.events, behind.end);
                 behind.line.log(&self.ns, Ok(()));
                 // What its emissions appended, now that it has committed.
-                if let Some(f) = open_caps(&mut self.guest, &mut self.spare).and_then(|caps| caps.take_forwarded()) {
+                if let Some(f) = open_caps(&mut self.guest, &mut self.spare).and_then(|caps| caps.take_appended()) {
                     self.status.forwarded(f.emitted, f.dropped);
                 }
                 true
@@ -276,7 +276,7 @@ impl Worker {
         // appends go on while the worker handles the next batch, like a
         // forward: the batches are kept as small.
         if caps.appends_in_log() {
-            if let Some(f) = caps.take_forwarded() {
+            if let Some(f) = caps.take_appended() {
                 self.status.forwarded(f.emitted, f.dropped);
             }
             self.forwards_behind = true;
