@@ -208,10 +208,6 @@ impl SqliteSource {
     }
 }
 
-/// The writer connection's page cache, in KiB as `cache_size` takes it
-/// (negative): filled only as appends touch pages.
-const WRITER_CACHE_KIB: i64 = -65_536;
-
 /// Read-only connections to the events database kept for the next read.
 const IDLE_READERS: usize = 8;
 
@@ -226,10 +222,6 @@ fn open_connection(path: &Path, read_only: bool) -> Result<Connection, SourceErr
     if !read_only {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "journal_size_limit", super::wal::WAL_KEPT_BYTES)?;
-        // Appends probe and extend the `(stream_id, version)` index at
-        // streams spread over the whole log: SQLite's default 2 MiB of cache
-        // holds little of it (docs/benchmarks.md, "Reactors").
-        conn.pragma_update(None, "cache_size", WRITER_CACHE_KIB)?;
     }
     Ok(conn)
 }
