@@ -183,15 +183,25 @@ fn fuzz(backend: common::Backend) {
     });
     // Each entry with the seconds since it was written or last used, to
     // tell a late load from a pruning that did not run.
-    let compiled: Vec<(String, f64)> = std::fs::read_dir(dir.path().join("data/compiled"))
-        .unwrap()
-        .flatten()
-        .map(|e| {
-            let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
-            (e.file_name().to_string_lossy().into_owned(), age.map_or(-1.0, |a| a.as_secs_f64()))
-        })
-        .filter(|(name, _)| name.ends_with(".cwasm"))
-        .collect();
+    let cached = || -> Vec<(String, f64)> {
+        std::fs::read_dir(dir.path().join("data/compiled"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let age = e.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+                (e.file_name().to_string_lossy().into_owned(), age.map_or(-1.0, |a| a.as_secs_f64()))
+            })
+            .filter(|(name, _)| name.ends_with(".cwasm"))
+            .collect()
+    };
+    // The pruning runs once the load is listed (a failed suite read the
+    // cache in between: four entries, three of them past the grace).
+    let deadline = Instant::now() + HUNG;
+    let mut compiled = cached();
+    while compiled.len() != 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        compiled = cached();
+    }
     assert_eq!(
         compiled.len(),
         2,
