@@ -347,6 +347,8 @@ impl PgNamespace {
                 // Refused before it is sent, the emissions would be missing
                 // from a transaction that goes on to commit: it fails here.
                 if let Some(refusal) = columns.unfit(&s) {
+                    // Prepared again, after a reset, by the next attempt.
+                    self.statements.remove(EMIT);
                     self.failed = Some(StoreError::Database(refusal));
                     return Ok(());
                 }

@@ -20,9 +20,10 @@ use super::value::ArrayParam;
 pub(super) const EMIT: &str = "SELECT emitted, dropped FROM reel.emit($1::pg_catalog.text, $2, $3, $4, $5, $6, $7, \
                                $8, $9, $10::pg_catalog.text::pg_catalog.jsonb)";
 
-/// Most bytes of emissions in one call: PostgreSQL takes no value over
-/// 1 GiB, and the client no message over 2 GiB.
-const MAX_CALL_BYTES: usize = 1 << 30;
+/// Most bytes of emissions in one call, with a margin for the rest of its
+/// message: PostgreSQL takes no message of 1 GiB or more (it closes the
+/// connection).
+const MAX_CALL_BYTES: usize = (1 << 30) - (16 << 20);
 
 /// Where a call leaves what it appended and dropped, once answered.
 pub(super) type Counts = Arc<Mutex<Option<Forwarded>>>;
@@ -60,7 +61,9 @@ impl EmitColumns {
         let mut bytes = c.timers.len();
         for (e, nth) in emissions.events.iter().zip(stream_ranks(&emissions.events)) {
             let index = i32::try_from(e.index).map_err(|_| format!("emission index {} out of range", e.index))?;
-            bytes += e.stream_id.len() + e.event_type.len() + e.data.len() + e.metadata.len() + 48;
+            // Each element of the eight arrays has a 4-byte length; the
+            // numbers take 8 + 8 + 4 + 4.
+            bytes += e.stream_id.len() + e.event_type.len() + e.data.len() + e.metadata.len() + 8 * 4 + 24;
             if bytes > MAX_CALL_BYTES {
                 return Err(format!("a batch's emissions over {} MiB in one call", MAX_CALL_BYTES >> 20));
             }
@@ -76,9 +79,14 @@ impl EmitColumns {
         Ok(c)
     }
 
-    /// Why these cannot fill `statement`'s parameters: what the client
-    /// library would refuse without sending the call.
+    /// Why these cannot fill `statement`'s parameters, or its answer would
+    /// not be read: what the client library would refuse without sending
+    /// the call, or after the server ran it.
     pub fn unfit(&self, statement: &Statement) -> Option<String> {
+        let columns: Vec<&Type> = statement.columns().iter().map(|c| c.type_()).collect();
+        if columns != [&Type::INT4, &Type::INT4] {
+            return Some(format!("reel.emit answers {columns:?}, not two integers"));
+        }
         let arrays = [
             &self.causes,
             &self.cause_txs,
@@ -118,9 +126,9 @@ impl EmitColumns {
                 &c.timers,
             ];
             let row = client.query_one(&statement, &params).await?;
-            let count = |i: usize| row.get::<_, i32>(i) as u64;
+            let (emitted, dropped): (i32, i32) = (row.try_get(0)?, row.try_get(1)?);
             *counts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) =
-                Some(Forwarded { emitted: count(0), dropped: count(1) });
+                Some(Forwarded { emitted: emitted as u64, dropped: dropped as u64 });
             Ok(1)
         })
     }

@@ -197,7 +197,8 @@ fn fuzz(backend: common::Backend) {
     // The pruning runs once the load is listed (a failed suite read the
     // cache in between: four entries, three of them past the grace).
     let deadline = Instant::now() + HUNG;
-    let mut compiled = cached();
+    let first = cached();
+    let mut compiled = first.clone();
     while compiled.len() != 2 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         compiled = cached();
@@ -205,7 +206,8 @@ fn fuzz(backend: common::Backend) {
     assert_eq!(
         compiled.len(),
         2,
-        "compiled code of modules no longer in use stays in the cache: {compiled:#?}\nmodules: {:#}",
+        "compiled code of modules no longer in use stays in the cache: {compiled:#?}\n\
+         when the load showed: {first:#?}\nmodules: {:#}",
         get(&mut client, "/modules")
     );
 
