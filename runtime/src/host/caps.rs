@@ -132,10 +132,8 @@ impl Capabilities {
     /// What the commits since the last call appended, on a backend that
     /// appends in the batch's transaction (taken once).
     pub fn take_appended(&mut self) -> Option<Forwarded> {
-        match &mut self.access {
-            Access::Write(ns) if self.appends_in_log => ns.take_appended(),
-            _ => None,
-        }
+        let Access::Write(ns) = &mut self.access else { return None };
+        ns.take_appended()
     }
 
     /// Whether the backend appends the emissions in the batch's

@@ -22,9 +22,9 @@ use super::store::NamespaceInfo;
 pub(super) enum Behind {
     /// None, or one that committed.
     Clear,
-    /// Its commit is sent: the answer, and when it began (its deadline runs
-    /// from then).
-    Pending(tokio::sync::oneshot::Receiver<SyncReply>, Instant),
+    /// Its commit is sent: the answer, when it began (its deadline runs
+    /// from then), and where its `reel.emit` leaves what it appended.
+    Pending(tokio::sync::oneshot::Receiver<SyncReply>, Instant, Option<Counts>),
     /// It failed, and [`Namespace::settle`] has not reported it yet.
     Failed(StoreError),
 }
@@ -94,8 +94,6 @@ pub struct PgNamespace {
     pub(super) over_quota_through: Option<reel_model::Cursor>,
     /// What the open transaction's `reel.emit` appended, once it answers.
     pub(super) emitting: Option<Counts>,
-    /// The same, of the transaction committed behind.
-    pub(super) emitting_behind: Option<Counts>,
     /// What the emissions of the transactions committed since the last
     /// [`Commits::take_appended`](crate::store::Commits::take_appended)
     /// appended and dropped.
@@ -179,7 +177,6 @@ impl PgNamespace {
             storage_checked: None,
             over_quota_through: None,
             emitting: None,
-            emitting_behind: None,
             appended: None,
         };
         ns.prepare_all(OWN_STATEMENTS.iter().map(|s| s.to_string()).collect(), false)?;
@@ -470,7 +467,7 @@ impl PgNamespace {
     /// fails every wait until [`Namespace::settle`] reports it.
     pub(super) fn await_behind(&mut self) -> Result<(), StoreError> {
         self.behind = match std::mem::replace(&mut self.behind, Behind::Clear) {
-            Behind::Pending(answer, began) => {
+            Behind::Pending(answer, began, emitted) => {
                 let left = self.deadline.saturating_sub(began.elapsed()).max(Duration::from_millis(1));
                 // Past the deadline the batch is cancelled, and its outcome
                 // is still the server's answer: a COMMIT that landed before
@@ -478,19 +475,15 @@ impl PgNamespace {
                 let (reply, _) = block_on_cancelling_past(&self.handle, &self.client, left, answer);
                 match reply {
                     Ok(None) => {
-                        self.emitted(true);
+                        self.count_appended(emitted);
                         Behind::Clear
                     }
                     Ok(Some((blame, e))) => {
-                        self.emitting_behind = None;
                         let error = failure_error(blame, &e);
                         self.note_failure(blame, &error);
                         Behind::Failed(error)
                     }
-                    Err(_) => {
-                        self.emitting_behind = None;
-                        Behind::Failed(pipeline_stopped())
-                    }
+                    Err(_) => Behind::Failed(pipeline_stopped()),
                 }
             }
             other => other,
@@ -501,10 +494,9 @@ impl PgNamespace {
         }
     }
 
-    /// The emissions of the transaction that just committed (`behind`: the
-    /// one committed behind) appended what their `reel.emit` answered.
-    pub(super) fn emitted(&mut self, behind: bool) {
-        let counts = if behind { self.emitting_behind.take() } else { self.emitting.take() };
+    /// A transaction whose `reel.emit` left `counts` has committed: count
+    /// what it appended.
+    pub(super) fn count_appended(&mut self, counts: Option<Counts>) {
         let Some(f) = counts.and_then(|c| c.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take()) else {
             return;
         };

@@ -260,7 +260,8 @@ impl Commits for PgNamespace {
             let _ = self.rollback();
         } else {
             self.in_tx = false;
-            self.emitted(false);
+            let emitted = self.emitting.take();
+            self.count_appended(emitted);
         }
         result
     }
@@ -279,10 +280,9 @@ impl Commits for PgNamespace {
         self.dispatch(Op::Advance { from, to })?;
         self.dispatch(Op::Commit)?;
         let answer = self.send_sync()?;
-        self.emitting_behind = self.emitting.take();
         self.in_flight = 0;
         self.in_tx = false;
-        self.behind = Behind::Pending(answer, self.started);
+        self.behind = Behind::Pending(answer, self.started, self.emitting.take());
         Ok(true)
     }
 

@@ -147,7 +147,7 @@ impl ArrayParam {
 
 impl ToSql for ArrayParam {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
-        if *ty.kind() != tokio_postgres::types::Kind::Array(self.element.clone()) {
+        if !self.fits(ty) {
             return Err(format!("an array of {} cannot fill a parameter of type {ty}", self.element).into());
         }
         // array_recv: dimensions, has-nulls flag, element type, then per

@@ -279,9 +279,7 @@ impl Worker {
             if let Some(f) = caps.take_appended() {
                 self.status.forwarded(f.emitted, f.dropped);
             }
-            self.forwards_behind = true;
-            self.batch_limit = self.batch_limit.min(self.max_batch());
-            return;
+            return self.appending_behind();
         }
         // The entry just committed, when it is the outbox's only one: no
         // need to read back and parse what was just written, nor to wait.
@@ -290,9 +288,7 @@ impl Worker {
             let (source, namespace) = (self.ctx.source.clone(), self.ns.slug());
             let task = self.ctx.handle.spawn(async move { source.forward(namespace, handled, emissions).await });
             self.forwarding = Some(Forwarding { id, task });
-            self.forwards_behind = true;
-            self.batch_limit = self.batch_limit.min(self.max_batch());
-            return;
+            return self.appending_behind();
         }
         let pending = match caps.writer().and_then(|ns| ns.outbox()) {
             Ok(pending) => pending,
@@ -352,8 +348,15 @@ impl Worker {
         }
     }
 
+    /// The reactor's emissions are appended while it handles the next
+    /// batch: its batches are kept smaller from now on.
+    fn appending_behind(&mut self) {
+        self.forwards_behind = true;
+        self.batch_limit = self.batch_limit.min(self.max_batch());
+    }
+
     /// Most events in a batch: the configured most, or fewer for a reactor
-    /// whose outbox is forwarded while it goes on.
+    /// whose emissions are appended while it goes on.
     fn max_batch(&self) -> usize {
         let max = self.ctx.batch.max_events;
         if self.forwards_behind { max.min(FORWARDED_BATCH) } else { max }
